@@ -1,0 +1,5 @@
+"""``python -m loraserve`` is the ``loraserve`` command."""
+
+from loraserve.cli import main
+
+main()

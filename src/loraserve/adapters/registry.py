@@ -1,0 +1,138 @@
+"""The per-model adapter registry: records, their lifecycle states, and pagination.
+
+Plain Python (no tensors, no I/O) so that its rules are tested on their own. Lifecycle:
+``registering`` → ``ready`` → ``unregistering`` → gone. A name is taken from the moment
+registration starts, so two concurrent registrations of one name cannot both win.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from loraserve.errors import AdapterNotFoundError, BadRequestError, ConflictError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class AdapterState(str, Enum):
+    REGISTERING = "registering"
+    READY = "ready"
+    UNREGISTERING = "unregistering"
+
+
+class AdapterOrigin(str, Enum):
+    STARTUP = "startup"  # a sub-directory of the model's adapters/
+    API = "api"  # the management API
+    WORKFLOW = "workflow"  # declared by a workflow's configs.adapters
+
+
+@dataclass(slots=True)
+class AdapterRecord:
+    name: str
+    src: str
+    path: str
+    preload: bool = True
+    pin: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    origin: AdapterOrigin = AdapterOrigin.API
+    state: AdapterState = AdapterState.REGISTERING
+    version: int = 1
+    registered_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, object]:
+        """DJL's description (name, src, pin) plus loraserve's extra fields."""
+        return {
+            "name": self.name,
+            "src": self.src,
+            "pin": self.pin,
+            "preload": self.preload,
+            "state": self.state.value,
+            "version": self.version,
+            "origin": self.origin.value,
+            "options": dict(self.options),
+        }
+
+
+def validate_adapter_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise BadRequestError("adapter name is required (parameter 'name')")
+    if not NAME_PATTERN.match(name):
+        raise BadRequestError(
+            f"invalid adapter name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def paginate(items: list, limit: object, token: object) -> tuple[list, str | None]:
+    """DJL's ``limit`` / ``next_page_token`` (an offset) pagination."""
+    try:
+        size = int(str(limit)) if limit is not None else 100
+        start = int(str(token)) if token not in (None, "") else 0
+    except ValueError:
+        raise BadRequestError("limit and next_page_token must be integers") from None
+    if size <= 0 or start < 0:
+        raise BadRequestError("limit must be > 0 and next_page_token >= 0")
+    page = items[start : start + size]
+    following = start + size
+    return page, (str(following) if following < len(items) else None)
+
+
+class AdapterRegistry:
+    """Adapters of one model, in registration order."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, AdapterRecord] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def begin_register(self, record: AdapterRecord) -> AdapterRecord:
+        validate_adapter_name(record.name)
+        if record.name in self._records:
+            raise ConflictError(f"adapter {record.name} is already registered; "
+                                "use the update endpoint or unregister it first")
+        record.state = AdapterState.REGISTERING
+        self._records[record.name] = record
+        return record
+
+    def finish_register(self, name: str) -> None:
+        self._records[name].state = AdapterState.READY
+
+    def abort_register(self, name: str) -> None:
+        self._records.pop(name, None)
+
+    def get(self, name: str) -> AdapterRecord:
+        record = self._records.get(name)
+        if record is None:
+            raise AdapterNotFoundError(f"adapter {name} not found")
+        return record
+
+    def ready(self, name: str) -> AdapterRecord:
+        """The record if it can serve requests now."""
+        record = self.get(name)
+        if record.state is not AdapterState.READY:
+            raise AdapterNotFoundError(f"adapter {name} is {record.state.value}, not ready")
+        return record
+
+    def begin_unregister(self, name: str) -> AdapterRecord:
+        record = self.get(name)
+        if record.state is not AdapterState.READY:
+            raise ConflictError(f"adapter {name} is {record.state.value}; try again shortly")
+        record.state = AdapterState.UNREGISTERING
+        return record
+
+    def finish_unregister(self, name: str) -> None:
+        self._records.pop(name, None)
+
+    def records(self) -> list[AdapterRecord]:
+        return list(self._records.values())
+
+    def ready_records(self) -> list[AdapterRecord]:
+        return [r for r in self._records.values() if r.state is AdapterState.READY]

@@ -1,0 +1,87 @@
+"""The FastAPI application: routes, one error mapping, and the model manager's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loraserve.api import adapters, inference, management
+from loraserve.config import ServerConfig
+from loraserve.errors import LoraserveError
+from loraserve.serving.model_manager import ModelManager
+
+log = logging.getLogger("loraserve.api")
+access_log = logging.getLogger("loraserve.access")
+
+
+def _error(status: int, error_type: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": status, "type": error_type, "message": message}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Typed errors → DJL's JSON error body; anything unexpected → 500 without a trace."""
+
+    @app.exception_handler(LoraserveError)
+    async def _known(_request: Request, exc: LoraserveError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "ResourceNotFoundException", 405: "MethodNotAllowedException"}
+        return _error(exc.status_code, kind.get(exc.status_code, "BadRequestException"), str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "BadRequestException", f"invalid request: {exc.errors()}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, "InternalServerException", f"internal error: {type(exc).__name__}")
+
+
+def create_app(config: ServerConfig, manager: ModelManager | None = None) -> FastAPI:
+    manager = manager or ModelManager(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def start() -> None:
+            try:
+                await manager.start()
+            finally:
+                app.state.started = True
+                log.info("start-up done: %d model(s)", len(manager.models))
+
+        startup = asyncio.create_task(start())  # serve /ping (503) while models load
+        try:
+            yield
+        finally:
+            startup.cancel()
+            await manager.stop()
+
+    app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
+    app.state.manager = manager
+    app.state.config = config
+    app.state.started = False
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def access_logging(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        access_log.info("%s %s %d %.1fms", request.method, request.url.path,
+                        response.status_code, (time.perf_counter() - started) * 1000)
+        return response
+
+    app.include_router(inference.router)
+    app.include_router(adapters.router)  # before management: /models/{m}/adapters wins
+    app.include_router(management.router)
+    return app

@@ -1,0 +1,62 @@
+"""Inference routes: ``/ping``, ``/invocations`` (SageMaker) and ``/predictions/{model}``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from loraserve.api.deps import config_of, manager_of
+from loraserve.api.request_input import (
+    build_wire_input,
+    check_adapter_count,
+    parse_json_body,
+    read_body,
+    requested_adapters,
+)
+from loraserve.api.responses import reply_to_response
+from loraserve.errors import ModelNotFoundError
+from loraserve.serving.model_service import ModelService
+
+router = APIRouter()
+TARGET_MODEL = "x-amzn-sagemaker-target-model"
+
+
+@router.get("/ping")
+async def ping(request: Request) -> JSONResponse:
+    """Healthy once start-up is done and every model is ready (SageMaker polls this)."""
+    manager = manager_of(request)
+    if request.app.state.started and manager.ready():
+        return JSONResponse({"health": "healthy!"})
+    statuses = {name: m.status.value for name, m in manager.models.items()}
+    return JSONResponse({"health": "unhealthy", "models": statuses}, status_code=503)
+
+
+async def _predict(request: Request, model: ModelService) -> Response:
+    body = await read_body(request, config_of(request).max_request_bytes)
+    json_body = parse_json_body(body, request.headers.get("content-type"))
+    if model.uses_builtin_engine:
+        check_adapter_count(json_body)
+    model.check_adapters(requested_adapters(json_body, request))
+    reply = await model.infer(build_wire_input(request, body))
+    return reply_to_response(reply)
+
+
+@router.post("/invocations")
+async def invocations(request: Request) -> Response:
+    manager = manager_of(request)
+    name = request.headers.get(TARGET_MODEL) or request.query_params.get("model_name")
+    model = manager.get(name) if name else manager.single_model()
+    return await _predict(request, model)
+
+
+@router.post("/predictions/{model_name}")
+async def predictions(request: Request, model_name: str) -> Response:
+    return await _predict(request, manager_of(request).get(model_name))
+
+
+@router.post("/predictions/{model_name}/{version}")
+async def predictions_version(request: Request, model_name: str, version: str) -> Response:
+    model = manager_of(request).get(model_name)
+    if model.version not in (None, version):
+        raise ModelNotFoundError(f"model {model_name} version {version} not found")
+    return await _predict(request, model)

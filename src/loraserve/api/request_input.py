@@ -1,0 +1,87 @@
+"""Turn an HTTP request into a handler Input (wire form), the way DJL does:
+body → content ``data``; query parameters → content; headers → properties; SageMaker custom
+attributes (``k=v; k2=v2``) → properties."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from loraserve.errors import BadRequestError, PayloadTooLargeError
+
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+
+
+def parse_custom_attributes(header: str | None) -> dict[str, str]:
+    """``adapter=a1; trace=x`` → ``{"adapter": "a1", "trace": "x"}``."""
+    if not header:
+        return {}
+    result: dict[str, str] = {}
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key.strip():
+            result[key.strip()] = value.strip()
+    return result
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing more than ``limit`` bytes without buffering past it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def is_json(content_type: str | None) -> bool:
+    return bool(content_type) and "json" in content_type.split(";")[0].lower()  # type: ignore[union-attr]
+
+
+def parse_json_body(body: bytes, content_type: str | None) -> Any:
+    """The decoded JSON body (None when it is not JSON); malformed JSON is a 400."""
+    if not body or not is_json(content_type):
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"malformed JSON body: {exc}") from None
+
+
+def build_wire_input(request: Request, body: bytes) -> dict[str, Any]:
+    properties = {k.lower(): v for k, v in request.headers.items()}
+    properties.update(parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)))
+    content: list[tuple[str, bytes]] = [(k, v.encode("utf-8")) for k, v in request.query_params.items()]
+    content.append(("data", body))
+    return {"properties": properties, "content": content}
+
+
+def requested_adapters(json_body: Any, request: Request) -> list[str]:
+    """Adapter names a request asks for, in DJL's order of precedence:
+    the body's ``adapters`` field, then ``?adapter=``, then the custom attribute."""
+    if isinstance(json_body, dict) and "adapters" in json_body:
+        field = json_body["adapters"]
+        if isinstance(field, str):
+            return [field]
+        if isinstance(field, list) and all(isinstance(a, str) for a in field):
+            return list(field)
+        raise BadRequestError('"adapters" must be a string or a list of strings ("" = base model)')
+    if "adapter" in request.query_params:
+        return [request.query_params["adapter"]]
+    attribute = parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)).get("adapter")
+    return [attribute] if attribute else []
+
+
+def check_adapter_count(json_body: Any) -> None:
+    """With a list of inputs, a list of adapters must have one entry per input."""
+    if not isinstance(json_body, dict):
+        return
+    inputs, adapters = json_body.get("inputs"), json_body.get("adapters")
+    if isinstance(inputs, list) and isinstance(adapters, list) and len(inputs) != len(adapters):
+        raise BadRequestError(
+            f'"adapters" has {len(adapters)} entries for {len(inputs)} inputs; give one per input')

@@ -1,0 +1,71 @@
+"""Command line: ``loraserve serve`` starts the server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from loraserve.config import ServerConfig, build_server_config, parse_properties, settings_from_env
+from loraserve.errors import LoraserveError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a model store over HTTP")
+    serve.add_argument("--model-store", help="directory of models (or one model directory)")
+    serve.add_argument("--models", nargs="*", default=None, metavar="NAME=PATH",
+                       help="extra models: a directory, file:// URL or archive each")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", help="port (default 8080; SAGEMAKER_BIND_TO_PORT honoured)")
+    serve.add_argument("--config", help="a key=value properties file of these settings")
+    serve.add_argument("--allowed-adapter-roots", nargs="*", default=None, metavar="DIR",
+                       help="directories adapter sources may come from "
+                            "(default: the model store and each model's directory)")
+    serve.add_argument("--state-dir", help="where the adapter registry is persisted "
+                                           "(default: <model-store>/.loraserve)")
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    file_layer: dict[str, str] = {}
+    if args.config:
+        file_layer = parse_properties(Path(args.config).read_text(encoding="utf-8"))
+    flags = {
+        "model_store": args.model_store,
+        "host": args.host,
+        "port": args.port,
+        "state_dir": args.state_dir,
+        "models": " ".join(args.models) if args.models else None,
+        "allowed_adapter_roots": ",".join(args.allowed_adapter_roots)
+        if args.allowed_adapter_roots else None,
+    }
+    return build_server_config([file_layer, settings_from_env(), flags])
+
+
+def serve(config: ServerConfig, log_level: str) -> None:
+    import uvicorn
+
+    from loraserve.api.app import create_app
+
+    uvicorn.run(create_app(config), host=config.host, port=config.port,
+                log_level=log_level.lower(), timeout_graceful_shutdown=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = config_from_args(args)
+    except LoraserveError as exc:
+        sys.exit(f"loraserve: {exc.message}")
+    if args.command == "serve":
+        serve(config, args.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The worker process: imports a model's handler and serves calls from the front end.
+
+Protocol frames go over a private copy of stdout; fd 1 is pointed at stderr so that a
+handler's ``print`` cannot corrupt them. Sync handler functions run one at a time, in call
+order (as DJL's Python workers do); async ones run concurrently, which is what lets the
+built-in engine batch many requests continuously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from loraserve.config import ModelConfig
+from loraserve.handlers.djl_compat import install_djl_python_alias
+from loraserve.handlers.io import Input
+from loraserve.handlers.loader import import_handler, resolve_entry_point
+from loraserve.handlers.protocol import (
+    HANDLER_FUNCTIONS,
+    HEADER,
+    decode_payload,
+    encode_frame,
+    input_from_wire,
+    output_to_wire,
+)
+
+log = logging.getLogger("loraserve.worker")
+_END = object()
+
+
+class WorkerRuntime:
+    """Runs handler calls and writes their results back to the front end."""
+
+    def __init__(self, module: Any, out_fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.module = module
+        self.out_fd = out_fd
+        self.loop = loop
+        self.serial = ThreadPoolExecutor(1, thread_name_prefix="handler")
+        self.streams = ThreadPoolExecutor(4, thread_name_prefix="stream")
+
+    def send(self, message: dict[str, Any]) -> None:
+        frame = encode_frame(message)
+        view = memoryview(frame)
+        while view:
+            written = os.write(self.out_fd, view)
+            view = view[written:]
+
+    async def call(self, message: dict[str, Any]) -> None:
+        call_id = message["id"]
+        fn = getattr(self.module, message["fn"], None)
+        try:
+            inputs = input_from_wire(message["input"])
+            if fn is None:
+                result = None
+            elif inspect.iscoroutinefunction(fn):
+                result = await fn(inputs)
+            else:
+                result = await self.loop.run_in_executor(self.serial, fn, inputs)
+            await self._send_result(call_id, result)
+        except Exception as exc:  # the handler's failure is this request's error, nothing more
+            log.error("handler %s failed:\n%s", message["fn"], traceback.format_exc())
+            self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}"})
+
+    async def _send_result(self, call_id: int, result: Any) -> None:
+        if result is None:
+            self.send({"op": "result", "id": call_id, "output": None})
+            return
+        wire = output_to_wire(result)
+        self.send({"op": "result", "id": call_id, "output": wire})
+        if wire["streaming"]:
+            await self._stream(call_id, result.stream_content, getattr(result, "stream_formatter", None))
+
+    async def _stream(self, call_id: int, stream: Any, formatter: Any) -> None:
+        error = None
+        try:
+            async for chunk in _iterate(stream, self.loop, self.streams):
+                if formatter is not None:
+                    chunk = formatter(chunk)
+                if not isinstance(chunk, (bytes, bytearray, str)):
+                    chunk = json.dumps(chunk, ensure_ascii=False)
+                data = chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+                self.send({"op": "chunk", "id": call_id, "data": data})
+        except Exception as exc:
+            log.error("stream failed:\n%s", traceback.format_exc())
+            error = f"{type(exc).__name__}: {exc}"
+        self.send({"op": "end", "id": call_id, "error": error})
+
+
+async def _iterate(stream: Any, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor):
+    """Iterate a sync or async iterator without blocking the event loop."""
+    if hasattr(stream, "__aiter__"):
+        async for item in stream:
+            yield item
+        return
+    iterator = iter(stream)
+    while True:
+        item = await loop.run_in_executor(pool, next, iterator, _END)
+        if item is _END:
+            return
+        yield item
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        piece = os.read(fd, size - len(chunks))
+        if not piece:
+            return None
+        chunks += piece
+    return bytes(chunks)
+
+
+def _reader_thread(fd: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    """Blocking reads of stdin frames, handed to the event loop; EOF means the server left."""
+    while True:
+        header = _read_exact(fd, HEADER.size)
+        payload = None if header is None else _read_exact(fd, HEADER.unpack(header)[0])
+        message = None if payload is None else decode_payload(payload)
+        loop.call_soon_threadsafe(queue.put_nowait, message)
+        if message is None:
+            return
+
+
+async def _initialise(module: Any, properties: dict[str, str]) -> None:
+    """DJL's warm-up call: ``handle`` gets an empty Input carrying the model's properties."""
+    inputs = Input()
+    inputs.properties.update(properties)
+    result = module.handle(inputs)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def serve(model_dir: Path, out_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    config = ModelConfig.from_directory(model_dir)
+    extra_options = json.loads(os.environ.get("LORASERVE_MODEL_OPTIONS", "{}"))
+    config.options.update(extra_options)
+    try:
+        install_djl_python_alias()
+        module = import_handler(model_dir, resolve_entry_point(model_dir, config))
+        await _initialise(module, config.handler_properties(model_dir))
+    except BaseException as exc:
+        log.error("model failed to load:\n%s", traceback.format_exc())
+        os.write(out_fd, encode_frame({"op": "load_failed", "error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    runtime = WorkerRuntime(module, out_fd, loop)
+    hooks = [name for name in HANDLER_FUNCTIONS if callable(getattr(module, name, None))]
+    concurrent = inspect.iscoroutinefunction(module.handle)
+    runtime.send({"op": "ready", "pid": os.getpid(), "hooks": hooks, "concurrent": concurrent})
+    queue: asyncio.Queue = asyncio.Queue()
+    threading.Thread(target=_reader_thread, args=(0, loop, queue), daemon=True).start()
+    tasks: set[asyncio.Task] = set()
+    while (message := await queue.get()) is not None:
+        task = asyncio.create_task(runtime.call(message))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    return 0
+
+
+def main() -> None:
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # a handler's print() goes to the log, never into the protocol stream
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    model_dir = Path(sys.argv[1]).resolve()
+    sys.exit(asyncio.run(serve(model_dir, out_fd)))
+
+
+if __name__ == "__main__":
+    main()

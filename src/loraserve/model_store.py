@@ -1,0 +1,48 @@
+"""Find model directories: a model store (one model or one per sub-directory), NAME=PATH
+specs and URLs given to the management API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loraserve.adapters.sources import extract_archive, is_archive, local_path_of
+from loraserve.errors import BadRequestError
+
+MODEL_MARKERS = ("serving.properties", "model.py", "workflow.json")
+
+
+def is_model_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / marker).is_file() for marker in MODEL_MARKERS)
+
+
+def discover_models(store: Path) -> dict[str, Path]:
+    """A store that is itself a model (SageMaker's ``/opt/ml/model``) is one model named after
+    the directory; otherwise every sub-directory that looks like a model is one."""
+    if not store.is_dir():
+        raise BadRequestError(f"model store {store} is not a directory")
+    if is_model_dir(store):
+        return {store.name: store}
+    return {child.name: child for child in sorted(store.iterdir())
+            if not child.name.startswith(".") and is_model_dir(child)}
+
+
+def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path:
+    """A path, ``file://`` URL or archive to a model directory."""
+    path = local_path_of(url, model_store)
+    if not path.exists():
+        raise BadRequestError(f"model url {url} does not exist (resolved to {path})")
+    if path.is_file() and is_archive(path):
+        path = extract_archive(path, scratch)
+    if not is_model_dir(path):
+        raise BadRequestError(
+            f"{path} is not a model directory: it needs serving.properties or model.py"
+        )
+    return path
+
+
+def startup_adapter_dirs(model_dir: Path) -> dict[str, Path]:
+    """Sub-directories of ``<model>/adapters/``, each registered at start-up under its name."""
+    root = model_dir / "adapters"
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}

@@ -1,0 +1,1 @@
+"""Serving: worker processes and groups, model services and the model manager."""

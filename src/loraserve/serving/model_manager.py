@@ -1,0 +1,130 @@
+"""All served models: start-up loading, register/unregister, lookup, adapter persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from loraserve.adapters.registry import AdapterOrigin, AdapterRecord
+from loraserve.config import ServerConfig
+from loraserve.errors import BadRequestError, ConflictError, LoraserveError, ModelNotFoundError
+from loraserve.model_store import discover_models, resolve_model_url, startup_adapter_dirs
+from loraserve.serving.model_service import ModelService
+from loraserve.serving.state_store import StateStore
+
+log = logging.getLogger("loraserve.models")
+
+
+class ModelManager:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.models: dict[str, ModelService] = {}
+        self.state = StateStore(config.state_file)
+        self._saved = self.state.load()
+        self._lock = asyncio.Lock()
+
+    @property
+    def scratch_dir(self) -> Path:
+        base = self.config.state_file.parent if self.config.state_file else Path.cwd() / ".loraserve"
+        return base / "models"
+
+    async def start(self) -> None:
+        """Load the model store and ``--models``; a model that fails is reported, not fatal."""
+        found: dict[str, str] = {}
+        if self.config.model_store:
+            found.update({n: str(p) for n, p in discover_models(self.config.model_store).items()})
+        found.update(self.config.models)
+        results = await asyncio.gather(
+            *(self.register(name, url, startup=True) for name, url in found.items()),
+            return_exceptions=True)
+        for name, result in zip(found, results):
+            if isinstance(result, BaseException):
+                log.error("model %s failed to load: %s", name, result)
+
+    def get(self, name: str) -> ModelService:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"model {name} not found")
+        return model
+
+    def single_model(self) -> ModelService:
+        """The model ``/invocations`` and ``/adapters`` mean when none is named."""
+        if len(self.models) == 1:
+            return next(iter(self.models.values()))
+        if not self.models:
+            raise ModelNotFoundError("no model is loaded")
+        raise BadRequestError(
+            "several models are loaded; name one with X-Amzn-SageMaker-Target-Model, "
+            "?model_name= or /models/{name}/...")
+
+    async def register(self, name: str, url: str, startup: bool = False, version: str | None = None,
+                       options: dict[str, str] | None = None,
+                       overrides: dict[str, Any] | None = None) -> ModelService:
+        if not name:
+            raise BadRequestError("model_name is required")
+        async with self._lock:
+            if name in self.models:
+                raise ConflictError(f"model {name} is already registered")
+            path = await asyncio.to_thread(resolve_model_url, url, self.config.model_store,
+                                           self.scratch_dir)
+            model = ModelService(name, path, url, self.config, version=version,
+                                 loaded_at_startup=startup, options=options)
+            for key, value in (overrides or {}).items():
+                setattr(model.config, key, value)
+            model.workers.target = model.config.min_workers
+            self.models[name] = model
+        try:
+            await model.load()
+        except LoraserveError:
+            if not startup:
+                self.models.pop(name, None)
+            raise
+        await self._restore_adapters(model)
+        return model
+
+    async def unregister(self, name: str) -> None:
+        model = self.get(name)
+        self.models.pop(name, None)
+        await model.unload()
+
+    async def _restore_adapters(self, model: ModelService) -> None:
+        """Start-up ``adapters/`` folders, then the adapters persisted by earlier runs."""
+        saved = self._saved["models"].get(model.name, {})
+        removed = set(saved.get("removed_startup", []))
+        for name, path in startup_adapter_dirs(model.model_dir).items():
+            if name not in removed:
+                await self._restore_one(model, name, str(path), origin=AdapterOrigin.STARTUP)
+        for entry in saved.get("adapters", []):
+            if entry["name"] not in model.registry:
+                await self._restore_one(model, entry["name"], entry["src"], entry.get("preload", True),
+                                        entry.get("pin", False), entry.get("options", {}))
+
+    async def _restore_one(self, model: ModelService, name: str, src: str, preload: bool = True,
+                           pin: bool = False, options: dict[str, str] | None = None,
+                           origin: AdapterOrigin = AdapterOrigin.API) -> None:
+        try:
+            await model.register_adapter(name, src, preload, pin, options, origin=origin)
+        except LoraserveError as exc:
+            log.error("model %s: adapter %s could not be restored: %s", model.name, name, exc)
+
+    def persist(self, model: ModelService, removed: AdapterRecord | None = None) -> None:
+        """Save the API-registered adapters of ``model`` (and start-up ones it deleted)."""
+        entry = self._saved["models"].setdefault(model.name, {})
+        entry["adapters"] = [
+            {"name": r.name, "src": r.src, "preload": r.preload, "pin": r.pin, "options": r.options}
+            for r in model.registry.records() if r.origin is AdapterOrigin.API
+        ]
+        gone = set(entry.get("removed_startup", []))
+        if removed is not None and removed.origin is AdapterOrigin.STARTUP:
+            gone.add(removed.name)
+        gone -= {r.name for r in model.registry.records()}
+        entry["removed_startup"] = sorted(gone)
+        self.state.save(self._saved)
+
+    def ready(self) -> bool:
+        return all(m.status.value == "READY" for m in self.models.values())
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(m.unload() for m in self.models.values()), return_exceptions=True)

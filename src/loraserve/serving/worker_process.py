@@ -1,0 +1,191 @@
+"""One worker process seen from the front end: start it, call it, notice when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraserve.errors import HandlerError, LoraserveError, WorkerDiedError
+from loraserve.handlers.protocol import HEADER, decode_payload, encode_frame
+
+log = logging.getLogger("loraserve.worker")
+_ids = itertools.count(1)
+
+
+class WorkerLoadError(LoraserveError):
+    status_code = 503
+    error_type = "ModelLoadException"
+
+
+@dataclass(slots=True)
+class WorkerReply:
+    """A handler's answer: its Output in wire form (or None) and, when streaming, the chunks.
+
+    ``stream`` yields ``bytes`` chunks and finally ``None`` (done) or an Exception.
+    """
+
+    output: dict[str, Any] | None
+    stream: asyncio.Queue | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future
+    stream: asyncio.Queue | None = None
+    fn: str = "handle"
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerProcess:
+    """A ``loraserve.handlers.worker_main`` child process and its in-flight calls."""
+
+    def __init__(self, model_name: str, model_dir: Path, env: dict[str, str],
+                 on_exit: Callable[[WorkerProcess], None]) -> None:
+        self.worker_id = next(_ids)
+        self.model_name = model_name
+        self.model_dir = model_dir
+        self.env = env
+        self.on_exit = on_exit
+        self.process: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None
+        self.hooks: list[str] = []
+        self.concurrent = False
+        self.alive = False
+        self.stopping = False
+        self.start_time = time.time()
+        self._pending: dict[int, _Pending] = {}
+        self._reader: asyncio.Task | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def start(self, timeout_s: float) -> None:
+        """Spawn the worker and wait for its ``ready`` (or ``load_failed``) message."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loraserve.handlers.worker_main", str(self.model_dir),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **self.env}, limit=2**26,
+        )
+        self.pid = self.process.pid
+        try:
+            first = await asyncio.wait_for(self._read_message(), timeout_s)
+        except asyncio.TimeoutError:
+            await self.kill()
+            raise WorkerLoadError(f"model {self.model_name} did not load in {timeout_s:.0f}s") from None
+        if first is None or first.get("op") != "ready":
+            error = "worker exited while loading" if first is None else first.get("error")
+            await self.kill()
+            raise WorkerLoadError(f"model {self.model_name} failed to load: {error}")
+        self.hooks = first["hooks"]
+        self.concurrent = first["concurrent"]
+        self.alive = True
+        self._reader = asyncio.create_task(self._read_loop())
+
+    async def _read_message(self) -> dict[str, Any] | None:
+        assert self.process and self.process.stdout
+        try:
+            header = await self.process.stdout.readexactly(HEADER.size)
+            payload = await self.process.stdout.readexactly(HEADER.unpack(header)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        return decode_payload(payload)
+
+    async def call(self, fn: str, wire_input: dict[str, Any]) -> WorkerReply:
+        """Run handler function ``fn`` on the worker; raises WorkerDiedError if it dies."""
+        if not self.alive:
+            raise WorkerDiedError(f"worker {self.worker_id} of model {self.model_name} is not running")
+        call_id = next(_ids)
+        pending = _Pending(asyncio.get_running_loop().create_future(), fn=fn)
+        self._pending[call_id] = pending
+        try:
+            await self._write({"op": "call", "id": call_id, "fn": fn, "input": wire_input})
+        except (ConnectionError, RuntimeError):
+            self._pending.pop(call_id, None)
+            raise WorkerDiedError(f"worker {self.worker_id} of model {self.model_name} died") from None
+        return await pending.future
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        assert self.process and self.process.stdin
+        async with self._write_lock:
+            self.process.stdin.write(encode_frame(message))
+            await self.process.stdin.drain()
+
+    async def _read_loop(self) -> None:
+        while (message := await self._read_message()) is not None:
+            self._dispatch(message)
+        await self._on_eof()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op, call_id = message.get("op"), message.get("id")
+        pending = self._pending.get(call_id)
+        if pending is None:
+            return
+        if op == "result":
+            output = message["output"]
+            if output is not None and output.get("streaming"):
+                pending.stream = asyncio.Queue()
+            else:
+                self._pending.pop(call_id)
+            pending.future.set_result(WorkerReply(output, pending.stream))
+        elif op == "error":
+            self._pending.pop(call_id)
+            pending.future.set_exception(_handler_error(message["message"]))
+        elif op == "chunk" and pending.stream is not None:
+            pending.stream.put_nowait(message["data"])
+        elif op == "end" and pending.stream is not None:
+            self._pending.pop(call_id)
+            error = message.get("error")
+            pending.stream.put_nowait(_handler_error(error) if error else None)
+
+    async def _on_eof(self) -> None:
+        self.alive = False
+        code = await self.process.wait() if self.process else None
+        if not self.stopping:
+            log.error("worker %s (pid %s) of model %s exited with code %s; %d request(s) failed",
+                      self.worker_id, self.pid, self.model_name, code, len(self._pending))
+        died = WorkerDiedError(
+            f"the worker of model {self.model_name} exited (code {code}) while handling this "
+            "request; it is being restarted, retry the request"
+        )
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(died)
+            elif pending.stream is not None:
+                pending.stream.put_nowait(died)
+        self._pending.clear()
+        self.on_exit(self)
+
+    async def kill(self) -> None:
+        """Stop the process now; in-flight calls fail."""
+        self.stopping = True
+        if self.process and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+        if self._reader:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.worker_id,
+            "pid": self.pid,
+            "startTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start_time)),
+            "status": "READY" if self.alive else "STOPPED",
+            "inFlight": self.in_flight,
+        }
+
+
+def _handler_error(message: str) -> LoraserveError:
+    return HandlerError(f"handler error: {message}")
