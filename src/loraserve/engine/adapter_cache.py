@@ -1,0 +1,149 @@
+"""Adapter memory tiers, as vLLM/LMI have them: ``max_loras`` resident compute slots,
+``max_cpu_loras`` adapters held in memory, the rest on disk; least-recently-used eviction.
+
+Plain bookkeeping (loading is a callback), so its rules are tested on their own. An adapter
+version in use by a running request is never evicted, nor is a pinned one. Each registration
+of a name gets a new version: a running request keeps the version it started with, and a
+replaced or deleted version is freed as soon as its last request ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loraserve.errors import AdapterNotFoundError, BadRequestError
+
+AdapterKey = tuple[str, int]  # (name, version)
+_versions = itertools.count(1)
+
+
+@dataclass(slots=True)
+class AdapterEntry:
+    name: str
+    path: str
+    version: int
+    pinned: bool = False
+
+    @property
+    def key(self) -> AdapterKey:
+        return (self.name, self.version)
+
+
+class AdapterCache:
+    def __init__(self, slots: int, cpu_capacity: int, load: Callable[[AdapterEntry], Any],
+                 install: Callable[[int, Any], None], clear: Callable[[int], None]) -> None:
+        self.slots = slots
+        self.cpu_capacity = cpu_capacity
+        self._load, self._install, self._clear = load, install, clear
+        self.registered: dict[str, AdapterEntry] = {}
+        self.cpu: OrderedDict[AdapterKey, Any] = OrderedDict()  # LRU: oldest first
+        self.resident: OrderedDict[AdapterKey, int] = OrderedDict()  # key → slot, LRU order
+        self.refs: dict[AdapterKey, int] = {}
+        self.stale: dict[AdapterKey, AdapterEntry] = {}  # replaced/deleted, still in use
+        self.loads = 0
+        self.evictions = 0
+
+    def register(self, name: str, path: str, weights: Any, pinned: bool, preload: bool) -> AdapterEntry:
+        """Add (or replace) ``name``; ``weights`` were already validated by the caller."""
+        if pinned and sum(e.pinned for e in self.registered.values() if e.name != name) >= self.slots:
+            raise BadRequestError(f"cannot pin {name}: all {self.slots} resident slots are pinned "
+                                  "(raise option.max_loras)")
+        self.unregister(name, missing_ok=True)
+        entry = AdapterEntry(name, path, next(_versions), pinned)
+        self.registered[name] = entry
+        if preload or pinned:
+            self._remember(entry.key, weights)
+        if pinned and self.acquire(name) is not None:
+            self.release(entry.key)  # resident now; the pin keeps it there
+        return entry
+
+    def unregister(self, name: str, missing_ok: bool = False) -> None:
+        entry = self.registered.pop(name, None)
+        if entry is None:
+            if missing_ok:
+                return
+            raise AdapterNotFoundError(f"adapter {name} is not registered in the engine")
+        if self.refs.get(entry.key):
+            self.stale[entry.key] = entry  # freed when its last request releases it
+        else:
+            self._drop(entry.key)
+
+    def entry(self, name: str) -> AdapterEntry:
+        entry = self.registered.get(name)
+        if entry is None:
+            raise AdapterNotFoundError(f"adapter {name} is not registered")
+        return entry
+
+    def _remember(self, key: AdapterKey, weights: Any) -> None:
+        self.cpu[key] = weights
+        self.cpu.move_to_end(key)
+        while len(self.cpu) > self.cpu_capacity:
+            victim = next((k for k in self.cpu if not self._held(k)), None)
+            if victim is None:
+                break
+            del self.cpu[victim]
+
+    def _held(self, key: AdapterKey) -> bool:
+        entry = self.registered.get(key[0])
+        pinned = entry is not None and entry.key == key and entry.pinned
+        return pinned or bool(self.refs.get(key))
+
+    def acquire_key(self, key: AdapterKey) -> int | None:
+        """A resident slot for ``key`` with one more reference; None if every slot is held."""
+        slot = self.resident.get(key)
+        if slot is None:
+            slot = self._free_slot()
+            if slot is None:
+                return None
+            weights = self.cpu.get(key)
+            if weights is None:
+                entry = self.registered.get(key[0]) or self.stale.get(key)
+                assert entry is not None and entry.key == key
+                weights = self._load(entry)
+                self._remember(key, weights)
+            self._install(slot, weights)
+            self.loads += 1
+            self.resident[key] = slot
+        self.resident.move_to_end(key)
+        self.cpu.move_to_end(key) if key in self.cpu else None
+        self.refs[key] = self.refs.get(key, 0) + 1
+        return slot
+
+    def acquire(self, name: str) -> int | None:
+        return self.acquire_key(self.entry(name).key)
+
+    def release(self, key: AdapterKey) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key]
+            if key in self.stale:
+                del self.stale[key]
+                self._drop(key)
+
+    def _free_slot(self) -> int | None:
+        used = set(self.resident.values())
+        free = [s for s in range(self.slots) if s not in used]
+        if free:
+            return free[0]  # lowest first keeps the slots in use a short prefix
+        victim = next((k for k in self.resident if not self._held(k)), None)
+        if victim is None:
+            return None
+        self.evictions += 1
+        slot = self.resident.pop(victim)
+        self._clear(slot)
+        return slot
+
+    def _drop(self, key: AdapterKey) -> None:
+        slot = self.resident.pop(key, None)
+        if slot is not None:
+            self._clear(slot)
+        self.cpu.pop(key, None)
+
+    def stats(self) -> dict[str, int]:
+        return {"registered": len(self.registered), "in_memory": len(self.cpu),
+                "resident": len(self.resident), "loads": self.loads, "evictions": self.evictions,
+                "pinned": sum(e.pinned for e in self.registered.values())}

@@ -1,0 +1,46 @@
+"""Engine settings, parsed once from ``serving.properties`` options (LMI's names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loraserve.config import parse_bool, parse_int
+from loraserve.errors import ConfigError
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model_id: str
+    dtype: str = "auto"
+    device: str = "auto"
+    max_rolling_batch_size: int = 32
+    max_model_len: int = 2048
+    max_num_batched_tokens: int = 2048
+    enable_lora: bool = True
+    max_loras: int = 32
+    max_lora_rank: int = 64
+    max_cpu_loras: int = 256
+    lora_merge: bool = False
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_cpu_loras < self.max_loras:
+            self.max_cpu_loras = self.max_loras
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"option.device={self.device} must be auto, cpu or cuda[:N]")
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> EngineConfig:
+        if "model_id" not in options:
+            raise ConfigError("option.model_id is required for the built-in engine")
+        ints = ("max_rolling_batch_size", "max_model_len", "max_num_batched_tokens", "max_loras",
+                "max_lora_rank", "max_cpu_loras", "threads")
+        kwargs: dict[str, object] = {k: parse_int(options[k], f"option.{k}", 0 if k == "threads" else 1)
+                                     for k in ints if k in options}
+        for key in ("enable_lora", "lora_merge"):
+            if key in options:
+                kwargs[key] = parse_bool(options[key], f"option.{key}")
+        for key in ("dtype", "device"):
+            if key in options:
+                kwargs[key] = options[key]
+        return cls(model_id=options["model_id"], **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,200 @@
+"""``LLMEngine``: ``add_request`` / ``step`` / ``abort`` underneath, ``generate`` on top, and a
+background loop that keeps stepping while requests are live (used by the server handler)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
+from loraserve.engine.config import EngineConfig
+from loraserve.engine.sampling import SamplingParams
+from loraserve.engine.scheduler import Scheduler
+from loraserve.engine.sequence import Sequence, TokenEvent
+from loraserve.engine.step_batch import build_step_batch, finish_step
+from loraserve.errors import BadRequestError
+from loraserve.model.loader import parse_dtype, resolve_model_path
+from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter
+from loraserve.model.runner import LlamaRunner
+
+log = logging.getLogger("loraserve.engine")
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    request_id: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    prompt_tokens: int
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, model_dir: Path | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = pick_device(config.device)
+        self.dtype = parse_dtype(config.dtype, self.device.type)
+        self.model_path = resolve_model_path(config.model_id, model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.runner = LlamaRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
+                                  config.max_model_len, config.max_loras, config.max_lora_rank)
+        self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self._load_adapter,
+                                     self.runner.lora.load, self.runner.lora.clear)
+        self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
+                                   self.adapters, config.lora_merge)
+        self.eos_ids = self._eos_ids()
+        self.lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id} - {None}
+        gen = self.model_path / "generation_config.json"
+        if gen.is_file():
+            eos = json.loads(gen.read_text()).get("eos_token_id")
+            ids |= set(eos if isinstance(eos, list) else [eos]) - {None}
+        return ids  # type: ignore[return-value]
+
+    def _load_adapter(self, entry: AdapterEntry) -> LoraWeights:
+        return load_peft_adapter(Path(entry.path), self.runner.args, self.config.max_lora_rank, self.dtype)
+
+    # -- adapters -------------------------------------------------------------------------
+    def register_adapter(self, name: str, path: str | Path, pin: bool = False,
+                         preload: bool = True) -> AdapterEntry:
+        """Validate the PEFT adapter fully (off the lock), then add it; replaces ``name``."""
+        if not self.config.enable_lora:
+            raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
+        weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
+        with self.lock:
+            return self.adapters.register(name, str(path), weights, pin, preload)
+
+    def unregister_adapter(self, name: str) -> None:
+        with self.lock:
+            self.adapters.unregister(name)
+
+    # -- requests -------------------------------------------------------------------------
+    def add_request(self, prompt: str | list[int], adapter: str | None = None,
+                    params: SamplingParams | None = None,
+                    on_event: Callable[[TokenEvent], Any] | None = None) -> Sequence:
+        params = params or SamplingParams()
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise BadRequestError("the prompt is empty")
+        if len(ids) + params.max_new_tokens > self.runner.max_len:
+            raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
+                                  f"exceeds max_model_len {self.runner.max_len}")
+        with self.lock:
+            key = self.adapters.entry(adapter).key if adapter else None
+            seq = Sequence(ids, params, key, on_event)
+            self.scheduler.add(seq)
+            self.lock.notify_all()
+        return seq
+
+    def abort(self, request_id: int) -> None:
+        with self.lock:
+            self.scheduler.abort(request_id)
+
+    def step(self) -> list[Sequence]:
+        """One iteration: admit, run all scheduled tokens in one forward pass, sample."""
+        with self.lock:
+            decodes, prefills = self.scheduler.schedule()
+            if not decodes and not prefills:
+                return []
+            merged = self.runner.merged
+            if self.config.lora_merge:
+                self._switch_merge([*decodes, *prefills])
+            batch = build_step_batch(decodes, prefills, self.runner, merged=self.config.lora_merge)
+            logits = self.runner.forward(batch)
+            self.steps += 1
+            del merged
+            return finish_step(self, [*decodes, *prefills], logits)
+
+    def _switch_merge(self, seqs: list[Sequence]) -> None:
+        key = seqs[0].adapter
+        name = None if key is None else f"{key[0]}@{key[1]}"
+        if self.runner.merged.current == name:
+            return
+        self.runner.merged.unmerge()
+        if key is not None:
+            weights = self.adapters.cpu.get(key)
+            if weights is None:
+                entry = self.adapters.registered.get(key[0]) or self.adapters.stale[key]
+                weights = self._load_adapter(entry)
+            self.runner.merged.merge(name, weights)  # type: ignore[arg-type]
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def generate(self, prompts: list[str | list[int]], adapters: list[str | None] | None = None,
+                 params: SamplingParams | list[SamplingParams] | None = None) -> list[GenerationResult]:
+        """Submit all prompts together and run until every one is done."""
+        adapters = adapters or [None] * len(prompts)
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        done = threading.Event()
+        seqs = [self.add_request(p, a, s) for p, a, s in zip(prompts, adapters, plist)]
+        if self._thread is None:
+            while any(s.finish_reason is None for s in seqs):
+                self.step()
+        else:
+            while any(s.finish_reason is None for s in seqs):
+                done.wait(0.01)
+        return [GenerationResult(s.request_id, s.text, s.output_ids, s.logprobs, s.finish_reason or "",
+                                 len(s.prompt_ids)) for s in seqs]
+
+    # -- background loop --------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        with self.lock:
+            self.lock.notify_all()
+        if self._thread:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            with self.lock:
+                while not self.scheduler.has_work() and not self._stopping:
+                    self.lock.wait()
+            try:
+                self.step()
+            except Exception:  # a failed step fails its requests, never the loop
+                log.exception("engine step failed")
+                self._fail_all()
+
+    def _fail_all(self) -> None:
+        with self.lock:
+            for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+                seq.finish_reason = "error"
+                self.scheduler.abort(seq.request_id)
+                if seq.on_event:
+                    seq.on_event(TokenEvent(seq.request_id, -1, "", 0.0, "error"))
+
+    def memory_stats(self) -> dict[str, int]:
+        return {"weights_bytes": self.runner.weights.nbytes(), "kv_cache_bytes": self.runner.kv_bytes(),
+                "lora_stack_bytes": self.runner.lora.nbytes(),
+                "adapter_cpu_bytes": sum(w.nbytes() for w in self.adapters.cpu.values()),
+                "pid": os.getpid()}

@@ -1,0 +1,64 @@
+"""One generation request as the engine tracks it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+from loraserve.engine.adapter_cache import AdapterKey
+from loraserve.engine.sampling import SamplingParams
+
+_ids = itertools.count(1)
+
+
+class SequenceStatus(str, Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """What the engine reports per generated token; ``finish_reason`` set on the last one."""
+
+    request_id: int
+    token_id: int
+    text: str  # new text since the previous event
+    logprob: float
+    finish_reason: str | None = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: AdapterKey | None
+    on_event: Callable[[TokenEvent], Any] | None = None
+    request_id: int = field(default_factory=lambda: next(_ids))
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    slot: int = -1
+    lora_slot: int = -1
+    cached: int = 0  # tokens already in the KV cache
+    text: str = ""
+    emitted: int = 0  # characters of ``text`` already sent
+    finish_reason: str | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.params.seed is not None:
+            self.generator = torch.Generator().manual_seed(self.params.seed)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def total_len(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)

@@ -1,0 +1,116 @@
+"""Build a step's flat batch from scheduled sequences, and turn its logits into tokens."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from loraserve.engine.sampling import apply_repetition_penalty, sample_row
+from loraserve.engine.sequence import Sequence, TokenEvent
+from loraserve.model.llama import StepBatch
+
+if TYPE_CHECKING:
+    from loraserve.engine.engine import LLMEngine
+    from loraserve.model.runner import LlamaRunner
+
+
+def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: LlamaRunner,
+                     merged: bool) -> StepBatch:
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    lora_slots: list[int] = []
+    logits_index: list[int] = []
+    for seq in decodes:  # one token each: the last sampled one, not yet cached
+        ids.append(seq.output_ids[-1])
+        positions.append(seq.total_len - 1)
+        slots.append(seq.slot)
+        lora_slots.append(seq.lora_slot)
+        logits_index.append(len(ids) - 1)
+    prefill_spans = []
+    for seq in prefills:
+        new = seq.all_ids[seq.cached:]
+        prefill_spans.append((len(ids), len(new), seq.slot, seq.cached))
+        ids.extend(new)
+        positions.extend(range(seq.cached, seq.cached + len(new)))
+        slots.extend([seq.slot] * len(new))
+        lora_slots.extend([seq.lora_slot] * len(new))
+        logits_index.append(len(ids) - 1)
+    device = runner.device
+    decode_slots = [s.slot for s in decodes]
+    first = decode_slots[0] if decode_slots else 0
+    batch = StepBatch(
+        input_ids=torch.tensor(ids, device=device),
+        positions=torch.tensor(positions, device=device),
+        slots=torch.tensor(slots, device=device),
+        decode_slots=torch.tensor(decode_slots, dtype=torch.long, device=device),
+        decode_lengths=torch.tensor([s.total_len for s in decodes], dtype=torch.long, device=device),
+        decode_contiguous=decode_slots == list(range(first, first + len(decode_slots))),
+        prefills=prefill_spans,
+        logits_index=torch.tensor(logits_index, device=device),
+    )
+    batch.extra["decode_max_len"] = max((s.total_len for s in decodes), default=0)
+    batch.extra["decode_first_slot"] = first
+    if not merged:
+        batch.lora_mask, batch.extra["lora_slots"] = runner.lora.build_mask(lora_slots)
+    return batch
+
+
+def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
+    """Sample one token per sequence, update caches/text, emit events; return finished ones."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    finished = []
+    for row, seq in enumerate(seqs):
+        seq.cached = seq.total_len
+        scores = logits[row]
+        if seq.params.repetition_penalty != 1.0:
+            scores = scores.clone()
+            seen = torch.tensor(sorted(set(seq.all_ids)), device=scores.device)
+            apply_repetition_penalty(scores, seen, seq.params.repetition_penalty)
+        token = sample_row(scores, seq.params, seq.generator)
+        seq.output_ids.append(token)
+        seq.logprobs.append(float(logprobs[row, token]))
+        reason = _finish_reason(engine, seq, token)
+        text = _new_text(engine, seq, reason is not None)
+        if reason is None and _hit_stop(seq):
+            reason = "stop"
+            text = seq.text[seq.emitted:]
+        if reason is not None:
+            seq.finish_reason = reason
+            engine.scheduler.finish(seq)
+            finished.append(seq)
+        seq.emitted = len(seq.text)
+        if seq.on_event is not None:
+            seq.on_event(TokenEvent(seq.request_id, token, text, seq.logprobs[-1], reason))
+    return finished
+
+
+def _finish_reason(engine: LLMEngine, seq: Sequence, token: int) -> str | None:
+    if token in engine.eos_ids and not seq.params.ignore_eos:
+        return "eos_token"
+    if len(seq.output_ids) >= seq.params.max_new_tokens or seq.total_len >= engine.runner.max_len:
+        return "length"
+    return None
+
+
+def _new_text(engine: LLMEngine, seq: Sequence, final: bool) -> str:
+    """Decode all output so far; hold back a trailing partial UTF-8 character."""
+    ids = seq.output_ids
+    if seq.finish_reason is None and ids and ids[-1] in engine.eos_ids and not seq.params.ignore_eos:
+        ids = ids[:-1]
+    text = engine.tokenizer.decode(ids, skip_special_tokens=True)
+    if not final and text.endswith("\ufffd"):
+        return ""
+    seq.text = text
+    return text[seq.emitted:]
+
+
+def _hit_stop(seq: Sequence) -> bool:
+    """Cut the text at the first stop sequence, if one appeared."""
+    for stop in seq.params.stop:
+        index = seq.text.find(stop, max(0, seq.emitted - len(stop)))
+        if index >= 0:
+            seq.text = seq.text[:index]
+            return True
+    return False

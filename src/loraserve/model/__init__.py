@@ -1,0 +1,1 @@
+"""Model code: loading weights (safetensors, GGUF), the Llama family forward pass, LoRA."""

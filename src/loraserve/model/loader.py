@@ -1,0 +1,97 @@
+"""Load a Llama-family model directory (config.json + safetensors, single or sharded) or a
+``.gguf`` file (converted once to a cached safetensors directory)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from loraserve.errors import ConfigError
+
+log = logging.getLogger("loraserve.model")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | None, device: str) -> torch.dtype:
+    if name in (None, "", "auto"):
+        return torch.bfloat16
+    if name not in DTYPES:
+        raise ConfigError(f"option.dtype={name} is not one of fp32, bf16, fp16, auto")
+    return DTYPES[name]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("LORASERVE_CACHE") or os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "loraserve"
+
+
+def resolve_model_path(model_id: str, model_dir: Path | None = None) -> Path:
+    """A directory or ``.gguf`` file; relative paths are taken from the model directory."""
+    path = Path(model_id).expanduser()
+    if not path.is_absolute() and model_dir is not None:
+        path = model_dir / path
+    if not path.exists():
+        raise ConfigError(f"option.model_id {model_id} does not exist (resolved to {path}); "
+                          "loraserve loads local directories and .gguf files only, no hub")
+    if path.suffix == ".gguf":
+        return convert_gguf(path)
+    return path
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Dequantise a GGUF file through transformers once and cache it as safetensors."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors (once; cached in %s)", gguf_path.name, target)
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                 dtype=torch.bfloat16)
+    model.hf_quantizer = None  # transformers refuses to save a GGUF-loaded model otherwise
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    config_file = staging / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("quantization_config", None)  # the saved weights are plain, dequantised tensors
+    config_file.write_text(json.dumps(config, indent=2))
+    os.replace(staging, target)
+    return target
+
+
+def load_config(model_path: Path) -> dict:
+    config = json.loads((model_path / "config.json").read_text())
+    archs = config.get("architectures") or [config.get("model_type", "?")]
+    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        raise ConfigError(f"architecture {archs[0]} is not supported by the built-in engine; "
+                          f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    return config
+
+
+def load_state_dict(model_path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a single or sharded (``*.safetensors.index.json``) checkpoint."""
+    index = model_path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in model_path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"no .safetensors weights in {model_path}")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(model_path / name))
+    return state

@@ -1,0 +1,108 @@
+"""Read and check a PEFT LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+Everything the engine cannot apply faithfully is refused here, at registration, with an error
+that names it: DoRA, embedding/lm_head LoRA, ``modules_to_save``, rank/alpha patterns,
+ranks above ``max_lora_rank``, shapes that do not fit the base model, or no matching module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from loraserve.errors import BadRequestError
+from loraserve.model.llama import LORA_MODULES, LlamaArgs
+
+KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+
+
+class AdapterFormatError(BadRequestError):
+    error_type = "AdapterFormatException"
+
+
+@dataclass(slots=True)
+class LoraWeights:
+    """One adapter in memory: per (layer, module), A (r, in) and B (out, r) with scaling."""
+
+    rank: int
+    scaling: float
+    weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def modules(self) -> set[str]:
+        return {module for _, module in self.weights}
+
+    def nbytes(self) -> int:
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
+                   for a, b in self.weights.values())
+
+
+def _refuse(path: Path, message: str) -> AdapterFormatError:
+    return AdapterFormatError(f"adapter at {path}: {message}")
+
+
+def read_adapter_config(path: Path) -> dict:
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise _refuse(path, "no adapter_config.json (a PEFT LoRA adapter directory is expected)")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise _refuse(path, f"adapter_config.json is not valid JSON: {exc}") from None
+    if config.get("peft_type", "LORA") != "LORA":
+        raise _refuse(path, f"peft_type {config.get('peft_type')} is not supported (only LORA)")
+    for key, label in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save"),
+                       ("rank_pattern", "rank_pattern"), ("alpha_pattern", "alpha_pattern"),
+                       ("layer_replication", "layer_replication"), ("lora_bias", "lora_bias")):
+        if config.get(key):
+            raise _refuse(path, f"{label} is not supported by the built-in engine")
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    unsupported = [t for t in targets if t in ("embed_tokens", "lm_head")]
+    if unsupported:
+        raise _refuse(path, f"LoRA on {', '.join(unsupported)} is not supported (only "
+                            f"{', '.join(LORA_MODULES)})")
+    return config
+
+
+def load_peft_adapter(path: Path, args: LlamaArgs, max_rank: int, dtype: torch.dtype) -> LoraWeights:
+    config = read_adapter_config(path)
+    rank = int(config.get("r", 8))
+    if rank > max_rank:
+        raise _refuse(path, f"rank {rank} exceeds option.max_lora_rank={max_rank}")
+    alpha = float(config.get("lora_alpha", rank))
+    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    weights_file = path / "adapter_model.safetensors"
+    if not weights_file.is_file():
+        raise _refuse(path, "no adapter_model.safetensors (convert .bin adapters to safetensors)")
+    tensors = load_file(weights_file)
+    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if "lora_embedding" in key or "lm_head" in key or "embed_tokens" in key:
+            raise _refuse(path, f"LoRA on embeddings or lm_head ({key}) is not supported")
+        match = KEY.search(key)
+        if match is None or match.group(2) not in LORA_MODULES:
+            raise _refuse(path, f"tensor {key} is not a LoRA weight of {', '.join(LORA_MODULES)}")
+        layer, module, which = int(match.group(1)), match.group(2), match.group(3)
+        if layer >= args.num_layers:
+            raise _refuse(path, f"tensor {key} names layer {layer}; the model has {args.num_layers}")
+        pairs.setdefault((layer, module), {})[which] = tensor
+    if not pairs:
+        raise _refuse(path, "its target modules match nothing in the model")
+    weights = {}
+    for (layer, module), pair in pairs.items():
+        if set(pair) != {"A", "B"}:
+            raise _refuse(path, f"layer {layer} {module} lacks lora_A or lora_B")
+        a, b = pair["A"], pair["B"]
+        fan_in, fan_out = args.module_shape(module)
+        if a.shape != (rank, fan_in) or b.shape != (fan_out, rank):
+            raise _refuse(path, f"layer {layer} {module}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do "
+                                f"not fit the model (expected A({rank}, {fan_in}) B({fan_out}, {rank}))")
+        weights[(layer, module)] = (a.to(dtype), b.to(dtype))
+    return LoraWeights(rank=rank, scaling=scaling, weights=weights)

@@ -1,0 +1,115 @@
+"""Runs the Llama forward pass over a ``StepBatch`` with a slot-based KV cache and LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from loraserve.model.llama import LlamaArgs, LlamaWeights, RotaryEmbedding, StepBatch, rms_norm
+from loraserve.model.loader import load_config, load_state_dict
+from loraserve.model.lora import LoraStacks, MergedLora
+
+
+class LlamaRunner:
+    """The model plus its KV cache: ``slots`` sequences of up to ``max_len`` tokens each."""
+
+    def __init__(self, model_path: Path, dtype: torch.dtype, device: torch.device, slots: int,
+                 max_len: int, lora_slots: int, max_lora_rank: int) -> None:
+        self.config = load_config(model_path)
+        self.args = LlamaArgs.from_hf(self.config)
+        self.dtype, self.device = dtype, device
+        self.max_len = min(max_len, self.args.max_position)
+        self.weights = LlamaWeights(self.args, load_state_dict(model_path), dtype, device)
+        self.rope = RotaryEmbedding(self.args, device)
+        shape = (self.args.num_layers, slots, self.max_len, self.args.num_kv_heads, self.args.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # (L, S, len, kvh, d)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.lora = LoraStacks(self.args, lora_slots, max_lora_rank, dtype, device)
+        self.merged = MergedLora(self.args, self.weights)
+
+    def kv_bytes(self) -> int:
+        return 2 * self.k_cache.numel() * self.k_cache.element_size()
+
+    @torch.inference_mode()
+    def forward(self, batch: StepBatch) -> torch.Tensor:
+        """Logits (N, vocab) in fp32 for the last token of each sequence of the batch."""
+        args, lora = self.args, self.lora
+        mask, n_slots = (batch.lora_mask, batch.extra.get("lora_slots", 0))
+        decode_mask = self._decode_mask(batch)
+        h = self.weights.embed[batch.input_ids]  # (T, hidden)
+        tokens = h.shape[0]
+        q_dim, kv_dim = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+
+        def project(x: torch.Tensor, layer: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                    parts: tuple[tuple[str, slice], ...]) -> torch.Tensor:
+            out = F.linear(x, weight, bias)
+            if mask is not None:
+                for module, rows in parts:
+                    delta = lora.delta(x, layer, module, mask, n_slots)
+                    if delta is not None:
+                        out[:, rows] += delta
+            return out
+
+        qkv_parts = (("q_proj", slice(0, q_dim)), ("k_proj", slice(q_dim, q_dim + kv_dim)),
+                     ("v_proj", slice(q_dim + kv_dim, q_dim + 2 * kv_dim)))
+        inter = args.intermediate_size
+        gate_up_parts = (("gate_proj", slice(0, inter)), ("up_proj", slice(inter, 2 * inter)))
+        for i, layer in enumerate(self.weights.layers):
+            x = rms_norm(h, layer["input_norm"], args.rms_eps)  # type: ignore[arg-type]
+            qkv = project(x, i, layer["qkv"], layer["qkv_bias"], qkv_parts)  # type: ignore[arg-type]
+            q = self.rope.apply(qkv[:, :q_dim].view(tokens, args.num_heads, args.head_dim), batch.positions)
+            k = self.rope.apply(qkv[:, q_dim:q_dim + kv_dim].view(tokens, args.num_kv_heads, args.head_dim),
+                                batch.positions)
+            v = qkv[:, q_dim + kv_dim:].view(tokens, args.num_kv_heads, args.head_dim)
+            self.k_cache[i][batch.slots, batch.positions] = k
+            self.v_cache[i][batch.slots, batch.positions] = v
+            attn = self._attention(i, q, batch, decode_mask).reshape(tokens, q_dim)
+            h = h + project(attn, i, layer["o"], None, (("o_proj", slice(None)),))  # type: ignore[arg-type]
+            x = rms_norm(h, layer["post_norm"], args.rms_eps)  # type: ignore[arg-type]
+            gate_up = project(x, i, layer["gate_up"], None, gate_up_parts)  # type: ignore[arg-type]
+            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+            h = h + project(act, i, layer["down"], None, (("down_proj", slice(None)),))  # type: ignore[arg-type]
+        last = rms_norm(h[batch.logits_index], self.weights.norm, args.rms_eps)
+        return F.linear(last, self.weights.lm_head).float()
+
+    def _decode_mask(self, batch: StepBatch) -> torch.Tensor | None:
+        if batch.decode_slots.numel() == 0:
+            return None
+        longest = int(batch.extra["decode_max_len"])
+        keys = torch.arange(longest, device=self.device)
+        return (keys[None, :] < batch.decode_lengths[:, None])[:, None, None, :]  # (B, 1, 1, Lmax)
+
+    def _attention(self, layer: int, q: torch.Tensor, batch: StepBatch,
+                   decode_mask: torch.Tensor | None) -> torch.Tensor:
+        """q (T, H, d) → (T, H, d): batched over decode slots, then each prefill causally."""
+        out = torch.empty_like(q)
+        k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]
+        count = batch.decode_slots.numel()
+        if count:
+            longest = decode_mask.shape[-1]  # type: ignore[union-attr]
+            if batch.decode_contiguous:
+                first = int(batch.extra["decode_first_slot"])
+                keys, values = k_cache[first:first + count, :longest], v_cache[first:first + count, :longest]
+            else:
+                keys, values = k_cache[batch.decode_slots, :longest], v_cache[batch.decode_slots, :longest]
+            attended = F.scaled_dot_product_attention(
+                q[:count].unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
+                attn_mask=decode_mask, enable_gqa=True)  # (B, H, 1, d)
+            out[:count] = attended.squeeze(2)
+        for start, length, slot, past in batch.prefills:
+            total = past + length
+            query = q[start:start + length].transpose(0, 1).unsqueeze(0)  # (1, H, n, d)
+            keys = k_cache[slot, :total].transpose(0, 1).unsqueeze(0)  # (1, kvh, past+n, d)
+            values = v_cache[slot, :total].transpose(0, 1).unsqueeze(0)
+            if past == 0:
+                attended = F.scaled_dot_product_attention(query, keys, values, is_causal=True,
+                                                          enable_gqa=True)
+            else:
+                rows = torch.arange(past, total, device=self.device)[:, None]
+                causal = torch.arange(total, device=self.device)[None, :] <= rows
+                attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=causal,
+                                                          enable_gqa=True)
+            out[start:start + length] = attended[0].transpose(0, 1)
+        return out
