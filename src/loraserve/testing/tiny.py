@@ -1,0 +1,72 @@
+"""Tiny, randomly initialised Llama-family models and PEFT adapters built on the spot, so tests
+and examples need no download. Needs the ``engine`` and ``test`` extras (transformers, peft)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "loraserve serves many lora adapters from one base model",
+    "hello world, this is a tiny tokenizer for tests 0123456789",
+]
+
+
+def make_tokenizer(target: Path, vocab_size: int = 320) -> None:
+    """A byte-level BPE tokenizer trained on a few sentences, saved in HF format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(target)
+
+
+def make_tiny_llama(target: Path, seed: int = 0, architecture: str = "llama", layers: int = 2,
+                    hidden: int = 64, heads: int = 4, kv_heads: int = 2, intermediate: int = 128) -> Path:
+    """Save a random model of ``architecture`` (llama, mistral, qwen2) with a tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    target.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(target)
+    vocab = len(json.loads((target / "tokenizer.json").read_text())["model"]["vocab"]) + 2
+    config = AutoConfig.for_model(
+        architecture, vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=256, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():  # larger weights than the default init: livelier logits
+            param.normal_(0, 0.2) if param.dim() > 1 else param.uniform_(0.8, 1.2)
+    model.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def make_peft_adapter(base: Path, target: Path, rank: int = 8,
+                      target_modules: list[str] | str = ("q_proj", "v_proj"), alpha: int = 16,
+                      seed: int = 1, use_rslora: bool = False, **extra: object) -> Path:
+    """A PEFT LoRA adapter with random A and B (so it visibly changes the model)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    modules = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, init_lora_weights=False,
+                        use_rslora=use_rslora, lora_dropout=0.0, **extra)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    peft_model.save_pretrained(target, safe_serialization=True)
+    return target
