@@ -50,6 +50,7 @@ class Sequence:
     emitted: int = 0  # characters of ``text`` already sent
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    peak_batch: int = 0  # largest step batch this sequence ran in (observability)
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:

@@ -63,6 +63,7 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
     finished = []
     for row, seq in enumerate(seqs):
         seq.cached = seq.total_len
+        seq.peak_batch = max(seq.peak_batch, len(seqs))
         scores = logits[row]
         if seq.params.repetition_penalty != 1.0:
             scores = scores.clone()
@@ -74,7 +75,7 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
         reason = _finish_reason(engine, seq, token)
         text = _new_text(engine, seq, reason is not None)
         if reason is None and _hit_stop(seq):
-            reason = "stop"
+            reason = "stop_sequence"
             text = seq.text[seq.emitted:]
         if reason is not None:
             seq.finish_reason = reason

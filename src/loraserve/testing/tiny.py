@@ -12,6 +12,9 @@ CORPUS = [
     "hello world, this is a tiny tokenizer for tests 0123456789",
 ]
 
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
 
 def make_tokenizer(target: Path, vocab_size: int = 320) -> None:
     """A byte-level BPE tokenizer trained on a few sentences, saved in HF format."""
@@ -25,6 +28,7 @@ def make_tokenizer(target: Path, vocab_size: int = 320) -> None:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(target)
 
 
