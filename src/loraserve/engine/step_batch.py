@@ -59,7 +59,7 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
 
 def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
     """Sample one token per sequence, update caches/text, emit events; return finished ones."""
-    logprobs = torch.log_softmax(logits, dim=-1)
+    normaliser = torch.logsumexp(logits, dim=-1)  # (N,): logprob = logit - logsumexp
     finished = []
     for row, seq in enumerate(seqs):
         seq.cached = seq.total_len
@@ -71,7 +71,7 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
             apply_repetition_penalty(scores, seen, seq.params.repetition_penalty)
         token = sample_row(scores, seq.params, seq.generator)
         seq.output_ids.append(token)
-        seq.logprobs.append(float(logprobs[row, token]))
+        seq.logprobs.append(float(logits[row, token] - normaliser[row]))
         reason = _finish_reason(engine, seq, token)
         text = _new_text(engine, seq, reason is not None)
         if reason is None and _hit_stop(seq):

@@ -10,6 +10,8 @@ BGMV). Only the first ``n`` slots in use are touched (slots are handed out lowes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from loraserve.model.llama import LORA_MODULES, LlamaArgs, LlamaWeights, module_slice
@@ -79,8 +81,10 @@ class LoraStacks:
 class MergedLora:
     """Fold one adapter into the weights; unmerge restores the saved originals bit for bit."""
 
-    def __init__(self, args: LlamaArgs, weights: LlamaWeights) -> None:
+    def __init__(self, args: LlamaArgs, weights: LlamaWeights,
+                 on_change: Callable[[int], None] | None = None) -> None:
         self.args, self.weights = args, weights
+        self.on_change = on_change or (lambda _layer: None)
         self.originals: dict[tuple[int, str], torch.Tensor] = {}
         self.current: str | None = None
 
@@ -94,10 +98,14 @@ class MergedLora:
                 self.originals[(layer, fused)] = target.clone()
             delta = (b.float() @ a.float()) * adapter.scaling  # (out, in)
             target[rows] = (target[rows].float() + delta).to(target.dtype)
+        for layer in {layer for layer, _ in adapter.weights}:
+            self.on_change(layer)
         self.current = key
 
     def unmerge(self) -> None:
         for (layer, fused), original in self.originals.items():
             self.weights.layers[layer][fused].copy_(original)  # type: ignore[union-attr]
+        for layer in {layer for layer, _ in self.originals}:
+            self.on_change(layer)
         self.originals.clear()
         self.current = None

@@ -74,3 +74,33 @@ def make_peft_adapter(base: Path, target: Path, rank: int = 8,
                 param.normal_(0, 0.3)
     peft_model.save_pretrained(target, safe_serialization=True)
     return target
+
+
+def write_random_adapter(target: Path, shapes: dict[str, tuple[int, int]], layers: int, rank: int,
+                         target_modules: list[str], seed: int, alpha: int | None = None,
+                         std: float = 0.02) -> Path:
+    """A PEFT-format LoRA adapter with random weights, written directly (fast, no model needed).
+
+    ``shapes`` maps module name → (in_features, out_features), e.g. from ``LlamaArgs.module_shape``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(layers):
+        for module in target_modules:
+            fan_in, fan_out = shapes[module]
+            group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            prefix = f"base_model.model.model.layers.{layer}.{group}.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=generator) * std
+                                                  ).to(torch.bfloat16)
+            tensors[f"{prefix}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=generator) * std
+                                                  ).to(torch.bfloat16)
+    save_file(tensors, str(target / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha or 2 * rank,
+              "target_modules": target_modules, "lora_dropout": 0.0, "bias": "none",
+              "base_model_name_or_path": None, "fan_in_fan_out": False, "inference_mode": True}
+    (target / "adapter_config.json").write_text(json.dumps(config))
+    return target
