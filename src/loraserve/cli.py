@@ -27,7 +27,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="where the adapter registry is persisted "
                                            "(default: <model-store>/.loraserve)")
     serve.add_argument("--log-level", default="INFO")
+    demo = sub.add_parser("demo", help="serve the embedded SmolLM2-135M-Instruct model")
+    demo.add_argument("--host", default=None)
+    demo.add_argument("--port", default=None)
+    demo.add_argument("--log-level", default="INFO")
     return parser
+
+
+def demo_store() -> Path:
+    """A model store in the user's cache: SmolLM2 (converted once) and any shipped demo adapters."""
+    import shutil
+
+    from loraserve.model.default_model import smollm2_path
+    from loraserve.model.loader import cache_root
+
+    model_path = smollm2_path()
+    store = cache_root() / "demo-store"
+    model_dir = store / "smollm2"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "serving.properties").write_text(
+        f"engine=Python\noption.model_id={model_path}\noption.dtype=bf16\n"
+        "option.max_rolling_batch_size=32\noption.max_model_len=2048\noption.max_lora_rank=64\n")
+    shipped = Path(__file__).parent / "demo_adapters"
+    if shipped.is_dir():
+        for adapter in shipped.iterdir():
+            if adapter.is_dir() and not (model_dir / "adapters" / adapter.name).exists():
+                shutil.copytree(adapter, model_dir / "adapters" / adapter.name)
+    return store
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -60,11 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = config_from_args(args)
+        if args.command == "demo":
+            flags = {"model_store": str(demo_store()), "host": args.host, "port": args.port}
+            config = build_server_config([settings_from_env(), flags])
+        else:
+            config = config_from_args(args)
     except LoraserveError as exc:
         sys.exit(f"loraserve: {exc.message}")
-    if args.command == "serve":
-        serve(config, args.log_level)
+    serve(config, args.log_level)
 
 
 if __name__ == "__main__":

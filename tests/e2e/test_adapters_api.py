@@ -247,7 +247,7 @@ def test_streaming_output(env):
 
 
 def test_register_describe_scale_unregister_model(env):
-    server, store, log = env
+    server, store, _ = env
     other = make_store(store.parent / "second", name="other", adapters=("b1",)) / "other"
     client = server.client
     reply = client.post(f"/models?url={other}&model_name=other&min_worker=1")

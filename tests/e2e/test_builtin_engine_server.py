@@ -87,7 +87,8 @@ def test_unknown_adapter_is_404_before_any_work(env):
     server, _, _, _ = env
     for kwargs in ({"json": {"inputs": "x", "adapters": "nope"}},
                    {"json": {"inputs": "x"}, "params": {"adapter": "nope"}},
-                   {"json": {"inputs": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "adapter=nope"}}):
+                   {"json": {"inputs": "x"},
+                    "headers": {"X-Amzn-SageMaker-Custom-Attributes": "adapter=nope"}}):
         reply = server.client.post("/invocations", **kwargs)
         assert reply.status_code == 404 and "nope" in reply.json()["message"]
 
@@ -115,7 +116,7 @@ def test_bad_generation_requests(env, body, status):
 
 
 def test_concurrent_clients_share_the_running_batch(env):
-    server, _, reference, _ = env
+    server, _, _, _ = env
     body = {"inputs": "the lazy dog", "parameters": {"max_new_tokens": 48, "ignore_eos": True}}
 
     def call(i):

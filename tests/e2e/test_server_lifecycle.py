@@ -37,7 +37,8 @@ def test_adapters_survive_restart(tmp_path):
     src = make_adapter_dir(store / "extra", "kept")
     args = ["--model-store", str(store)]
     with ServerProcess(args) as server:
-        assert server.client.post(f"/models/echo/adapters?name=kept&src={src}&pin=true&k=v").status_code == 200
+        reply = server.client.post(f"/models/echo/adapters?name=kept&src={src}&pin=true&k=v")
+        assert reply.status_code == 200
         assert server.client.delete("/models/echo/adapters/a2").status_code == 200
     assert (store / ".loraserve" / "state.json").is_file()
     with ServerProcess(args) as server:
@@ -46,6 +47,11 @@ def test_adapters_survive_restart(tmp_path):
         kept = server.client.get("/models/echo/adapters/kept").json()[0]
         assert kept["pin"] is True and kept["options"] == {"k": "v"}
         assert server.client.post("/predictions/echo", json={"adapters": "kept"}).json()["known"]
+
+
+def _in_flight(client: httpx.Client) -> int:
+    workers = client.get("/models/echo").json()[0]["models"][0]["workerGroups"][0]["workers"]
+    return workers[0]["inFlight"] if workers else 0
 
 
 def test_killed_worker_fails_its_request_and_comes_back_with_adapters(tmp_path):
@@ -58,7 +64,7 @@ def test_killed_worker_fails_its_request_and_comes_back_with_adapters(tmp_path):
         old_pid = client.post("/predictions/echo", json={}).json()["pid"]
         with ThreadPoolExecutor(1) as pool:
             slow = pool.submit(client.post, "/predictions/echo", json={"sleep": 30})
-            while not client.get("/models/echo").json()[0]["models"][0]["workerGroups"][0]["workers"][0]["inFlight"]:
+            while not _in_flight(client):
                 time.sleep(0.05)
             os.kill(old_pid, signal.SIGKILL)
             reply = slow.result(timeout=30)
@@ -74,7 +80,8 @@ def test_killed_worker_fails_its_request_and_comes_back_with_adapters(tmp_path):
         assert answer.json()["known"] is True
         assert set(answer.json()["registered"]) == {"a1", "a2", "api1"}
         new_pid = answer.json()["pid"]
-        replayed = {e["name"] for e in read_events(log) if e["event"] == "register" and e["pid"] == new_pid}
+        replayed = {e["name"] for e in read_events(log)
+                    if e["event"] == "register" and e["pid"] == new_pid}
         assert replayed == {"a1", "a2", "api1"}
         names = [a["name"] for a in client.get("/models/echo/adapters").json()["adapters"]]
         assert sorted(names) == ["a1", "a2", "api1"]
@@ -113,7 +120,8 @@ def test_seed_document_curl_examples(tmp_path):
     base.args = ["--models", f"base-1.tar.gz={store / 'base'}"]
     headers = {"Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": "base-1.tar.gz"}
     with base as server:
-        body = '{"inputs": ["How is the weather"], "adapters": ["adapter_1"], "parameters": {"max_new_tokens": 25}}'
+        body = ('{"inputs": ["How is the weather"], "adapters": ["adapter_1"], '
+                '"parameters": {"max_new_tokens": 25}}')
         first = server.client.post("/invocations", content=body, headers=headers).json()
         assert first["adapter"] == ["adapter_1"] and first["known"] == [True]
         body = '{"inputs": ["How is the weather"], "parameters": {"max_new_tokens": 25}}'

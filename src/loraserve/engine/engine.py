@@ -21,7 +21,7 @@ from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, TokenEvent
 from loraserve.engine.step_batch import build_step_batch, finish_step
 from loraserve.errors import BadRequestError
-from loraserve.model.loader import parse_dtype, resolve_model_path
+from loraserve.model.loader import load_config, parse_dtype, resolve_model_path
 from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter
 from loraserve.model.runner import LlamaRunner
 
@@ -54,6 +54,7 @@ class LLMEngine:
         self.device = pick_device(config.device)
         self.dtype = parse_dtype(config.dtype, self.device.type)
         self.model_path = resolve_model_path(config.model_id, model_dir)
+        load_config(self.model_path)  # refuse an unsupported architecture before any heavy loading
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.runner = LlamaRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
                                   config.max_model_len, config.max_loras, config.max_lora_rank)

@@ -1,0 +1,136 @@
+"""Engine behaviour on a tiny model: waiting, sampling, stops, adapter lifecycle and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.errors import AdapterNotFoundError, BadRequestError, ConfigError
+from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+
+pytestmark = pytest.mark.integration
+GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("behaviour")
+    base = make_tiny_llama(root / "base")
+    return root, base, make_peft_adapter(base, root / "qv", rank=4), \
+        make_peft_adapter(base, root / "all", rank=8, target_modules="all-linear", seed=5)
+
+
+def _engine(base, **kwargs):
+    return LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8,
+                                  **kwargs))
+
+
+def test_requests_wait_for_kv_slots_and_all_finish(files):
+    _, base, qv, _ = files
+    engine = _engine(base, max_rolling_batch_size=2, max_loras=1)
+    engine.register_adapter("qv", qv)
+    engine.register_adapter("qv2", qv)
+    prompts = ["the quick", "hello", "lora", "dog", "fox"]
+    names = [None, "qv", "qv2", "qv", None]
+    results = engine.generate(prompts, names, GREEDY)
+    assert all(r.finish_reason == "length" and len(r.token_ids) == 10 for r in results)
+    alone = [engine.generate([p], [n], GREEDY)[0].token_ids for p, n in zip(prompts, names)]
+    assert [r.token_ids for r in results] == alone
+
+
+def test_seeded_sampling_is_reproducible_and_stops_apply(files):
+    _, base, _, _ = files
+    engine = _engine(base)
+    params = SamplingParams(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=20, top_p=0.9,
+                            seed=42, ignore_eos=True, repetition_penalty=1.2)
+    first = engine.generate(["the quick"] * 2, None, params)
+    again = engine.generate(["the quick"], None, params)[0]
+    assert first[0].token_ids == first[1].token_ids == again.token_ids
+    greedy = engine.generate(["the quick"], None, GREEDY)[0]
+    stop = greedy.text[3:6]
+    stopped = engine.generate(["the quick"], None, SamplingParams(max_new_tokens=10, ignore_eos=True,
+                                                                     stop=[stop]))[0]
+    assert stopped.finish_reason == "stop_sequence" and stop not in stopped.text
+    assert greedy.text.startswith(stopped.text)
+
+
+def test_running_request_keeps_its_adapter_version(files):
+    _, base, qv, all8 = files
+    engine = _engine(base)
+    engine.register_adapter("x", qv)
+    expected_old = engine.generate(["hello"], ["x"], GREEDY)[0].token_ids
+    seq = engine.add_request("hello", "x", GREEDY)
+    engine.step()  # prefill on version 1
+    engine.register_adapter("x", all8)  # update while it runs
+    while engine.has_work():
+        engine.step()
+    assert seq.output_ids == expected_old
+    assert engine.generate(["hello"], ["x"], GREEDY)[0].token_ids != expected_old
+
+
+def test_unregister_frees_memory(files):
+    _, base, _, all8 = files
+    engine = _engine(base, max_loras=2)
+    engine.register_adapter("a", all8)
+    engine.generate(["hello"], ["a"], GREEDY)
+    assert engine.memory_stats()["adapter_cpu_bytes"] > 0
+    assert any(bool(t.abs().sum()) for t in engine.runner.lora.a.values())
+    engine.unregister_adapter("a")
+    assert engine.memory_stats()["adapter_cpu_bytes"] == 0
+    assert all(not bool(t.abs().sum()) for t in engine.runner.lora.a.values())
+    with pytest.raises(AdapterNotFoundError):
+        engine.add_request("hello", "a", GREEDY)
+
+
+def _edited_adapter(src, dst, config_patch=None, key_patch=None):
+    dst.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / "adapter_config.json").read_text()) | (config_patch or {})
+    (dst / "adapter_config.json").write_text(json.dumps(config))
+    tensors = load_file(src / "adapter_model.safetensors")
+    if key_patch:
+        tensors = key_patch(tensors)
+    save_file(tensors, str(dst / "adapter_model.safetensors"))
+    return dst
+
+
+@pytest.mark.parametrize("config_patch,key_patch,fragment", [
+    ({"use_dora": True}, None, "DoRA"),
+    ({"modules_to_save": ["lm_head"]}, None, "modules_to_save"),
+    ({"target_modules": ["lm_head"]}, None, "lm_head"),
+    ({"peft_type": "IA3"}, None, "IA3"),
+    ({"r": 32}, None, "max_lora_rank"),
+    (None, lambda t: {k: torch.zeros(4, 7) if "lora_A" in k else v for k, v in t.items()}, "shapes"),
+    (None, lambda t: {k.replace("q_proj", "rotary"): v for k, v in t.items()}, "not a LoRA weight"),
+    (None, lambda t: {k.replace("layers.0", "layers.9"): v for k, v in t.items()}, "layer 9"),
+    (None, lambda t: {**t, "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64)}, "lm_head"),
+    (None, lambda t: {}, "match nothing"),
+])
+def test_unsupported_adapters_are_refused_by_name(files, config_patch, key_patch, fragment):
+    root, base, qv, _ = files
+    engine = _engine(base)
+    bad = _edited_adapter(qv, root / f"bad_{fragment.replace(' ', '_')}", config_patch, key_patch)
+    with pytest.raises(BadRequestError, match=fragment):
+        engine.register_adapter("bad", bad)
+    assert "bad" not in engine.adapters.registered
+
+
+def test_unsupported_architecture_and_missing_model(tmp_path, files):
+    _, base, _, _ = files
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    config = json.loads((base / "config.json").read_text()) | {"architectures": ["GPT2LMHeadModel"]}
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="supported: LlamaForCausalLM"):
+        _engine(odd)
+    with pytest.raises(ConfigError, match="does not exist"):
+        _engine(tmp_path / "missing")
+
+
+def test_too_long_requests_are_refused(files):
+    _, base, _, _ = files
+    with pytest.raises(BadRequestError, match="max_model_len"):
+        _engine(base).add_request("hello", None, SamplingParams(max_new_tokens=500))

@@ -1,0 +1,98 @@
+"""The adapter memory tiers: LRU eviction, pins, references, versions (no tensors)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraserve.engine.adapter_cache import AdapterCache
+from loraserve.errors import AdapterNotFoundError, BadRequestError
+
+pytestmark = pytest.mark.unit
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.installed: dict[int, str] = {}
+        self.loads: list[str] = []
+
+    def cache(self, slots: int = 2, cpu: int = 3) -> AdapterCache:
+        return AdapterCache(slots, cpu, self.load, self.install, self.clear)
+
+    def load(self, entry):
+        self.loads.append(entry.name)
+        return f"w:{entry.name}:{entry.version}"
+
+    def install(self, slot: int, weights) -> None:
+        self.installed[slot] = weights
+
+    def clear(self, slot: int) -> None:
+        self.installed.pop(slot, None)
+
+
+def test_lru_eviction_of_unused_slots():
+    rec = Recorder()
+    cache = rec.cache(slots=2)
+    for name in "abc":
+        cache.register(name, f"/{name}", f"w:{name}", pinned=False, preload=False)
+    for name in "ab":
+        cache.release(cache.entry(name).key) if cache.acquire(name) is not None else None
+    assert set(cache.resident) == {cache.entry("a").key, cache.entry("b").key}
+    cache.acquire("a")  # a is now most recent and held
+    cache.release(cache.entry("a").key)
+    assert cache.acquire("c") is not None  # evicts b, the least recently used
+    assert cache.entry("b").key not in cache.resident and cache.evictions == 1
+    assert rec.loads == ["a", "b", "c"]  # preload=False: each read from disk once
+
+
+def test_held_and_pinned_adapters_are_never_evicted():
+    rec = Recorder()
+    cache = rec.cache(slots=2)
+    cache.register("pin", "/p", "w:pin", pinned=True, preload=True)
+    cache.register("busy", "/b", "w:busy", pinned=False, preload=True)
+    cache.register("late", "/l", "w:late", pinned=False, preload=True)
+    assert cache.acquire("busy") is not None  # running request holds it
+    assert cache.acquire("late") is None  # both slots held: the request must wait
+    cache.release(cache.entry("busy").key)
+    assert cache.acquire("late") is not None
+    assert cache.entry("pin").key in cache.resident
+
+
+def test_cpu_tier_is_bounded():
+    rec = Recorder()
+    cache = rec.cache(slots=1, cpu=2)
+    for name in "abcd":
+        cache.register(name, f"/{name}", f"w:{name}", pinned=False, preload=True)
+    assert len(cache.cpu) == 2
+
+
+def test_replaced_version_lives_until_its_last_request():
+    rec = Recorder()
+    cache = rec.cache(slots=2)
+    cache.register("a", "/a1", "w:v1", pinned=False, preload=True)
+    old = cache.entry("a").key
+    slot = cache.acquire("a")
+    cache.register("a", "/a2", "w:v2", pinned=False, preload=True)  # update while running
+    new = cache.entry("a").key
+    assert new != old and rec.installed[slot] == "w:v1"
+    new_slot = cache.acquire("a")
+    assert new_slot != slot and rec.installed[new_slot] == "w:v2"
+    cache.release(old)
+    assert old not in cache.resident and old not in cache.cpu and slot not in rec.installed
+
+
+def test_unregister_frees_memory_and_unknown_names_fail():
+    rec = Recorder()
+    cache = rec.cache()
+    cache.register("a", "/a", "w:a", pinned=False, preload=True)
+    cache.release(cache.entry("a").key) if cache.acquire("a") is not None else None
+    cache.unregister("a")
+    assert not cache.cpu and not cache.resident and not rec.installed
+    with pytest.raises(AdapterNotFoundError):
+        cache.acquire("a")
+
+
+def test_cannot_pin_more_than_the_slots():
+    cache = Recorder().cache(slots=1)
+    cache.register("p1", "/p", "w", pinned=True, preload=True)
+    with pytest.raises(BadRequestError, match="pinned"):
+        cache.register("p2", "/p", "w", pinned=True, preload=True)
