@@ -9,6 +9,7 @@ import torch
 from loraserve.engine.sampling import apply_repetition_penalty, sample_row
 from loraserve.engine.sequence import Sequence, TokenEvent
 from loraserve.model.llama import StepBatch
+from loraserve.model.lora import build_plan
 
 if TYPE_CHECKING:
     from loraserve.engine.engine import LLMEngine
@@ -53,7 +54,9 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
     batch.extra["decode_max_len"] = max((s.total_len for s in decodes), default=0)
     batch.extra["decode_first_slot"] = first
     if not merged:
-        batch.lora_mask, batch.extra["lora_slots"] = runner.lora.build_mask(lora_slots)
+        batch.lora_plan = build_plan([s.lora_slot for s in decodes],
+                                     [(start, n, seq.lora_slot) for (start, n, _, _), seq
+                                      in zip(prefill_spans, prefills)], device)
     return batch
 
 

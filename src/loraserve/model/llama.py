@@ -9,6 +9,7 @@ per-sequence: decodes are batched over their KV-cache slots, prefills run causal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -78,7 +79,7 @@ class StepBatch:
     decode_contiguous: bool  # decode_slots == arange(first, first + B)
     prefills: list[tuple[int, int, int, int]]  # (flat start, length, slot, past length)
     logits_index: torch.Tensor  # (N,) last flat token of each sequence
-    lora_mask: torch.Tensor | None = None  # (T, S*r) one-hot rank block of each token's adapter
+    lora_plan: Any = None  # a lora.LoraPlan when any token uses an adapter
     extra: dict = field(default_factory=dict)
 
 

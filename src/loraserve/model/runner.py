@@ -38,7 +38,7 @@ class LlamaRunner:
     def forward(self, batch: StepBatch) -> torch.Tensor:
         """Logits (N, vocab) in fp32 for the last token of each sequence of the batch."""
         args, lora = self.args, self.lora
-        mask, n_slots = (batch.lora_mask, batch.extra.get("lora_slots", 0))
+        plan = batch.lora_plan
         decode_mask = self._decode_mask(batch)
         h = self.weights.embed[batch.input_ids]  # (T, hidden)
         tokens = h.shape[0]
@@ -47,11 +47,10 @@ class LlamaRunner:
         def project(x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None,
                     parts: tuple[tuple[str, slice], ...]) -> torch.Tensor:
             out = self.linears(x, layer, name, bias)
-            if mask is not None:
-                for module, rows in parts:
-                    delta = lora.delta(x, layer, module, mask, n_slots)
-                    if delta is not None:
-                        out[:, rows] += delta
+            if plan is not None:
+                grouped = lora.grouped_input(x, plan)
+                for module, cols in parts:
+                    lora.add_delta(out[:, cols], x, grouped, layer, module, plan)
             return out
 
         qkv_parts = (("q_proj", slice(0, q_dim)), ("k_proj", slice(q_dim, q_dim + kv_dim)),
