@@ -33,7 +33,7 @@ class GenerationResult:
     request_id: int
     text: str
     token_ids: list[int]
-    logprobs: list[float]
+    logprobs: list[float | None]
     finish_reason: str
     prompt_tokens: int
 
@@ -192,7 +192,7 @@ class LLMEngine:
                 seq.finish_reason = "error"
                 self.scheduler.abort(seq.request_id)
                 if seq.on_event:
-                    seq.on_event(TokenEvent(seq.request_id, -1, "", 0.0, "error"))
+                    seq.on_event(TokenEvent(seq.request_id, -1, "", None, "error"))
 
     def memory_stats(self) -> dict[str, int]:
         return {"weights_bytes": self.runner.weights.nbytes(), "kv_cache_bytes": self.runner.kv_bytes(),

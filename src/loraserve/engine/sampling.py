@@ -21,6 +21,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     details: bool = False
+    logprobs: bool = False  # compute each token's log-probability (details and streams need it)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -57,6 +58,7 @@ class SamplingParams:
                 stop=stop,
                 ignore_eos=bool(p.get("ignore_eos", False)),
                 details=bool(p.get("details", False)),
+                logprobs=bool(p.get("details", False)),
             )
         except (TypeError, ValueError) as exc:
             raise BadRequestError(f"invalid generation parameter: {exc}") from None

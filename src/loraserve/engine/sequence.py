@@ -29,7 +29,7 @@ class TokenEvent:
     request_id: int
     token_id: int
     text: str  # new text since the previous event
-    logprob: float
+    logprob: float | None
     finish_reason: str | None = None
 
 
@@ -41,7 +41,7 @@ class Sequence:
     on_event: Callable[[TokenEvent], Any] | None = None
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    logprobs: list[float | None] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     slot: int = -1
     lora_slot: int = -1

@@ -21,13 +21,11 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
-    lora_slots: list[int] = []
     logits_index: list[int] = []
     for seq in decodes:  # one token each: the last sampled one, not yet cached
         ids.append(seq.output_ids[-1])
         positions.append(seq.total_len - 1)
         slots.append(seq.slot)
-        lora_slots.append(seq.lora_slot)
         logits_index.append(len(ids) - 1)
     prefill_spans = []
     for seq in prefills:
@@ -36,7 +34,6 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
         ids.extend(new)
         positions.extend(range(seq.cached, seq.cached + len(new)))
         slots.extend([seq.slot] * len(new))
-        lora_slots.extend([seq.lora_slot] * len(new))
         logits_index.append(len(ids) - 1)
     device = runner.device
     decode_slots = [s.slot for s in decodes]
@@ -62,19 +59,15 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
 
 def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
     """Sample one token per sequence, update caches/text, emit events; return finished ones."""
-    normaliser = torch.logsumexp(logits, dim=-1)  # (N,): logprob = logit - logsumexp
+    tokens = [_sample(seq, logits[row]) for row, seq in enumerate(seqs)]
+    logprobs = _logprobs(seqs, logits, tokens)
     finished = []
     for row, seq in enumerate(seqs):
         seq.cached = seq.total_len
         seq.peak_batch = max(seq.peak_batch, len(seqs))
-        scores = logits[row]
-        if seq.params.repetition_penalty != 1.0:
-            scores = scores.clone()
-            seen = torch.tensor(sorted(set(seq.all_ids)), device=scores.device)
-            apply_repetition_penalty(scores, seen, seq.params.repetition_penalty)
-        token = sample_row(scores, seq.params, seq.generator)
+        token = tokens[row]
         seq.output_ids.append(token)
-        seq.logprobs.append(float(logits[row, token] - normaliser[row]))
+        seq.logprobs.append(logprobs[row])
         reason = _finish_reason(engine, seq, token)
         text = _new_text(engine, seq, reason is not None)
         if reason is None and _hit_stop(seq):
@@ -88,6 +81,28 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
         if seq.on_event is not None:
             seq.on_event(TokenEvent(seq.request_id, token, text, seq.logprobs[-1], reason))
     return finished
+
+
+def _logprobs(seqs: list[Sequence], logits: torch.Tensor, tokens: list[int]) -> list[float | None]:
+    """Log-probabilities of the chosen tokens, only for sequences that asked (a full-vocabulary
+    logsumexp per row is a visible share of a CPU decode step)."""
+    wanted = [row for row, seq in enumerate(seqs) if seq.params.logprobs]
+    result: list[float | None] = [None] * len(seqs)
+    if wanted:
+        index = torch.tensor(wanted, device=logits.device)
+        chosen = logits[index, torch.tensor([tokens[r] for r in wanted], device=logits.device)]
+        values = (chosen - torch.logsumexp(logits[index], dim=-1)).tolist()
+        for row, value in zip(wanted, values):
+            result[row] = value
+    return result
+
+
+def _sample(seq: Sequence, scores: torch.Tensor) -> int:
+    if seq.params.repetition_penalty != 1.0:
+        scores = scores.clone()
+        seen = torch.tensor(sorted(set(seq.all_ids)), device=scores.device)
+        apply_repetition_penalty(scores, seen, seq.params.repetition_penalty)
+    return sample_row(scores, seq.params, seq.generator)
 
 
 def _finish_reason(engine: LLMEngine, seq: Sequence, token: int) -> str | None:

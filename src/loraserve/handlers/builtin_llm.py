@@ -126,6 +126,7 @@ async def _generate(item: Input) -> Output:
     if not isinstance(body, dict):
         raise BadRequestError('the request body must be a JSON object with "inputs"')
     params = SamplingParams.from_lmi(body.get("parameters") or {})
+    params.logprobs = params.details or bool(body.get("stream"))
     if "messages" in body:
         return await _chat(item, body, params)
     inputs = body.get("inputs", body.get("prompt"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loraserve.model.llama import LORA_MODULES, LlamaArgs, LlamaWeights, module_slice
+from loraserve.model.llama import LlamaArgs, LlamaWeights, module_slice
 from loraserve.model.peft_adapter import LoraWeights
 
 
@@ -59,7 +59,15 @@ def build_plan(decode_slots: list[int], prefills: list[tuple[int, int, int]],
     return LoraPlan(n, m, tensor(gather), tensor(valid), tensor(rows), prefills)
 
 
+FUSED_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
+                "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+
+
 class LoraStacks:
+    """Stacks per fused weight (qkv, o, gate_up, down): module j of a group owns rank columns
+    ``[j*r, (j+1)*r)`` of A and the same rows of B, whose columns are its output slice — so q, k
+    and v (or gate and up) cost one pair of batched matmuls together."""
+
     def __init__(self, args: LlamaArgs, slots: int, rank: int, dtype: torch.dtype,
                  device: torch.device) -> None:
         self.args, self.slots, self.rank = args, slots, rank
@@ -69,53 +77,56 @@ class LoraStacks:
         self.device = device
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
-        self.users: dict[str, set[int]] = {m: set() for m in LORA_MODULES}
+        self.users: dict[str, set[int]] = {g: set() for g in FUSED_GROUPS}
 
-    def _stack(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if module not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
-            fan_in, fan_out = self.args.module_shape(module)
-            n = self.args.num_layers
-            self.a[module] = torch.zeros(n, self.slots, fan_in, self.rank, dtype=self.dtype,
-                                         device=self.device)
-            self.b[module] = torch.zeros(n, self.slots, self.rank, fan_out, dtype=self.dtype,
-                                         device=self.device)
-        return self.a[module], self.b[module]
+    def _stack(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if group not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
+            modules = FUSED_GROUPS[group]
+            fan_in = self.args.module_shape(modules[0])[0]
+            fan_out = sum(self.args.module_shape(m)[1] for m in modules)
+            width, n = len(modules) * self.rank, self.args.num_layers
+            self.a[group] = torch.zeros(n, self.slots, fan_in, width, dtype=self.dtype, device=self.device)
+            self.b[group] = torch.zeros(n, self.slots, width, fan_out, dtype=self.dtype, device=self.device)
+        return self.a[group], self.b[group]
 
     def load(self, slot: int, adapter: LoraWeights) -> None:
         self.clear(slot)
         r = adapter.rank
         for (layer, module), (a, b) in adapter.weights.items():
-            stack_a, stack_b = self._stack(module)
-            stack_a[layer, slot, :, :r] = a.t().to(self.device, self.dtype)
-            stack_b[layer, slot, :r, :] = (b.float().t() * adapter.scaling).to(self.device, self.dtype)
-            self.users[module].add(slot)
+            group, rows = module_slice(self.args, module)
+            j = FUSED_GROUPS[group].index(module) * self.rank
+            stack_a, stack_b = self._stack(group)
+            stack_a[layer, slot, :, j:j + r] = a.t().to(self.device, self.dtype)
+            scaled_b = (b.float().t() * adapter.scaling).to(self.device, self.dtype)
+            stack_b[layer, slot, j:j + r, rows] = scaled_b
+            self.users[group].add(slot)
 
     def clear(self, slot: int) -> None:
-        for module in LORA_MODULES:
-            if slot in self.users[module]:
-                self.a[module][:, slot] = 0
-                self.b[module][:, slot] = 0
-                self.users[module].discard(slot)
+        for group in FUSED_GROUPS:
+            if slot in self.users[group]:
+                self.a[group][:, slot] = 0
+                self.b[group][:, slot] = 0
+                self.users[group].discard(slot)
 
     def grouped_input(self, x: torch.Tensor, plan: LoraPlan) -> torch.Tensor | None:
-        """Decode rows of x arranged (n, m, in) by slot, zero-padded; shared by fused modules."""
+        """Decode rows of x arranged (n, m, in) by slot, zero-padded."""
         if plan.n == 0:
             return None
         padded = torch.cat([x, x.new_zeros(1, x.shape[1])]).to(self.dtype)
         return padded.index_select(0, plan.gather).view(plan.n, plan.m, x.shape[1])
 
-    def add_delta(self, out: torch.Tensor, x: torch.Tensor, grouped: torch.Tensor | None, layer: int,
-                  module: str, plan: LoraPlan) -> None:
-        """out[:, :] += LoRA(x) for ``module``; ``out`` is the module's (T, out) output view."""
-        if not self.users[module]:
+    def add_delta(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, plan: LoraPlan) -> None:
+        """out (T, fused out) += the LoRA outputs of every module of ``group``."""
+        if not self.users[group]:
             return
-        a, b = self.a[module][layer], self.b[module][layer]  # (S, in, r), (S, r, out)
+        a, b = self.a[group][layer], self.b[group][layer]  # (S, in, k*r), (S, k*r, out)
+        grouped = self.grouped_input(x, plan)
         if grouped is not None:
             y = torch.bmm(torch.bmm(grouped, a[:plan.n]), b[:plan.n])  # (n, m, out)
             delta = y.view(plan.n * plan.m, -1).index_select(0, plan.valid).to(out.dtype)
             out.index_add_(0, plan.rows, delta)
         for start, length, slot in plan.prefills:
-            if slot in self.users[module]:
+            if slot in self.users[group]:
                 piece = x[start:start + length].to(self.dtype)
                 out[start:start + length] += ((piece @ a[slot]) @ b[slot]).to(out.dtype)
 

@@ -44,22 +44,16 @@ class LlamaRunner:
         tokens = h.shape[0]
         q_dim, kv_dim = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
 
-        def project(x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None,
-                    parts: tuple[tuple[str, slice], ...]) -> torch.Tensor:
+        def project(x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
             out = self.linears(x, layer, name, bias)
             if plan is not None:
-                grouped = lora.grouped_input(x, plan)
-                for module, cols in parts:
-                    lora.add_delta(out[:, cols], x, grouped, layer, module, plan)
+                lora.add_delta(out, x, layer, name, plan)
             return out
 
-        qkv_parts = (("q_proj", slice(0, q_dim)), ("k_proj", slice(q_dim, q_dim + kv_dim)),
-                     ("v_proj", slice(q_dim + kv_dim, q_dim + 2 * kv_dim)))
         inter = args.intermediate_size
-        gate_up_parts = (("gate_proj", slice(0, inter)), ("up_proj", slice(inter, 2 * inter)))
         for i, layer in enumerate(self.weights.layers):
             x = rms_norm(h, layer["input_norm"], args.rms_eps)  # type: ignore[arg-type]
-            qkv = project(x, i, "qkv", layer["qkv_bias"], qkv_parts)  # type: ignore[arg-type]
+            qkv = project(x, i, "qkv", layer["qkv_bias"])  # type: ignore[arg-type]
             q = self.rope.apply(qkv[:, :q_dim].view(tokens, args.num_heads, args.head_dim), batch.positions)
             k = self.rope.apply(qkv[:, q_dim:q_dim + kv_dim].view(tokens, args.num_kv_heads, args.head_dim),
                                 batch.positions)
@@ -67,11 +61,11 @@ class LlamaRunner:
             self.k_cache[i][batch.slots, :, batch.positions] = k
             self.v_cache[i][batch.slots, :, batch.positions] = v
             attn = self._attention(i, q, batch, decode_mask).reshape(tokens, q_dim)
-            h = h + project(attn, i, "o", None, (("o_proj", slice(None)),))  # type: ignore[arg-type]
+            h = h + project(attn, i, "o", None)  # type: ignore[arg-type]
             x = rms_norm(h, layer["post_norm"], args.rms_eps)  # type: ignore[arg-type]
-            gate_up = project(x, i, "gate_up", None, gate_up_parts)  # type: ignore[arg-type]
+            gate_up = project(x, i, "gate_up", None)  # type: ignore[arg-type]
             act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-            h = h + project(act, i, "down", None, (("down_proj", slice(None)),))  # type: ignore[arg-type]
+            h = h + project(act, i, "down", None)  # type: ignore[arg-type]
         last = rms_norm(h[batch.logits_index], self.weights.norm, args.rms_eps)
         return self.linears.head(last).float()
 
