@@ -59,7 +59,10 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
 
 def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
     """Sample one token per sequence, update caches/text, emit events; return finished ones."""
-    tokens = [_sample(seq, logits[row]) for row, seq in enumerate(seqs)]
+    if all(not s.params.do_sample and s.params.repetition_penalty == 1.0 for s in seqs):
+        tokens = logits.argmax(dim=-1).tolist()  # all greedy: one argmax for the batch
+    else:
+        tokens = [_sample(seq, logits[row]) for row, seq in enumerate(seqs)]
     logprobs = _logprobs(seqs, logits, tokens)
     finished = []
     for row, seq in enumerate(seqs):

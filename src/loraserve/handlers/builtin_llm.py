@@ -193,7 +193,7 @@ update_adapter = register_adapter  # a new version replaces the old; running req
 async def unregister_adapter(inputs: Input) -> Output:
     name = inputs.get_properties()["name"]
     try:
-        engine().unregister_adapter(name)
+        await asyncio.to_thread(engine().unregister_adapter, name)
     except LoraserveError as exc:
         return Output().error(exc.message, code=exc.status_code, message=exc.error_type)
     return Output().add(f"Adapter {name} unregistered")

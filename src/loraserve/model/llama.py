@@ -145,10 +145,13 @@ class RotaryEmbedding:
         emb = torch.cat([freqs, freqs], dim=-1)  # (P, d)
         self.cos, self.sin = emb.cos().to(device), emb.sin().to(device)
 
-    def apply(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (T, 1, d) for a step's positions: looked up once, used by every layer."""
+        return (self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype))
+
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: (T, heads, d) rotated by its token's position, HF's rotate-half convention."""
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)  # (T, 1, d)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin

@@ -51,12 +51,14 @@ class LlamaRunner:
             return out
 
         inter = args.intermediate_size
+        heads_qk = args.num_heads + args.num_kv_heads
+        cos, sin = self.rope.tables(batch.positions, self.dtype)
         for i, layer in enumerate(self.weights.layers):
             x = rms_norm(h, layer["input_norm"], args.rms_eps)  # type: ignore[arg-type]
             qkv = project(x, i, "qkv", layer["qkv_bias"])  # type: ignore[arg-type]
-            q = self.rope.apply(qkv[:, :q_dim].view(tokens, args.num_heads, args.head_dim), batch.positions)
-            k = self.rope.apply(qkv[:, q_dim:q_dim + kv_dim].view(tokens, args.num_kv_heads, args.head_dim),
-                                batch.positions)
+            # q and k rotated together: (T, H + kvh, d), one pass instead of two
+            qk = self.rope.apply(qkv[:, :q_dim + kv_dim].view(tokens, heads_qk, args.head_dim), cos, sin)
+            q, k = qk[:, :args.num_heads], qk[:, args.num_heads:]
             v = qkv[:, q_dim + kv_dim:].view(tokens, args.num_kv_heads, args.head_dim)
             self.k_cache[i][batch.slots, :, batch.positions] = k
             self.v_cache[i][batch.slots, :, batch.positions] = v
