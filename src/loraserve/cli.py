@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the model store and each model's directory)")
     serve.add_argument("--state-dir", help="where the adapter registry is persisted "
                                            "(default: <model-store>/.loraserve)")
+    serve.add_argument("--max-loaded-models", help="multi-model endpoints: evict the least "
+                                                    "recently used model above this many (0 = no limit)")
     serve.add_argument("--log-level", default="INFO")
     demo = sub.add_parser("demo", help="serve the embedded SmolLM2-135M-Instruct model")
     demo.add_argument("--host", default=None)
@@ -65,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "host": args.host,
         "port": args.port,
         "state_dir": args.state_dir,
+        "max_loaded_models": args.max_loaded_models,
         "models": " ".join(args.models) if args.models else None,
         "allowed_adapter_roots": ",".join(args.allowed_adapter_roots)
         if args.allowed_adapter_roots else None,

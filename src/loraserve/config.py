@@ -127,6 +127,7 @@ class ServerConfig:
     state_dir: Path | None = None
     max_request_bytes: int = 64 * 1024 * 1024
     worker_start_timeout_s: float = 600.0
+    max_loaded_models: int = 0  # multi-model endpoints: 0 = no limit
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -150,6 +151,7 @@ _SCALAR_SETTINGS = {
     "max_request_bytes": int,
     "allowed_adapter_roots": str,
     "worker_start_timeout_s": float,
+    "max_loaded_models": int,
 }
 
 

@@ -26,6 +26,22 @@ def discover_models(store: Path) -> dict[str, Path]:
             if not child.name.startswith(".") and is_model_dir(child)}
 
 
+def is_workflow_dir(path: Path) -> bool:
+    """A directory served as a workflow: ``workflow.json`` and no model of its own."""
+    return (path / "workflow.json").is_file() and not any(
+        (path / marker).is_file() for marker in ("serving.properties", "model.py"))
+
+
+def find_in_store(store: Path | None, name: str) -> Path | None:
+    """``name`` as a model directory or archive in the store (multi-model endpoints)."""
+    if store is None or "/" in name or name.startswith("."):
+        return None
+    for candidate in (store / name, *(store / f"{name}{s}" for s in (".tar.gz", ".tgz", ".zip"))):
+        if is_model_dir(candidate) or (candidate.is_file() and is_archive(candidate)):
+            return candidate
+    return None
+
+
 def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path:
     """A path, ``file://`` URL or archive to a model directory."""
     path = local_path_of(url, model_store)

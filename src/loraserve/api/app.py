@@ -13,10 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraserve.api import adapters, inference, management
+from loraserve.api import adapters, inference, management, workflows
 from loraserve.config import ServerConfig
 from loraserve.errors import LoraserveError
+from loraserve.model_store import discover_models, is_workflow_dir
 from loraserve.serving.model_manager import ModelManager
+from loraserve.workflows.manager import WorkflowManager
 
 log = logging.getLogger("loraserve.api")
 access_log = logging.getLogger("loraserve.access")
@@ -56,6 +58,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
         async def start() -> None:
             try:
                 await manager.start()
+                await start_workflows(app.state.workflows, config)
             finally:
                 app.state.started = True
                 log.info("start-up done: %d model(s)", len(manager.models))
@@ -69,6 +72,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
 
     app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
+    app.state.workflows = WorkflowManager(manager)
     app.state.config = config
     app.state.started = False
     install_error_handlers(app)
@@ -84,4 +88,17 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app.include_router(inference.router)
     app.include_router(adapters.router)  # before management: /models/{m}/adapters wins
     app.include_router(management.router)
+    app.include_router(workflows.router)
     return app
+
+
+async def start_workflows(manager: WorkflowManager, config: ServerConfig) -> None:
+    """Model-store directories that hold a ``workflow.json`` (and no model) are workflows."""
+    if config.model_store is None:
+        return
+    for path in discover_models(config.model_store).values():
+        if is_workflow_dir(path):
+            try:
+                await manager.register(workflows.read_workflow_file(path))
+            except LoraserveError as exc:
+                log.error("workflow in %s failed to load: %s", path, exc)

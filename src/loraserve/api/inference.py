@@ -41,16 +41,32 @@ async def _predict(request: Request, model: ModelService) -> Response:
     return reply_to_response(reply)
 
 
+async def _run_workflow(request: Request, name: str) -> Response:
+    body = await read_body(request, config_of(request).max_request_bytes)
+    parse_json_body(body, request.headers.get("content-type"))
+    reply = await request.app.state.workflows.execute(name, build_wire_input(request, body))
+    return reply_to_response(reply)
+
+
 @router.post("/invocations")
 async def invocations(request: Request) -> Response:
+    """SageMaker: the target model header names a model or workflow, loaded on first call."""
     manager = manager_of(request)
     name = request.headers.get(TARGET_MODEL) or request.query_params.get("model_name")
-    model = manager.get(name) if name else manager.single_model()
-    return await _predict(request, model)
+    if name and name in request.app.state.workflows.workflows:
+        return await _run_workflow(request, name)
+    if name:
+        return await _predict(request, await manager.get_or_load(name))
+    workflows = request.app.state.workflows
+    if len(workflows.workflows) == 1 and set(manager.models) <= workflows.owned_models():
+        return await _run_workflow(request, next(iter(workflows.workflows)))  # the single endpoint
+    return await _predict(request, manager.single_model())
 
 
 @router.post("/predictions/{model_name}")
 async def predictions(request: Request, model_name: str) -> Response:
+    if model_name in request.app.state.workflows.workflows:
+        return await _run_workflow(request, model_name)
     return await _predict(request, manager_of(request).get(model_name))
 
 

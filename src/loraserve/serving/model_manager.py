@@ -9,8 +9,20 @@ from typing import Any
 
 from loraserve.adapters.registry import AdapterOrigin, AdapterRecord
 from loraserve.config import ServerConfig
-from loraserve.errors import BadRequestError, ConflictError, LoraserveError, ModelNotFoundError
-from loraserve.model_store import discover_models, resolve_model_url, startup_adapter_dirs
+from loraserve.errors import (
+    BadRequestError,
+    ConflictError,
+    LoraserveError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+)
+from loraserve.model_store import (
+    discover_models,
+    find_in_store,
+    is_workflow_dir,
+    resolve_model_url,
+    startup_adapter_dirs,
+)
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.state_store import StateStore
 
@@ -24,6 +36,8 @@ class ModelManager:
         self.state = StateStore(config.state_file)
         self._saved = self.state.load()
         self._lock = asyncio.Lock()
+        self._loading: dict[str, asyncio.Task] = {}
+        self.evictions = 0
 
     @property
     def scratch_dir(self) -> Path:
@@ -34,7 +48,8 @@ class ModelManager:
         """Load the model store and ``--models``; a model that fails is reported, not fatal."""
         found: dict[str, str] = {}
         if self.config.model_store:
-            found.update({n: str(p) for n, p in discover_models(self.config.model_store).items()})
+            found.update({n: str(p) for n, p in discover_models(self.config.model_store).items()
+                          if not is_workflow_dir(p)})
         found.update(self.config.models)
         results = await asyncio.gather(
             *(self.register(name, url, startup=True) for name, url in found.items()),
@@ -83,6 +98,43 @@ class ModelManager:
             raise
         await self._restore_adapters(model)
         return model
+
+    async def get_or_load(self, name: str) -> ModelService:
+        """SageMaker multi-model endpoints: load ``name`` from the store on its first call,
+        making room by evicting the least recently used idle model loaded that way."""
+        model = self.models.get(name)
+        if model is not None and name not in self._loading:
+            return model
+        if name not in self._loading:
+            path = find_in_store(self.config.model_store, name)
+            if path is None:
+                raise ModelNotFoundError(f"model {name} not found (not loaded, not in the model store)")
+            self._loading[name] = asyncio.ensure_future(self._load_on_demand(name, path))
+        task = self._loading[name]
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._loading.pop(name, None)
+
+    async def _load_on_demand(self, name: str, path: Path) -> ModelService:
+        await self._make_room()
+        model = await self.register(name, str(path))
+        model.on_demand = True
+        return model
+
+    async def _make_room(self) -> None:
+        limit = self.config.max_loaded_models
+        while limit and len(self.models) >= limit:
+            idle = [m for m in self.models.values() if m.on_demand and m.idle()]
+            if not idle:
+                raise ServiceUnavailableError(
+                    f"{len(self.models)} models are loaded (max_loaded_models={limit}) and none is "
+                    "idle to evict; retry later")
+            victim = min(idle, key=lambda m: m.last_used)
+            log.info("evicting model %s (least recently used) to load another", victim.name)
+            self.evictions += 1
+            await self.unregister(victim.name)
 
     async def unregister(self, name: str) -> None:
         model = self.get(name)

@@ -87,6 +87,8 @@ class ModelService:
         self.registry = AdapterRegistry()
         self.adapter_lock = asyncio.Lock()
         self.created = time.time()
+        self.last_used = time.monotonic()
+        self.on_demand = False  # loaded by a multi-model endpoint call: may be evicted
         env = {"LORASERVE_MODEL_OPTIONS": json.dumps(options or {})}
         self.workers = WorkerGroup(name, model_dir, self.config, env, self._replay_adapters,
                                    server.worker_start_timeout_s)
@@ -225,7 +227,11 @@ class ModelService:
 
     async def infer(self, wire_input: dict[str, Any]) -> WorkerReply:
         self._require_ready()
+        self.last_used = time.monotonic()
         return await self.workers.submit(wire_input)
+
+    def idle(self) -> bool:
+        return self.workers.queue_length == 0 and not any(w.in_flight for w in self.workers.workers)
 
     def summary(self) -> dict[str, Any]:
         return {"modelName": self.name, "modelUrl": self.url, "status": self.status.value}

@@ -1,0 +1,1 @@
+"""DJL workflows: spec parsing and validation, templates, built-in functions and execution."""
