@@ -127,9 +127,9 @@ async def _generate(item: Input) -> Output:
         raise BadRequestError('the request body must be a JSON object with "inputs"')
     params = SamplingParams.from_lmi(body.get("parameters") or {})
     params.logprobs = params.details or bool(body.get("stream"))
-    if "messages" in body:
+    if "messages" in body and not body.get("stream"):
         return await _chat(item, body, params)
-    inputs = body.get("inputs", body.get("prompt"))
+    inputs = _chat_prompt(body) if "messages" in body else body.get("inputs", body.get("prompt"))
     prompts = inputs if isinstance(inputs, list) else [inputs]
     if inputs is None or not all(isinstance(p, str) for p in prompts):
         raise BadRequestError('"inputs" must be a string or a list of strings')
