@@ -17,6 +17,7 @@ from loraserve.api import adapters, inference, management, openai, workflows
 from loraserve.config import ServerConfig
 from loraserve.errors import LoraserveError
 from loraserve.model_store import discover_models, is_workflow_dir
+from loraserve.serving.metrics import ServerMetrics
 from loraserve.serving.model_manager import ModelManager
 from loraserve.workflows.manager import WorkflowManager
 
@@ -73,6 +74,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
     app.state.workflows = WorkflowManager(manager)
+    app.state.metrics = ServerMetrics()
     app.state.config = config
     app.state.started = False
     install_error_handlers(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loraserve.api.deps import config_of, manager_of
 from loraserve.api.request_input import (
@@ -15,6 +16,7 @@ from loraserve.api.request_input import (
 )
 from loraserve.api.responses import reply_to_response
 from loraserve.errors import ModelNotFoundError
+from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
 
 router = APIRouter()
@@ -36,8 +38,10 @@ async def _predict(request: Request, model: ModelService) -> Response:
     json_body = parse_json_body(body, request.headers.get("content-type"))
     if model.uses_builtin_engine:
         check_adapter_count(json_body)
-    model.check_adapters(requested_adapters(json_body, request))
-    reply = await model.infer(build_wire_input(request, body))
+    adapters = requested_adapters(json_body, request)
+    model.check_adapters(adapters)
+    metrics = request.app.state.metrics
+    reply = await metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
     return reply_to_response(reply)
 
 
@@ -46,6 +50,14 @@ async def _run_workflow(request: Request, name: str) -> Response:
     parse_json_body(body, request.headers.get("content-type"))
     reply = await request.app.state.workflows.execute(name, build_wire_input(request, body))
     return reply_to_response(reply)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; engine figures are fetched from the workers at scrape time."""
+    recorder = request.app.state.metrics
+    await recorder.refresh(list(manager_of(request).models.values()))
+    return Response(generate_latest(recorder.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post("/invocations")

@@ -76,10 +76,10 @@ def lmi_parameters(body: dict) -> dict[str, Any]:
     return params
 
 
-async def _call(model: ModelService, lmi: dict) -> WorkerReply:
+async def _call(request: Request, model: ModelService, lmi: dict) -> WorkerReply:
     wire = {"properties": {"content-type": "application/json"},
             "content": [("data", json.dumps(lmi).encode())]}
-    reply = await model.infer(wire)
+    reply = await request.app.state.metrics.infer(model, lmi.get("adapters") or "", wire)
     output = reply.output
     if output is not None and output["code"] >= 400:
         detail = b"".join(v for _, v in output["content"]).decode("utf-8", "replace")
@@ -113,9 +113,9 @@ async def _openai(request: Request, chat: bool) -> Response:
     meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": body["model"]}
     if body.get("stream"):
-        reply = await _call(model, {**lmi, "stream": True})
+        reply = await _call(request, model, {**lmi, "stream": True})
         return StreamingResponse(_sse(reply, meta, chat), media_type="text/event-stream")
-    answer = json.loads((await _call(model, lmi)).output["content"][0][1])  # type: ignore[index]
+    answer = json.loads((await _call(request, model, lmi)).output["content"][0][1])  # type: ignore[index]
     if chat:
         return JSONResponse({**answer, **meta, "object": "chat.completion"})
     details = answer.get("details", {})

@@ -144,6 +144,8 @@ async def _generate(item: Input) -> Output:
     results = await asyncio.gather(*(_collect(r, params.details) for r in requests))
     peak = max(r.seq.peak_batch for r in requests if r.seq)
     output.add_property("x-loraserve-peak-batch", str(peak))
+    output.add_property("x-loraserve-generated-tokens",
+                        str(sum(len(r.seq.output_ids) for r in requests if r.seq)))
     return output.add_as_json(results if isinstance(inputs, list) else results[0])
 
 
@@ -171,6 +173,18 @@ async def handle(inputs: Input) -> Output | None:
         return await _generate(inputs)
     except LoraserveError as exc:
         return Output().error(exc.message, code=exc.status_code, message=exc.error_type)
+
+
+async def stats(_inputs: Input) -> Output:
+    """Engine figures for the server's /metrics."""
+    eng = engine()
+    with eng.lock:
+        scheduler = eng.scheduler
+        slots = eng.config.max_rolling_batch_size
+        figures = {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
+                   "kv_usage": (slots - len(scheduler.free_slots)) / slots,
+                   "adapters": eng.adapters.stats(), "steps": eng.steps}
+    return Output().add_as_json(figures)
 
 
 def _flag(inputs: Input, key: str, default: bool) -> bool:

@@ -1,0 +1,145 @@
+"""Prometheus metrics and the one-line-per-request log: requests, errors, latency and
+time-to-first-token histograms, generated tokens (by model and adapter), queue depth, and the
+engine's own figures (running batch, KV-cache use, adapter tiers, loads, evictions)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from loraserve.errors import LoraserveError
+from loraserve.serving.model_service import ModelService
+from loraserve.serving.worker_process import WorkerReply
+
+log = logging.getLogger("loraserve.requests")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKENS_HEADER = "x-loraserve-generated-tokens"
+
+
+def adapter_label(model: ModelService, adapters: list[str]) -> str:
+    """Bounded label values: "" (base), a registered adapter's name, "mixed" or "unregistered"."""
+    names = {a for a in adapters if a}
+    if not names:
+        return ""
+    if len(names) > 1:
+        return "mixed"
+    name = names.pop()
+    return name if name in model.registry else "unregistered"
+
+
+class EngineCollector:
+    """Exposes the latest engine statistics gathered from each model's worker."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.queues: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Any]:
+        gauges = {
+            "running": GaugeMetricFamily("loraserve_running_batch_size", "Sequences in the running batch",
+                                         labels=["model"]),
+            "waiting": GaugeMetricFamily("loraserve_waiting_requests", "Requests waiting in the engine",
+                                         labels=["model"]),
+            "kv_usage": GaugeMetricFamily("loraserve_kv_cache_usage_ratio", "KV-cache slots in use",
+                                          labels=["model"]),
+        }
+        tiers = GaugeMetricFamily("loraserve_adapters", "Adapters per memory tier", labels=["model", "tier"])
+        loads = CounterMetricFamily("loraserve_adapter_loads", "Adapters loaded into compute slots",
+                                    labels=["model"])
+        evictions = CounterMetricFamily("loraserve_adapter_evictions", "Adapters evicted from slots",
+                                        labels=["model"])
+        queue = GaugeMetricFamily("loraserve_queue_depth", "Requests queued for a worker", labels=["model"])
+        for model, depth in self.queues.items():
+            queue.add_metric([model], depth)
+        for model, stats in self.stats.items():
+            for key, family in gauges.items():
+                family.add_metric([model], stats.get(key, 0))
+            for tier in ("registered", "in_memory", "resident", "pinned"):
+                tiers.add_metric([model, tier], stats.get("adapters", {}).get(tier, 0))
+            loads.add_metric([model], stats.get("adapters", {}).get("loads", 0))
+            evictions.add_metric([model], stats.get("adapters", {}).get("evictions", 0))
+        yield from (*gauges.values(), tiers, loads, evictions, queue)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "adapter"]
+        self.requests = Counter("loraserve_requests", "Inference requests", [*labels, "code"],
+                                registry=self.registry)
+        self.errors = Counter("loraserve_request_errors", "Failed inference requests", labels,
+                              registry=self.registry)
+        self.latency = Histogram("loraserve_request_latency_seconds", "Request latency", labels,
+                                 buckets=BUCKETS, registry=self.registry)
+        self.ttft = Histogram("loraserve_time_to_first_token_seconds", "Time to the first streamed chunk",
+                              labels, buckets=BUCKETS, registry=self.registry)
+        self.tokens = Counter("loraserve_generated_tokens", "Tokens generated", labels,
+                              registry=self.registry)
+        self.engine = EngineCollector()
+        self._streams: set[asyncio.Task] = set()
+        self.registry.register(self.engine)
+
+    async def infer(self, model: ModelService, adapter: str, wire: dict[str, Any]) -> WorkerReply:
+        """``model.infer`` with its request counted, timed and logged."""
+        started = time.perf_counter()
+        try:
+            reply = await model.infer(wire)
+        except LoraserveError as exc:
+            self._done(model.name, adapter, exc.status_code, started, 0)
+            raise
+        output = reply.output or {"code": 500, "properties": {}}
+        if reply.stream is None:
+            tokens = int(output["properties"].get(TOKENS_HEADER, 0))
+            self._done(model.name, adapter, output["code"], started, tokens)
+            return reply
+        forwarded: asyncio.Queue = asyncio.Queue()
+        task = asyncio.ensure_future(self._forward(reply.stream, forwarded, model.name, adapter, started,
+                                                   output["code"]))
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+        return WorkerReply(reply.output, forwarded)
+
+    async def _forward(self, source: asyncio.Queue, target: asyncio.Queue, model: str, adapter: str,
+                       started: float, code: int) -> None:
+        chunks = 0
+        while True:
+            item = await source.get()
+            target.put_nowait(item)
+            if item is None or isinstance(item, Exception):
+                break
+            if chunks == 0:
+                self.ttft.labels(model, adapter).observe(time.perf_counter() - started)
+            chunks += item.count(b"\n") or 1
+        self._done(model, adapter, 500 if isinstance(item, Exception) else code, started, chunks)
+
+    def _done(self, model: str, adapter: str, code: int, started: float, tokens: int) -> None:
+        elapsed = time.perf_counter() - started
+        self.requests.labels(model, adapter, str(code)).inc()
+        self.latency.labels(model, adapter).observe(elapsed)
+        if code >= 400:
+            self.errors.labels(model, adapter).inc()
+        if tokens:
+            self.tokens.labels(model, adapter).inc(tokens)
+        log.info(json.dumps({"model": model, "adapter": adapter, "status": code,
+                             "latency_ms": round(elapsed * 1000, 1), "tokens": tokens}))
+
+    async def refresh(self, models: list[ModelService]) -> None:
+        """Ask each built-in-engine worker for its statistics (called at scrape time)."""
+        self.engine.queues = {m.name: m.workers.queue_length for m in models}
+        for model in models:
+            if not model.uses_builtin_engine or not model.workers.live_workers:
+                continue
+            try:
+                replies = await asyncio.wait_for(
+                    model.workers.broadcast("stats", {"properties": {}, "content": []}), 5)
+            except (LoraserveError, asyncio.TimeoutError):
+                continue
+            if replies and replies[0].output:
+                self.engine.stats[model.name] = json.loads(replies[0].output["content"][0][1])
