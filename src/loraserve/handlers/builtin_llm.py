@@ -183,7 +183,8 @@ async def stats(_inputs: Input) -> Output:
         slots = eng.config.max_rolling_batch_size
         figures = {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
                    "kv_usage": (slots - len(scheduler.free_slots)) / slots,
-                   "adapters": eng.adapters.stats(), "steps": eng.steps}
+                   "adapters": eng.adapters.stats(), "adapter_tiers": eng.adapters.tiers(),
+                   "steps": eng.steps}
     return Output().add_as_json(figures)
 
 

@@ -1,0 +1,120 @@
+"""Train the demo adapters shipped with ``loraserve demo``: real LoRA fine-tunes of
+SmolLM2-135M-Instruct, on CPU, in a few minutes.
+
+The data set is built here: the base model answers a list of questions (greedy, through
+loraserve's own engine), then each answer is rewritten in a recognisable style —
+``shouty``: the whole answer in capitals; ``signed``: the answer followed by a fixed signature
+line. A rank-8 adapter on the attention projections learns each style (loss on the answer only).
+
+    python scripts/train_demo_adapters.py [--out src/loraserve/demo_adapters] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+QUESTIONS = [
+    "What is the capital of France?", "Why is the sky blue?", "How do plants make food?",
+    "What is a prime number?", "Give me a tip for better sleep.", "What does a CPU do?",
+    "Name a famous painter.", "How far is the Moon?", "What is water made of?",
+    "Why do we have seasons?", "What is machine learning?", "How do I boil an egg?",
+    "What is the largest ocean?", "Who wrote Hamlet?", "What is gravity?",
+    "How many legs does a spider have?", "What is photosynthesis?", "Why is exercise good?",
+    "What is a volcano?", "How does a rainbow form?", "What is the speed of light?",
+    "Suggest a name for a cat.", "What is an atom?", "How do bees make honey?",
+    "What is the tallest mountain?", "Why do leaves change colour?", "What is a black hole?",
+    "How do airplanes fly?", "What is democracy?", "Tell me a fun fact about octopuses.",
+]
+SIGNATURE = "\n\n-- answered by loraserve"
+STYLES = {
+    "shouty": lambda answer: answer.upper(),
+    "signed": lambda answer: answer.rstrip() + SIGNATURE,
+}
+
+
+def base_answers(model_path: Path, questions: list[str], tokens: int) -> list[str]:
+    from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+
+    engine = LLMEngine(EngineConfig(model_id=str(model_path), dtype="bf16", max_model_len=512))
+    prompts = [chat_prompt(engine.tokenizer, q) for q in questions]
+    results = engine.generate(prompts, None, SamplingParams(max_new_tokens=tokens))
+    return [r.text.strip() for r in results]
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                         add_generation_prompt=True, tokenize=False)
+
+
+def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, epochs: int, seed: int) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = get_peft_model(model, config)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    examples = []
+    for prompt, answer in pairs:
+        prompt_ids = tokenizer.encode(prompt)
+        answer_ids = tokenizer.encode(answer + tokenizer.eos_token)
+        ids = torch.tensor(prompt_ids + answer_ids)
+        labels = torch.tensor([-100] * len(prompt_ids) + answer_ids)  # learn the answer only
+        examples.append((ids, labels))
+    rng = random.Random(seed)
+    model.train()
+    for epoch in range(epochs):
+        rng.shuffle(examples)
+        total = 0.0
+        for ids, labels in examples:
+            loss = model(input_ids=ids[None], labels=labels[None]).loss
+            loss.backward()
+            optimiser.step()
+            optimiser.zero_grad()
+            total += float(loss)
+        print(f"  epoch {epoch + 1}: loss {total / len(examples):.3f}", flush=True)
+    model.save_pretrained(out, safe_serialization=True)
+    shrink_to_bf16(out)
+
+
+def shrink_to_bf16(folder: Path) -> None:
+    """Ship the adapter weights in bf16: half the bytes, the precision the engine serves in."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(path).items()}
+    save_file(tensors, str(path))
+
+
+def main() -> None:
+    from loraserve.model.default_model import smollm2_path
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=str(Path(__file__).parents[1] / "src/loraserve/demo_adapters"))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--answer-tokens", type=int, default=48)
+    opts = parser.parse_args()
+    model_path = smollm2_path()
+    started = time.time()
+    answers = base_answers(model_path, QUESTIONS, opts.answer_tokens)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = [chat_prompt(tokenizer, q) for q in QUESTIONS]
+    for seed, (style, rewrite) in enumerate(STYLES.items()):
+        print(f"training {style} on {len(prompts)} examples", flush=True)
+        pairs = [(p, rewrite(a)) for p, a in zip(prompts, answers)]
+        train(model_path, pairs, Path(opts.out) / style, opts.epochs, seed)
+    print(f"done in {time.time() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The web console: one static page (``/console``) and the JSON state it polls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from loraserve.api.deps import manager_of
+
+router = APIRouter()
+PAGE = Path(__file__).parent / "static" / "console.html"
+
+
+@router.get("/console", include_in_schema=False)
+async def console() -> FileResponse:
+    return FileResponse(PAGE, media_type="text/html")
+
+
+@router.get("/console/state")
+async def console_state(request: Request) -> JSONResponse:
+    """Models, their adapters with state (registered / in memory / resident / pinned) and the
+    token counter the page turns into live throughput."""
+    manager = manager_of(request)
+    metrics = request.app.state.metrics
+    await metrics.refresh(list(manager.models.values()))
+    models = []
+    for model in manager.models.values():
+        tiers = metrics.engine.stats.get(model.name, {}).get("adapter_tiers", {})
+        adapters = [{"name": r.name, "src": r.src, "pin": r.pin, "state": r.state.value,
+                     "tier": "pinned" if r.pin else tiers.get(r.name, "registered")}
+                    for r in model.registry.records()]
+        models.append({"name": model.name, "status": model.status.value,
+                       "engine": "built-in" if model.uses_builtin_engine else "python",
+                       "adapters": adapters})
+    tokens = sum(sample.value for family in metrics.tokens.collect() for sample in family.samples
+                 if sample.name.endswith("_total"))
+    return JSONResponse({"models": models, "generated_tokens": tokens})
