@@ -23,9 +23,11 @@ class ServerProcess:
     """``with ServerProcess([...args]) as server: server.client.get("/ping")``."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 log_path: Path | None = None, ready_timeout_s: float = 120.0) -> None:
+                 log_path: Path | None = None, ready_timeout_s: float = 120.0,
+                 command: str = "serve") -> None:
         self.port = free_port()
         self.args = args
+        self.command = command
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
@@ -36,7 +38,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "loraserve", "serve", "--port", str(self.port), *self.args],
+            [sys.executable, "-m", "loraserve", self.command, "--port", str(self.port), *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready()
         return self
