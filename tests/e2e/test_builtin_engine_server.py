@@ -19,7 +19,7 @@ PARAMS = {"max_new_tokens": 8, "ignore_eos": True}
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("builtin")
-    base = make_tiny_llama(root / "weights")
+    base = make_tiny_llama(root / "weights", max_positions=4096)
     model = root / "store" / "tiny"
     (model / "adapters").mkdir(parents=True)
     make_peft_adapter(base, model / "adapters" / "qv", rank=4)
@@ -30,7 +30,7 @@ def env(tmp_path_factory):
     big = make_peft_adapter(base, root / "store" / "extra" / "big", rank=32, seed=4)
     (model / "serving.properties").write_text(
         f"engine=Python\noption.model_id={base}\noption.dtype=fp32\noption.max_lora_rank=16\n"
-        "option.max_loras=2\noption.max_model_len=128\n")
+        "option.max_loras=2\noption.max_model_len=2048\n")
     reference = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_lora_rank=16))
     reference.register_adapter("qv", model / "adapters" / "qv")
     reference.register_adapter("all8", root / "store" / "extra" / "all8")
@@ -116,19 +116,29 @@ def test_bad_generation_requests(env, body, status):
 
 
 def test_concurrent_clients_share_the_running_batch(env):
+    """Requests from separate HTTP clients join one running batch. A long streamed request is
+    started first and read up to its first token, so it is running while the others arrive
+    (it has 1,500 steps to go); each of them must then report a batch of at least two."""
     server, _, _, _ = env
-    body = {"inputs": "the lazy dog", "parameters": {"max_new_tokens": 48, "ignore_eos": True}}
+    long_body = {"inputs": "the", "stream": True, "parameters": {"max_new_tokens": 1500, "ignore_eos": True}}
+    body = {"inputs": "the lazy dog", "parameters": {"max_new_tokens": 24, "ignore_eos": True}}
 
     def call(i):
         with httpx.Client(base_url=server.base_url, timeout=120) as client:
             reply = client.post("/invocations", json={**body, "adapters": ["", "qv"][i % 2]})
             return reply.json()["generated_text"], int(reply.headers["x-loraserve-peak-batch"])
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(call, range(8)))
-    assert max(peak for _, peak in results) >= 4
-    texts = {text for text, _ in results}
-    assert len(texts) == 2  # base and adapter, each identical across its four requests
+    with httpx.Client(base_url=server.base_url, timeout=300) as streamer, \
+            streamer.stream("POST", "/invocations", json=long_body) as long_reply:
+        lines = long_reply.iter_lines()
+        first = json.loads(next(line for line in lines if line))
+        assert "token" in first, first
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(call, range(8)))
+        remaining = [line for line in lines if line]
+    assert len(remaining) == 1499  # the long request was not disturbed
+    assert min(peak for _, peak in results) >= 2
+    assert len({text for text, _ in results}) == 2  # base and adapter, each the same four times
 
 
 def test_chat_schema(env):

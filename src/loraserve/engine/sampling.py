@@ -84,4 +84,6 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         drop = cumulative - torch.softmax(ordered, -1) > params.top_p
         logits = logits.scatter(0, order, ordered.masked_fill(drop, float("-inf")))
     probs = torch.softmax(logits, -1)
+    if generator is not None and probs.device != generator.device:
+        probs = probs.to(generator.device)  # per-request seeded generators live on the CPU
     return int(torch.multinomial(probs, 1, generator=generator))

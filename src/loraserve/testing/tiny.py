@@ -33,7 +33,8 @@ def make_tokenizer(target: Path, vocab_size: int = 320) -> None:
 
 
 def make_tiny_llama(target: Path, seed: int = 0, architecture: str = "llama", layers: int = 2,
-                    hidden: int = 64, heads: int = 4, kv_heads: int = 2, intermediate: int = 128) -> Path:
+                    hidden: int = 64, heads: int = 4, kv_heads: int = 2, intermediate: int = 128,
+                    max_positions: int = 256) -> Path:
     """Save a random model of ``architecture`` (llama, mistral, qwen2) with a tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -44,7 +45,7 @@ def make_tiny_llama(target: Path, seed: int = 0, architecture: str = "llama", la
     config = AutoConfig.for_model(
         architecture, vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=256, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+        max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
