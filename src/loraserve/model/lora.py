@@ -64,9 +64,11 @@ FUSED_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
 
 
 class LoraStacks:
-    """Stacks per fused weight (qkv, o, gate_up, down): module j of a group owns rank columns
-    ``[j*r, (j+1)*r)`` of A and the same rows of B, whose columns are its output slice — so q, k
-    and v (or gate and up) cost one pair of batched matmuls together."""
+    """Stacks per fused weight (qkv, o, gate_up, down), so q, k and v (or gate and up) cost one
+    pair of batched matmuls together. Columns of A (rows of B) are rank-major: rank index i of
+    module j of a k-module group is column ``i*k + j``, and B's columns are the module's output
+    slice. A step uses only the first ``k * (largest loaded rank)`` columns, so rank-8 adapters
+    do not pay for ``max_lora_rank``."""
 
     def __init__(self, args: LlamaArgs, slots: int, rank: int, dtype: torch.dtype,
                  device: torch.device) -> None:
@@ -78,6 +80,8 @@ class LoraStacks:
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
         self.users: dict[str, set[int]] = {g: set() for g in FUSED_GROUPS}
+        self.ranks: dict[int, int] = {}  # slot → rank of the adapter loaded there
+        self._used_rank = rank
 
     def _stack(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
         if group not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
@@ -92,16 +96,28 @@ class LoraStacks:
     def load(self, slot: int, adapter: LoraWeights) -> None:
         self.clear(slot)
         r = adapter.rank
+        self.ranks[slot] = r
+        self._update_used_rank()
         for (layer, module), (a, b) in adapter.weights.items():
             group, rows = module_slice(self.args, module)
-            j = FUSED_GROUPS[group].index(module) * self.rank
+            k = len(FUSED_GROUPS[group])
+            cols = slice(FUSED_GROUPS[group].index(module), k * r, k)  # rank-major interleave
             stack_a, stack_b = self._stack(group)
-            stack_a[layer, slot, :, j:j + r] = a.t().to(self.device, self.dtype)
+            stack_a[layer, slot, :, cols] = a.t().to(self.device, self.dtype)
             scaled_b = (b.float().t() * adapter.scaling).to(self.device, self.dtype)
-            stack_b[layer, slot, j:j + r, rows] = scaled_b
+            stack_b[layer, slot, cols, rows] = scaled_b
             self.users[group].add(slot)
 
+    @property
+    def used_rank(self) -> int:
+        return self._used_rank
+
+    def _update_used_rank(self) -> None:
+        self._used_rank = max(self.ranks.values(), default=self.rank)
+
     def clear(self, slot: int) -> None:
+        self.ranks.pop(slot, None)
+        self._update_used_rank()
         for group in FUSED_GROUPS:
             if slot in self.users[group]:
                 self.a[group][:, slot] = 0
@@ -119,7 +135,9 @@ class LoraStacks:
         """out (T, fused out) += the LoRA outputs of every module of ``group``."""
         if not self.users[group]:
             return
-        a, b = self.a[group][layer], self.b[group][layer]  # (S, in, k*r), (S, k*r, out)
+        width = len(FUSED_GROUPS[group]) * self.used_rank
+        a = self.a[group][layer, :, :, :width]  # (S, in, k*r_used)
+        b = self.b[group][layer, :, :width]  # (S, k*r_used, out)
         grouped = self.grouped_input(x, plan)
         if grouped is not None:
             y = torch.bmm(torch.bmm(grouped, a[:plan.n]), b[:plan.n])  # (n, m, out)
