@@ -99,6 +99,8 @@ def test_adapter_template(store):
       "configs": {"adapters": {"a": {"model": "other", "src": "x"}}}, "workflow": {"out": "in"}},
      "does not declare"),
     ({"models": {}}, '"name"'),
+    ({"name": "w", "models": {"m": "models/adaptecho"},
+      "workflow": {"out": ["functionsApply", ["m", "nofn"], "in"]}}, "unknown model or function"),
     ({"name": "w", "models": {"m": "models/missing"}, "workflow": {"out": ["m", "in"]}}, "does not exist"),
 ])
 def test_invalid_workflows_are_refused(store, workflow, fragment):
@@ -122,6 +124,12 @@ def test_workflow_directory_served_at_startup_with_ensemble(store):
         answer = server.client.post("/invocations", json={"inputs": "z"}).json()
         assert isinstance(answer, list), answer
         assert [a["adapter"] for a in answer] == [None, "a1"]
+    _write(store / "fan" / "workflow.json", {
+        "name": "fan", "models": {"m": "../models/adaptecho"},
+        "workflow": {"outs": ["functionsApply", ["m", "id"], "in"], "out": ["ensemble", "outs"]}})
+    with ServerProcess(["--model-store", str(store / "fan")]) as server:
+        first, second = server.client.post("/invocations", json={"inputs": "w"}).json()
+        assert first["input"] == {"inputs": "w"} and second == {"inputs": "w"}
 
 
 def _tar_model(path: Path, source: Path) -> None:

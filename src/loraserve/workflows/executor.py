@@ -43,6 +43,12 @@ def _data(wire: Wire) -> Any:
         return raw.decode("utf-8", "replace")
 
 
+def _merge(items: list) -> Wire:
+    """Answers merged into one JSON list, in order."""
+    merged = json.dumps([_data(v) for v in items]).encode()
+    return {"properties": {"content-type": "application/json"}, "content": [("data", merged)]}
+
+
 class WorkflowRun:
     def __init__(self, spec: WorkflowSpec, served: dict[str, str], call_model: CallModel,
                  request: Wire) -> None:
@@ -51,7 +57,8 @@ class WorkflowRun:
         self.request = request
 
     async def output(self) -> Wire:
-        return await self.variable("out")
+        result = await self.variable("out")
+        return _merge(result) if isinstance(result, list) else result
 
     async def variable(self, name: str) -> Wire:
         if name == INPUT:
@@ -69,13 +76,17 @@ class WorkflowRun:
             value = await self.evaluate(args[1])
             with_adapter = {**value, "content": [*value["content"], ("adapter", args[0].encode())]}
             return await self.call(ref.model, with_adapter)
+        if head == "functionsApply":  # apply each named function/model to one input: a list
+            value = await self.evaluate(args[1])
+            return await asyncio.gather(*(self.apply(name, value) for name in args[0]))
         values = await asyncio.gather(*(self.evaluate(arg) for arg in args))
-        if head == "id":
-            return values[0]
-        if head == "ensemble":
-            merged = json.dumps([_data(v) for v in values]).encode()
-            return {"properties": {"content-type": "application/json"}, "content": [("data", merged)]}
-        return await self.call(head, values[0])
+        if head == "ensemble":  # one list argument (DJL's form) or several values
+            items = values[0] if len(values) == 1 and isinstance(values[0], list) else values
+            return _merge(items)
+        return await self.apply(head, values[0])
+
+    async def apply(self, name: str, value: Wire) -> Wire:
+        return value if name == "id" else await self.call(name, value)
 
     async def call(self, local_model: str, value: Wire) -> Wire:
         wire = {"properties": value["properties"], "content": value["content"]}

@@ -16,7 +16,7 @@ import yaml
 
 from loraserve.errors import BadRequestError
 
-BUILTIN_FUNCTIONS = {"adapter", "id", "ensemble"}
+BUILTIN_FUNCTIONS = {"adapter", "id", "ensemble", "functionsApply"}
 INPUT = "in"
 
 
@@ -126,6 +126,15 @@ def _check(spec: WorkflowSpec, expression: Any, where: str) -> None:
                                 f"in configs.adapters (got {args[:1]})")
         _check(spec, args[1], where)
         return
+    if head == "functionsApply":
+        names = args[0] if args else None
+        if len(args) != 2 or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise WorkflowError(f'"{where}": ["functionsApply", [model or function, ...], input]')
+        unknown = [n for n in names if n not in spec.models and n not in BUILTIN_FUNCTIONS]
+        if unknown:
+            raise WorkflowError(f'"{where}": unknown model or function "{unknown[0]}"')
+        _check(spec, args[1], where)
+        return
     if head not in spec.models and head not in BUILTIN_FUNCTIONS:
         raise WorkflowError(f'"{where}": unknown model or function "{head}"')
     for arg in args:
@@ -135,5 +144,5 @@ def _check(spec: WorkflowSpec, expression: Any, where: str) -> None:
 def _variables(expression: Any, spec: WorkflowSpec) -> list[str]:
     if isinstance(expression, str):
         return [] if expression == INPUT else [expression]
-    args = expression[2:] if expression[0] == "adapter" else expression[1:]
+    args = expression[2:] if expression[0] in ("adapter", "functionsApply") else expression[1:]
     return [v for arg in args for v in _variables(arg, spec)]
