@@ -28,3 +28,17 @@ def read_events(log: Path) -> list[dict]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def make_engine_store(root: Path, properties: str = "option.max_lora_rank=8\noption.max_model_len=128\n",
+                      **model_kwargs) -> tuple[Path, Path]:
+    """A model store with one built-in-engine model ``tiny`` (a random tiny Llama, fp32) and a
+    start-up adapter ``qv``; returns (store, base weights)."""
+    from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+
+    base = make_tiny_llama(root / "weights", **model_kwargs)
+    model = root / "store" / "tiny"
+    (model / "adapters").mkdir(parents=True)
+    make_peft_adapter(base, model / "adapters" / "qv", rank=4)
+    (model / "serving.properties").write_text(f"option.model_id={base}\noption.dtype=fp32\n{properties}")
+    return root / "store", base

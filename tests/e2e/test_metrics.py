@@ -7,7 +7,7 @@ import re
 import pytest
 
 from loraserve.testing.server import ServerProcess
-from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+from tests.e2e.helpers import make_engine_store
 
 pytestmark = pytest.mark.e2e
 
@@ -23,13 +23,8 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_per_adapter(tmp_path):
-    base = make_tiny_llama(tmp_path / "weights")
-    model = tmp_path / "store" / "tiny"
-    (model / "adapters").mkdir(parents=True)
-    make_peft_adapter(base, model / "adapters" / "qv", rank=4)
-    (model / "serving.properties").write_text(
-        f"option.model_id={base}\noption.dtype=fp32\noption.max_lora_rank=8\noption.max_model_len=128\n")
-    with ServerProcess(["--model-store", str(tmp_path / "store")]) as server:
+    store, _ = make_engine_store(tmp_path)
+    with ServerProcess(["--model-store", str(store)]) as server:
         client = server.client
         before = client.get("/metrics").text
         assert sample(before, "loraserve_requests_total", model="tiny", adapter="qv") == 0

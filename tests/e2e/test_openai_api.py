@@ -6,7 +6,7 @@ import pytest
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.testing.server import ServerProcess
-from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+from tests.e2e.helpers import make_engine_store
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.e2e
@@ -14,16 +14,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("openai")
-    base = make_tiny_llama(root / "weights")
-    model = root / "store" / "tiny"
-    (model / "adapters").mkdir(parents=True)
-    make_peft_adapter(base, model / "adapters" / "qv", rank=4)
-    (model / "serving.properties").write_text(
-        f"option.model_id={base}\noption.dtype=fp32\noption.max_lora_rank=8\noption.max_model_len=128\n")
+    store, base = make_engine_store(tmp_path_factory.mktemp("openai"))
     reference = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_lora_rank=8))
-    reference.register_adapter("qv", model / "adapters" / "qv")
-    with ServerProcess(["--model-store", str(root / "store")]) as server:
+    reference.register_adapter("qv", store / "tiny" / "adapters" / "qv")
+    with ServerProcess(["--model-store", str(store)]) as server:
         client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused")
         yield client, reference
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from loraserve.adapters.registry import paginate
 from loraserve.api.deps import manager_of
-from loraserve.api.params import merged_params, opt_bool
+from loraserve.api.params import merged_params, opt_bool, paged_response
 from loraserve.errors import BadRequestError
 from loraserve.serving.model_service import ModelService
 
@@ -60,12 +59,7 @@ async def _unregister(request: Request, model_name: str | None, adapter: str) ->
 
 async def _list(request: Request, model_name: str | None) -> JSONResponse:
     records = [r.describe() for r in _model(request, model_name).registry.records()]
-    page, token = paginate(records, request.query_params.get("limit"),
-                           request.query_params.get("next_page_token"))
-    body: dict[str, object] = {"adapters": page}
-    if token is not None:
-        body["nextPageToken"] = token
-    return JSONResponse(body)
+    return paged_response(request, "adapters", records)
 
 
 def _add_routes(prefix: str, with_model: bool) -> None:

@@ -9,9 +9,8 @@ from pathlib import PurePosixPath
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from loraserve.adapters.registry import paginate
 from loraserve.api.deps import manager_of
-from loraserve.api.params import merged_params, opt_bool, opt_int
+from loraserve.api.params import merged_params, opt_bool, opt_int, paged_response
 from loraserve.errors import BadRequestError, ModelNotFoundError
 from loraserve.serving.model_service import ModelService
 
@@ -57,12 +56,7 @@ async def register_model(request: Request) -> JSONResponse:
 @router.get("/models")
 async def list_models(request: Request) -> JSONResponse:
     models = [m.summary() for m in manager_of(request).models.values()]
-    page, token = paginate(models, request.query_params.get("limit"),
-                           request.query_params.get("next_page_token"))
-    body: dict[str, object] = {"models": page}
-    if token is not None:
-        body["nextPageToken"] = token
-    return JSONResponse(body)
+    return paged_response(request, "models", models)
 
 
 def _model_version(request: Request, name: str, version: str | None) -> ModelService:

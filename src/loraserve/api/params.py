@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
+from loraserve.adapters.registry import paginate
 from loraserve.config import parse_bool, parse_int
 from loraserve.errors import BadRequestError, ConfigError
 
@@ -43,3 +45,13 @@ def opt_int(params: dict[str, str], key: str, default: int | None, minimum: int 
         return parse_int(params[key], key, minimum)
     except ConfigError as exc:
         raise BadRequestError(exc.message) from None
+
+
+def paged_response(request: Request, key: str, items: list) -> JSONResponse:
+    """DJL's list shape: ``{key: [...], "nextPageToken": ...}`` from ``limit``/``next_page_token``."""
+    page, token = paginate(items, request.query_params.get("limit"),
+                           request.query_params.get("next_page_token"))
+    body: dict[str, object] = {key: page}
+    if token is not None:
+        body["nextPageToken"] = token
+    return JSONResponse(body)

@@ -9,10 +9,9 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from loraserve.adapters.registry import paginate
 from loraserve.adapters.sources import local_path_of
 from loraserve.api.deps import config_of
-from loraserve.api.params import opt_int
+from loraserve.api.params import opt_int, paged_response
 from loraserve.errors import BadRequestError
 from loraserve.workflows.manager import WorkflowManager
 from loraserve.workflows.spec import WorkflowSpec, load_document, parse_workflow
@@ -58,12 +57,7 @@ async def list_workflows(request: Request) -> JSONResponse:
     manager = workflows_of(request)
     items = [{"workflowName": n, "version": w.spec.version, "models": list(w.served.values())}
              for n, w in manager.workflows.items()]
-    page, token = paginate(items, request.query_params.get("limit"),
-                           request.query_params.get("next_page_token"))
-    body: dict[str, object] = {"workflows": page}
-    if token is not None:
-        body["nextPageToken"] = token
-    return JSONResponse(body)
+    return paged_response(request, "workflows", items)
 
 
 @router.get("/workflows/{name}")
