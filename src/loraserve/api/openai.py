@@ -158,17 +158,19 @@ def _chunk(line: dict, meta: dict, kind: str, chat: bool, first: bool) -> bytes:
     return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice]})}\n\n".encode()
 
 
-@router.post("/completions")
-async def completions(request: Request) -> Response:
+async def _respond(request: Request, chat: bool) -> Response:
+    """Errors in OpenAI's shape, not DJL's, on these routes."""
     try:
-        return await _openai(request, chat=False)
+        return await _openai(request, chat)
     except LoraserveError as exc:
         return openai_error(exc)
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    return await _respond(request, chat=False)
 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    try:
-        return await _openai(request, chat=True)
-    except LoraserveError as exc:
-        return openai_error(exc)
+    return await _respond(request, chat=True)

@@ -99,19 +99,23 @@ class AdapterCache:
             slot = self._free_slot()
             if slot is None:
                 return None
-            weights = self.cpu.get(key)
-            if weights is None:
-                entry = self.registered.get(key[0]) or self.stale.get(key)
-                assert entry is not None and entry.key == key
-                weights = self._load(entry)
-                self._remember(key, weights)
-            self._install(slot, weights)
+            self._install(slot, self.weights(key))
             self.loads += 1
             self.resident[key] = slot
         self.resident.move_to_end(key)
         self.cpu.move_to_end(key) if key in self.cpu else None
         self.refs[key] = self.refs.get(key, 0) + 1
         return slot
+
+    def weights(self, key: AdapterKey) -> Any:
+        """An adapter version's weights: from memory, else read from disk and remembered."""
+        weights = self.cpu.get(key)
+        if weights is None:
+            entry = self.registered.get(key[0]) or self.stale.get(key)
+            assert entry is not None and entry.key == key
+            weights = self._load(entry)
+            self._remember(key, weights)
+        return weights
 
     def acquire(self, name: str) -> int | None:
         return self.acquire_key(self.entry(name).key)

@@ -121,13 +121,11 @@ class LLMEngine:
             decodes, prefills = self.scheduler.schedule()
             if not decodes and not prefills:
                 return []
-            merged = self.runner.merged
             if self.config.lora_merge:
                 self._switch_merge([*decodes, *prefills])
             batch = build_step_batch(decodes, prefills, self.runner, merged=self.config.lora_merge)
             logits = self.runner.forward(batch)
             self.steps += 1
-            del merged
             return finish_step(self, [*decodes, *prefills], logits)
 
     def _switch_merge(self, seqs: list[Sequence]) -> None:
@@ -137,11 +135,7 @@ class LLMEngine:
             return
         self.runner.merged.unmerge()
         if key is not None:
-            weights = self.adapters.cpu.get(key)
-            if weights is None:
-                entry = self.adapters.registered.get(key[0]) or self.adapters.stale[key]
-                weights = self._load_adapter(entry)
-            self.runner.merged.merge(name, weights)  # type: ignore[arg-type]
+            self.runner.merged.merge(name, self.adapters.weights(key))  # type: ignore[arg-type]
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()

@@ -45,11 +45,11 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
         decode_slots=torch.tensor(decode_slots, dtype=torch.long, device=device),
         decode_lengths=torch.tensor([s.total_len for s in decodes], dtype=torch.long, device=device),
         decode_contiguous=decode_slots == list(range(first, first + len(decode_slots))),
+        decode_first_slot=first,
+        decode_max_len=max((s.total_len for s in decodes), default=0),
         prefills=prefill_spans,
         logits_index=torch.tensor(logits_index, device=device),
     )
-    batch.extra["decode_max_len"] = max((s.total_len for s in decodes), default=0)
-    batch.extra["decode_first_slot"] = first
     if not merged:
         batch.lora_plan = build_plan([s.lora_slot for s in decodes],
                                      [(start, n, seq.lora_slot) for (start, n, _, _), seq

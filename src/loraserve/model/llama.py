@@ -8,7 +8,7 @@ per-sequence: decodes are batched over their KV-cache slots, prefills run causal
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -76,11 +76,12 @@ class StepBatch:
     slots: torch.Tensor  # (T,) KV-cache slot of each token
     decode_slots: torch.Tensor  # (B,)
     decode_lengths: torch.Tensor  # (B,) cached length after this token
-    decode_contiguous: bool  # decode_slots == arange(first, first + B)
+    decode_contiguous: bool  # decode_slots == arange(decode_first_slot, decode_first_slot + B)
+    decode_first_slot: int
+    decode_max_len: int  # longest cached length among decoding sequences
     prefills: list[tuple[int, int, int, int]]  # (flat start, length, slot, past length)
     logits_index: torch.Tensor  # (N,) last flat token of each sequence
     lora_plan: Any = None  # a lora.LoraPlan when any token uses an adapter
-    extra: dict = field(default_factory=dict)
 
 
 class LlamaWeights:

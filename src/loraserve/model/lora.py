@@ -1,12 +1,13 @@
 """LoRA applied to a built model from outside: unmerged stacks for mixed-adapter batches, and
 merge/unmerge that folds one adapter into the base weights.
 
-Unmerged layout, per layer and module: ``A`` is (S, in, r) and ``B`` is (S, r, out) for S
-resident slots of rank ``r = max_lora_rank`` (unused rank rows zero, scaling folded into B).
-Decode tokens are grouped by slot into a padded (n, m, in) block — n slots, at most m tokens
-each — so one step costs two batched matmuls per module against the stacks themselves (no
-weight copies, the work of Punica's BGMV). Prefill tokens, many per sequence, use one plain
-pair of matmuls per sequence. Slots are handed out lowest first, so n stays small.
+Unmerged: each fused weight (qkv, o, gate_up, down) has slot stacks A and B holding every
+resident adapter (scaling folded into B, unused rank rows zero). With bf16 on CPU a native
+kernel (``bgmv_native``) computes each token's ``x @ A[slot] @ B[slot]`` directly. Otherwise
+decode tokens are grouped by slot into a padded (n, m, in) block — n slots, at most m tokens
+each — so a step costs two batched matmuls per fused weight against the stacks themselves (the
+work of Punica's BGMV), and prefill tokens use one pair of matmuls per sequence. Slots are
+handed out lowest first, so n stays small.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class LoraStacks:
     def __init__(self, args: LlamaArgs, slots: int, rank: int, dtype: torch.dtype,
                  device: torch.device) -> None:
         self.args, self.slots, self.rank = args, slots, rank
-        # On CPU the stacks are fp32: small batched matmuls run 3-4x faster in fp32 than in
-        # bf16 there (measured), and the LoRA path is a small share of the bytes.
+        # bf16 on CPU uses the native kernel with bf16 stacks; without it, CPU stacks are fp32:
+        # small batched matmuls run 3-4x faster in fp32 than in bf16 there (measured).
         kernel = native_bgmv() if device.type == "cpu" and dtype == torch.bfloat16 else None
         self.kernel = kernel  # native BGMV: bf16 stacks, A stored (S, k*r, in)
         self.dtype = torch.float32 if device.type == "cpu" and kernel is None else dtype
@@ -94,7 +95,7 @@ class LoraStacks:
         self.b: dict[str, torch.Tensor] = {}
         self.users: dict[str, set[int]] = {g: set() for g in FUSED_GROUPS}
         self.ranks: dict[int, int] = {}  # slot → rank of the adapter loaded there
-        self._used_rank = rank
+        self.used_rank = rank  # the largest loaded rank: steps read only that many rank rows
 
     def _stack(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
         if group not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
@@ -125,12 +126,8 @@ class LoraStacks:
             stack_b[layer, slot, cols, rows] = scaled_b
             self.users[group].add(slot)
 
-    @property
-    def used_rank(self) -> int:
-        return self._used_rank
-
     def _update_used_rank(self) -> None:
-        self._used_rank = max(self.ranks.values(), default=self.rank)
+        self.used_rank = max(self.ranks.values(), default=self.rank)
 
     def clear(self, slot: int) -> None:
         self.ranks.pop(slot, None)

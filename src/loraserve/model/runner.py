@@ -74,8 +74,7 @@ class LlamaRunner:
     def _decode_mask(self, batch: StepBatch) -> torch.Tensor | None:
         if batch.decode_slots.numel() == 0:
             return None
-        longest = int(batch.extra["decode_max_len"])
-        keys = torch.arange(longest, device=self.device)
+        keys = torch.arange(batch.decode_max_len, device=self.device)
         return (keys[None, :] < batch.decode_lengths[:, None])[:, None, None, :]  # (B, 1, 1, Lmax)
 
     def _attention(self, layer: int, q: torch.Tensor, batch: StepBatch,
@@ -111,7 +110,7 @@ class LlamaRunner:
         assert mask is not None
         longest = mask.shape[-1]
         if batch.decode_contiguous:
-            first = int(batch.extra["decode_first_slot"])
+            first = batch.decode_first_slot
             keys = k_cache[first:first + count, :, :longest]  # (B, kvh, L, d), a view
             values = v_cache[first:first + count, :, :longest]
         else:
@@ -119,7 +118,7 @@ class LlamaRunner:
         grouped = q.view(count, kv_heads, heads // kv_heads, dim)  # (B, kvh, g, d)
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).float()  # (B, kvh, g, L)
         scores = scores * (dim ** -0.5)
-        scores.masked_fill_(~mask.view(count, 1, 1, longest), float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))  # mask: (B, 1, 1, L)
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         attended = torch.matmul(probs, values)  # (B, kvh, g, d)
         return attended.reshape(count, heads, dim)

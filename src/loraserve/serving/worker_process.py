@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,6 @@ class WorkerReply:
 class _Pending:
     future: asyncio.Future
     stream: asyncio.Queue | None = None
-    fn: str = "handle"
-    started: float = field(default_factory=time.monotonic)
 
 
 class WorkerProcess:
@@ -106,7 +104,7 @@ class WorkerProcess:
         if not self.alive:
             raise WorkerDiedError(f"worker {self.worker_id} of model {self.model_name} is not running")
         call_id = next(_ids)
-        pending = _Pending(asyncio.get_running_loop().create_future(), fn=fn)
+        pending = _Pending(asyncio.get_running_loop().create_future())
         self._pending[call_id] = pending
         try:
             await self._write({"op": "call", "id": call_id, "fn": fn, "input": wire_input})
