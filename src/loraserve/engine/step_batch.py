@@ -53,7 +53,8 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
     if not merged:
         batch.lora_plan = build_plan([s.lora_slot for s in decodes],
                                      [(start, n, seq.lora_slot) for (start, n, _, _), seq
-                                      in zip(prefill_spans, prefills)], device)
+                                      in zip(prefill_spans, prefills)], device,
+                                     grouped=runner.lora.kernel is None)
     return batch
 
 

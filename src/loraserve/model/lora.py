@@ -2,8 +2,8 @@
 merge/unmerge that folds one adapter into the base weights.
 
 Unmerged: each fused weight (qkv, o, gate_up, down) has slot stacks A and B holding every
-resident adapter (scaling folded into B, unused rank rows zero). With bf16 on CPU a native
-kernel (``bgmv_native``) computes each token's ``x @ A[slot] @ B[slot]`` directly. Otherwise
+resident adapter (scaling folded into B, unused rank rows zero). With bf16 on CPU the native
+BGMV kernel (``native``) computes each token's ``x @ A[slot] @ B[slot]`` directly. Otherwise
 decode tokens are grouped by slot into a padded (n, m, in) block — n slots, at most m tokens
 each — so a step costs two batched matmuls per fused weight against the stacks themselves (the
 work of Punica's BGMV), and prefill tokens use one pair of matmuls per sequence. Slots are
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from loraserve.model.bgmv_native import native_bgmv
 from loraserve.model.llama import LlamaArgs, LlamaWeights, module_slice
+from loraserve.model.native import cpu_kernels
 from loraserve.model.peft_adapter import LoraWeights
 
 
@@ -26,27 +26,37 @@ from loraserve.model.peft_adapter import LoraWeights
 class LoraPlan:
     """Per-step grouping of tokens by LoRA slot, built once and shared by every layer."""
 
-    n: int  # decode groups span slots [0, n)
-    m: int  # tokens per group, padded
-    gather: torch.Tensor  # (n*m,) token row per padded position; T = the zero row
-    valid: torch.Tensor  # (k,) padded positions that hold a real token
-    rows: torch.Tensor  # (k,) the token rows of those positions
-    prefills: list[tuple[int, int, int]]  # (flat start, length, slot) with an adapter
-    token_slots: torch.Tensor | None = None  # (T,) every token's slot, -1 = base (native kernel)
+    token_slots: torch.Tensor  # (T,) every token's slot, -1 = base (all the native kernel needs)
+    n: int = 0  # decode groups span slots [0, n)
+    m: int = 0  # tokens per group, padded
+    gather: torch.Tensor | None = None  # (n*m,) token row per padded position; T = the zero row
+    valid: torch.Tensor | None = None  # (k,) padded positions that hold a real token
+    rows: torch.Tensor | None = None  # (k,) the token rows of those positions
+    prefills: tuple[tuple[int, int, int], ...] = ()  # (flat start, length, slot) with an adapter
 
 
 def build_plan(decode_slots: list[int], prefills: list[tuple[int, int, int]],
-               device: torch.device) -> LoraPlan | None:
+               device: torch.device, grouped: bool = True) -> LoraPlan | None:
     """``decode_slots[i]`` is the LoRA slot of decode token i (-1: base model); ``prefills``
-    lists every prefill span of the step, decode tokens first in the flat batch."""
+    lists every prefill span of the step, decode tokens first in the flat batch. ``grouped``
+    adds the slot grouping the PyTorch path needs."""
     all_prefills = prefills
     prefills = [p for p in prefills if p[2] >= 0]
+    if not prefills and all(slot < 0 for slot in decode_slots):
+        return None
+
+    def tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    token_slots = list(decode_slots) + [-1] * sum(length for _, length, _ in all_prefills)
+    for start, length, slot in prefills:
+        token_slots[start:start + length] = [slot] * length
+    if not grouped:
+        return LoraPlan(tensor(token_slots))
     groups: dict[int, list[int]] = {}
     for row, slot in enumerate(decode_slots):
         if slot >= 0:
             groups.setdefault(slot, []).append(row)
-    if not groups and not prefills:
-        return None
     n = max(groups, default=-1) + 1
     m = max((len(rows) for rows in groups.values()), default=0)
     tokens = len(decode_slots)
@@ -57,14 +67,7 @@ def build_plan(decode_slots: list[int], prefills: list[tuple[int, int, int]],
             gather[slot * m + j] = row
             valid.append(slot * m + j)
             rows.append(row)
-
-    def tensor(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
-
-    token_slots = list(decode_slots) + [-1] * sum(length for _, length, _ in all_prefills)
-    for start, length, slot in prefills:
-        token_slots[start:start + length] = [slot] * length
-    return LoraPlan(n, m, tensor(gather), tensor(valid), tensor(rows), prefills, tensor(token_slots))
+    return LoraPlan(tensor(token_slots), n, m, tensor(gather), tensor(valid), tensor(rows), tuple(prefills))
 
 
 FUSED_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
@@ -73,18 +76,21 @@ FUSED_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
 
 class LoraStacks:
     """Stacks per fused weight (qkv, o, gate_up, down), so q, k and v (or gate and up) cost one
-    pair of batched matmuls together. Columns of A (rows of B) are rank-major: rank index i of
-    module j of a k-module group is column ``i*k + j``, and B's columns are the module's output
-    slice. A step uses only the first ``k * (largest loaded rank)`` columns, so rank-8 adapters
-    do not pay for ``max_lora_rank``."""
+    pair of batched matmuls together. Columns of A are rank-major: rank index i of module j of a
+    k-module group is column ``i*k + j``. For the PyTorch path B is block-diagonal to match:
+    row ``i*k + j`` holds module j's B row in that module's output columns. The native kernel
+    reads B compactly instead: row i holds rank i of every module, each in its own columns, so a
+    token's B is one contiguous stream. A step uses only the largest loaded rank, so rank-8
+    adapters do not pay for ``max_lora_rank``."""
 
     def __init__(self, args: LlamaArgs, slots: int, rank: int, dtype: torch.dtype,
                  device: torch.device) -> None:
         self.args, self.slots, self.rank = args, slots, rank
         # bf16 on CPU uses the native kernel with bf16 stacks; without it, CPU stacks are fp32:
         # small batched matmuls run 3-4x faster in fp32 than in bf16 there (measured).
-        kernel = native_bgmv() if device.type == "cpu" and dtype == torch.bfloat16 else None
-        self.kernel = kernel  # native BGMV: bf16 stacks, A stored (S, k*r, in)
+        kernels = cpu_kernels() if device.type == "cpu" and dtype == torch.bfloat16 else None
+        kernel = kernels.bgmv if kernels is not None else None
+        self.kernel = kernel  # native BGMV: bf16 stacks, A stored (S, k*r, in), B (S, r, out)
         self.dtype = torch.float32 if device.type == "cpu" and kernel is None else dtype
         self.device = device
         self.columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
@@ -105,7 +111,8 @@ class LoraStacks:
             width, n = len(modules) * self.rank, self.args.num_layers
             shape = (n, self.slots, width, fan_in) if self.kernel else (n, self.slots, fan_in, width)
             self.a[group] = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self.b[group] = torch.zeros(n, self.slots, width, fan_out, dtype=self.dtype, device=self.device)
+            rows = self.rank if self.kernel else width
+            self.b[group] = torch.zeros(n, self.slots, rows, fan_out, dtype=self.dtype, device=self.device)
         return self.a[group], self.b[group]
 
     def load(self, slot: int, adapter: LoraWeights) -> None:
@@ -123,7 +130,7 @@ class LoraStacks:
             else:
                 stack_a[layer, slot, :, cols] = a.t().to(self.device, self.dtype)
             scaled_b = (b.float().t() * adapter.scaling).to(self.device, self.dtype)
-            stack_b[layer, slot, cols, rows] = scaled_b
+            stack_b[layer, slot, slice(0, r) if self.kernel else cols, rows] = scaled_b
             self.users[group].add(slot)
 
     def _update_used_rank(self) -> None:
@@ -149,12 +156,12 @@ class LoraStacks:
         """out (T, fused out) += the LoRA outputs of every module of ``group``."""
         if not self.users[group]:
             return
-        width = len(FUSED_GROUPS[group]) * self.used_rank
         if self.kernel is not None:
             starts, lengths = self.columns[group]
             self.kernel(x.contiguous(), plan.token_slots, self.a[group][layer], self.b[group][layer], out,
-                        len(FUSED_GROUPS[group]), width, starts, lengths)
+                        len(FUSED_GROUPS[group]), self.used_rank, starts, lengths)
             return
+        width = len(FUSED_GROUPS[group]) * self.used_rank
         a = self.a[group][layer, :, :, :width]  # (S, in, k*r_used)
         b = self.b[group][layer, :, :width]  # (S, k*r_used, out)
         grouped = self.grouped_input(x, plan)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from loraserve.model.llama import LlamaArgs, LlamaWeights, RotaryEmbedding, StepBatch, rms_norm
 from loraserve.model.loader import load_config, load_state_dict
 from loraserve.model.lora import LoraStacks, MergedLora
+from loraserve.model.native import cpu_kernels
 from loraserve.model.packed import Linears, packing_available
 
 
@@ -30,6 +31,8 @@ class LlamaRunner:
         self.lora = LoraStacks(self.args, lora_slots, max_lora_rank, dtype, device)
         self.linears = Linears(self.weights, slots, packing_available(dtype, device))
         self.merged = MergedLora(self.args, self.weights, on_change=self.linears.repack)
+        # Native kernels for the small per-layer ops (bf16 on CPU only; else the PyTorch path).
+        self.kernels = cpu_kernels() if device.type == "cpu" and dtype == torch.bfloat16 else None
 
     def kv_bytes(self) -> int:
         return 2 * self.k_cache.numel() * self.k_cache.element_size()
@@ -39,10 +42,9 @@ class LlamaRunner:
         """Logits (N, vocab) in fp32 for the last token of each sequence of the batch."""
         args, lora = self.args, self.lora
         plan = batch.lora_plan
-        decode_mask = self._decode_mask(batch)
         h = self.weights.embed[batch.input_ids]  # (T, hidden)
         tokens = h.shape[0]
-        q_dim, kv_dim = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+        x = torch.empty_like(h)
 
         def project(x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
             out = self.linears(x, layer, name, bias)
@@ -51,25 +53,54 @@ class LlamaRunner:
             return out
 
         inter = args.intermediate_size
-        heads_qk = args.num_heads + args.num_kv_heads
-        cos, sin = self.rope.tables(batch.positions, self.dtype)
+        rope = self._rope_tables(batch)
+        decode_mask = None if self.kernels is not None else self._decode_mask(batch)
+        delta: torch.Tensor | None = None  # the previous layer's MLP output, added to h lazily
         for i, layer in enumerate(self.weights.layers):
-            x = rms_norm(h, layer["input_norm"], args.rms_eps)  # type: ignore[arg-type]
+            h, x = self._add_norm(h, delta, layer["input_norm"], x)  # type: ignore[arg-type]
             qkv = project(x, i, "qkv", layer["qkv_bias"])  # type: ignore[arg-type]
-            # q and k rotated together: (T, H + kvh, d), one pass instead of two
-            qk = self.rope.apply(qkv[:, :q_dim + kv_dim].view(tokens, heads_qk, args.head_dim), cos, sin)
-            q, k = qk[:, :args.num_heads], qk[:, args.num_heads:]
-            v = qkv[:, q_dim + kv_dim:].view(tokens, args.num_kv_heads, args.head_dim)
-            self.k_cache[i][batch.slots, :, batch.positions] = k
-            self.v_cache[i][batch.slots, :, batch.positions] = v
-            attn = self._attention(i, q, batch, decode_mask).reshape(tokens, q_dim)
-            h = h + project(attn, i, "o", None)  # type: ignore[arg-type]
-            x = rms_norm(h, layer["post_norm"], args.rms_eps)  # type: ignore[arg-type]
+            q = self._rope_and_cache(i, qkv, batch, rope)
+            attn = self._attention(i, q, batch, decode_mask).view(tokens, -1)
+            h, x = self._add_norm(h, project(attn, i, "o", None), layer["post_norm"], x)  # type: ignore[arg-type]
             gate_up = project(x, i, "gate_up", None)  # type: ignore[arg-type]
             act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-            h = h + project(act, i, "down", None)  # type: ignore[arg-type]
-        last = rms_norm(h[batch.logits_index], self.weights.norm, args.rms_eps)
+            delta = project(act, i, "down", None)  # type: ignore[arg-type]
+        index = batch.logits_index
+        _, last = self._add_norm(h[index], None if delta is None else delta[index], self.weights.norm,
+                                 torch.empty_like(h[index]))
         return self.linears.head(last).float()
+
+    def _add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                  out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h + delta, RMSNorm of it): the residual stream and the next sub-layer's input."""
+        if self.kernels is not None:
+            self.kernels.add_rms_norm(h, delta, weight, self.args.rms_eps, out)
+            return h, out
+        if delta is not None:
+            h = h + delta
+        return h, rms_norm(h, weight, self.args.rms_eps)
+
+    def _rope_tables(self, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kernels is not None:  # the kernel indexes the fp32 tables by position itself
+            return self.rope.cos, self.rope.sin
+        return self.rope.tables(batch.positions, self.dtype)
+
+    def _rope_and_cache(self, layer: int, qkv: torch.Tensor, batch: StepBatch,
+                        rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotate q and k, write k and v into the layer's KV cache; returns q (T, H, d)."""
+        args = self.args
+        tokens, heads, kv_heads, dim = qkv.shape[0], args.num_heads, args.num_kv_heads, args.head_dim
+        q_dim, kv_dim = heads * dim, kv_heads * dim
+        if self.kernels is not None:
+            self.kernels.rope_write_kv(qkv, rope[0], rope[1], batch.positions, batch.slots,
+                                       self.k_cache[layer], self.v_cache[layer], heads, kv_heads)
+            return qkv[:, :q_dim].view(tokens, heads, dim)
+        # q and k rotated together: (T, H + kvh, d), one pass instead of two
+        qk = self.rope.apply(qkv[:, :q_dim + kv_dim].view(tokens, heads + kv_heads, dim), *rope)
+        self.k_cache[layer][batch.slots, :, batch.positions] = qk[:, heads:]
+        self.v_cache[layer][batch.slots, :, batch.positions] = \
+            qkv[:, q_dim + kv_dim:].view(tokens, kv_heads, dim)
+        return qk[:, :heads]
 
     def _decode_mask(self, batch: StepBatch) -> torch.Tensor | None:
         if batch.decode_slots.numel() == 0:
@@ -80,10 +111,13 @@ class LlamaRunner:
     def _attention(self, layer: int, q: torch.Tensor, batch: StepBatch,
                    decode_mask: torch.Tensor | None) -> torch.Tensor:
         """q (T, H, d) → (T, H, d): batched over decode slots, then each prefill causally."""
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]
         count = batch.decode_slots.numel()
-        if count:
+        if count and self.kernels is not None:
+            self.kernels.decode_attention(q[:count], k_cache, v_cache, batch.decode_slots,
+                                          batch.decode_lengths, out[:count], self.args.head_dim ** -0.5)
+        elif count:
             out[:count] = self._decode_attention(q[:count], k_cache, v_cache, batch, decode_mask)
         for start, length, slot, past in batch.prefills:
             total = past + length

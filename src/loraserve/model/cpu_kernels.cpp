@@ -1,0 +1,281 @@
+// loraserve's CPU kernels for bf16 decoding: each replaces a chain of small PyTorch ops whose
+// per-op overhead dominates at decode batch sizes. All compute in fp32; bf16 roundings follow
+// the PyTorch path (and Hugging Face's Llama) where it rounds, so results match it closely.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+using bf16_t = uint16_t;
+
+inline float to_f(bf16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Round to nearest even, as c10::BFloat16 does (NaN kept quiet).
+inline bf16_t to_bf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return bf16_t(u >> 16);
+}
+
+inline float round_bf(float f) { return to_f(to_bf(f)); }
+
+inline bf16_t* bf_ptr(const torch::Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr()); }
+
+void check_bf16(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.device().is_cpu(), name, " must be a CPU bf16 tensor");
+  TORCH_CHECK(t.stride(-1) == 1, name, " must have contiguous rows");
+}
+
+// Dot product of two bf16 vectors in fp32.
+inline float dot_bf16(const bf16_t* x, const bf16_t* a, int64_t n) {
+  int64_t i = 0;
+  float total = 0.0f;
+#if defined(__AVX512BF16__)
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (; i + 64 <= n; i += 64) {
+    acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(x + i), (__m512bh)_mm512_loadu_si512(a + i));
+    acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(x + i + 32),
+                            (__m512bh)_mm512_loadu_si512(a + i + 32));
+  }
+  for (; i + 32 <= n; i += 32)
+    acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(x + i), (__m512bh)_mm512_loadu_si512(a + i));
+  total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#endif
+  for (; i < n; ++i) total += to_f(x[i]) * to_f(a[i]);
+  return total;
+}
+
+// acc[0:n] += h * b[0:n], b in bf16.
+inline void axpy_bf16(float* acc, float h, const bf16_t* b, int64_t n) {
+  int64_t o = 0;
+#if defined(__AVX512F__)
+  const __m512 hv = _mm512_set1_ps(h);
+  for (; o + 16 <= n; o += 16) {
+    __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(b + o))), 16);
+    _mm512_storeu_ps(acc + o, _mm512_fmadd_ps(hv, _mm512_castsi512_ps(wide), _mm512_loadu_ps(acc + o)));
+  }
+#endif
+  for (; o < n; ++o) acc[o] += h * to_f(b[o]);
+}
+
+// Ask for [p, p + bytes) to be brought into cache while other work goes on.
+inline void prefetch_range(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
+}  // namespace
+
+// out (T, O) += per token t with slot s = slots[t] >= 0: (x[t] @ A[s]^T) @ B[s], for a fused group
+// of k modules. x (T, in); A (S, R*k, in), row i*k + j = rank i of module j; B (S, R, O), row i =
+// rank i of every module, module j in columns [col_start[j], col_start[j] + col_len[j]) — so each
+// token's B rows are read as one contiguous stream. Ranks [0, rank) are read.
+void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
+          int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len) {
+  check_bf16(x, "x");
+  check_bf16(out, "out");
+  TORCH_CHECK(x.is_contiguous() && a.is_contiguous() && b.is_contiguous(), "bgmv needs contiguous x, A, B");
+  const int64_t T = x.size(0), in = x.size(1), KA = a.size(1), R = b.size(1), O = b.size(2);
+  TORCH_CHECK(KA == R * k && rank <= R, "bgmv: stack shapes do not match the group");
+  const bf16_t* xp = bf_ptr(x);
+  const bf16_t* ap = bf_ptr(a);
+  const bf16_t* bp = bf_ptr(b);
+  bf16_t* op = bf_ptr(out);
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t* cs = col_start.data_ptr<int64_t>();
+  const int64_t* cl = col_len.data_ptr<int64_t>();
+  const int64_t out_stride = out.stride(0);
+#pragma omp parallel
+  {
+    std::vector<float> h(rank * k), acc(O);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t s = sp[t];
+      if (s < 0) continue;
+      const bf16_t* xr = xp + t * in;
+      // The next token's adapter rows stream in while this token's are used: one token's rows
+      // alone are too short a stream to keep memory busy.
+      const int64_t s_next = t + 1 < T ? sp[t + 1] : -1;
+      for (int64_t r = 0; r < rank * k; ++r) {
+        if (s_next >= 0) prefetch_range(ap + (s_next * KA + r) * in, in * 2);
+        h[r] = dot_bf16(xr, ap + (s * KA + r) * in, in);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t i = 0; i < rank; ++i) {
+        const bf16_t* brow = bp + (s * R + i) * O;
+        if (s_next >= 0) prefetch_range(bp + (s_next * R + i) * O, O * 2);
+        for (int64_t j = 0; j < k; ++j)
+          if (h[i * k + j] != 0.0f)  // rank rows this adapter does not use are zero
+            axpy_bf16(acc.data() + cs[j], h[i * k + j], brow + cs[j], cl[j]);
+      }
+      bf16_t* orow = op + t * out_stride;
+      for (int64_t o = 0; o < O; ++o) orow[o] = to_bf(to_f(orow[o]) + acc[o]);
+    }
+  }
+}
+
+// RMSNorm with an optional residual add first: h += delta (in place, rounded to bf16), then
+// out = w * bf16(h * rsqrt(mean(h^2) + eps)), Hugging Face's order of roundings.
+void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor w, double eps,
+                  torch::Tensor out) {
+  check_bf16(h, "h");
+  check_bf16(w, "weight");
+  check_bf16(out, "out");
+  const int64_t T = h.size(0), D = h.size(1);
+  bf16_t* hp = bf_ptr(h);
+  const bf16_t* wp = bf_ptr(w);
+  bf16_t* op = bf_ptr(out);
+  bf16_t* dp = nullptr;
+  int64_t d_stride = 0;
+  if (delta.has_value()) {
+    check_bf16(*delta, "delta");
+    dp = bf_ptr(*delta);
+    d_stride = delta->stride(0);
+  }
+  const int64_t h_stride = h.stride(0), o_stride = out.stride(0);
+#pragma omp parallel for schedule(static) if (T > 1)
+  for (int64_t t = 0; t < T; ++t) {
+    bf16_t* hr = hp + t * h_stride;
+    if (dp != nullptr) {
+      const bf16_t* dr = dp + t * d_stride;
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) hr[i] = to_bf(to_f(hr[i]) + to_f(dr[i]));
+    }
+    float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t i = 0; i < D; ++i) squares += to_f(hr[i]) * to_f(hr[i]);
+    const float inv = 1.0f / std::sqrt(squares / float(D) + float(eps));
+    bf16_t* orow = op + t * o_stride;
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) orow[i] = to_bf(to_f(wp[i]) * round_bf(to_f(hr[i]) * inv));
+  }
+}
+
+// Rotary embedding of the q and k heads of a fused qkv row, in place (rotate-half convention,
+// cos/sin rounded to bf16 and each product rounded, as the PyTorch path does), then the token's
+// rotated k and its v written to the layer's KV cache (S, kvh, len, d) at (slot, position).
+void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
+                   torch::Tensor slots, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   int64_t kv_heads) {
+  check_bf16(qkv, "qkv");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "KV cache must be contiguous");
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(), "cos/sin fp32");
+  const int64_t T = qkv.size(0), d = k_cache.size(3), len = k_cache.size(2), half = d / 2;
+  const int64_t row_stride = qkv.stride(0);
+  bf16_t* qp = bf_ptr(qkv);
+  bf16_t* kc = bf_ptr(k_cache);
+  bf16_t* vc = bf_ptr(v_cache);
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+#pragma omp parallel for schedule(static) if (T > 4)
+  for (int64_t t = 0; t < T; ++t) {
+    bf16_t* row = qp + t * row_stride;
+    const float* c = cp + pos[t] * d;
+    const float* s = sp + pos[t] * d;
+    for (int64_t head = 0; head < heads + kv_heads; ++head) {
+      bf16_t* x = row + head * d;
+#pragma omp simd
+      for (int64_t i = 0; i < half; ++i) {
+        const float x1 = to_f(x[i]), x2 = to_f(x[i + half]);
+        const float lo = round_bf(x1 * round_bf(c[i])) + round_bf(-x2 * round_bf(s[i]));
+        const float hi = round_bf(x2 * round_bf(c[i + half])) + round_bf(x1 * round_bf(s[i + half]));
+        x[i] = to_bf(lo);
+        x[i + half] = to_bf(hi);
+      }
+    }
+    for (int64_t kh = 0; kh < kv_heads; ++kh) {
+      const int64_t at = ((slot[t] * kv_heads + kh) * len + pos[t]) * d;
+      std::memcpy(kc + at, row + (heads + kh) * d, d * sizeof(bf16_t));
+      std::memcpy(vc + at, row + (heads + kv_heads + kh) * d, d * sizeof(bf16_t));
+    }
+  }
+}
+
+// One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d), with the keys
+// and values of sequence b at cache slot slots[b], positions [0, lengths[b]). GQA: query head h
+// reads KV head h / (H / kvh). Scores, softmax and the weighted sum in fp32.
+void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
+                      torch::Tensor lengths, torch::Tensor out, double scale) {
+  check_bf16(q, "q");
+  check_bf16(out, "out");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "KV cache must be contiguous");
+  const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
+  const int64_t kvh = k_cache.size(1), len = k_cache.size(2), group = H / kvh;
+  const int64_t q_stride = q.stride(0), q_head = q.stride(1), o_stride = out.stride(0), o_head = out.stride(1);
+  const bf16_t* qp = bf_ptr(q);
+  const bf16_t* kc = bf_ptr(k_cache);
+  const bf16_t* vc = bf_ptr(v_cache);
+  bf16_t* op = bf_ptr(out);
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* lens = lengths.data_ptr<int64_t>();
+  const float fscale = float(scale);
+#pragma omp parallel
+  {
+    std::vector<float> query(group * d), scores, acc(group * d);
+#pragma omp for schedule(static)
+    for (int64_t unit = 0; unit < B * kvh; ++unit) {
+      const int64_t b = unit / kvh, kh = unit % kvh, L = lens[b];
+      const bf16_t* keys = kc + (slot[b] * kvh + kh) * len * d;
+      const bf16_t* values = vc + (slot[b] * kvh + kh) * len * d;
+      scores.resize(group * L);
+      for (int64_t g = 0; g < group; ++g) {
+        const bf16_t* qh = qp + b * q_stride + (kh * group + g) * q_head;
+        for (int64_t i = 0; i < d; ++i) query[g * d + i] = to_f(qh[i]) * fscale;
+      }
+      for (int64_t l = 0; l < L; ++l) {
+        const bf16_t* key = keys + l * d;
+        for (int64_t g = 0; g < group; ++g) {
+          const float* qg = query.data() + g * d;
+          float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t i = 0; i < d; ++i) dot += qg[i] * to_f(key[i]);
+          scores[g * L + l] = dot;
+        }
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t g = 0; g < group; ++g) {
+        float* sg = scores.data() + g * L;
+        float peak = -INFINITY;
+        for (int64_t l = 0; l < L; ++l) peak = std::max(peak, sg[l]);
+        float total = 0.0f;
+        for (int64_t l = 0; l < L; ++l) {
+          sg[l] = std::exp(sg[l] - peak);
+          total += sg[l];
+        }
+        const float norm = 1.0f / total;
+        float* ag = acc.data() + g * d;
+        for (int64_t l = 0; l < L; ++l) {
+          const float p = sg[l] * norm;
+          const bf16_t* value = values + l * d;
+#pragma omp simd
+          for (int64_t i = 0; i < d; ++i) ag[i] += p * to_f(value[i]);
+        }
+        bf16_t* oh = op + b * o_stride + (kh * group + g) * o_head;
+        for (int64_t i = 0; i < d; ++i) oh[i] = to_bf(ag[i]);
+      }
+    }
+  }
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
+  m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
+  m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
+  m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
+}
