@@ -126,3 +126,13 @@ def test_native_steps_match_pytorch_steps(tiny_with_adapters):
     while engine.has_work():
         engine.step()
     assert compared[0] == 0 and compared[1] == 2 and max(compared) == 4  # prefill, mixed, decode
+
+
+def test_silu_mul_matches_pytorch():
+    gate_up = _bf16(9, 2 * 200, seed=7) * 4
+    expected = torch.nn.functional.silu(gate_up[:, :200]) * gate_up[:, 200:]
+    out = torch.empty(9, 200, dtype=torch.bfloat16)
+    cpu_kernels().silu_mul(gate_up, out)
+    ulp = (expected.float().abs() * 2**-7).clamp(min=1e-6)
+    assert bool(((out.float() - expected.float()).abs() <= ulp).all())
+    assert (out != expected).float().mean() < 0.01

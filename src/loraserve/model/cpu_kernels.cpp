@@ -78,6 +78,108 @@ inline void prefetch_range(const void* p, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
 }
 
+#if defined(__AVX512BF16__)
+inline __m512 load_bf16x16(const bf16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+inline void store_bf16x16(bf16_t* p, __m512 v) {  // round to nearest even
+  _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// exp(x) to about 1 ulp: x = n ln2 + r, e^r by Cephes' polynomial, scaled by 2^n.
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-103.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+// Dot product of an fp32 vector with a bf16 one.
+inline float dot_f32_bf16(const float* q, const bf16_t* k, int64_t n) {
+  int64_t i = 0;
+  float total = 0.0f;
+#if defined(__AVX512BF16__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load_bf16x16(k + i), acc);
+  total = _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < n; ++i) total += q[i] * to_f(k[i]);
+  return total;
+}
+
+// x[0:n] = softmax(x[0:n]) in place.
+inline void softmax_inplace(float* x, int64_t n) {
+  float peak = -INFINITY;
+  for (int64_t l = 0; l < n; ++l) peak = std::max(peak, x[l]);
+  float total = 0.0f;
+  int64_t l = 0;
+#if defined(__AVX512BF16__)
+  const __m512 shift = _mm512_set1_ps(peak);
+  __m512 sum = _mm512_setzero_ps();
+  for (; l + 16 <= n; l += 16) {
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + l), shift));
+    _mm512_storeu_ps(x + l, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  total = _mm512_reduce_add_ps(sum);
+#endif
+  for (; l < n; ++l) {
+    x[l] = std::exp(x[l] - peak);
+    total += x[l];
+  }
+  const float norm = 1.0f / total;
+  for (l = 0; l < n; ++l) x[l] *= norm;
+}
+
+#if defined(__AVX512BF16__)
+// One (sequence, KV head) of decode attention with head_dim = 16*C: each key and value row is
+// loaded and widened once for all `group` query heads that share it.
+template <int C>
+void attend_unit(const float* query, const bf16_t* keys, const bf16_t* values, float* scores, float* acc,
+                 int64_t group, int64_t L) {
+  constexpr int64_t d = 16 * C;
+  for (int64_t l = 0; l < L; ++l) {
+    __m512 key[C];
+    for (int c = 0; c < C; ++c) key[c] = load_bf16x16(keys + l * d + 16 * c);
+    for (int64_t g = 0; g < group; ++g) {
+      __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(query + g * d), key[0]);
+      for (int c = 1; c < C; ++c) dot = _mm512_fmadd_ps(_mm512_loadu_ps(query + g * d + 16 * c), key[c], dot);
+      scores[g * L + l] = _mm512_reduce_add_ps(dot);
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) softmax_inplace(scores + g * L, L);
+  for (int64_t g0 = 0; g0 < group; g0 += 2) {  // two heads' accumulators stay in registers
+    const bool pair = g0 + 1 < group;
+    __m512 a0[C], a1[C];
+    for (int c = 0; c < C; ++c) a0[c] = a1[c] = _mm512_setzero_ps();
+    for (int64_t l = 0; l < L; ++l) {
+      const __m512 p0 = _mm512_set1_ps(scores[g0 * L + l]);
+      const __m512 p1 = _mm512_set1_ps(pair ? scores[(g0 + 1) * L + l] : 0.0f);
+      for (int c = 0; c < C; ++c) {
+        const __m512 v = load_bf16x16(values + l * d + 16 * c);
+        a0[c] = _mm512_fmadd_ps(p0, v, a0[c]);
+        a1[c] = _mm512_fmadd_ps(p1, v, a1[c]);
+      }
+    }
+    for (int c = 0; c < C; ++c) {
+      _mm512_storeu_ps(acc + g0 * d + 16 * c, a0[c]);
+      if (pair) _mm512_storeu_ps(acc + (g0 + 1) * d + 16 * c, a1[c]);
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 // out (T, O) += per token t with slot s = slots[t] >= 0: (x[t] @ A[s]^T) @ B[s], for a fused group
@@ -165,6 +267,36 @@ void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Te
   }
 }
 
+// SwiGLU's activation: out (T, I) = bf16(bf16(silu(gate)) * up) for gate_up (T, 2I) = [gate | up].
+void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
+  check_bf16(gate_up, "gate_up");
+  check_bf16(out, "out");
+  const int64_t T = gate_up.size(0), I = out.size(1), in_stride = gate_up.stride(0), o_stride = out.stride(0);
+  TORCH_CHECK(gate_up.size(1) == 2 * I, "silu_mul: gate_up must be twice as wide as out");
+  const bf16_t* gp = bf_ptr(gate_up);
+  bf16_t* op = bf_ptr(out);
+#pragma omp parallel for schedule(static) if (T > 1)
+  for (int64_t t = 0; t < T; ++t) {
+    const bf16_t* gate = gp + t * in_stride;
+    const bf16_t* up = gate + I;
+    bf16_t* orow = op + t * o_stride;
+    int64_t i = 0;
+#if defined(__AVX512BF16__)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= I; i += 16) {
+      const __m512 g = load_bf16x16(gate + i);
+      const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+      const __m512 rounded = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(silu));
+      store_bf16x16(orow + i, _mm512_mul_ps(rounded, load_bf16x16(up + i)));
+    }
+#endif
+    for (; i < I; ++i) {
+      const float g = to_f(gate[i]);
+      orow[i] = to_bf(round_bf(g / (1.0f + std::exp(-g))) * to_f(up[i]));
+    }
+  }
+}
+
 // Rotary embedding of the q and k heads of a fused qkv row, in place (rotate-half convention,
 // cos/sin rounded to bf16 and each product rounded, as the PyTorch path does), then the token's
 // rotated k and its v written to the layer's KV cache (S, kvh, len, d) at (slot, position).
@@ -238,36 +370,26 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
         const bf16_t* qh = qp + b * q_stride + (kh * group + g) * q_head;
         for (int64_t i = 0; i < d; ++i) query[g * d + i] = to_f(qh[i]) * fscale;
       }
-      for (int64_t l = 0; l < L; ++l) {
-        const bf16_t* key = keys + l * d;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+#if defined(__AVX512BF16__)
+      if (d == 64 && group <= 8) {
+        attend_unit<4>(query.data(), keys, values, scores.data(), acc.data(), group, L);
+      } else if (d == 128 && group <= 8) {
+        attend_unit<8>(query.data(), keys, values, scores.data(), acc.data(), group, L);
+      } else
+#endif
+      {
+        for (int64_t l = 0; l < L; ++l)
+          for (int64_t g = 0; g < group; ++g)
+            scores[g * L + l] = dot_f32_bf16(query.data() + g * d, keys + l * d, d);
         for (int64_t g = 0; g < group; ++g) {
-          const float* qg = query.data() + g * d;
-          float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t i = 0; i < d; ++i) dot += qg[i] * to_f(key[i]);
-          scores[g * L + l] = dot;
+          softmax_inplace(scores.data() + g * L, L);
+          for (int64_t l = 0; l < L; ++l) axpy_bf16(acc.data() + g * d, scores[g * L + l], values + l * d, d);
         }
       }
-      std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t g = 0; g < group; ++g) {
-        float* sg = scores.data() + g * L;
-        float peak = -INFINITY;
-        for (int64_t l = 0; l < L; ++l) peak = std::max(peak, sg[l]);
-        float total = 0.0f;
-        for (int64_t l = 0; l < L; ++l) {
-          sg[l] = std::exp(sg[l] - peak);
-          total += sg[l];
-        }
-        const float norm = 1.0f / total;
-        float* ag = acc.data() + g * d;
-        for (int64_t l = 0; l < L; ++l) {
-          const float p = sg[l] * norm;
-          const bf16_t* value = values + l * d;
-#pragma omp simd
-          for (int64_t i = 0; i < d; ++i) ag[i] += p * to_f(value[i]);
-        }
         bf16_t* oh = op + b * o_stride + (kh * group + g) * o_head;
-        for (int64_t i = 0; i < d; ++i) oh[i] = to_bf(ag[i]);
+        for (int64_t i = 0; i < d; ++i) oh[i] = to_bf(acc[g * d + i]);
       }
     }
   }
@@ -276,6 +398,7 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
   m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
+  m.def("silu_mul", &silu_mul, "SwiGLU activation: silu(gate) * up");
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
 }

@@ -99,6 +99,8 @@ class LoraStacks:
             for group, modules in FUSED_GROUPS.items()}
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
+        self.a_layers: dict[str, list[torch.Tensor]] = {}
+        self.b_layers: dict[str, list[torch.Tensor]] = {}
         self.users: dict[str, set[int]] = {g: set() for g in FUSED_GROUPS}
         self.ranks: dict[int, int] = {}  # slot → rank of the adapter loaded there
         self.used_rank = rank  # the largest loaded rank: steps read only that many rank rows
@@ -113,6 +115,8 @@ class LoraStacks:
             self.a[group] = torch.zeros(shape, dtype=self.dtype, device=self.device)
             rows = self.rank if self.kernel else width
             self.b[group] = torch.zeros(n, self.slots, rows, fan_out, dtype=self.dtype, device=self.device)
+            self.a_layers[group] = list(self.a[group].unbind(0))  # per-layer views, indexed once
+            self.b_layers[group] = list(self.b[group].unbind(0))
         return self.a[group], self.b[group]
 
     def load(self, slot: int, adapter: LoraWeights) -> None:
@@ -158,8 +162,9 @@ class LoraStacks:
             return
         if self.kernel is not None:
             starts, lengths = self.columns[group]
-            self.kernel(x.contiguous(), plan.token_slots, self.a[group][layer], self.b[group][layer], out,
-                        len(FUSED_GROUPS[group]), self.used_rank, starts, lengths)
+            self.kernel(x.contiguous(), plan.token_slots, self.a_layers[group][layer],
+                        self.b_layers[group][layer], out, len(FUSED_GROUPS[group]), self.used_rank,
+                        starts, lengths)
             return
         width = len(FUSED_GROUPS[group]) * self.used_rank
         a = self.a[group][layer, :, :, :width]  # (S, in, k*r_used)

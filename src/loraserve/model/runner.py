@@ -63,8 +63,7 @@ class LlamaRunner:
             attn = self._attention(i, q, batch, decode_mask).view(tokens, -1)
             h, x = self._add_norm(h, project(attn, i, "o", None), layer["post_norm"], x)  # type: ignore[arg-type]
             gate_up = project(x, i, "gate_up", None)  # type: ignore[arg-type]
-            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-            delta = project(act, i, "down", None)  # type: ignore[arg-type]
+            delta = project(self._silu_mul(gate_up, inter), i, "down", None)  # type: ignore[arg-type]
         index = batch.logits_index
         _, last = self._add_norm(h[index], None if delta is None else delta[index], self.weights.norm,
                                  torch.empty_like(h[index]))
@@ -79,6 +78,13 @@ class LlamaRunner:
         if delta is not None:
             h = h + delta
         return h, rms_norm(h, weight, self.args.rms_eps)
+
+    def _silu_mul(self, gate_up: torch.Tensor, inter: int) -> torch.Tensor:
+        if self.kernels is not None:
+            out = gate_up.new_empty(gate_up.shape[0], inter)
+            self.kernels.silu_mul(gate_up, out)
+            return out
+        return F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
 
     def _rope_tables(self, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kernels is not None:  # the kernel indexes the fp32 tables by position itself
