@@ -10,6 +10,7 @@ from loraserve.engine.step_batch import build_step_batch
 from loraserve.model import lora
 from loraserve.model.llama import LlamaArgs, RotaryEmbedding, rms_norm
 from loraserve.model.native import cpu_kernels
+from loraserve.model.peft_adapter import LoraWeights
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 pytestmark = [pytest.mark.integration,
@@ -136,3 +137,42 @@ def test_silu_mul_matches_pytorch():
     ulp = (expected.float().abs() * 2**-7).clamp(min=1e-6)
     assert bool(((out.float() - expected.float()).abs() <= ulp).all())
     assert (out != expected).float().mean() < 0.01
+
+
+def _random_lora(args: LlamaArgs, rank: int, modules: tuple[str, ...], seed: int) -> LoraWeights:
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for layer in range(args.num_layers):
+        for module in modules:
+            fan_in, fan_out = args.module_shape(module)
+            weights[(layer, module)] = (torch.randn(rank, fan_in, generator=generator),
+                                        torch.randn(fan_out, rank, generator=generator))
+    return LoraWeights(rank=rank, scaling=0.5, weights=weights)
+
+
+def test_bgmv_reads_each_slots_own_rank_and_modules():
+    """A slot reused by a smaller adapter on fewer modules gives exactly that adapter's delta:
+    the kernel reads each slot's rank and modules, and a cleared slot keeps nothing behind."""
+    args = LlamaArgs(vocab_size=10, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=16, rms_eps=1e-5, rope_theta=10000.0, max_position=64,
+                     tie_word_embeddings=False, attention_bias=False)
+    stacks = lora.LoraStacks(args, slots=3, rank=8, dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert stacks.kernel is not None
+    everything = (*lora.FUSED_GROUPS["qkv"], "down_proj")
+    stacks.load(0, _random_lora(args, 8, everything, seed=1))
+    stacks.load(1, _random_lora(args, 8, everything, seed=2))  # keeps the used rank at 8
+    small = _random_lora(args, 2, ("q_proj", "v_proj"), seed=3)
+    stacks.load(0, small)
+    assert stacks.slot_info["qkv"][0].tolist() == [2, 0b101]
+    assert stacks.slot_info["down"][0].tolist() == [0, 0]
+    x = _bf16(4, 64, seed=9)
+    plan = lora.LoraPlan(torch.tensor([0, -1, 0, 1]))
+    out = torch.zeros(4, 128, dtype=torch.bfloat16)
+    stacks.add_delta(out, x, 1, "qkv", plan)
+    for row in (0, 2):
+        for module, columns in (("q_proj", slice(0, 64)), ("v_proj", slice(96, 128))):
+            a, b = small.weights[(1, module)]
+            expected = (x[row].float() @ a.bfloat16().float().t()) @ (b.float().t() * 0.5).bfloat16().float()
+            assert torch.allclose(out[row, columns].float(), expected, atol=0.05, rtol=0.02)
+        assert not out[row, 64:96].any()  # k_proj: not in this adapter, not left over from the last
+    assert not out[1].any() and out[3].any()

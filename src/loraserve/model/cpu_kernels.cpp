@@ -185,14 +185,16 @@ void attend_unit(const float* query, const bf16_t* keys, const bf16_t* values, f
 // out (T, O) += per token t with slot s = slots[t] >= 0: (x[t] @ A[s]^T) @ B[s], for a fused group
 // of k modules. x (T, in); A (S, R*k, in), row i*k + j = rank i of module j; B (S, R, O), row i =
 // rank i of every module, module j in columns [col_start[j], col_start[j] + col_len[j]) — so each
-// token's B rows are read as one contiguous stream. Ranks [0, rank) are read.
+// token's B rows are read as one contiguous stream. slot_info (S, 2): the adapter's rank and a
+// bit mask of the group's modules it targets; only those rows are read (at most `rank` ranks).
 void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
-          int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len) {
+          int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len, torch::Tensor slot_info) {
   check_bf16(x, "x");
   check_bf16(out, "out");
   TORCH_CHECK(x.is_contiguous() && a.is_contiguous() && b.is_contiguous(), "bgmv needs contiguous x, A, B");
   const int64_t T = x.size(0), in = x.size(1), KA = a.size(1), R = b.size(1), O = b.size(2);
   TORCH_CHECK(KA == R * k && rank <= R, "bgmv: stack shapes do not match the group");
+  TORCH_CHECK(slot_info.is_contiguous() && slot_info.size(0) == a.size(0), "bgmv: slot_info must be (S, 2)");
   const bf16_t* xp = bf_ptr(x);
   const bf16_t* ap = bf_ptr(a);
   const bf16_t* bp = bf_ptr(b);
@@ -200,6 +202,7 @@ void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b
   const int64_t* sp = slots.data_ptr<int64_t>();
   const int64_t* cs = col_start.data_ptr<int64_t>();
   const int64_t* cl = col_len.data_ptr<int64_t>();
+  const int64_t* info = slot_info.data_ptr<int64_t>();
   const int64_t out_stride = out.stride(0);
 #pragma omp parallel
   {
@@ -208,21 +211,25 @@ void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b
     for (int64_t t = 0; t < T; ++t) {
       const int64_t s = sp[t];
       if (s < 0) continue;
+      const int64_t ranks = std::min(rank, info[2 * s]), modules = info[2 * s + 1];
       const bf16_t* xr = xp + t * in;
       // The next token's adapter rows stream in while this token's are used: one token's rows
       // alone are too short a stream to keep memory busy.
       const int64_t s_next = t + 1 < T ? sp[t + 1] : -1;
-      for (int64_t r = 0; r < rank * k; ++r) {
+      for (int64_t r = 0; r < ranks * k; ++r) {
+        if (!((modules >> (r % k)) & 1)) {
+          h[r] = 0.0f;
+          continue;
+        }
         if (s_next >= 0) prefetch_range(ap + (s_next * KA + r) * in, in * 2);
         h[r] = dot_bf16(xr, ap + (s * KA + r) * in, in);
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t i = 0; i < rank; ++i) {
+      for (int64_t i = 0; i < ranks; ++i) {
         const bf16_t* brow = bp + (s * R + i) * O;
         if (s_next >= 0) prefetch_range(bp + (s_next * R + i) * O, O * 2);
         for (int64_t j = 0; j < k; ++j)
-          if (h[i * k + j] != 0.0f)  // rank rows this adapter does not use are zero
-            axpy_bf16(acc.data() + cs[j], h[i * k + j], brow + cs[j], cl[j]);
+          if (h[i * k + j] != 0.0f) axpy_bf16(acc.data() + cs[j], h[i * k + j], brow + cs[j], cl[j]);
       }
       bf16_t* orow = op + t * out_stride;
       for (int64_t o = 0; o < O; ++o) orow[o] = to_bf(to_f(orow[o]) + acc[o]);

@@ -101,6 +101,7 @@ class LoraStacks:
         self.b: dict[str, torch.Tensor] = {}
         self.a_layers: dict[str, list[torch.Tensor]] = {}
         self.b_layers: dict[str, list[torch.Tensor]] = {}
+        self.slot_info: dict[str, torch.Tensor] = {}  # for the native kernel: (S, 2) rank, module bits
         self.users: dict[str, set[int]] = {g: set() for g in FUSED_GROUPS}
         self.ranks: dict[int, int] = {}  # slot → rank of the adapter loaded there
         self.used_rank = rank  # the largest loaded rank: steps read only that many rank rows
@@ -117,6 +118,8 @@ class LoraStacks:
             self.b[group] = torch.zeros(n, self.slots, rows, fan_out, dtype=self.dtype, device=self.device)
             self.a_layers[group] = list(self.a[group].unbind(0))  # per-layer views, indexed once
             self.b_layers[group] = list(self.b[group].unbind(0))
+            # per slot: the adapter's rank and which of the group's modules it targets
+            self.slot_info[group] = torch.zeros(self.slots, 2, dtype=torch.long)
         return self.a[group], self.b[group]
 
     def load(self, slot: int, adapter: LoraWeights) -> None:
@@ -136,6 +139,8 @@ class LoraStacks:
             scaled_b = (b.float().t() * adapter.scaling).to(self.device, self.dtype)
             stack_b[layer, slot, slice(0, r) if self.kernel else cols, rows] = scaled_b
             self.users[group].add(slot)
+            self.slot_info[group][slot, 0] = r
+            self.slot_info[group][slot, 1] |= 1 << FUSED_GROUPS[group].index(module)
 
     def _update_used_rank(self) -> None:
         self.used_rank = max(self.ranks.values(), default=self.rank)
@@ -147,6 +152,7 @@ class LoraStacks:
             if slot in self.users[group]:
                 self.a[group][:, slot] = 0
                 self.b[group][:, slot] = 0
+                self.slot_info[group][slot] = 0
                 self.users[group].discard(slot)
 
     def grouped_input(self, x: torch.Tensor, plan: LoraPlan) -> torch.Tensor | None:
@@ -164,7 +170,7 @@ class LoraStacks:
             starts, lengths = self.columns[group]
             self.kernel(x.contiguous(), plan.token_slots, self.a_layers[group][layer],
                         self.b_layers[group][layer], out, len(FUSED_GROUPS[group]), self.used_rank,
-                        starts, lengths)
+                        starts, lengths, self.slot_info[group])
             return
         width = len(FUSED_GROUPS[group]) * self.used_rank
         a = self.a[group][layer, :, :, :width]  # (S, in, k*r_used)
