@@ -27,6 +27,7 @@ def cpu_kernels() -> ModuleType | None:
     if _tried or os.environ.get("LORASERVE_NATIVE", "1") == "0":
         return _module
     _tried = True
+    log.info("loading native CPU kernels (compiled once per machine and source, ~30 s the first time)")
     try:
         from torch.utils.cpp_extension import load
 
