@@ -165,15 +165,14 @@ def test_bgmv_reads_each_slots_own_rank_and_modules():
     stacks.load(0, small)
     assert stacks.slot_info["qkv"][0].tolist() == [2, 0b101]
     assert stacks.slot_info["down"][0].tolist() == [0, 0]
-    x = _bf16(10, 64, seed=9)
-    # runs of one slot are tiled (4 tokens share each read of the adapter's rows): 4+1, then 1
-    slots = [0, 0, 0, 0, 0, -1, 0, 1, 1, -1]
-    out = torch.zeros(10, 128, dtype=torch.bfloat16)
-    stacks.add_delta(out, x, 1, "qkv", lora.LoraPlan(torch.tensor(slots)))
-    for row in (0, 1, 2, 3, 4, 6):
+    x = _bf16(4, 64, seed=9)
+    plan = lora.LoraPlan(torch.tensor([0, -1, 0, 1]))
+    out = torch.zeros(4, 128, dtype=torch.bfloat16)
+    stacks.add_delta(out, x, 1, "qkv", plan)
+    for row in (0, 2):
         for module, columns in (("q_proj", slice(0, 64)), ("v_proj", slice(96, 128))):
             a, b = small.weights[(1, module)]
             expected = (x[row].float() @ a.bfloat16().float().t()) @ (b.float().t() * 0.5).bfloat16().float()
             assert torch.allclose(out[row, columns].float(), expected, atol=0.05, rtol=0.02)
         assert not out[row, 64:96].any()  # k_proj: not in this adapter, not left over from the last
-    assert not out[5].any() and not out[9].any() and out[7].any() and out[8].any()
+    assert not out[1].any() and out[3].any()

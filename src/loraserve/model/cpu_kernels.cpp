@@ -182,47 +182,11 @@ void attend_unit(const float* query, const bf16_t* keys, const bf16_t* values, f
 
 }  // namespace
 
-constexpr int kTile = 4;  // tokens of one slot that share each load of their adapter's rows
-
-// dots[g] = x[g] . a for the n <= kTile bf16 vectors x[g], reading a once.
-inline void dots_bf16(const bf16_t* const* x, int n, const bf16_t* a, int64_t len, float* dots) {
-  int64_t i = 0;
-  for (int g = 0; g < n; ++g) dots[g] = 0.0f;
-#if defined(__AVX512BF16__)
-  __m512 acc[kTile];
-  for (int g = 0; g < n; ++g) acc[g] = _mm512_setzero_ps();
-  for (; i + 32 <= len; i += 32) {
-    const __m512bh row = (__m512bh)_mm512_loadu_si512(a + i);
-    for (int g = 0; g < n; ++g) acc[g] = _mm512_dpbf16_ps(acc[g], (__m512bh)_mm512_loadu_si512(x[g] + i), row);
-  }
-  for (int g = 0; g < n; ++g) dots[g] = _mm512_reduce_add_ps(acc[g]);
-#endif
-  for (; i < len; ++i)
-    for (int g = 0; g < n; ++g) dots[g] += to_f(x[g][i]) * to_f(a[i]);
-}
-
-// acc[g][0:len] += h[g] * b[0:len] for n <= kTile accumulators, reading b once.
-inline void axpys_bf16(float* const* acc, const float* h, int n, const bf16_t* b, int64_t len) {
-  int64_t o = 0;
-#if defined(__AVX512F__)
-  for (; o + 16 <= len; o += 16) {
-    const __m512 row = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(b + o))), 16));
-    for (int g = 0; g < n; ++g)
-      _mm512_storeu_ps(acc[g] + o, _mm512_fmadd_ps(_mm512_set1_ps(h[g]), row, _mm512_loadu_ps(acc[g] + o)));
-  }
-#endif
-  for (; o < len; ++o)
-    for (int g = 0; g < n; ++g) acc[g][o] += h[g] * to_f(b[o]);
-}
-
 // out (T, O) += per token t with slot s = slots[t] >= 0: (x[t] @ A[s]^T) @ B[s], for a fused group
 // of k modules. x (T, in); A (S, R*k, in), row i*k + j = rank i of module j; B (S, R, O), row i =
 // rank i of every module, module j in columns [col_start[j], col_start[j] + col_len[j]) — so each
 // token's B rows are read as one contiguous stream. slot_info (S, 2): the adapter's rank and a
 // bit mask of the group's modules it targets; only those rows are read (at most `rank` ranks).
-// Consecutive tokens of one slot (a prompt, or requests sharing an adapter) go in tiles of kTile
-// that read the adapter's rows once.
 void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
           int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len, torch::Tensor slot_info) {
   check_bf16(x, "x");
@@ -240,61 +204,35 @@ void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b
   const int64_t* cl = col_len.data_ptr<int64_t>();
   const int64_t* info = slot_info.data_ptr<int64_t>();
   const int64_t out_stride = out.stride(0);
-  std::vector<std::pair<int64_t, int64_t>> spans;  // tiles [first, end): one slot, <= kTile tokens
-  for (int64_t t = 0; t < T;) {
-    if (sp[t] < 0) {
-      ++t;
-      continue;
-    }
-    const int64_t first = t;
-    while (t < T && t - first < kTile && sp[t] == sp[first]) ++t;
-    spans.emplace_back(first, t);
-  }
-  const int64_t count = int64_t(spans.size());
 #pragma omp parallel
   {
-    std::vector<float> h(rank * k * kTile), acc(O * kTile);
+    std::vector<float> h(rank * k), acc(O);
 #pragma omp for schedule(static)
-    for (int64_t tile = 0; tile < count; ++tile) {
-      const int64_t t0 = spans[tile].first;
-      const int n = int(spans[tile].second - t0);
-      const int64_t s = sp[t0];
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t s = sp[t];
+      if (s < 0) continue;
       const int64_t ranks = std::min(rank, info[2 * s]), modules = info[2 * s + 1];
-      const bf16_t* xs[kTile];
-      float* accs[kTile];
-      for (int g = 0; g < n; ++g) {
-        xs[g] = xp + (t0 + g) * in;
-        accs[g] = acc.data() + g * O;
-      }
-      // The next tile's adapter rows stream in while this tile's are used: one token's rows
+      const bf16_t* xr = xp + t * in;
+      // The next token's adapter rows stream in while this token's are used: one token's rows
       // alone are too short a stream to keep memory busy.
-      const int64_t s_next = tile + 1 < count ? sp[spans[tile + 1].first] : -1;
-      const bool fetch = s_next >= 0 && s_next != s;
+      const int64_t s_next = t + 1 < T ? sp[t + 1] : -1;
       for (int64_t r = 0; r < ranks * k; ++r) {
-        float* hr = h.data() + r * kTile;
         if (!((modules >> (r % k)) & 1)) {
-          for (int g = 0; g < n; ++g) hr[g] = 0.0f;
+          h[r] = 0.0f;
           continue;
         }
-        if (fetch) prefetch_range(ap + (s_next * KA + r) * in, in * 2);
-        dots_bf16(xs, n, ap + (s * KA + r) * in, in, hr);
+        if (s_next >= 0) prefetch_range(ap + (s_next * KA + r) * in, in * 2);
+        h[r] = dot_bf16(xr, ap + (s * KA + r) * in, in);
       }
-      std::fill(acc.begin(), acc.begin() + n * O, 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t i = 0; i < ranks; ++i) {
         const bf16_t* brow = bp + (s * R + i) * O;
-        if (fetch) prefetch_range(bp + (s_next * R + i) * O, O * 2);
-        for (int64_t j = 0; j < k; ++j) {
-          if (!((modules >> j) & 1)) continue;
-          float* cols[kTile];
-          for (int g = 0; g < n; ++g) cols[g] = accs[g] + cs[j];
-          axpys_bf16(cols, h.data() + (i * k + j) * kTile, n, brow + cs[j], cl[j]);
-        }
+        if (s_next >= 0) prefetch_range(bp + (s_next * R + i) * O, O * 2);
+        for (int64_t j = 0; j < k; ++j)
+          if (h[i * k + j] != 0.0f) axpy_bf16(acc.data() + cs[j], h[i * k + j], brow + cs[j], cl[j]);
       }
-      for (int g = 0; g < n; ++g) {
-        bf16_t* orow = op + (t0 + g) * out_stride;
-        const float* arow = accs[g];
-        for (int64_t o = 0; o < O; ++o) orow[o] = to_bf(to_f(orow[o]) + arow[o]);
-      }
+      bf16_t* orow = op + t * out_stride;
+      for (int64_t o = 0; o < O; ++o) orow[o] = to_bf(to_f(orow[o]) + acc[o]);
     }
   }
 }
