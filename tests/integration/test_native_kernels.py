@@ -51,8 +51,9 @@ def test_rope_write_kv_matches_pytorch():
     assert torch.equal(v_cache[slots, :, positions], values)
 
 
-def test_decode_attention_matches_reference():
-    batch, heads, kv_heads, dim, length = 3, 6, 2, 16, 20
+@pytest.mark.parametrize("dim", [16, 64, 128])  # 64 and 128 have their own vectorised path
+def test_decode_attention_matches_reference(dim):
+    batch, heads, kv_heads, length = 3, 6, 2, 20
     q = _bf16(batch, heads, dim, seed=4)
     k_cache, v_cache = _bf16(5, kv_heads, length, dim, seed=5), _bf16(5, kv_heads, length, dim, seed=6)
     slots, lengths = torch.tensor([4, 0, 2]), torch.tensor([20, 1, 7])

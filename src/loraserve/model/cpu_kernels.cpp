@@ -379,9 +379,9 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
 #if defined(__AVX512BF16__)
-      if (d == 64 && group <= 8) {
+      if (d == 64) {
         attend_unit<4>(query.data(), keys, values, scores.data(), acc.data(), group, L);
-      } else if (d == 128 && group <= 8) {
+      } else if (d == 128) {
         attend_unit<8>(query.data(), keys, values, scores.data(), acc.data(), group, L);
       } else
 #endif
