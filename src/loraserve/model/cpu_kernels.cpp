@@ -145,11 +145,18 @@ inline void softmax_inplace(float* x, int64_t n) {
 #if defined(__AVX512BF16__)
 // One (sequence, KV head) of decode attention with head_dim = 16*C: each key and value row is
 // loaded and widened once for all `group` query heads that share it.
+// The next unit's keys and values (`next_*`, `next_len` rows; null when none) are prefetched
+// meanwhile, a row of each per key: the cache is read from memory, one short stream per unit.
 template <int C>
 void attend_unit(const float* query, const bf16_t* keys, const bf16_t* values, float* scores, float* acc,
-                 int64_t group, int64_t L) {
+                 int64_t group, int64_t L, const bf16_t* next_keys, const bf16_t* next_values,
+                 int64_t next_len) {
   constexpr int64_t d = 16 * C;
   for (int64_t l = 0; l < L; ++l) {
+    if (l < next_len) {
+      prefetch_range(next_keys + l * d, d * 2);
+      prefetch_range(next_values + l * d, d * 2);
+    }
     __m512 key[C];
     for (int c = 0; c < C; ++c) key[c] = load_bf16x16(keys + l * d + 16 * c);
     for (int64_t g = 0; g < group; ++g) {
@@ -410,10 +417,15 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
 #if defined(__AVX512BF16__)
+      const int64_t next = unit + 1 < B * kvh ? unit + 1 : -1;
+      const int64_t next_offset = next < 0 ? 0 : (slot[next / kvh] * kvh + next % kvh) * len * d;
+      const int64_t next_len = next < 0 ? 0 : lens[next / kvh];
       if (d == 64) {
-        attend_unit<4>(query.data(), keys, values, scores.data(), acc.data(), group, L);
+        attend_unit<4>(query.data(), keys, values, scores.data(), acc.data(), group, L, kc + next_offset,
+                       vc + next_offset, next_len);
       } else if (d == 128) {
-        attend_unit<8>(query.data(), keys, values, scores.data(), acc.data(), group, L);
+        attend_unit<8>(query.data(), keys, values, scores.data(), acc.data(), group, L, kc + next_offset,
+                       vc + next_offset, next_len);
       } else
 #endif
       {
