@@ -255,18 +255,8 @@ void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b
       if (s < 0) continue;
       const int64_t ranks = std::min(rank, info[2 * s]), modules = info[2 * s + 1];
       const bf16_t* xr = xp + t * in;
-      // The next token's adapter rows stream in while this token's are used: one token's rows
-      // alone are too short a stream to keep memory busy.
-      const int64_t s_next = t + 1 < T ? sp[t + 1] : -1;
-      for (int64_t r = 0; r < ranks * k; ++r) {
-        if (s_next >= 0 && r < ranks) prefetch_range(bp + (s_next * R + r) * O, O * 2);
-        if (!((modules >> (r % k)) & 1)) {
-          h[r] = 0.0f;
-          continue;
-        }
-        if (s_next >= 0) prefetch_range(ap + (s_next * KA + r) * in, in * 2);
-        h[r] = dot_bf16(xr, ap + (s * KA + r) * in, in);
-      }
+      for (int64_t r = 0; r < ranks * k; ++r)
+        h[r] = (modules >> (r % k)) & 1 ? dot_bf16(xr, ap + (s * KA + r) * in, in) : 0.0f;
       bf16_t* orow = op + t * out_stride;
       for (int64_t j = 0; j < k; ++j)
         if ((modules >> j) & 1)
