@@ -187,39 +187,92 @@ void attend_unit(const float* query, const bf16_t* keys, const bf16_t* values, f
 }
 #endif
 
-// out[0:len] += sum over i < ranks of h[i * h_stride] * b[i * b_stride + 0:len], the sums kept
-// in registers 64 columns at a time (in rank order, fp32), then added to out and rounded once.
-inline void expand_bf16(bf16_t* out, const float* h, int64_t h_stride, const bf16_t* b, int64_t b_stride,
-                        int64_t ranks, int64_t len) {
+constexpr int kTile = 4;  // consecutive tokens of one slot that share each read of its rows
+
+// dots[g] = x[g] . a for N bf16 vectors x[g] (N > 1), reading a once.
+template <int N>
+inline void dots_bf16(const bf16_t* const* x, const bf16_t* a, int64_t len, float* dots) {
+  float total[N] = {};
+  int64_t i = 0;
+#if defined(__AVX512BF16__)
+  __m512 acc[N];
+  for (int g = 0; g < N; ++g) acc[g] = _mm512_setzero_ps();
+  for (; i + 32 <= len; i += 32) {
+    const __m512bh row = (__m512bh)_mm512_loadu_si512(a + i);
+    for (int g = 0; g < N; ++g) acc[g] = _mm512_dpbf16_ps(acc[g], (__m512bh)_mm512_loadu_si512(x[g] + i), row);
+  }
+  for (int g = 0; g < N; ++g) total[g] = _mm512_reduce_add_ps(acc[g]);
+#endif
+  for (; i < len; ++i)
+    for (int g = 0; g < N; ++g) total[g] += to_f(x[g][i]) * to_f(a[i]);
+  for (int g = 0; g < N; ++g) dots[g] = total[g];
+}
+
+// For each of N tokens g: out[g][col + 0:len] += sum over i < ranks of h[i * h_stride + g] *
+// b[i * b_stride + 0:len]. The sums stay in registers 64 columns at a time (in rank order, fp32),
+// each B chunk is read once for all N tokens, and out is rounded once.
+template <int N>
+inline void expand_bf16(bf16_t* const* out, int64_t col, const float* h, int64_t h_stride, const bf16_t* b,
+                        int64_t b_stride, int64_t ranks, int64_t len) {
   int64_t o = 0;
 #if defined(__AVX512BF16__)
   for (; o + 64 <= len; o += 64) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    __m512 acc[N][4];
+    for (int g = 0; g < N; ++g)
+      for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < ranks; ++i) {
-      const __m512 hv = _mm512_set1_ps(h[i * h_stride]);
       const bf16_t* row = b + i * b_stride + o;
-      acc0 = _mm512_fmadd_ps(hv, load_bf16x16(row), acc0);
-      acc1 = _mm512_fmadd_ps(hv, load_bf16x16(row + 16), acc1);
-      acc2 = _mm512_fmadd_ps(hv, load_bf16x16(row + 32), acc2);
-      acc3 = _mm512_fmadd_ps(hv, load_bf16x16(row + 48), acc3);
+      const __m512 chunk[4] = {load_bf16x16(row), load_bf16x16(row + 16), load_bf16x16(row + 32),
+                               load_bf16x16(row + 48)};
+      for (int g = 0; g < N; ++g) {
+        const __m512 hv = _mm512_set1_ps(h[i * h_stride + g]);
+        for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_fmadd_ps(hv, chunk[c], acc[g][c]);
+      }
     }
-    store_bf16x16(out + o, _mm512_add_ps(load_bf16x16(out + o), acc0));
-    store_bf16x16(out + o + 16, _mm512_add_ps(load_bf16x16(out + o + 16), acc1));
-    store_bf16x16(out + o + 32, _mm512_add_ps(load_bf16x16(out + o + 32), acc2));
-    store_bf16x16(out + o + 48, _mm512_add_ps(load_bf16x16(out + o + 48), acc3));
+    for (int g = 0; g < N; ++g)
+      for (int c = 0; c < 4; ++c) {
+        bf16_t* dst = out[g] + col + o + 16 * c;
+        store_bf16x16(dst, _mm512_add_ps(load_bf16x16(dst), acc[g][c]));
+      }
   }
   for (; o + 16 <= len; o += 16) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < ranks; ++i)
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(h[i * h_stride]), load_bf16x16(b + i * b_stride + o), acc);
-    store_bf16x16(out + o, _mm512_add_ps(load_bf16x16(out + o), acc));
+    __m512 acc[N];
+    for (int g = 0; g < N; ++g) acc[g] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < ranks; ++i) {
+      const __m512 chunk = load_bf16x16(b + i * b_stride + o);
+      for (int g = 0; g < N; ++g) acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(h[i * h_stride + g]), chunk, acc[g]);
+    }
+    for (int g = 0; g < N; ++g) {
+      bf16_t* dst = out[g] + col + o;
+      store_bf16x16(dst, _mm512_add_ps(load_bf16x16(dst), acc[g]));
+    }
   }
 #endif
-  for (; o < len; ++o) {
-    float sum = 0.0f;
-    for (int64_t i = 0; i < ranks; ++i) sum += h[i * h_stride] * to_f(b[i * b_stride + o]);
-    out[o] = to_bf(to_f(out[o]) + sum);
+  for (; o < len; ++o)
+    for (int g = 0; g < N; ++g) {
+      float sum = 0.0f;
+      for (int64_t i = 0; i < ranks; ++i) sum += h[i * h_stride + g] * to_f(b[i * b_stride + o]);
+      out[g][col + o] = to_bf(to_f(out[g][col + o]) + sum);
+    }
+}
+
+// One tile of n <= kTile consecutive tokens on one adapter slot (see bgmv).
+template <int N>
+void bgmv_tile(const bf16_t* const* x, bf16_t* const* out, const bf16_t* a, const bf16_t* b, int64_t in,
+               int64_t O, int64_t k, int64_t ranks, int64_t modules, const int64_t* cs, const int64_t* cl,
+               float* h) {
+  for (int64_t r = 0; r < ranks * k; ++r) {
+    float* hr = h + r * kTile;
+    if (!((modules >> (r % k)) & 1)) {
+      for (int g = 0; g < N; ++g) hr[g] = 0.0f;
+    } else if (N == 1) {
+      hr[0] = dot_bf16(x[0], a + r * in, in);
+    } else {
+      dots_bf16<N>(x, a + r * in, in, hr);
+    }
   }
+  for (int64_t j = 0; j < k; ++j)
+    if ((modules >> j) & 1) expand_bf16<N>(out, cs[j], h + j * kTile, k * kTile, b + cs[j], O, ranks, cl[j]);
 }
 
 }  // namespace
@@ -229,6 +282,7 @@ inline void expand_bf16(bf16_t* out, const float* h, int64_t h_stride, const bf1
 // rank i of every module, module j in columns [col_start[j], col_start[j] + col_len[j]) — so each
 // token's B rows are read as one contiguous stream. slot_info (S, 2): the adapter's rank and a
 // bit mask of the group's modules it targets; only those rows are read (at most `rank` ranks).
+// Consecutive tokens of one slot (a prompt being prefilled) share each read of its rows.
 void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
           int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len, torch::Tensor slot_info) {
   check_bf16(x, "x");
@@ -246,21 +300,38 @@ void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b
   const int64_t* cl = col_len.data_ptr<int64_t>();
   const int64_t* info = slot_info.data_ptr<int64_t>();
   const int64_t out_stride = out.stride(0);
+  std::vector<std::pair<int64_t, int64_t>> tiles;  // [first, end): one slot, at most kTile tokens
+  for (int64_t t = 0; t < T;) {
+    if (sp[t] < 0) {
+      ++t;
+      continue;
+    }
+    const int64_t first = t;
+    while (t < T && t - first < kTile && sp[t] == sp[first]) ++t;
+    tiles.emplace_back(first, t);
+  }
+  const int64_t count = int64_t(tiles.size());
 #pragma omp parallel
   {
-    std::vector<float> h(rank * k);
+    std::vector<float> h(rank * k * kTile);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t s = sp[t];
-      if (s < 0) continue;
-      const int64_t ranks = std::min(rank, info[2 * s]), modules = info[2 * s + 1];
-      const bf16_t* xr = xp + t * in;
-      for (int64_t r = 0; r < ranks * k; ++r)
-        h[r] = (modules >> (r % k)) & 1 ? dot_bf16(xr, ap + (s * KA + r) * in, in) : 0.0f;
-      bf16_t* orow = op + t * out_stride;
-      for (int64_t j = 0; j < k; ++j)
-        if ((modules >> j) & 1)
-          expand_bf16(orow + cs[j], h.data() + j, k, bp + s * R * O + cs[j], O, ranks, cl[j]);
+    for (int64_t tile = 0; tile < count; ++tile) {
+      const auto [first, end] = tiles[tile];
+      const int64_t s = sp[first], ranks = std::min(rank, info[2 * s]), modules = info[2 * s + 1];
+      const bf16_t* xs[kTile];
+      bf16_t* outs[kTile];
+      for (int64_t g = 0; g < end - first; ++g) {
+        xs[g] = xp + (first + g) * in;
+        outs[g] = op + (first + g) * out_stride;
+      }
+      const bf16_t* as = ap + s * KA * in;
+      const bf16_t* bs = bp + s * R * O;
+      switch (end - first) {
+        case 1: bgmv_tile<1>(xs, outs, as, bs, in, O, k, ranks, modules, cs, cl, h.data()); break;
+        case 2: bgmv_tile<2>(xs, outs, as, bs, in, O, k, ranks, modules, cs, cl, h.data()); break;
+        case 3: bgmv_tile<3>(xs, outs, as, bs, in, O, k, ranks, modules, cs, cl, h.data()); break;
+        default: bgmv_tile<kTile>(xs, outs, as, bs, in, O, k, ranks, modules, cs, cl, h.data());
+      }
     }
   }
 }
