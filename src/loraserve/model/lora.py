@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from loraserve.model.llama import LlamaArgs, LlamaWeights, module_slice
-from loraserve.model.native import cpu_kernels
+from loraserve.model.native import kernels_for
 from loraserve.model.peft_adapter import LoraWeights
 
 
@@ -88,7 +88,7 @@ class LoraStacks:
         self.args, self.slots, self.rank = args, slots, rank
         # bf16 on CPU uses the native kernel with bf16 stacks; without it, CPU stacks are fp32:
         # small batched matmuls run 3-4x faster in fp32 than in bf16 there (measured).
-        kernels = cpu_kernels() if device.type == "cpu" and dtype == torch.bfloat16 else None
+        kernels = kernels_for(dtype, device)
         kernel = kernels.bgmv if kernels is not None else None
         self.kernel = kernel  # native BGMV: bf16 stacks, A stored (S, k*r, in), B (S, r, out)
         self.dtype = torch.float32 if device.type == "cpu" and kernel is None else dtype

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 log = logging.getLogger("loraserve.model")
 _SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 _module: ModuleType | None = None
@@ -37,3 +39,8 @@ def cpu_kernels() -> ModuleType | None:
     except Exception as exc:  # no compiler, no ninja, ...: the PyTorch path serves instead
         log.warning("native CPU kernels unavailable (%s); using the PyTorch path", exc)
     return _module
+
+
+def kernels_for(dtype: torch.dtype, device: torch.device) -> ModuleType | None:
+    """The kernels where they apply — bf16 tensors on the CPU — else None."""
+    return cpu_kernels() if device.type == "cpu" and dtype == torch.bfloat16 else None

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from loraserve.model.llama import LlamaArgs, LlamaWeights, RotaryEmbedding, StepBatch, rms_norm
 from loraserve.model.loader import load_config, load_state_dict
 from loraserve.model.lora import LoraStacks, MergedLora
-from loraserve.model.native import cpu_kernels
+from loraserve.model.native import kernels_for
 from loraserve.model.packed import Linears, packing_available
 
 
@@ -32,7 +32,7 @@ class LlamaRunner:
         self.linears = Linears(self.weights, slots, packing_available(dtype, device))
         self.merged = MergedLora(self.args, self.weights, on_change=self.linears.repack)
         # Native kernels for the small per-layer ops (bf16 on CPU only; else the PyTorch path).
-        self.kernels = cpu_kernels() if device.type == "cpu" and dtype == torch.bfloat16 else None
+        self.kernels = kernels_for(dtype, device)
 
     def kv_bytes(self) -> int:
         return 2 * self.k_cache.numel() * self.k_cache.element_size()
@@ -44,7 +44,7 @@ class LlamaRunner:
         plan = batch.lora_plan
         h = self.weights.embed[batch.input_ids]  # (T, hidden)
         tokens = h.shape[0]
-        x = torch.empty_like(h)
+        x = torch.empty_like(h) if self.kernels is not None else h  # the kernels' norm output
 
         def project(x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
             out = self.linears(x, layer, name, bias)
@@ -65,8 +65,9 @@ class LlamaRunner:
             gate_up = project(x, i, "gate_up", None)  # type: ignore[arg-type]
             delta = project(self._silu_mul(gate_up, inter), i, "down", None)  # type: ignore[arg-type]
         index = batch.logits_index
-        _, last = self._add_norm(h[index], None if delta is None else delta[index], self.weights.norm,
-                                 torch.empty_like(h[index]))
+        h_last = h[index]
+        _, last = self._add_norm(h_last, None if delta is None else delta[index], self.weights.norm,
+                                 torch.empty_like(h_last))
         return self.linears.head(last).float()
 
     def _add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
