@@ -97,6 +97,14 @@ def _edited_adapter(src, dst, config_patch=None, key_patch=None):
     return dst
 
 
+def _poison(tensors, which, value):
+    """One weight of the first matching tensor set to ``value`` (NaN/inf)."""
+    key = next(k for k in sorted(tensors) if which in k)
+    tensors[key] = tensors[key].clone()
+    tensors[key][0, 0] = value
+    return tensors
+
+
 @pytest.mark.parametrize("config_patch,key_patch,fragment", [
     ({"use_dora": True}, None, "DoRA"),
     ({"modules_to_save": ["lm_head"]}, None, "modules_to_save"),
@@ -108,11 +116,21 @@ def _edited_adapter(src, dst, config_patch=None, key_patch=None):
     (None, lambda t: {k.replace("layers.0", "layers.9"): v for k, v in t.items()}, "layer 9"),
     (None, lambda t: {**t, "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64)}, "lm_head"),
     (None, lambda t: {}, "match nothing"),
+    ({"r": 0}, None, "r must be a positive integer"),
+    ({"r": -4}, None, "r must be a positive integer"),
+    ({"r": 4.5}, None, "r must be a positive integer"),
+    ({"r": "4"}, None, "r must be a positive integer"),
+    ({"r": True}, None, "r must be a positive integer"),
+    ({"lora_alpha": "16"}, None, "lora_alpha must be a finite number"),
+    ({"lora_alpha": float("nan")}, None, "lora_alpha must be a finite number"),
+    ({"use_rslora": "yes"}, None, "use_rslora must be true or false"),
+    (None, lambda t: _poison(t, "lora_B", float("nan")), "non-finite"),
+    (None, lambda t: _poison(t, "lora_A", float("inf")), "non-finite"),
 ])
-def test_unsupported_adapters_are_refused_by_name(files, config_patch, key_patch, fragment):
-    root, base, qv, _ = files
+def test_unsupported_adapters_are_refused_by_name(tmp_path, files, config_patch, key_patch, fragment):
+    _, base, qv, _ = files
     engine = _engine(base)
-    bad = _edited_adapter(qv, root / f"bad_{fragment.replace(' ', '_')}", config_patch, key_patch)
+    bad = _edited_adapter(qv, tmp_path / "bad", config_patch, key_patch)
     with pytest.raises(BadRequestError, match=fragment):
         engine.register_adapter("bad", bad)
     assert "bad" not in engine.adapters.registered

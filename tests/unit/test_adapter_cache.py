@@ -91,8 +91,12 @@ def test_unregister_frees_memory_and_unknown_names_fail():
         cache.acquire("a")
 
 
-def test_cannot_pin_more_than_the_slots():
-    cache = Recorder().cache(slots=1)
-    cache.register("p1", "/p", "w", pinned=True, preload=True)
-    with pytest.raises(BadRequestError, match="pinned"):
-        cache.register("p2", "/p", "w", pinned=True, preload=True)
+@pytest.mark.parametrize("slots", [1, 2, 4])
+def test_pins_leave_one_slot_for_everyone_else(slots):
+    cache = Recorder().cache(slots=slots, cpu=8)
+    for i in range(slots - 1):
+        cache.register(f"p{i}", "/p", "w", pinned=True, preload=True)
+    with pytest.raises(BadRequestError, match="max_loras - 1"):
+        cache.register("one_more", "/p", "w", pinned=True, preload=True)
+    cache.register("free", "/f", "w", pinned=False, preload=True)
+    assert cache.acquire("free") is not None  # the unpinned slot

@@ -1,15 +1,22 @@
 """Adapter memory tiers, as vLLM/LMI have them: ``max_loras`` resident compute slots,
 ``max_cpu_loras`` adapters held in memory, the rest on disk; least-recently-used eviction.
 
-Plain bookkeeping (loading is a callback), so its rules are tested on their own. An adapter
-version in use by a running request is never evicted, nor is a pinned one. Each registration
-of a name gets a new version: a running request keeps the version it started with, and a
-replaced or deleted version is freed as soon as its last request ends.
+Plain bookkeeping (loading is a callback), so its rules are tested on their own. Each
+registration of a name gets a new version. Two kinds of reference:
+
+- a *hold*: a request in the engine (waiting or running) on that version. Taken when the
+  request is added, so a request finishes on the version it was admitted with even if the
+  adapter is updated or unregistered while it waits; a replaced or deleted version lives (its
+  weights kept in memory) until its last hold is released.
+- a *slot reference*: a running request using the version's resident compute slot. A slot
+  with references is never evicted, nor is a pinned one. At most ``slots - 1`` adapters can be
+  pinned (as SGLang does), so one slot always stays for everyone else.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ from typing import Any
 
 from loraserve.errors import AdapterNotFoundError, BadRequestError
 
+log = logging.getLogger("loraserve.engine")
 AdapterKey = tuple[str, int]  # (name, version)
 _versions = itertools.count(1)
 
@@ -42,16 +50,18 @@ class AdapterCache:
         self.registered: dict[str, AdapterEntry] = {}
         self.cpu: OrderedDict[AdapterKey, Any] = OrderedDict()  # LRU: oldest first
         self.resident: OrderedDict[AdapterKey, int] = OrderedDict()  # key → slot, LRU order
-        self.refs: dict[AdapterKey, int] = {}
-        self.stale: dict[AdapterKey, AdapterEntry] = {}  # replaced/deleted, still in use
+        self.refs: dict[AdapterKey, int] = {}  # slot references: running requests
+        self.holds: dict[AdapterKey, int] = {}  # requests in the engine, waiting or running
+        self.stale: dict[AdapterKey, AdapterEntry] = {}  # replaced/deleted, still held
         self.loads = 0
         self.evictions = 0
 
     def register(self, name: str, path: str, weights: Any, pinned: bool, preload: bool) -> AdapterEntry:
         """Add (or replace) ``name``; ``weights`` were already validated by the caller."""
-        if pinned and sum(e.pinned for e in self.registered.values() if e.name != name) >= self.slots:
-            raise BadRequestError(f"cannot pin {name}: all {self.slots} resident slots are pinned "
-                                  "(raise option.max_loras)")
+        if pinned and sum(e.pinned for e in self.registered.values() if e.name != name) >= self.slots - 1:
+            raise BadRequestError(f"cannot pin {name}: at most option.max_loras - 1 = {self.slots - 1} "
+                                  "adapters can be pinned, so one slot stays free for the others "
+                                  "(raise option.max_loras or unpin one)")
         self.unregister(name, missing_ok=True)
         entry = AdapterEntry(name, path, next(_versions), pinned)
         self.registered[name] = entry
@@ -67,10 +77,18 @@ class AdapterCache:
             if missing_ok:
                 return
             raise AdapterNotFoundError(f"adapter {name} is not registered in the engine")
-        if self.refs.get(entry.key):
+        if self.holds.get(entry.key) or self.refs.get(entry.key):
             self.stale[entry.key] = entry  # freed when its last request releases it
+            self._keep_in_memory(entry.key)
         else:
             self._drop(entry.key)
+
+    def _keep_in_memory(self, key: AdapterKey) -> None:
+        """A held version must outlive its registration (its source may be deleted next)."""
+        try:
+            self.weights(key)
+        except Exception as exc:  # its waiting requests fail at admission, one by one
+            log.warning("adapter %s@%d: cannot keep its weights for queued requests: %s", *key, exc)
 
     def entry(self, name: str) -> AdapterEntry:
         entry = self.registered.get(name)
@@ -82,15 +100,20 @@ class AdapterCache:
         self.cpu[key] = weights
         self.cpu.move_to_end(key)
         while len(self.cpu) > self.cpu_capacity:
-            victim = next((k for k in self.cpu if not self._held(k)), None)
+            victim = next((k for k in self.cpu if not self._held_in_memory(k)), None)
             if victim is None:
                 break
             del self.cpu[victim]
 
     def _held(self, key: AdapterKey) -> bool:
+        """Not evictable from its slot: pinned or in use by a running request."""
         entry = self.registered.get(key[0])
         pinned = entry is not None and entry.key == key and entry.pinned
         return pinned or bool(self.refs.get(key))
+
+    def _held_in_memory(self, key: AdapterKey) -> bool:
+        """Not evictable from memory: also a stale version still held (no source to reread)."""
+        return self._held(key) or key in self.stale
 
     def acquire_key(self, key: AdapterKey) -> int | None:
         """A resident slot for ``key`` with one more reference; None if every slot is held."""
@@ -111,8 +134,10 @@ class AdapterCache:
         """An adapter version's weights: from memory, else read from disk and remembered."""
         weights = self.cpu.get(key)
         if weights is None:
-            entry = self.registered.get(key[0]) or self.stale.get(key)
-            assert entry is not None and entry.key == key
+            entry = self.registered.get(key[0])
+            entry = entry if entry is not None and entry.key == key else self.stale.get(key)
+            if entry is None:
+                raise AdapterNotFoundError(f"adapter {key[0]} version {key[1]} is no longer registered")
             weights = self._load(entry)
             self._remember(key, weights)
         return weights
@@ -121,12 +146,29 @@ class AdapterCache:
         return self.acquire_key(self.entry(name).key)
 
     def release(self, key: AdapterKey) -> None:
-        self.refs[key] -= 1
-        if self.refs[key] == 0:
-            del self.refs[key]
-            if key in self.stale:
+        """Give back one slot reference."""
+        self._decrement(self.refs, key)
+
+    def hold(self, name: str) -> AdapterKey:
+        """The current version of ``name``, held until ``unhold``: a new request's adapter."""
+        key = self.entry(name).key
+        self.holds[key] = self.holds.get(key, 0) + 1
+        return key
+
+    def unhold(self, key: AdapterKey) -> None:
+        self._decrement(self.holds, key)
+
+    def _decrement(self, counts: dict[AdapterKey, int], key: AdapterKey) -> None:
+        counts[key] -= 1
+        if counts[key] == 0:
+            del counts[key]
+            if key in self.stale and not self.refs.get(key) and not self.holds.get(key):
                 del self.stale[key]
                 self._drop(key)
+
+    def pinned_key(self, key: AdapterKey) -> bool:
+        entry = self.registered.get(key[0])
+        return entry is not None and entry.key == key and entry.pinned
 
     def _free_slot(self) -> int | None:
         used = set(self.resident.values())
@@ -162,4 +204,5 @@ class AdapterCache:
     def stats(self) -> dict[str, int]:
         return {"registered": len(self.registered), "in_memory": len(self.cpu),
                 "resident": len(self.resident), "loads": self.loads, "evictions": self.evictions,
-                "pinned": sum(e.pinned for e in self.registered.values())}
+                "pinned": sum(e.pinned for e in self.registered.values()), "stale": len(self.stale),
+                "slot_refs": sum(self.refs.values()), "holds": sum(self.holds.values())}

@@ -18,7 +18,7 @@ from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
 from loraserve.engine.config import EngineConfig
 from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
-from loraserve.engine.sequence import Sequence, TokenEvent
+from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
 from loraserve.engine.step_batch import build_step_batch, finish_step
 from loraserve.errors import BadRequestError
 from loraserve.model.loader import load_config, parse_dtype, resolve_model_path
@@ -66,6 +66,8 @@ class LLMEngine:
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._epoch = 0  # bumped by every change that may let a blocked request run
+        self._idle_epoch = -1  # the epoch at which a step last found nothing to run
         self.steps = 0
 
     def _eos_ids(self) -> set[int]:
@@ -87,11 +89,20 @@ class LLMEngine:
             raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
         weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
         with self.lock:
-            return self.adapters.register(name, str(path), weights, pin, preload)
+            entry = self.adapters.register(name, str(path), weights, pin, preload)
+            self._changed()
+            return entry
 
     def unregister_adapter(self, name: str) -> None:
+        """Requests already added keep the version they were added with and finish on it."""
         with self.lock:
             self.adapters.unregister(name)
+            self._changed()
+
+    def _changed(self) -> None:
+        """Wake the loop: something it could not schedule may now fit. Call under the lock."""
+        self._epoch += 1
+        self.lock.notify_all()
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: str | list[int], adapter: str | None = None,
@@ -105,28 +116,73 @@ class LLMEngine:
             raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                                   f"exceeds max_model_len {self.runner.max_len}")
         with self.lock:
-            key = self.adapters.entry(adapter).key if adapter else None
+            key = self.adapters.hold(adapter) if adapter else None  # its version, until it ends
             seq = Sequence(ids, params, key, on_event)
             self.scheduler.add(seq)
-            self.lock.notify_all()
+            self._changed()
         return seq
 
-    def abort(self, request_id: int) -> None:
+    def abort(self, request_id: int) -> Sequence | None:
+        """Stop a request wherever it is; its consumer gets a final ``aborted`` event."""
         with self.lock:
-            self.scheduler.abort(request_id)
+            seq = self.scheduler.abort(request_id)
+            if seq is not None:
+                self.emit(seq, TokenEvent(seq.request_id, -1, "", None, seq.finish_reason))
+                self._changed()
+            return seq
 
     def step(self) -> list[Sequence]:
-        """One iteration: admit, run all scheduled tokens in one forward pass, sample."""
+        """One iteration: admit, run all scheduled tokens in one forward pass, sample. A failure
+        fails the sequences it belongs to: a row's sampling its row, the forward pass its batch."""
         with self.lock:
             decodes, prefills = self.scheduler.schedule()
-            if not decodes and not prefills:
-                return []
-            if self.config.lora_merge:
-                self._switch_merge([*decodes, *prefills])
-            batch = build_step_batch(decodes, prefills, self.runner, merged=self.config.lora_merge)
-            logits = self.runner.forward(batch)
+            failed = self._report_failed()
+            seqs = [*decodes, *prefills]
+            if not seqs:
+                self._idle_epoch = -1 if failed else self._epoch
+                return failed
+            try:
+                if self.config.lora_merge:
+                    self._switch_merge(seqs)
+                batch = build_step_batch(decodes, prefills, self.runner, merged=self.config.lora_merge)
+                logits = self.runner.forward(batch)
+            except Exception as exc:  # not attributable to one row: the step's sequences fail
+                log.exception("engine step failed; failing its %d sequences", len(seqs))
+                for seq in seqs:
+                    self.fail_sequence(seq, f"the model step failed: {exc}")
+                return [*failed, *seqs]
             self.steps += 1
-            return finish_step(self, [*decodes, *prefills], logits)
+            finished = finish_step(self, seqs, logits)
+            self.scheduler.account(seqs)
+            return [*failed, *finished]
+
+    def _report_failed(self) -> list[Sequence]:
+        failed, self.scheduler.failed = self.scheduler.failed, []
+        for seq in failed:
+            self.emit(seq, TokenEvent(seq.request_id, -1, "", None, "error"))
+        return failed
+
+    def fail_sequence(self, seq: Sequence, message: str) -> None:
+        """Finish ``seq`` with an error, scrub what it wrote, tell its consumer."""
+        if seq.status == SequenceStatus.FINISHED:
+            return
+        seq.finish_reason, seq.error = "error", message
+        if seq.slot >= 0:  # NaN keys/values would reach the slot's next user via masked reads
+            self.runner.k_cache[:, seq.slot].zero_()
+            self.runner.v_cache[:, seq.slot].zero_()
+        self.scheduler.finish(seq)
+        self.emit(seq, TokenEvent(seq.request_id, -1, "", None, "error"))
+
+    def emit(self, seq: Sequence, event: TokenEvent) -> None:
+        """Call the consumer's callback; one that raises fails its own request only."""
+        if seq.on_event is None:
+            return
+        try:
+            seq.on_event(event)
+        except Exception as exc:
+            log.warning("request %d: event callback failed: %s", seq.request_id, exc)
+            seq.on_event = None
+            self.fail_sequence(seq, f"its event callback failed: {exc}")
 
     def _switch_merge(self, seqs: list[Sequence]) -> None:
         key = seqs[0].adapter
@@ -165,28 +221,39 @@ class LLMEngine:
     def stop(self) -> None:
         self._stopping = True
         with self.lock:
-            self.lock.notify_all()
+            self._changed()
         if self._thread:
             self._thread.join()
+            self._thread = None
 
     def _loop(self) -> None:
         while not self._stopping:
-            with self.lock:
-                while not self.scheduler.has_work() and not self._stopping:
+            with self.lock:  # sleep while there is nothing to do, or nothing changed since a
+                while not self._stopping and (  # step found nothing it could run: no busy spin
+                        not self.scheduler.has_work() or self._idle_epoch == self._epoch):
                     self.lock.wait()
             try:
                 self.step()
-            except Exception:  # a failed step fails its requests, never the loop
+            except Exception:  # a bug outside the per-sequence guards: fail all, keep the loop
                 log.exception("engine step failed")
                 self._fail_all()
 
     def _fail_all(self) -> None:
         with self.lock:
             for seq in [*self.scheduler.running, *self.scheduler.waiting]:
-                seq.finish_reason = "error"
-                self.scheduler.abort(seq.request_id)
-                if seq.on_event:
-                    seq.on_event(TokenEvent(seq.request_id, -1, "", None, "error"))
+                self.fail_sequence(seq, "the engine step failed; see the server log")
+
+    def stats(self) -> dict[str, Any]:
+        """What the engine holds now: the soak tests assert nothing leaked from these."""
+        with self.lock:
+            scheduler, adapters = self.scheduler, self.adapters.stats()
+            return {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
+                    "kv_slots": scheduler.kv_slots, "free_kv_slots": len(scheduler.free_slots),
+                    "lora_refs": adapters["slot_refs"], "adapter_holds": adapters["holds"],
+                    "resident_adapters": adapters["resident"], "pinned_adapters": adapters["pinned"],
+                    "stale_adapters": adapters["stale"], "registered_adapters": adapters["registered"],
+                    "steps": self.steps,
+                    "service": {name or "": value for name, value in scheduler.fairness.counters.items()}}
 
     def memory_stats(self) -> dict[str, int]:
         return {"weights_bytes": self.runner.weights.nbytes(), "kv_cache_bytes": self.runner.kv_bytes(),

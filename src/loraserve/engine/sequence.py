@@ -48,13 +48,19 @@ class Sequence:
     cached: int = 0  # tokens already in the KV cache
     text: str = ""
     emitted: int = 0  # characters of ``text`` already sent
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # eos_token, length, stop_sequence, aborted or error
+    error: str | None = None  # why, when finish_reason is "error"
     generator: torch.Generator | None = None
     peak_batch: int = 0  # largest step batch this sequence ran in (observability)
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:
             self.generator = torch.Generator().manual_seed(self.params.seed)
+
+    @property
+    def client(self) -> str | None:
+        """Who is served, for fairness: the adapter's name (None: the base model)."""
+        return None if self.adapter is None else self.adapter[0]
 
     @property
     def all_ids(self) -> list[int]:

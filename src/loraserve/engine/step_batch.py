@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from loraserve.engine.sampling import apply_repetition_penalty, sample_row
 from loraserve.engine.sequence import Sequence, TokenEvent
 from loraserve.model.llama import StepBatch
 from loraserve.model.lora import build_plan
+
+log = logging.getLogger("loraserve.engine")
 
 if TYPE_CHECKING:
     from loraserve.engine.engine import LLMEngine
@@ -59,7 +63,8 @@ def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: 
 
 
 def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
-    """Sample one token per sequence, update caches/text, emit events; return finished ones."""
+    """Sample one token per sequence, update caches/text, emit events; return finished ones.
+    A row whose logits are not finite (or whose sampling raises) fails its sequence only."""
     if all(not s.params.do_sample and s.params.repetition_penalty == 1.0 for s in seqs):
         tokens = _greedy_tokens(logits)  # all greedy: one argmax for the batch
     else:
@@ -67,9 +72,14 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
     logprobs = _logprobs(seqs, logits, tokens)
     finished = []
     for row, seq in enumerate(seqs):
+        token = tokens[row]
+        if token is None:
+            engine.fail_sequence(seq, "the model produced non-finite logits (NaN or inf) for this "
+                                      "request; check the adapter's weights and the sampling parameters")
+            finished.append(seq)
+            continue
         seq.cached = seq.total_len
         seq.peak_batch = max(seq.peak_batch, len(seqs))
-        token = tokens[row]
         seq.output_ids.append(token)
         seq.logprobs.append(logprobs[row])
         reason = _finish_reason(engine, seq, token)
@@ -82,23 +92,30 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
             engine.scheduler.finish(seq)
             finished.append(seq)
         seq.emitted = len(seq.text)
-        if seq.on_event is not None:
-            seq.on_event(TokenEvent(seq.request_id, token, text, seq.logprobs[-1], reason))
+        engine.emit(seq, TokenEvent(seq.request_id, token, text, seq.logprobs[-1], reason))
+        if seq.finish_reason == "error":
+            finished.append(seq)  # its callback failed
     return finished
 
 
-def _greedy_tokens(logits: torch.Tensor) -> list[int]:
-    """Row-wise argmax (first maximum on ties, as torch's). On CPU NumPy's vectorised argmax
-    is ~10x faster than torch's over a (32, 49152) batch: over 1 ms a step otherwise."""
+def _greedy_tokens(logits: torch.Tensor) -> list[int | None]:
+    """Row-wise argmax (first maximum on ties, as torch's); None for a row that is not
+    finite. On CPU NumPy's vectorised argmax is ~10x faster than torch's over a (32, 49152)
+    batch: over 1 ms a step otherwise. A row sum is not finite iff the row is not (or it
+    overflows, which is no better), and far cheaper than an elementwise check."""
     if logits.device.type == "cpu":
-        return logits.numpy().argmax(axis=1).tolist()
-    return logits.argmax(dim=-1).tolist()
+        array = logits.numpy()
+        tokens, finite = array.argmax(axis=1).tolist(), np.isfinite(array.sum(axis=1)).tolist()
+    else:
+        tokens = logits.argmax(dim=-1).tolist()
+        finite = torch.isfinite(logits.sum(dim=-1)).tolist()
+    return [token if ok else None for token, ok in zip(tokens, finite)]
 
 
-def _logprobs(seqs: list[Sequence], logits: torch.Tensor, tokens: list[int]) -> list[float | None]:
+def _logprobs(seqs: list[Sequence], logits: torch.Tensor, tokens: list[int | None]) -> list[float | None]:
     """Log-probabilities of the chosen tokens, only for sequences that asked (a full-vocabulary
     logsumexp per row is a visible share of a CPU decode step)."""
-    wanted = [row for row, seq in enumerate(seqs) if seq.params.logprobs]
+    wanted = [row for row, seq in enumerate(seqs) if seq.params.logprobs and tokens[row] is not None]
     result: list[float | None] = [None] * len(seqs)
     if wanted:
         index = torch.tensor(wanted, device=logits.device)
@@ -109,12 +126,16 @@ def _logprobs(seqs: list[Sequence], logits: torch.Tensor, tokens: list[int]) -> 
     return result
 
 
-def _sample(seq: Sequence, scores: torch.Tensor) -> int:
-    if seq.params.repetition_penalty != 1.0:
-        scores = scores.clone()
-        seen = torch.tensor(sorted(set(seq.all_ids)), device=scores.device)
-        apply_repetition_penalty(scores, seen, seq.params.repetition_penalty)
-    return sample_row(scores, seq.params, seq.generator)
+def _sample(seq: Sequence, scores: torch.Tensor) -> int | None:
+    try:
+        if seq.params.repetition_penalty != 1.0:
+            scores = scores.clone()
+            seen = torch.tensor(sorted(set(seq.all_ids)), device=scores.device)
+            apply_repetition_penalty(scores, seen, seq.params.repetition_penalty)
+        return sample_row(scores, seq.params, seq.generator)
+    except Exception:  # a bug or device error in one row's sampling: that row fails
+        log.exception("sampling failed for request %d", seq.request_id)
+        return None
 
 
 def _finish_reason(engine: LLMEngine, seq: Sequence, token: int) -> str | None:

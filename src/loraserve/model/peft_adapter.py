@@ -71,13 +71,31 @@ def read_adapter_config(path: Path) -> dict:
     return config
 
 
-def load_peft_adapter(path: Path, args: LlamaArgs, max_rank: int, dtype: torch.dtype) -> LoraWeights:
-    config = read_adapter_config(path)
-    rank = int(config.get("r", 8))
+def _scaling(path: Path, config: dict, max_rank: int) -> tuple[int, float]:
+    """(rank, scaling) from the config, each value checked (``r: 0`` once divided by zero)."""
+    rank, alpha, rslora = config.get("r", 8), config.get("lora_alpha"), config.get("use_rslora", False)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise _refuse(path, f"adapter_config.json: r must be a positive integer, got {rank!r}")
     if rank > max_rank:
         raise _refuse(path, f"rank {rank} exceeds option.max_lora_rank={max_rank}")
-    alpha = float(config.get("lora_alpha", rank))
-    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    alpha = rank if alpha is None else alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise _refuse(path, f"adapter_config.json: lora_alpha must be a finite number, got {alpha!r}")
+    if not isinstance(rslora, bool):
+        raise _refuse(path, f"adapter_config.json: use_rslora must be true or false, got {rslora!r}")
+    return rank, alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+def _finite(path: Path, key: str, tensor: torch.Tensor) -> None:
+    """NaN/inf weights would poison every token of the adapter's requests (and, sampled,
+    their batch): refused here, checked in the serving dtype so overflow counts too."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise _refuse(path, f"tensor {key} holds non-finite values (NaN or inf) in {tensor.dtype}")
+
+
+def load_peft_adapter(path: Path, args: LlamaArgs, max_rank: int, dtype: torch.dtype) -> LoraWeights:
+    config = read_adapter_config(path)
+    rank, scaling = _scaling(path, config, max_rank)
     weights_file = path / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise _refuse(path, "no adapter_model.safetensors (convert .bin adapters to safetensors)")
@@ -104,5 +122,8 @@ def load_peft_adapter(path: Path, args: LlamaArgs, max_rank: int, dtype: torch.d
         if a.shape != (rank, fan_in) or b.shape != (fan_out, rank):
             raise _refuse(path, f"layer {layer} {module}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do "
                                 f"not fit the model (expected A({rank}, {fan_in}) B({fan_out}, {rank}))")
-        weights[(layer, module)] = (a.to(dtype), b.to(dtype))
+        a, b = a.to(dtype), b.to(dtype)
+        _finite(path, f"layer {layer} {module} lora_A", a)
+        _finite(path, f"layer {layer} {module} lora_B (scaled)", (b.float() * scaling).to(dtype))
+        weights[(layer, module)] = (a, b)
     return LoraWeights(rank=rank, scaling=scaling, weights=weights)
