@@ -143,3 +143,24 @@ def test_loop_sleeps_when_nothing_can_run_and_wakes_on_a_change(files, monkeypat
     finally:
         engine.stop()
     _assert_nothing_leaked(engine)
+
+
+def test_flooding_adapter_does_not_delay_a_light_one_in_the_engine(files):
+    """The real engine, steps counted: 12 requests on "a" fill the queue, then 2 on "b"."""
+    base, qv, all8 = files
+    engine = _engine(base, max_rolling_batch_size=2)
+    engine.register_adapter("a", qv)
+    engine.register_adapter("b", all8)
+    started: dict[int, int] = {}
+
+    def first_token(event):
+        started.setdefault(event.request_id, engine.steps)
+
+    flood = [engine.add_request("hello", "a", GREEDY, first_token) for _ in range(12)]
+    light = [engine.add_request("dog", "b", GREEDY, first_token) for _ in range(2)]
+    _run(engine, flood + light)
+    assert all(s.finish_reason == "length" for s in flood + light)
+    # b's requests start in the first two batches, a and b taking turns (measured: a starts
+    # at steps 1, 7, 13, 13, ..., 37, 37); first come first served would start b at 37, 37
+    assert [started[s.request_id] for s in light] == [1, 7]
+    _assert_nothing_leaked(engine)

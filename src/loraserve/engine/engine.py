@@ -117,8 +117,13 @@ class LLMEngine:
                                   f"exceeds max_model_len {self.runner.max_len}")
         with self.lock:
             key = self.adapters.hold(adapter) if adapter else None  # its version, until it ends
-            seq = Sequence(ids, params, key, on_event)
-            self.scheduler.add(seq)
+            try:
+                seq = Sequence(ids, params, key, on_event)
+                self.scheduler.add(seq)
+            except BaseException:
+                if key is not None:
+                    self.adapters.unhold(key)
+                raise
             self._changed()
         return seq
 

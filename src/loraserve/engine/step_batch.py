@@ -99,16 +99,18 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
 
 
 def _greedy_tokens(logits: torch.Tensor) -> list[int | None]:
-    """Row-wise argmax (first maximum on ties, as torch's); None for a row that is not
-    finite. On CPU NumPy's vectorised argmax is ~10x faster than torch's over a (32, 49152)
-    batch: over 1 ms a step otherwise. A row sum is not finite iff the row is not (or it
-    overflows, which is no better), and far cheaper than an elementwise check."""
+    """Row-wise argmax (first maximum on ties, as torch's); None for a row that holds NaN or
+    +inf: both argmaxes pick those, so checking the chosen logit alone finds them (a -inf
+    logit is harmless: it is never chosen). On CPU NumPy's vectorised argmax is ~10x faster
+    than torch's over a (32, 49152) batch: over 1 ms a step otherwise."""
     if logits.device.type == "cpu":
         array = logits.numpy()
-        tokens, finite = array.argmax(axis=1).tolist(), np.isfinite(array.sum(axis=1)).tolist()
+        index = array.argmax(axis=1)
+        chosen = array[np.arange(len(index)), index]
+        tokens, finite = index.tolist(), np.isfinite(chosen).tolist()
     else:
-        tokens = logits.argmax(dim=-1).tolist()
-        finite = torch.isfinite(logits.sum(dim=-1)).tolist()
+        values, index = logits.max(dim=-1)
+        tokens, finite = index.tolist(), torch.isfinite(values).tolist()
     return [token if ok else None for token, ok in zip(tokens, finite)]
 
 
