@@ -100,3 +100,39 @@ def test_pins_leave_one_slot_for_everyone_else(slots):
         cache.register("one_more", "/p", "w", pinned=True, preload=True)
     cache.register("free", "/f", "w", pinned=False, preload=True)
     assert cache.acquire("free") is not None  # the unpinned slot
+
+
+def test_held_version_outlives_unregister_in_memory_then_goes():
+    rec = Recorder()
+    cache = rec.cache(slots=2, cpu=1)
+    cache.register("a", "/a", "w:a", pinned=False, preload=False)  # on disk only
+    key = cache.hold("a")  # a queued request
+    cache.unregister("a")
+    assert key in cache.stale and cache.cpu[key] == f"w:a:{key[1]}"  # read while it still could be
+    cache.register("b", "/b", "w:b", pinned=False, preload=True)  # memory tier full: a stays
+    assert key in cache.cpu
+    slot = cache.acquire_key(key)
+    assert slot is not None and cache.stats()["slot_refs"] == 1 and cache.stats()["holds"] == 1
+    cache.release(key)
+    assert key in cache.stale  # still held by its request
+    cache.unhold(key)
+    assert key not in cache.stale and key not in cache.cpu and key not in cache.resident
+
+
+def test_update_while_queued_keeps_both_versions_apart():
+    rec = Recorder()
+    cache = rec.cache()
+    cache.register("a", "/a1", "w:v1", pinned=False, preload=True)
+    old = cache.hold("a")
+    cache.register("a", "/a2", "w:v2", pinned=False, preload=True)
+    new = cache.hold("a")
+    assert old != new and cache.weights(old) == "w:v1" and cache.weights(new) == "w:v2"
+    cache.unhold(old)
+    cache.unhold(new)
+    assert not cache.stale and not cache.holds and cache.entry("a").key == new
+
+
+def test_unknown_version_is_a_clear_error_not_an_assert():
+    cache = Recorder().cache()
+    with pytest.raises(AdapterNotFoundError, match="no longer registered"):
+        cache.weights(("ghost", 999))
