@@ -65,6 +65,9 @@ class EngineCollector:
                                     labels=["model"])
         evictions = CounterMetricFamily("loraserve_adapter_evictions", "Adapters evicted from slots",
                                         labels=["model"])
+        refs = GaugeMetricFamily("loraserve_adapter_references", "Adapter references held by sequences",
+                                 labels=["model"])
+        steps = CounterMetricFamily("loraserve_engine_steps", "Engine steps run", labels=["model"])
         queue = GaugeMetricFamily("loraserve_queue_depth", "Requests queued for a worker", labels=["model"])
         for model, depth in self.queues.items():
             queue.add_metric([model], depth)
@@ -75,7 +78,9 @@ class EngineCollector:
                 tiers.add_metric([model, tier], stats.get("adapters", {}).get(tier, 0))
             loads.add_metric([model], stats.get("adapters", {}).get("loads", 0))
             evictions.add_metric([model], stats.get("adapters", {}).get("evictions", 0))
-        yield from (*gauges.values(), tiers, loads, evictions, queue)
+            refs.add_metric([model], stats.get("adapter_refs", 0))
+            steps.add_metric([model], stats.get("steps", 0))
+        yield from (*gauges.values(), tiers, loads, evictions, refs, steps, queue)
 
 
 class ServerMetrics:
