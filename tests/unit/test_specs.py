@@ -166,3 +166,24 @@ def test_finish_reasons_in_openai_terms():
     answer = oai.response_json(_result(-1.0), meta, chat=False)
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+
+
+@pytest.mark.parametrize("path,required", [
+    ("/invocations", "oneOf"),
+    ("/predictions/{model_name}", "oneOf"),
+    ("/v1/completions", "prompt"),
+    ("/v1/chat/completions", "messages"),
+])
+def test_openapi_declares_the_request_bodies(path, required):
+    from loraserve.api.app import create_app
+    from loraserve.config import ServerConfig
+
+    body = create_app(ServerConfig()).openapi()["paths"][path]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert required in schema or required in schema.get("required", [])
+    assert "$ref" not in json.dumps(schema)  # self-contained: nested models inlined
+    if path.startswith("/v1"):
+        assert schema["properties"]["temperature"]["anyOf"][0]["type"] == "number"
+    else:
+        parameters = schema["properties"]["parameters"]["properties"]
+        assert parameters["do_sample"]["anyOf"][0]["type"] == "boolean"
