@@ -5,7 +5,8 @@ back out, cancelling on the worker whatever way the stream ends."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -49,10 +50,21 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+@contextlib.contextmanager
+def counted_refusals(request: Request, model: ModelService) -> Iterator[None]:
+    """Requests refused at the edge still count as the model's failed requests."""
+    try:
+        yield
+    except LoraserveError as exc:
+        request.app.state.metrics.refused(model.name, exc.status_code)
+        raise
+
+
 async def generate(request: Request, model: ModelService, message: GenerateRequest) -> WorkerReply:
     """Counted and timed like every inference call; the metrics label is the adapter."""
     names = [a or "" for a in message.adapters]
-    model.check_adapters(names)
+    with counted_refusals(request, model):
+        model.check_adapters(names)
     infer = request.app.state.metrics.infer(model, adapter_label(model, names), message, "generate")
     return await cancel_on_disconnect(request, infer)
 

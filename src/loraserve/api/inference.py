@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loraserve.api.deps import config_of, manager_of
-from loraserve.api.generation import TokenStreamResponse, generate, tokens
+from loraserve.api.generation import TokenStreamResponse, counted_refusals, generate, tokens
 from loraserve.api.request_input import (
     build_wire_input,
     fallback_adapter,
@@ -55,8 +55,9 @@ async def _predict(request: Request, model: ModelService) -> Response:
 
 async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Response:
     """The built-in engine: LMI parsed here, once; the worker gets a typed request."""
-    parsed = parse(lmi.LmiRequest, parse_json_body(body, "application/json"))
-    message = lmi.to_generate(parsed, fallback_adapter(request))
+    with counted_refusals(request, model):
+        parsed = parse(lmi.LmiRequest, parse_json_body(body, "application/json"))
+        message = lmi.to_generate(parsed, fallback_adapter(request))
     reply = await generate(request, model, message)
     if message.stream:
         return TokenStreamResponse(_lmi_lines(reply, message.details), reply,

@@ -120,6 +120,10 @@ class ServerMetrics:
         task.add_done_callback(self._streams.discard)
         return WorkerReply(reply.output, forwarded, reply.cancel)
 
+    def refused(self, model: str, code: int) -> None:
+        """A request refused before it reached a worker (bad parameters, unknown adapter)."""
+        self._done(model, "", code, time.perf_counter(), 0)
+
     async def _forward(self, source: asyncio.Queue, target: asyncio.Queue, model: str, adapter: str,
                        started: float, code: int) -> None:
         chunks = 0
