@@ -1,17 +1,14 @@
 """The front half of a built-in-engine call: send the typed ``GenerateRequest`` to a worker,
-cancel it when the client goes away (vLLM's ``with_cancellation``), and stream typed tokens
-back out, cancelling on the worker whatever way the stream ends."""
+cancel it when the client goes away (vLLM's ``with_cancellation``), and read its tokens."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from loraserve.errors import LoraserveError
 from loraserve.handlers.messages import GenerateRequest, TokenOutput
@@ -76,19 +73,3 @@ async def tokens(reply: WorkerReply) -> AsyncIterator[TokenOutput | Exception]:
         yield item
         if isinstance(item, Exception):
             return
-
-
-class TokenStreamResponse(StreamingResponse):
-    """A streaming response that cancels its call on the worker when it ends for any reason
-    (client gone, send failed): a generator's own ``finally`` only runs when it is collected."""
-
-    def __init__(self, content: AsyncIterator[bytes], reply: WorkerReply, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self.reply = reply
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self.reply.cancel is not None:
-                self.reply.cancel()

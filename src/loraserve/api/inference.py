@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loraserve.api.deps import config_of, manager_of
-from loraserve.api.generation import TokenStreamResponse, counted_refusals, generate, tokens
+from loraserve.api.generation import cancel_on_disconnect, counted_refusals, generate, tokens
 from loraserve.api.request_input import (
     build_wire_input,
     fallback_adapter,
@@ -17,7 +17,7 @@ from loraserve.api.request_input import (
     read_body,
     requested_adapters,
 )
-from loraserve.api.responses import reply_to_response
+from loraserve.api.responses import CancellingStreamingResponse, reply_to_response
 from loraserve.errors import ModelNotFoundError
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
@@ -49,8 +49,8 @@ async def _predict(request: Request, model: ModelService) -> Response:
     adapters = requested_adapters(json_body, request)
     model.check_adapters(adapters)
     metrics = request.app.state.metrics
-    reply = await metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
-    return reply_to_response(reply)
+    infer = metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
+    return reply_to_response(await cancel_on_disconnect(request, infer))
 
 
 async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Response:
@@ -60,7 +60,7 @@ async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Re
         message = lmi.to_generate(parsed, fallback_adapter(request))
     reply = await generate(request, model, message)
     if message.stream:
-        return TokenStreamResponse(_lmi_lines(reply, message.details), reply,
+        return CancellingStreamingResponse(_lmi_lines(reply, message.details), reply,
                                    media_type="application/jsonlines")
     result = reply.output
     headers = {"x-loraserve-peak-batch": str(result.peak_batch),

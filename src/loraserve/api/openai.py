@@ -14,8 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from loraserve.api.deps import config_of, manager_of
-from loraserve.api.generation import TokenStreamResponse, generate, tokens
+from loraserve.api.generation import generate, tokens
 from loraserve.api.request_input import parse_json_body, read_body
+from loraserve.api.responses import CancellingStreamingResponse
 from loraserve.errors import LoraserveError, ModelNotFoundError
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
@@ -63,7 +64,7 @@ async def _openai(request: Request, kind: Kind) -> Response:
             "model": parsed.model}
     reply = await generate(request, model, message)
     if message.stream:
-        return TokenStreamResponse(_sse(reply, meta, chat), reply, media_type="text/event-stream")
+        return CancellingStreamingResponse(_sse(reply, meta, chat), reply, media_type="text/event-stream")
     return JSONResponse(spec.response_json(reply.output, meta, chat))
 
 

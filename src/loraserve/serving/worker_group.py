@@ -181,11 +181,10 @@ class WorkerGroup:
         if self.config.batch_size == 1 or any(job.fn != "handle" for job in jobs):
             await asyncio.gather(*(self._run_one(worker, job) for job in jobs))
             return
-        batched = self.config.batch_size > 1
-        wire = batch_wire_inputs([j.wire_input for j in jobs]) if batched else jobs[0].wire_input
+        wire = batch_wire_inputs([j.wire_input for j in jobs])
         try:
             reply = await worker.call("handle", wire)
-            outputs = split_batch_output(reply.output, len(jobs)) if batched else [reply.output]
+            outputs = split_batch_output(reply.output, len(jobs))
         except Exception as exc:
             for job in jobs:
                 if not job.future.done():
