@@ -79,8 +79,11 @@ async def _handle_lmi(item: Input) -> Output:
 
 
 async def _lines(events: AsyncIterator, details: bool) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield lmi.stream_line(event, details)
+    try:
+        async for event in events:
+            yield lmi.stream_line(event, details)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # aborts what is still running
 
 
 async def stats(_inputs: Input) -> Output:

@@ -30,7 +30,7 @@ class FinishReason(str, Enum):
         return "length" if self is FinishReason.LENGTH else "stop"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SamplingSpec:
     """Sampling parameters already validated at the edge (finite, in range, strict types);
     the worker turns them into the engine's ``SamplingParams``."""
@@ -46,7 +46,7 @@ class SamplingSpec:
     ignore_eos: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class GenerateRequest:
     """One client request: several prompts (one sequence each) or one chat conversation."""
 
@@ -63,7 +63,7 @@ class GenerateRequest:
         return 1 if self.messages is not None else len(self.prompts)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SequenceOutput:
     """A finished sequence."""
 
@@ -74,7 +74,7 @@ class SequenceOutput:
     tokens: tuple[TokenOutput, ...] = ()  # filled when the request asked for details
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TokenOutput:
     """One generated token of sequence ``index``; the last one carries the sequence's summary."""
 
@@ -86,7 +86,7 @@ class TokenOutput:
     summary: SequenceOutput | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class GenerateResult:
     """The answer to a non-streaming request, one ``SequenceOutput`` per prompt."""
 
