@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loraserve.api.deps import config_of, manager_of
+from loraserve.api.generation import cancel_on_disconnect, counted_refusals, generate, tokens
 from loraserve.api.request_input import (
     build_wire_input,
-    check_adapter_count,
+    fallback_adapter,
     parse_json_body,
     read_body,
     requested_adapters,
 )
-from loraserve.api.responses import reply_to_response
+from loraserve.api.responses import CancellingStreamingResponse, reply_to_response
 from loraserve.errors import ModelNotFoundError
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
+from loraserve.serving.worker_process import WorkerReply
+from loraserve.specs import lmi
+from loraserve.specs.base import openapi_body, parse
 
 router = APIRouter()
 TARGET_MODEL = "x-amzn-sagemaker-target-model"
+LMI_BODY = openapi_body(lmi.LmiRequest, "LMI for models on the built-in engine (checked as declared); "
+                        "a custom model.py receives the body unchanged, whatever it is")
 
 
 @router.get("/ping")
@@ -35,14 +43,34 @@ async def ping(request: Request) -> JSONResponse:
 
 async def _predict(request: Request, model: ModelService) -> Response:
     body = await read_body(request, config_of(request).max_request_bytes)
-    json_body = parse_json_body(body, request.headers.get("content-type"))
     if model.uses_builtin_engine:
-        check_adapter_count(json_body)
+        return await _predict_lmi(request, model, body)
+    json_body = parse_json_body(body, request.headers.get("content-type"))
     adapters = requested_adapters(json_body, request)
     model.check_adapters(adapters)
     metrics = request.app.state.metrics
-    reply = await metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
-    return reply_to_response(reply)
+    infer = metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
+    return reply_to_response(await cancel_on_disconnect(request, infer))
+
+
+async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Response:
+    """The built-in engine: LMI parsed here, once; the worker gets a typed request."""
+    with counted_refusals(request, model):
+        parsed = parse(lmi.LmiRequest, parse_json_body(body, "application/json"))
+        message = lmi.to_generate(parsed, fallback_adapter(request))
+    reply = await generate(request, model, message)
+    if message.stream:
+        return CancellingStreamingResponse(_lmi_lines(reply, message.details), reply,
+                                   media_type="application/jsonlines")
+    result = reply.output
+    headers = {"x-loraserve-peak-batch": str(result.peak_batch),
+               "x-loraserve-generated-tokens": str(result.generated_tokens)}
+    return JSONResponse(lmi.response_json(parsed, result), headers=headers)
+
+
+async def _lmi_lines(reply: WorkerReply, details: bool) -> AsyncIterator[bytes]:
+    async for item in tokens(reply):
+        yield lmi.error_line(str(item)) if isinstance(item, Exception) else lmi.stream_line(item, details)
 
 
 async def _run_workflow(request: Request, name: str) -> Response:
@@ -60,7 +88,7 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(recorder.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/invocations")
+@router.post("/invocations", openapi_extra=LMI_BODY)
 async def invocations(request: Request) -> Response:
     """SageMaker: the target model header names a model or workflow, loaded on first call."""
     manager = manager_of(request)
@@ -75,14 +103,14 @@ async def invocations(request: Request) -> Response:
     return await _predict(request, manager.single_model())
 
 
-@router.post("/predictions/{model_name}")
+@router.post("/predictions/{model_name}", openapi_extra=LMI_BODY)
 async def predictions(request: Request, model_name: str) -> Response:
     if model_name in request.app.state.workflows.workflows:
         return await _run_workflow(request, model_name)
     return await _predict(request, manager_of(request).get(model_name))
 
 
-@router.post("/predictions/{model_name}/{version}")
+@router.post("/predictions/{model_name}/{version}", openapi_extra=LMI_BODY)
 async def predictions_version(request: Request, model_name: str, version: str) -> Response:
     model = manager_of(request).get(model_name)
     if model.version not in (None, version):

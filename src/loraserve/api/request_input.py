@@ -71,17 +71,12 @@ def requested_adapters(json_body: Any, request: Request) -> list[str]:
         if isinstance(field, list) and all(isinstance(a, str) for a in field):
             return list(field)
         raise BadRequestError('"adapters" must be a string or a list of strings ("" = base model)')
+    adapter = fallback_adapter(request)
+    return [adapter] if adapter else []
+
+
+def fallback_adapter(request: Request) -> str | None:
+    """The adapter named outside the body: ``?adapter=``, else the ``adapter`` custom attribute."""
     if "adapter" in request.query_params:
-        return [request.query_params["adapter"]]
-    attribute = parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)).get("adapter")
-    return [attribute] if attribute else []
-
-
-def check_adapter_count(json_body: Any) -> None:
-    """With a list of inputs, a list of adapters must have one entry per input."""
-    if not isinstance(json_body, dict):
-        return
-    inputs, adapters = json_body.get("inputs"), json_body.get("adapters")
-    if isinstance(inputs, list) and isinstance(adapters, list) and len(inputs) != len(adapters):
-        raise BadRequestError(
-            f'"adapters" has {len(adapters)} entries for {len(inputs)} inputs; give one per input')
+        return request.query_params["adapter"]
+    return parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)).get("adapter") or None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from loraserve.errors import HandlerError
 from loraserve.serving.worker_process import WorkerReply
@@ -30,8 +32,9 @@ def reply_to_response(reply: WorkerReply) -> Response:
     media_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
     headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
     if reply.stream is not None:
-        return StreamingResponse(_drain(reply.stream), status_code=output["code"],
-                                 media_type=media_type or "application/jsonlines", headers=headers)
+        return CancellingStreamingResponse(_drain(reply.stream), reply, status_code=output["code"],
+                                           media_type=media_type or "application/jsonlines",
+                                           headers=headers)
     values = [v for _, v in output["content"]]
     body = values[0] if len(values) == 1 else b"\n".join(values)
     return Response(body, status_code=output["code"], headers=headers,
@@ -49,3 +52,19 @@ async def _drain(stream: asyncio.Queue) -> AsyncIterator[bytes]:
             yield json.dumps({"error": str(item)}).encode() + b"\n"
             return
         yield item
+
+
+class CancellingStreamingResponse(StreamingResponse):
+    """A streaming response that cancels its call on the worker when it ends for any reason
+    (client gone, send failed): a generator's own ``finally`` only runs when it is collected."""
+
+    def __init__(self, content: AsyncIterator[bytes], reply: WorkerReply, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.reply = reply
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.reply.cancel is not None:
+                self.reply.cancel()

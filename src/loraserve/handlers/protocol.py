@@ -1,8 +1,10 @@
 """Wire format between the front end and a worker process: length-prefixed pickled dicts.
 
 Both ends are loraserve's own code, started by the server, so pickle is safe here.
-Messages (``op``): front → worker ``call``; worker → front ``ready``, ``load_failed``,
-``result``, ``chunk``, ``end``, ``error``.
+Messages (``op``): front → worker ``call`` (``input``: a DJL Input in wire form, or
+``message``: a typed message of ``handlers.messages``) and ``cancel``; worker → front
+``ready``, ``load_failed``, ``result`` (with ``streaming``), ``chunk``, ``end``, ``error``
+(with ``status`` when the handler refused the call with a typed error).
 """
 
 from __future__ import annotations

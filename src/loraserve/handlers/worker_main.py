@@ -3,7 +3,8 @@
 Protocol frames go over a private copy of stdout; fd 1 is pointed at stderr so that a
 handler's ``print`` cannot corrupt them. Sync handler functions run one at a time, in call
 order (as DJL's Python workers do); async ones run concurrently, which is what lets the
-built-in engine batch many requests continuously.
+built-in engine batch many requests continuously. Each call is a task; a ``cancel`` from the
+front (its client went away) cancels it, and the built-in engine aborts its sequences.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from loraserve.config import ModelConfig
+from loraserve.errors import LoraserveError
 from loraserve.handlers.djl_compat import install_djl_python_alias
 from loraserve.handlers.io import Input
 from loraserve.handlers.loader import import_handler, resolve_entry_point
+from loraserve.handlers.messages import GenerateResult, TokenStream
 from loraserve.handlers.protocol import (
     HANDLER_FUNCTIONS,
     HEADER,
@@ -46,6 +49,7 @@ class WorkerRuntime:
         self.loop = loop
         self.serial = ThreadPoolExecutor(1, thread_name_prefix="handler")
         self.streams = ThreadPoolExecutor(4, thread_name_prefix="stream")
+        self.tasks: dict[int, asyncio.Task] = {}
 
     def send(self, message: dict[str, Any]) -> None:
         frame = encode_frame(message)
@@ -54,45 +58,75 @@ class WorkerRuntime:
             written = os.write(self.out_fd, view)
             view = view[written:]
 
+    def start(self, message: dict[str, Any]) -> None:
+        """Run one call as a task of its own, so that a ``cancel`` for its id can stop it."""
+        call_id = message["id"]
+        task = asyncio.create_task(self.call(message))
+        self.tasks[call_id] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(call_id, None))
+
+    def cancel(self, call_id: int) -> None:
+        """The front gave up on this call (its client left): stop it; nothing is sent back."""
+        task = self.tasks.get(call_id)
+        if task is not None:
+            task.cancel()
+
     async def call(self, message: dict[str, Any]) -> None:
         call_id = message["id"]
         fn = getattr(self.module, message["fn"], None)
         try:
-            inputs = input_from_wire(message["input"])
+            # a typed message (the built-in engine's protocol) or a DJL Input in wire form
+            arg = message["message"] if "message" in message else input_from_wire(message["input"])
             if fn is None:
                 result = None
             elif inspect.iscoroutinefunction(fn):
-                result = await fn(inputs)
+                result = await fn(arg)
             else:
-                result = await self.loop.run_in_executor(self.serial, fn, inputs)
+                result = await self.loop.run_in_executor(self.serial, fn, arg)
             await self._send_result(call_id, result)
+        except LoraserveError as exc:  # a typed refusal keeps its status (400, 404, ...)
+            self.send({"op": "error", "id": call_id, "message": exc.message,
+                       "status": exc.status_code, "type": exc.error_type})
         except Exception as exc:  # the handler's failure is this request's error, nothing more
             log.error("handler %s failed:\n%s", message["fn"], traceback.format_exc())
             self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}"})
 
     async def _send_result(self, call_id: int, result: Any) -> None:
-        if result is None:
-            self.send({"op": "result", "id": call_id, "output": None})
+        if result is None or isinstance(result, GenerateResult):
+            self.send({"op": "result", "id": call_id, "output": result, "streaming": False})
+            return
+        if isinstance(result, TokenStream):
+            self.send({"op": "result", "id": call_id, "output": None, "streaming": True})
+            await self._stream(call_id, result.events, None, typed=True)
             return
         wire = output_to_wire(result)
-        self.send({"op": "result", "id": call_id, "output": wire})
+        self.send({"op": "result", "id": call_id, "output": wire, "streaming": wire["streaming"]})
         if wire["streaming"]:
             await self._stream(call_id, result.stream_content, getattr(result, "stream_formatter", None))
 
-    async def _stream(self, call_id: int, stream: Any, formatter: Any) -> None:
+    async def _stream(self, call_id: int, stream: Any, formatter: Any, typed: bool = False) -> None:
         error = None
         try:
             async for chunk in _iterate(stream, self.loop, self.streams):
-                if formatter is not None:
-                    chunk = formatter(chunk)
-                if not isinstance(chunk, (bytes, bytearray, str)):
-                    chunk = json.dumps(chunk, ensure_ascii=False)
-                data = chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+                data = chunk if typed else _chunk_bytes(chunk, formatter)
                 self.send({"op": "chunk", "id": call_id, "data": data})
+        except LoraserveError as exc:
+            error = exc.message
         except Exception as exc:
             log.error("stream failed:\n%s", traceback.format_exc())
             error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if inspect.isasyncgen(stream):  # a cancelled call closes its generator now, not at GC
+                await stream.aclose()
         self.send({"op": "end", "id": call_id, "error": error})
+
+
+def _chunk_bytes(chunk: Any, formatter: Any) -> bytes:
+    if formatter is not None:
+        chunk = formatter(chunk)
+    if not isinstance(chunk, (bytes, bytearray, str)):
+        chunk = json.dumps(chunk, ensure_ascii=False)
+    return chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
 
 
 async def _iterate(stream: Any, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor):
@@ -124,7 +158,11 @@ def _reader_thread(fd: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queu
     while True:
         header = _read_exact(fd, HEADER.size)
         payload = None if header is None else _read_exact(fd, HEADER.unpack(header)[0])
-        message = None if payload is None else decode_payload(payload)
+        try:
+            message = None if payload is None else decode_payload(payload)
+        except Exception:  # a corrupt frame: stop, the front sees us exit and starts another
+            log.exception("unreadable frame from the server")
+            message = None
         loop.call_soon_threadsafe(queue.put_nowait, message)
         if message is None:
             return
@@ -158,11 +196,11 @@ async def serve(model_dir: Path, out_fd: int) -> int:
     runtime.send({"op": "ready", "pid": os.getpid(), "hooks": hooks, "concurrent": concurrent})
     queue: asyncio.Queue = asyncio.Queue()
     threading.Thread(target=_reader_thread, args=(0, loop, queue), daemon=True).start()
-    tasks: set[asyncio.Task] = set()
     while (message := await queue.get()) is not None:
-        task = asyncio.create_task(runtime.call(message))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        if message.get("op") == "cancel":
+            runtime.cancel(message["id"])
+        else:
+            runtime.start(message)
     return 0
 
 

@@ -34,6 +34,16 @@ def adapter_label(model: ModelService, adapters: list[str]) -> str:
     return name if name in model.registry else "unregistered"
 
 
+def _figures(reply: WorkerReply) -> tuple[int, int]:
+    """(status, generated tokens) of a reply: a DJL Output in wire form or a typed result."""
+    output = reply.output
+    if isinstance(output, dict):
+        return output["code"], int(output["properties"].get(TOKENS_HEADER, 0))
+    if output is None:
+        return (200, 0) if reply.stream is not None else (500, 0)
+    return 200, int(getattr(output, "generated_tokens", 0))
+
+
 class EngineCollector:
     """Exposes the latest engine statistics gathered from each model's worker."""
 
@@ -55,6 +65,9 @@ class EngineCollector:
                                     labels=["model"])
         evictions = CounterMetricFamily("loraserve_adapter_evictions", "Adapters evicted from slots",
                                         labels=["model"])
+        refs = GaugeMetricFamily("loraserve_adapter_references", "Adapter references held by sequences",
+                                 labels=["model"])
+        steps = CounterMetricFamily("loraserve_engine_steps", "Engine steps run", labels=["model"])
         queue = GaugeMetricFamily("loraserve_queue_depth", "Requests queued for a worker", labels=["model"])
         for model, depth in self.queues.items():
             queue.add_metric([model], depth)
@@ -65,7 +78,9 @@ class EngineCollector:
                 tiers.add_metric([model, tier], stats.get("adapters", {}).get(tier, 0))
             loads.add_metric([model], stats.get("adapters", {}).get("loads", 0))
             evictions.add_metric([model], stats.get("adapters", {}).get("evictions", 0))
-        yield from (*gauges.values(), tiers, loads, evictions, queue)
+            refs.add_metric([model], stats.get("adapter_refs", 0))
+            steps.add_metric([model], stats.get("steps", 0))
+        yield from (*gauges.values(), tiers, loads, evictions, refs, steps, queue)
 
 
 class ServerMetrics:
@@ -86,25 +101,28 @@ class ServerMetrics:
         self._streams: set[asyncio.Task] = set()
         self.registry.register(self.engine)
 
-    async def infer(self, model: ModelService, adapter: str, wire: dict[str, Any]) -> WorkerReply:
+    async def infer(self, model: ModelService, adapter: str, wire: Any, fn: str = "handle") -> WorkerReply:
         """``model.infer`` with its request counted, timed and logged."""
         started = time.perf_counter()
         try:
-            reply = await model.infer(wire)
+            reply = await model.infer(wire, fn)
         except LoraserveError as exc:
             self._done(model.name, adapter, exc.status_code, started, 0)
             raise
-        output = reply.output or {"code": 500, "properties": {}}
+        code, tokens = _figures(reply)
         if reply.stream is None:
-            tokens = int(output["properties"].get(TOKENS_HEADER, 0))
-            self._done(model.name, adapter, output["code"], started, tokens)
+            self._done(model.name, adapter, code, started, tokens)
             return reply
         forwarded: asyncio.Queue = asyncio.Queue()
         task = asyncio.ensure_future(self._forward(reply.stream, forwarded, model.name, adapter, started,
-                                                   output["code"]))
+                                                   code))
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
-        return WorkerReply(reply.output, forwarded)
+        return WorkerReply(reply.output, forwarded, reply.cancel)
+
+    def refused(self, model: str, code: int) -> None:
+        """A request refused before it reached a worker (bad parameters, unknown adapter)."""
+        self._done(model, "", code, time.perf_counter(), 0)
 
     async def _forward(self, source: asyncio.Queue, target: asyncio.Queue, model: str, adapter: str,
                        started: float, code: int) -> None:
@@ -116,7 +134,7 @@ class ServerMetrics:
                 break
             if chunks == 0:
                 self.ttft.labels(model, adapter).observe(time.perf_counter() - started)
-            chunks += item.count(b"\n") or 1
+            chunks += (item.count(b"\n") or 1) if isinstance(item, bytes) else 1  # lines or tokens
         self._done(model, adapter, 500 if isinstance(item, Exception) else code, started, chunks)
 
     def _done(self, model: str, adapter: str, code: int, started: float, tokens: int) -> None:

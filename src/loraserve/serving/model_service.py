@@ -225,10 +225,11 @@ class ModelService:
                     f"adapter {adapter} is not registered on model {self.name}; "
                     f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…")
 
-    async def infer(self, wire_input: dict[str, Any]) -> WorkerReply:
+    async def infer(self, wire_input: Any, fn: str = "handle") -> WorkerReply:
+        """``handle`` with a DJL Input (wire form), or a typed hook (``generate``) with its message."""
         self._require_ready()
         self.last_used = time.monotonic()
-        return await self.workers.submit(wire_input)
+        return await self.workers.submit(wire_input, fn)
 
     def idle(self) -> bool:
         return self.workers.queue_length == 0 and not any(w.in_flight for w in self.workers.workers)

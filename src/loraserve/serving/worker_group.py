@@ -29,8 +29,9 @@ Replay = Callable[[WorkerProcess], Awaitable[None]]
 
 @dataclass(slots=True)
 class _Job:
-    wire_input: dict[str, Any]
+    wire_input: Any  # a DJL Input in wire form, or a typed message for ``fn``
     future: asyncio.Future
+    fn: str = "handle"
 
 
 class WorkerGroup:
@@ -123,8 +124,9 @@ class WorkerGroup:
             await asyncio.sleep(0.05)
         await worker.kill()
 
-    async def submit(self, wire_input: dict[str, Any]) -> WorkerReply:
-        """Queue one request; its reply comes from whichever worker batch takes it."""
+    async def submit(self, wire_input: Any, fn: str = "handle") -> WorkerReply:
+        """Queue one request; its reply comes from whichever worker batch takes it. Cancelling
+        the caller (a client that left) drops the job, or cancels it on its worker."""
         if self._closed:
             raise ServiceUnavailableError(f"model {self.model_name} is being unregistered")
         if len(self._jobs) >= self.config.job_queue_size:
@@ -132,7 +134,7 @@ class WorkerGroup:
                 f"model {self.model_name}: job queue is full ({self.config.job_queue_size}); "
                 "retry later or raise job_queue_size"
             )
-        job = _Job(wire_input, asyncio.get_running_loop().create_future())
+        job = _Job(wire_input, asyncio.get_running_loop().create_future(), fn)
         self._jobs.append(job)
         self._job_added.set()
         return await job.future
@@ -176,11 +178,13 @@ class WorkerGroup:
     async def _run(self, worker: WorkerProcess, jobs: list[_Job]) -> None:
         if not jobs:
             return
-        batched = self.config.batch_size > 1
-        wire = batch_wire_inputs([j.wire_input for j in jobs]) if batched else jobs[0].wire_input
+        if self.config.batch_size == 1 or any(job.fn != "handle" for job in jobs):
+            await asyncio.gather(*(self._run_one(worker, job) for job in jobs))
+            return
+        wire = batch_wire_inputs([j.wire_input for j in jobs])
         try:
             reply = await worker.call("handle", wire)
-            outputs = split_batch_output(reply.output, len(jobs)) if batched else [reply.output]
+            outputs = split_batch_output(reply.output, len(jobs))
         except Exception as exc:
             for job in jobs:
                 if not job.future.done():
@@ -188,7 +192,27 @@ class WorkerGroup:
             return
         for job, output in zip(jobs, outputs):
             if not job.future.done():
-                job.future.set_result(WorkerReply(output, reply.stream))
+                job.future.set_result(WorkerReply(output, reply.stream, reply.cancel))
+
+    @staticmethod
+    async def _run_one(worker: WorkerProcess, job: _Job) -> None:
+        """One call; the job's caller giving up cancels the call on the worker."""
+        call = asyncio.ensure_future(worker.call(job.fn, job.wire_input))
+        job.future.add_done_callback(lambda future: call.cancel() if future.cancelled() else None)
+        try:
+            reply = await call
+        except asyncio.CancelledError:
+            if job.future.cancelled():
+                return
+            raise
+        except Exception as exc:
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        if not job.future.done():
+            job.future.set_result(reply)
+        elif reply.cancel is not None:
+            reply.cancel()  # a stream nobody is waiting for any more
 
     async def broadcast(self, fn: str, wire_input: dict[str, Any]) -> list[WorkerReply]:
         """Call ``fn`` on every live worker (adapter registration and the like)."""

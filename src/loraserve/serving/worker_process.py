@@ -1,4 +1,7 @@
-"""One worker process seen from the front end: start it, call it, notice when it dies."""
+"""One worker process seen from the front end: start it, call it, cancel calls, notice when
+it dies. A reply reader that fails for any reason means a dead worker: it is killed, its
+in-flight calls fail with 503 and the group starts another (a reader that died quietly used to
+leave a live-looking worker whose every later request hung)."""
 
 from __future__ import annotations
 
@@ -28,13 +31,17 @@ class WorkerLoadError(LoraserveError):
 
 @dataclass(slots=True)
 class WorkerReply:
-    """A handler's answer: its Output in wire form (or None) and, when streaming, the chunks.
+    """A handler's answer: its Output in wire form, a typed result (``GenerateResult``) or
+    None, and, when streaming, the chunks.
 
-    ``stream`` yields ``bytes`` chunks and finally ``None`` (done) or an Exception.
+    ``stream`` yields chunks (``bytes``, or ``TokenOutput`` for a typed call) and finally
+    ``None`` (done) or an Exception. ``cancel`` stops the call on the worker (a client that
+    left in the middle of a stream).
     """
 
-    output: dict[str, Any] | None
+    output: Any
     stream: asyncio.Queue | None = None
+    cancel: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +70,7 @@ class WorkerProcess:
         self._pending: dict[int, _Pending] = {}
         self._reader: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
 
     @property
     def in_flight(self) -> int:
@@ -99,19 +107,44 @@ class WorkerProcess:
             return None
         return decode_payload(payload)
 
-    async def call(self, fn: str, wire_input: dict[str, Any]) -> WorkerReply:
-        """Run handler function ``fn`` on the worker; raises WorkerDiedError if it dies."""
+    async def call(self, fn: str, payload: Any) -> WorkerReply:
+        """Run handler function ``fn`` on the worker with a DJL Input in wire form (a dict) or
+        a typed message; raises WorkerDiedError if it dies. Cancelling the caller cancels the
+        call on the worker too."""
         if not self.alive:
             raise WorkerDiedError(f"worker {self.worker_id} of model {self.model_name} is not running")
         call_id = next(_ids)
         pending = _Pending(asyncio.get_running_loop().create_future())
         self._pending[call_id] = pending
+        key = "input" if isinstance(payload, dict) else "message"
         try:
-            await self._write({"op": "call", "id": call_id, "fn": fn, "input": wire_input})
+            await self._write({"op": "call", "id": call_id, "fn": fn, key: payload})
         except (ConnectionError, RuntimeError):
             self._pending.pop(call_id, None)
             raise WorkerDiedError(f"worker {self.worker_id} of model {self.model_name} died") from None
-        return await pending.future
+        except asyncio.CancelledError:
+            self.cancel(call_id)
+            raise
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self.cancel(call_id)  # a timed-out scrape or a client that left: the worker stops too
+            raise
+
+    def cancel(self, call_id: int) -> None:
+        """Forget the call and tell the worker to stop it; a late reply to it is ignored."""
+        pending = self._pending.pop(call_id, None)
+        if pending is None or not self.alive:
+            return
+        if pending.stream is not None:
+            pending.stream.put_nowait(None)
+        task = asyncio.ensure_future(self._send_cancel(call_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_cancel(self, call_id: int) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._write({"op": "cancel", "id": call_id})
 
     async def _write(self, message: dict[str, Any]) -> None:
         assert self.process and self.process.stdin
@@ -120,31 +153,41 @@ class WorkerProcess:
             await self.process.stdin.drain()
 
     async def _read_loop(self) -> None:
-        while (message := await self._read_message()) is not None:
-            self._dispatch(message)
+        try:
+            while (message := await self._read_message()) is not None:
+                self._dispatch(message)
+        except Exception:
+            log.exception("worker %s (pid %s) of model %s: reply reader failed; killing the worker",
+                          self.worker_id, self.pid, self.model_name)
+            if self.process and self.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()  # not kill(): the group must restart this worker
         await self._on_eof()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         op, call_id = message.get("op"), message.get("id")
         pending = self._pending.get(call_id)
         if pending is None:
-            return
+            return  # a late reply to a cancelled call
         if op == "result":
-            output = message["output"]
-            if output is not None and output.get("streaming"):
+            streaming = bool(message.get("streaming"))
+            if streaming:
                 pending.stream = asyncio.Queue()
             else:
                 self._pending.pop(call_id)
-            pending.future.set_result(WorkerReply(output, pending.stream))
+            if not pending.future.done():
+                cancel = (lambda: self.cancel(call_id)) if streaming else None
+                pending.future.set_result(WorkerReply(message["output"], pending.stream, cancel))
         elif op == "error":
             self._pending.pop(call_id)
-            pending.future.set_exception(_handler_error(message["message"]))
+            if not pending.future.done():
+                pending.future.set_exception(_handler_error(message))
         elif op == "chunk" and pending.stream is not None:
             pending.stream.put_nowait(message["data"])
         elif op == "end" and pending.stream is not None:
             self._pending.pop(call_id)
             error = message.get("error")
-            pending.stream.put_nowait(_handler_error(error) if error else None)
+            pending.stream.put_nowait(_handler_error(message) if error else None)
 
     async def _on_eof(self) -> None:
         self.alive = False
@@ -185,5 +228,11 @@ class WorkerProcess:
         }
 
 
-def _handler_error(message: str) -> LoraserveError:
-    return HandlerError(f"handler error: {message}")
+def _handler_error(message: dict[str, Any]) -> LoraserveError:
+    """A typed refusal keeps its status and type; anything else is the handler's failure."""
+    text = str(message.get("message") or message.get("error"))
+    if "status" in message:
+        error = LoraserveError(text, status_code=int(message["status"]))
+        error.error_type = str(message.get("type", error.error_type))
+        return error
+    return HandlerError(f"handler error: {text}")

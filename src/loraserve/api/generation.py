@@ -1,0 +1,75 @@
+"""The front half of a built-in-engine call: send the typed ``GenerateRequest`` to a worker,
+cancel it when the client goes away (vLLM's ``with_cancellation``), and read its tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import TypeVar
+
+from fastapi import Request
+
+from loraserve.errors import LoraserveError
+from loraserve.handlers.messages import GenerateRequest, TokenOutput
+from loraserve.serving.metrics import adapter_label
+from loraserve.serving.model_service import ModelService
+from loraserve.serving.worker_process import WorkerReply
+
+T = TypeVar("T")
+
+
+class ClientGoneError(LoraserveError):
+    """The client disconnected before its answer was ready; nobody reads this response."""
+
+    status_code = 499
+    error_type = "ClientClosedRequest"
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it. Call once the body is read:
+    from then on the only message the server can send is ``http.disconnect``."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGoneError("the client disconnected") from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+@contextlib.contextmanager
+def counted_refusals(request: Request, model: ModelService) -> Iterator[None]:
+    """Requests refused at the edge still count as the model's failed requests."""
+    try:
+        yield
+    except LoraserveError as exc:
+        request.app.state.metrics.refused(model.name, exc.status_code)
+        raise
+
+
+async def generate(request: Request, model: ModelService, message: GenerateRequest) -> WorkerReply:
+    """Counted and timed like every inference call; the metrics label is the adapter."""
+    names = [a or "" for a in message.adapters]
+    with counted_refusals(request, model):
+        model.check_adapters(names)
+    infer = request.app.state.metrics.infer(model, adapter_label(model, names), message, "generate")
+    return await cancel_on_disconnect(request, infer)
+
+
+async def tokens(reply: WorkerReply) -> AsyncIterator[TokenOutput | Exception]:
+    """The stream's ``TokenOutput``s; a failure after the headers went out comes last."""
+    assert reply.stream is not None
+    while (item := await reply.stream.get()) is not None:
+        yield item
+        if isinstance(item, Exception):
+            return

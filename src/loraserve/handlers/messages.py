@@ -1,0 +1,111 @@
+"""Typed messages between the HTTP front and the built-in engine's worker.
+
+vLLM v1's ``EngineCoreRequest`` / ``EngineCoreOutput`` / ABORT is the pattern: the front parses
+a wire protocol (LMI, OpenAI) once into a ``GenerateRequest``; the worker answers with
+``TokenOutput`` events (streaming) or one ``GenerateResult``; a client that goes away makes the
+front send a cancel for the call, and the worker aborts its sequences. No torch here: the front
+imports this module. DJL ``Input``/``Output`` stays where a user's own ``model.py`` is called.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class FinishReason(str, Enum):
+    """Why a sequence stopped (LMI's names; ``openai`` maps them to OpenAI's)."""
+
+    LENGTH = "length"
+    EOS_TOKEN = "eos_token"
+    STOP_SEQUENCE = "stop_sequence"
+    ABORT = "abort"
+    ERROR = "error"
+
+    @property
+    def openai(self) -> str:
+        return "length" if self is FinishReason.LENGTH else "stop"
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Sampling parameters already validated at the edge (finite, in range, strict types);
+    the worker turns them into the engine's ``SamplingParams``."""
+
+    max_new_tokens: int = 30
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One client request: several prompts (one sequence each) or one chat conversation."""
+
+    sampling: SamplingSpec
+    prompts: tuple[str, ...] = ()
+    messages: tuple[dict[str, Any], ...] | None = None  # templated in the worker
+    adapters: tuple[str | None, ...] = (None,)  # one per sequence; None = base model
+    details: bool = False  # per-token ids, texts and log-probs in the result
+    logprobs: bool = False  # compute each token's log-prob (LMI details and streams show them)
+    stream: bool = False
+
+    @property
+    def sequences(self) -> int:
+        return 1 if self.messages is not None else len(self.prompts)
+
+
+@dataclass(frozen=True)
+class SequenceOutput:
+    """A finished sequence."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    generated_tokens: int
+    tokens: tuple[TokenOutput, ...] = ()  # filled when the request asked for details
+
+
+@dataclass(frozen=True)
+class TokenOutput:
+    """One generated token of sequence ``index``; the last one carries the sequence's summary."""
+
+    index: int
+    token_id: int
+    text: str  # new text since the previous token
+    logprob: float | None  # None when not asked for, or not finite
+    finish_reason: FinishReason | None = None
+    summary: SequenceOutput | None = None
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """The answer to a non-streaming request, one ``SequenceOutput`` per prompt."""
+
+    sequences: tuple[SequenceOutput, ...]
+    peak_batch: int = 0  # largest engine step batch these sequences ran in
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(s.generated_tokens for s in self.sequences)
+
+
+@dataclass(slots=True)
+class TokenStream:
+    """What the worker-side handler returns for a streaming request; never pickled: the worker
+    runtime sends each ``TokenOutput`` as one chunk."""
+
+    events: AsyncIterator[TokenOutput] = field(repr=False)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """NaN/Inf log-probs would be bare ``NaN`` in JSON, which no client parses: send null."""
+    return value if value is not None and math.isfinite(value) else None

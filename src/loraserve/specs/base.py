@@ -1,0 +1,95 @@
+"""What every wire protocol shares: strict field types, parsing with a 400 that names the
+field, and the pydantic schema in a form an OpenAPI document can hold."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loraserve.errors import BadRequestError
+
+# Strict everywhere: "false" is not a boolean, "0.5" is not a number, 8.0 is not an integer,
+# NaN and Infinity are not numbers; integers must fit what the engine stores them in.
+STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+INT32 = 2**31 - 1
+MaxTokens = Annotated[int, Field(ge=1, le=INT32)]
+Temperature = Annotated[float, Field(ge=0, le=100)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+TopK = Annotated[int, Field(ge=-1, le=INT32, description="0 or -1: no top-k filtering")]
+# Below 0.01 the CTRL penalty divides logits into infinities; nothing useful lies out there.
+RepetitionPenalty = Annotated[float, Field(ge=0.01, le=100)]
+Seed = Annotated[int, Field(ge=0, le=2**53 - 1)]  # exact in a JSON number everywhere
+StopText = Annotated[str, Field(min_length=1, max_length=1000)]
+Stop = StopText | Annotated[list[StopText], Field(max_length=32)]
+MAX_PROMPTS = 1024  # prompts in one LMI request; each is one sequence
+
+M = TypeVar("M", bound=BaseModel)
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none)$|[\[-]")  # pydantic's union member tags
+
+
+def parse(model: type[M], body: Any) -> M:
+    """Validate ``body`` against ``model``; any problem is a 400 that names each field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequestError(f"invalid request: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError, limit: int = 5) -> str:
+    """``parameters.do_sample: Input should be a valid boolean``; union members merged."""
+    messages: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(p) for p in error["loc"] if not _UNION_TAG.search(str(p))) or "body"
+        text = error["msg"]
+        if error["type"] in ("model_type", "dict_type"):
+            text = "Input should be a JSON object"
+        if text not in messages.setdefault(path, []):
+            messages[path].append(text)
+    parts = [f"{path}: {' or '.join(texts)}" for path, texts in messages.items()]
+    more = len(parts) - limit
+    return "; ".join(parts[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+
+def openapi_body(model: type[BaseModel], description: str) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body itself (size limit, our own errors):
+    the model's JSON schema, nested definitions inlined so the document stays self-contained."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": _inline(schema, definitions)}}}}
+
+
+def _inline(node: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {k: _inline(v, definitions) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, definitions) for v in node]
+    return node
+
+
+class TextPart(BaseModel):
+    model_config = STRICT
+    type: str = "text"
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One chat turn; OpenAI's list-of-text-parts content is joined into one string."""
+
+    model_config = STRICT
+    role: Annotated[str, Field(min_length=1, max_length=64)]
+    content: str | list[TextPart] | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        return {"role": self.role, "content": content or ""}
+
+
+Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=1024)]
