@@ -60,6 +60,21 @@ def _where(exc: Exception) -> str:
     return type(exc).__name__
 
 
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+def read_document_text(path: Path) -> str:
+    """A workflow or template file's text: at most 1 MiB of UTF-8 (errors never quote it)."""
+    try:
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise WorkflowError(f"workflow file {path} is larger than {MAX_DOCUMENT_BYTES} bytes")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise WorkflowError(f"workflow file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise WorkflowError(f"workflow file {path} cannot be read: {exc.strerror}") from None
+
+
 def load_document(text: str, source: str) -> dict:
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
