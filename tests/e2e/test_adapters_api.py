@@ -157,7 +157,16 @@ def test_archive_sources(env):
         assert reply.status_code == 200, reply.text
         event = [e for e in read_events(log) if e["event"] == "register" and e["name"] == name][-1]
         assert Path(event["src"], "adapter_config.json").is_file()
-        server.client.delete(f"/models/echo/adapters/{name}")
+        assert server.client.delete(f"/models/echo/adapters/{name}").status_code == 200
+        assert not Path(event["src"]).exists()  # the unpacked copy left with the adapter
+
+
+def test_damaged_archive_is_a_400(env):
+    server, store, _ = env
+    whole = _tar_with({"adapter_config.json": b"{}" * 5000})
+    (store / "extra" / "cut.tar.gz").write_bytes(whole[: len(whole) // 2])
+    reply = server.client.post(f"/models/echo/adapters?name=cut&src={store / 'extra' / 'cut.tar.gz'}")
+    assert reply.status_code == 400 and "cut.tar.gz" in reply.json()["message"]
 
 
 @pytest.mark.parametrize("entries,links,fragment", [

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 
+from loraserve.adapters import archives
 from loraserve.api import adapters, console, inference, management, openai, workflows
 from loraserve.api.errors import install_error_handlers
 from loraserve.api.limits import BodyLimitMiddleware
@@ -27,6 +28,7 @@ access_log = logging.getLogger("loraserve.access")
 
 def create_app(config: ServerConfig, manager: ModelManager | None = None) -> FastAPI:
     manager = manager or ModelManager(config)
+    archives.configure(archives.ArchiveLimits(config.max_archive_bytes, config.max_archive_entries))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
