@@ -77,3 +77,11 @@ def test_streamed_body_size_is_bounded(path):
 
     reply = api.post(path, content=chunked(), headers={"Content-Type": "application/json"})
     assert reply.status_code == 413, reply.text
+
+
+def test_worker_counts_are_bounded(tmp_path):
+    api = client(model_store=tmp_path, max_workers_per_model=4)
+    reply = api.post(f"/models?url={tmp_path}/m&min_worker=100000")
+    assert reply.status_code == 400 and "max_workers_per_model" in reply.json()["message"]
+    reply = api.post("/models", json={"url": f"{tmp_path}/m", "max_worker": 5})
+    assert reply.status_code == 400 and "max_workers_per_model" in reply.json()["message"]
