@@ -134,3 +134,8 @@ def test_dns_rebinding_host_is_refused_on_loopback():
     assert api.get("/models", headers={"Host": "localhost:8080"}).status_code == 200
     anywhere = client(host="0.0.0.0")
     assert anywhere.get("/models", headers={"Host": "evil.example"}).status_code == 200
+
+
+def test_utf8_token_matches_its_raw_header_bytes():
+    raw = "Bearer " + "sécret".encode().decode("latin-1")  # how the ASGI header decodes
+    assert bearer_matches(raw, ["sécret"]) and not bearer_matches(raw, ["secret"])

@@ -57,10 +57,10 @@ def bearer_matches(header: str | None, tokens: list[str]) -> bool:
     scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return False
-    given_bytes = given.strip().encode()
+    given_bytes = given.strip().encode("latin-1", "replace")  # the header's raw bytes
     matched = False
     for token in tokens:  # no early exit: the time does not say which token was close
-        matched |= hmac.compare_digest(given_bytes, token.encode())
+        matched |= hmac.compare_digest(given_bytes, token.encode("utf-8"))
     return matched
 
 
