@@ -115,26 +115,65 @@ class ModelConfig:
         return self.entry_point is None and "model_id" in self.options
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_LIST_SETTINGS = ("allowed_adapter_roots", "allowed_model_roots", "allowed_origins", "allowed_hosts")
+_POSITIVE = ("max_request_bytes", "max_archive_bytes", "max_archive_entries", "max_json_depth",
+             "max_workers_per_model", "max_adapter_labels")
+
+
 @dataclass(slots=True)
 class ServerConfig:
-    """Global settings; precedence: flags > ``LORASERVE_*`` env > config file > defaults."""
+    """Global settings; precedence: flags > ``LORASERVE_*`` env > config file > defaults.
+    The security settings and bounds are described in the README's "Security and limits"."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     model_store: Path | None = None
     models: dict[str, str] = field(default_factory=dict)
     allowed_adapter_roots: list[Path] = field(default_factory=list)
+    allowed_model_roots: list[Path] = field(default_factory=list)  # empty: the model store
     state_dir: Path | None = None
+    api_token: str | None = field(default=None, repr=False)
+    management_token: str | None = field(default=None, repr=False)
+    allowed_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)  # empty: loopback names on loopback
     max_request_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = 64
+    max_archive_bytes: int = 4 * 1024**3
+    max_archive_entries: int = 10_000
+    max_workers_per_model: int = 8
+    max_adapter_labels: int = 100
     worker_start_timeout_s: float = 600.0
     max_loaded_models: int = 0  # multi-model endpoints: 0 = no limit
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
+        for name in _POSITIVE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.model_store is not None:
             self.model_store = Path(self.model_store).expanduser().resolve()
         self.allowed_adapter_roots = [Path(p).expanduser().resolve() for p in self.allowed_adapter_roots]
+        self.allowed_model_roots = [Path(p).expanduser().resolve() for p in self.allowed_model_roots]
+        self.api_token = self.api_token or None
+        self.management_token = self.management_token or None
+
+    @property
+    def model_roots(self) -> list[Path]:
+        """Where ``POST /models?url=`` and workflow files may come from: the configured roots,
+        else the model store, else nowhere."""
+        if self.allowed_model_roots:
+            return self.allowed_model_roots
+        return [self.model_store] if self.model_store else []
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """Host names a request may address: the configured list, else the loopback names
+        when bound to loopback (refusing DNS rebinding), else any (``*``)."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        return list(LOOPBACK_HOSTS) if self.host in LOOPBACK_HOSTS else ["*"]
 
     @property
     def state_file(self) -> Path | None:
@@ -150,6 +189,16 @@ _SCALAR_SETTINGS = {
     "state_dir": str,
     "max_request_bytes": int,
     "allowed_adapter_roots": str,
+    "allowed_model_roots": str,
+    "allowed_origins": str,
+    "allowed_hosts": str,
+    "api_token": str,
+    "management_token": str,
+    "max_json_depth": int,
+    "max_archive_bytes": int,
+    "max_archive_entries": int,
+    "max_workers_per_model": int,
+    "max_adapter_labels": int,
     "worker_start_timeout_s": float,
     "max_loaded_models": int,
 }
@@ -179,8 +228,8 @@ def build_server_config(layers: list[dict[str, str]]) -> ServerConfig:
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     models = parse_model_specs(merged.pop("models", ""))
-    roots = [p for p in merged.pop("allowed_adapter_roots", "").split(",") if p.strip()]
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, object] = {
+        key: [p.strip() for p in merged.pop(key, "").split(",") if p.strip()] for key in _LIST_SETTINGS}
     for key, value in merged.items():
         caster = _SCALAR_SETTINGS[key]
         try:
@@ -190,7 +239,7 @@ def build_server_config(layers: list[dict[str, str]]) -> ServerConfig:
     for key in ("model_store", "state_dir"):
         if kwargs.get(key):
             kwargs[key] = Path(str(kwargs[key]))
-    return ServerConfig(models=models, allowed_adapter_roots=roots, **kwargs)  # type: ignore[arg-type]
+    return ServerConfig(models=models, **kwargs)  # type: ignore[arg-type]
 
 
 def parse_model_specs(text: str | list[str]) -> dict[str, str]:

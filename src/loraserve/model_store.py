@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loraserve.adapters.sources import extract_archive, is_archive, local_path_of
+from loraserve.adapters.sources import ensure_inside, exists, extract_archive, is_archive, local_path_of
 from loraserve.errors import BadRequestError
 
 MODEL_MARKERS = ("serving.properties", "model.py", "workflow.json")
@@ -45,7 +45,7 @@ def find_in_store(store: Path | None, name: str) -> Path | None:
 def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path:
     """A path, ``file://`` URL or archive to a model directory."""
     path = local_path_of(url, model_store)
-    if not path.exists():
+    if not exists(path):
         raise BadRequestError(f"model url {url} does not exist (resolved to {path})")
     if path.is_file() and is_archive(path):
         path = extract_archive(path, scratch)
@@ -53,6 +53,14 @@ def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path
         raise BadRequestError(
             f"{path} is not a model directory: it needs serving.properties or model.py"
         )
+    return path
+
+
+def ensure_model_url_allowed(url: str, model_store: Path | None, roots: list[Path]) -> Path:
+    """A model URL given over the API must lie inside the allowed model roots (403 if not):
+    registering a model runs its ``model.py``."""
+    path = local_path_of(url, model_store)
+    ensure_inside(path, roots, kind="model")
     return path
 
 

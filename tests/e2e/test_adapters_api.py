@@ -21,7 +21,8 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("adapters_api")
     store = make_store(root)
     log = root / "events.jsonl"
-    with ServerProcess(["--model-store", str(store)], env={"ADAPTECHO_LOG": str(log)},
+    args = ["--model-store", str(store), "--allowed-model-roots", str(root)]
+    with ServerProcess(args, env={"ADAPTECHO_LOG": str(log)},
                        log_path=root / "server.log") as server:
         yield server, store, log
 
@@ -156,7 +157,16 @@ def test_archive_sources(env):
         assert reply.status_code == 200, reply.text
         event = [e for e in read_events(log) if e["event"] == "register" and e["name"] == name][-1]
         assert Path(event["src"], "adapter_config.json").is_file()
-        server.client.delete(f"/models/echo/adapters/{name}")
+        assert server.client.delete(f"/models/echo/adapters/{name}").status_code == 200
+        assert not Path(event["src"]).exists()  # the unpacked copy left with the adapter
+
+
+def test_damaged_archive_is_a_400(env):
+    server, store, _ = env
+    whole = _tar_with({"adapter_config.json": b"{}" * 5000})
+    (store / "extra" / "cut.tar.gz").write_bytes(whole[: len(whole) // 2])
+    reply = server.client.post(f"/models/echo/adapters?name=cut&src={store / 'extra' / 'cut.tar.gz'}")
+    assert reply.status_code == 400 and "cut.tar.gz" in reply.json()["message"]
 
 
 @pytest.mark.parametrize("entries,links,fragment", [
@@ -218,7 +228,12 @@ def test_handler_refusal_leaves_nothing_registered(env):
     ("get", "/models?limit=0", {}, 400),
     ("put", "/models/echo?min_worker=x", {}, 400),
     ("post", "/models", {}, 400),
-    ("post", "/models?url=/does/not/exist", {}, 400),
+    ("post", "/models?url=/does/not/exist", {}, 403),  # outside the allowed model roots
+    ("post", "/models?url=/etc", {}, 403),
+    ("put", "/models/echo?min_worker=100000", {}, 400),
+    ("post", "/predictions/echo", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400),
+    ("post", "/models/echo/adapters", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400),
+    ("post", "/models/echo/adapters?name=x&src=%00", {}, 400),
     ("post", "/models/echo/adapters", {"content": b"[1,2]", "headers": JSON}, 400),
     ("get", "/no/such/route", {}, 404),
     ("delete", "/ping", {}, 405),
@@ -268,4 +283,4 @@ def test_register_describe_scale_unregister_model(env):
     assert pids <= {w["pid"] for w in workers}
     assert client.delete("/models/other").json() == {"status": 'Workflow "other" unregistered'}
     assert client.get("/models/other").status_code == 404
-    assert client.post("/models?url=/nope&model_name=x").status_code == 400
+    assert client.post("/models?url=/nope&model_name=x").status_code == 403  # outside the roots

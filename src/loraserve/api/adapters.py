@@ -1,17 +1,47 @@
-"""Adapter management routes: ``/models/{m}/adapters…`` and the single-model ``/adapters…``."""
+"""Adapter management routes: ``/models/{m}/adapters…`` and the single-model ``/adapters…``.
+
+Options are query parameters (DJL) or JSON body fields (the query wins); every option that is
+not one of DJL's own goes to the handler as is. Unpacked archive copies are removed when the
+adapter that used them goes or its registration fails.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from typing import Annotated
 
-from loraserve.api.deps import manager_of
-from loraserve.api.params import merged_params, opt_bool, paged_response
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraserve.api.deps import config_of, manager_of
+from loraserve.api.management import Page
+from loraserve.api.params import Flag, merged_params, opt_bool, paged_response
 from loraserve.errors import BadRequestError
+from loraserve.serving.cleanup import prune_adapter_copies
 from loraserve.serving.model_service import ModelService
 
-router = APIRouter()
+router = APIRouter(tags=["adapters"])
 RESERVED = {"name", "src", "preload", "pin"}
+
+
+class AdapterUpdate(BaseModel):
+    """Adapter options; any other field is passed to the handler's register hook as is."""
+
+    model_config = ConfigDict(extra="allow")
+    src: str | None = Field(None, description="adapter directory, file:// URL or archive, inside "
+                                              "the allowed adapter roots")
+    preload: Flag = Field(None, description="load the weights now (default true)")
+    pin: Flag = Field(None, description="keep it resident; implies preload")
+
+
+class AdapterRegistration(AdapterUpdate):
+    name: str | None = Field(None, description="1-128 letters, digits, '.', '_' or '-' (required)")
+
+
+Registration = Annotated[AdapterRegistration, Query()]
+RegistrationBody = Annotated[AdapterRegistration | None, Body()]
+Update = Annotated[AdapterUpdate, Query()]
+UpdateBody = Annotated[AdapterUpdate | None, Body()]
 
 
 def _model(request: Request, model_name: str | None) -> ModelService:
@@ -20,64 +50,106 @@ def _model(request: Request, model_name: str | None) -> ModelService:
 
 
 def _extras(params: dict[str, str]) -> dict[str, str]:
-    """Every option that is not one of DJL's own goes to the handler as is."""
     return {k: v for k, v in params.items() if k not in RESERVED}
+
+
+async def _params(request: Request) -> dict[str, str]:
+    return await merged_params(request, config_of(request).max_json_depth)
 
 
 async def _register(request: Request, model_name: str | None) -> JSONResponse:
     model = _model(request, model_name)
-    params = await merged_params(request)
+    params = await _params(request)
     name, src = params.get("name"), params.get("src")
     if not src:
         raise BadRequestError("parameter src is required")
     pin = opt_bool(params, "pin", False)
     preload = True if pin else opt_bool(params, "preload", True)  # pinning implies preloading
-    await model.register_adapter(name or "", src, bool(preload), bool(pin), _extras(params))
+    try:
+        await model.register_adapter(name or "", src, bool(preload), bool(pin), _extras(params))
+    except BaseException:
+        await prune_adapter_copies(model)
+        raise
     manager_of(request).persist(model)
     return JSONResponse({"status": f"Adapter {name} registered"})
 
 
 async def _update(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
     model = _model(request, model_name)
-    params = await merged_params(request)
-    await model.update_adapter(adapter, params.get("src"), opt_bool(params, "preload", None),
-                               opt_bool(params, "pin", None), _extras(params))
+    params = await _params(request)
+    try:
+        await model.update_adapter(adapter, params.get("src"), opt_bool(params, "preload", None),
+                                   opt_bool(params, "pin", None), _extras(params))
+    finally:
+        await prune_adapter_copies(model)  # the old version's copy, or the failed new one
     manager_of(request).persist(model)
     return JSONResponse({"status": f"Adapter {adapter} updated"})
-
-
-async def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
-    return JSONResponse([_model(request, model_name).registry.get(adapter).describe()])
 
 
 async def _unregister(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
     model = _model(request, model_name)
     record = await model.unregister_adapter(adapter)
+    await prune_adapter_copies(model)
     manager_of(request).persist(model, removed=record)
     return JSONResponse({"status": f"Adapter {adapter} unregistered"})
 
 
-async def _list(request: Request, model_name: str | None) -> JSONResponse:
+def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
+    return JSONResponse([_model(request, model_name).registry.get(adapter).describe()])
+
+
+def _list(request: Request, model_name: str | None) -> JSONResponse:
     records = [r.describe() for r in _model(request, model_name).registry.records()]
     return paged_response(request, "adapters", records)
 
 
-def _add_routes(prefix: str, with_model: bool) -> None:
-    """The same handlers under ``/models/{model_name}/adapters`` and ``/adapters``."""
-
-    def bind(handler, *names: str):
-        async def route(request: Request) -> JSONResponse:
-            values = [request.path_params.get(n) for n in names]
-            model_name = request.path_params.get("model_name") if with_model else None
-            return await handler(request, model_name, *values)
-        return route
-
-    router.add_api_route(prefix, bind(_list), methods=["GET"])
-    router.add_api_route(prefix, bind(_register), methods=["POST"])
-    router.add_api_route(prefix + "/{adapter}", bind(_describe, "adapter"), methods=["GET"])
-    router.add_api_route(prefix + "/{adapter}", bind(_unregister, "adapter"), methods=["DELETE"])
-    router.add_api_route(prefix + "/{adapter}/update", bind(_update, "adapter"), methods=["POST"])
+@router.get("/models/{model_name}/adapters")
+async def list_model_adapters(request: Request, model_name: str, _page: Annotated[Page, Query()]):
+    return _list(request, model_name)
 
 
-_add_routes("/models/{model_name}/adapters", with_model=True)
-_add_routes("/adapters", with_model=False)
+@router.get("/adapters")
+async def list_adapters(request: Request, _page: Annotated[Page, Query()]):
+    return _list(request, None)
+
+
+@router.post("/models/{model_name}/adapters")
+async def register_model_adapter(request: Request, model_name: str, _query: Registration,
+                                 _body: RegistrationBody = None):
+    return await _register(request, model_name)
+
+
+@router.post("/adapters")
+async def register_adapter(request: Request, _query: Registration, _body: RegistrationBody = None):
+    return await _register(request, None)
+
+
+@router.get("/models/{model_name}/adapters/{adapter}")
+async def describe_model_adapter(request: Request, model_name: str, adapter: str):
+    return _describe(request, model_name, adapter)
+
+
+@router.get("/adapters/{adapter}")
+async def describe_adapter(request: Request, adapter: str):
+    return _describe(request, None, adapter)
+
+
+@router.delete("/models/{model_name}/adapters/{adapter}")
+async def unregister_model_adapter(request: Request, model_name: str, adapter: str):
+    return await _unregister(request, model_name, adapter)
+
+
+@router.delete("/adapters/{adapter}")
+async def unregister_adapter(request: Request, adapter: str):
+    return await _unregister(request, None, adapter)
+
+
+@router.post("/models/{model_name}/adapters/{adapter}/update")
+async def update_model_adapter(request: Request, model_name: str, adapter: str, _query: Update,
+                               _body: UpdateBody = None):
+    return await _update(request, model_name, adapter)
+
+
+@router.post("/adapters/{adapter}/update")
+async def update_adapter(request: Request, adapter: str, _query: Update, _body: UpdateBody = None):
+    return await _update(request, None, adapter)

@@ -9,11 +9,12 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loraserve.adapters import archives
 from loraserve.api import adapters, console, inference, management, openai, workflows
+from loraserve.api.errors import install_error_handlers
+from loraserve.api.limits import BodyLimitMiddleware
+from loraserve.api.security import SecurityMiddleware
 from loraserve.config import ServerConfig
 from loraserve.errors import LoraserveError
 from loraserve.model_store import discover_models, is_workflow_dir
@@ -25,34 +26,9 @@ log = logging.getLogger("loraserve.api")
 access_log = logging.getLogger("loraserve.access")
 
 
-def _error(status: int, error_type: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": status, "type": error_type, "message": message}, status_code=status)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Typed errors → DJL's JSON error body; anything unexpected → 500 without a trace."""
-
-    @app.exception_handler(LoraserveError)
-    async def _known(_request: Request, exc: LoraserveError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.status_code)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "ResourceNotFoundException", 405: "MethodNotAllowedException"}
-        return _error(exc.status_code, kind.get(exc.status_code, "BadRequestException"), str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, "BadRequestException", f"invalid request: {exc.errors()}")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return _error(500, "InternalServerException", f"internal error: {type(exc).__name__}")
-
-
 def create_app(config: ServerConfig, manager: ModelManager | None = None) -> FastAPI:
     manager = manager or ModelManager(config)
+    archives.configure(archives.ArchiveLimits(config.max_archive_bytes, config.max_archive_entries))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,10 +50,14 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
     app.state.workflows = WorkflowManager(manager)
-    app.state.metrics = ServerMetrics()
+    app.state.metrics = ServerMetrics(config.max_adapter_labels)
     app.state.config = config
     app.state.started = False
     install_error_handlers(app)
+    # Outermost last: Host/Origin/token checks first, then body bounds, then the routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes,
+                       max_depth=config.max_json_depth)
+    app.add_middleware(SecurityMiddleware, config=config)
 
     @app.middleware("http")
     async def access_logging(request: Request, call_next):

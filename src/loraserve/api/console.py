@@ -34,6 +34,4 @@ async def console_state(request: Request) -> JSONResponse:
         models.append({"name": model.name, "status": model.status.value,
                        "engine": "built-in" if model.uses_builtin_engine else "python",
                        "adapters": adapters})
-    tokens = sum(sample.value for family in metrics.tokens.collect() for sample in family.samples
-                 if sample.name.endswith("_total"))
-    return JSONResponse({"models": models, "generated_tokens": tokens})
+    return JSONResponse({"models": models, "generated_tokens": metrics.generated_tokens})

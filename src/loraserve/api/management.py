@@ -1,22 +1,55 @@
-"""Model management routes, as DJL's management API has them."""
+"""Model management routes, as DJL's management API has them (options as query parameters;
+SageMaker's multi-model endpoints send the same fields as a JSON body)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from pathlib import PurePosixPath
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from loraserve.api.deps import manager_of
-from loraserve.api.params import merged_params, opt_bool, opt_int, paged_response
+from loraserve.api.deps import config_of, manager_of
+from loraserve.api.params import Flag, Limit, PageToken, Workers, check_worker_counts, paged_response
 from loraserve.errors import BadRequestError, ModelNotFoundError
+from loraserve.model_store import ensure_model_url_allowed
+from loraserve.names import validate_model_name
+from loraserve.serving.cleanup import prune_model_copies
+from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.model_service import ModelService
 
-router = APIRouter()
+router = APIRouter(tags=["models"])
 log = logging.getLogger("loraserve.api")
 _background: set[asyncio.Task] = set()
+
+
+class ModelRegistration(BaseModel):
+    """Where a model comes from and how it is served."""
+
+    model_config = ConfigDict(extra="ignore")
+    url: str | None = Field(None, description="model directory, file:// URL or archive, inside "
+                                              "the allowed model roots (required)")
+    model_name: str | None = Field(None, description="default: the URL's last segment")
+    model_version: str | None = None
+    batch_size: Annotated[int | None, Field(ge=1)] = None
+    max_batch_delay: Annotated[int | None, Field(ge=0, description="milliseconds")] = None
+    job_queue_size: Annotated[int | None, Field(ge=1)] = None
+    min_worker: Workers = None
+    max_worker: Workers = None
+    synchronous: Flag = Field(None, description="wait for the model to load (default true)")
+
+
+class WorkerScale(BaseModel):
+    min_worker: Workers = None
+    max_worker: Workers = None
+
+
+class Page(BaseModel):
+    limit: Limit = None
+    next_page_token: PageToken = None
 
 
 def _default_name(url: str) -> str:
@@ -26,25 +59,35 @@ def _default_name(url: str) -> str:
     return name
 
 
+async def _register(manager: ModelManager, name: str, url: str, version: str | None,
+                    overrides: dict[str, int]) -> None:
+    """Register; on failure remove whatever archive copy the attempt unpacked."""
+    try:
+        await manager.register(name, url, version=version, overrides=overrides)
+    except BaseException:
+        await prune_model_copies(manager)
+        raise
+
+
 @router.post("/models")
-async def register_model(request: Request) -> JSONResponse:
-    params = await merged_params(request)
-    url = params.get("url")
-    if not url:
+async def register_model(request: Request, query: Annotated[ModelRegistration, Query()],
+                         body: Annotated[ModelRegistration | None, Body()] = None) -> JSONResponse:
+    """Register a model; ``url`` must lie inside the allowed model roots."""
+    fields = {**(body.model_dump(exclude_none=True) if body else {}),
+              **query.model_dump(exclude_none=True)}
+    params = ModelRegistration(**fields)
+    if not params.url:
         raise BadRequestError("parameter url is required")
-    name = params.get("model_name") or _default_name(url)
-    overrides = {
-        key: value for key, value in {
-            "batch_size": opt_int(params, "batch_size", None, 1),
-            "max_batch_delay_ms": opt_int(params, "max_batch_delay", None, 0),
-            "job_queue_size": opt_int(params, "job_queue_size", None, 1),
-            "min_workers": opt_int(params, "min_worker", None, 1),
-            "max_workers": opt_int(params, "max_worker", None, 1),
-        }.items() if value is not None
-    }
-    manager = manager_of(request)
-    coro = manager.register(name, url, version=params.get("model_version"), overrides=overrides)
-    if not opt_bool(params, "synchronous", True):
+    config, manager = config_of(request), manager_of(request)
+    name = validate_model_name(params.model_name or _default_name(params.url))
+    ensure_model_url_allowed(params.url, config.model_store, config.model_roots)
+    check_worker_counts(config, params.min_worker, params.max_worker)
+    overrides = {key: value for key, value in {
+        "batch_size": params.batch_size, "max_batch_delay_ms": params.max_batch_delay,
+        "job_queue_size": params.job_queue_size, "min_workers": params.min_worker,
+        "max_workers": params.max_worker}.items() if value is not None}
+    coro = _register(manager, name, params.url, params.model_version, overrides)
+    if params.synchronous is False:
         task = asyncio.create_task(coro)
         _background.add(task)
         task.add_done_callback(_background.discard)
@@ -54,7 +97,7 @@ async def register_model(request: Request) -> JSONResponse:
 
 
 @router.get("/models")
-async def list_models(request: Request) -> JSONResponse:
+async def list_models(request: Request, _page: Annotated[Page, Query()]) -> JSONResponse:
     models = [m.summary() for m in manager_of(request).models.values()]
     return paged_response(request, "models", models)
 
@@ -76,14 +119,15 @@ async def describe_model(request: Request, name: str, version: str | None = None
 
 @router.put("/models/{name}")
 @router.put("/models/{name}/{version}")
-async def scale_model(request: Request, name: str, version: str | None = None) -> JSONResponse:
+async def scale_model(request: Request, name: str, scale: Annotated[WorkerScale, Query()],
+                      version: str | None = None) -> JSONResponse:
+    """Scale the model's workers, within ``max_workers_per_model``."""
     model = _model_version(request, name, version)
-    params = dict(request.query_params)
-    min_workers = opt_int(params, "min_worker", model.config.min_workers, 1)
-    max_workers = opt_int(params, "max_worker", model.config.max_workers, 1)
-    assert min_workers is not None and max_workers is not None
+    min_workers = scale.min_worker or model.config.min_workers
+    max_workers = scale.max_worker or model.config.max_workers
     if max_workers < min_workers:
         raise BadRequestError(f"max_worker ({max_workers}) is below min_worker ({min_workers})")
+    check_worker_counts(config_of(request), min_workers, max_workers)
     await model.workers.scale(min_workers, max_workers)
     return JSONResponse({"status": "Worker updated"})
 

@@ -1,23 +1,40 @@
 """Workflow management routes: register (from a URL or a template), list, describe, scale,
-unregister. Inference goes through ``/predictions/{workflow}`` and ``/invocations``."""
+unregister. Inference goes through ``/predictions/{workflow}`` and ``/invocations``.
+
+Workflow files, template files and the models a workflow registered over the API declares
+must lie inside the allowed model roots: a workflow loads models, and models run code.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from loraserve.adapters.sources import local_path_of
+from loraserve.adapters.sources import ensure_inside, local_path_of
 from loraserve.api.deps import config_of
-from loraserve.api.params import opt_int, paged_response
+from loraserve.api.management import Page, WorkerScale
+from loraserve.api.params import check_worker_counts, paged_response
 from loraserve.errors import BadRequestError
 from loraserve.workflows.manager import WorkflowManager
-from loraserve.workflows.spec import WorkflowSpec, load_document, parse_workflow
-from loraserve.workflows.templates import instantiate, template_text
+from loraserve.workflows.spec import WorkflowSpec, load_document, parse_workflow, read_document_text
+from loraserve.workflows.templates import BUILTIN_TEMPLATES, instantiate, template_text
 
-router = APIRouter()
+router = APIRouter(tags=["workflows"])
+
+
+class WorkflowRegistration(BaseModel):
+    """``url`` or ``template``; with a template every other query parameter fills a ``$name``."""
+
+    model_config = ConfigDict(extra="allow")
+    url: str | None = Field(None, description="workflow.json/.yaml file or directory holding one, "
+                                              "inside the allowed model roots")
+    template: str | None = Field(None, description=f"a built-in template ({', '.join(BUILTIN_TEMPLATES)}) "
+                                                   "or a template file inside the allowed model roots")
 
 
 def workflows_of(request: Request) -> WorkflowManager:
@@ -33,27 +50,33 @@ def read_workflow_file(path: Path) -> WorkflowSpec:
         path = found[0]
     if not path.is_file():
         raise BadRequestError(f"workflow {path} does not exist")
-    return parse_workflow(load_document(path.read_text(encoding="utf-8"), str(path)), path.parent)
+    return parse_workflow(load_document(read_document_text(path), str(path)), path.parent)
+
+
+def _spec_from_request(request: Request, params: dict[str, str]) -> WorkflowSpec:
+    config = config_of(request)
+    store, roots = config.model_store, config.model_roots
+    if "template" in params:
+        template = params.pop("template")
+        text = instantiate(template_text(template, store, roots), params)
+        return parse_workflow(load_document(text, f"template {template}"), store)
+    if params.get("url"):
+        path = local_path_of(params["url"], store)
+        ensure_inside(path, roots, kind="model")
+        return read_workflow_file(path)
+    raise BadRequestError("parameter url (a workflow file) or template is required")
 
 
 @router.post("/workflows")
-async def register_workflow(request: Request) -> JSONResponse:
-    params = dict(request.query_params)
-    store = config_of(request).model_store
-    if "template" in params:
-        template = params.pop("template")
-        text = instantiate(template_text(template, store), params)
-        spec = parse_workflow(load_document(text, f"template {template}"), store)
-    elif params.get("url"):
-        spec = await asyncio.to_thread(read_workflow_file, local_path_of(params["url"], store))
-    else:
-        raise BadRequestError("parameter url (a workflow file) or template is required")
-    await workflows_of(request).register(spec)
+async def register_workflow(request: Request,
+                            _query: Annotated[WorkflowRegistration, Query()]) -> JSONResponse:
+    spec = await asyncio.to_thread(_spec_from_request, request, dict(request.query_params))
+    await workflows_of(request).register(spec, roots=config_of(request).model_roots)
     return JSONResponse({"status": f'Workflow "{spec.name}" registered.'})
 
 
 @router.get("/workflows")
-async def list_workflows(request: Request) -> JSONResponse:
+async def list_workflows(request: Request, _page: Annotated[Page, Query()]) -> JSONResponse:
     manager = workflows_of(request)
     items = [{"workflowName": n, "version": w.spec.version, "models": list(w.served.values())}
              for n, w in manager.workflows.items()]
@@ -68,15 +91,16 @@ async def describe_workflow(request: Request, name: str, version: str | None = N
 
 @router.put("/workflows/{name}")
 @router.put("/workflows/{name}/{version}")
-async def scale_workflow(request: Request, name: str, version: str | None = None) -> JSONResponse:
+async def scale_workflow(request: Request, name: str, scale: Annotated[WorkerScale, Query()],
+                         version: str | None = None) -> JSONResponse:
+    """Scale the workers of every model the workflow uses, within ``max_workers_per_model``."""
     manager = workflows_of(request)
     manager.describe(name)  # 404 when unknown
-    params = dict(request.query_params)
+    check_worker_counts(config_of(request), scale.min_worker, scale.max_worker)
     for served in manager.workflows[name].served.values():
         model = manager.models.get(served)
-        low = opt_int(params, "min_worker", model.config.min_workers, 1)
-        high = opt_int(params, "max_worker", model.config.max_workers, 1)
-        assert low is not None and high is not None
+        low = scale.min_worker or model.config.min_workers
+        high = scale.max_worker or model.config.max_workers
         await model.workers.scale(low, max(low, high))
     return JSONResponse({"status": "Worker updated"})
 

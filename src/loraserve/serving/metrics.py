@@ -5,6 +5,7 @@ engine's own figures (running batch, KV-cache use, adapter tiers, loads, evictio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from loraserve.serving.worker_process import WorkerReply
 log = logging.getLogger("loraserve.requests")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKENS_HEADER = "x-loraserve-generated-tokens"
+SHARED_LABELS = frozenset({"", "mixed", "unregistered", "other"})  # not adapter names
 
 
 def adapter_label(model: ModelService, adapters: list[str]) -> str:
@@ -84,7 +86,14 @@ class EngineCollector:
 
 
 class ServerMetrics:
-    def __init__(self) -> None:
+    """Request metrics by (model, adapter). Label values stay bounded: at most
+    ``max_adapter_labels`` adapter names (later ones are counted as "other"), and the series
+    of an adapter or model that is gone are removed at the next scrape (``prune``)."""
+
+    def __init__(self, max_adapter_labels: int = 100) -> None:
+        self.max_adapter_labels = max_adapter_labels
+        self._series: dict[tuple[str, str], set[str]] = {}  # (model, adapter) → status codes seen
+        self.generated_tokens = 0  # all time, for the console's throughput (pruning keeps it)
         self.registry = CollectorRegistry()
         labels = ["model", "adapter"]
         self.requests = Counter("loraserve_requests", "Inference requests", [*labels, "code"],
@@ -103,6 +112,7 @@ class ServerMetrics:
 
     async def infer(self, model: ModelService, adapter: str, wire: Any, fn: str = "handle") -> WorkerReply:
         """``model.infer`` with its request counted, timed and logged."""
+        adapter = self._label(model.name, adapter)
         started = time.perf_counter()
         try:
             reply = await model.infer(wire, fn)
@@ -137,8 +147,32 @@ class ServerMetrics:
             chunks += (item.count(b"\n") or 1) if isinstance(item, bytes) else 1  # lines or tokens
         self._done(model, adapter, 500 if isinstance(item, Exception) else code, started, chunks)
 
+    def _label(self, model: str, adapter: str) -> str:
+        """``adapter`` itself while fewer than ``max_adapter_labels`` names have series."""
+        if adapter in SHARED_LABELS or (model, adapter) in self._series:
+            return adapter
+        named = sum(1 for _, name in self._series if name not in SHARED_LABELS)
+        return adapter if named < self.max_adapter_labels else "other"
+
+    def prune(self, models: list[ModelService]) -> None:
+        """Remove the series of models and adapters that are no longer registered."""
+        served = {m.name: m for m in models}
+        self.engine.stats = {k: v for k, v in self.engine.stats.items() if k in served}
+        for model, adapter in list(self._series):
+            owner = served.get(model)
+            if owner is not None and (adapter in SHARED_LABELS or adapter in owner.registry):
+                continue
+            for code in self._series.pop((model, adapter)):
+                with contextlib.suppress(KeyError):
+                    self.requests.remove(model, adapter, code)
+            for family in (self.errors, self.latency, self.ttft, self.tokens):
+                with contextlib.suppress(KeyError):
+                    family.remove(model, adapter)
+
     def _done(self, model: str, adapter: str, code: int, started: float, tokens: int) -> None:
         elapsed = time.perf_counter() - started
+        self._series.setdefault((model, adapter), set()).add(str(code))
+        self.generated_tokens += tokens
         self.requests.labels(model, adapter, str(code)).inc()
         self.latency.labels(model, adapter).observe(elapsed)
         if code >= 400:
@@ -150,6 +184,7 @@ class ServerMetrics:
 
     async def refresh(self, models: list[ModelService]) -> None:
         """Ask each built-in-engine worker for its statistics (called at scrape time)."""
+        self.prune(models)
         self.engine.queues = {m.name: m.workers.queue_length for m in models}
         for model in models:
             if not model.uses_builtin_engine or not model.workers.live_workers:

@@ -23,6 +23,8 @@ from loraserve.model_store import (
     resolve_model_url,
     startup_adapter_dirs,
 )
+from loraserve.names import validate_model_name
+from loraserve.serving.cleanup import release_model_files
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.state_store import StateStore
 
@@ -77,8 +79,7 @@ class ModelManager:
     async def register(self, name: str, url: str, startup: bool = False, version: str | None = None,
                        options: dict[str, str] | None = None,
                        overrides: dict[str, Any] | None = None) -> ModelService:
-        if not name:
-            raise BadRequestError("model_name is required")
+        validate_model_name(name)  # the name becomes a directory under the state dir
         async with self._lock:
             if name in self.models:
                 raise ConflictError(f"model {name} is already registered")
@@ -140,6 +141,7 @@ class ModelManager:
         model = self.get(name)
         self.models.pop(name, None)
         await model.unload()
+        await release_model_files(self, model)
 
     async def _restore_adapters(self, model: ModelService) -> None:
         """Start-up ``adapters/`` folders, then the adapters persisted by earlier runs."""

@@ -12,11 +12,13 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from loraserve.adapters.registry import AdapterOrigin
-from loraserve.adapters.sources import local_path_of
+from loraserve.adapters.sources import ensure_inside, local_path_of
 from loraserve.errors import ConflictError, LoraserveError, ModelNotFoundError
+from loraserve.serving.cleanup import prune_adapter_copies, prune_model_copies
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.workflows.executor import WorkflowRun
@@ -42,10 +44,14 @@ class WorkflowManager:
     def _resolve(self, url: str, spec: WorkflowSpec) -> str:
         return str(local_path_of(url, spec.base_dir or self.models.config.model_store))
 
-    async def register(self, spec: WorkflowSpec) -> Workflow:
+    async def register(self, spec: WorkflowSpec, roots: list[Path] | None = None) -> Workflow:
+        """Load the workflow's models and adapters; with ``roots`` (a workflow registered over
+        the API) every model it declares must lie inside them."""
         async with self._lock:
             if spec.name in self.workflows or spec.name in self.models.models:
                 raise ConflictError(f"workflow or model {spec.name} is already registered")
+            for ref in spec.models.values() if roots is not None else ():
+                ensure_inside(Path(self._resolve(ref.url, spec)), roots or [], kind="model")
             workflow = Workflow(spec)
             try:
                 for local, ref in spec.models.items():
@@ -54,6 +60,7 @@ class WorkflowManager:
                     await self._acquire_adapter(workflow, name, ref.src, ref.options, ref.model)
             except BaseException:
                 await self._release(workflow)
+                await prune_model_copies(self.models)
                 raise
             self.workflows[spec.name] = workflow
             return workflow
@@ -98,8 +105,10 @@ class WorkflowManager:
             if count > 1:
                 self._adapter_refs[(served, adapter)] = (count - 1, src)
             elif served in self.models.models:
+                model = self.models.get(served)
                 with contextlib.suppress(LoraserveError):  # the model may be going away with it
-                    await self.models.get(served).unregister_adapter(adapter)
+                    await model.unregister_adapter(adapter)
+                await prune_adapter_copies(model)
         for served in workflow.served.values():
             self._model_refs[served] -= 1
             if self._model_refs[served] == 0:

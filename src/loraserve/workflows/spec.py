@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from loraserve.errors import BadRequestError
+from loraserve.names import validate_model_name, validate_workflow_name
 
 BUILTIN_FUNCTIONS = {"adapter", "id", "ensemble", "functionsApply"}
 INPUT = "in"
@@ -47,11 +48,38 @@ class WorkflowSpec:
     base_dir: Path | None = None
 
 
+def _where(exc: Exception) -> str:
+    """Line and column of a parse error, never the text around it: the file may be one the
+    caller should not be able to read through our error messages."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        problem = getattr(exc, "problem", None) or "syntax error"
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return type(exc).__name__
+
+
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+def read_document_text(path: Path) -> str:
+    """A workflow or template file's text: at most 1 MiB of UTF-8 (errors never quote it)."""
+    try:
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise WorkflowError(f"workflow file {path} is larger than {MAX_DOCUMENT_BYTES} bytes")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise WorkflowError(f"workflow file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise WorkflowError(f"workflow file {path} cannot be read: {exc.strerror}") from None
+
+
 def load_document(text: str, source: str) -> dict:
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise WorkflowError(f"workflow {source} is neither valid JSON nor YAML: {exc}") from None
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        raise WorkflowError(f"workflow {source} is neither valid JSON nor YAML: {_where(exc)}") from None
     if not isinstance(document, dict):
         raise WorkflowError(f"workflow {source} must be an object")
     return document
@@ -72,9 +100,17 @@ def parse_workflow(document: dict, base_dir: Path | None = None) -> WorkflowSpec
     name = document.get("name")
     if not isinstance(name, str) or not name:
         raise WorkflowError('a workflow needs a "name"')
-    models = {k: _model_ref(k, v) for k, v in (document.get("models") or {}).items()}
+    validate_workflow_name(name)
+    declared = document.get("models") or {}
+    if not isinstance(declared, dict):
+        raise WorkflowError('"models" must be an object of name: URL')
+    models = {validate_model_name(k): _model_ref(k, v) for k, v in declared.items()}
     adapters = {}
-    for ref, config in ((document.get("configs") or {}).get("adapters") or {}).items():
+    configs = document.get("configs") or {}
+    declared_adapters = configs.get("adapters") if isinstance(configs, dict) else None
+    if not isinstance(declared_adapters, dict | None):
+        raise WorkflowError('"configs.adapters" must be an object of name: {model, src}')
+    for ref, config in (declared_adapters or {}).items():
         if not isinstance(config, dict) or "model" not in config or "src" not in config:
             raise WorkflowError(f'adapter "{ref}" needs "model" and "src"')
         if config["model"] not in models:

@@ -6,7 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from loraserve.workflows.spec import WorkflowError
+from loraserve.adapters.sources import ensure_inside, local_path_of
+from loraserve.workflows.spec import WorkflowError, read_document_text
 
 PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -21,17 +22,18 @@ ADAPTER_TEMPLATE = json.dumps({
 BUILTIN_TEMPLATES = {"adapter": ADAPTER_TEMPLATE}
 
 
-def template_text(template: str, base_dir: Path | None) -> str:
-    """A built-in template's text, or a template file (path or ``file://``)."""
+def template_text(template: str, base_dir: Path | None, roots: list[Path] | None = None) -> str:
+    """A built-in template's text, or a template file (path or ``file://``) inside ``roots``
+    (when given: templates named over the API)."""
     if template in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[template]
-    path = Path(template.removeprefix("file://")).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
+    path = local_path_of(template, base_dir)
+    if roots is not None:
+        ensure_inside(path, roots, kind="model")
     if not path.is_file():
         raise WorkflowError(f"template {template} is neither built in "
                             f"({', '.join(BUILTIN_TEMPLATES)}) nor a file")
-    return path.read_text(encoding="utf-8")
+    return read_document_text(path)
 
 
 def instantiate(text: str, params: dict[str, str]) -> str:
