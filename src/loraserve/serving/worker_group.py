@@ -58,6 +58,7 @@ class WorkerGroup:
         self.failure: str | None = None  # why the last restart failed, until one succeeds
         self._restarting = 0
         self._jobs: collections.deque[_Job] = collections.deque()
+        self.collecting = 0  # jobs taken from the queue into a batch not yet sent
         self._job_added = asyncio.Event()
         self._dispatchers: dict[int, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
@@ -197,15 +198,18 @@ class WorkerGroup:
     async def _next_batch(self) -> list[_Job]:
         """Up to ``batch_size`` jobs; if cancelled while collecting, they go back to the queue."""
         jobs: list[_Job] = []
+        self.collecting = 0  # one batch is collected at a time
         try:
             while not self._jobs:
                 self._job_added.clear()
                 await self._job_added.wait()
             jobs.append(self._jobs.popleft())
+            self.collecting = 1
             deadline = asyncio.get_running_loop().time() + self.config.max_batch_delay_ms / 1000
             while self.config.batch_size > 1 and len(jobs) < self.config.batch_size:
                 if self._jobs:
                     jobs.append(self._jobs.popleft())
+                    self.collecting = len(jobs)
                     continue
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
@@ -214,8 +218,10 @@ class WorkerGroup:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._job_added.wait(), remaining)
         except asyncio.CancelledError:
+            self.collecting = 0
             self._give_back(jobs)
             raise
+        self.collecting = 0
         return [job for job in jobs if not job.future.done()]
 
     def _give_back(self, jobs: list[_Job]) -> None:
