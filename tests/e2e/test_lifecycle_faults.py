@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from loraserve.testing.server import ServerProcess
-from tests.e2e.helpers import make_adapter_dir, make_store
+from tests.e2e.helpers import make_adapter_dir, make_store, read_events
 
 pytestmark = pytest.mark.e2e
 BATCHING = "engine=Python\nbatch_size=3\nmax_batch_delay=60000\n"
@@ -122,3 +122,21 @@ def test_no_live_worker_is_reported_and_fails_fast(tmp_path):
         flag.unlink()  # the next restart attempt succeeds
         _wait(lambda: client.get("/ping").status_code == 200)
         assert _post(server, {}).status_code == 200
+
+
+def test_workers_hit_by_the_shutdown_signal_are_not_restarted(tmp_path):
+    store = make_store(tmp_path, properties="engine=Python\nminWorkers=2\nmaxWorkers=2\n")
+    log = tmp_path / "events.jsonl"
+    server = ServerProcess(["--model-store", str(store)], env={"ADAPTECHO_LOG": str(log)})
+    with server:
+        group = server.process.pid  # the server leads its own process group, workers included
+    _wait(lambda: not _group_alive(group))  # every process it ever spawned has exited
+    assert [e["event"] for e in read_events(log)].count("load") == 2
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
