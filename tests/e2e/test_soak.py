@@ -25,7 +25,7 @@ from tests.e2e.helpers import make_engine_store
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CLIENTS, OPERATIONS, KILL_AT = 8, 300, 60
 NAMES = [f"s{i}" for i in range(6)]
-TIMEOUT_S = 30.0  # a request that takes longer counts as hung
+TIMEOUT_S = 60.0  # a request that takes longer counts as hung (a restart included)
 KILL_GRACE_S = 1.0  # requests sent this soon after the kill may still reach the dead worker
 PROPERTIES = ("option.max_lora_rank=8\noption.max_model_len=256\noption.max_loras=2\n"
               "option.max_rolling_batch_size=8\n")
@@ -138,6 +138,11 @@ def _kill_worker(soak: Soak) -> None:
     with soak.lock:
         soak.killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
+    # the rest of the operations run against the restarted engine, not the recovery window
+    deadline = time.monotonic() + TIMEOUT_S
+    while soak.server.client.get("/ping").status_code != 200:
+        assert time.monotonic() < deadline, "the model did not come back after its worker was killed"
+        time.sleep(0.1)
 
 
 def _gauges(server: ServerProcess) -> dict[str, float]:
