@@ -133,16 +133,20 @@ def _ok(reply: httpx.Response | None) -> bool:
 
 
 def _kill_worker(soak: Soak) -> None:
-    described = soak.server.client.get("/models/tiny").json()[0]["models"][0]
-    pid = described["workerGroups"][0]["workers"][0]["pid"]
+    pid = next(iter(_pids(soak.server)))
     with soak.lock:
         soak.killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     # the rest of the operations run against the restarted engine, not the recovery window
     deadline = time.monotonic() + TIMEOUT_S
-    while soak.server.client.get("/ping").status_code != 200:
+    while not _pids(soak.server) - {pid} or soak.server.client.get("/ping").status_code != 200:
         assert time.monotonic() < deadline, "the model did not come back after its worker was killed"
         time.sleep(0.1)
+
+
+def _pids(server: ServerProcess) -> set[int]:
+    described = server.client.get("/models/tiny").json()[0]["models"][0]
+    return {w["pid"] for w in described["workerGroups"][0]["workers"] if w["status"] == "READY"}
 
 
 def _gauges(server: ServerProcess) -> dict[str, float]:
