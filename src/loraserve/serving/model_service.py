@@ -34,7 +34,7 @@ from loraserve.errors import (
     WorkerDiedError,
 )
 from loraserve.serving.adapter_calls import raise_for_reply, registration_input
-from loraserve.serving.worker_group import WorkerGroup
+from loraserve.serving.worker_group import MAX_WORKERS, WorkerGroup
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
 
 log = logging.getLogger("loraserve.models")
@@ -70,7 +70,8 @@ class ModelService:
         self.on_demand = False  # loaded by a multi-model endpoint call: may be evicted
         env = {"LORASERVE_MODEL_OPTIONS": json.dumps(options or {})}
         self.workers = WorkerGroup(name, model_dir, self.config, env, self._replay_adapters,
-                                   server.worker_start_timeout_s, server_stopping)
+                                   server.worker_start_timeout_s, server_stopping,
+                                   max_workers=_worker_cap(server))
 
     @property
     def status(self) -> ModelStatus:
@@ -300,3 +301,8 @@ class ModelService:
                 "workers": [w.describe() for w in self.workers.workers],
             }],
         }
+
+
+def _worker_cap(server: ServerConfig) -> int:
+    """The server's per-model worker limit where it has one; the group's hard cap bounds it."""
+    return int(getattr(server, "max_workers_per_model", MAX_WORKERS))

@@ -43,7 +43,7 @@ class WorkerGroup:
     def __init__(self, model_name: str, model_dir: Path, config: ModelConfig,
                  env: dict[str, str], replay: Replay, start_timeout_s: float,
                  server_stopping: Callable[[], bool] = lambda: False,
-                 factory: WorkerFactory = WorkerProcess) -> None:
+                 factory: WorkerFactory = WorkerProcess, max_workers: int = MAX_WORKERS) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
         self.config = config
@@ -52,6 +52,7 @@ class WorkerGroup:
         self.start_timeout_s = start_timeout_s
         self.server_stopping = server_stopping
         self.factory = factory
+        self.max_workers = min(max_workers, MAX_WORKERS)
         self.workers: list[WorkerProcess] = []
         self.target = config.min_workers
         self.restarts = 0
@@ -83,7 +84,7 @@ class WorkerGroup:
 
     async def start(self) -> None:
         """Start ``min_workers`` workers; raises if the model cannot load at all."""
-        _check_count(self.target, self.config.max_workers)
+        self._check_count(self.target, self.config.max_workers)
         await asyncio.gather(*(self._add_worker() for _ in range(self.target)))
 
     async def _add_worker(self) -> WorkerProcess:
@@ -160,7 +161,7 @@ class WorkerGroup:
                 job.future.set_exception(error)
 
     async def scale(self, min_workers: int, max_workers: int) -> None:
-        _check_count(min_workers, max_workers)
+        self._check_count(min_workers, max_workers)
         self.config.min_workers, self.config.max_workers = min_workers, max(max_workers, min_workers)
         self.target = min_workers
         while len(self.workers) < self.target:
@@ -258,14 +259,10 @@ class WorkerGroup:
         try:
             reply = await worker.call("handle", wire)
             outputs = split_batch_output(reply.output, len(jobs)) if batched else [reply.output]
-        except BaseException as exc:  # cancelled included: each job gets an answer
-            error = exc if isinstance(exc, Exception) else WorkerDiedError(
-                f"the call to the worker of model {self.model_name} was cancelled")
+        except Exception as exc:
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
+                    job.future.set_exception(exc)
             return
         for job, output in zip(jobs, outputs):
             if not job.future.done():
@@ -286,17 +283,16 @@ class WorkerGroup:
         self.workers.clear()
         self._fail_queue(ServiceUnavailableError(f"model {self.model_name} was unregistered"))
 
+    def _check_count(self, min_workers: int, max_workers: int) -> None:
+        """A hard cap on processes per model, whatever the caller already checked."""
+        if max(min_workers, max_workers) > self.max_workers:
+            raise BadRequestError(f"at most {self.max_workers} workers per model (asked for "
+                                  f"min_worker={min_workers}, max_worker={max_workers})")
+
     @property
     def hooks(self) -> list[str]:
         workers = self.live_workers
         return workers[0].hooks if workers else []
-
-
-def _check_count(min_workers: int, max_workers: int) -> None:
-    """A hard cap on processes per model, whatever the caller already checked."""
-    if max(min_workers, max_workers) > MAX_WORKERS:
-        raise BadRequestError(f"at most {MAX_WORKERS} workers per model (asked for "
-                              f"min_worker={min_workers}, max_worker={max_workers})")
 
 
 def _first_delay(worker: WorkerProcess) -> float:
