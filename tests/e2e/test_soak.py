@@ -152,7 +152,8 @@ def _pids(server: ServerProcess) -> set[int]:
 def _gauges(server: ServerProcess) -> dict[str, float]:
     text = server.client.get("/metrics", timeout=TIMEOUT_S).text
     wanted = {"loraserve_running_batch_size": "running", "loraserve_waiting_requests": "waiting",
-              "loraserve_kv_cache_usage_ratio": "kv_usage"}
+              "loraserve_kv_cache_usage_ratio": "kv_usage",
+              "loraserve_adapter_references": "lora_refs"}  # where the engine exports it
     figures: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r'(\w+)\{model="tiny"(?:,tier="(\w+)")?\} ([\d.e+-]+)$', line)
@@ -168,7 +169,8 @@ def _settled(server: ServerProcess, timeout: float = 30.0) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
         figures = _gauges(server)
-        if all(figures.get(k) == 0 for k in ("running", "waiting", "kv_usage")):
+        held = [figures.get(k) for k in ("running", "waiting", "kv_usage")]
+        if held == [0, 0, 0] and figures.get("lora_refs", 0) == 0:
             return figures
         assert time.monotonic() < deadline, f"the engine never settled: {figures}"
         time.sleep(0.2)
