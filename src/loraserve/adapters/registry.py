@@ -2,7 +2,10 @@
 
 Plain Python (no tensors, no I/O) so that its rules are tested on their own. Lifecycle:
 ``registering`` → ``ready`` → ``unregistering`` → gone. A name is taken from the moment
-registration starts, so two concurrent registrations of one name cannot both win.
+registration starts, so two concurrent registrations of one name cannot both win. An adapter
+that cannot be loaded or restored (its source vanished, its weights no longer load) is
+``failed``: it keeps its registration and its reason, so it is persisted, shown, and can be
+fixed by an update or removed; requests for it fail, nothing else does.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class AdapterState(str, Enum):
     REGISTERING = "registering"
     READY = "ready"
     UNREGISTERING = "unregistering"
+    FAILED = "failed"
 
 
 class AdapterOrigin(str, Enum):
@@ -41,6 +45,7 @@ class AdapterRecord:
     state: AdapterState = AdapterState.REGISTERING
     version: int = 1
     registered_at: float = field(default_factory=time.time)
+    error: str | None = None  # why a failed adapter failed
 
     def describe(self) -> dict[str, object]:
         """DJL's description (name, src, pin) plus loraserve's extra fields."""
@@ -53,6 +58,7 @@ class AdapterRecord:
             "version": self.version,
             "origin": self.origin.value,
             "options": dict(self.options),
+            "error": self.error,
         }
 
 
@@ -103,7 +109,20 @@ class AdapterRegistry:
         return record
 
     def finish_register(self, name: str) -> None:
-        self._records[name].state = AdapterState.READY
+        record = self._records[name]
+        record.state, record.error = AdapterState.READY, None
+
+    def mark_failed(self, name: str, reason: str) -> None:
+        """Keep ``name`` registered but unusable, with the reason shown to the operator."""
+        record = self._records[name]
+        record.state, record.error = AdapterState.FAILED, reason
+
+    def keep_failed(self, record: AdapterRecord, reason: str) -> AdapterRecord:
+        """Hold a registration that could not be restored (kept so a later save keeps it)."""
+        self._records.pop(record.name, None)
+        record.state, record.error = AdapterState.FAILED, reason
+        self._records[record.name] = record
+        return record
 
     def abort_register(self, name: str) -> None:
         self._records.pop(name, None)
@@ -121,12 +140,21 @@ class AdapterRegistry:
             raise AdapterNotFoundError(f"adapter {name} is {record.state.value}, not ready")
         return record
 
-    def begin_unregister(self, name: str) -> AdapterRecord:
+    def settled(self, name: str) -> AdapterRecord:
+        """The record if no operation is under way on it (ready or failed): it may be updated."""
         record = self.get(name)
-        if record.state is not AdapterState.READY:
+        if record.state not in (AdapterState.READY, AdapterState.FAILED):
             raise ConflictError(f"adapter {name} is {record.state.value}; try again shortly")
-        record.state = AdapterState.UNREGISTERING
         return record
+
+    def begin_unregister(self, name: str) -> tuple[AdapterRecord, AdapterState]:
+        """Mark ``name`` unregistering; returns it and the state to go back to on failure."""
+        record = self.settled(name)
+        previous, record.state = record.state, AdapterState.UNREGISTERING
+        return record, previous
+
+    def abort_unregister(self, name: str, previous: AdapterState) -> None:
+        self._records[name].state = previous
 
     def finish_unregister(self, name: str) -> None:
         self._records.pop(name, None)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,21 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._loading: dict[str, asyncio.Task] = {}
         self.evictions = 0
+        self.stopping = False  # set by the shutdown signal, before the app's shutdown runs
+
+    def watch_shutdown_signals(self) -> None:
+        """Note SIGTERM/SIGINT as they arrive, then let the server's own handler run.
+
+        The signal reaches the whole process group, workers included, before the server
+        gets to its shutdown; knowing it, the worker groups do not restart those workers.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return  # in-process servers (tests) have no signals to watch
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if getattr(previous, "loraserve_watch", False):
+                continue
+            signal.signal(signum, _chained(self, previous))
 
     @property
     def scratch_dir(self) -> Path:
@@ -53,6 +71,7 @@ class ModelManager:
             found.update({n: str(p) for n, p in discover_models(self.config.model_store).items()
                           if not is_workflow_dir(p)})
         found.update(self.config.models)
+        self.watch_shutdown_signals()
         results = await asyncio.gather(
             *(self.register(name, url, startup=True) for name, url in found.items()),
             return_exceptions=True)
@@ -86,7 +105,8 @@ class ModelManager:
             path = await asyncio.to_thread(resolve_model_url, url, self.config.model_store,
                                            self.scratch_dir)
             model = ModelService(name, path, url, self.config, version=version,
-                                 loaded_at_startup=startup, options=options)
+                                 loaded_at_startup=startup, options=options,
+                                 server_stopping=lambda: self.stopping)
             for key, value in (overrides or {}).items():
                 setattr(model.config, key, value)
             model.workers.target = model.config.min_workers
@@ -158,8 +178,9 @@ class ModelManager:
     async def _restore_one(self, model: ModelService, name: str, src: str, preload: bool = True,
                            pin: bool = False, options: dict[str, str] | None = None,
                            origin: AdapterOrigin = AdapterOrigin.API) -> None:
-        try:
-            await model.register_adapter(name, src, preload, pin, options, origin=origin)
+        try:  # one that cannot be loaded is kept, failed, so the next save keeps it too
+            await model.register_adapter(name, src, preload, pin, options, origin=origin,
+                                         keep_failed=True)
         except LoraserveError as exc:
             log.error("model %s: adapter %s could not be restored: %s", model.name, name, exc)
 
@@ -181,4 +202,18 @@ class ModelManager:
         return all(m.status.value == "READY" for m in self.models.values())
 
     async def stop(self) -> None:
+        self.stopping = True
         await asyncio.gather(*(m.unload() for m in self.models.values()), return_exceptions=True)
+
+
+def _chained(manager: ModelManager, previous: object):
+    def on_signal(signum: int, frame: object) -> None:
+        manager.stopping = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:  # nobody else handles it: do what it would have done
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    on_signal.loraserve_watch = True  # type: ignore[attr-defined]
+    return on_signal

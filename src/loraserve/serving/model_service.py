@@ -1,7 +1,9 @@
 """One served model: its configuration, workers and adapters, and the adapter operations.
 
 Adapter operations are serialised per model by one lock, which the worker restart path also
-takes while it replays registrations, so a new worker never misses an adapter.
+takes while it replays registrations, so a new worker never misses an adapter. An adapter a new
+worker cannot load is marked failed (with its reason) instead of failing the restart: the
+model keeps serving everything else.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from loraserve.adapters.registry import (
     AdapterOrigin,
     AdapterRecord,
     AdapterRegistry,
+    AdapterState,
     validate_adapter_name,
 )
 from loraserve.adapters.sources import resolve_source
@@ -25,10 +29,12 @@ from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
     AdapterNotFoundError,
     ConflictError,
-    HandlerError,
+    LoraserveError,
     ServiceUnavailableError,
+    WorkerDiedError,
 )
-from loraserve.serving.worker_group import WorkerGroup
+from loraserve.serving.adapter_calls import raise_for_reply, registration_input
+from loraserve.serving.worker_group import MAX_WORKERS, WorkerGroup
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
 
 log = logging.getLogger("loraserve.models")
@@ -37,43 +43,16 @@ log = logging.getLogger("loraserve.models")
 class ModelStatus(str, Enum):
     LOADING = "LOADING"
     READY = "READY"
+    RECOVERING = "RECOVERING"  # loaded, but no live worker until a restart in progress ends
     FAILED = "FAILED"
     UNLOADING = "UNLOADING"
-
-
-def registration_input(record: AdapterRecord) -> dict[str, Any]:
-    """The Input a handler's register/update hook gets, shaped as DJL builds it:
-    ``name`` and ``src`` as properties; ``preload``, ``pin`` and extra options as content."""
-    content = [("preload", str(record.preload).lower().encode()),
-               ("pin", str(record.pin).lower().encode())]
-    content += [(k, str(v).encode()) for k, v in record.options.items()]
-    properties = {"name": record.name, "src": record.path, "version": str(record.version)}
-    return {"properties": properties, "content": content}
-
-
-def _raise_for_reply(replies: list[WorkerReply], action: str) -> None:
-    for reply in replies:
-        if reply.output is not None and reply.output["code"] >= 400:
-            body = b"".join(v for _, v in reply.output["content"]).decode("utf-8", "replace")
-            detail = _error_detail(body) or reply.output["message"]
-            raise HandlerError(f"{action} refused by the handler: {detail}",
-                               status_code=reply.output["code"])
-
-
-def _error_detail(body: str) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(parsed, dict):
-        return str(parsed.get("error") or parsed.get("message") or body)
-    return body
 
 
 class ModelService:
     def __init__(self, name: str, model_dir: Path, url: str, server: ServerConfig,
                  version: str | None = None, loaded_at_startup: bool = False,
-                 options: dict[str, str] | None = None) -> None:
+                 options: dict[str, str] | None = None,
+                 server_stopping: Callable[[], bool] = lambda: False) -> None:
         self.name = name
         self.version = version
         self.model_dir = model_dir
@@ -82,8 +61,8 @@ class ModelService:
         self.config = ModelConfig.from_directory(model_dir)
         self.config.options.update(options or {})
         self.loaded_at_startup = loaded_at_startup
-        self.status = ModelStatus.LOADING
-        self.error: str | None = None
+        self.lifecycle = ModelStatus.LOADING
+        self._error: str | None = None
         self.registry = AdapterRegistry()
         self.adapter_lock = asyncio.Lock()
         self.created = time.time()
@@ -91,7 +70,29 @@ class ModelService:
         self.on_demand = False  # loaded by a multi-model endpoint call: may be evicted
         env = {"LORASERVE_MODEL_OPTIONS": json.dumps(options or {})}
         self.workers = WorkerGroup(name, model_dir, self.config, env, self._replay_adapters,
-                                   server.worker_start_timeout_s)
+                                   server.worker_start_timeout_s, server_stopping,
+                                   max_workers=_worker_cap(server))
+
+    @property
+    def status(self) -> ModelStatus:
+        """What the model can do now: a loaded model with no live worker is not READY."""
+        if self.lifecycle is not ModelStatus.READY or self.workers.serving:
+            return self.lifecycle
+        return ModelStatus.RECOVERING if self.workers.recovering else ModelStatus.FAILED
+
+    @status.setter
+    def status(self, value: ModelStatus) -> None:
+        self.lifecycle = value
+
+    @property
+    def error(self) -> str | None:
+        if self.status is ModelStatus.FAILED and self.lifecycle is ModelStatus.READY:
+            return f"no live worker: {self.workers.failure or 'its worker is not running'}"
+        return self._error
+
+    @error.setter
+    def error(self, value: str | None) -> None:
+        self._error = value
 
     @property
     def uses_builtin_engine(self) -> bool:
@@ -124,45 +125,73 @@ class ModelService:
         await self.workers.stop()
 
     async def _replay_adapters(self, worker: WorkerProcess) -> None:
-        """Register every known adapter on a new worker before it takes requests."""
+        """Register every ready adapter on a new worker before it takes requests; one that
+        cannot be restored is marked failed, and the worker starts anyway."""
         async with self.adapter_lock:
             for record in self.registry.ready_records():
-                reply = await worker.call("register_adapter", registration_input(record))
-                _raise_for_reply([reply], f"re-registering adapter {record.name}")
+                try:
+                    reply = await worker.call("register_adapter", registration_input(record))
+                    raise_for_reply([reply], f"restoring adapter {record.name}")
+                except WorkerDiedError:
+                    raise
+                except LoraserveError as exc:
+                    log.error("model %s: adapter %s could not be restored: %s",
+                              self.name, record.name, exc.message)
+                    self.registry.mark_failed(record.name, exc.message)
+
+    async def _broadcast(self, fn: str, wire_input: dict[str, Any]) -> list[WorkerReply]:
+        """An adapter operation on every live worker. With none live while a restart is under
+        way, nothing to do now: the restart replays the registry as it is when it is ready."""
+        if self.workers.recovering:
+            return []
+        return await self.workers.broadcast(fn, wire_input)
 
     def _require_ready(self) -> None:
-        if self.status is not ModelStatus.READY:
-            raise ServiceUnavailableError(f"model {self.name} is {self.status.value}, not ready")
+        if self.lifecycle is not ModelStatus.READY:
+            raise ServiceUnavailableError(f"model {self.name} is {self.lifecycle.value}, not ready")
 
     async def register_adapter(self, name: str, src: str, preload: bool = True, pin: bool = False,
                                options: dict[str, str] | None = None,
-                               origin: AdapterOrigin = AdapterOrigin.API) -> AdapterRecord:
+                               origin: AdapterOrigin = AdapterOrigin.API,
+                               keep_failed: bool = False) -> AdapterRecord:
+        """Register on every worker. ``keep_failed`` (restoring a saved registration): if it
+        cannot be loaded, keep it as failed with the reason instead of raising."""
         validate_adapter_name(name)
         self._require_ready()
         async with self.adapter_lock:
             if name in self.registry:
                 raise ConflictError(f"adapter {name} is already registered on model {self.name}; "
                                     "update it or unregister it first")
-            path = await asyncio.to_thread(
-                resolve_source, src, self.model_dir, self.adapter_roots, self.scratch_dir)
-            record = AdapterRecord(name=name, src=src, path=str(path), preload=preload, pin=pin,
+            record = AdapterRecord(name=name, src=src, path="", preload=preload, pin=pin,
                                    options=dict(options or {}), origin=origin)
-            self.registry.begin_register(record)
             try:
-                replies = await self.workers.broadcast("register_adapter", registration_input(record))
-                _raise_for_reply(replies, f"registering adapter {name}")
-            except BaseException:
-                self.registry.abort_register(name)
-                await self._unregister_quietly(record)
-                raise
-            self.registry.finish_register(name)
+                await self._register_new(record)
+            except LoraserveError as exc:
+                if not keep_failed:
+                    raise
+                self.registry.keep_failed(record, exc.message)
+                log.error("model %s: adapter %s kept as failed: %s", self.name, name, exc.message)
+                return record
             log.info("model %s: adapter %s registered from %s", self.name, name, src)
             return record
+
+    async def _register_new(self, record: AdapterRecord) -> None:
+        record.path = str(await asyncio.to_thread(
+            resolve_source, record.src, self.model_dir, self.adapter_roots, self.scratch_dir))
+        self.registry.begin_register(record)
+        try:
+            replies = await self._broadcast("register_adapter", registration_input(record))
+            raise_for_reply(replies, f"registering adapter {record.name}")
+        except BaseException:
+            self.registry.abort_register(record.name)
+            await self._unregister_quietly(record)
+            raise
+        self.registry.finish_register(record.name)
 
     async def _unregister_quietly(self, record: AdapterRecord) -> None:
         """Undo a half-done registration on the workers that accepted it."""
         try:
-            await self.workers.broadcast("unregister_adapter", {
+            await self._broadcast("unregister_adapter", {
                 "properties": {"name": record.name}, "content": []})
         except Exception as exc:  # best effort: the registration already failed
             log.warning("model %s: cleanup of adapter %s failed: %s", self.name, record.name, exc)
@@ -171,11 +200,11 @@ class ModelService:
                              pin: bool | None, options: dict[str, str]) -> AdapterRecord:
         self._require_ready()
         async with self.adapter_lock:
-            record = self.registry.ready(name)
+            record = self.registry.settled(name)  # a failed adapter is fixed by an update
             path = record.path
-            if src is not None and src != record.src:
-                path = str(await asyncio.to_thread(
-                    resolve_source, src, self.model_dir, self.adapter_roots, self.scratch_dir))
+            if (src is not None and src != record.src) or record.state is AdapterState.FAILED:
+                path = str(await asyncio.to_thread(resolve_source, src or record.src,
+                                                   self.model_dir, self.adapter_roots, self.scratch_dir))
             updated = AdapterRecord(
                 name=name, src=src or record.src, path=path,
                 preload=record.preload if preload is None else preload,
@@ -187,43 +216,54 @@ class ModelService:
             record.src, record.path, record.preload, record.pin = (
                 updated.src, updated.path, updated.preload, updated.pin)
             record.options, record.version = updated.options, updated.version
+            self.registry.finish_register(name)  # ready again, if it had failed
             return record
 
     async def _apply_update(self, updated: AdapterRecord) -> None:
         wire = registration_input(updated)
         if "update_adapter" in self.workers.hooks:
-            _raise_for_reply(await self.workers.broadcast("update_adapter", wire),
+            raise_for_reply(await self._broadcast("update_adapter", wire),
                              f"updating adapter {updated.name}")
         elif "register_adapter" in self.workers.hooks:
-            await self.workers.broadcast("unregister_adapter", {
+            await self._broadcast("unregister_adapter", {
                 "properties": {"name": updated.name}, "content": []})
-            _raise_for_reply(await self.workers.broadcast("register_adapter", wire),
+            raise_for_reply(await self._broadcast("register_adapter", wire),
                              f"re-registering adapter {updated.name}")
 
     async def unregister_adapter(self, name: str) -> AdapterRecord:
         self._require_ready()
         async with self.adapter_lock:
-            record = self.registry.begin_unregister(name)
+            record, previous = self.registry.begin_unregister(name)
             try:
-                replies = await self.workers.broadcast("unregister_adapter", {
+                replies = await self._broadcast("unregister_adapter", {
                     "properties": {"name": name}, "content": []})
-                _raise_for_reply(replies, f"unregistering adapter {name}")
+                if previous is not AdapterState.FAILED:  # a failed one may be on no worker
+                    raise_for_reply(replies, f"unregistering adapter {name}")
             except BaseException:
-                self.registry.finish_register(name)  # still registered: back to ready
+                self.registry.abort_unregister(name, previous)  # still registered
                 raise
             self.registry.finish_unregister(name)
             log.info("model %s: adapter %s unregistered", self.name, name)
             return record
 
     def check_adapters(self, names: list[str]) -> None:
-        """For the built-in engine: unknown adapters are a 404 before any work is done."""
-        if not self.uses_builtin_engine:
-            return
+        """Failed adapters are a 503 before any work is done; for the built-in engine, unknown
+        ones are a 404 (a Python handler may serve adapters it was never told about)."""
         for adapter in names:
-            if adapter and adapter not in self.registry:
+            if not adapter:
+                continue
+            if adapter not in self.registry:
+                if not self.uses_builtin_engine:
+                    continue
                 raise AdapterNotFoundError(
                     f"adapter {adapter} is not registered on model {self.name}; "
                     f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…")
+            record = self.registry.get(adapter)
+            if record.state is AdapterState.FAILED:
+                raise ServiceUnavailableError(
+                    f"adapter {adapter} of model {self.name} failed to load: {record.error}; "
+                    f"fix its source and POST /models/{self.name}/adapters/{adapter}/update, "
+                    "or unregister it")
 
     async def infer(self, wire_input: Any, fn: str = "handle") -> WorkerReply:
         """``handle`` with a DJL Input (wire form), or a typed hook (``generate``) with its message."""
@@ -232,7 +272,8 @@ class ModelService:
         return await self.workers.submit(wire_input, fn)
 
     def idle(self) -> bool:
-        return self.workers.queue_length == 0 and not any(w.in_flight for w in self.workers.workers)
+        group = self.workers
+        return not (group.queue_length or group.collecting or any(w.in_flight for w in group.workers))
 
     def summary(self) -> dict[str, Any]:
         return {"modelName": self.name, "modelUrl": self.url, "status": self.status.value}
@@ -248,6 +289,7 @@ class ModelService:
             "maxIdleSeconds": self.config.max_idle_seconds,
             "queueSize": self.config.job_queue_size,
             "requestInQueue": self.workers.queue_length,
+            "requestInBatch": self.workers.collecting,
             "status": self.status.value,
             "error": self.error,
             "loadedAtStartup": self.loaded_at_startup,
@@ -260,3 +302,8 @@ class ModelService:
                 "workers": [w.describe() for w in self.workers.workers],
             }],
         }
+
+
+def _worker_cap(server: ServerConfig) -> int:
+    """The server's per-model worker limit where it has one; the group's hard cap bounds it."""
+    return int(getattr(server, "max_workers_per_model", MAX_WORKERS))

@@ -1,7 +1,10 @@
 """The workers of one model: a bounded job queue, dynamic batching, scaling and restarts.
 
 A worker that dies is replaced; before the new one takes requests, ``replay`` re-registers
-every adapter on it, so nothing registered is lost.
+every adapter on it, so nothing registered is lost. Every job taken from the queue is
+answered on every path: a batch being collected when its worker dies or is scaled away goes
+back to the queue, and jobs no worker can serve (unregistered, shutting down, restarts
+failing) fail with a 503 at once instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -10,21 +13,24 @@ import asyncio
 import collections
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loraserve.config import ModelConfig
-from loraserve.errors import ServiceUnavailableError, WorkerDiedError
+from loraserve.errors import BadRequestError, ServiceUnavailableError, WorkerDiedError
 from loraserve.serving.batching import batch_wire_inputs, split_batch_output
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
 
 log = logging.getLogger("loraserve.workers")
 MAX_CONCURRENT_CALLS = 1024  # per worker, for handlers whose handle() is async
+MAX_WORKERS = 64  # per model, whatever a request or serving.properties asks for
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10, 30)
 
 Replay = Callable[[WorkerProcess], Awaitable[None]]
+WorkerFactory = Callable[..., WorkerProcess]
 
 
 @dataclass(slots=True)
@@ -36,17 +42,25 @@ class _Job:
 
 class WorkerGroup:
     def __init__(self, model_name: str, model_dir: Path, config: ModelConfig,
-                 env: dict[str, str], replay: Replay, start_timeout_s: float) -> None:
+                 env: dict[str, str], replay: Replay, start_timeout_s: float,
+                 server_stopping: Callable[[], bool] = lambda: False,
+                 factory: WorkerFactory = WorkerProcess, max_workers: int = MAX_WORKERS) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
         self.config = config
         self.env = env
         self.replay = replay
         self.start_timeout_s = start_timeout_s
+        self.server_stopping = server_stopping
+        self.factory = factory
+        self.max_workers = min(max_workers, MAX_WORKERS)
         self.workers: list[WorkerProcess] = []
         self.target = config.min_workers
         self.restarts = 0
+        self.failure: str | None = None  # why the last restart failed, until one succeeds
+        self._restarting = 0
         self._jobs: collections.deque[_Job] = collections.deque()
+        self.collecting = 0  # jobs taken from the queue into a batch not yet sent
         self._job_added = asyncio.Event()
         self._dispatchers: dict[int, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
@@ -60,22 +74,33 @@ class WorkerGroup:
     def queue_length(self) -> int:
         return len(self._jobs)
 
+    @property
+    def recovering(self) -> bool:
+        """No live worker, but a restart is under way and has not failed yet: jobs may wait."""
+        return not self.live_workers and self._restarting > 0 and self.failure is None
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.live_workers)
+
     async def start(self) -> None:
         """Start ``min_workers`` workers; raises if the model cannot load at all."""
+        self._check_count(self.target, self.config.max_workers)
         await asyncio.gather(*(self._add_worker() for _ in range(self.target)))
 
     async def _add_worker(self) -> WorkerProcess:
-        worker = WorkerProcess(self.model_name, self.model_dir, self.env, self._worker_exited)
-        await worker.start(self.start_timeout_s)
+        worker = self.factory(self.model_name, self.model_dir, self.env, self._worker_exited)
         try:
+            await worker.start(self.start_timeout_s)
             await self.replay(worker)
-        except BaseException:
-            await worker.kill()
+        except BaseException:  # cancelled (unregistered mid-start) or failed: no orphan process
+            await asyncio.shield(worker.kill())
             raise
         if self._closed:
             await worker.kill()
             raise ServiceUnavailableError(f"model {self.model_name} is being unregistered")
         self.workers.append(worker)
+        self.failure = None
         self._dispatchers[worker.worker_id] = asyncio.create_task(self._dispatch(worker))
         return worker
 
@@ -83,31 +108,61 @@ class WorkerGroup:
         task = self._dispatchers.pop(worker.worker_id, None)
         if task:
             task.cancel()
-        if worker in self.workers:
-            self.workers.remove(worker)
-        if not self._closed and not worker.stopping and len(self.workers) < self.target:
-            self._spawn(self._restart())
+        if worker not in self.workers:  # never added (its start failed) or scaled away
+            return
+        self.workers.remove(worker)
+        if self._closed or worker.stopping:
+            return
+        if self.server_stopping():  # the shutdown signal reached the whole process group
+            log.info("model %s: worker %s exited during shutdown; not restarting",
+                     self.model_name, worker.worker_id)
+            self._fail_unserved("the server is shutting down")
+            return
+        if len(self.workers) + self._restarting < self.target:
+            self._restarting += 1
+            self._spawn(self._restart(_first_delay(worker)))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _restart(self) -> None:
-        for attempt, delay in enumerate((0.0, *RESTART_BACKOFF_S)):
-            if self._closed or len(self.workers) >= self.target:
-                return
-            await asyncio.sleep(delay)
-            try:
-                await self._add_worker()
+    async def _restart(self, first_delay: float) -> None:
+        try:
+            for attempt, delay in enumerate((first_delay, *RESTART_BACKOFF_S)):
+                await asyncio.sleep(delay)
+                if self._closed or self.server_stopping() or len(self.workers) >= self.target:
+                    return
+                try:
+                    await self._add_worker()
+                except Exception as exc:
+                    log.error("model %s: worker restart failed: %s", self.model_name, exc)
+                    self.failure = f"restarting its worker failed: {exc}"
+                    self._fail_unserved(self.failure)
+                    continue
                 self.restarts += 1
                 log.info("model %s: worker restarted (attempt %d)", self.model_name, attempt + 1)
                 return
-            except Exception as exc:
-                log.error("model %s: worker restart failed: %s", self.model_name, exc)
-        log.error("model %s: giving up restarting a worker", self.model_name)
+            log.error("model %s: giving up restarting a worker", self.model_name)
+        finally:
+            self._restarting -= 1
+            self._fail_unserved(self.failure or "its worker is not running")
+
+    def _fail_unserved(self, reason: str) -> None:
+        """With no live worker and no restart to wait for, queued jobs fail now (no hang)."""
+        if self.live_workers or self.recovering:
+            return
+        self._fail_queue(ServiceUnavailableError(f"model {self.model_name} has no live worker: "
+                                                 f"{reason}; retry later"))
+
+    def _fail_queue(self, error: Exception) -> None:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(error)
 
     async def scale(self, min_workers: int, max_workers: int) -> None:
+        self._check_count(min_workers, max_workers)
         self.config.min_workers, self.config.max_workers = min_workers, max(max_workers, min_workers)
         self.target = min_workers
         while len(self.workers) < self.target:
@@ -129,6 +184,10 @@ class WorkerGroup:
         the caller (a client that left) drops the job, or cancels it on its worker."""
         if self._closed:
             raise ServiceUnavailableError(f"model {self.model_name} is being unregistered")
+        if not self.live_workers and not self.recovering:
+            reason = self.failure or "its worker is not running"
+            raise ServiceUnavailableError(f"model {self.model_name} has no live worker: {reason}; "
+                                          "retry later")
         if len(self._jobs) >= self.config.job_queue_size:
             raise ServiceUnavailableError(
                 f"model {self.model_name}: job queue is full ({self.config.job_queue_size}); "
@@ -140,15 +199,20 @@ class WorkerGroup:
         return await job.future
 
     async def _next_batch(self) -> list[_Job]:
-        while not self._jobs:
-            self._job_added.clear()
-            await self._job_added.wait()
-        jobs = [self._jobs.popleft()]
-        if self.config.batch_size > 1:
+        """Up to ``batch_size`` jobs; if cancelled while collecting, they go back to the queue."""
+        jobs: list[_Job] = []
+        self.collecting = 0  # one batch is collected at a time
+        try:
+            while not self._jobs:
+                self._job_added.clear()
+                await self._job_added.wait()
+            jobs.append(self._jobs.popleft())
+            self.collecting = 1
             deadline = asyncio.get_running_loop().time() + self.config.max_batch_delay_ms / 1000
-            while len(jobs) < self.config.batch_size:
+            while self.config.batch_size > 1 and len(jobs) < self.config.batch_size:
                 if self._jobs:
                     jobs.append(self._jobs.popleft())
+                    self.collecting = len(jobs)
                     continue
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
@@ -156,7 +220,22 @@ class WorkerGroup:
                 self._job_added.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._job_added.wait(), remaining)
+        except asyncio.CancelledError:
+            self.collecting = 0
+            self._give_back(jobs)
+            raise
+        self.collecting = 0
         return [job for job in jobs if not job.future.done()]
+
+    def _give_back(self, jobs: list[_Job]) -> None:
+        """Jobs taken but not sent: to the front of the queue, in order, or failed if no
+        worker will come for them."""
+        self._jobs.extendleft(reversed([job for job in jobs if not job.future.done()]))
+        self._job_added.set()
+        if self._closed:
+            self._fail_queue(ServiceUnavailableError(f"model {self.model_name} was unregistered"))
+        else:
+            self._fail_unserved(self.failure or "its worker is not running")
 
     async def _dispatch(self, worker: WorkerProcess) -> None:
         slots = asyncio.Semaphore(MAX_CONCURRENT_CALLS if worker.concurrent else 1)
@@ -168,8 +247,7 @@ class WorkerGroup:
                 slots.release()
                 raise
             if not worker.alive:  # died while we waited: give the jobs back, in order
-                self._jobs.extendleft(reversed(jobs))
-                self._job_added.set()
+                self._give_back(jobs)
                 slots.release()
                 return
             task = asyncio.create_task(self._run(worker, jobs))
@@ -227,13 +305,23 @@ class WorkerGroup:
             task.cancel()
         await asyncio.gather(*(w.kill() for w in self.workers), return_exceptions=True)
         self.workers.clear()
-        unavailable = ServiceUnavailableError(f"model {self.model_name} was unregistered")
-        while self._jobs:
-            job = self._jobs.popleft()
-            if not job.future.done():
-                job.future.set_exception(unavailable)
+        self._fail_queue(ServiceUnavailableError(f"model {self.model_name} was unregistered"))
+
+    def _check_count(self, min_workers: int, max_workers: int) -> None:
+        """A hard cap on processes per model, whatever the caller already checked."""
+        if max(min_workers, max_workers) > self.max_workers:
+            raise BadRequestError(f"at most {self.max_workers} workers per model (asked for "
+                                  f"min_worker={min_workers}, max_worker={max_workers})")
 
     @property
     def hooks(self) -> list[str]:
         workers = self.live_workers
         return workers[0].hooks if workers else []
+
+
+def _first_delay(worker: WorkerProcess) -> float:
+    """A worker ended by SIGTERM was most likely hit by the server's own shutdown signal
+    (it reaches the whole process group): wait a moment so the shutdown is seen first."""
+    process = getattr(worker, "process", None)
+    code = getattr(process, "returncode", None)
+    return RESTART_BACKOFF_S[0] if code == -signal.SIGTERM else 0.0

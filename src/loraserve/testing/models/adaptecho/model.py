@@ -6,6 +6,8 @@ built-in handlers look: the body's ``adapters`` field, the ``adapter`` content k
 Control fields in a JSON body: ``sleep`` (seconds), ``crash`` (exit the worker),
 ``raise`` (raise an error), ``stream`` (answer as a stream of N chunks), ``state`` (describe
 this worker). Every load and (un)registration is appended to ``$ADAPTECHO_LOG`` if set.
+Like a real handler, it refuses an adapter whose source does not exist; loading fails while
+the file named by ``$ADAPTECHO_FAIL_LOAD`` exists (a model that cannot restart).
 """
 
 import json
@@ -31,6 +33,8 @@ def register_adapter(inputs: Input):
     options = {k: v.decode() for k, v in inputs.get_content().items()}
     if options.get("fail") == "true":
         return Output().error(f"adapter {name} refused on request", code=400)
+    if not os.path.exists(src):
+        return Output().error(f"adapter {name}: source {src} does not exist", code=404)
     adapters[name] = {"src": src, "options": options}
     _record("register", name=name, src=src, options=options)
     return Output().add("Successfully registered adapter")
@@ -86,6 +90,9 @@ def _echo(item: Input, batch_size: int):
 
 def handle(inputs: Input):
     if inputs.is_empty():
+        fail_flag = os.environ.get("ADAPTECHO_FAIL_LOAD")
+        if fail_flag and os.path.exists(fail_flag):
+            raise RuntimeError(f"refusing to load while {fail_flag} exists")
         loads["count"] += 1
         _record("load", model_dir=inputs.get_property("model_dir"))
         return None
