@@ -58,6 +58,7 @@ class LLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.runner = LlamaRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
                                   config.max_model_len, config.max_loras, config.max_lora_rank)
+        log.info("engine hardware choice: %s", self.runner.info())
         self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self._load_adapter,
                                      self.runner.lora.load, self.runner.lora.clear)
         self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
@@ -187,6 +188,10 @@ class LLMEngine:
                 self.scheduler.abort(seq.request_id)
                 if seq.on_event:
                     seq.on_event(TokenEvent(seq.request_id, -1, "", None, "error"))
+
+    def info(self) -> dict[str, str]:
+        """The hardware choices made at start-up: ISA, compute dtype, kernels, linear backend."""
+        return self.runner.info()
 
     def memory_stats(self) -> dict[str, int]:
         return {"weights_bytes": self.runner.weights.nbytes(), "kv_cache_bytes": self.runner.kv_bytes(),
