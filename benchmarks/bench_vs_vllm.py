@@ -189,7 +189,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, isa {info['isa']} (torch: {info['torch_cpu_capability']}), "
           f"native bf16 {info['native_bf16']}; load {os.getloadavg()[0]:.1f}")
     print(f"loraserve dtype {info['dtype']}, kernels {info['kernels']}, linear {info['linear']}; "
-          f"vLLM-CPU dtype {vllm_dtype}{' eager' if opts.vllm_eager else ' compiled'}; batch {n}, prompt {opts.prompt_len}, {new} new tokens, "
+          f"vLLM-CPU dtype {vllm_dtype} {'eager' if opts.vllm_eager else 'compiled'}; "
+          f"batch {n}, prompt {opts.prompt_len}, {new} new tokens, "
           f"best of {opts.repeats} alternating runs", flush=True)
     prompts = torch.randint(100, args.vocab_size - 100, (n, opts.prompt_len)).tolist()
     tmp = Path(tempfile.mkdtemp(prefix="loraserve-vs-vllm-"))
