@@ -58,6 +58,7 @@ class LLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.runner = LlamaRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
                                   config.max_model_len, config.max_loras, config.max_lora_rank)
+        log.info("engine hardware choice: %s", self.runner.info())
         self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self._load_adapter,
                                      self.runner.lora.load, self.runner.lora.clear)
         self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
@@ -259,6 +260,10 @@ class LLMEngine:
                     "stale_adapters": adapters["stale"], "registered_adapters": adapters["registered"],
                     "steps": self.steps,
                     "service": {name or "": value for name, value in scheduler.fairness.counters.items()}}
+
+    def info(self) -> dict[str, str]:
+        """The hardware choices made at start-up: ISA, compute dtype, kernels, linear backend."""
+        return self.runner.info()
 
     def memory_stats(self) -> dict[str, int]:
         return {"weights_bytes": self.runner.weights.nbytes(), "kv_cache_bytes": self.runner.kv_bytes(),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
 
+from loraserve.engine.detokenizer import IncrementalDetokenizer
 from loraserve.engine.sampling import apply_repetition_penalty, sample_row
 from loraserve.engine.sequence import Sequence, TokenEvent
 from loraserve.model.llama import StepBatch
@@ -148,16 +150,20 @@ def _finish_reason(engine: LLMEngine, seq: Sequence, token: int) -> str | None:
     return None
 
 
+_detokenizers: WeakKeyDictionary[Sequence, IncrementalDetokenizer] = WeakKeyDictionary()
+
+
 def _new_text(engine: LLMEngine, seq: Sequence, final: bool) -> str:
-    """Decode all output so far; hold back a trailing partial UTF-8 character."""
+    """The text the new token adds (decoding only a window of recent tokens); a trailing partial
+    UTF-8 character is held back."""
     ids = seq.output_ids
     if seq.finish_reason is None and ids and ids[-1] in engine.eos_ids and not seq.params.ignore_eos:
         ids = ids[:-1]
-    text = engine.tokenizer.decode(ids, skip_special_tokens=True)
-    if not final and text.endswith("\ufffd"):
-        return ""
-    seq.text = text
-    return text[seq.emitted:]
+    detokenizer = _detokenizers.get(seq)
+    if detokenizer is None:
+        detokenizer = _detokenizers[seq] = IncrementalDetokenizer(engine.tokenizer)
+    seq.text = detokenizer.update(ids, final)
+    return seq.text[seq.emitted:]
 
 
 def _hit_stop(seq: Sequence) -> bool:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from loraserve.errors import ConfigError
+from loraserve.model.hardware import auto_dtype
 
 log = logging.getLogger("loraserve.model")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -22,8 +23,9 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 
 
 def parse_dtype(name: str | None, device: str) -> torch.dtype:
+    """``auto``: bf16 where the hardware computes it natively, else fp32 (``hardware``)."""
     if name in (None, "", "auto"):
-        return torch.bfloat16
+        return auto_dtype(torch.device(device))
     if name not in DTYPES:
         raise ConfigError(f"option.dtype={name} is not one of fp32, bf16, fp16, auto")
     return DTYPES[name]

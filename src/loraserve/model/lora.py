@@ -2,8 +2,9 @@
 merge/unmerge that folds one adapter into the base weights.
 
 Unmerged: each fused weight (qkv, o, gate_up, down) has slot stacks A and B holding every
-resident adapter (scaling folded into B, unused rank rows zero). With bf16 on CPU the native
-BGMV kernel (``native``) computes each token's ``x @ A[slot] @ B[slot]`` directly. Otherwise
+resident adapter (scaling folded into B, unused rank rows zero). Where the runner's ops have a
+native BGMV kernel (fp32/bf16 on CPU, ``layer_ops``) it computes each token's
+``x @ A[slot] @ B[slot]`` directly. Otherwise
 decode tokens are grouped by slot into a padded (n, m, in) block — n slots, at most m tokens
 each — so a step costs two batched matmuls per fused weight against the stacks themselves (the
 work of Punica's BGMV), and prefill tokens use one pair of matmuls per sequence. Slots are
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from loraserve.model.layer_ops import Bgmv
 from loraserve.model.llama import LlamaArgs, LlamaWeights, module_slice
-from loraserve.model.native import kernels_for
 from loraserve.model.peft_adapter import LoraWeights
 
 
@@ -84,14 +85,12 @@ class LoraStacks:
     adapters do not pay for ``max_lora_rank``."""
 
     def __init__(self, args: LlamaArgs, slots: int, rank: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, bgmv: Bgmv | None = None) -> None:
         self.args, self.slots, self.rank = args, slots, rank
-        # bf16 on CPU uses the native kernel with bf16 stacks; without it, CPU stacks are fp32:
+        # The native kernel reads stacks in the compute dtype; without it, CPU stacks are fp32:
         # small batched matmuls run 3-4x faster in fp32 than in bf16 there (measured).
-        kernels = kernels_for(dtype, device)
-        kernel = kernels.bgmv if kernels is not None else None
-        self.kernel = kernel  # native BGMV: bf16 stacks, A stored (S, k*r, in), B (S, r, out)
-        self.dtype = torch.float32 if device.type == "cpu" and kernel is None else dtype
+        self.kernel = bgmv  # native BGMV: A stored (S, k*r, in), B (S, r, out)
+        self.dtype = torch.float32 if device.type == "cpu" and bgmv is None else dtype
         self.device = device
         self.columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
             group: (torch.tensor([module_slice(args, m)[1].start or 0 for m in modules]),

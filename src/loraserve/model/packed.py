@@ -1,8 +1,11 @@
-"""oneDNN-packed copies of the bf16 weights for CPU inference.
+"""oneDNN-packed copies of the fp32 and bf16 weights for CPU inference.
 
-On CPU, a bf16 GEMM against a weight pre-reordered into oneDNN's blocked layout is 15-30%
-faster at decode batch sizes than ``F.linear`` on the plain tensor (measured in
-``benchmarks/bench_engine.py``). The plain weights stay: merged LoRA edits them and repacks.
+On CPU, a GEMM against a weight pre-reordered into oneDNN's blocked layout is faster at decode
+batch sizes than ``F.linear`` on the plain tensor: bf16 15-30% (AVX512-BF16 machine, measured in
+``benchmarks/bench_engine.py``); fp32 on an AVX2 EPYC Zen 3, M=32, one thread, best of 30:
++10% on the layers' weights (66-78 vs 60-71 GFLOP/s) and +46% on the LM head (57 vs 39 GFLOP/s)
+(``benchmarks/profile_step.py`` prints the comparison). The plain weights stay: merged LoRA edits
+them and repacks.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ PACKED_NAMES = ("qkv", "o", "gate_up", "down")
 
 
 def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
-    if device.type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
+            or not torch.backends.mkldnn.is_available():
         return False
     try:
         probe = torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 1)

@@ -29,6 +29,7 @@ from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
     AdapterNotFoundError,
     ConflictError,
+    HandlerError,
     LoraserveError,
     ServiceUnavailableError,
     WorkerDiedError,
@@ -301,7 +302,16 @@ class ModelService:
                 "maxWorkers": self.config.max_workers,
                 "workers": [w.describe() for w in self.workers.workers],
             }],
-        }
+        } | ({"hardware": self._hardware()} if self.uses_builtin_engine else {})
+
+    def _hardware(self) -> dict[str, str]:
+        """The built-in engine's start-up choice on this CPU (ISA, compute dtype)."""
+        from loraserve.model.hardware import describe_choice  # the engine side: torch, loaded lazily
+
+        try:
+            return describe_choice(self.config.options.get("dtype"), self.config.options.get("device"))
+        except LoraserveError as exc:  # a bad option.dtype: the model's own load reports it
+            return {"error": str(exc)}
 
 
 def _worker_cap(server: ServerConfig) -> int:

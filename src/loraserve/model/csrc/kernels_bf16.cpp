@@ -1,7 +1,8 @@
-// loraserve's CPU kernels for bf16 decoding: each replaces a chain of small PyTorch ops whose
-// per-op overhead dominates at decode batch sizes. All compute in fp32; bf16 roundings follow
-// the PyTorch path (and Hugging Face's Llama) where it rounds, so results match it closely.
-#include <torch/extension.h>
+// The bf16 kernels: all compute in fp32; bf16 roundings follow the PyTorch path (and Hugging
+// Face's Llama) where it rounds, so results match it closely. Vectorised for AVX512-BF16 (the
+// CPUs where dtype=auto picks bf16); other builds run the scalar loops. Inputs are checked by
+// the entry points in cpu_kernels.cpp.
+#include "kernels.h"
 
 #include <cmath>
 #include <cstring>
@@ -34,11 +35,6 @@ inline bf16_t to_bf(float f) {
 inline float round_bf(float f) { return to_f(to_bf(f)); }
 
 inline bf16_t* bf_ptr(const torch::Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr()); }
-
-void check_bf16(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.device().is_cpu(), name, " must be a CPU bf16 tensor");
-  TORCH_CHECK(t.stride(-1) == 1, name, " must have contiguous rows");
-}
 
 // Dot product of two bf16 vectors in fp32.
 inline float dot_bf16(const bf16_t* x, const bf16_t* a, int64_t n) {
@@ -277,6 +273,8 @@ void bgmv_tile(const bf16_t* const* x, bf16_t* const* out, const bf16_t* a, cons
 
 }  // namespace
 
+namespace bf16 {
+
 // out (T, O) += per token t with slot s = slots[t] >= 0: (x[t] @ A[s]^T) @ B[s], for a fused group
 // of k modules. x (T, in); A (S, R*k, in), row i*k + j = rank i of module j; B (S, R, O), row i =
 // rank i of every module, module j in columns [col_start[j], col_start[j] + col_len[j]) — so each
@@ -285,12 +283,7 @@ void bgmv_tile(const bf16_t* const* x, bf16_t* const* out, const bf16_t* a, cons
 // Consecutive tokens of one slot (a prompt being prefilled) share each read of its rows.
 void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
           int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len, torch::Tensor slot_info) {
-  check_bf16(x, "x");
-  check_bf16(out, "out");
-  TORCH_CHECK(x.is_contiguous() && a.is_contiguous() && b.is_contiguous(), "bgmv needs contiguous x, A, B");
   const int64_t T = x.size(0), in = x.size(1), KA = a.size(1), R = b.size(1), O = b.size(2);
-  TORCH_CHECK(KA == R * k && rank <= R, "bgmv: stack shapes do not match the group");
-  TORCH_CHECK(slot_info.is_contiguous() && slot_info.size(0) == a.size(0), "bgmv: slot_info must be (S, 2)");
   const bf16_t* xp = bf_ptr(x);
   const bf16_t* ap = bf_ptr(a);
   const bf16_t* bp = bf_ptr(b);
@@ -340,9 +333,6 @@ void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b
 // out = w * bf16(h * rsqrt(mean(h^2) + eps)), Hugging Face's order of roundings.
 void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor w, double eps,
                   torch::Tensor out) {
-  check_bf16(h, "h");
-  check_bf16(w, "weight");
-  check_bf16(out, "out");
   const int64_t T = h.size(0), D = h.size(1);
   bf16_t* hp = bf_ptr(h);
   const bf16_t* wp = bf_ptr(w);
@@ -350,7 +340,6 @@ void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Te
   bf16_t* dp = nullptr;
   int64_t d_stride = 0;
   if (delta.has_value()) {
-    check_bf16(*delta, "delta");
     dp = bf_ptr(*delta);
     d_stride = delta->stride(0);
   }
@@ -375,10 +364,7 @@ void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Te
 
 // SwiGLU's activation: out (T, I) = bf16(bf16(silu(gate)) * up) for gate_up (T, 2I) = [gate | up].
 void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
-  check_bf16(gate_up, "gate_up");
-  check_bf16(out, "out");
   const int64_t T = gate_up.size(0), I = out.size(1), in_stride = gate_up.stride(0), o_stride = out.stride(0);
-  TORCH_CHECK(gate_up.size(1) == 2 * I, "silu_mul: gate_up must be twice as wide as out");
   const bf16_t* gp = bf_ptr(gate_up);
   bf16_t* op = bf_ptr(out);
 #pragma omp parallel for schedule(static) if (T > 1)
@@ -409,9 +395,6 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
                    torch::Tensor slots, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
                    int64_t kv_heads) {
-  check_bf16(qkv, "qkv");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "KV cache must be contiguous");
-  TORCH_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(), "cos/sin fp32");
   const int64_t T = qkv.size(0), d = k_cache.size(3), len = k_cache.size(2), half = d / 2;
   const int64_t row_stride = qkv.stride(0);
   bf16_t* qp = bf_ptr(qkv);
@@ -450,9 +433,6 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
 // reads KV head h / (H / kvh). Scores, softmax and the weighted sum in fp32.
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                       torch::Tensor lengths, torch::Tensor out, double scale) {
-  check_bf16(q, "q");
-  check_bf16(out, "out");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "KV cache must be contiguous");
   const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
   const int64_t kvh = k_cache.size(1), len = k_cache.size(2), group = H / kvh;
   const int64_t q_stride = q.stride(0), q_head = q.stride(1), o_stride = out.stride(0), o_head = out.stride(1);
@@ -506,10 +486,4 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
   }
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
-  m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
-  m.def("silu_mul", &silu_mul, "SwiGLU activation: silu(gate) * up");
-  m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
-  m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
-}
+}  // namespace bf16

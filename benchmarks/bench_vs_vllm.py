@@ -1,0 +1,267 @@
+"""loraserve against vLLM's CPU build on the same machine, in one run, interleaved.
+
+SmolLM2-135M, ``--batch`` prompts of ``--prompt-len`` token ids, ``--new-tokens`` greedy tokens:
+base; ``--batch`` distinct rank-16 all-linear adapters; ``--batch`` distinct rank-8 q,v adapters
+(vLLM restricted to q,v: its best case); the distinct-adapter sweep; single-stream time per
+output token; the matmul-peak ratio of a decode step. vLLM runs in its own venv
+(``benchmarks/setup_vllm_cpu.sh``) behind ``vllm_worker.py``; each case alternates the two engines
+``--repeats`` times and keeps each one's best (this machine is shared: timings are noisy).
+
+    benchmarks/setup_vllm_cpu.sh && python -m benchmarks.bench_vs_vllm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_engine import make_adapters
+from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.model.default_model import smollm2_path
+from loraserve.model.llama import LORA_MODULES
+
+HERE = Path(__file__).resolve().parent
+GOALS = {"base": 1.5, "all16": 2.5, "qv8": 1.5}
+
+
+class VllmWorker:
+    """One vLLM ``LLM`` in its own process; ``run`` generates a batch and returns tok/s."""
+
+    def __init__(self, python: Path, config: dict) -> None:
+        cores = os.cpu_count() or 1
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",  # its default idles one
+               "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+        self.proc = subprocess.Popen([str(python), str(HERE / "vllm_worker.py"), json.dumps(config)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                     stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())
+        self._reply()
+
+    def _reply(self) -> dict:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        raise RuntimeError(f"the vLLM worker exited ({self.proc.wait()}); run it by hand to see why")
+
+    def run(self, prompts: list[list[int]], adapters: list[str | None], new_tokens: int,
+            ids: bool = False) -> dict:
+        assert self.proc.stdin is not None
+        command = {"prompts": prompts, "adapters": adapters, "new_tokens": new_tokens, "ids": ids}
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write('{"quit": true}\n')
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def ours(engine: LLMEngine, prompts: list[list[int]], adapters: list, new_tokens: int) -> dict:
+    """Submit all, step to completion: tok/s, mean decode-step time and the output ids."""
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+    seqs = [engine.add_request(p, a, params) for p, a in zip(prompts, adapters)]
+    steps = []
+    start = time.perf_counter()
+    while engine.has_work():
+        began = time.perf_counter()
+        engine.step()
+        steps.append(time.perf_counter() - began)
+    elapsed = time.perf_counter() - start
+    decode = steps[1:] or steps
+    return {"tok_s": sum(len(s.output_ids) for s in seqs) / elapsed, "seconds": elapsed,
+            "step_ms": 1000 * sum(decode) / len(decode), "token_ids": [s.output_ids for s in seqs]}
+
+
+def interleaved(engine: LLMEngine, worker: VllmWorker | None, prompts, mine: list, theirs: list,
+                new_tokens: int, repeats: int) -> tuple[dict, dict | None]:
+    """Warm both on the mix, then alternate them ``repeats`` times; the best run of each."""
+    ours(engine, prompts, mine, 2)
+    if worker:
+        worker.run(prompts, theirs, 2)
+    best_ours, best_theirs = None, None
+    for _ in range(repeats):
+        run = ours(engine, prompts, mine, new_tokens)
+        best_ours = run if best_ours is None or run["tok_s"] > best_ours["tok_s"] else best_ours
+        if worker:
+            time.sleep(0.5)  # let the other engine's OpenMP threads stop spinning
+            run = worker.run(prompts, theirs, new_tokens, ids=True)
+            best_theirs = run if best_theirs is None or run["tok_s"] > best_theirs["tok_s"] else best_theirs
+            time.sleep(0.5)
+    return best_ours, best_theirs  # type: ignore[return-value]
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048) -> float:
+    """FLOP/s of one large GEMM in ``dtype``: the machine's practical matmul peak."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    return 2 * size**3 / best
+
+
+def _timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def step_flops(engine: LLMEngine, tokens: int) -> float:
+    """GEMM FLOPs of one decode step of ``tokens`` tokens: every linear weight and the LM head."""
+    weights = engine.runner.weights
+    params = sum(layer[name].numel() for layer in weights.layers  # type: ignore[union-attr]
+                 for name in ("qkv", "o", "gate_up", "down")) + weights.lm_head.numel()
+    return 2 * tokens * params
+
+
+def vllm_model_dir(path: Path, root: Path) -> Path:
+    """A copy vLLM accepts: config.json without a ``quantization_config`` (left by GGUF conversion)."""
+    out = root / "vllm-model"
+    out.mkdir(exist_ok=True)
+    for item in path.iterdir():
+        if item.name != "config.json":
+            (out / item.name).symlink_to(item)
+    config = json.loads((path / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def agreement(a: list[list[int]], b: list[list[int]] | None) -> str:
+    if not b:
+        return "n/a"
+    same = sum(x == y for x, y in zip(a, b))
+    return f"{same}/{len(a)} sequences token-identical"
+
+
+def line(label: str, mine: dict, theirs: dict | None, goal: float | None = None) -> None:
+    text = f"{label:34s} loraserve {mine['tok_s']:7.1f} tok/s"
+    if theirs:
+        ratio = mine["tok_s"] / theirs["tok_s"]
+        text += f" | vLLM {theirs['tok_s']:7.1f} tok/s | ratio {ratio:5.2f}"
+        if goal:
+            text += f" (goal >= {goal}: {'met' if ratio >= goal else 'MISSED'})"
+    print(text, flush=True)
+
+
+def single_stream(engine: LLMEngine, worker: VllmWorker | None, prompt: list[int], new: int,
+                  repeats: int) -> tuple[float, float | None]:
+    """Time per output token at batch 1 (ms): (time for ``new`` tokens - time for 1) / (new - 1)."""
+    def tpot(run) -> float:
+        full, first = min(run(new) for _ in range(repeats)), min(run(1) for _ in range(repeats))
+        return 1000 * (full - first) / (new - 1)
+
+    mine = tpot(lambda n: ours(engine, [prompt], [None], n)["seconds"])
+    theirs = tpot(lambda n: worker.run([prompt], [None], n)["seconds"]) if worker else None
+    return mine, theirs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per case, best kept")
+    parser.add_argument("--dtype", default="auto", help="loraserve's option.dtype")
+    parser.add_argument("--vllm-python", type=Path, default=HERE / ".vllm-venv" / "bin" / "python")
+    parser.add_argument("--vllm-eager", action="store_true",
+                        help="vLLM without torch.compile (starts in seconds, not minutes; slower steps)")
+    parser.add_argument("--sweep", default="1,2,4,8,16,32", help="distinct adapters in the batch")
+    opts = parser.parse_args()
+    torch.manual_seed(0)
+    path, n, new = smollm2_path(), opts.batch, opts.new_tokens
+    engine = LLMEngine(EngineConfig(model_id=str(path), dtype=opts.dtype, max_rolling_batch_size=n,
+                                    max_model_len=opts.prompt_len + new + 8, max_loras=n,
+                                    max_lora_rank=16, max_cpu_loras=2 * n))
+    info, args = engine.info(), engine.runner.args
+    vllm_dtype = info["dtype"]  # the engines' best dtype on this CPU is the same one
+    print(f"machine: {os.cpu_count()} cores, isa {info['isa']} (torch: {info['torch_cpu_capability']}), "
+          f"native bf16 {info['native_bf16']}; load {os.getloadavg()[0]:.1f}")
+    print(f"loraserve dtype {info['dtype']}, kernels {info['kernels']}, linear {info['linear']}; "
+          f"vLLM-CPU dtype {vllm_dtype} {'eager' if opts.vllm_eager else 'compiled'}; "
+          f"batch {n}, prompt {opts.prompt_len}, {new} new tokens, "
+          f"best of {opts.repeats} alternating runs", flush=True)
+    prompts = torch.randint(100, args.vocab_size - 100, (n, opts.prompt_len)).tolist()
+    tmp = Path(tempfile.mkdtemp(prefix="loraserve-vs-vllm-"))
+    all16 = [str(p) for p in make_adapters(tmp, args, n, 16, list(LORA_MODULES), "all16_")]
+    qv8 = [str(p) for p in make_adapters(tmp, args, n, 8, ["q_proj", "v_proj"], "qv8_")]
+    for name, paths in (("all16_", all16), ("qv8_", qv8)):
+        for i, p in enumerate(paths):
+            engine.register_adapter(f"{name}{i}", p)
+    have_vllm = opts.vllm_python.is_file()
+    if not have_vllm:
+        print(f"no vLLM at {opts.vllm_python} (run benchmarks/setup_vllm_cpu.sh): loraserve only")
+    model = vllm_model_dir(path, tmp)
+    base_cfg = {"model": str(model), "dtype": vllm_dtype, "max_num_seqs": n,
+                "max_model_len": opts.prompt_len + new + 8, "enforce_eager": opts.vllm_eager}
+    lora_cfg = base_cfg | {"enable_lora": True, "max_loras": n, "max_lora_rank": 16}
+    results = {}
+
+    def with_worker(config: dict, body) -> None:
+        worker = VllmWorker(opts.vllm_python, config) if have_vllm else None
+        try:
+            body(worker)
+        finally:
+            if worker:
+                worker.close()
+
+    def base_cases(worker) -> None:
+        results["base"] = interleaved(engine, worker, prompts, [None] * n, [None] * n, new, opts.repeats)
+        mine, theirs = results["base"]
+        line("base", mine, theirs, GOALS["base"])
+        print(f"    greedy outputs: {agreement(mine['token_ids'], theirs and theirs['token_ids'])}")
+        results["tpot"] = single_stream(engine, worker, prompts[0], new, opts.repeats)
+        mine_ms, theirs_ms = results["tpot"]
+        print(f"single stream TPOT: loraserve {mine_ms:.2f} ms" + (
+            f" | vLLM {theirs_ms:.2f} ms ({'met' if mine_ms <= theirs_ms else 'MISSED'}: goal <= vLLM)"
+            if theirs_ms else ""), flush=True)
+
+    def lora_cases(worker) -> None:
+        mine = [f"all16_{i}" for i in range(n)]
+        results["all16"] = interleaved(engine, worker, prompts, mine, all16, new, opts.repeats)
+        line(f"{n} distinct r16 all-linear", *results["all16"], GOALS["all16"])
+        for k in [int(x) for x in opts.sweep.split(",")]:
+            pair = interleaved(engine, worker, prompts, [f"all16_{i % k}" for i in range(n)],
+                               [all16[i % k] for i in range(n)], new, max(1, opts.repeats - 1))
+            results[f"sweep{k}"] = pair
+            line(f"  sweep: {k:2d} distinct r16 in {n}", *pair)
+
+    def qv_cases(worker) -> None:
+        results["qv8"] = interleaved(engine, worker, prompts, [f"qv8_{i}" for i in range(n)], qv8, new,
+                                     opts.repeats)
+        line(f"{n} distinct r8 q,v (vLLM: q,v only)", *results["qv8"], GOALS["qv8"])
+
+    with_worker(base_cfg, base_cases)
+    with_worker(lora_cfg, lora_cases)
+    with_worker(lora_cfg | {"lora_target_modules": ["q_proj", "v_proj"]}, qv_cases)
+    report_flatness(results, opts.sweep)
+    peak = matmul_peak(engine.dtype)
+    rate = step_flops(engine, n) / (results["base"][0]["step_ms"] / 1000)
+    print(f"matmul peak ({info['dtype']}, one 2048^3 GEMM): {peak / 1e9:.1f} GFLOP/s; base decode step "
+          f"{results['base'][0]['step_ms']:.1f} ms = {rate / 1e9:.1f} GFLOP/s of GEMM work = "
+          f"{rate / peak:.0%} of peak (goal >= 60%)")
+    print(f"load at the end {os.getloadavg()[0]:.1f} (other processes share these cores)")
+
+
+def report_flatness(results: dict, sweep: str) -> None:
+    for who, index in (("loraserve", 0), ("vLLM", 1)):
+        rates = [results[f"sweep{k}"][index]["tok_s"] for k in sweep.split(",")
+                 if results[f"sweep{k}"][index]]
+        if rates:
+            spread = max(rates) / min(rates) - 1
+            print(f"sweep flatness, {who}: max/min - 1 = {spread:.0%} (goal within 15%)")
+
+
+if __name__ == "__main__":
+    main()

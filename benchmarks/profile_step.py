@@ -1,0 +1,118 @@
+"""Where a decode step's time goes: GEMMs, LoRA, attention, the other small per-layer ops, and the
+Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at batch 32 in the
+dtype ``auto`` picks; then F.linear against oneDNN-packed weights for each GEMM shape.
+
+    python -m benchmarks.profile_step [--adapters] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.bench_engine import make_adapters
+from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.model.default_model import smollm2_path
+from loraserve.model.llama import LORA_MODULES
+
+TOTALS: dict[str, float] = defaultdict(float)
+
+
+def timed(name: str, fn):
+    def wrapper(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TOTALS[name] += time.perf_counter() - began
+    return wrapper
+
+
+def instrument(engine: LLMEngine) -> None:
+    runner = engine.runner
+    linears_cls = type(runner.linears)
+    linears_cls.__call__ = timed("gemm", linears_cls.__call__)
+    linears_cls.head = timed("gemm (lm head)", linears_cls.head)
+    runner.lora.add_delta = timed("lora", runner.lora.add_delta)
+    runner._attention = timed("attention", runner._attention)
+    runner.forward = timed("forward", runner.forward)
+    engine.step = timed("step", engine.step)
+
+
+def compare_linear(engine: LLMEngine, tokens: int, repeats: int = 30) -> None:
+    """F.linear vs oneDNN packed weights (``torch.ops.mkldnn``) per fused weight, at M = tokens."""
+    weights = engine.runner.weights
+    for name, weight in [*weights.layers[0].items(), ("lm_head", weights.lm_head)]:
+        if name not in ("qkv", "o", "gate_up", "down", "lm_head"):
+            continue
+        plain, packed = _linear_times(weight, tokens, repeats)  # type: ignore[arg-type]
+        flops = 2 * tokens * weight.numel()  # type: ignore[union-attr]
+        print(f"  {name:8s} {tuple(weight.shape)}: F.linear {flops / plain / 1e9:6.1f} GFLOP/s | "  # type: ignore[union-attr]
+              f"oneDNN packed {flops / packed / 1e9:6.1f} GFLOP/s")
+
+
+def _linear_times(weight: torch.Tensor, tokens: int, repeats: int) -> tuple[float, float]:
+    x = torch.randn(tokens, weight.shape[1], dtype=weight.dtype)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, tokens)
+    return (_best(lambda: F.linear(x, weight), repeats),
+            _best(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats))
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--adapters", action="store_true", help="32 distinct r16 all-linear adapters")
+    opts = parser.parse_args()
+    n = opts.batch
+    engine = LLMEngine(EngineConfig(model_id=str(smollm2_path()), max_rolling_batch_size=n,
+                                    max_model_len=256, max_loras=n, max_lora_rank=16))
+    print(engine.info())
+    names: list[str | None] = [None] * n
+    if opts.adapters:
+        paths = make_adapters(Path(tempfile.mkdtemp()), engine.runner.args, n, 16, list(LORA_MODULES), "a")
+        names = [f"a{i}" for i in range(n)]
+        for name, path in zip(names, paths):
+            engine.register_adapter(name, path)
+    prompts = torch.randint(100, 40000, (n, 32)).tolist()
+    params = SamplingParams(max_new_tokens=opts.steps + 8, ignore_eos=True)
+    for prompt, name in zip(prompts, names):
+        engine.add_request(prompt, name, params)
+    engine.step()  # the prefill, not profiled
+    engine.step()
+    instrument(engine)
+    for _ in range(opts.steps):
+        engine.step()
+    step, forward = TOTALS["step"] / opts.steps, TOTALS["forward"] / opts.steps
+    gemm = (TOTALS["gemm"] + TOTALS["gemm (lm head)"]) / opts.steps
+    lora, attention = TOTALS["lora"] / opts.steps, TOTALS["attention"] / opts.steps
+    small = forward - gemm - lora - attention
+    print(f"decode step at batch {n}, mean of {opts.steps}: {1000 * step:.1f} ms")
+    head = TOTALS["gemm (lm head)"] / opts.steps
+    rows = (("GEMMs (incl. LM head)", gemm), ("  of which LM head", head), ("LoRA (BGMV)", lora),
+            ("decode attention", attention), ("other per-layer ops (norm, RoPE+KV, SwiGLU, views)", small),
+            ("Python step bookkeeping (batch, sampling, detokenize)", step - forward))
+    for label, value in rows:
+        print(f"  {label:55s} {1000 * value:7.2f} ms  {value / step:5.1%}")
+    print(f"GEMM shapes at M={n}:")
+    compare_linear(engine, n)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+// loraserve's CPU kernels: each replaces a chain of small PyTorch ops whose per-op overhead
+// dominates a decode step. The entry points here check every input (dtype, device, shape, layout,
+// index bounds) and call the bf16 or fp32 version (kernels_bf16.cpp, kernels_f32.cpp). One build
+// per ISA (native.py): the same source compiled for AVX-512(+BF16), AVX2+FMA or no vector ISA.
+#include "kernels.h"
+
+namespace {
+
+bool is_supported(const torch::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
+}
+
+// A CPU tensor of `dtype` with `dims` dimensions and unit stride on its last one.
+void check_rows(const torch::Tensor& t, const char* name, at::ScalarType dtype, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", c10::toString(dtype), ", got ",
+              c10::toString(t.scalar_type()));
+  TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions, got ", t.dim());
+  TORCH_CHECK(t.stride(-1) == 1, name, " must have contiguous rows");
+}
+
+void check_contiguous(const torch::Tensor& t, const char* name, at::ScalarType dtype, int64_t dims) {
+  check_rows(t, name, dtype, dims);
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// Every value of an int64 index tensor of `count` entries lies in [low, high).
+void check_index(const torch::Tensor& t, const char* name, int64_t count, int64_t low, int64_t high) {
+  check_contiguous(t, name, at::kLong, 1);
+  TORCH_CHECK(t.size(0) == count, name, " must have ", count, " entries, got ", t.size(0));
+  const int64_t* p = t.data_ptr<int64_t>();  // a plain loop: a few ns per entry, no torch op
+  for (int64_t i = 0; i < count; ++i)
+    TORCH_CHECK(p[i] >= low && p[i] < high, name, "[", i, "] = ", p[i], " is outside [", low, ", ", high, ")");
+}
+
+at::ScalarType checked_dtype(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(is_supported(t), name, " must be float32 or bfloat16, got ", c10::toString(t.scalar_type()));
+  return t.scalar_type();
+}
+
+}  // namespace
+
+// out (T, O') += per token t with slot s = slots[t] >= 0: (x[t] @ A[s]^T) @ B[s], for a fused group
+// of k modules. x (T, in); A (S, R*k, in), row i*k + j = rank i of module j; B (S, R, O), row i =
+// rank i of every module, module j in columns [col_start[j], col_start[j] + col_len[j]) — so each
+// token's B rows are read as one contiguous stream. slot_info (S, 2): the adapter's rank and a
+// bit mask of the group's modules it targets; only those rows are read (at most `rank` ranks).
+// Consecutive tokens of one slot (a prompt being prefilled) share each read of its rows.
+void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
+          int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len, torch::Tensor slot_info) {
+  const auto dtype = checked_dtype(x, "x");
+  check_contiguous(x, "x", dtype, 2);
+  check_contiguous(a, "A", dtype, 3);
+  check_contiguous(b, "B", dtype, 3);
+  check_rows(out, "out", dtype, 2);
+  const int64_t T = x.size(0), S = a.size(0), R = b.size(1), O = b.size(2);
+  TORCH_CHECK(k >= 1 && k <= 8 && rank >= 0 && rank <= R, "bgmv: k must be in [1, 8] and rank in [0, R]");
+  TORCH_CHECK(a.size(1) == R * k && a.size(2) == x.size(1) && b.size(0) == S,
+              "bgmv: A must be (S, R*k, in) and B (S, R, out) for x (T, in)");
+  TORCH_CHECK(out.size(0) == T && out.size(1) >= O, "bgmv: out must be (T, >= B's columns)");
+  check_index(slots, "slots", T, -1, S);
+  check_contiguous(slot_info, "slot_info", at::kLong, 2);
+  TORCH_CHECK(slot_info.size(0) == S && slot_info.size(1) == 2, "bgmv: slot_info must be (S, 2)");
+  check_index(col_start, "col_start", k, 0, O + 1);
+  check_index(col_len, "col_len", k, 0, O + 1);
+  for (int64_t j = 0; j < k; ++j)
+    TORCH_CHECK(col_start.data_ptr<int64_t>()[j] + col_len.data_ptr<int64_t>()[j] <= O,
+                "bgmv: module ", j, "'s columns run past B's width");
+  const int64_t* info = slot_info.data_ptr<int64_t>();
+  for (int64_t s = 0; s < S; ++s)
+    TORCH_CHECK(info[2 * s] >= 0 && info[2 * s + 1] >= 0 && info[2 * s + 1] < (int64_t(1) << k),
+                "bgmv: slot_info[", s, "] must hold a rank >= 0 and a mask of the group's k modules");
+  if (dtype == at::kFloat) {
+    f32::bgmv(x, slots, a, b, out, k, rank, col_start, col_len, slot_info);
+  } else {
+    bf16::bgmv(x, slots, a, b, out, k, rank, col_start, col_len, slot_info);
+  }
+}
+
+// RMSNorm with an optional residual add first: h (T, D) += delta (in place), then
+// out (T, D) = w * (h * rsqrt(mean(h^2) + eps)); bf16 rounds where Hugging Face's Llama does.
+void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor w, double eps,
+                  torch::Tensor out) {
+  const auto dtype = checked_dtype(h, "h");
+  check_rows(h, "h", dtype, 2);
+  check_contiguous(w, "weight", dtype, 1);
+  check_rows(out, "out", dtype, 2);
+  TORCH_CHECK(w.size(0) == h.size(1) && out.sizes() == h.sizes(), "add_rms_norm: h, out (T, D), weight (D,)");
+  if (delta.has_value()) {
+    check_rows(*delta, "delta", dtype, 2);
+    TORCH_CHECK(delta->sizes() == h.sizes(), "add_rms_norm: delta must have h's shape");
+  }
+  if (dtype == at::kFloat) {
+    f32::add_rms_norm(h, delta, w, eps, out);
+  } else {
+    bf16::add_rms_norm(h, delta, w, eps, out);
+  }
+}
+
+// SwiGLU's activation: out (T, I) = silu(gate) * up for gate_up (T, 2I) = [gate | up].
+void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
+  const auto dtype = checked_dtype(gate_up, "gate_up");
+  check_rows(gate_up, "gate_up", dtype, 2);
+  check_rows(out, "out", dtype, 2);
+  TORCH_CHECK(gate_up.size(0) == out.size(0) && gate_up.size(1) == 2 * out.size(1),
+              "silu_mul: gate_up must be (T, 2I) for out (T, I)");
+  if (dtype == at::kFloat) {
+    f32::silu_mul(gate_up, out);
+  } else {
+    bf16::silu_mul(gate_up, out);
+  }
+}
+
+// Rotary embedding of the q and k heads of a fused qkv row (T, (H + 2 kvh) d), in place
+// (rotate-half convention; cos/sin (P, d) fp32 tables indexed by position), then each token's
+// rotated k and its v written to the layer's KV cache (S, kvh, len, d) at (slot, position).
+void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
+                   torch::Tensor slots, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   int64_t kv_heads) {
+  const auto dtype = checked_dtype(qkv, "qkv");
+  check_rows(qkv, "qkv", dtype, 2);
+  check_contiguous(k_cache, "k_cache", dtype, 4);
+  check_contiguous(v_cache, "v_cache", dtype, 4);
+  check_contiguous(cos, "cos", at::kFloat, 2);
+  check_contiguous(sin, "sin", at::kFloat, 2);
+  const int64_t T = qkv.size(0), S = k_cache.size(0), len = k_cache.size(2), d = k_cache.size(3);
+  TORCH_CHECK(heads > 0 && kv_heads > 0 && k_cache.size(1) == kv_heads && d % 2 == 0,
+              "rope_write_kv: the cache must be (S, kv_heads, len, d) with an even d");
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "rope_write_kv: k and v caches differ in shape");
+  TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d, "rope_write_kv: qkv must be (T, (H + 2 kvh) d)");
+  TORCH_CHECK(cos.size(1) == d && sin.sizes() == cos.sizes(), "rope_write_kv: cos/sin must be (P, d)");
+  check_index(positions, "positions", T, 0, std::min(len, cos.size(0)));
+  check_index(slots, "slots", T, 0, S);
+  if (dtype == at::kFloat) {
+    f32::rope_write_kv(qkv, cos, sin, positions, slots, k_cache, v_cache, heads, kv_heads);
+  } else {
+    bf16::rope_write_kv(qkv, cos, sin, positions, slots, k_cache, v_cache, heads, kv_heads);
+  }
+}
+
+// One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d), with the keys
+// and values of sequence b at cache slot slots[b], positions [0, lengths[b]). GQA: query head h
+// reads KV head h / (H / kvh). Scores, softmax and the weighted sum in fp32.
+void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
+                      torch::Tensor lengths, torch::Tensor out, double scale) {
+  const auto dtype = checked_dtype(q, "q");
+  check_rows(q, "q", dtype, 3);
+  check_rows(out, "out", dtype, 3);
+  check_contiguous(k_cache, "k_cache", dtype, 4);
+  check_contiguous(v_cache, "v_cache", dtype, 4);
+  const int64_t B = q.size(0), H = q.size(1), d = q.size(2), S = k_cache.size(0), kvh = k_cache.size(1);
+  TORCH_CHECK(out.sizes() == q.sizes(), "decode_attention: out must have q's shape");
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes() && k_cache.size(3) == d && kvh > 0 && H % kvh == 0,
+              "decode_attention: caches (S, kvh, len, d) with H a multiple of kvh");
+  check_index(slots, "slots", B, 0, S);
+  check_index(lengths, "lengths", B, 1, k_cache.size(2) + 1);
+  if (dtype == at::kFloat) {
+    f32::decode_attention(q, k_cache, v_cache, slots, lengths, out, scale);
+  } else {
+    bf16::decode_attention(q, k_cache, v_cache, slots, lengths, out, scale);
+  }
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
+  m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
+  m.def("silu_mul", &silu_mul, "SwiGLU activation: silu(gate) * up");
+  m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
+  m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
+  m.def("vector_width", &f32::vector_width, "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");
+}
