@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraserve.adapters.registry import (
     AdapterOrigin,
@@ -28,8 +28,10 @@ from loraserve.handlers.builtin_llm import adapters_of
 from loraserve.handlers.protocol import input_from_wire
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
-from loraserve.ray_serve.routing import ReplicaCaller
 from loraserve.serving.worker_process import WorkerReply
+
+if TYPE_CHECKING:  # the caller needs Ray; this module's parsing is tested without it
+    from loraserve.ray_serve.routing import ReplicaCaller
 
 
 def record_of(entry: dict[str, Any]) -> AdapterRecord:
