@@ -4,6 +4,7 @@ survives a replica being killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -105,6 +106,13 @@ def test_same_apis_and_outputs_as_one_engine(app):
             "ignore_eos": True, "stream": True}) as reply:
         events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) == 7
+    chat = client.post("/v1/chat/completions", json={"model": "qv", "max_tokens": 4, "temperature": 0,
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200 and chat.json()["object"] == "chat.completion"
+    with client.stream("POST", "/invocations", json={**body, "adapters": "qv", "stream": True}) as reply:
+        lines = [line for line in reply.iter_lines() if line]
+    assert len(lines) == 6 and json.loads(lines[-1])["generated_text"] == want
+    assert client.get("/ping").status_code == 200
     missing = client.post("/invocations", json={**body, "adapters": "nope"})
     assert missing.status_code == 404 and "nope" in missing.json()["message"]
 

@@ -156,3 +156,12 @@ def test_command_line_autoscaling_and_options(tmp_path: Path):
     assert config.replica_properties()["threads"] == "2"
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_options(["threads"])
+
+
+def test_serve_run_builder_binds_the_application(tmp_path: Path):
+    pytest.importorskip("ray.serve")
+    from loraserve.ray_serve.app import build
+
+    (tmp_path / "serving.properties").write_text("option.model_id=/w\n")
+    app = build({"model_dir": str(tmp_path), "autoscaling": {"min_replicas": 1, "max_replicas": 3}})
+    assert type(app).__name__ == "Application"
