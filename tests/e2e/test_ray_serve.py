@@ -113,6 +113,8 @@ def test_same_apis_and_outputs_as_one_engine(app):
         lines = [line for line in reply.iter_lines() if line]
     assert len(lines) == 6 and json.loads(lines[-1])["generated_text"] == want
     assert client.get("/ping").status_code == 200
+    refused = client.post("/invocations", json={"inputs": ["a", "b"], "adapters": "qv", "stream": True})
+    assert refused.status_code == 400 and "one input" in refused.text
     missing = client.post("/invocations", json={**body, "adapters": "nope"})
     assert missing.status_code == 404 and "nope" in missing.json()["message"]
 

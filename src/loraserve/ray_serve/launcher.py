@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -81,14 +82,17 @@ def run(config: RayAppConfig, address: str | None = None, num_cpus: int | None =
     from loraserve.ray_serve.app import build_app
 
     own_cluster = address is None
+    stop = stop or threading.Event()
     ray.init(address=address, num_cpus=num_cpus, include_dashboard=False)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # clean up on SIGTERM as on Ctrl-C
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(build_app(config), name=config.app_name, route_prefix="/")
         log.info("loraserve on Ray Serve: http://%s:%d (model %s)", config.host, config.port,
                  config.model_name)
         try:
-            (stop or threading.Event()).wait()
+            stop.wait()
         except KeyboardInterrupt:
             log.info("stopping")
     finally:

@@ -60,24 +60,22 @@ class EngineReplica:
 
         return serve.multiplexed(max_num_models_per_replica=lru_size)(get_adapter)
 
-    async def _hold(self, refs: list[AdapterRef]) -> list[str]:
-        """Every adapter of the request loaded at its revision and marked in use."""
-        names = []
+    async def _hold(self, refs: list[AdapterRef], held: list[str]) -> None:
+        """Every adapter of the request loaded at its revision and marked in use; ``held``
+        lists those marked so far, for the caller to release on every path."""
         for ref in refs:
             if not ref.pin:
                 await self.get_adapter(ref.name)  # Ray's LRU: touch, or load and maybe evict another
             await self.adapters.ensure(ref)
             self.adapters.acquire([ref.name])
-            names.append(ref.name)
-        if not names:
-            self.adapters.acquire([])
-        return names
+            held.append(ref.name)
 
     async def generate(self, wire: dict[str, Any], refs: list[AdapterRef]) -> dict[str, Any]:
         """One LMI request, answered whole: ``{"output": wire Output, "replica": id}``."""
         names: list[str] = []
         try:
-            names = await self._hold(refs)
+            await self._hold(refs, names)
+            self.adapters.count_request(names)
             output = await builtin_llm.handle(input_from_wire(wire))
         except LoraserveError as exc:
             return error_reply(exc)
@@ -89,14 +87,21 @@ class EngineReplica:
         """One streamed LMI request: first ``{"output", "replica"}``, then ``bytes`` chunks."""
         names: list[str] = []
         try:
-            names = await self._hold(refs)
+            await self._hold(refs, names)
+            self.adapters.count_request(names)
             output = await builtin_llm.handle(input_from_wire(wire))
+        except LoraserveError as exc:
+            self.adapters.release(names)
+            yield error_reply(exc)
+            return
+        except BaseException:
+            self.adapters.release(names)
+            raise
+        try:
             yield {"output": output_to_wire(output), "replica": self.replica}
             if output.stream_content is not None:
                 async for chunk in output.stream_content:
                     yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
-        except LoraserveError as exc:
-            yield error_reply(exc)
         finally:
             self.adapters.release(names)
 
@@ -114,7 +119,11 @@ class EngineReplica:
 
     async def load_adapter(self, ref: AdapterRef) -> str:
         """Preload: hold ``ref`` now (called with ``ref.name`` as the multiplexed id)."""
-        self.adapters.release(await self._hold([ref]))
+        held: list[str] = []
+        try:
+            await self._hold([ref], held)
+        finally:
+            self.adapters.release(held)
         return self.replica
 
     async def sync(self) -> str:

@@ -81,6 +81,9 @@ class ReplicaAdapters:
     def acquire(self, names: list[str]) -> None:
         with self._state:
             self.in_flight.update(names)
+
+    def count_request(self, names: list[str]) -> None:
+        with self._state:
             self.served.update(names or [""])
 
     def release(self, names: list[str]) -> None:

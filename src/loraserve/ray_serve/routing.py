@@ -58,7 +58,7 @@ class ReplicaCaller:
         chunks = handle.generate_stream.remote(wire, refs)
         first = await chunks.__anext__()
         output = self._tagged(first, model_id)
-        if "replica" not in first:  # refused before any token: an ordinary error reply
+        if not output.get("streaming"):  # refused before any token: an ordinary (error) reply
             return WorkerReply(output, None)
         queue: asyncio.Queue = asyncio.Queue()
         pump = asyncio.ensure_future(self._pump(chunks, queue))
