@@ -160,6 +160,7 @@ def test_register_pinned_reaches_every_replica_and_unregister_leaves_none(app):
 def test_killing_a_replica_loses_no_registration(app):
     client, reference, extra = app
     assert client.post(f"/models/tiny/adapters?name=a&src={extra['a']}").status_code == 200
+    assert client.post(f"/models/tiny/adapters?name=b&src={extra['b']}&pin=true").status_code == 200
     body = {"inputs": "hello world", "adapters": "a", "parameters": PARAMS}
     victim = client.post("/invocations", json=body).headers["x-loraserve-replica"]
     actor = ray.get_actor(f"SERVE_REPLICA::loraserve#LoraserveEngine#{victim}", namespace="serve")
@@ -172,6 +173,8 @@ def test_killing_a_replica_loses_no_registration(app):
     reply = _until(served_elsewhere, "a request for the adapter served by another replica")
     assert reply.json()["generated_text"] == _expected(reference, "hello world", "a")
     names = {a["name"] for a in client.get("/models/tiny/adapters").json()["adapters"]}
-    assert names == {"qv", "a"}
-    _until(lambda: len(_replicas(client)) == 2, "Ray Serve to replace the killed replica")
-    assert victim not in {r["replica"] for r in _replicas(client)}
+    assert names == {"qv", "a", "b"}
+    replicas = _until(lambda: len(_replicas(client)) == 2 and _replicas(client),
+                      "Ray Serve to replace the killed replica")
+    assert victim not in {r["replica"] for r in replicas}
+    assert all("b" in r["pinned"] for r in replicas)  # the new replica read the registry at start
