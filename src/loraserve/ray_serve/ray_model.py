@@ -23,7 +23,13 @@ from loraserve.adapters.registry import (
     validate_adapter_name,
 )
 from loraserve.adapters.sources import resolve_source
-from loraserve.errors import AdapterNotFoundError, BadRequestError, ConflictError, LoraserveError
+from loraserve.errors import (
+    AdapterNotFoundError,
+    BadRequestError,
+    ConflictError,
+    LoraserveError,
+    ModelNotFoundError,
+)
 from loraserve.handlers.builtin_llm import adapters_of
 from loraserve.handlers.protocol import input_from_wire
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
@@ -91,17 +97,22 @@ class RayModel:
             self._registry, self._generation = registry, self.store.generation
         return self._registry
 
+    def _not_found(self, adapter: str) -> AdapterNotFoundError:
+        return AdapterNotFoundError(
+            f"adapter {adapter} is not registered on model {self.name}; "
+            f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…")
+
     def check_adapters(self, names: list[str]) -> None:
         for adapter in names:
             if adapter and adapter not in self.registry:
-                raise AdapterNotFoundError(
-                    f"adapter {adapter} is not registered on model {self.name}; "
-                    f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…")
+                raise self._not_found(adapter)
 
     async def infer(self, wire: dict[str, Any]) -> WorkerReply:
         names, stream = requested_names(wire)
-        self.check_adapters(names)
-        refs = self.store.refs()
+        refs = self.store.refs()  # one read: an adapter deleted since the route's check is a 404 here
+        missing = next((n for n in names if n not in refs), None)
+        if missing is not None:
+            raise self._not_found(missing)
         return await self.caller.generate(wire, [refs[n] for n in names], stream)
 
     # -- the registry, shared by every replica ----------------------------------------------
@@ -179,8 +190,6 @@ class RayModelManager:
         self.config = model.config.server_config()
 
     def get(self, name: str) -> RayModel:
-        from loraserve.errors import ModelNotFoundError
-
         if name not in self.models:
             raise ModelNotFoundError(f"model {name} not found; this Ray application serves "
                                      f"{', '.join(self.models)}")

@@ -9,16 +9,20 @@ balancing. Control-plane calls (sync, stats) are broadcast to every live replica
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Any
 
 from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 from loraserve.errors import LoraserveError, ServiceUnavailableError
 from loraserve.ray_serve.adapter_store import AdapterRef
 from loraserve.serving.worker_process import WorkerReply
 
+log = logging.getLogger("loraserve.ray.routing")
 REPLICA_HEADER = "x-loraserve-replica"
+RAY_FAILURES = (RayError, RayServeException)  # replica died, back-pressure, no replica yet
 
 
 def routing_id(refs: list[AdapterRef]) -> str:
@@ -40,7 +44,7 @@ class ReplicaCaller:
             if stream:
                 return await self._stream(handle.options(stream=True), wire, refs, model_id)
             result = await handle.generate.remote(wire, refs)
-        except RayError as exc:
+        except RAY_FAILURES as exc:
             raise ServiceUnavailableError(f"the engine replica failed: {type(exc).__name__}; "
                                           "retry the request") from None
         return WorkerReply(self._tagged(result, model_id), None)
@@ -80,7 +84,7 @@ class ReplicaCaller:
         """Validate an adapter on one replica; its refusal becomes the typed error."""
         try:
             problem = await self.handle.check_adapter.remote(path)
-        except RayError as exc:
+        except RAY_FAILURES as exc:
             raise ServiceUnavailableError(f"no engine replica could check the adapter: {exc}") from None
         if problem:
             error = LoraserveError(problem["message"], problem["status"])
@@ -88,16 +92,17 @@ class ReplicaCaller:
             raise error
 
     async def preload(self, ref: AdapterRef) -> None:
+        """Best effort: the registration stands either way, and traffic loads it on demand."""
         try:
             await self.handle.options(multiplexed_model_id=routing_id([ref])).load_adapter.remote(ref)
-        except RayError as exc:
-            raise ServiceUnavailableError(f"registered, but no replica could preload it: {exc}") from None
+        except RAY_FAILURES as exc:
+            log.warning("adapter %s registered, but no replica could preload it: %s", ref.name, exc)
 
     async def broadcast(self, method: str) -> list[Any]:
         """``method`` on every live replica; a replica that fails or times out is left out."""
         try:
             results = await self.handle.broadcast(method).results_async(
                 timeout_s=self.timeout, return_exceptions=True)
-        except (RayError, TimeoutError):
+        except (*RAY_FAILURES, TimeoutError):
             return []
         return [r for r in results if not isinstance(r, BaseException)]
