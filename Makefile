@@ -21,4 +21,9 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks scripts
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-.PHONY: install demo test
+# The Ray Serve scale-out tests: installs the `ray` extra, then runs them (a local 2-replica cluster).
+test-ray: install
+	$(BIN)/pip install -q -e '.[engine,test,ray]'
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/e2e/test_ray_serve.py tests/unit/test_ray_serve_units.py
+
+.PHONY: install demo test test-ray

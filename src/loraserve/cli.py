@@ -1,4 +1,4 @@
-"""Command line: ``loraserve serve`` starts the server."""
+"""Command line: ``loraserve serve`` starts the server; ``loraserve ray`` scales it out on Ray Serve."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loraserve.config import ServerConfig, build_server_config, parse_properties, settings_from_env
 from loraserve.errors import LoraserveError
+from loraserve.ray_serve.launcher import add_ray_parser, ray_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default=None)
     demo.add_argument("--port", default=None)
     demo.add_argument("--log-level", default="INFO")
+    add_ray_parser(sub)
     return parser
 
 
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "ray":
+        return ray_main(args)
     try:
         if args.command == "demo":
             flags = {"model_store": str(demo_store()), "host": args.host, "port": args.port}

@@ -1,0 +1,167 @@
+"""The Ray scale-out's plain logic, without Ray: the shared adapter store, a replica's adapter
+set (load / reload / evict / pin / drop after the last request), request parsing, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from loraserve.cli import build_parser
+from loraserve.errors import BadRequestError, ConfigError
+from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
+from loraserve.ray_serve.config import RayAppConfig
+from loraserve.ray_serve.launcher import config_from_args, parse_options
+from loraserve.ray_serve.ray_model import requested_names
+from loraserve.ray_serve.replica_adapters import ReplicaAdapters
+from loraserve.ray_serve.replica_stats import aggregate
+
+pytestmark = pytest.mark.unit
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.adapters: dict[str, tuple[str, bool]] = {}
+        self.calls: list[str] = []
+
+    def register_adapter(self, name, path, pin=False, preload=True):
+        self.adapters[name] = (str(path), pin)
+        self.calls.append(f"+{name}:{path}")
+
+    def unregister_adapter(self, name):
+        del self.adapters[name]
+        self.calls.append(f"-{name}")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_store_revisions_are_shared_between_views_and_never_reused(tmp_path: Path):
+    writer = SharedAdapterStore(tmp_path / "state.json", "tiny")
+    reader = SharedAdapterStore(tmp_path / "state.json", "tiny")
+    first = writer.put({"name": "a", "src": "/x/a", "path": "/x/a"})
+    assert reader.refs() == {"a": AdapterRef("a", "/x/a", 1)}
+    writer.remove("a")
+    assert reader.refs() == {}
+    again = writer.put({"name": "a", "src": "/x/a2", "path": "/x/a2", "pin": True})
+    assert again["revision"] > first["revision"]
+    assert reader.refs()["a"] == AdapterRef("a", "/x/a2", again["revision"], pin=True)
+
+
+def test_store_keeps_loraserve_serve_format_and_deleted_startup_adapters(tmp_path: Path):
+    store = SharedAdapterStore(tmp_path / "state.json", "tiny")
+    store.put({"name": "qv", "src": "/m/adapters/qv", "origin": "startup", "preload": True,
+               "pin": False, "options": {}})
+    store.remove("qv")
+    assert store.removed_startup() == {"qv"}
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["models"]["tiny"]["removed_startup"] == ["qv"]
+    store.put({"name": "qv", "src": "/m/adapters/qv", "origin": "api"})
+    assert store.removed_startup() == set()
+    entry = json.loads((tmp_path / "state.json").read_text())["models"]["tiny"]["adapters"][0]
+    assert entry["name"] == "qv" and entry["src"] == "/m/adapters/qv"  # what `loraserve serve` reads
+
+
+def test_replica_loads_once_per_revision_and_reloads_a_newer_one():
+    engine = FakeEngine()
+    adapters = ReplicaAdapters(engine)
+    adapters.handle_for("a")
+    run(adapters.ensure(AdapterRef("a", "/a1", 1)))
+    run(adapters.ensure(AdapterRef("a", "/a1", 1)))
+    run(adapters.ensure(AdapterRef("a", "/a2", 2)))
+    assert engine.calls == ["+a:/a1", "+a:/a2"] and adapters.revisions == {"a": 2}
+
+
+def test_eviction_waits_for_the_last_request_using_the_adapter():
+    engine = FakeEngine()
+    adapters = ReplicaAdapters(engine)
+    handle = adapters.handle_for("a")
+    run(adapters.ensure(AdapterRef("a", "/a", 1)))
+    adapters.acquire(["a"])
+    handle.__del__()  # Ray's LRU evicts it while a request still runs
+    assert "a" in engine.adapters
+    adapters.release(["a"])
+    assert "a" not in engine.adapters and adapters.snapshot()["held"] == {}
+    handle.__del__()  # the GC calls it again later: nothing happens
+    assert engine.calls == ["+a:/a", "-a"]
+
+
+def test_a_replaced_handle_or_a_pinned_adapter_is_not_dropped_on_eviction():
+    engine = FakeEngine()
+    adapters = ReplicaAdapters(engine)
+    old = adapters.handle_for("a")
+    adapters.handle_for("a")  # Ray evicted and reloaded "a": the old handle is stale
+    run(adapters.ensure(AdapterRef("a", "/a", 1)))
+    old.__del__()
+    assert "a" in engine.adapters
+    pinned = adapters.handle_for("p")
+    run(adapters.ensure(AdapterRef("p", "/p", 2, pin=True)))
+    pinned.__del__()
+    assert engine.adapters["p"] == ("/p", True)
+
+
+def test_sync_follows_the_registry():
+    engine = FakeEngine()
+    adapters = ReplicaAdapters(engine)
+    adapters.handle_for("a")
+    run(adapters.ensure(AdapterRef("a", "/a", 1)))
+    run(adapters.ensure(AdapterRef("b", "/b", 2)))  # held, but no longer in Ray's LRU
+    refs = {"a": AdapterRef("a", "/a3", 3), "b": AdapterRef("b", "/b4", 4),
+            "p": AdapterRef("p", "/p", 5, pin=True)}
+    run(adapters.sync(refs))
+    assert engine.adapters == {"a": ("/a3", False), "p": ("/p", True)}  # a reloaded, b dropped
+    run(adapters.sync({}))
+    assert engine.adapters == {}
+
+
+def test_requested_names_follow_djl_precedence_and_dedupe():
+    def wire(body: dict, query: dict | None = None, props: dict | None = None) -> dict:
+        content = [(k, v.encode()) for k, v in (query or {}).items()]
+        return {"properties": props or {}, "content": [*content, ("data", json.dumps(body).encode())]}
+
+    assert requested_names(wire({"inputs": ["x", "y", "z"], "adapters": ["a", "", "a"]})) == (["a"], False)
+    assert requested_names(wire({"inputs": "x", "stream": True}, {"adapter": "q"})) == (["q"], True)
+    assert requested_names(wire({"inputs": "x"}, props={"adapter": "h"})) == (["h"], False)
+    with pytest.raises(BadRequestError):
+        requested_names(wire({"inputs": ["x", "y"], "adapters": ["a"]}))
+
+
+def test_aggregate_sums_replicas():
+    total = aggregate([{"engine": {"running": 2, "kv_usage": 0.5, "adapters": {"resident": 1}}},
+                       {"engine": {"running": 1, "kv_usage": 0.1, "adapters": {"resident": 2}}}])
+    assert total["running"] == 3 and total["adapters"] == {"resident": 3}
+    assert total["kv_usage"] == pytest.approx(0.3)
+
+
+def test_settings_refuse_models_the_engine_does_not_serve(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no serving"):
+        RayAppConfig(model_dir=tmp_path)
+    (tmp_path / "serving.properties").write_text("engine=Python\n")
+    with pytest.raises(ConfigError, match="built-in-engine"):
+        RayAppConfig(model_dir=tmp_path)
+
+
+def test_command_line_autoscaling_and_options(tmp_path: Path):
+    (tmp_path / "serving.properties").write_text("option.model_id=/w\n")
+    args = build_parser().parse_args(
+        ["ray", "--model", str(tmp_path), "--max-replicas", "4", "--option", "threads=2"])
+    config = config_from_args(args)
+    options = config.replica_deployment_options()
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4,
+                                             "target_ongoing_requests": 16.0}
+    assert "num_replicas" not in options and config.options == {"threads": "2"}
+    assert config.replica_properties()["threads"] == "2"
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_options(["threads"])
+
+
+def test_serve_run_builder_binds_the_application(tmp_path: Path):
+    pytest.importorskip("ray.serve")
+    from loraserve.ray_serve.app import build
+
+    (tmp_path / "serving.properties").write_text("option.model_id=/w\n")
+    app = build({"model_dir": str(tmp_path), "autoscaling": {"min_replicas": 1, "max_replicas": 3}})
+    assert type(app).__name__ == "Application"
