@@ -29,7 +29,6 @@ from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
     AdapterNotFoundError,
     ConflictError,
-    HandlerError,
     LoraserveError,
     ServiceUnavailableError,
     WorkerDiedError,
