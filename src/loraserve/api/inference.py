@@ -61,7 +61,7 @@ async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Re
     reply = await generate(request, model, message)
     if message.stream:
         return CancellingStreamingResponse(_lmi_lines(reply, message.details), reply,
-                                   media_type="application/jsonlines")
+                                           media_type="application/jsonlines")
     result = reply.output
     headers = {"x-loraserve-peak-batch": str(result.peak_batch),
                "x-loraserve-generated-tokens": str(result.generated_tokens)}
