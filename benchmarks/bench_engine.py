@@ -1,4 +1,4 @@
-"""Engine throughput on SmolLM2-135M (bf16) against transformers and PEFT, in one run.
+"""Engine throughput on SmolLM2-135M (``--dtype``, default auto) against transformers and PEFT, in one run.
 
 Prints tokens/s for: (a) engine, base model; (b) engine, 32 requests on 32 different rank-16
 all-linear adapters; (c) the same with rank-8 q_proj,v_proj adapters; (d) transformers
@@ -77,13 +77,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--scale-adapters", type=int, default=1000)
     parser.add_argument("--skip-peft", action="store_true")
+    parser.add_argument("--dtype", default="auto", help="auto: bf16 with native bf16 hardware, else fp32")
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed runs per case, best kept (this machine's timings are noisy)")
     opts = parser.parse_args()
     torch.manual_seed(0)
     path = smollm2_path()
     n, new = opts.batch, opts.new_tokens
-    engine = LLMEngine(EngineConfig(model_id=str(path), dtype="bf16", max_rolling_batch_size=n,
+    engine = LLMEngine(EngineConfig(model_id=str(path), dtype=opts.dtype, max_rolling_batch_size=n,
                                     max_model_len=opts.prompt_len + new + 8, max_loras=32,
                                     max_lora_rank=16, max_cpu_loras=64))
     args = engine.runner.args
@@ -103,12 +104,13 @@ def main() -> None:
         timed_run(engine, prompts, mix, 2)
         runs[key] = max((timed_run(engine, prompts, mix, new) for _ in range(opts.repeats)),
                         key=lambda r: r["tok_s"])
-    print(f"batch {n}, prompt {opts.prompt_len} tokens, {new} new tokens, bf16, "
+    print(f"batch {n}, prompt {opts.prompt_len} tokens, {new} new tokens, {engine.info()}, "
           f"{torch.get_num_threads()} threads, best of {opts.repeats} runs each")
     for key, label in (("a", "engine, base model"), ("b", f"engine, {n} adapters r16 all-linear"),
                        ("c", f"engine, {n} adapters r8 q,v")):
         r = runs[key]
         print(f"({key}) {label:38s} {r['tok_s']:8.1f} tok/s   decode step {r['step_ms']:6.1f} ms")
+    runs["dtype"] = engine.dtype  # the peers run in the engine's dtype
     report_peers(path, prompts, new, all16, runs, opts)
     report_bandwidth(engine, runs)
     report_load_latency(engine, tmp, args, prompts[0])
@@ -119,7 +121,7 @@ def report_peers(path: Path, prompts, new: int, all16: list[Path], runs: dict,
                  opts: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=runs["dtype"])
     hf_generate(model, prompts[:2], 2)
     d = max(hf_generate(model, prompts, new) for _ in range(opts.repeats))
     print(f"(d) transformers generate, base        {d:8.1f} tok/s")

@@ -79,10 +79,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--adapters", action="store_true", help="32 distinct r16 all-linear adapters")
+    parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     opts = parser.parse_args()
     n = opts.batch
     engine = LLMEngine(EngineConfig(model_id=str(smollm2_path()), max_rolling_batch_size=n,
-                                    max_model_len=256, max_loras=n, max_lora_rank=16))
+                                    max_model_len=256, max_loras=n, max_lora_rank=16,
+                                    threads=opts.threads))
     print(engine.info())
     names: list[str | None] = [None] * n
     if opts.adapters:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+from loraserve.errors import ConfigError
 from loraserve.model.hardware import CpuInfo, _cpuinfo_flags, auto_dtype, compiler_flags, describe_choice
 
 pytestmark = pytest.mark.unit
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 ZEN3 = "fpu sse2 ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand avx2 bmi2"
 SAPPHIRE = ZEN3 + " avx512f avx512dq avx512bw avx512vl avx512_bf16 amx_bf16 amx_tile"
@@ -49,3 +56,11 @@ def test_describe_choice_names_isa_and_resolved_dtype():
     chosen = describe_choice("fp32", "cpu")
     assert chosen["dtype"] == "float32" and chosen["dtypeOption"] == "fp32" and chosen["isa"]
     assert describe_choice(None, None)["dtypeOption"] == "auto"
+
+
+def test_describe_choice_refuses_a_bad_dtype_and_never_imports_torch():
+    with pytest.raises(ConfigError, match="fp8 is not one of"):
+        describe_choice("fp8", "cpu")
+    code = ("import sys; from loraserve.model.hardware import describe_choice; "
+            "describe_choice(None, None); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})

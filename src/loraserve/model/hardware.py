@@ -11,9 +11,15 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from loraserve.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: the server front end (describe_choice)
+# must not pay for importing it.
 log = logging.getLogger("loraserve.model")
 
 # Kernel builds, widest first. Each names the flags the compiler is given, so a build only ever
@@ -68,11 +74,19 @@ def _cpuinfo_flags(text: str) -> frozenset[str]:
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """/proc/cpuinfo's flags (Linux; empty elsewhere)."""
+    path = Path("/proc/cpuinfo")
+    return _cpuinfo_flags(path.read_text()) if path.is_file() else frozenset()
+
+
+@functools.cache
 def cpu_info() -> CpuInfo:
     """Read once: /proc/cpuinfo's flags (Linux); torch's capability where that file is missing."""
+    import torch
+
     capability = torch.backends.cpu.get_cpu_capability()
-    path = Path("/proc/cpuinfo")
-    flags = _cpuinfo_flags(path.read_text()) if path.is_file() else frozenset()
+    flags = cpu_flags()
     if not flags:  # no /proc (macOS, ...): infer what torch's dispatcher found
         flags = frozenset({"AVX2": _REQUIRED["avx2"], "AVX512": _REQUIRED["avx512"]}.get(capability, ()))
     return CpuInfo(flags, capability)
@@ -80,20 +94,30 @@ def cpu_info() -> CpuInfo:
 
 def auto_dtype(device: torch.device, info: CpuInfo | None = None) -> torch.dtype:
     """The fastest dtype that is exact enough: bf16 on GPUs and on CPUs with native bf16, else fp32."""
+    import torch
+
     if device.type != "cpu":
         return torch.bfloat16
     return torch.bfloat16 if (info or cpu_info()).native_bf16 else torch.float32
 
 
-def describe_choice(dtype_option: str | None, device_option: str | None) -> dict[str, str]:
-    """What the built-in engine picks on this machine for these options (for ``GET /models``):
-    computed from the CPU alone, so the front end can say it without asking a worker."""
-    from loraserve.model.loader import parse_dtype  # loader imports this module
+_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                "fp16": "float16", "float16": "float16"}
 
-    info = cpu_info()
-    device = "cpu" if device_option in (None, "", "auto") else device_option
-    if device_option in (None, "", "auto") and torch.cuda.is_available():
-        device = "cuda"
-    dtype = parse_dtype(dtype_option, device.split(":")[0])
-    return {"device": device, "isa": info.isa, "dtype": str(dtype).removeprefix("torch."),
-            "dtypeOption": dtype_option or "auto"}
+
+def describe_choice(dtype_option: str | None, device_option: str | None) -> dict[str, str]:
+    """What the built-in engine picks on this machine for these options (for ``GET /models``),
+    from the CPU's flags alone: no torch import, no question to a worker. ``device=auto`` is
+    taken as CUDA where an NVIDIA device node exists."""
+    info = CpuInfo(cpu_flags(), "")
+    device = device_option or "auto"
+    if device == "auto":
+        device = "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
+    option = dtype_option or "auto"
+    if option == "auto":
+        dtype = "bfloat16" if device != "cpu" or info.native_bf16 else "float32"
+    elif option in _DTYPE_NAMES:
+        dtype = _DTYPE_NAMES[option]
+    else:
+        raise ConfigError(f"option.dtype={option} is not one of fp32, bf16, fp16, auto")
+    return {"device": device, "isa": info.isa, "dtype": dtype, "dtypeOption": option}
