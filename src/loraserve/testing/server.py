@@ -40,7 +40,11 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "loraserve", self.command, "--port", str(self.port), *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # a server that never became healthy must not outlive the test
+            self.stop()
+            raise
         return self
 
     def wait_ready(self) -> None:
