@@ -86,6 +86,11 @@ class RayModel:
             self._registry, self._generation = registry, self.store.generation
         return self._registry
 
+    @property
+    def scratch_dir(self) -> Path:
+        """Where adapter archives are unpacked (the routes prune unused copies here)."""
+        return self.config.loraserve_dir / "extracted" / self.name
+
     def _not_found(self, adapter: str) -> AdapterNotFoundError:
         return AdapterNotFoundError(
             f"adapter {adapter} is not registered on model {self.name}; "
@@ -112,8 +117,7 @@ class RayModel:
     # -- the registry, shared by every replica ----------------------------------------------
     async def _resolve(self, src: str) -> str:
         path = await asyncio.to_thread(resolve_source, src, self.config.model_dir,
-                                       self.config.adapter_roots(),
-                                       self.config.loraserve_dir / "extracted" / self.name)
+                                       self.config.adapter_roots(), self.scratch_dir)
         await self.caller.check_adapter(str(path))
         return str(path)
 
