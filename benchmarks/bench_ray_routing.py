@@ -2,7 +2,7 @@
 
 One short LMI request (1 new token on a tiny random Llama, with a LoRA adapter) timed N times
 sequentially on each path; the engine work is the same, so the differences are the overhead:
-  (a) in process: the built-in handler on a started engine (what a replica does per request);
+  (a) in process: the handler's typed generate on a started engine (a replica's work per request);
   (b) Ray handle -> engine replica (Ray's router with the adapter as multiplexed id, one actor call);
   (c) HTTP -> Ray Serve proxy -> ingress (loraserve's routes) -> replica: what a client sees;
   (d) HTTP -> ``loraserve serve`` (one machine: front end -> worker process), for comparison.
@@ -59,6 +59,14 @@ def build_model(root: Path) -> Path:
     return model
 
 
+def typed_request():
+    """BODY as the ingress's LMI route parses it: the typed request a replica is called with."""
+    from loraserve.specs import lmi
+    from loraserve.specs.base import parse
+
+    return lmi.to_generate(parse(lmi.LmiRequest, BODY))
+
+
 def in_process(model: Path, count: int) -> list[float]:
     from loraserve.config import ModelConfig
     from loraserve.handlers import builtin_llm
@@ -71,10 +79,10 @@ def in_process(model: Path, count: int) -> list[float]:
         await asyncio.to_thread(builtin_llm.engine().register_adapter, "a", model / "adapters" / "a")
         loop = asyncio.get_running_loop()
 
+        message = typed_request()
+
         def call() -> None:
-            request = Input()
-            request.content.add("data", json.dumps(BODY).encode())
-            asyncio.run_coroutine_threadsafe(builtin_llm.handle(request), loop).result()
+            asyncio.run_coroutine_threadsafe(builtin_llm.generate(message), loop).result()
 
         times = await asyncio.to_thread(timed, call, count)
         builtin_llm.engine().stop()
@@ -98,12 +106,11 @@ def on_ray(model: Path, count: int, replicas: int) -> tuple[list[float], list[fl
         config = RayAppConfig(model_dir=model, replicas=replicas, num_cpus_per_replica=0.5)
         serve.run(build_app(config), name=config.app_name, route_prefix="/")
         engine = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=config.app_name)
-        wire = {"properties": {"content-type": "application/json"},
-                "content": [("data", json.dumps(BODY).encode())]}
+        message = typed_request()
         entry = json.loads((config.loraserve_dir / "state.json").read_text())["models"]["tiny"]["adapters"][0]
         refs = [AdapterRef.of(entry)]
         routed = engine.options(multiplexed_model_id="a")
-        handle_times = timed(lambda: routed.generate.remote(wire, refs).result(), count)
+        handle_times = timed(lambda: routed.generate.remote(message, refs).result(), count)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             http_times = timed(lambda: client.post("/invocations", json=BODY).raise_for_status(), count)
         return handle_times, http_times

@@ -1,5 +1,6 @@
 """The Ray scale-out's plain logic, without Ray: the shared adapter store, a replica's adapter
-set (load / reload / evict / pin / drop after the last request), request parsing, settings."""
+set (load / reload / evict / pin / drop after the last request), the typed call to a replica
+(through a fake handle), settings."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from loraserve.cli import build_parser
-from loraserve.errors import BadRequestError, ConfigError
+from loraserve.errors import AdapterNotFoundError, BadRequestError, ConfigError, HandlerError, LoraserveError
+from loraserve.handlers.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenOutput
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.ray_serve.launcher import config_from_args, parse_options
-from loraserve.ray_serve.ray_model import requested_names
+from loraserve.ray_serve.ray_model import RayModel, adapter_names
 from loraserve.ray_serve.replica_adapters import ReplicaAdapters
 from loraserve.ray_serve.replica_stats import aggregate
 
@@ -117,16 +119,150 @@ def test_sync_follows_the_registry():
     assert engine.adapters == {}
 
 
-def test_requested_names_follow_djl_precedence_and_dedupe():
-    def wire(body: dict, query: dict | None = None, props: dict | None = None) -> dict:
-        content = [(k, v.encode()) for k, v in (query or {}).items()]
-        return {"properties": props or {}, "content": [*content, ("data", json.dumps(body).encode())]}
+def _message(*adapters: str | None, stream: bool = False) -> GenerateRequest:
+    return GenerateRequest(SamplingSpec(), prompts=tuple("p" for _ in adapters), adapters=adapters,
+                           stream=stream)
 
-    assert requested_names(wire({"inputs": ["x", "y", "z"], "adapters": ["a", "", "a"]})) == (["a"], False)
-    assert requested_names(wire({"inputs": "x", "stream": True}, {"adapter": "q"})) == (["q"], True)
-    assert requested_names(wire({"inputs": "x"}, props={"adapter": "h"})) == (["h"], False)
-    with pytest.raises(BadRequestError):
-        requested_names(wire({"inputs": ["x", "y"], "adapters": ["a"]}))
+
+def test_adapter_names_are_the_distinct_adapters_in_order():
+    assert adapter_names(_message("a", None, "b", "a")) == ["a", "b"]
+    assert adapter_names(_message(None)) == []
+
+
+class RecordingCaller:
+    def __init__(self) -> None:
+        self.calls: list[tuple[GenerateRequest, list[AdapterRef]]] = []
+
+    async def generate(self, message, refs):
+        self.calls.append((message, refs))
+        return "reply"
+
+
+def test_ray_model_sends_the_typed_request_with_its_adapters_revisions(tmp_path: Path):
+    (tmp_path / "serving.properties").write_text("option.model_id=/nowhere\n")
+    caller = RecordingCaller()
+    model = RayModel(RayAppConfig(model_dir=tmp_path), caller)  # type: ignore[arg-type]
+    model.store.put({"name": "a", "src": "/x/a", "path": "/x/a"})
+    message = _message("a", None, "a")
+    assert run(model.infer(message, "generate")) == "reply"
+    assert caller.calls == [(message, [model.store.refs()["a"]])]
+    with pytest.raises(AdapterNotFoundError):
+        run(model.infer(_message("gone"), "generate"))
+    with pytest.raises(BadRequestError):  # a DJL Input for `handle`: not what replicas serve
+        run(model.infer({"properties": {}, "content": []}, "handle"))
+    assert len(caller.calls) == 1
+
+
+class FakeResponse:
+    """A Ray ``DeploymentResponse``: awaitable, cancellable."""
+
+    def __init__(self, value=None) -> None:
+        self.value, self.cancelled = value, False
+
+    def __await__(self):
+        if self.value is None:  # never answers: the caller must be cancelled
+            yield from asyncio.get_running_loop().create_future().__await__()
+        return self.value
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeChunks:
+    """A Ray ``DeploymentResponseGenerator`` over ``items``."""
+
+    def __init__(self, items: list) -> None:
+        self.items, self.cancelled = list(items), False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.items:
+            raise StopAsyncIteration
+        return self.items.pop(0)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeHandle:
+    def __init__(self, answer) -> None:
+        self.answer, self.model_ids = answer, []
+        self.generate = self.generate_stream = self
+
+    def options(self, multiplexed_model_id=None, stream=None):
+        if multiplexed_model_id is not None:
+            self.model_ids.append(multiplexed_model_id)
+        return self
+
+    def remote(self, _message, _refs):
+        return self.answer
+
+
+REF = AdapterRef("a", "/x/a", 3)
+TOKEN = TokenOutput(index=0, token_id=7, text="x", logprob=None)
+
+
+def test_caller_answers_like_a_workers_typed_reply_and_names_the_replica():
+    pytest.importorskip("ray")
+    from loraserve.ray_serve.routing import SERVED_BY, ReplicaCaller
+
+    result = GenerateResult(sequences=(), peak_batch=1)
+    handle = FakeHandle(FakeResponse({"output": result, "replica": "r1"}))
+    caller = ReplicaCaller(handle)
+    served: list[str] = []
+    SERVED_BY.set(served)
+    reply = run(caller.generate(_message("a"), [REF]))
+    assert reply.output == result and reply.stream is None
+    assert handle.model_ids == ["a"] and served == ["r1"] and caller.routed[("r1", "a")] == 1
+    refusal = {"error": {"status": 404, "type": "AdapterNotFound", "message": "no a"}, "replica": "r1"}
+    with pytest.raises(LoraserveError) as refused:
+        run(ReplicaCaller(FakeHandle(FakeResponse(refusal))).generate(_message("a"), [REF]))
+    assert refused.value.status_code == 404 and refused.value.error_type == "AdapterNotFound"
+    with pytest.raises(HandlerError):
+        run(ReplicaCaller(FakeHandle(FakeResponse({"error": {"message": "boom"}}))).generate(
+            _message(None), []))
+
+
+def test_caller_cancels_the_ray_call_when_its_client_leaves():
+    pytest.importorskip("ray")
+    from loraserve.ray_serve.routing import ReplicaCaller
+
+    pending = FakeResponse()
+
+    async def leave() -> None:
+        task = asyncio.ensure_future(ReplicaCaller(FakeHandle(pending)).generate(_message("a"), [REF]))
+        await asyncio.sleep(0)  # let it reach the Ray call
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(leave())
+    assert pending.cancelled
+
+
+def test_caller_streams_token_outputs_then_the_end_or_the_error():
+    pytest.importorskip("ray")
+    from loraserve.ray_serve.routing import ReplicaCaller
+
+    async def drain(items: list) -> tuple[list, FakeChunks]:
+        chunks = FakeChunks(items)
+        reply = await ReplicaCaller(FakeHandle(chunks)).generate(_message("a", stream=True), [REF])
+        assert reply.output is None and reply.cancel is not None
+        got = [await reply.stream.get()]
+        while got[-1] is not None and not isinstance(got[-1], Exception):
+            got.append(await reply.stream.get())
+        reply.cancel()
+        return got, chunks
+
+    got, chunks = run(drain([{"replica": "r2"}, TOKEN, TOKEN]))
+    assert got == [TOKEN, TOKEN, None] and chunks.cancelled
+    got, _ = run(drain([{"replica": "r2"}, TOKEN, {"error": {"status": 500, "type": "X", "message": "m"}}]))
+    assert got[0] == TOKEN and isinstance(got[1], LoraserveError) and got[1].message == "m"
+    with pytest.raises(LoraserveError) as refused:
+        run(drain([{"replica": "r2", "error": {"status": 400, "type": "BadRequest", "message": "no"}}]))
+    assert refused.value.status_code == 400
 
 
 def test_aggregate_sums_replicas():

@@ -9,6 +9,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loraserve.api import adapters, inference, openai
 from loraserve.api.app import install_error_handlers
@@ -16,7 +18,7 @@ from loraserve.model_store import startup_adapter_dirs
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.ray_serve.ray_model import RayModel, RayModelManager
 from loraserve.ray_serve.replica_stats import ReplicaCollector, aggregate
-from loraserve.ray_serve.routing import ReplicaCaller
+from loraserve.ray_serve.routing import REPLICA_HEADER, SERVED_BY, ReplicaCaller
 from loraserve.serving.metrics import ServerMetrics
 from loraserve.workflows.manager import WorkflowManager
 
@@ -48,6 +50,31 @@ async def replicas(request: Request) -> JSONResponse:
     return JSONResponse({"model": model.name, "replicas": figures})
 
 
+class ReplicaHeader:
+    """Names the replica that served a request in ``x-loraserve-replica`` (the routes build
+    their own headers from the typed result; the replica is known only to the Ray call)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        served: list[str] = []
+        token = SERVED_BY.set(served)
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start" and served:
+                headers = MutableHeaders(scope=message)
+                headers[REPLICA_HEADER] = served[-1]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_named)
+        finally:
+            SERVED_BY.reset(token)
+
+
 def build_ingress_app(manager: RayModelManager) -> FastAPI:
     app = FastAPI(title="loraserve on Ray Serve", version="0.1.0")
     app.state.manager = manager
@@ -60,6 +87,7 @@ def build_ingress_app(manager: RayModelManager) -> FastAPI:
     app.include_router(adapters.router)
     app.include_router(openai.router)
     app.include_router(replicas_router)
+    app.add_middleware(ReplicaHeader)
     return app
 
 

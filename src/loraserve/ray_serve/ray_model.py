@@ -2,15 +2,15 @@
 engine replicas of a Ray Serve deployment and the shared adapter registry.
 
 So ``/invocations``, ``/predictions``, ``/v1/*`` and ``/models/{m}/adapters`` are loraserve's own
-route code, unchanged; only "run this request" and "change the registry" differ: a request goes
-to a replica picked by Ray with the adapter as multiplexed model id, and a registration is
+route code, unchanged; only "run this request" and "change the registry" differ: a request (the
+typed ``GenerateRequest`` the routes parsed) goes to a replica picked by Ray with the adapter as
+multiplexed model id, and a registration is
 checked on one replica, then written to the shared store that every replica follows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +30,7 @@ from loraserve.errors import (
     LoraserveError,
     ModelNotFoundError,
 )
-from loraserve.handlers.builtin_llm import adapters_of
-from loraserve.handlers.protocol import input_from_wire
+from loraserve.handlers.messages import GenerateRequest
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.serving.worker_process import WorkerReply
@@ -56,19 +55,9 @@ def entry_of(record: AdapterRecord) -> dict[str, Any]:
             "version": record.version, "registered_at": record.registered_at}
 
 
-def requested_names(wire: dict[str, Any]) -> tuple[list[str], bool]:
-    """The distinct adapters an LMI request asks for (DJL's precedence), and whether it streams."""
-    data = dict(wire["content"]).get("data") or b"{}"
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequestError("the request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequestError('the request body must be a JSON object with "inputs"')
-    inputs = body.get("inputs")
-    count = len(inputs) if isinstance(inputs, list) and "messages" not in body else 1
-    names = adapters_of(input_from_wire(wire), body, count)
-    return list(dict.fromkeys(n for n in names if n)), bool(body.get("stream"))
+def adapter_names(message: GenerateRequest) -> list[str]:
+    """The distinct adapters a typed request asks for, in order (the base model is none)."""
+    return list(dict.fromkeys(n for n in message.adapters if n))
 
 
 class RayModel:
@@ -97,6 +86,11 @@ class RayModel:
             self._registry, self._generation = registry, self.store.generation
         return self._registry
 
+    @property
+    def scratch_dir(self) -> Path:
+        """Where adapter archives are unpacked (the routes prune unused copies here)."""
+        return self.config.loraserve_dir / "extracted" / self.name
+
     def _not_found(self, adapter: str) -> AdapterNotFoundError:
         return AdapterNotFoundError(
             f"adapter {adapter} is not registered on model {self.name}; "
@@ -107,19 +101,23 @@ class RayModel:
             if adapter and adapter not in self.registry:
                 raise self._not_found(adapter)
 
-    async def infer(self, wire: dict[str, Any]) -> WorkerReply:
-        names, stream = requested_names(wire)
+    async def infer(self, message: Any, fn: str = "handle") -> WorkerReply:
+        """``ModelService.infer`` for the built-in engine's typed hook: ``generate`` with a
+        ``GenerateRequest``, run on a replica picked with its adapter as multiplexed id."""
+        if fn != "generate" or not isinstance(message, GenerateRequest):
+            raise BadRequestError(f"handler function {fn} is not served on Ray; the engine replicas "
+                                  "answer the built-in engine's typed generate call only")
+        names = adapter_names(message)
         refs = self.store.refs()  # one read: an adapter deleted since the route's check is a 404 here
         missing = next((n for n in names if n not in refs), None)
         if missing is not None:
             raise self._not_found(missing)
-        return await self.caller.generate(wire, [refs[n] for n in names], stream)
+        return await self.caller.generate(message, [refs[n] for n in names])
 
     # -- the registry, shared by every replica ----------------------------------------------
     async def _resolve(self, src: str) -> str:
         path = await asyncio.to_thread(resolve_source, src, self.config.model_dir,
-                                       self.config.adapter_roots(),
-                                       self.config.loraserve_dir / "extracted" / self.name)
+                                       self.config.adapter_roots(), self.scratch_dir)
         await self.caller.check_adapter(str(path))
         return str(path)
 

@@ -1,6 +1,6 @@
 """The engine replica: one built-in engine per Ray Serve replica (CPU, or the GPU Ray gave it),
-driven through the built-in LMI handler, so every request is served exactly as by one
-``loraserve serve`` worker.
+driven through the built-in handler's typed ``generate`` hook (the ``GenerateRequest`` the
+ingress's routes parsed), so every request is served exactly as by one ``loraserve serve`` worker.
 
 The adapter name is Ray's multiplexed model id: ``get_adapter`` is the multiplexed loader
 (Ray keeps an LRU of ``max_adapters_per_replica`` per replica and routes each adapter's
@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from ray import serve
 
 from loraserve.errors import LoraserveError
 from loraserve.handlers import builtin_llm
-from loraserve.handlers.io import Input, Output
-from loraserve.handlers.protocol import input_from_wire, output_to_wire
+from loraserve.handlers.io import Input
+from loraserve.handlers.messages import GenerateRequest, TokenStream
 from loraserve.model.peft_adapter import load_peft_adapter
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
@@ -32,9 +33,13 @@ from loraserve.ray_serve.replica_adapters import LoadedAdapter, ReplicaAdapters
 log = logging.getLogger("loraserve.ray.replica")
 
 
-def error_reply(exc: LoraserveError) -> dict[str, Any]:
-    return {"output": output_to_wire(Output().error(exc.message, code=exc.status_code,
-                                                    message=exc.error_type))}
+def problem_of(exc: Exception) -> dict[str, Any]:
+    """An exception as plain data for the ingress (``routing.typed_error`` rebuilds it): a
+    typed refusal keeps its status and type; anything else is the handler's failure."""
+    if isinstance(exc, LoraserveError):
+        return {"status": exc.status_code, "type": exc.error_type, "message": exc.message}
+    log.error("generate failed", exc_info=exc)
+    return {"message": f"{type(exc).__name__}: {exc}"}
 
 
 class EngineReplica:
@@ -70,39 +75,47 @@ class EngineReplica:
             self.adapters.acquire([ref.name])
             held.append(ref.name)
 
-    async def generate(self, wire: dict[str, Any], refs: list[AdapterRef]) -> dict[str, Any]:
-        """One LMI request, answered whole: ``{"output": wire Output, "replica": id}``."""
+    async def generate(self, message: GenerateRequest, refs: list[AdapterRef]) -> dict[str, Any]:
+        """One request answered whole: ``{"output": GenerateResult, "replica": id}``, or
+        ``{"error": problem, "replica": id}``."""
         names: list[str] = []
         try:
             await self._hold(refs, names)
             self.adapters.count_request(names)
-            output = await builtin_llm.handle(input_from_wire(wire))
-        except LoraserveError as exc:
-            return error_reply(exc)
+            result = await builtin_llm.generate(replace(message, stream=False))
+        except Exception as exc:
+            return {"error": problem_of(exc), "replica": self.replica}
         finally:
             self.adapters.release(names)
-        return {"output": output_to_wire(output), "replica": self.replica}
+        return {"output": result, "replica": self.replica}
 
-    async def generate_stream(self, wire: dict[str, Any], refs: list[AdapterRef]) -> AsyncIterator[Any]:
-        """One streamed LMI request: first ``{"output", "replica"}``, then ``bytes`` chunks."""
+    async def generate_stream(self, message: GenerateRequest,
+                              refs: list[AdapterRef]) -> AsyncIterator[Any]:
+        """One streamed request: first ``{"replica": id}`` (or ``{"error", "replica"}``), then
+        its ``TokenOutput``s, and ``{"error"}`` last if it failed midway. Ray cancelling the
+        call (the client left) closes the engine's event stream, which aborts the sequence."""
         names: list[str] = []
         try:
             await self._hold(refs, names)
             self.adapters.count_request(names)
-            output = await builtin_llm.handle(input_from_wire(wire))
-        except LoraserveError as exc:
+            stream = await builtin_llm.generate(replace(message, stream=True))
+            assert isinstance(stream, TokenStream)
+        except Exception as exc:
             self.adapters.release(names)
-            yield error_reply(exc)
+            yield {"error": problem_of(exc), "replica": self.replica}
             return
         except BaseException:
             self.adapters.release(names)
             raise
+        events = stream.events
         try:
-            yield {"output": output_to_wire(output), "replica": self.replica}
-            if output.stream_content is not None:
-                async for chunk in output.stream_content:
-                    yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+            yield {"replica": self.replica}
+            async for event in events:
+                yield event
+        except Exception as exc:
+            yield {"error": problem_of(exc)}
         finally:
+            await events.aclose()  # type: ignore[attr-defined]  # aborts what still runs
             self.adapters.release(names)
 
     async def check_adapter(self, path: str) -> dict[str, Any] | None:

@@ -11,23 +11,51 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from contextvars import ContextVar
 from typing import Any
 
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from loraserve.errors import LoraserveError, ServiceUnavailableError
+from loraserve.errors import HandlerError, LoraserveError, ServiceUnavailableError
+from loraserve.handlers.messages import GenerateRequest
 from loraserve.ray_serve.adapter_store import AdapterRef
 from loraserve.serving.worker_process import WorkerReply
 
 log = logging.getLogger("loraserve.ray.routing")
 REPLICA_HEADER = "x-loraserve-replica"
 RAY_FAILURES = (RayError, RayServeException)  # replica died, back-pressure, no replica yet
+# The replica that served the request, for the ingress to name in a header: a holder set per
+# request by the ingress, filled here (a mutable holder: the route runs in a copied context).
+SERVED_BY: ContextVar[list[str] | None] = ContextVar("loraserve_served_by", default=None)
 
 
 def routing_id(refs: list[AdapterRef]) -> str:
     """The multiplexed model id: the first adapter not held everywhere, else none ("")."""
     return next((ref.name for ref in refs if not ref.pin), "")
+
+
+def typed_error(problem: dict[str, Any]) -> LoraserveError:
+    """A replica's refusal (``{"status", "type", "message"}``) as the error the worker path
+    raises: a typed one keeps its status; anything else is the handler's failure."""
+    if "status" not in problem:
+        return HandlerError(f"handler error: {problem['message']}")
+    error = LoraserveError(problem["message"], int(problem["status"]))
+    error.error_type = problem["type"]
+    return error
+
+
+def _unavailable(exc: BaseException) -> ServiceUnavailableError:
+    return ServiceUnavailableError(f"the engine replica failed: {type(exc).__name__}; retry the request")
+
+
+async def _cancelling(response: Any) -> Any:
+    """Await a Ray call; if our caller is cancelled (the client left), cancel the Ray call too."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
 
 
 class ReplicaCaller:
@@ -37,46 +65,66 @@ class ReplicaCaller:
         self.routed: Counter[tuple[str, str]] = Counter()  # (replica, routing id) → requests
         self._pumps: set[asyncio.Task] = set()
 
-    async def generate(self, wire: dict[str, Any], refs: list[AdapterRef], stream: bool) -> WorkerReply:
+    async def generate(self, message: GenerateRequest, refs: list[AdapterRef]) -> WorkerReply:
+        """The typed call on a replica, answered like a worker's typed reply: a
+        ``GenerateResult``, or (streaming) no output and a queue of ``TokenOutput`` then None."""
         model_id = routing_id(refs)
         handle = self.handle.options(multiplexed_model_id=model_id)
         try:
-            if stream:
-                return await self._stream(handle.options(stream=True), wire, refs, model_id)
-            result = await handle.generate.remote(wire, refs)
+            if message.stream:
+                return await self._stream(handle.options(stream=True), message, refs, model_id)
+            result = await _cancelling(handle.generate.remote(message, refs))
         except RAY_FAILURES as exc:
-            raise ServiceUnavailableError(f"the engine replica failed: {type(exc).__name__}; "
-                                          "retry the request") from None
-        return WorkerReply(self._tagged(result, model_id), None)
+            raise _unavailable(exc) from None
+        self._served(result, model_id)
+        return WorkerReply(result["output"])
 
-    def _tagged(self, result: dict[str, Any], model_id: str) -> dict[str, Any]:
-        """The wire Output with the serving replica named in a header (and counted)."""
-        output = result["output"]
-        if "replica" in result:
-            self.routed[(result["replica"], model_id)] += 1
-            output["properties"][REPLICA_HEADER] = result["replica"]
-        return output
+    def _served(self, head: dict[str, Any], model_id: str) -> None:
+        """Count the serving replica, name it for the response header; raise its refusal."""
+        if "replica" in head:
+            self.routed[(head["replica"], model_id)] += 1
+            holder = SERVED_BY.get()
+            if holder is not None:
+                holder.append(head["replica"])
+        if "error" in head:
+            raise typed_error(head["error"])
 
-    async def _stream(self, handle: Any, wire: dict[str, Any], refs: list[AdapterRef],
+    async def _stream(self, handle: Any, message: GenerateRequest, refs: list[AdapterRef],
                       model_id: str) -> WorkerReply:
-        chunks = handle.generate_stream.remote(wire, refs)
-        first = await chunks.__anext__()
-        output = self._tagged(first, model_id)
-        if not output.get("streaming"):  # refused before any token: an ordinary (error) reply
-            return WorkerReply(output, None)
+        chunks = handle.generate_stream.remote(message, refs)
+        try:
+            head = await chunks.__anext__()
+        except asyncio.CancelledError:
+            chunks.cancel()
+            raise
+        except StopAsyncIteration:
+            raise ServiceUnavailableError("the engine replica ended the stream before it began") from None
+        self._served(head, model_id)  # refused before any token: the typed error
         queue: asyncio.Queue = asyncio.Queue()
         pump = asyncio.ensure_future(self._pump(chunks, queue))
         self._pumps.add(pump)
         pump.add_done_callback(self._pumps.discard)
-        return WorkerReply(output, queue)
+
+        def cancel() -> None:  # the response ended (client gone, or done): stop the Ray call
+            pump.cancel()
+            chunks.cancel()
+
+        return WorkerReply(None, queue, cancel)
 
     @staticmethod
     async def _pump(chunks: Any, queue: asyncio.Queue) -> None:
-        """Replica chunks → the queue loraserve's response code drains (None ends it)."""
+        """Replica ``TokenOutput``s → the queue loraserve's response code drains (None ends
+        it; a refusal or failure mid-stream ends it with the error)."""
         try:
-            async for chunk in chunks:
-                queue.put_nowait(chunk)
+            async for item in chunks:
+                if isinstance(item, dict):  # the replica's stream failed: {"error": ...}
+                    queue.put_nowait(typed_error(item["error"]))
+                    return
+                queue.put_nowait(item)
             queue.put_nowait(None)
+        except asyncio.CancelledError:
+            queue.put_nowait(None)  # nobody reads on; the metrics forwarder still needs its end
+            raise
         except Exception as exc:  # the replica died mid-stream: end the stream with the error
             queue.put_nowait(ServiceUnavailableError(f"the engine replica failed: {type(exc).__name__}"))
 
@@ -87,9 +135,7 @@ class ReplicaCaller:
         except RAY_FAILURES as exc:
             raise ServiceUnavailableError(f"no engine replica could check the adapter: {exc}") from None
         if problem:
-            error = LoraserveError(problem["message"], problem["status"])
-            error.error_type = problem["type"]
-            raise error
+            raise typed_error(problem)
 
     async def preload(self, ref: AdapterRef) -> None:
         """Best effort: the registration stands either way, and traffic loads it on demand."""
