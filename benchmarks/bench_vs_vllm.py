@@ -38,9 +38,11 @@ class VllmWorker:
         cores = os.cpu_count() or 1
         env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",  # its default idles one
                "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-        self.proc = subprocess.Popen([str(python), str(HERE / "vllm_worker.py"), json.dumps(config)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                     stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())
+        self.log = Path(tempfile.mkstemp(prefix="vllm-worker-", suffix=".log")[1])
+        with self.log.open("w") as errors:  # vLLM's own errors, for when it fails to start
+            self.proc = subprocess.Popen([str(python), str(HERE / "vllm_worker.py"), json.dumps(config)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                         stderr=errors, cwd=tempfile.gettempdir())
         self._reply()
 
     def _reply(self) -> dict:
@@ -48,7 +50,8 @@ class VllmWorker:
         for line in self.proc.stdout:
             if line.startswith("@@ "):
                 return json.loads(line[3:])
-        raise RuntimeError(f"the vLLM worker exited ({self.proc.wait()}); run it by hand to see why")
+        tail = self.log.read_text()[-3000:]
+        raise RuntimeError(f"the vLLM worker exited ({self.proc.wait()}); its log {self.log} ends:\n{tail}")
 
     def run(self, prompts: list[list[int]], adapters: list[str | None], new_tokens: int,
             ids: bool = False) -> dict:
