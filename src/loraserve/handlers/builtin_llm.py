@@ -140,7 +140,7 @@ async def _generate(item: Input) -> Output:
         if len(requests) != 1:
             raise BadRequestError("streaming takes one input at a time")
         output.add_property("content-type", "application/jsonlines")
-        return output.add_stream_content(_stream(requests[0], params.details))
+        return output.add_stream_content(_stream(requests[0], params.details), output_formatter=None)
     results = await asyncio.gather(*(_collect(r, params.details) for r in requests))
     peak = max(r.seq.peak_batch for r in requests if r.seq)
     output.add_property("x-loraserve-peak-batch", str(peak))

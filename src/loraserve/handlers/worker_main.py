@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from loraserve.config import ModelConfig
-from loraserve.handlers.djl_compat import install_djl_python_alias
 from loraserve.handlers.io import Input
 from loraserve.handlers.loader import import_handler, resolve_entry_point
 from loraserve.handlers.protocol import (
@@ -40,8 +39,10 @@ _END = object()
 class WorkerRuntime:
     """Runs handler calls and writes their results back to the front end."""
 
-    def __init__(self, module: Any, out_fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, module: Any, out_fd: int, loop: asyncio.AbstractEventLoop,
+                 model_dir: str = "") -> None:
         self.module = module
+        self.model_dir = model_dir
         self.out_fd = out_fd
         self.loop = loop
         self.serial = ThreadPoolExecutor(1, thread_name_prefix="handler")
@@ -59,6 +60,7 @@ class WorkerRuntime:
         fn = getattr(self.module, message["fn"], None)
         try:
             inputs = input_from_wire(message["input"])
+            inputs.properties["model_dir"] = self.model_dir  # on every call, as DJL does
             if fn is None:
                 result = None
             elif inspect.iscoroutinefunction(fn):
@@ -68,7 +70,8 @@ class WorkerRuntime:
             await self._send_result(call_id, result)
         except Exception as exc:  # the handler's failure is this request's error, nothing more
             log.error("handler %s failed:\n%s", message["fn"], traceback.format_exc())
-            self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}"})
+            self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}",
+                       "status": error_status(exc)})
 
     async def _send_result(self, call_id: int, result: Any) -> None:
         if result is None:
@@ -77,7 +80,9 @@ class WorkerRuntime:
         wire = output_to_wire(result)
         self.send({"op": "result", "id": call_id, "output": wire})
         if wire["streaming"]:
-            await self._stream(call_id, result.stream_content, getattr(result, "stream_formatter", None))
+            formatter = getattr(result, "stream_output_formatter", getattr(result, "stream_formatter", None))
+            await self._stream(call_id, result.stream_content, formatter)
+        _finalize(result)
 
     async def _stream(self, call_id: int, stream: Any, formatter: Any) -> None:
         error = None
@@ -93,6 +98,25 @@ class WorkerRuntime:
             log.error("stream failed:\n%s", traceback.format_exc())
             error = f"{type(exc).__name__}: {exc}"
         self.send({"op": "end", "id": call_id, "error": error})
+
+
+def error_status(exc: BaseException) -> int:
+    """DJL's status for a handler's exception: 507 when it ran out of (GPU) memory, else 424."""
+    text = str(exc)
+    if type(exc).__name__ in ("MemoryError", "OutOfMemoryError") or any(
+            s in text for s in ("CUDA error: out of memory", "No available memory for the cache blocks")):
+        return 507
+    return 424
+
+
+def _finalize(result: Any) -> None:
+    """``Output.finalize(fn, *args)``: run once the answer has been sent (DJL's hook)."""
+    run = getattr(result, "execute_finalize", None)
+    if callable(run):
+        try:
+            run()
+        except Exception:
+            log.error("finalize function failed:\n%s", traceback.format_exc())
 
 
 async def _iterate(stream: Any, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor):
@@ -145,14 +169,13 @@ async def serve(model_dir: Path, out_fd: int) -> int:
     extra_options = json.loads(os.environ.get("LORASERVE_MODEL_OPTIONS", "{}"))
     config.options.update(extra_options)
     try:
-        install_djl_python_alias()
         module = import_handler(model_dir, resolve_entry_point(model_dir, config))
         await _initialise(module, config.handler_properties(model_dir))
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())
         os.write(out_fd, encode_frame({"op": "load_failed", "error": f"{type(exc).__name__}: {exc}"}))
         return 1
-    runtime = WorkerRuntime(module, out_fd, loop)
+    runtime = WorkerRuntime(module, out_fd, loop, str(model_dir))
     hooks = [name for name in HANDLER_FUNCTIONS if callable(getattr(module, name, None))]
     concurrent = inspect.iscoroutinefunction(module.handle)
     runtime.send({"op": "ready", "pid": os.getpid(), "hooks": hooks, "concurrent": concurrent})
