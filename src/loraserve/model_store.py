@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loraserve.adapters.sources import extract_archive, is_archive, local_path_of
+from loraserve.adapters.sources import ARCHIVE_SUFFIXES, extract_archive, is_archive, local_path_of
 from loraserve.errors import BadRequestError
 
 MODEL_MARKERS = ("serving.properties", "model.py", "workflow.json")
@@ -42,9 +42,20 @@ def find_in_store(store: Path | None, name: str) -> Path | None:
     return None
 
 
+def archive_stem(name: str) -> str:
+    """``base-1.tar.gz`` → ``base-1``: the name a model packed as an archive is served under."""
+    for suffix in (*ARCHIVE_SUFFIXES, ".tar"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path:
-    """A path, ``file://`` URL or archive to a model directory."""
-    path = local_path_of(url, model_store)
+    """A path, ``file://`` URL or archive to a model directory. A relative one (``file:models/m``
+    or ``models/m``) is found in the working directory first, as DJL does, then in the store."""
+    path = local_path_of(url, Path.cwd())
+    if not path.exists() and model_store is not None:
+        path = local_path_of(url, model_store)
     if not path.exists():
         raise BadRequestError(f"model url {url} does not exist (resolved to {path})")
     if path.is_file() and is_archive(path):
@@ -62,3 +73,18 @@ def startup_adapter_dirs(model_dir: Path) -> dict[str, Path]:
     if not root.is_dir():
         return {}
     return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def is_workflow_url(url: str) -> bool:
+    """A ``--models`` / ``load_models`` entry that names a workflow folder (DJL allows that)."""
+    try:
+        return is_workflow_dir(local_path_of(url, Path.cwd()))
+    except BadRequestError:
+        return False  # a URL scheme loraserve cannot open; the model load reports it
+
+
+def startup_workflow_dirs(store: Path | None, models: dict[str, str]) -> list[Path]:
+    """Workflows to load at start: the store's workflow folders and workflow entries of models."""
+    paths = [p for p in (discover_models(store).values() if store is not None else [])
+             if is_workflow_dir(p)]
+    return paths + [local_path_of(u, Path.cwd()) for u in models.values() if is_workflow_url(u)]

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from loraserve.errors import BadRequestError, ForbiddenError
+from loraserve.errors import BadRequestError, ConflictError, ForbiddenError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 
@@ -63,6 +63,24 @@ def resolve_source(src: str, base_dir: Path | None, roots: list[Path], scratch: 
     if path.is_file() and is_archive(path):
         return extract_archive(path, scratch)
     return path
+
+
+def server_reads(src: str, builtin_engine: bool) -> bool:
+    """Whether the server itself opens ``src``: archives it unpacks, and the weights of the
+    built-in engine. Only those are resolved and kept inside the allowed roots."""
+    return builtin_engine or urlparse(src).path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def handler_src(src: str) -> str:
+    """``src`` for a custom handler's ``register_adapter``, exactly as the caller wrote it (a
+    path, a name the handler resolves, ...), as DJL passes it. Like DJL, a URL scheme other
+    than ``file`` is refused with 409 ("URL adapters are not currently supported")."""
+    if not src or not src.strip():
+        raise BadRequestError("src is required: a local directory, file:// URL or archive")
+    scheme = urlparse(src).scheme
+    if scheme and scheme != "file" and len(scheme) > 1:  # one letter would be a Windows drive
+        raise ConflictError(f"URL adapters are not currently supported (src {src})")
+    return src
 
 
 def _check_member_name(name: str, archive: Path) -> None:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from loraserve.api.deps import manager_of
 from loraserve.api.params import merged_params, opt_bool, paged_response
 from loraserve.errors import BadRequestError
+from loraserve.serving.lora_gate import require_lora
 from loraserve.serving.model_service import ModelService
 
 router = APIRouter()
@@ -16,12 +17,19 @@ RESERVED = {"name", "src", "preload", "pin"}
 
 def _model(request: Request, model_name: str | None) -> ModelService:
     manager = manager_of(request)
-    return manager.get(model_name) if model_name else manager.single_model()
+    model = manager.get(model_name) if model_name else manager.single_model()
+    require_lora(model.name, model.config.options, model.uses_builtin_engine)
+    return model
 
 
 def _extras(params: dict[str, str]) -> dict[str, str]:
     """Every option that is not one of DJL's own goes to the handler as is."""
     return {k: v for k, v in params.items() if k not in RESERVED}
+
+
+def _status(model: ModelService, adapter: str, default: str) -> JSONResponse:
+    """DJL answers with the message the handler set on its Output; ours when it set none."""
+    return JSONResponse({"status": model.handler_messages.pop(adapter, None) or default})
 
 
 async def _register(request: Request, model_name: str | None) -> JSONResponse:
@@ -34,7 +42,7 @@ async def _register(request: Request, model_name: str | None) -> JSONResponse:
     preload = True if pin else opt_bool(params, "preload", True)  # pinning implies preloading
     await model.register_adapter(name or "", src, bool(preload), bool(pin), _extras(params))
     manager_of(request).persist(model)
-    return JSONResponse({"status": f"Adapter {name} registered"})
+    return _status(model, name or "", f"Adapter {name} registered")
 
 
 async def _update(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
@@ -43,18 +51,18 @@ async def _update(request: Request, model_name: str | None, adapter: str) -> JSO
     await model.update_adapter(adapter, params.get("src"), opt_bool(params, "preload", None),
                                opt_bool(params, "pin", None), _extras(params))
     manager_of(request).persist(model)
-    return JSONResponse({"status": f"Adapter {adapter} updated"})
+    return _status(model, adapter, f"Adapter {adapter} updated")
 
 
 async def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
-    return JSONResponse([_model(request, model_name).registry.get(adapter).describe()])
+    return JSONResponse(_model(request, model_name).registry.get(adapter).describe())  # DJL: an object
 
 
 async def _unregister(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
     model = _model(request, model_name)
     record = await model.unregister_adapter(adapter)
     manager_of(request).persist(model, removed=record)
-    return JSONResponse({"status": f"Adapter {adapter} unregistered"})
+    return _status(model, adapter, f"Adapter {adapter} unregistered")
 
 
 async def _list(request: Request, model_name: str | None) -> JSONResponse:

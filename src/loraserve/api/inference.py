@@ -10,12 +10,15 @@ from loraserve.api.deps import config_of, manager_of
 from loraserve.api.request_input import (
     build_wire_input,
     check_adapter_count,
+    content_adapter,
     parse_json_body,
     read_body,
+    refuse_handler_override,
     requested_adapters,
 )
 from loraserve.api.responses import reply_to_response
 from loraserve.errors import ModelNotFoundError
+from loraserve.model_store import archive_stem
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
 
@@ -34,18 +37,20 @@ async def ping(request: Request) -> JSONResponse:
 
 
 async def _predict(request: Request, model: ModelService) -> Response:
+    refuse_handler_override(request)
     body = await read_body(request, config_of(request).max_request_bytes)
     json_body = parse_json_body(body, request.headers.get("content-type"))
     if model.uses_builtin_engine:
         check_adapter_count(json_body)
     adapters = requested_adapters(json_body, request)
-    model.check_adapters(adapters)
+    model.check_adapters(adapters if model.uses_builtin_engine else content_adapter(request))
     metrics = request.app.state.metrics
     reply = await metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
     return reply_to_response(reply)
 
 
 async def _run_workflow(request: Request, name: str) -> Response:
+    refuse_handler_override(request)
     body = await read_body(request, config_of(request).max_request_bytes)
     parse_json_body(body, request.headers.get("content-type"))
     reply = await request.app.state.workflows.execute(name, build_wire_input(request, body))
@@ -65,6 +70,8 @@ async def invocations(request: Request) -> Response:
     """SageMaker: the target model header names a model or workflow, loaded on first call."""
     manager = manager_of(request)
     name = request.headers.get(TARGET_MODEL) or request.query_params.get("model_name")
+    if name and name not in manager.models and name not in request.app.state.workflows.workflows:
+        name = archive_stem(name)  # "base-1.tar.gz" is the model served as "base-1"
     if name and name in request.app.state.workflows.workflows:
         return await _run_workflow(request, name)
     if name:

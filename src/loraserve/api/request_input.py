@@ -5,6 +5,7 @@ attributes (``k=v; k2=v2``) → properties."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from fastapi import Request
@@ -12,6 +13,7 @@ from fastapi import Request
 from loraserve.errors import BadRequestError, PayloadTooLargeError
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+ADAPTER_IDENTIFIER = "x-amzn-sagemaker-adapter-identifier"
 
 
 def parse_custom_attributes(header: str | None) -> dict[str, str]:
@@ -56,14 +58,32 @@ def parse_json_body(body: bytes, content_type: str | None) -> Any:
 def build_wire_input(request: Request, body: bytes) -> dict[str, Any]:
     properties = {k.lower(): v for k, v in request.headers.items()}
     properties.update(parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)))
+    properties.setdefault("requestId", str(uuid.uuid4()))  # DJL adds one to every request
     content: list[tuple[str, bytes]] = [(k, v.encode("utf-8")) for k, v in request.query_params.items()]
     content.append(("data", body))
     return {"properties": properties, "content": content}
 
 
+def refuse_handler_override(request: Request) -> None:
+    """A request may not pick the handler function (``register_adapter`` …): DJL's 400."""
+    attributes = parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES))
+    if "handler" in request.headers or "handler" in {k.lower() for k in attributes}:
+        raise BadRequestError("The handler can't be overridden in a request")
+
+
+def content_adapter(request: Request) -> list[str]:
+    """``?adapter=``: the content key DJL's server checks against the registered adapters."""
+    return [request.query_params["adapter"]] if "adapter" in request.query_params else []
+
+
 def requested_adapters(json_body: Any, request: Request) -> list[str]:
-    """Adapter names a request asks for, in DJL's order of precedence:
-    the body's ``adapters`` field, then ``?adapter=``, then the custom attribute."""
+    """Adapter names a request asks for, as DJL's LMI parser reads them (the later source wins):
+    the SageMaker ``X-Amzn-SageMaker-Adapter-Identifier`` header, else ``?adapter=``, else the
+    body's ``adapters`` field; else the ``adapter`` custom attribute."""
+    if request.headers.get(ADAPTER_IDENTIFIER):
+        return [request.headers[ADAPTER_IDENTIFIER]]
+    if "adapter" in request.query_params:
+        return [request.query_params["adapter"]]
     if isinstance(json_body, dict) and "adapters" in json_body:
         field = json_body["adapters"]
         if isinstance(field, str):
@@ -71,8 +91,6 @@ def requested_adapters(json_body: Any, request: Request) -> list[str]:
         if isinstance(field, list) and all(isinstance(a, str) for a in field):
             return list(field)
         raise BadRequestError('"adapters" must be a string or a list of strings ("" = base model)')
-    if "adapter" in request.query_params:
-        return [request.query_params["adapter"]]
     attribute = parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)).get("adapter")
     return [attribute] if attribute else []
 

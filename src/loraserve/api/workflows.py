@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from loraserve.adapters.sources import local_path_of
 from loraserve.api.deps import config_of
+from loraserve.api.management import scaled_status
 from loraserve.api.params import opt_int, paged_response
 from loraserve.errors import BadRequestError
 from loraserve.workflows.manager import WorkflowManager
@@ -78,11 +79,11 @@ async def scale_workflow(request: Request, name: str, version: str | None = None
         high = opt_int(params, "max_worker", model.config.max_workers, 1)
         assert low is not None and high is not None
         await model.workers.scale(low, max(low, high))
-    return JSONResponse({"status": "Worker updated"})
+    return JSONResponse({"status": scaled_status(name, low, max(low, high))})
 
 
 @router.delete("/workflows/{name}")
 @router.delete("/workflows/{name}/{version}")
 async def unregister_workflow(request: Request, name: str, version: str | None = None) -> JSONResponse:
     await workflows_of(request).unregister(name)
-    return JSONResponse({"status": f'Workflow "{name}" unregistered'})
+    return JSONResponse({"status": f'Model or workflow "{name}" unregistered'})  # DJL's text

@@ -35,10 +35,13 @@ def _initialise(properties: dict[str, str]) -> None:
 
 
 def adapters_of(item: Input, body: dict, count: int) -> list[str | None]:
-    """DJL's order: the body's ``adapters``, then content ``adapter``, then property ``adapter``."""
-    field = body.get("adapters")
+    """DJL's LMI order: the ``X-Amzn-SageMaker-Adapter-Identifier`` header, then content
+    ``adapter`` (query or workflow), then the body's ``adapters``; else property ``adapter``."""
+    field = item.get_property("X-Amzn-SageMaker-Adapter-Identifier")
     if field is None and item.contains_key("adapter"):
         field = item.get_as_string("adapter")
+    if field is None:
+        field = body.get("adapters")
     if field is None:
         field = item.get_property("adapter")
     if isinstance(field, list):

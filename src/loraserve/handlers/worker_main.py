@@ -61,6 +61,7 @@ class WorkerRuntime:
         try:
             inputs = input_from_wire(message["input"])
             inputs.properties["model_dir"] = self.model_dir  # on every call, as DJL does
+            inputs.function_name = message["fn"]
             if fn is None:
                 result = None
             elif inspect.iscoroutinefunction(fn):

@@ -20,7 +20,7 @@ from loraserve.adapters.registry import (
     AdapterRegistry,
     validate_adapter_name,
 )
-from loraserve.adapters.sources import resolve_source
+from loraserve.adapters.sources import handler_src, resolve_source, server_reads
 from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
     AdapterNotFoundError,
@@ -47,7 +47,8 @@ def registration_input(record: AdapterRecord) -> dict[str, Any]:
     content = [("preload", str(record.preload).lower().encode()),
                ("pin", str(record.pin).lower().encode())]
     content += [(k, str(v).encode()) for k, v in record.options.items()]
-    properties = {"name": record.name, "src": record.path, "version": str(record.version)}
+    properties = {"name": record.name, "alias": record.name, "src": record.path,
+                  "version": str(record.version)}
     return {"properties": properties, "content": content}
 
 
@@ -58,6 +59,13 @@ def _raise_for_reply(replies: list[WorkerReply], action: str) -> None:
             detail = _error_detail(body) or reply.output["message"]
             raise HandlerError(f"{action} refused by the handler: {detail}",
                                status_code=reply.output["code"])
+
+
+def handler_message(replies: list[WorkerReply]) -> str | None:
+    """The message a handler set on its Output (DJL answers it as the status); None if unset."""
+    output = replies[0].output if replies else None
+    message = output.get("message") if output else None
+    return message if message and message != "OK" else None
 
 
 def _error_detail(body: str) -> str:
@@ -85,6 +93,7 @@ class ModelService:
         self.status = ModelStatus.LOADING
         self.error: str | None = None
         self.registry = AdapterRegistry()
+        self.handler_messages: dict[str, str] = {}  # adapter → its handler's last status text
         self.adapter_lock = asyncio.Lock()
         self.created = time.time()
         self.last_used = time.monotonic()
@@ -110,6 +119,12 @@ class ModelService:
     def scratch_dir(self) -> Path:
         base = self.server.state_file.parent if self.server.state_file else self.model_dir / ".loraserve"
         return base / "extracted" / self.name
+
+    def _handler_path(self, src: str) -> str:
+        """The handler's ``src``: resolved and sandboxed only where the server reads it."""
+        if server_reads(src, self.uses_builtin_engine):
+            return str(resolve_source(src, self.model_dir, self.adapter_roots, self.scratch_dir))
+        return handler_src(src)
 
     async def load(self) -> None:
         try:
@@ -143,14 +158,14 @@ class ModelService:
             if name in self.registry:
                 raise ConflictError(f"adapter {name} is already registered on model {self.name}; "
                                     "update it or unregister it first")
-            path = await asyncio.to_thread(
-                resolve_source, src, self.model_dir, self.adapter_roots, self.scratch_dir)
+            path = await asyncio.to_thread(self._handler_path, src)
             record = AdapterRecord(name=name, src=src, path=str(path), preload=preload, pin=pin,
                                    options=dict(options or {}), origin=origin)
             self.registry.begin_register(record)
             try:
                 replies = await self.workers.broadcast("register_adapter", registration_input(record))
                 _raise_for_reply(replies, f"registering adapter {name}")
+                self._keep_message(name, replies)
             except BaseException:
                 self.registry.abort_register(name)
                 await self._unregister_quietly(record)
@@ -174,8 +189,7 @@ class ModelService:
             record = self.registry.ready(name)
             path = record.path
             if src is not None and src != record.src:
-                path = str(await asyncio.to_thread(
-                    resolve_source, src, self.model_dir, self.adapter_roots, self.scratch_dir))
+                path = await asyncio.to_thread(self._handler_path, src)
             updated = AdapterRecord(
                 name=name, src=src or record.src, path=path,
                 preload=record.preload if preload is None else preload,
@@ -192,8 +206,9 @@ class ModelService:
     async def _apply_update(self, updated: AdapterRecord) -> None:
         wire = registration_input(updated)
         if "update_adapter" in self.workers.hooks:
-            _raise_for_reply(await self.workers.broadcast("update_adapter", wire),
-                             f"updating adapter {updated.name}")
+            replies = await self.workers.broadcast("update_adapter", wire)
+            _raise_for_reply(replies, f"updating adapter {updated.name}")
+            self._keep_message(updated.name, replies)
         elif "register_adapter" in self.workers.hooks:
             await self.workers.broadcast("unregister_adapter", {
                 "properties": {"name": updated.name}, "content": []})
@@ -208,6 +223,7 @@ class ModelService:
                 replies = await self.workers.broadcast("unregister_adapter", {
                     "properties": {"name": name}, "content": []})
                 _raise_for_reply(replies, f"unregistering adapter {name}")
+                self._keep_message(name, replies)
             except BaseException:
                 self.registry.finish_register(name)  # still registered: back to ready
                 raise
@@ -215,15 +231,20 @@ class ModelService:
             log.info("model %s: adapter %s unregistered", self.name, name)
             return record
 
+    def _keep_message(self, name: str, replies: list[WorkerReply]) -> None:
+        message = handler_message(replies)
+        if message:
+            self.handler_messages[name] = message
+
     def check_adapters(self, names: list[str]) -> None:
-        """For the built-in engine: unknown adapters are a 404 before any work is done."""
-        if not self.uses_builtin_engine:
-            return
+        """An adapter that is not registered is DJL's 424 before the handler runs."""
+        ready = {r.name for r in self.registry.ready_records()}
         for adapter in names:
-            if adapter and adapter not in self.registry:
+            if adapter and adapter not in ready:
                 raise AdapterNotFoundError(
-                    f"adapter {adapter} is not registered on model {self.name}; "
-                    f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…")
+                    f"The adapter {adapter} has not been registered on model {self.name}; "
+                    f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…",
+                    status_code=424)
 
     async def infer(self, wire_input: dict[str, Any]) -> WorkerReply:
         self._require_ready()

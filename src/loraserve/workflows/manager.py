@@ -12,10 +12,11 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from loraserve.adapters.registry import AdapterOrigin
-from loraserve.adapters.sources import local_path_of
+from loraserve.adapters.sources import local_path_of, server_reads
 from loraserve.errors import ConflictError, LoraserveError, ModelNotFoundError
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.worker_process import WorkerReply
@@ -40,7 +41,11 @@ class WorkflowManager:
         self._lock = asyncio.Lock()
 
     def _resolve(self, url: str, spec: WorkflowSpec) -> str:
-        return str(local_path_of(url, spec.base_dir or self.models.config.model_store))
+        """A relative URL: next to the workflow file, else in the working directory (DJL's
+        rule, e.g. ``src/test/resources/adaptecho``), else in the model store."""
+        bases = [spec.base_dir, Path.cwd(), self.models.config.model_store]
+        candidates = [local_path_of(url, base) for base in bases if base is not None]
+        return str(next((c for c in candidates if c.exists()), candidates[0]))
 
     async def register(self, spec: WorkflowSpec) -> Workflow:
         async with self._lock:
@@ -74,7 +79,8 @@ class WorkflowManager:
     async def _acquire_adapter(self, workflow: Workflow, name: str, src: str,
                                options: dict[str, str], local_model: str) -> None:
         served = workflow.served[local_model]
-        resolved = self._resolve(src, workflow.spec)
+        reads = server_reads(src, self.models.get(served).uses_builtin_engine)
+        resolved = self._resolve(src, workflow.spec) if reads else src  # DJL: src as written
         count, existing = self._adapter_refs.get((served, name), (0, resolved))
         if existing != resolved:
             raise ConflictError(f"adapter {name} is already registered on model {served} from "
