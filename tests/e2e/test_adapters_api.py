@@ -245,7 +245,7 @@ def test_bad_requests_get_json_errors(env, method, path, kwargs, status):
 def test_handler_exception_is_that_requests_error(env):
     server, _, _ = env
     reply = server.client.post("/predictions/echo", json={"raise": "boom"})
-    assert reply.status_code == 424 and "boom" in reply.json()["message"]
+    assert reply.status_code == 424 and reply.json()["error"] == "boom"  # DJL's Output.error body
     assert server.client.post("/predictions/echo", json={"inputs": 1}).status_code == 200
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from loraserve.config import ModelConfig
-from loraserve.handlers.io import Input
+from loraserve.handlers.io import Input, Output
 from loraserve.handlers.loader import import_handler, resolve_entry_point
 from loraserve.handlers.protocol import (
     HANDLER_FUNCTIONS,
@@ -71,13 +71,15 @@ class WorkerRuntime:
             await self._send_result(call_id, result)
         except Exception as exc:  # the handler's failure is this request's error, nothing more
             log.error("handler %s failed:\n%s", message["fn"], traceback.format_exc())
-            self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}",
-                       "status": error_status(exc)})
+            error = Output().error(str(exc), code=error_status(exc))  # DJL's error answer
+            self.send({"op": "result", "id": call_id, "output": output_to_wire(error)})
 
     async def _send_result(self, call_id: int, result: Any) -> None:
         if result is None:
             self.send({"op": "result", "id": call_id, "output": None})
             return
+        if not hasattr(result, "code"):  # DJL: a handler must return an Output (or None)
+            result = Output().error(f"Invalid output type: {type(result)}")
         wire = output_to_wire(result)
         self.send({"op": "result", "id": call_id, "output": wire})
         if wire["streaming"]:

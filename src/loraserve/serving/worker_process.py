@@ -138,7 +138,7 @@ class WorkerProcess:
             pending.future.set_result(WorkerReply(output, pending.stream))
         elif op == "error":
             self._pending.pop(call_id)
-            pending.future.set_exception(_handler_error(message["message"], message.get("status", 424)))
+            pending.future.set_exception(_handler_error(message["message"]))
         elif op == "chunk" and pending.stream is not None:
             pending.stream.put_nowait(message["data"])
         elif op == "end" and pending.stream is not None:
@@ -185,5 +185,5 @@ class WorkerProcess:
         }
 
 
-def _handler_error(message: str, status: int = 424) -> LoraserveError:
-    return HandlerError(f"handler error: {message}", status_code=status)  # 507: out of memory
+def _handler_error(message: str) -> LoraserveError:
+    return HandlerError(f"handler error: {message}")
