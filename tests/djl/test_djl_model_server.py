@@ -277,3 +277,13 @@ def test_py_engine_stream_echo(djl_server):
     with djl_server.client.stream("POST", "/predictions/echo?stream=true", content=b"") as reply:
         body = b"".join(reply.iter_bytes())
     assert reply.status_code == 200 and body == b"t-0\nt-1\nt-2\nt-3\nt-4\n" and len(body) == 20
+
+
+def test_lora_gate_as_djl(djl_server):
+    """DJL's ``AdapterManagementRequestHandler``: a model without ``option.enable_lora=true``
+    (DJL's ``echo``) refuses every adapter route with 400 "LoRA is not enabled."."""
+    client = djl_server.client
+    for method, path in (("get", "/models/echo/adapters"), ("post", "/models/echo/adapters?name=a&src=s"),
+                         ("get", "/models/echo/adapters/a"), ("delete", "/models/echo/adapters/a")):
+        reply = getattr(client, method)(path)
+        assert reply.status_code == 400 and "LoRA is not enabled" in reply.json()["message"]

@@ -94,6 +94,20 @@ def test_unknown_adapter_is_424_before_any_work(env):
         assert reply.status_code == 424 and "nope" in reply.json()["message"]
 
 
+def test_sagemaker_adapter_identifier_header_wins(env):
+    """DJL's LMI parser: ``X-Amzn-SageMaker-Adapter-Identifier`` over the body's ``adapters``."""
+    server, _, reference, _ = env
+    body = {"inputs": "hello world", "adapters": "", "parameters": PARAMS}
+    for adapter, status in (("qv", 200), ("nope", 424)):
+        reply = server.client.post("/invocations", json=body,
+                                   headers={"X-Amzn-SageMaker-Adapter-Identifier": adapter})
+        assert reply.status_code == status
+    assert reply.json()["code"] == 424
+    reply = server.client.post("/invocations", json=body,
+                               headers={"X-Amzn-SageMaker-Adapter-Identifier": "qv"})
+    assert reply.json()["generated_text"] == _expected(reference, "hello world", "qv")
+
+
 @pytest.mark.parametrize("adapter,fragment", [("dora", "DoRA"), ("big", "max_lora_rank")])
 def test_unsupported_adapters_refused_at_registration(env, adapter, fragment):
     server, _, _, paths = env

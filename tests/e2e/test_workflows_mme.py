@@ -165,6 +165,8 @@ def test_multi_model_endpoint_loads_on_demand_and_evicts_lru(tmp_path):
         assert call("beta")["input"] == {"inputs": "q"}
         loaded = {m["modelName"] for m in client.get("/models").json()["models"]}
         assert loaded == {"alpha", "beta"}
+        assert call("beta.tar.gz")["input"] == {"inputs": "q"}  # SageMaker names the archive
+        assert {m["modelName"] for m in client.get("/models").json()["models"]} == loaded
         call("alpha")  # alpha is now the most recently used
         call("gamma")  # evicts beta
         loaded = {m["modelName"] for m in client.get("/models").json()["models"]}
