@@ -26,7 +26,8 @@ class HuggingFaceProperties:
 
 
 def _install_properties_stand_in() -> None:
-    if not hasattr(djl_python, "properties_manager"):
+    ours = (Path(djl_python.__file__).parent / "_loraserve_alias.py").is_file()
+    if ours and not hasattr(djl_python, "properties_manager"):  # never over DJL's own
         package = types.ModuleType("djl_python.properties_manager")
         package.__path__ = []
         module = types.ModuleType("djl_python.properties_manager.hf_properties")

@@ -116,3 +116,31 @@ def test_finalize_and_batches():
     (type("OutOfMemoryError", (RuntimeError,), {})("gpu"), 507), (ValueError("bad"), 424)])
 def test_handler_exception_status(exc, status):
     assert error_status(exc) == status
+
+
+@pytest.mark.slow  # a fresh pytest process: several seconds
+def test_a_users_own_pytest_of_a_djl_handler(tmp_path):
+    """Where loraserve is installed, a DJL user's unit test of their ``model.py`` runs with plain
+    pytest: DJL's ``adaptecho`` handler driven through ``djl_python.test_model``."""
+    model = tmp_path / "adaptecho"
+    model.mkdir()
+    (model / "model.py").write_text((Path(__file__).parent / "resources/adaptecho/model.py").read_text())
+    (tmp_path / "test_handler.py").write_text(f'''
+from djl_python import Input
+from djl_python.test_model import TestHandler, create_text_request
+
+def test_register_then_predict():
+    handler = TestHandler("model.py", {str(model)!r})
+    registration = Input()
+    registration.function_name = "register_adapter"
+    registration.properties.update(name="a1", src="src")
+    registration.content.add("echooption", b"-opt-")
+    assert handler.inference(registration).message == "Adapter a1 registered"
+    request = create_text_request("hello")
+    request.content.add("adapter", b"a1")
+    assert handler.inference(request).content.value_at(0) == b"a1-opt-hello"
+''')
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_handler.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
