@@ -37,7 +37,7 @@ def register_adapter(inputs: Input):
         return Output().error(f"adapter {name}: source {src} does not exist", code=404)
     adapters[name] = {"src": src, "options": options}
     _record("register", name=name, src=src, options=options)
-    return Output().add("Successfully registered adapter")
+    return Output(message=f"Adapter {name} registered")
 
 
 def update_adapter(inputs: Input):
@@ -45,14 +45,14 @@ def update_adapter(inputs: Input):
     options = {k: v.decode() for k, v in inputs.get_content().items()}
     adapters[name] = {"src": inputs.get_properties()["src"], "options": options}
     _record("update", name=name, options=options)
-    return Output().add("Successfully updated adapter")
+    return Output(message=f"Adapter {name} updated")
 
 
 def unregister_adapter(inputs: Input):
     name = inputs.get_properties()["name"]
     adapters.pop(name, None)
     _record("unregister", name=name)
-    return Output().add("Successfully unregistered adapter")
+    return Output(message=f"Adapter {name} unregistered")
 
 
 def _adapter_of(item: Input, body):
@@ -102,7 +102,7 @@ def handle(inputs: Input):
         body, result = _echo(item, len(batch))
         if isinstance(body, dict) and body.get("stream"):
             chunks = [json.dumps({"chunk": i, **result}) + "\n" for i in range(int(body["stream"]))]
-            return output.add_stream_content(iter(chunks))
+            return output.add_stream_content(iter(chunks), output_formatter=None)  # JSON lines as is
         if inputs.is_batch():
             output.add_as_json(result, batch_index=index)
         else:
