@@ -51,7 +51,10 @@ def http_config(serving: Path, name: str) -> Path:
 
 
 def start(serving: Path, config: Path, log: Path) -> ServerProcess:
-    return ServerProcess(["--config", str(config)], cwd=serving, log_path=log).start()
+    """DJL's tests register models from ``src/test/resources``: loraserve loads models over the
+    API only from the allowed model roots (issue 9), so the deployment lists that folder."""
+    roots = {"LORASERVE_ALLOWED_MODEL_ROOTS": str(serving / "src" / "test" / "resources")}
+    return ServerProcess(["--config", str(config)], cwd=serving, log_path=log, env=roots).start()
 
 
 # --- ModelServerTest's adapter helpers ------------------------------------------------------

@@ -68,7 +68,7 @@ async def _handle_lmi(item: Input) -> Output:
     except ValueError:
         raise BadRequestError("the request body must be JSON") from None
     parsed = parse(lmi.LmiRequest, body)
-    request = lmi.to_generate(parsed, item.get_property("adapter"), override=_override(item))
+    request = lmi.to_generate(parsed, item.get_property("adapter"), override=adapter_override(item))
     reply = await generate(request)
     if isinstance(reply, TokenStream):
         output = Output().add_property("content-type", "application/jsonlines")
@@ -78,7 +78,7 @@ async def _handle_lmi(item: Input) -> Output:
     return output.add_as_json(lmi.response_json(parsed, reply))
 
 
-def _override(item: Input) -> str | None:
+def adapter_override(item: Input) -> str | None:
     """DJL's LMI order, above the body: the ``X-Amzn-SageMaker-Adapter-Identifier`` header,
     then content ``adapter`` (a query parameter or a workflow's)."""
     header = item.get_property(lmi.ADAPTER_IDENTIFIER)

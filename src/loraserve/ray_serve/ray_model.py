@@ -30,11 +30,13 @@ from loraserve.errors import (
     LoraserveError,
     ModelNotFoundError,
 )
-from loraserve.handlers.builtin_llm import adapters_of
+from loraserve.handlers.builtin_llm import adapter_override
 from loraserve.handlers.protocol import input_from_wire
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.specs import lmi
+from loraserve.specs.base import parse
 
 if TYPE_CHECKING:  # the caller needs Ray; this module's parsing is tested without it
     from loraserve.ray_serve.routing import ReplicaCaller
@@ -65,10 +67,10 @@ def requested_names(wire: dict[str, Any]) -> tuple[list[str], bool]:
         raise BadRequestError("the request body must be JSON") from None
     if not isinstance(body, dict):
         raise BadRequestError('the request body must be a JSON object with "inputs"')
-    inputs = body.get("inputs")
-    count = len(inputs) if isinstance(inputs, list) and "messages" not in body else 1
-    names = adapters_of(input_from_wire(wire), body, count)
-    return list(dict.fromkeys(n for n in names if n)), bool(body.get("stream"))
+    item = input_from_wire(wire)
+    parsed = parse(lmi.LmiRequest, body)
+    names = lmi.adapters_for(parsed, item.get_property("adapter"), adapter_override(item))
+    return list(dict.fromkeys(n for n in names if n)), parsed.stream
 
 
 class RayModel:
