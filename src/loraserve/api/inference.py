@@ -52,7 +52,7 @@ async def _predict(request: Request, model: ModelService) -> Response:
         return await _predict_lmi(request, model, body)
     json_body = parse_json_body(body, request.headers.get("content-type"))
     adapters = requested_adapters(json_body, request)
-    model.check_adapters(content_adapter(request))  # DJL checks ?adapter= before the handler
+    model.check_adapters(adapters, required=content_adapter(request))  # DJL: ?adapter= must exist
     metrics = request.app.state.metrics
     infer = metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
     return reply_to_response(await cancel_on_disconnect(request, infer))

@@ -259,21 +259,20 @@ class ModelService:
         if message:
             self.handler_messages[name] = message
 
-    def check_adapters(self, names: list[str]) -> None:
-        """Checked before any work is done, as DJL's ModelInfo does: an adapter that is not
-        registered is a 424; one that failed to load is a 503 naming the reason. For a custom
-        handler the caller passes only ``?adapter=`` (DJL's content key): adapters named
-        elsewhere (body, attributes) are the handler's business."""
-        for adapter in names:
-            if not adapter:
-                continue
-            if adapter not in self.registry:
+    def check_adapters(self, names: list[str], required: list[str] | None = None) -> None:
+        """Checked before any work is done. An adapter in ``required`` (default: all of
+        ``names``) that is not registered is DJL's 424 (its ModelInfo check); any named adapter
+        that failed to load is a 503 with the reason. A custom handler's request requires only
+        ``?adapter=`` (DJL's content key): other names are the handler's business."""
+        for adapter in names if required is None else required:
+            if adapter and adapter not in self.registry:
                 raise AdapterNotFoundError(
                     f"The adapter {adapter} has not been registered on model {self.name}; "
                     f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…",
                     status_code=424)
-            record = self.registry.get(adapter)
-            if record.state is AdapterState.FAILED:
+        for adapter in {*names, *(required or ())}:
+            record = self.registry.get(adapter) if adapter and adapter in self.registry else None
+            if record is not None and record.state is AdapterState.FAILED:
                 raise ServiceUnavailableError(
                     f"adapter {adapter} of model {self.name} failed to load: {record.error}; "
                     f"fix its source and POST /models/{self.name}/adapters/{adapter}/update, "

@@ -6,7 +6,9 @@ built-in handlers look: the body's ``adapters`` field, the ``adapter`` content k
 Control fields in a JSON body: ``sleep`` (seconds), ``crash`` (exit the worker),
 ``raise`` (raise an error), ``stream`` (answer as a stream of N chunks), ``state`` (describe
 this worker). Every load and (un)registration is appended to ``$ADAPTECHO_LOG`` if set.
-Like a real handler, it refuses an adapter whose source does not exist; loading fails while
+Like a real handler, it refuses an adapter whose source is an absolute path (or ``file://`` URL)
+that does not exist; a name or relative path is taken as given (DJL passes ``src`` as written,
+for the handler to resolve). Loading fails while
 the file named by ``$ADAPTECHO_FAIL_LOAD`` exists (a model that cannot restart).
 """
 
@@ -33,7 +35,8 @@ def register_adapter(inputs: Input):
     options = {k: v.decode() for k, v in inputs.get_content().items()}
     if options.get("fail") == "true":
         return Output().error(f"adapter {name} refused on request", code=400)
-    if not os.path.exists(src):
+    path = src[len("file://"):] if src.startswith("file://") else src
+    if os.path.isabs(path) and not os.path.exists(path):
         return Output().error(f"adapter {name}: source {src} does not exist", code=404)
     adapters[name] = {"src": src, "options": options}
     _record("register", name=name, src=src, options=options)
