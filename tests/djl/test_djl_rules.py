@@ -7,11 +7,19 @@ import pytest
 from starlette.requests import Request
 
 from loraserve.adapters.sources import handler_src, server_reads
-from loraserve.api.request_input import content_adapter, refuse_handler_override, requested_adapters
+from loraserve.api.request_input import (
+    content_adapter,
+    fallback_adapter,
+    override_adapter,
+    refuse_handler_override,
+    requested_adapters,
+)
 from loraserve.djl_config import from_djl_config
-from loraserve.errors import BadRequestError, ConfigError, ConflictError
-from loraserve.model_store import archive_stem
+from loraserve.errors import BadRequestError, ConfigError, ConflictError, ForbiddenError
+from loraserve.model_store import archive_stem, ensure_model_url_allowed
 from loraserve.serving.lora_gate import lora_enabled, require_lora
+from loraserve.specs import lmi
+from loraserve.specs.base import parse
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +58,34 @@ def test_adapter_precedence(query, headers, expected):
     assert requested_adapters({"adapters": "b"}, _request(query, headers)) == expected
 
 
+@pytest.mark.parametrize("query,headers,body,expected", [
+    ("", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, {"adapters": ["b", "b"]}, ("h", "h")),
+    ("adapter=q", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, {}, ("h", "h")),
+    ("adapter=q", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {"adapters": "b"}, ("q", "q")),
+    ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {"adapters": ["", "b"]}, (None, "b")),
+    ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {}, ("c", "c")),
+])
+def test_adapter_precedence_on_the_typed_engine_path(query, headers, body, expected):
+    """The built-in engine's requests are parsed in the front (issue 9): the same DJL order."""
+    request = _request(query, headers)
+    parsed = parse(lmi.LmiRequest, {"inputs": ["x", "y"], **body})
+    message = lmi.to_generate(parsed, fallback_adapter(request), override_adapter(request))
+    assert message.adapters == expected
+
+
+def test_relative_model_url_is_checked_where_it_is_loaded(tmp_path, monkeypatch):
+    """DJL finds ``models/m`` in the working directory first; the roots check sees that path."""
+    store, cwd = tmp_path / "store", tmp_path / "cwd"
+    (store / "models" / "m").mkdir(parents=True)
+    (cwd / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ForbiddenError):
+        ensure_model_url_allowed("models/m", store, [store])
+    assert ensure_model_url_allowed("models/m", store, [cwd]) == (cwd / "models" / "m").resolve()
+    (cwd / "models" / "m").rmdir()
+    assert ensure_model_url_allowed("models/m", store, [store]) == (store / "models" / "m").resolve()
+
+
 def test_content_adapter_and_handler_override():
     assert content_adapter(_request("adapter=a1")) == ["a1"] and content_adapter(_request()) == []
     for headers in ({"handler": "register_adapter"},
@@ -72,6 +108,9 @@ def test_handler_src_as_written_but_no_remote_urls():
         handler_src("s3://bucket/key")
     with pytest.raises(BadRequestError):
         handler_src(" ")
+    for bad in ("a" * 4097, "a\x00b"):  # issue 9's bounds hold for a src passed as written
+        with pytest.raises(BadRequestError):
+            handler_src(bad)
 
 
 @pytest.mark.parametrize("name,stem", [("base-1.tar.gz", "base-1"), ("m.zip", "m"), ("m.tgz", "m"),
