@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from loraserve.config import ServerConfig, build_server_config, parse_properties, settings_from_env
+from loraserve.djl_config import from_djl_config
 from loraserve.errors import LoraserveError
 from loraserve.ray_serve.launcher import add_ray_parser, ray_main
 
@@ -75,7 +76,7 @@ def demo_store() -> Path:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     file_layer: dict[str, str] = {}
     if args.config:
-        file_layer = parse_properties(Path(args.config).read_text(encoding="utf-8"))
+        file_layer = from_djl_config(parse_properties(Path(args.config).read_text(encoding="utf-8")))
     flags = {
         "model_store": args.model_store,
         "host": args.host,

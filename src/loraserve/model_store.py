@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loraserve.adapters.archives import ARCHIVE_SUFFIXES
 from loraserve.adapters.sources import ensure_inside, exists, extract_archive, is_archive, local_path_of
 from loraserve.errors import BadRequestError
 
@@ -42,9 +43,17 @@ def find_in_store(store: Path | None, name: str) -> Path | None:
     return None
 
 
+def archive_stem(name: str) -> str:
+    """``base-1.tar.gz`` → ``base-1``: the name a model packed as an archive is served under."""
+    for suffix in (*ARCHIVE_SUFFIXES, ".tar"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path:
-    """A path, ``file://`` URL or archive to a model directory."""
-    path = local_path_of(url, model_store)
+    """A path, ``file://`` URL or archive to a model directory (see ``model_url_path``)."""
+    path = model_url_path(url, model_store)
     if not exists(path):
         raise BadRequestError(f"model url {url} does not exist (resolved to {path})")
     if path.is_file() and is_archive(path):
@@ -56,10 +65,20 @@ def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path
     return path
 
 
+def model_url_path(url: str, model_store: Path | None) -> Path:
+    """Where a model URL points. A relative one (``file:models/m`` or ``models/m``) is found in
+    the working directory first, as DJL does, then in the store. The same path is the one
+    checked against the allowed roots and the one loaded."""
+    path = local_path_of(url, Path.cwd())
+    if not exists(path) and model_store is not None:
+        path = local_path_of(url, model_store)
+    return path
+
+
 def ensure_model_url_allowed(url: str, model_store: Path | None, roots: list[Path]) -> Path:
     """A model URL given over the API must lie inside the allowed model roots (403 if not):
     registering a model runs its ``model.py``."""
-    path = local_path_of(url, model_store)
+    path = model_url_path(url, model_store)
     ensure_inside(path, roots, kind="model")
     return path
 
@@ -70,3 +89,18 @@ def startup_adapter_dirs(model_dir: Path) -> dict[str, Path]:
     if not root.is_dir():
         return {}
     return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def is_workflow_url(url: str) -> bool:
+    """A ``--models`` / ``load_models`` entry that names a workflow folder (DJL allows that)."""
+    try:
+        return is_workflow_dir(local_path_of(url, Path.cwd()))
+    except BadRequestError:
+        return False  # a URL scheme loraserve cannot open; the model load reports it
+
+
+def startup_workflow_dirs(store: Path | None, models: dict[str, str]) -> list[Path]:
+    """Workflows to load at start: the store's workflow folders and workflow entries of models."""
+    paths = [p for p in (discover_models(store).values() if store is not None else [])
+             if is_workflow_dir(p)]
+    return paths + [local_path_of(u, Path.cwd()) for u in models.values() if is_workflow_url(u)]

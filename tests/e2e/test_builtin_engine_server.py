@@ -69,7 +69,7 @@ def test_list_inputs_mixed_adapters_and_details(env):
     assert len(details["tokens"]) == 8 and all(t["log_prob"] <= 0 for t in details["tokens"])
     assert server.client.delete("/models/tiny/adapters/all8").status_code == 200
     gone = server.client.post("/predictions/tiny", json={**body, "adapters": ["", "qv", "all8"]})
-    assert gone.status_code == 404 and "all8" in gone.json()["message"]
+    assert gone.status_code == 424 and "all8" in gone.json()["message"]  # DJL: 424, not registered
 
 
 def test_streaming_jsonlines(env):
@@ -83,14 +83,29 @@ def test_streaming_jsonlines(env):
     assert lines[-1]["generated_text"] == _expected(reference, "lora adapters", "qv")
 
 
-def test_unknown_adapter_is_404_before_any_work(env):
+def test_unknown_adapter_is_424_before_any_work(env):
+    """DJL answers 424 ("has not been registered") before the handler runs."""
     server, _, _, _ = env
     for kwargs in ({"json": {"inputs": "x", "adapters": "nope"}},
                    {"json": {"inputs": "x"}, "params": {"adapter": "nope"}},
                    {"json": {"inputs": "x"},
                     "headers": {"X-Amzn-SageMaker-Custom-Attributes": "adapter=nope"}}):
         reply = server.client.post("/invocations", **kwargs)
-        assert reply.status_code == 404 and "nope" in reply.json()["message"]
+        assert reply.status_code == 424 and "nope" in reply.json()["message"]
+
+
+def test_sagemaker_adapter_identifier_header_wins(env):
+    """DJL's LMI parser: ``X-Amzn-SageMaker-Adapter-Identifier`` over the body's ``adapters``."""
+    server, _, reference, _ = env
+    body = {"inputs": "hello world", "adapters": "", "parameters": PARAMS}
+    for adapter, status in (("qv", 200), ("nope", 424)):
+        reply = server.client.post("/invocations", json=body,
+                                   headers={"X-Amzn-SageMaker-Adapter-Identifier": adapter})
+        assert reply.status_code == status
+    assert reply.json()["code"] == 424
+    reply = server.client.post("/invocations", json=body,
+                               headers={"X-Amzn-SageMaker-Adapter-Identifier": "qv"})
+    assert reply.json()["generated_text"] == _expected(reference, "hello world", "qv")
 
 
 @pytest.mark.parametrize("adapter,fragment", [("dora", "DoRA"), ("big", "max_lora_rank")])

@@ -77,7 +77,7 @@ def test_vanished_adapter_source_does_not_stop_a_restart(tmp_path):
         _wait(lambda: client.get("/ping").status_code == 200)
         answer = client.post("/predictions/echo", json={"adapters": "a1"})
         assert answer.status_code == 200 and answer.json()["known"] is True
-        gone = client.get("/models/echo/adapters/gone").json()[0]
+        gone = client.get("/models/echo/adapters/gone").json()
         assert gone["state"] == "failed" and "does not exist" in gone["error"]
         refused = client.post("/predictions/echo", json={"adapters": "gone"})
         assert refused.status_code == 503 and "failed to load" in refused.json()["message"]
@@ -85,7 +85,7 @@ def test_vanished_adapter_source_does_not_stop_a_restart(tmp_path):
         assert names == ["a1", "a2", "gone"]
         make_adapter_dir(store / "extra", "gone")  # the source is back: an update fixes it
         assert client.post("/models/echo/adapters/gone/update").status_code == 200
-        assert client.get("/models/echo/adapters/gone").json()[0]["state"] == "ready"
+        assert client.get("/models/echo/adapters/gone").json()["state"] == "ready"
         assert client.post("/predictions/echo", json={"adapters": "gone"}).json()["known"] is True
 
 
@@ -97,7 +97,7 @@ def test_adapter_that_fails_to_restore_is_kept_in_the_saved_registry(tmp_path):
         assert server.client.post(f"/models/echo/adapters?name=saved&src={src}").status_code == 200
     shutil.rmtree(src)
     with ServerProcess(args) as server:
-        saved = server.client.get("/models/echo/adapters/saved").json()[0]
+        saved = server.client.get("/models/echo/adapters/saved").json()
         assert saved["state"] == "failed" and "does not exist" in saved["error"]
         other = make_adapter_dir(store / "extra", "other")
         assert server.client.post(f"/models/echo/adapters?name=other&src={other}").status_code == 200

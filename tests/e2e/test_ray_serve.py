@@ -116,7 +116,7 @@ def test_same_apis_and_outputs_as_one_engine(app):
     refused = client.post("/invocations", json={"inputs": ["a", "b"], "adapters": "qv", "stream": True})
     assert refused.status_code == 400 and "one input" in refused.text
     missing = client.post("/invocations", json={**body, "adapters": "nope"})
-    assert missing.status_code == 404 and "nope" in missing.json()["message"]
+    assert missing.status_code == 424 and "nope" in missing.json()["message"]  # DJL's status
 
 
 def test_requests_for_an_adapter_land_on_the_replica_that_loaded_it(app):
@@ -153,7 +153,7 @@ def test_register_pinned_reaches_every_replica_and_unregister_leaves_none(app):
     for name in ("a", "b"):
         assert client.delete(f"/models/tiny/adapters/{name}").status_code == 200
     assert all("a" not in r["held"] and "b" not in r["held"] for r in _replicas(client))
-    assert client.post("/invocations", json=body).status_code == 404
+    assert client.post("/invocations", json=body).status_code == 424
     assert [a["name"] for a in client.get("/models/tiny/adapters").json()["adapters"]] == ["qv"]
 
 

@@ -101,8 +101,9 @@ def _generate(soak: Soak, client: httpx.Client, rng: random.Random, seed: int) -
             "parameters": {"max_new_tokens": rng.randint(2, 12), "ignore_eos": True}}
     if adapter:
         body["adapters"] = adapter
-    # 404: the adapter is not registered now (or was unregistered before the request ran)
-    _call(soak, client, "generate", "POST", "/predictions/tiny", expected=(200, 404), json=body)
+    # 424 (DJL's status): the adapter is not registered now (or was unregistered before the
+    # request ran); 404 if the engine itself finds it gone after the front's check
+    _call(soak, client, "generate", "POST", "/predictions/tiny", expected=(200, 404, 424), json=body)
 
 
 def _scraper(soak: Soak) -> None:

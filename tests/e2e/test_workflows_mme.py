@@ -83,7 +83,8 @@ def test_adapter_template(store):
         reply = server.client.post(f"/workflows?template={custom}&n=plain&m=models/adaptecho")
         assert reply.status_code == 200
         assert server.client.post("/predictions/plain", json={"inputs": "y"}).json()["adapter"] is None
-        assert server.client.put("/workflows/plain?min_worker=1").json() == {"status": "Worker updated"}
+        status = server.client.put("/workflows/plain?min_worker=1").json()["status"]
+        assert status.startswith('Workflow "plain" worker scaled. New Worker configuration min workers:1')
 
 
 @pytest.mark.parametrize("workflow,fragment", [
@@ -164,6 +165,8 @@ def test_multi_model_endpoint_loads_on_demand_and_evicts_lru(tmp_path):
         assert call("beta")["input"] == {"inputs": "q"}
         loaded = {m["modelName"] for m in client.get("/models").json()["models"]}
         assert loaded == {"alpha", "beta"}
+        assert call("beta.tar.gz")["input"] == {"inputs": "q"}  # SageMaker names the archive
+        assert {m["modelName"] for m in client.get("/models").json()["models"]} == loaded
         call("alpha")  # alpha is now the most recently used
         call("gamma")  # evicts beta
         loaded = {m["modelName"] for m in client.get("/models").json()["models"]}

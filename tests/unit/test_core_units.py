@@ -99,7 +99,7 @@ def test_input_output_djl_api():
     assert inputs.get_data() == {"a": 1} and inputs.get_as_json() == {"a": 1}
     assert not inputs.is_batch() and inputs.get_batches() == [inputs]
     output = Output().error("bad", code=400)
-    assert output.code == 400 and b'"error": "bad"' in output.content.value_at(0)
+    assert output.code == 400 and b'"error":"bad"' in output.content.value_at(0)  # DJL's JSON
 
 
 def test_custom_attributes():

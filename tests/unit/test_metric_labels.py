@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 
 def fake_model(name: str, adapters: set[str]) -> SimpleNamespace:
-    async def infer(_wire):
+    async def infer(_wire, _fn="handle"):
         return WorkerReply({"code": 200, "properties": {"x-loraserve-generated-tokens": "2"},
                             "content": [], "message": "OK"})
     return SimpleNamespace(name=name, registry=adapters, infer=infer)

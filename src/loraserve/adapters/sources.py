@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from loraserve.adapters.archives import extract_archive, is_archive
-from loraserve.errors import BadRequestError, ForbiddenError
+from loraserve.adapters.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
+from loraserve.errors import BadRequestError, ConflictError, ForbiddenError
 
-__all__ = ["ensure_inside", "exists", "extract_archive", "is_archive", "local_path_of", "resolve_source"]
+__all__ = ["ensure_inside", "exists", "extract_archive", "handler_src", "is_archive", "local_path_of",
+           "resolve_source", "server_reads"]
 
 
 def local_path_of(src: str, base_dir: Path | None) -> Path:
@@ -72,3 +73,26 @@ def resolve_source(src: str, base_dir: Path | None, roots: list[Path], scratch: 
     if path.is_file() and is_archive(path):
         return extract_archive(path, scratch)
     return path
+
+
+def server_reads(src: str, builtin_engine: bool) -> bool:
+    """Whether the server itself opens ``src``: archives it unpacks, and the weights of the
+    built-in engine. Only those are resolved and kept inside the allowed roots."""
+    return builtin_engine or urlparse(src).path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def handler_src(src: str) -> str:
+    """``src`` for a custom handler's ``register_adapter``, exactly as the caller wrote it (a
+    path, a name the handler resolves, ...), as DJL passes it. Like DJL, a URL scheme other
+    than ``file`` is refused with 409 ("URL adapters are not currently supported")."""
+    if not src or not src.strip():
+        raise BadRequestError("src is required: a local directory, file:// URL or archive")
+    if len(src) > 4096:
+        raise BadRequestError("src is longer than 4096 characters")
+    if "\x00" in src:
+        raise BadRequestError("src is not a usable path: it holds a NUL character")
+    scheme = urlparse(src).scheme
+    if scheme and scheme != "file" and len(scheme) > 1:  # one letter would be a Windows drive
+        raise ConflictError(f"URL adapters are not currently supported (src {src})")
+    return src
+

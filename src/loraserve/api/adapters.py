@@ -18,6 +18,7 @@ from loraserve.api.management import Page
 from loraserve.api.params import Flag, merged_params, opt_bool, paged_response
 from loraserve.errors import BadRequestError
 from loraserve.serving.cleanup import prune_adapter_copies
+from loraserve.serving.lora_gate import require_lora
 from loraserve.serving.model_service import ModelService
 
 router = APIRouter(tags=["adapters"])
@@ -46,7 +47,9 @@ UpdateBody = Annotated[AdapterUpdate | None, Body()]
 
 def _model(request: Request, model_name: str | None) -> ModelService:
     manager = manager_of(request)
-    return manager.get(model_name) if model_name else manager.single_model()
+    model = manager.get(model_name) if model_name else manager.single_model()
+    require_lora(model.name, model.config.options, model.uses_builtin_engine)
+    return model
 
 
 def _extras(params: dict[str, str]) -> dict[str, str]:
@@ -55,6 +58,11 @@ def _extras(params: dict[str, str]) -> dict[str, str]:
 
 async def _params(request: Request) -> dict[str, str]:
     return await merged_params(request, config_of(request).max_json_depth)
+
+
+def _status(model: ModelService, adapter: str, default: str) -> JSONResponse:
+    """DJL answers with the message the handler set on its Output; ours when it set none."""
+    return JSONResponse({"status": model.handler_messages.pop(adapter, None) or default})
 
 
 async def _register(request: Request, model_name: str | None) -> JSONResponse:
@@ -71,7 +79,7 @@ async def _register(request: Request, model_name: str | None) -> JSONResponse:
         await prune_adapter_copies(model)
         raise
     manager_of(request).persist(model)
-    return JSONResponse({"status": f"Adapter {name} registered"})
+    return _status(model, name or "", f"Adapter {name} registered")
 
 
 async def _update(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
@@ -83,7 +91,7 @@ async def _update(request: Request, model_name: str | None, adapter: str) -> JSO
     finally:
         await prune_adapter_copies(model)  # the old version's copy, or the failed new one
     manager_of(request).persist(model)
-    return JSONResponse({"status": f"Adapter {adapter} updated"})
+    return _status(model, adapter, f"Adapter {adapter} updated")
 
 
 async def _unregister(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
@@ -91,11 +99,11 @@ async def _unregister(request: Request, model_name: str | None, adapter: str) ->
     record = await model.unregister_adapter(adapter)
     await prune_adapter_copies(model)
     manager_of(request).persist(model, removed=record)
-    return JSONResponse({"status": f"Adapter {adapter} unregistered"})
+    return _status(model, adapter, f"Adapter {adapter} unregistered")
 
 
 def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
-    return JSONResponse([_model(request, model_name).registry.get(adapter).describe()])
+    return JSONResponse(_model(request, model_name).registry.get(adapter).describe())  # DJL: an object
 
 
 def _list(request: Request, model_name: str | None) -> JSONResponse:

@@ -17,7 +17,7 @@ from loraserve.api.limits import BodyLimitMiddleware
 from loraserve.api.security import SecurityMiddleware
 from loraserve.config import ServerConfig
 from loraserve.errors import LoraserveError
-from loraserve.model_store import discover_models, is_workflow_dir
+from loraserve.model_store import startup_workflow_dirs
 from loraserve.serving.metrics import ServerMetrics
 from loraserve.serving.model_manager import ModelManager
 from loraserve.workflows.manager import WorkflowManager
@@ -77,12 +77,10 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
 
 
 async def start_workflows(manager: WorkflowManager, config: ServerConfig) -> None:
-    """Model-store directories that hold a ``workflow.json`` (and no model) are workflows."""
-    if config.model_store is None:
-        return
-    for path in discover_models(config.model_store).values():
-        if is_workflow_dir(path):
-            try:
-                await manager.register(workflows.read_workflow_file(path))
-            except LoraserveError as exc:
-                log.error("workflow in %s failed to load: %s", path, exc)
+    """Folders that hold a ``workflow.json`` (and no model), in the store or named by
+    ``--models`` / DJL's ``load_models``, are workflows."""
+    for path in startup_workflow_dirs(config.model_store, config.models):
+        try:
+            await manager.register(workflows.read_workflow_file(path))
+        except LoraserveError as exc:
+            log.error("workflow in %s failed to load: %s", path, exc)

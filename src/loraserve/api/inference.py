@@ -12,13 +12,17 @@ from loraserve.api.deps import config_of, manager_of
 from loraserve.api.generation import cancel_on_disconnect, counted_refusals, generate, tokens
 from loraserve.api.request_input import (
     build_wire_input,
+    content_adapter,
     fallback_adapter,
+    override_adapter,
     parse_json_body,
     read_body,
+    refuse_handler_override,
     requested_adapters,
 )
 from loraserve.api.responses import CancellingStreamingResponse, reply_to_response
 from loraserve.errors import ModelNotFoundError
+from loraserve.model_store import archive_stem
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
@@ -42,12 +46,13 @@ async def ping(request: Request) -> JSONResponse:
 
 
 async def _predict(request: Request, model: ModelService) -> Response:
+    refuse_handler_override(request)
     body = await read_body(request, config_of(request).max_request_bytes)
     if model.uses_builtin_engine:
         return await _predict_lmi(request, model, body)
     json_body = parse_json_body(body, request.headers.get("content-type"))
     adapters = requested_adapters(json_body, request)
-    model.check_adapters(adapters)
+    model.check_adapters(adapters, required=content_adapter(request))  # DJL: ?adapter= must exist
     metrics = request.app.state.metrics
     infer = metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
     return reply_to_response(await cancel_on_disconnect(request, infer))
@@ -57,7 +62,7 @@ async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Re
     """The built-in engine: LMI parsed here, once; the worker gets a typed request."""
     with counted_refusals(request, model):
         parsed = parse(lmi.LmiRequest, parse_json_body(body, "application/json"))
-        message = lmi.to_generate(parsed, fallback_adapter(request))
+        message = lmi.to_generate(parsed, fallback_adapter(request), override_adapter(request))
     reply = await generate(request, model, message)
     if message.stream:
         return CancellingStreamingResponse(_lmi_lines(reply, message.details), reply,
@@ -74,6 +79,7 @@ async def _lmi_lines(reply: WorkerReply, details: bool) -> AsyncIterator[bytes]:
 
 
 async def _run_workflow(request: Request, name: str) -> Response:
+    refuse_handler_override(request)
     body = await read_body(request, config_of(request).max_request_bytes)
     parse_json_body(body, request.headers.get("content-type"))
     reply = await request.app.state.workflows.execute(name, build_wire_input(request, body))
@@ -93,6 +99,8 @@ async def invocations(request: Request) -> Response:
     """SageMaker: the target model header names a model or workflow, loaded on first call."""
     manager = manager_of(request)
     name = request.headers.get(TARGET_MODEL) or request.query_params.get("model_name")
+    if name and name not in manager.models and name not in request.app.state.workflows.workflows:
+        name = archive_stem(name)  # "base-1.tar.gz" is the model served as "base-1"
     if name and name in request.app.state.workflows.workflows:
         return await _run_workflow(request, name)
     if name:

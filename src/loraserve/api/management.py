@@ -59,6 +59,12 @@ def _default_name(url: str) -> str:
     return name
 
 
+def scaled_status(name: str, min_workers: int, max_workers: int) -> str:
+    """DJL's answer to a scale request."""
+    return (f'Workflow "{name}" worker scaled. New Worker configuration min workers:{min_workers} '
+            f"max workers:{max_workers}")
+
+
 async def _register(manager: ModelManager, name: str, url: str, version: str | None,
                     overrides: dict[str, int]) -> None:
     """Register; on failure remove whatever archive copy the attempt unpacked."""
@@ -129,7 +135,7 @@ async def scale_model(request: Request, name: str, scale: Annotated[WorkerScale,
         raise BadRequestError(f"max_worker ({max_workers}) is below min_worker ({min_workers})")
     check_worker_counts(config_of(request), min_workers, max_workers)
     await model.workers.scale(min_workers, max_workers)
-    return JSONResponse({"status": "Worker updated"})
+    return JSONResponse({"status": scaled_status(name, min_workers, max_workers)})
 
 
 @router.delete("/models/{name}")
@@ -137,4 +143,4 @@ async def scale_model(request: Request, name: str, scale: Annotated[WorkerScale,
 async def unregister_model(request: Request, name: str, version: str | None = None) -> JSONResponse:
     _model_version(request, name, version)
     await manager_of(request).unregister(name)
-    return JSONResponse({"status": f'Workflow "{name}" unregistered'})
+    return JSONResponse({"status": f'Model or workflow "{name}" unregistered'})  # DJL's text

@@ -5,11 +5,13 @@ attributes (``k=v; k2=v2``) → properties."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from fastapi import Request
 
 from loraserve.errors import BadRequestError, PayloadTooLargeError
+from loraserve.specs.lmi import ADAPTER_IDENTIFIER
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 
@@ -56,14 +58,31 @@ def parse_json_body(body: bytes, content_type: str | None) -> Any:
 def build_wire_input(request: Request, body: bytes) -> dict[str, Any]:
     properties = {k.lower(): v for k, v in request.headers.items()}
     properties.update(parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)))
+    properties.setdefault("requestId", str(uuid.uuid4()))  # DJL adds one to every request
     content: list[tuple[str, bytes]] = [(k, v.encode("utf-8")) for k, v in request.query_params.items()]
     content.append(("data", body))
     return {"properties": properties, "content": content}
 
 
+def refuse_handler_override(request: Request) -> None:
+    """A request may not pick the handler function (``register_adapter`` …): DJL's 400."""
+    attributes = parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES))
+    if "handler" in request.headers or "handler" in {k.lower() for k in attributes}:
+        raise BadRequestError("The handler can't be overridden in a request")
+
+
+def content_adapter(request: Request) -> list[str]:
+    """``?adapter=``: the content key DJL's server checks against the registered adapters."""
+    return [request.query_params["adapter"]] if "adapter" in request.query_params else []
+
+
 def requested_adapters(json_body: Any, request: Request) -> list[str]:
-    """Adapter names a request asks for, in DJL's order of precedence:
-    the body's ``adapters`` field, then ``?adapter=``, then the custom attribute."""
+    """Adapter names a request asks for, as DJL's LMI parser reads them (the later source wins):
+    the SageMaker ``X-Amzn-SageMaker-Adapter-Identifier`` header, else ``?adapter=``, else the
+    body's ``adapters`` field; else the ``adapter`` custom attribute."""
+    override = override_adapter(request)
+    if override is not None:
+        return [override]
     if isinstance(json_body, dict) and "adapters" in json_body:
         field = json_body["adapters"]
         if isinstance(field, str):
@@ -75,8 +94,14 @@ def requested_adapters(json_body: Any, request: Request) -> list[str]:
     return [adapter] if adapter else []
 
 
+def override_adapter(request: Request) -> str | None:
+    """The adapter named above the body, in DJL's LMI order: the SageMaker
+    ``X-Amzn-SageMaker-Adapter-Identifier`` header, else ``?adapter=``."""
+    if request.headers.get(ADAPTER_IDENTIFIER):
+        return request.headers[ADAPTER_IDENTIFIER]
+    return request.query_params.get("adapter")
+
+
 def fallback_adapter(request: Request) -> str | None:
-    """The adapter named outside the body: ``?adapter=``, else the ``adapter`` custom attribute."""
-    if "adapter" in request.query_params:
-        return request.query_params["adapter"]
+    """The adapter named below the body: the ``adapter`` custom attribute."""
     return parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)).get("adapter") or None

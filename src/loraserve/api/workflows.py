@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraserve.adapters.sources import ensure_inside, local_path_of
 from loraserve.api.deps import config_of
-from loraserve.api.management import Page, WorkerScale
+from loraserve.api.management import Page, WorkerScale, scaled_status
 from loraserve.api.params import check_worker_counts, paged_response
 from loraserve.errors import BadRequestError
 from loraserve.workflows.manager import WorkflowManager
@@ -97,16 +97,17 @@ async def scale_workflow(request: Request, name: str, scale: Annotated[WorkerSca
     manager = workflows_of(request)
     manager.describe(name)  # 404 when unknown
     check_worker_counts(config_of(request), scale.min_worker, scale.max_worker)
+    low = high = scale.min_worker or 1  # a workflow with no model of its own
     for served in manager.workflows[name].served.values():
         model = manager.models.get(served)
         low = scale.min_worker or model.config.min_workers
         high = scale.max_worker or model.config.max_workers
         await model.workers.scale(low, max(low, high))
-    return JSONResponse({"status": "Worker updated"})
+    return JSONResponse({"status": scaled_status(name, low, max(low, high))})
 
 
 @router.delete("/workflows/{name}")
 @router.delete("/workflows/{name}/{version}")
 async def unregister_workflow(request: Request, name: str, version: str | None = None) -> JSONResponse:
     await workflows_of(request).unregister(name)
-    return JSONResponse({"status": f'Workflow "{name}" unregistered'})
+    return JSONResponse({"status": f'Model or workflow "{name}" unregistered'})  # DJL's text

@@ -61,21 +61,30 @@ async def handle(inputs: Input) -> Output | None:
 
 
 async def _handle_lmi(item: Input) -> Output:
-    """An LMI body in a DJL Input: ``adapters`` in the body, else content or property ``adapter``."""
+    """An LMI body in a DJL Input; adapters in DJL's order: the SageMaker adapter header, content
+    ``adapter``, the body's ``adapters``, property ``adapter``."""
     try:
         body = item.get_as_json("data") if item.contains_key("data") else {}
     except ValueError:
         raise BadRequestError("the request body must be JSON") from None
     parsed = parse(lmi.LmiRequest, body)
-    fallback = item.get_as_string("adapter") if item.contains_key("adapter") else item.get_property("adapter")
-    request = lmi.to_generate(parsed, fallback)
+    request = lmi.to_generate(parsed, item.get_property("adapter"), override=adapter_override(item))
     reply = await generate(request)
     if isinstance(reply, TokenStream):
         output = Output().add_property("content-type", "application/jsonlines")
-        return output.add_stream_content(_lines(reply.events, request.details))
+        return output.add_stream_content(_lines(reply.events, request.details), output_formatter=None)
     output = Output().add_property("x-loraserve-peak-batch", str(reply.peak_batch))
     output.add_property("x-loraserve-generated-tokens", str(reply.generated_tokens))
     return output.add_as_json(lmi.response_json(parsed, reply))
+
+
+def adapter_override(item: Input) -> str | None:
+    """DJL's LMI order, above the body: the ``X-Amzn-SageMaker-Adapter-Identifier`` header,
+    then content ``adapter`` (a query parameter or a workflow's)."""
+    header = item.get_property(lmi.ADAPTER_IDENTIFIER)
+    if header:
+        return header
+    return item.get_as_string("adapter") if item.contains_key("adapter") else None
 
 
 async def _lines(events: AsyncIterator, details: bool) -> AsyncIterator[bytes]:

@@ -23,8 +23,7 @@ from typing import Any
 
 from loraserve.config import ModelConfig
 from loraserve.errors import LoraserveError
-from loraserve.handlers.djl_compat import install_djl_python_alias
-from loraserve.handlers.io import Input
+from loraserve.handlers.io import Input, Output
 from loraserve.handlers.loader import import_handler, resolve_entry_point
 from loraserve.handlers.messages import GenerateResult, TokenStream
 from loraserve.handlers.protocol import (
@@ -43,8 +42,10 @@ _END = object()
 class WorkerRuntime:
     """Runs handler calls and writes their results back to the front end."""
 
-    def __init__(self, module: Any, out_fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, module: Any, out_fd: int, loop: asyncio.AbstractEventLoop,
+                 model_dir: str = "") -> None:
         self.module = module
+        self.model_dir = model_dir
         self.out_fd = out_fd
         self.loop = loop
         self.serial = ThreadPoolExecutor(1, thread_name_prefix="handler")
@@ -76,7 +77,7 @@ class WorkerRuntime:
         fn = getattr(self.module, message["fn"], None)
         try:
             # a typed message (the built-in engine's protocol) or a DJL Input in wire form
-            arg = message["message"] if "message" in message else input_from_wire(message["input"])
+            arg = message["message"] if "message" in message else self._input(message)
             if fn is None:
                 result = None
             elif inspect.iscoroutinefunction(fn):
@@ -89,7 +90,19 @@ class WorkerRuntime:
                        "status": exc.status_code, "type": exc.error_type})
         except Exception as exc:  # the handler's failure is this request's error, nothing more
             log.error("handler %s failed:\n%s", message["fn"], traceback.format_exc())
-            self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}"})
+            if "message" in message:  # a typed call: the front expects a typed reply or an error
+                self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}",
+                           "status": error_status(exc), "type": "PredictionException"})
+                return
+            error = Output().error(str(exc), code=error_status(exc))  # DJL's error answer
+            self.send({"op": "result", "id": call_id, "output": output_to_wire(error),
+                       "streaming": False})
+
+    def _input(self, message: dict[str, Any]) -> Input:
+        inputs = input_from_wire(message["input"])
+        inputs.properties["model_dir"] = self.model_dir  # on every call, as DJL does
+        inputs.function_name = message["fn"]
+        return inputs
 
     async def _send_result(self, call_id: int, result: Any) -> None:
         if result is None or isinstance(result, GenerateResult):
@@ -99,10 +112,14 @@ class WorkerRuntime:
             self.send({"op": "result", "id": call_id, "output": None, "streaming": True})
             await self._stream(call_id, result.events, None, typed=True)
             return
+        if not hasattr(result, "code"):  # DJL: a handler must return an Output (or None)
+            result = Output().error(f"Invalid output type: {type(result)}")
         wire = output_to_wire(result)
         self.send({"op": "result", "id": call_id, "output": wire, "streaming": wire["streaming"]})
         if wire["streaming"]:
-            await self._stream(call_id, result.stream_content, getattr(result, "stream_formatter", None))
+            formatter = getattr(result, "stream_output_formatter", getattr(result, "stream_formatter", None))
+            await self._stream(call_id, result.stream_content, formatter)
+        _finalize(result)
 
     async def _stream(self, call_id: int, stream: Any, formatter: Any, typed: bool = False) -> None:
         error = None
@@ -127,6 +144,25 @@ def _chunk_bytes(chunk: Any, formatter: Any) -> bytes:
     if not isinstance(chunk, (bytes, bytearray, str)):
         chunk = json.dumps(chunk, ensure_ascii=False)
     return chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+
+
+def error_status(exc: BaseException) -> int:
+    """DJL's status for a handler's exception: 507 when it ran out of (GPU) memory, else 424."""
+    text = str(exc)
+    if type(exc).__name__ in ("MemoryError", "OutOfMemoryError") or any(
+            s in text for s in ("CUDA error: out of memory", "No available memory for the cache blocks")):
+        return 507
+    return 424
+
+
+def _finalize(result: Any) -> None:
+    """``Output.finalize(fn, *args)``: run once the answer has been sent (DJL's hook)."""
+    run = getattr(result, "execute_finalize", None)
+    if callable(run):
+        try:
+            run()
+        except Exception:
+            log.error("finalize function failed:\n%s", traceback.format_exc())
 
 
 async def _iterate(stream: Any, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor):
@@ -183,14 +219,13 @@ async def serve(model_dir: Path, out_fd: int) -> int:
     extra_options = json.loads(os.environ.get("LORASERVE_MODEL_OPTIONS", "{}"))
     config.options.update(extra_options)
     try:
-        install_djl_python_alias()
         module = import_handler(model_dir, resolve_entry_point(model_dir, config))
         await _initialise(module, config.handler_properties(model_dir))
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())
         os.write(out_fd, encode_frame({"op": "load_failed", "error": f"{type(exc).__name__}: {exc}"}))
         return 1
-    runtime = WorkerRuntime(module, out_fd, loop)
+    runtime = WorkerRuntime(module, out_fd, loop, str(model_dir))
     hooks = [name for name in HANDLER_FUNCTIONS if callable(getattr(module, name, None))]
     concurrent = inspect.iscoroutinefunction(module.handle)
     runtime.send({"op": "ready", "pid": os.getpid(), "hooks": hooks, "concurrent": concurrent})

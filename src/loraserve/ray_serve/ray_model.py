@@ -92,12 +92,14 @@ class RayModel:
         return self.config.loraserve_dir / "extracted" / self.name
 
     def _not_found(self, adapter: str) -> AdapterNotFoundError:
+        """An inference call naming an unregistered adapter: DJL's 424, as ``loraserve serve``."""
         return AdapterNotFoundError(
-            f"adapter {adapter} is not registered on model {self.name}; "
-            f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…")
+            f"The adapter {adapter} has not been registered on model {self.name}; "
+            f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…",
+            status_code=424)
 
-    def check_adapters(self, names: list[str]) -> None:
-        for adapter in names:
+    def check_adapters(self, names: list[str], required: list[str] | None = None) -> None:
+        for adapter in names if required is None else required:
             if adapter and adapter not in self.registry:
                 raise self._not_found(adapter)
 
@@ -108,7 +110,7 @@ class RayModel:
             raise BadRequestError(f"handler function {fn} is not served on Ray; the engine replicas "
                                   "answer the built-in engine's typed generate call only")
         names = adapter_names(message)
-        refs = self.store.refs()  # one read: an adapter deleted since the route's check is a 404 here
+        refs = self.store.refs()  # one read: an adapter deleted since the route's check is a 424 here
         missing = next((n for n in names if n not in refs), None)
         if missing is not None:
             raise self._not_found(missing)

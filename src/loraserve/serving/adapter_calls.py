@@ -16,7 +16,8 @@ def registration_input(record: AdapterRecord) -> dict[str, Any]:
     content = [("preload", str(record.preload).lower().encode()),
                ("pin", str(record.pin).lower().encode())]
     content += [(k, str(v).encode()) for k, v in record.options.items()]
-    properties = {"name": record.name, "src": record.path, "version": str(record.version)}
+    properties = {"name": record.name, "alias": record.name, "src": record.path,
+                  "version": str(record.version)}
     return {"properties": properties, "content": content}
 
 
@@ -27,6 +28,13 @@ def raise_for_reply(replies: list[WorkerReply], action: str) -> None:
             detail = _error_detail(body) or reply.output["message"]
             raise HandlerError(f"{action} refused by the handler: {detail}",
                                status_code=reply.output["code"])
+
+
+def handler_message(replies: list[WorkerReply]) -> str | None:
+    """The message a handler set on its Output (DJL answers it as the status); None if unset."""
+    output = replies[0].output if replies else None
+    message = output.get("message") if output else None
+    return message if message and message != "OK" else None
 
 
 def _error_detail(body: str) -> str:

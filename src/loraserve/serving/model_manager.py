@@ -23,11 +23,13 @@ from loraserve.model_store import (
     discover_models,
     find_in_store,
     is_workflow_dir,
+    is_workflow_url,
     resolve_model_url,
     startup_adapter_dirs,
 )
 from loraserve.names import validate_model_name
 from loraserve.serving.cleanup import release_model_files
+from loraserve.serving.lora_gate import lora_enabled
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.state_store import StateStore
 
@@ -70,7 +72,8 @@ class ModelManager:
         if self.config.model_store:
             found.update({n: str(p) for n, p in discover_models(self.config.model_store).items()
                           if not is_workflow_dir(p)})
-        found.update(self.config.models)
+        found.update({n: u for n, u in self.config.models.items()
+                      if not is_workflow_url(u)})  # workflows: loaded by the workflow manager
         self.watch_shutdown_signals()
         results = await asyncio.gather(
             *(self.register(name, url, startup=True) for name, url in found.items()),
@@ -165,6 +168,8 @@ class ModelManager:
 
     async def _restore_adapters(self, model: ModelService) -> None:
         """Start-up ``adapters/`` folders, then the adapters persisted by earlier runs."""
+        if not lora_enabled(model.config.options, model.uses_builtin_engine):
+            return  # DJL registers a model's adapters only with option.enable_lora=true
         saved = self._saved["models"].get(model.name, {})
         removed = set(saved.get("removed_startup", []))
         for name, path in startup_adapter_dirs(model.model_dir).items():

@@ -24,7 +24,7 @@ from loraserve.adapters.registry import (
     AdapterState,
     validate_adapter_name,
 )
-from loraserve.adapters.sources import resolve_source
+from loraserve.adapters.sources import handler_src, resolve_source, server_reads
 from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
     AdapterNotFoundError,
@@ -33,7 +33,7 @@ from loraserve.errors import (
     ServiceUnavailableError,
     WorkerDiedError,
 )
-from loraserve.serving.adapter_calls import raise_for_reply, registration_input
+from loraserve.serving.adapter_calls import handler_message, raise_for_reply, registration_input
 from loraserve.serving.worker_group import MAX_WORKERS, WorkerGroup
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
 
@@ -64,6 +64,7 @@ class ModelService:
         self.lifecycle = ModelStatus.LOADING
         self._error: str | None = None
         self.registry = AdapterRegistry()
+        self.handler_messages: dict[str, str] = {}  # adapter → its handler's last status text
         self.adapter_lock = asyncio.Lock()
         self.created = time.time()
         self.last_used = time.monotonic()
@@ -111,6 +112,12 @@ class ModelService:
     def scratch_dir(self) -> Path:
         base = self.server.state_file.parent if self.server.state_file else self.model_dir / ".loraserve"
         return base / "extracted" / self.name
+
+    def _handler_path(self, src: str) -> str:
+        """The handler's ``src``: resolved and sandboxed only where the server reads it."""
+        if server_reads(src, self.uses_builtin_engine):
+            return str(resolve_source(src, self.model_dir, self.adapter_roots, self.scratch_dir))
+        return handler_src(src)
 
     async def load(self) -> None:
         try:
@@ -176,12 +183,12 @@ class ModelService:
             return record
 
     async def _register_new(self, record: AdapterRecord) -> None:
-        record.path = str(await asyncio.to_thread(
-            resolve_source, record.src, self.model_dir, self.adapter_roots, self.scratch_dir))
+        record.path = await asyncio.to_thread(self._handler_path, record.src)
         self.registry.begin_register(record)
         try:
             replies = await self._broadcast("register_adapter", registration_input(record))
             raise_for_reply(replies, f"registering adapter {record.name}")
+            self._keep_message(record.name, replies)
         except BaseException:
             self.registry.abort_register(record.name)
             await self._unregister_quietly(record)
@@ -203,8 +210,7 @@ class ModelService:
             record = self.registry.settled(name)  # a failed adapter is fixed by an update
             path = record.path
             if (src is not None and src != record.src) or record.state is AdapterState.FAILED:
-                path = str(await asyncio.to_thread(resolve_source, src or record.src,
-                                                   self.model_dir, self.adapter_roots, self.scratch_dir))
+                path = await asyncio.to_thread(self._handler_path, src or record.src)
             updated = AdapterRecord(
                 name=name, src=src or record.src, path=path,
                 preload=record.preload if preload is None else preload,
@@ -222,8 +228,9 @@ class ModelService:
     async def _apply_update(self, updated: AdapterRecord) -> None:
         wire = registration_input(updated)
         if "update_adapter" in self.workers.hooks:
-            raise_for_reply(await self._broadcast("update_adapter", wire),
-                             f"updating adapter {updated.name}")
+            replies = await self._broadcast("update_adapter", wire)
+            raise_for_reply(replies, f"updating adapter {updated.name}")
+            self._keep_message(updated.name, replies)
         elif "register_adapter" in self.workers.hooks:
             await self._broadcast("unregister_adapter", {
                 "properties": {"name": updated.name}, "content": []})
@@ -239,6 +246,7 @@ class ModelService:
                     "properties": {"name": name}, "content": []})
                 if previous is not AdapterState.FAILED:  # a failed one may be on no worker
                     raise_for_reply(replies, f"unregistering adapter {name}")
+                    self._keep_message(name, replies)
             except BaseException:
                 self.registry.abort_unregister(name, previous)  # still registered
                 raise
@@ -246,20 +254,25 @@ class ModelService:
             log.info("model %s: adapter %s unregistered", self.name, name)
             return record
 
-    def check_adapters(self, names: list[str]) -> None:
-        """Failed adapters are a 503 before any work is done; for the built-in engine, unknown
-        ones are a 404 (a Python handler may serve adapters it was never told about)."""
-        for adapter in names:
-            if not adapter:
-                continue
-            if adapter not in self.registry:
-                if not self.uses_builtin_engine:
-                    continue
+    def _keep_message(self, name: str, replies: list[WorkerReply]) -> None:
+        message = handler_message(replies)
+        if message:
+            self.handler_messages[name] = message
+
+    def check_adapters(self, names: list[str], required: list[str] | None = None) -> None:
+        """Checked before any work is done. An adapter in ``required`` (default: all of
+        ``names``) that is not registered is DJL's 424 (its ModelInfo check); any named adapter
+        that failed to load is a 503 with the reason. A custom handler's request requires only
+        ``?adapter=`` (DJL's content key): other names are the handler's business."""
+        for adapter in names if required is None else required:
+            if adapter and adapter not in self.registry:
                 raise AdapterNotFoundError(
-                    f"adapter {adapter} is not registered on model {self.name}; "
-                    f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…")
-            record = self.registry.get(adapter)
-            if record.state is AdapterState.FAILED:
+                    f"The adapter {adapter} has not been registered on model {self.name}; "
+                    f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…",
+                    status_code=424)
+        for adapter in {*names, *(required or ())}:
+            record = self.registry.get(adapter) if adapter and adapter in self.registry else None
+            if record is not None and record.state is AdapterState.FAILED:
                 raise ServiceUnavailableError(
                     f"adapter {adapter} of model {self.name} failed to load: {record.error}; "
                     f"fix its source and POST /models/{self.name}/adapters/{adapter}/update, "

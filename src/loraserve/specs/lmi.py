@@ -31,6 +31,8 @@ from loraserve.specs.base import (
 )
 
 DEFAULT_MAX_NEW_TOKENS = 30
+# SageMaker's adapter header: above the body's ``adapters``, as in DJL's LMI input parser.
+ADAPTER_IDENTIFIER = "x-amzn-sagemaker-adapter-identifier"
 
 
 class LmiParameters(BaseModel):
@@ -81,8 +83,9 @@ class LmiRequest(BaseModel):
     messages: Messages | None = Field(None, description="chat form, templated by the model's tokenizer")
     parameters: LmiParameters = Field(default_factory=LmiParameters)
     adapters: str | AdapterList | None = Field(
-        None, description='adapter name(s), one per input; "" is the base model. '
-                          "Else ?adapter= or the custom attribute adapter=")
+        None, description='adapter name(s), one per input; "" is the base model. The '
+                          "X-Amzn-SageMaker-Adapter-Identifier header or ?adapter= override it; "
+                          "without any, the custom attribute adapter=")
     stream: bool = False
 
     @model_validator(mode="after")
@@ -102,11 +105,15 @@ class LmiRequest(BaseModel):
         return isinstance(self.inputs, list)
 
 
-def adapters_for(request: LmiRequest, fallback: str | None) -> tuple[str | None, ...]:
-    """One adapter per sequence: the body's ``adapters``, else ``fallback`` (DJL's order:
-    ``?adapter=``, then the ``adapter`` custom attribute); "" means the base model."""
+def adapters_for(request: LmiRequest, fallback: str | None,
+                 override: str | None = None) -> tuple[str | None, ...]:
+    """One adapter per sequence, in DJL's LMI order: ``override`` (the SageMaker adapter
+    header, else ``?adapter=``), else the body's ``adapters``, else ``fallback`` (the
+    ``adapter`` custom attribute); "" means the base model."""
     count = 1 if request.messages is not None else len(request.prompts)
-    field = request.adapters if request.adapters is not None else fallback
+    field: str | list[str] | None = override
+    if field is None:
+        field = request.adapters if request.adapters is not None else fallback
     if isinstance(field, list):
         if len(field) != count:
             raise BadRequestError(f'"adapters" has {len(field)} entries for {count} inputs; '
@@ -115,14 +122,15 @@ def adapters_for(request: LmiRequest, fallback: str | None) -> tuple[str | None,
     return (field or None,) * count
 
 
-def to_generate(request: LmiRequest, fallback_adapter: str | None = None) -> GenerateRequest:
+def to_generate(request: LmiRequest, fallback_adapter: str | None = None,
+                override: str | None = None) -> GenerateRequest:
     if request.stream and len(request.prompts) > 1:
         raise BadRequestError("streaming takes one input at a time")
     return GenerateRequest(
         sampling=request.parameters.sampling(),
         prompts=tuple(request.prompts),
         messages=None if request.messages is None else tuple(m.to_dict() for m in request.messages),
-        adapters=adapters_for(request, fallback_adapter),
+        adapters=adapters_for(request, fallback_adapter, override),
         details=request.parameters.details,
         logprobs=request.parameters.details or request.stream,  # stream lines carry log_prob
         stream=request.stream,

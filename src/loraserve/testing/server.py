@@ -24,10 +24,11 @@ class ServerProcess:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
                  log_path: Path | None = None, ready_timeout_s: float = 120.0,
-                 command: str = "serve") -> None:
+                 command: str = "serve", cwd: Path | None = None) -> None:
         self.port = free_port()
         self.args = args
         self.command = command
+        self.cwd = cwd  # relative model URLs resolve here, as DJL's do
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
@@ -39,7 +40,7 @@ class ServerProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "loraserve", self.command, "--port", str(self.port), *self.args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
         try:
             self.wait_ready()
         except BaseException:  # a server that never became healthy must not outlive the test

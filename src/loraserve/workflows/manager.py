@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loraserve.adapters.registry import AdapterOrigin
-from loraserve.adapters.sources import ensure_inside, local_path_of
+from loraserve.adapters.sources import ensure_inside, exists, local_path_of, server_reads
 from loraserve.errors import ConflictError, LoraserveError, ModelNotFoundError
 from loraserve.serving.cleanup import prune_adapter_copies, prune_model_copies
 from loraserve.serving.model_manager import ModelManager
@@ -42,7 +42,11 @@ class WorkflowManager:
         self._lock = asyncio.Lock()
 
     def _resolve(self, url: str, spec: WorkflowSpec) -> str:
-        return str(local_path_of(url, spec.base_dir or self.models.config.model_store))
+        """A relative URL: next to the workflow file, else in the working directory (DJL's
+        rule, e.g. ``src/test/resources/adaptecho``), else in the model store."""
+        bases = [spec.base_dir, Path.cwd(), self.models.config.model_store]
+        candidates = [local_path_of(url, base) for base in bases if base is not None]
+        return str(next((c for c in candidates if exists(c)), candidates[0]))
 
     async def register(self, spec: WorkflowSpec, roots: list[Path] | None = None) -> Workflow:
         """Load the workflow's models and adapters; with ``roots`` (a workflow registered over
@@ -81,7 +85,8 @@ class WorkflowManager:
     async def _acquire_adapter(self, workflow: Workflow, name: str, src: str,
                                options: dict[str, str], local_model: str) -> None:
         served = workflow.served[local_model]
-        resolved = self._resolve(src, workflow.spec)
+        reads = server_reads(src, self.models.get(served).uses_builtin_engine)
+        resolved = self._resolve(src, workflow.spec) if reads else src  # DJL: src as written
         count, existing = self._adapter_refs.get((served, name), (0, resolved))
         if existing != resolved:
             raise ConflictError(f"adapter {name} is already registered on model {served} from "

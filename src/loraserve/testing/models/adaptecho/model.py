@@ -6,7 +6,9 @@ built-in handlers look: the body's ``adapters`` field, the ``adapter`` content k
 Control fields in a JSON body: ``sleep`` (seconds), ``crash`` (exit the worker),
 ``raise`` (raise an error), ``stream`` (answer as a stream of N chunks), ``state`` (describe
 this worker). Every load and (un)registration is appended to ``$ADAPTECHO_LOG`` if set.
-Like a real handler, it refuses an adapter whose source does not exist; loading fails while
+Like a real handler, it refuses an adapter whose source is an absolute path (or ``file://`` URL)
+that does not exist; a name or relative path is taken as given (DJL passes ``src`` as written,
+for the handler to resolve). Loading fails while
 the file named by ``$ADAPTECHO_FAIL_LOAD`` exists (a model that cannot restart).
 """
 
@@ -33,11 +35,12 @@ def register_adapter(inputs: Input):
     options = {k: v.decode() for k, v in inputs.get_content().items()}
     if options.get("fail") == "true":
         return Output().error(f"adapter {name} refused on request", code=400)
-    if not os.path.exists(src):
+    path = src[len("file://"):] if src.startswith("file://") else src
+    if os.path.isabs(path) and not os.path.exists(path):
         return Output().error(f"adapter {name}: source {src} does not exist", code=404)
     adapters[name] = {"src": src, "options": options}
     _record("register", name=name, src=src, options=options)
-    return Output().add("Successfully registered adapter")
+    return Output(message=f"Adapter {name} registered")
 
 
 def update_adapter(inputs: Input):
@@ -45,14 +48,14 @@ def update_adapter(inputs: Input):
     options = {k: v.decode() for k, v in inputs.get_content().items()}
     adapters[name] = {"src": inputs.get_properties()["src"], "options": options}
     _record("update", name=name, options=options)
-    return Output().add("Successfully updated adapter")
+    return Output(message=f"Adapter {name} updated")
 
 
 def unregister_adapter(inputs: Input):
     name = inputs.get_properties()["name"]
     adapters.pop(name, None)
     _record("unregister", name=name)
-    return Output().add("Successfully unregistered adapter")
+    return Output(message=f"Adapter {name} unregistered")
 
 
 def _adapter_of(item: Input, body):
@@ -102,7 +105,7 @@ def handle(inputs: Input):
         body, result = _echo(item, len(batch))
         if isinstance(body, dict) and body.get("stream"):
             chunks = [json.dumps({"chunk": i, **result}) + "\n" for i in range(int(body["stream"]))]
-            return output.add_stream_content(iter(chunks))
+            return output.add_stream_content(iter(chunks), output_formatter=None)  # JSON lines as is
         if inputs.is_batch():
             output.add_as_json(result, batch_index=index)
         else:

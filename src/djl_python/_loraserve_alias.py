@@ -1,0 +1,1 @@
+"""Marks this ``djl_python`` as loraserve's alias package (see ``__init__``)."""
