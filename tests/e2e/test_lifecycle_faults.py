@@ -79,6 +79,9 @@ def test_vanished_adapter_source_does_not_stop_a_restart(tmp_path):
         assert answer.status_code == 200 and answer.json()["known"] is True
         gone = client.get("/models/echo/adapters/gone").json()
         assert gone["state"] == "failed" and "does not exist" in gone["error"]
+        console = client.get("/console/state").json()["models"][0]["adapters"]
+        shown = next(a for a in console if a["name"] == "gone")
+        assert shown["tier"] == "failed" and "does not exist" in shown["error"]  # the console says why
         refused = client.post("/predictions/echo", json={"adapters": "gone"})
         assert refused.status_code == 503 and "failed to load" in refused.json()["message"]
         names = sorted(a["name"] for a in client.get("/models/echo/adapters").json()["adapters"])

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from loraserve.adapters.registry import AdapterRecord, AdapterState
 from loraserve.api.deps import manager_of
 
 router = APIRouter()
@@ -29,9 +30,15 @@ async def console_state(request: Request) -> JSONResponse:
     for model in manager.models.values():
         tiers = metrics.engine.stats.get(model.name, {}).get("adapter_tiers", {})
         adapters = [{"name": r.name, "src": r.src, "pin": r.pin, "state": r.state.value,
-                     "tier": "pinned" if r.pin else tiers.get(r.name, "registered")}
-                    for r in model.registry.records()]
+                     "error": r.error, "tier": _tier(r, tiers)} for r in model.registry.records()]
         models.append({"name": model.name, "status": model.status.value,
                        "engine": "built-in" if model.uses_builtin_engine else "python",
                        "adapters": adapters})
     return JSONResponse({"models": models, "generated_tokens": metrics.generated_tokens})
+
+
+def _tier(record: AdapterRecord, tiers: dict[str, str]) -> str:
+    """What the page shows: failed (with its reason beside it), pinned, or the engine's tier."""
+    if record.state is AdapterState.FAILED:
+        return "failed"
+    return "pinned" if record.pin else tiers.get(record.name, "registered")
