@@ -72,6 +72,7 @@ class RayModel:
         self.created = time.time()
         self.adapter_lock = asyncio.Lock()
         self._registry = AdapterRegistry()
+        self.handler_messages: dict[str, str] = {}  # the routes' status texts (replicas set none)
         self._generation = -1
 
     @property
