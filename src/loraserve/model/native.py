@@ -12,8 +12,11 @@ same thing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -45,11 +48,30 @@ def _build(level: str) -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
+        name = f"loraserve_cpu_kernels_{level}"
         names = ("cpu_kernels.cpp", "kernels_f32.cpp", "kernels_bf16.cpp")
         sources = [str(_SOURCES / name) for name in names]
-        return load(name=f"loraserve_cpu_kernels_{level}", sources=sources,
-                    extra_cflags=["-O3", "-fopenmp", *compiler_flags(level)], extra_ldflags=["-fopenmp"],
-                    extra_include_paths=[str(_SOURCES)], verbose=False)
+        with _build_lock(name):
+            return load(name=name, sources=sources,
+                        extra_cflags=["-O3", "-fopenmp", *compiler_flags(level)], extra_ldflags=["-fopenmp"],
+                        extra_include_paths=[str(_SOURCES)], verbose=False)
     except Exception as exc:  # no compiler, no ninja, ...: the PyTorch path serves instead
         log.warning("native CPU kernels (%s) unavailable (%s); using the PyTorch path", level, exc)
         return None
+
+
+@contextlib.contextmanager
+def _build_lock(name: str) -> Iterator[None]:
+    """Serialise builds of ``name`` with an OS lock, which dies with its holder, then drop any
+    ``lock`` file torch left in the build folder: torch waits forever on one left by a process
+    killed mid-compile (a server stopped during its first start wedged every later start)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    folder = Path(_get_build_directory(name, verbose=False))
+    with open(folder.parent / f".{name}.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # every builder of ours holds this first
+        stale = folder / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a build that was killed", stale)
+            stale.unlink(missing_ok=True)
+        yield
