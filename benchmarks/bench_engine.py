@@ -26,7 +26,7 @@ from loraserve.testing.tiny import write_random_adapter
 
 
 def timed_run(engine: LLMEngine, prompts: list[list[int]], adapters: list, new_tokens: int) -> dict:
-    """Submit all, step to completion; returns tok/s and the mean decode-only step time."""
+    """Submit all, step to completion: tok/s, the mean decode-only step time and the output ids."""
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     seqs = [engine.add_request(p, a, params) for p, a in zip(prompts, adapters)]
     step_times = []
@@ -38,7 +38,8 @@ def timed_run(engine: LLMEngine, prompts: list[list[int]], adapters: list, new_t
     elapsed = time.perf_counter() - start
     tokens = sum(len(s.output_ids) for s in seqs)
     decode = step_times[1:] or step_times
-    return {"tok_s": tokens / elapsed, "step_ms": 1000 * sum(decode) / len(decode), "seconds": elapsed}
+    return {"tok_s": tokens / elapsed, "step_ms": 1000 * sum(decode) / len(decode), "seconds": elapsed,
+            "token_ids": [s.output_ids for s in seqs]}
 
 
 def copy_bandwidth() -> float:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_engine import make_adapters
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from benchmarks.bench_engine import make_adapters, timed_run
+from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.model.default_model import smollm2_path
 from loraserve.model.llama import LORA_MODULES
 
@@ -72,31 +72,15 @@ class VllmWorker:
                 self.proc.kill()
 
 
-def ours(engine: LLMEngine, prompts: list[list[int]], adapters: list, new_tokens: int) -> dict:
-    """Submit all, step to completion: tok/s, mean decode-step time and the output ids."""
-    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-    seqs = [engine.add_request(p, a, params) for p, a in zip(prompts, adapters)]
-    steps = []
-    start = time.perf_counter()
-    while engine.has_work():
-        began = time.perf_counter()
-        engine.step()
-        steps.append(time.perf_counter() - began)
-    elapsed = time.perf_counter() - start
-    decode = steps[1:] or steps
-    return {"tok_s": sum(len(s.output_ids) for s in seqs) / elapsed, "seconds": elapsed,
-            "step_ms": 1000 * sum(decode) / len(decode), "token_ids": [s.output_ids for s in seqs]}
-
-
 def interleaved(engine: LLMEngine, worker: VllmWorker | None, prompts, mine: list, theirs: list,
                 new_tokens: int, repeats: int) -> tuple[dict, dict | None]:
     """Warm both on the mix, then alternate them ``repeats`` times; the best run of each."""
-    ours(engine, prompts, mine, 2)
+    timed_run(engine, prompts, mine, 2)
     if worker:
         worker.run(prompts, theirs, 2)
     best_ours, best_theirs = None, None
     for _ in range(repeats):
-        run = ours(engine, prompts, mine, new_tokens)
+        run = timed_run(engine, prompts, mine, new_tokens)
         best_ours = run if best_ours is None or run["tok_s"] > best_ours["tok_s"] else best_ours
         if worker:
             time.sleep(0.5)  # let the other engine's OpenMP threads stop spinning
@@ -165,7 +149,7 @@ def single_stream(engine: LLMEngine, worker: VllmWorker | None, prompt: list[int
         full, first = min(run(new) for _ in range(repeats)), min(run(1) for _ in range(repeats))
         return 1000 * (full - first) / (new - 1)
 
-    mine = tpot(lambda n: ours(engine, [prompt], [None], n)["seconds"])
+    mine = tpot(lambda n: timed_run(engine, [prompt], [None], n)["seconds"])
     theirs = tpot(lambda n: worker.run([prompt], [None], n)["seconds"]) if worker else None
     return mine, theirs
 
