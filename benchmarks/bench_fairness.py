@@ -25,7 +25,7 @@ def _share(sim: Simulation, client: str, steps: int) -> float:
 def _report(name: str, arrivals: list[Arrival], kv_slots: int) -> None:
     print(f"\n{name}")
     for label, fair in (("VTC ", True), ("FCFS", False)):
-        sim = simulate(make_scheduler(kv_slots=kv_slots, fair=fair), arrivals)
+        sim = simulate(make_scheduler(max_seqs=kv_slots, fair=fair), arrivals)
         waits = sim.waits("b")
         last_b = max(r.finished for r in sim.records.values() if r.client == "b")
         print(f"  {label}: b waits (steps) mean {statistics.mean(waits):6.1f} max {max(waits):4d}; "

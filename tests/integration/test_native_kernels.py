@@ -79,32 +79,39 @@ def _rope_args(dim: int = 16) -> LlamaArgs:
 def test_rope_write_kv_matches_pytorch(kernels, dtype, dim):
     rope = RotaryEmbedding(_rope_args(dim), torch.device("cpu"))
     qkv = _rand(5, 8 * dim, dtype=dtype)
-    positions, slots = torch.tensor([3, 0, 1, 2, 40]), torch.tensor([1, 0, 0, 0, 2])
-    k_cache, v_cache = torch.zeros(3, 2, 64, dim, dtype=dtype), torch.zeros(3, 2, 64, dim, dtype=dtype)
+    positions = torch.tensor([3, 0, 1, 2, 40])
+    slot_mapping = torch.tensor([1 * 4 + 3, 5 * 4 + 0, 5 * 4 + 1, 2 * 4 + 2, 6 * 4 + 0])  # block * bs + offset
+    k_cache, v_cache = torch.zeros(7, 2, 4, dim, dtype=dtype), torch.zeros(7, 2, 4, dim, dtype=dtype)
     cos, sin = rope.tables(positions, dtype)
     expected = RotaryEmbedding.apply(qkv[:, :6 * dim].view(5, 6, dim), cos, sin)
     values = qkv[:, 6 * dim:].view(5, 2, dim).clone()
-    kernels.rope_write_kv(qkv, rope.cos, rope.sin, positions, slots, k_cache, v_cache, 4, 2)
+    kernels.rope_write_kv(qkv, rope.cos, rope.sin, positions, slot_mapping, k_cache, v_cache, 4, 2)
     same = torch.equal if dtype == torch.bfloat16 else lambda a, b: torch.allclose(a, b, atol=1e-6)
     assert same(qkv[:, :4 * dim].view(5, 4, dim), expected[:, :4])
-    assert same(k_cache[slots, :, positions], expected[:, 4:])
-    assert torch.equal(v_cache[slots, :, positions], values)
+    blocks, offsets = slot_mapping // 4, slot_mapping % 4
+    assert same(k_cache[blocks, :, offsets], expected[:, 4:])
+    assert torch.equal(v_cache[blocks, :, offsets], values)
+    assert int((k_cache != 0).any(-1).sum()) == 5 * 2  # nothing written elsewhere
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [16, 20, 64, 128])  # 20: a vector tail; 64/128: register paths
 def test_decode_attention_matches_reference(kernels, dtype, dim):
-    batch, heads, kv_heads, length = 3, 6, 2, 20
+    batch, heads, kv_heads, block_size = 3, 6, 2, 8
     q = _rand(batch, heads, dim, dtype=dtype, seed=4)
-    k_cache = _rand(5, kv_heads, length, dim, dtype=dtype, seed=5)
-    v_cache = _rand(5, kv_heads, length, dim, dtype=dtype, seed=6)
-    slots, lengths = torch.tensor([4, 0, 2]), torch.tensor([20, 1, 7])
+    k_cache = _rand(9, kv_heads, block_size, dim, dtype=dtype, seed=5)  # (N, kvh, bs, d)
+    v_cache = _rand(9, kv_heads, block_size, dim, dtype=dtype, seed=6)
+    tables = torch.tensor([[4, 8, 1], [7, 0, 0], [2, 0, 0]])  # scattered blocks, 0-padded
+    lengths = torch.tensor([20, 1, 7])
     out = torch.empty_like(q)
-    kernels.decode_attention(q, k_cache, v_cache, slots, lengths, out, dim ** -0.5)
+    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim ** -0.5)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
     for b in range(batch):
-        keys = k_cache[slots[b], :, :lengths[b]].float().repeat_interleave(heads // kv_heads, 0)
-        values = v_cache[slots[b], :, :lengths[b]].float().repeat_interleave(heads // kv_heads, 0)
+        def sequence(cache):  # (kvh, length, d) in token order, repeated for each query head
+            rows = cache[tables[b]].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :lengths[b]]
+            return rows.float().repeat_interleave(heads // kv_heads, 0)
+
+        keys, values = sequence(k_cache), sequence(v_cache)
         scores = torch.softmax(q[b].float()[:, None, :] @ keys.transpose(1, 2) * dim ** -0.5, dim=-1)
         expected = (scores @ values)[:, 0]
         assert torch.allclose(out[b].float(), expected, **tolerance)

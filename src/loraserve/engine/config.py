@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loraserve.config import parse_bool, parse_int
+from loraserve.engine.kv_budget import parse_memory
 from loraserve.errors import ConfigError
 
 
@@ -14,8 +15,11 @@ class EngineConfig:
     dtype: str = "auto"
     device: str = "auto"
     max_rolling_batch_size: int = 32
-    max_model_len: int = 2048
-    max_num_batched_tokens: int = 2048
+    max_model_len: int = 0  # 0: the model's own context length
+    max_num_batched_tokens: int = 2048  # tokens per step; longer prompts are prefilled in chunks
+    kv_cache_memory: str = "auto"  # see kv_budget
+    block_size: int = 16  # tokens per KV-cache block
+    enable_prefix_caching: bool = True
     enable_lora: bool = True
     max_loras: int = 32
     max_lora_rank: int = 64
@@ -26,6 +30,12 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_cpu_loras < self.max_loras:
             self.max_cpu_loras = self.max_loras
+        if self.max_num_batched_tokens < self.max_rolling_batch_size:
+            raise ConfigError(f"option.max_num_batched_tokens={self.max_num_batched_tokens} must be at least "
+                              f"option.max_rolling_batch_size={self.max_rolling_batch_size}: every running "
+                              "request decodes one token per step")
+        if self.kv_cache_memory.strip().lower() != "auto":
+            parse_memory(self.kv_cache_memory)  # a bad value fails at start-up, saying how to fix it
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"option.device={self.device} must be auto, cpu or cuda[:N]")
 
@@ -34,13 +44,13 @@ class EngineConfig:
         if "model_id" not in options:
             raise ConfigError("option.model_id is required for the built-in engine")
         ints = ("max_rolling_batch_size", "max_model_len", "max_num_batched_tokens", "max_loras",
-                "max_lora_rank", "max_cpu_loras", "threads")
+                "max_lora_rank", "max_cpu_loras", "threads", "block_size")
         kwargs: dict[str, object] = {k: parse_int(options[k], f"option.{k}", 0 if k == "threads" else 1)
                                      for k in ints if k in options}
-        for key in ("enable_lora", "lora_merge"):
+        for key in ("enable_lora", "lora_merge", "enable_prefix_caching"):
             if key in options:
                 kwargs[key] = parse_bool(options[key], f"option.{key}")
-        for key in ("dtype", "device"):
+        for key in ("dtype", "device", "kv_cache_memory"):
             if key in options:
-                kwargs[key] = options[key]
+                kwargs[key] = str(options[key])
         return cls(model_id=options["model_id"], **kwargs)  # type: ignore[arg-type]

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
+from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.config import EngineConfig
+from loraserve.engine.kv_budget import plan_kv_cache
 from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
@@ -59,10 +61,18 @@ class LLMEngine:
         self.runner = LlamaRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
                                   config.max_model_len, config.max_loras, config.max_lora_rank)
         log.info("engine hardware choice: %s", self.runner.info())
+        self.kv = plan_kv_cache(config.kv_cache_memory, self.device, self.runner.kv_bytes_per_token(),
+                                config.block_size, self.runner.max_len, config.max_rolling_batch_size)
+        self.runner.allocate_kv_cache(self.kv.num_blocks, self.kv.block_size)
+        log.info("KV cache: %d blocks of %d tokens = %d tokens, %.1f MiB (%s); max_model_len %d; "
+                 "prefix caching %s", self.kv.num_blocks - 1, self.kv.block_size, self.kv.tokens,
+                 self.kv.bytes / 2**20, self.kv.source, self.runner.max_len,
+                 "on" if config.enable_prefix_caching else "off")
+        self.blocks = BlockManager(self.kv.num_blocks, self.kv.block_size, config.enable_prefix_caching)
         self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self._load_adapter,
                                      self.runner.lora.load, self.runner.lora.clear)
         self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
-                                   self.adapters, config.lora_merge)
+                                   self.adapters, config.lora_merge, self.blocks)
         self.eos_ids = self._eos_ids()
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -70,6 +80,8 @@ class LLMEngine:
         self._epoch = 0  # bumped by every change that may let a blocked request run
         self._idle_epoch = -1  # the epoch at which a step last found nothing to run
         self.steps = 0
+        self.computed_tokens = 0  # tokens run through the model (prompt chunks and decodes)
+        self.last_step_tokens = 0
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id} - {None}
@@ -116,6 +128,10 @@ class LLMEngine:
         if len(ids) + params.max_new_tokens > self.runner.max_len:
             raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                                   f"exceeds max_model_len {self.runner.max_len}")
+        if self.blocks.blocks_for(len(ids) + params.max_new_tokens) > self.blocks.usable_blocks:
+            raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
+                                  f"exceeds the KV cache ({self.kv.tokens} tokens, "
+                                  "option.kv_cache_memory)")
         with self.lock:
             key = self.adapters.hold(adapter) if adapter else None  # its version, until it ends
             try:
@@ -138,19 +154,20 @@ class LLMEngine:
             return seq
 
     def step(self) -> list[Sequence]:
-        """One iteration: admit, run all scheduled tokens in one forward pass, sample. A failure
-        fails the sequences it belongs to: a row's sampling its row, the forward pass its batch."""
+        """One iteration, each part by its owner: the scheduler picks sequences and token counts,
+        the runner computes their logits, the scheduler advances them, the sampler and output
+        stage add tokens and text. A failure fails the sequences it belongs to: a row's
+        sampling its row, the forward pass its batch."""
         with self.lock:
-            decodes, prefills = self.scheduler.schedule()
+            seqs = self.scheduler.schedule()
             failed = self._report_failed()
-            seqs = [*decodes, *prefills]
             if not seqs:
                 self._idle_epoch = -1 if failed else self._epoch
                 return failed
             try:
                 if self.config.lora_merge:
                     self._switch_merge(seqs)
-                batch = build_step_batch(decodes, prefills, self.runner, merged=self.config.lora_merge)
+                batch = build_step_batch(seqs, self.runner, merged=self.config.lora_merge)
                 logits = self.runner.forward(batch)
             except Exception as exc:  # not attributable to one row: the step's sequences fail
                 log.exception("engine step failed; failing its %d sequences", len(seqs))
@@ -158,8 +175,10 @@ class LLMEngine:
                     self.fail_sequence(seq, f"the model step failed: {exc}")
                 return [*failed, *seqs]
             self.steps += 1
-            finished = finish_step(self, seqs, logits)
-            self.scheduler.account(seqs)
+            self.last_step_tokens = sum(seq.new_tokens for seq in seqs)
+            self.computed_tokens += self.last_step_tokens
+            sampled = self.scheduler.postprocess(seqs)
+            finished = finish_step(self, sampled, logits)
             return [*failed, *finished]
 
     def _report_failed(self) -> list[Sequence]:
@@ -173,10 +192,8 @@ class LLMEngine:
         if seq.status == SequenceStatus.FINISHED:
             return
         seq.finish_reason, seq.error = "error", message
-        if seq.slot >= 0:  # NaN keys/values would reach the slot's next user via masked reads
-            self.runner.k_cache[:, seq.slot].zero_()
-            self.runner.v_cache[:, seq.slot].zero_()
-        self.scheduler.finish(seq)
+        # its blocks may hold NaN, which masked reads would pass to their next user
+        self.runner.zero_blocks(self.scheduler.finish(seq, discard=True))
         self.emit(seq, TokenEvent(seq.request_id, -1, "", None, "error"))
 
     def emit(self, seq: Sequence, event: TokenEvent) -> None:
@@ -252,9 +269,15 @@ class LLMEngine:
     def stats(self) -> dict[str, Any]:
         """What the engine holds now: the soak tests assert nothing leaked from these."""
         with self.lock:
-            scheduler, adapters = self.scheduler, self.adapters.stats()
+            scheduler, blocks, adapters = self.scheduler, self.blocks, self.adapters.stats()
             return {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
-                    "kv_slots": scheduler.kv_slots, "free_kv_slots": len(scheduler.free_slots),
+                    "kv_blocks_total": blocks.usable_blocks, "kv_blocks_free": blocks.free_blocks,
+                    "kv_blocks_cached": len(blocks.cached), "kv_block_size": blocks.block_size,
+                    "kv_usage": 1 - blocks.free_blocks / blocks.usable_blocks,
+                    "prefix_cache_hit_rate": blocks.stats.hit_rate,
+                    "prefix_cache_queried_tokens": blocks.stats.queried_tokens,
+                    "prefix_cache_hit_tokens": blocks.stats.hit_tokens,
+                    "preemptions": scheduler.preemptions, "computed_tokens": self.computed_tokens,
                     "lora_refs": adapters["slot_refs"], "adapter_holds": adapters["holds"],
                     "resident_adapters": adapters["resident"], "pinned_adapters": adapters["pinned"],
                     "stale_adapters": adapters["stale"], "registered_adapters": adapters["registered"],

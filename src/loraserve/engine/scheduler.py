@@ -1,14 +1,22 @@
-"""Iteration-level scheduling: who decodes and who is prefilled at the next step.
+"""Iteration-level scheduling over a paged KV cache: which sequences run at the next step, and
+how many of their tokens.
 
-Running sequences always decode. Waiting ones queue per client (an adapter, or the base
-model), first come first served within a client; admission serves the backlogged client with
-the smallest virtual token counter (``fairness``), while a KV-cache slot and the step's prefill
-token budget last. A request that cannot get a LoRA slot does not block the others: base
-requests and pinned adapters (whose slots never free) go on. Requests that would lengthen the
-hold on a busy unpinned slot wait behind it, so the slot frees and the most underserved
-client gets it next. In merged-LoRA mode a batch holds one adapter: when the most underserved
-client needs another, admission stops and the batch drains. Every resource a sequence takes
-(KV slot, LoRA slot reference, adapter hold) is given back in ``finish``, on every path.
+Every step has a token budget (``max_num_batched_tokens``). Running sequences come first,
+decoding ones (one token each) before those still prefilling, which get the rest of the
+budget as a chunk of their prompt: a long prompt is spread over steps while the others keep
+producing tokens (chunked prefill). A running sequence that needs a block when the pool is
+empty preempts the most recently admitted one (its blocks freed, its LoRA slot reference
+released; it goes back to the head of its queue and is recomputed later, as vLLM V1 does);
+no admission happens in a step that preempted.
+
+Waiting sequences queue per client (an adapter, or the base model), first come first served
+within a client; admission serves the backlogged client with the smallest virtual token
+counter (``fairness``) while the running set, the budget and free blocks last. A new sequence
+first takes the cached blocks its tokens start with (prefix caching, ``block_manager``). A
+request that cannot get a LoRA slot does not block the others: base requests and pinned
+adapters (whose slots never free) go on; requests that would lengthen the hold on a busy
+unpinned slot wait behind it. In merged-LoRA mode a batch holds one adapter. Every resource a
+sequence takes (blocks, LoRA slot reference, adapter hold) is given back in ``finish``.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import logging
 from collections import deque
 
 from loraserve.engine.adapter_cache import AdapterCache
+from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.fairness import Client, VirtualTokenCounter
 from loraserve.engine.sequence import Sequence, SequenceStatus
 
@@ -24,17 +33,18 @@ log = logging.getLogger("loraserve.engine")
 
 
 class Scheduler:
-    def __init__(self, kv_slots: int, max_batched_tokens: int, adapters: AdapterCache,
-                 merged: bool) -> None:
-        self.kv_slots = kv_slots
-        self.free_slots = list(range(kv_slots))
+    def __init__(self, max_num_seqs: int, max_batched_tokens: int, adapters: AdapterCache,
+                 merged: bool, blocks: BlockManager) -> None:
+        self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.adapters = adapters
         self.merged = merged
+        self.blocks = blocks
         self.queues: dict[Client, deque[Sequence]] = {}  # waiting, per client, oldest first
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # in admission order
         self.failed: list[Sequence] = []  # failed at admission; the engine reports them
         self.fairness = VirtualTokenCounter()
+        self.preemptions = 0
 
     @property
     def waiting(self) -> list[Sequence]:
@@ -48,33 +58,62 @@ class Scheduler:
         self.fairness.arrive(seq.client)
         self.queues.setdefault(seq.client, deque()).append(seq)
 
-    def schedule(self) -> tuple[list[Sequence], list[Sequence]]:
-        decodes = list(self.running)
-        prefills: list[Sequence] = []
-        budget = self.max_batched_tokens - len(decodes)
+    def schedule(self) -> list[Sequence]:
+        """The step's sequences, each with ``new_tokens`` set; decodes (one token) first."""
+        budget = self.max_batched_tokens
+        pending = sorted(self.running, key=lambda s: s.total_len - s.cached > 1)  # decodes first
+        scheduled: list[Sequence] = []
+        preempted = False
+        while pending and budget > 0:
+            seq = pending.pop(0)
+            tokens = min(seq.total_len - seq.cached, budget)
+            while not self.blocks.allocate(seq, seq.cached + tokens):
+                preempted = True
+                if not pending:  # nobody left to make room: it steps back itself
+                    self.preempt(seq)
+                    break
+                victim = max(pending, key=self.running.index)  # the most recently admitted
+                pending.remove(victim)
+                self.preempt(victim)
+            else:
+                self._schedule(seq, tokens)
+                scheduled.append(seq)
+                budget -= tokens
+        if not preempted:
+            budget = self._admit_waiting(scheduled, budget)
+        return sorted(scheduled, key=lambda s: s.new_tokens > 1)
+
+    def _schedule(self, seq: Sequence, tokens: int) -> None:
+        seq.new_tokens = tokens
+        self.blocks.cache_full_blocks(seq, seq.cached + tokens)
+
+    def _admit_waiting(self, scheduled: list[Sequence], budget: int) -> int:
         skipped: set[Client] = set()  # clients whose head cannot be admitted this step
         slot_wanted = False  # a more underserved client waits for a LoRA slot
-        while self.free_slots:
+        while budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self._next_head(skipped)
             if seq is None:
                 break
-            client = seq.client
-            need = seq.total_len - seq.cached
-            if prefills and need > budget:
-                break  # the step is full; a prompt alone may exceed the budget
-            if self.merged and any(other.adapter != seq.adapter for other in decodes + prefills):
+            if self.merged and any(other.adapter != seq.adapter for other in self.running):
                 break  # let the batch drain, then this client's adapter gets the next one
             admitted = self._take_lora_slot(seq, slot_wanted)
             if admitted is None:
                 continue  # failed: reported by the engine
             if not admitted:
-                skipped.add(client)
+                skipped.add(seq.client)
                 slot_wanted = slot_wanted or not self.merged
                 continue
-            self._admit(seq, need)
-            prefills.append(seq)
-            budget -= need
-        return decodes, prefills
+            self.blocks.match_prefix(seq)
+            tokens = min(seq.total_len - seq.cached, budget)
+            if not self.blocks.allocate(seq, seq.cached + tokens):
+                self.blocks.free_sequence(seq)  # the pool is short: wait for blocks
+                self._release_lora_slot(seq)
+                break
+            self._admit(seq, tokens)
+            self._schedule(seq, tokens)
+            scheduled.append(seq)
+            budget -= tokens
+        return budget
 
     def _next_head(self, skipped: set[Client]) -> Sequence | None:
         """The oldest waiting request of the most underserved client not ``skipped``."""
@@ -100,13 +139,29 @@ class Scheduler:
         seq.lora_slot = slot
         return True
 
-    def _admit(self, seq: Sequence, prompt_tokens: int) -> None:
+    def _release_lora_slot(self, seq: Sequence) -> None:
+        if seq.adapter is not None and seq.lora_slot >= 0:
+            self.adapters.release(seq.adapter)
+            seq.lora_slot = -1
+
+    def _admit(self, seq: Sequence, tokens: int) -> None:
         self._dequeue(seq)
-        self.fairness.admitted(seq.client, prompt_tokens)
-        self.free_slots.sort()
-        seq.slot = self.free_slots.pop(0)  # lowest first: decode slots stay a short prefix
+        if not seq.preemptions:  # a resumed request is not charged twice for its prompt
+            self.fairness.admitted(seq.client, seq.total_len)
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's blocks and LoRA slot; it waits at the head of its queue
+        and is recomputed (prompt and the tokens it generated) when admitted again."""
+        self.running.remove(seq)
+        self.blocks.free_sequence(seq)
+        self._release_lora_slot(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.preemptions += 1
+        self.preemptions += 1
+        self.fairness.arrive(seq.client)
+        self.queues.setdefault(seq.client, deque()).appendleft(seq)
 
     def _dequeue(self, seq: Sequence) -> None:
         queue = self.queues[seq.client]
@@ -120,29 +175,35 @@ class Scheduler:
         self.finish(seq)
         self.failed.append(seq)
 
-    def account(self, seqs: list[Sequence]) -> None:
-        """One token generated for each of ``seqs``: charge their clients."""
+    def postprocess(self, seqs: list[Sequence]) -> list[Sequence]:
+        """The step ran: advance each sequence's cached length; return those that now have
+        logits to sample (their whole input is cached), charging their clients a token."""
+        sampled = []
         for seq in seqs:
-            self.fairness.generated(seq.client)
+            seq.cached += seq.new_tokens
+            seq.new_tokens = 0
+            if seq.cached == seq.total_len:
+                sampled.append(seq)
+                self.fairness.generated(seq.client)
         self.fairness.forget({*self.queues, *(s.client for s in self.running)})
+        return sampled
 
-    def finish(self, seq: Sequence) -> None:
-        """Take ``seq`` out and give back everything it holds; safe to call twice."""
+    def finish(self, seq: Sequence, discard: bool = False) -> list[int]:
+        """Take ``seq`` out and give back everything it holds; safe to call twice. ``discard``:
+        its KV may be garbage (it failed); returns the blocks to scrub."""
         if seq.status == SequenceStatus.FINISHED:
-            return
+            return []
         if seq.status == SequenceStatus.WAITING:
             self._dequeue(seq)
         elif seq in self.running:
             self.running.remove(seq)
         seq.status = SequenceStatus.FINISHED
-        if seq.slot >= 0:
-            self.free_slots.append(seq.slot)
-            seq.slot = -1
+        seq.new_tokens = 0
+        released = (self.blocks.discard_sequence if discard else self.blocks.free_sequence)(seq)
         if seq.adapter is not None:
-            if seq.lora_slot >= 0:
-                self.adapters.release(seq.adapter)
-                seq.lora_slot = -1
+            self._release_lora_slot(seq)
             self.adapters.unhold(seq.adapter)
+        return released if discard else []
 
     def find(self, request_id: int) -> Sequence | None:
         for seq in [*self.running, *(s for q in self.queues.values() for s in q)]:

@@ -43,9 +43,12 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
-    slot: int = -1
     lora_slot: int = -1
     cached: int = 0  # tokens already in the KV cache
+    new_tokens: int = 0  # tokens scheduled for the running step
+    block_table: list[int] = field(default_factory=list)  # KV-cache blocks, in token order
+    block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of its full blocks
+    preemptions: int = 0
     text: str = ""
     emitted: int = 0  # characters of ``text`` already sent
     finish_reason: str | None = None  # eos_token, length, stop_sequence, aborted or error
@@ -61,6 +64,11 @@ class Sequence:
     def client(self) -> str | None:
         """Who is served, for fairness: the adapter's name (None: the base model)."""
         return None if self.adapter is None else self.adapter[0]
+
+    @property
+    def cache_namespace(self) -> AdapterKey | None:
+        """Whose weights computed its KV: prefix-cache blocks are shared only within it."""
+        return self.adapter
 
     @property
     def all_ids(self) -> list[int]:

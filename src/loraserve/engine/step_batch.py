@@ -12,7 +12,8 @@ import torch
 from loraserve.engine.detokenizer import IncrementalDetokenizer
 from loraserve.engine.sampling import apply_repetition_penalty, sample_row
 from loraserve.engine.sequence import Sequence, TokenEvent
-from loraserve.model.llama import StepBatch
+from loraserve.engine.block_manager import NULL_BLOCK
+from loraserve.model.llama import PrefillSpan, StepBatch
 from loraserve.model.lora import build_plan
 
 log = logging.getLogger("loraserve.engine")
@@ -22,46 +23,53 @@ if TYPE_CHECKING:
     from loraserve.model.runner import LlamaRunner
 
 
-def build_step_batch(decodes: list[Sequence], prefills: list[Sequence], runner: LlamaRunner,
-                     merged: bool) -> StepBatch:
+def build_step_batch(seqs: list[Sequence], runner: LlamaRunner, merged: bool) -> StepBatch:
+    """The flat batch of the scheduled ``seqs`` (one-token spans first): ``new_tokens`` tokens
+    each from ``cached`` on; logits for those whose input is then complete."""
+    block_size = runner.block_size
     ids: list[int] = []
     positions: list[int] = []
-    slots: list[int] = []
+    slot_mapping: list[int] = []
     logits_index: list[int] = []
-    for seq in decodes:  # one token each: the last sampled one, not yet cached
-        ids.append(seq.output_ids[-1])
-        positions.append(seq.total_len - 1)
-        slots.append(seq.slot)
-        logits_index.append(len(ids) - 1)
-    prefill_spans = []
-    for seq in prefills:
-        new = seq.all_ids[seq.cached:]
-        prefill_spans.append((len(ids), len(new), seq.slot, seq.cached))
-        ids.extend(new)
-        positions.extend(range(seq.cached, seq.cached + len(new)))
-        slots.extend([seq.slot] * len(new))
-        logits_index.append(len(ids) - 1)
+    decodes = [seq for seq in seqs if seq.new_tokens == 1]  # attend over their cache, batched
+    spans: list[PrefillSpan] = []
+    lora_prefills: list[tuple[int, int, int]] = []
+    for seq in seqs:
+        start, first, count = len(ids), seq.cached, seq.new_tokens
+        ids.extend(seq.all_ids[first:first + count])
+        positions.extend(range(first, first + count))
+        table = seq.block_table
+        slot_mapping.extend(table[p // block_size] * block_size + p % block_size
+                            for p in range(first, first + count))
+        if first + count == seq.total_len:
+            logits_index.append(len(ids) - 1)
+        if count > 1:
+            used = -(-(first + count) // block_size)
+            spans.append(PrefillSpan(start, count, first, _tensor(table[:used], runner.device)))
+            lora_prefills.append((start, count, seq.lora_slot))
+    width = max((len(seq.block_table) for seq in decodes), default=0)
+    tables = [seq.block_table + [NULL_BLOCK] * (width - len(seq.block_table)) for seq in decodes]
+    lengths = [seq.cached + 1 for seq in decodes]
     device = runner.device
-    decode_slots = [s.slot for s in decodes]
-    first = decode_slots[0] if decode_slots else 0
     batch = StepBatch(
-        input_ids=torch.tensor(ids, device=device),
-        positions=torch.tensor(positions, device=device),
-        slots=torch.tensor(slots, device=device),
-        decode_slots=torch.tensor(decode_slots, dtype=torch.long, device=device),
-        decode_lengths=torch.tensor([s.total_len for s in decodes], dtype=torch.long, device=device),
-        decode_contiguous=decode_slots == list(range(first, first + len(decode_slots))),
-        decode_first_slot=first,
-        decode_max_len=max((s.total_len for s in decodes), default=0),
-        prefills=prefill_spans,
-        logits_index=torch.tensor(logits_index, device=device),
+        input_ids=_tensor(ids, device),
+        positions=_tensor(positions, device),
+        slot_mapping=_tensor(slot_mapping, device),
+        decode_tables=torch.tensor(tables, dtype=torch.long, device=device).view(len(decodes), width),
+        decode_lengths=_tensor(lengths, device),
+        decode_max_len=max(lengths, default=0),
+        block_size=block_size,
+        prefills=spans,
+        logits_index=_tensor(logits_index, device),
     )
     if not merged:
-        batch.lora_plan = build_plan([s.lora_slot for s in decodes],
-                                     [(start, n, seq.lora_slot) for (start, n, _, _), seq
-                                      in zip(prefill_spans, prefills)], device,
+        batch.lora_plan = build_plan([s.lora_slot for s in decodes], lora_prefills, device,
                                      grouped=runner.lora.kernel is None)
     return batch
+
+
+def _tensor(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
@@ -80,7 +88,6 @@ def finish_step(engine: LLMEngine, seqs: list[Sequence], logits: torch.Tensor) -
                                       "request; check the adapter's weights and the sampling parameters")
             finished.append(seq)
             continue
-        seq.cached = seq.total_len
         seq.peak_batch = max(seq.peak_batch, len(seqs))
         seq.output_ids.append(token)
         seq.logprobs.append(logprobs[row])

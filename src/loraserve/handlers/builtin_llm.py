@@ -98,13 +98,10 @@ async def _lines(events: AsyncIterator, details: bool) -> AsyncIterator[bytes]:
 async def stats(_inputs: Input) -> Output:
     """Engine figures for the server's /metrics."""
     eng = engine()
+    figures = eng.stats()
     with eng.lock:
-        scheduler = eng.scheduler
-        slots = eng.config.max_rolling_batch_size
-        figures = {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
-                   "kv_usage": (slots - len(scheduler.free_slots)) / slots,
-                   "adapters": eng.adapters.stats(), "adapter_tiers": eng.adapters.tiers(),
-                   "adapter_refs": sum(eng.adapters.refs.values()), "steps": eng.steps}
+        figures |= {"adapters": eng.adapters.stats(), "adapter_tiers": eng.adapters.tiers(),
+                    "adapter_refs": sum(eng.adapters.refs.values())}
     return Output().add_as_json(figures)
 
 

@@ -25,7 +25,7 @@ class StepTables:
 
     cos: torch.Tensor  # native: (P, d) fp32 table; PyTorch: (T, 1, d) rows of the step's positions
     sin: torch.Tensor
-    decode_mask: torch.Tensor | None = None  # (B, 1, 1, Lmax) keys each decode token may attend
+    decode_mask: torch.Tensor | None = None  # (B, 1, 1, M*bs) keys each decode token may attend
 
 
 class TorchOps:
@@ -40,8 +40,9 @@ class TorchOps:
     def prepare(self, batch: StepBatch, rope: RotaryEmbedding) -> StepTables:
         cos, sin = rope.tables(batch.positions, self.dtype)
         mask = None
-        if batch.decode_slots.numel():
-            keys = torch.arange(batch.decode_max_len, device=batch.decode_lengths.device)
+        if batch.decode_count:
+            width = batch.decode_tables.shape[1] * batch.block_size
+            keys = torch.arange(width, device=batch.decode_lengths.device)
             mask = (keys[None, :] < batch.decode_lengths[:, None])[:, None, None, :]
         return StepTables(cos, sin, mask)
 
@@ -60,15 +61,16 @@ class TorchOps:
 
     def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, batch: StepBatch,
                        k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int) -> torch.Tensor:
-        """Rotate q and k of qkv (T, (H + 2 kvh) d), write k, v into the layer's cache
-        (S, kvh, len, d); returns q (T, H, d)."""
-        tokens, kv_heads, dim = qkv.shape[0], k_cache.shape[1], k_cache.shape[3]
+        """Rotate q and k of qkv (T, (H + 2 kvh) d), write k, v into the layer's paged cache
+        (N, kvh, bs, d) at each token's slot; returns q (T, H, d)."""
+        tokens, kv_heads, block_size, dim = qkv.shape[0], k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
         q_dim, kv_dim = heads * dim, kv_heads * dim
         # q and k rotated together: (T, H + kvh, d), one pass instead of two
         qk = RotaryEmbedding.apply(qkv[:, :q_dim + kv_dim].view(tokens, heads + kv_heads, dim),
                                    tables.cos, tables.sin)
-        k_cache[batch.slots, :, batch.positions] = qk[:, heads:]
-        v_cache[batch.slots, :, batch.positions] = qkv[:, q_dim + kv_dim:].view(tokens, kv_heads, dim)
+        blocks, offsets = batch.slot_mapping // block_size, batch.slot_mapping % block_size
+        k_cache[blocks, :, offsets] = qk[:, heads:]
+        v_cache[blocks, :, offsets] = qkv[:, q_dim + kv_dim:].view(tokens, kv_heads, dim)
         return qk[:, :heads]
 
     def decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -79,17 +81,13 @@ class TorchOps:
         count, heads, dim = q.shape
         kv_heads, mask = k_cache.shape[1], tables.decode_mask
         assert mask is not None
-        longest = mask.shape[-1]
-        if batch.decode_contiguous:
-            first = batch.decode_first_slot
-            keys = k_cache[first:first + count, :, :longest]  # (B, kvh, L, d), a view
-            values = v_cache[first:first + count, :, :longest]
-        else:
-            keys, values = k_cache[batch.decode_slots, :, :longest], v_cache[batch.decode_slots, :, :longest]
+        # (B, M, kvh, bs, d) → (B, kvh, M*bs, d): each sequence's blocks in token order
+        keys = k_cache[batch.decode_tables].transpose(1, 2).flatten(2, 3)
+        values = v_cache[batch.decode_tables].transpose(1, 2).flatten(2, 3)
         grouped = q.view(count, kv_heads, heads // kv_heads, dim)  # (B, kvh, g, d)
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).float()  # (B, kvh, g, L)
         scores = scores * (dim ** -0.5)
-        scores.masked_fill_(~mask, float("-inf"))  # mask: (B, 1, 1, L)
+        scores.masked_fill_(~mask, float("-inf"))  # mask: (B, 1, 1, M*bs)
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out.copy_(torch.matmul(probs, values).view(count, heads, dim))  # (B, kvh, g, d) → (B, H, d)
 
@@ -119,13 +117,13 @@ class NativeOps(TorchOps):
     def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, batch: StepBatch,
                        k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int) -> torch.Tensor:
         kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-        self.module.rope_write_kv(qkv, tables.cos, tables.sin, batch.positions, batch.slots,
+        self.module.rope_write_kv(qkv, tables.cos, tables.sin, batch.positions, batch.slot_mapping,
                                   k_cache, v_cache, heads, kv_heads)
         return qkv[:, :heads * dim].view(qkv.shape[0], heads, dim)
 
     def decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          batch: StepBatch, tables: StepTables, out: torch.Tensor) -> None:
-        self.module.decode_attention(q, k_cache, v_cache, batch.decode_slots, batch.decode_lengths,
+        self.module.decode_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths,
                                      out, q.shape[-1] ** -0.5)
 
 

@@ -3,7 +3,7 @@
 Every step runs the tokens of all scheduled sequences — one per decoding sequence, a whole
 prompt per prefilling one — as a single ``(T, hidden)`` matrix through the linear layers, so
 base weights and LoRA stacks are read once per step for the whole batch. Only attention is
-per-sequence: decodes are batched over their KV-cache slots, prefills run causally one by one.
+per-sequence: decodes are batched over their KV-cache blocks, prefills run causally one by one.
 """
 
 from __future__ import annotations
@@ -68,20 +68,35 @@ class LlamaArgs:
 
 
 @dataclass(slots=True)
+class PrefillSpan:
+    """A run of consecutive tokens of one sequence (a prompt, or a chunk of one) in a step."""
+
+    start: int  # first flat token
+    length: int
+    past: int  # tokens of the sequence already cached before this span
+    blocks: torch.Tensor  # (ceil((past + length) / block_size),) its KV-cache blocks
+
+
+@dataclass(slots=True)
 class StepBatch:
-    """Where each token of a step's flat batch comes from. Decode tokens come first."""
+    """Where each token of a step's flat batch comes from. Decode tokens (one per sequence)
+    come first; the KV cache is paged: token p of a sequence lives in block ``table[p // bs]``
+    at offset ``p % bs``."""
 
     input_ids: torch.Tensor  # (T,)
     positions: torch.Tensor  # (T,)
-    slots: torch.Tensor  # (T,) KV-cache slot of each token
-    decode_slots: torch.Tensor  # (B,)
+    slot_mapping: torch.Tensor  # (T,) block * block_size + offset where each token's KV goes
+    decode_tables: torch.Tensor  # (B, M) block tables of the decoding sequences, NULL-padded
     decode_lengths: torch.Tensor  # (B,) cached length after this token
-    decode_contiguous: bool  # decode_slots == arange(decode_first_slot, decode_first_slot + B)
-    decode_first_slot: int
     decode_max_len: int  # longest cached length among decoding sequences
-    prefills: list[tuple[int, int, int, int]]  # (flat start, length, slot, past length)
-    logits_index: torch.Tensor  # (N,) last flat token of each sequence
+    block_size: int
+    prefills: list[PrefillSpan]
+    logits_index: torch.Tensor  # (N,) last flat token of each sequence that samples this step
     lora_plan: Any = None  # a lora.LoraPlan when any token uses an adapter
+
+    @property
+    def decode_count(self) -> int:
+        return self.decode_lengths.numel()
 
 
 class LlamaWeights:

@@ -59,8 +59,25 @@ class EngineCollector:
                                          labels=["model"]),
             "waiting": GaugeMetricFamily("loraserve_waiting_requests", "Requests waiting in the engine",
                                          labels=["model"]),
-            "kv_usage": GaugeMetricFamily("loraserve_kv_cache_usage_ratio", "KV-cache slots in use",
+            "kv_usage": GaugeMetricFamily("loraserve_kv_cache_usage_ratio", "KV-cache blocks in use",
                                           labels=["model"]),
+            "kv_blocks_free": GaugeMetricFamily("loraserve_kv_cache_free_blocks", "KV-cache blocks free "
+                                                "(cached prefixes among them stay reusable)", labels=["model"]),
+            "kv_blocks_total": GaugeMetricFamily("loraserve_kv_cache_blocks", "KV-cache blocks in the pool",
+                                                 labels=["model"]),
+            "prefix_cache_hit_rate": GaugeMetricFamily("loraserve_prefix_cache_hit_rate",
+                                                       "Prompt tokens found in the prefix cache / looked up",
+                                                       labels=["model"]),
+        }
+        counters = {
+            "preemptions": CounterMetricFamily("loraserve_preemptions", "Running requests preempted "
+                                               "for KV-cache blocks (recomputed later)", labels=["model"]),
+            "prefix_cache_queried_tokens": CounterMetricFamily(
+                "loraserve_prefix_cache_queried_tokens", "Prompt tokens looked up in the prefix cache",
+                labels=["model"]),
+            "prefix_cache_hit_tokens": CounterMetricFamily(
+                "loraserve_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
+                labels=["model"]),
         }
         tiers = GaugeMetricFamily("loraserve_adapters", "Adapters per memory tier", labels=["model", "tier"])
         loads = CounterMetricFamily("loraserve_adapter_loads", "Adapters loaded into compute slots",
@@ -74,7 +91,7 @@ class EngineCollector:
         for model, depth in self.queues.items():
             queue.add_metric([model], depth)
         for model, stats in self.stats.items():
-            for key, family in gauges.items():
+            for key, family in (*gauges.items(), *counters.items()):
                 family.add_metric([model], stats.get(key, 0))
             for tier in ("registered", "in_memory", "resident", "pinned"):
                 tiers.add_metric([model, tier], stats.get("adapters", {}).get(tier, 0))
@@ -82,7 +99,7 @@ class EngineCollector:
             evictions.add_metric([model], stats.get("adapters", {}).get("evictions", 0))
             refs.add_metric([model], stats.get("adapter_refs", 0))
             steps.add_metric([model], stats.get("steps", 0))
-        yield from (*gauges.values(), tiers, loads, evictions, refs, steps, queue)
+        yield from (*gauges.values(), *counters.values(), tiers, loads, evictions, refs, steps, queue)
 
 
 class ServerMetrics:

@@ -8,10 +8,11 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from loraserve.engine.adapter_cache import AdapterCache
+from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.fairness import VirtualTokenCounter
 from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
-from loraserve.engine.sequence import Sequence
+from loraserve.engine.sequence import Sequence, SequenceStatus
 
 
 class FirstComeFirstServed(VirtualTokenCounter):
@@ -47,39 +48,50 @@ class Simulation:
         return [r.admitted - r.arrived for r in self.records.values() if r.client == client]
 
 
-def make_scheduler(kv_slots: int = 8, lora_slots: int = 4, adapters: tuple[str, ...] = ("a", "b"),
-                   pinned: tuple[str, ...] = (), budget: int = 4096, fair: bool = True) -> Scheduler:
+def make_scheduler(max_seqs: int = 8, lora_slots: int = 4, adapters: tuple[str, ...] = ("a", "b"),
+                   pinned: tuple[str, ...] = (), budget: int = 4096, fair: bool = True,
+                   num_blocks: int = 4096, block_size: int = 16, prefix_caching: bool = True) -> Scheduler:
     cache = AdapterCache(lora_slots, 64, lambda entry: entry.name, lambda slot, w: None, lambda slot: None)
     for name in adapters:
         cache.register(name, f"/{name}", name, pinned=name in pinned, preload=True)
-    scheduler = Scheduler(kv_slots, budget, cache, merged=False)
+    blocks = BlockManager(num_blocks, block_size, prefix_caching)
+    scheduler = Scheduler(max_seqs, budget, cache, merged=False, blocks=blocks)
     if not fair:
         scheduler.fairness = FirstComeFirstServed()
     return scheduler
 
 
+def run_step(scheduler: Scheduler) -> list[Sequence]:
+    """Schedule one step and "run" it: every sequence whose input is then cached generates token
+    0; those that reach ``max_new_tokens`` finish. Returns the step's sequences."""
+    seqs = scheduler.schedule()
+    for seq in scheduler.postprocess(seqs):
+        seq.output_ids.append(0)
+        if len(seq.output_ids) >= seq.params.max_new_tokens:
+            scheduler.finish(seq)
+    return seqs
+
+
 def simulate(scheduler: Scheduler, arrivals: list[Arrival], max_steps: int = 10_000) -> Simulation:
-    sim, pending, live = Simulation(), sorted(arrivals, key=lambda a: a.step), []
+    """Prompts hold distinct token ids (no prefix-cache hits between requests)."""
+    sim, pending = Simulation(), sorted(arrivals, key=lambda a: a.step)
     for step in range(max_steps):
         while pending and pending[0].step <= step:
             arrival = pending.pop(0)
             key = scheduler.adapters.hold(arrival.client) if arrival.client else None
-            seq = Sequence([1] * arrival.prompt, SamplingParams(max_new_tokens=arrival.output), key)
+            seq = Sequence([], SamplingParams(max_new_tokens=arrival.output), key)
+            seq.prompt_ids = [seq.request_id * 100_000 + i for i in range(arrival.prompt)]
             scheduler.add(seq)
             sim.records[seq.request_id] = Record(arrival.client, step)
-            live.append(seq)
-        decodes, prefills = scheduler.schedule()
-        for seq in prefills:
-            sim.records[seq.request_id].admitted = step
         served: dict[Hashable, int] = {}
-        for seq in [*decodes, *prefills]:
-            seq.cached = seq.total_len
-            seq.output_ids.append(0)
-            served[seq.client] = served.get(seq.client, 0) + 1
-            if len(seq.output_ids) >= seq.params.max_new_tokens:
-                scheduler.finish(seq)
-                sim.records[seq.request_id].finished = step
-        scheduler.account([*decodes, *prefills])
+        before = {s.request_id: len(s.output_ids) for s in [*scheduler.running, *scheduler.waiting]}
+        for seq in run_step(scheduler):
+            record = sim.records[seq.request_id]
+            record.admitted = step if record.admitted < 0 else record.admitted
+            if len(seq.output_ids) > before[seq.request_id]:
+                served[seq.client] = served.get(seq.client, 0) + 1
+            if seq.status == SequenceStatus.FINISHED:
+                record.finished = step
         sim.served.append(served)
         if not pending and not scheduler.has_work():
             break

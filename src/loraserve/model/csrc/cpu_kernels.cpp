@@ -113,9 +113,10 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
 
 // Rotary embedding of the q and k heads of a fused qkv row (T, (H + 2 kvh) d), in place
 // (rotate-half convention; cos/sin (P, d) fp32 tables indexed by position), then each token's
-// rotated k and its v written to the layer's KV cache (S, kvh, len, d) at (slot, position).
+// rotated k and its v written to the layer's paged KV cache (N, kvh, bs, d) at slot_mapping[t] =
+// block * bs + offset.
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
-                   torch::Tensor slots, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
                    int64_t kv_heads) {
   const auto dtype = checked_dtype(qkv, "qkv");
   check_rows(qkv, "qkv", dtype, 2);
@@ -123,41 +124,50 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
   check_contiguous(v_cache, "v_cache", dtype, 4);
   check_contiguous(cos, "cos", at::kFloat, 2);
   check_contiguous(sin, "sin", at::kFloat, 2);
-  const int64_t T = qkv.size(0), S = k_cache.size(0), len = k_cache.size(2), d = k_cache.size(3);
+  const int64_t T = qkv.size(0), N = k_cache.size(0), bs = k_cache.size(2), d = k_cache.size(3);
   TORCH_CHECK(heads > 0 && kv_heads > 0 && k_cache.size(1) == kv_heads && d % 2 == 0,
-              "rope_write_kv: the cache must be (S, kv_heads, len, d) with an even d");
+              "rope_write_kv: the cache must be (N, kv_heads, block_size, d) with an even d");
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "rope_write_kv: k and v caches differ in shape");
   TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d, "rope_write_kv: qkv must be (T, (H + 2 kvh) d)");
   TORCH_CHECK(cos.size(1) == d && sin.sizes() == cos.sizes(), "rope_write_kv: cos/sin must be (P, d)");
-  check_index(positions, "positions", T, 0, std::min(len, cos.size(0)));
-  check_index(slots, "slots", T, 0, S);
+  check_index(positions, "positions", T, 0, cos.size(0));
+  check_index(slot_mapping, "slot_mapping", T, 0, N * bs);
   if (dtype == at::kFloat) {
-    f32::rope_write_kv(qkv, cos, sin, positions, slots, k_cache, v_cache, heads, kv_heads);
+    f32::rope_write_kv(qkv, cos, sin, positions, slot_mapping, k_cache, v_cache, heads, kv_heads);
   } else {
-    bf16::rope_write_kv(qkv, cos, sin, positions, slots, k_cache, v_cache, heads, kv_heads);
+    bf16::rope_write_kv(qkv, cos, sin, positions, slot_mapping, k_cache, v_cache, heads, kv_heads);
   }
 }
 
-// One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d), with the keys
-// and values of sequence b at cache slot slots[b], positions [0, lengths[b]). GQA: query head h
-// reads KV head h / (H / kvh). Scores, softmax and the weighted sum in fp32.
-void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                      torch::Tensor lengths, torch::Tensor out, double scale) {
+// One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d). Sequence b's
+// position p lives in block block_tables[b, p / bs] of the paged caches (N, kvh, bs, d), for
+// p < lengths[b]. GQA: query head h reads KV head h / (H / kvh). Scores, softmax and the
+// weighted sum in fp32.
+void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale) {
   const auto dtype = checked_dtype(q, "q");
   check_rows(q, "q", dtype, 3);
   check_rows(out, "out", dtype, 3);
   check_contiguous(k_cache, "k_cache", dtype, 4);
   check_contiguous(v_cache, "v_cache", dtype, 4);
-  const int64_t B = q.size(0), H = q.size(1), d = q.size(2), S = k_cache.size(0), kvh = k_cache.size(1);
+  check_contiguous(block_tables, "block_tables", at::kLong, 2);
+  const int64_t B = q.size(0), H = q.size(1), d = q.size(2), N = k_cache.size(0), kvh = k_cache.size(1);
+  const int64_t bs = k_cache.size(2), M = block_tables.size(1);
   TORCH_CHECK(out.sizes() == q.sizes(), "decode_attention: out must have q's shape");
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes() && k_cache.size(3) == d && kvh > 0 && H % kvh == 0,
-              "decode_attention: caches (S, kvh, len, d) with H a multiple of kvh");
-  check_index(slots, "slots", B, 0, S);
-  check_index(lengths, "lengths", B, 1, k_cache.size(2) + 1);
+              "decode_attention: caches (N, kvh, bs, d) with H a multiple of kvh");
+  TORCH_CHECK(block_tables.size(0) == B, "decode_attention: block_tables must be (B, M)");
+  check_index(lengths, "lengths", B, 1, M * bs + 1);
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t* lens = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < (lens[b] + bs - 1) / bs; ++j)
+      TORCH_CHECK(tables[b * M + j] >= 0 && tables[b * M + j] < N, "block_tables[", b, ", ", j, "] = ",
+                  tables[b * M + j], " is outside [0, ", N, ")");
   if (dtype == at::kFloat) {
-    f32::decode_attention(q, k_cache, v_cache, slots, lengths, out, scale);
+    f32::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale);
   } else {
-    bf16::decode_attention(q, k_cache, v_cache, slots, lengths, out, scale);
+    bf16::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale);
   }
 }
 

@@ -13,10 +13,10 @@
                     torch::Tensor out);                                                            \
   void silu_mul(torch::Tensor gate_up, torch::Tensor out);                                         \
   void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions, \
-                     torch::Tensor slots, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads, \
+                     torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads, \
                      int64_t kv_heads);                                                            \
   void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,               \
-                        torch::Tensor slots, torch::Tensor lengths, torch::Tensor out, double scale); \
+                        torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale); \
   }
 
 LORASERVE_KERNELS(bf16)

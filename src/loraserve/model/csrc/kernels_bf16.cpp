@@ -68,12 +68,6 @@ inline void axpy_bf16(float* acc, float h, const bf16_t* b, int64_t n) {
   for (; o < n; ++o) acc[o] += h * to_f(b[o]);
 }
 
-// Ask for [p, p + bytes) to be brought into cache while other work goes on.
-inline void prefetch_range(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
-}
-
 #if defined(__AVX512BF16__)
 inline __m512 load_bf16x16(const bf16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
@@ -139,22 +133,17 @@ inline void softmax_inplace(float* x, int64_t n) {
 }
 
 #if defined(__AVX512BF16__)
-// One (sequence, KV head) of decode attention with head_dim = 16*C: each key and value row is
-// loaded and widened once for all `group` query heads that share it.
-// The next unit's keys and values (`next_*`, `next_len` rows; null when none) are prefetched
-// meanwhile, a row of each per key: the cache is read from memory, one short stream per unit.
+// One (sequence, KV head) of decode attention with head_dim = 16*C over a paged cache (see
+// f32's attend_unit for the addressing): each key and value row is loaded and widened once for
+// all `group` query heads that share it.
 template <int C>
-void attend_unit(const float* query, const bf16_t* keys, const bf16_t* values, float* scores, float* acc,
-                 int64_t group, int64_t L, const bf16_t* next_keys, const bf16_t* next_values,
-                 int64_t next_len) {
+void attend_unit(const float* query, const bf16_t* k_cache, const bf16_t* v_cache, const int64_t* blocks,
+                 int64_t block_stride, int64_t bs, float* scores, float* acc, int64_t group, int64_t L) {
   constexpr int64_t d = 16 * C;
   for (int64_t l = 0; l < L; ++l) {
-    if (l < next_len) {
-      prefetch_range(next_keys + l * d, d * 2);
-      prefetch_range(next_values + l * d, d * 2);
-    }
+    const bf16_t* key_row = k_cache + blocks[l / bs] * block_stride + (l % bs) * d;
     __m512 key[C];
-    for (int c = 0; c < C; ++c) key[c] = load_bf16x16(keys + l * d + 16 * c);
+    for (int c = 0; c < C; ++c) key[c] = load_bf16x16(key_row + 16 * c);
     for (int64_t g = 0; g < group; ++g) {
       __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(query + g * d), key[0]);
       for (int c = 1; c < C; ++c) dot = _mm512_fmadd_ps(_mm512_loadu_ps(query + g * d + 16 * c), key[c], dot);
@@ -167,10 +156,11 @@ void attend_unit(const float* query, const bf16_t* keys, const bf16_t* values, f
     __m512 a0[C], a1[C];
     for (int c = 0; c < C; ++c) a0[c] = a1[c] = _mm512_setzero_ps();
     for (int64_t l = 0; l < L; ++l) {
+      const bf16_t* value_row = v_cache + blocks[l / bs] * block_stride + (l % bs) * d;
       const __m512 p0 = _mm512_set1_ps(scores[g0 * L + l]);
       const __m512 p1 = _mm512_set1_ps(pair ? scores[(g0 + 1) * L + l] : 0.0f);
       for (int c = 0; c < C; ++c) {
-        const __m512 v = load_bf16x16(values + l * d + 16 * c);
+        const __m512 v = load_bf16x16(value_row + 16 * c);
         a0[c] = _mm512_fmadd_ps(p0, v, a0[c]);
         a1[c] = _mm512_fmadd_ps(p1, v, a1[c]);
       }
@@ -391,11 +381,11 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
 
 // Rotary embedding of the q and k heads of a fused qkv row, in place (rotate-half convention,
 // cos/sin rounded to bf16 and each product rounded, as the PyTorch path does), then the token's
-// rotated k and its v written to the layer's KV cache (S, kvh, len, d) at (slot, position).
+// rotated k and its v written to the layer's paged KV cache (N, kvh, bs, d) at its slot.
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
-                   torch::Tensor slots, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
                    int64_t kv_heads) {
-  const int64_t T = qkv.size(0), d = k_cache.size(3), len = k_cache.size(2), half = d / 2;
+  const int64_t T = qkv.size(0), d = k_cache.size(3), bs = k_cache.size(2), half = d / 2;
   const int64_t row_stride = qkv.stride(0);
   bf16_t* qp = bf_ptr(qkv);
   bf16_t* kc = bf_ptr(k_cache);
@@ -403,7 +393,7 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
   const float* cp = cos.data_ptr<float>();
   const float* sp = sin.data_ptr<float>();
   const int64_t* pos = positions.data_ptr<int64_t>();
-  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* slot = slot_mapping.data_ptr<int64_t>();
 #pragma omp parallel for schedule(static) if (T > 4)
   for (int64_t t = 0; t < T; ++t) {
     bf16_t* row = qp + t * row_stride;
@@ -421,36 +411,37 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
       }
     }
     for (int64_t kh = 0; kh < kv_heads; ++kh) {
-      const int64_t at = ((slot[t] * kv_heads + kh) * len + pos[t]) * d;
+      const int64_t at = ((slot[t] / bs * kv_heads + kh) * bs + slot[t] % bs) * d;
       std::memcpy(kc + at, row + (heads + kh) * d, d * sizeof(bf16_t));
       std::memcpy(vc + at, row + (heads + kv_heads + kh) * d, d * sizeof(bf16_t));
     }
   }
 }
 
-// One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d), with the keys
-// and values of sequence b at cache slot slots[b], positions [0, lengths[b]). GQA: query head h
-// reads KV head h / (H / kvh). Scores, softmax and the weighted sum in fp32.
-void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                      torch::Tensor lengths, torch::Tensor out, double scale) {
+// One query token per sequence over its paged cached keys (see the entry point in
+// cpu_kernels.cpp). Scores, softmax and the weighted sum in fp32.
+void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale) {
   const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
-  const int64_t kvh = k_cache.size(1), len = k_cache.size(2), group = H / kvh;
+  const int64_t kvh = k_cache.size(1), bs = k_cache.size(2), group = H / kvh, M = block_tables.size(1);
   const int64_t q_stride = q.stride(0), q_head = q.stride(1), o_stride = out.stride(0), o_head = out.stride(1);
   const bf16_t* qp = bf_ptr(q);
   const bf16_t* kc = bf_ptr(k_cache);
   const bf16_t* vc = bf_ptr(v_cache);
   bf16_t* op = bf_ptr(out);
-  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
   const int64_t* lens = lengths.data_ptr<int64_t>();
   const float fscale = float(scale);
+  const int64_t block_stride = kvh * bs * d;  // from one block to the next
 #pragma omp parallel
   {
     std::vector<float> query(group * d), scores, acc(group * d);
 #pragma omp for schedule(static)
     for (int64_t unit = 0; unit < B * kvh; ++unit) {
       const int64_t b = unit / kvh, kh = unit % kvh, L = lens[b];
-      const bf16_t* keys = kc + (slot[b] * kvh + kh) * len * d;
-      const bf16_t* values = vc + (slot[b] * kvh + kh) * len * d;
+      const int64_t* blocks = tables + b * M;
+      const bf16_t* keys = kc + kh * bs * d;  // this KV head's rows in block 0; + block * stride
+      const bf16_t* values = vc + kh * bs * d;
       scores.resize(group * L);
       for (int64_t g = 0; g < group; ++g) {
         const bf16_t* qh = qp + b * q_stride + (kh * group + g) * q_head;
@@ -458,24 +449,21 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
 #if defined(__AVX512BF16__)
-      const int64_t next = unit + 1 < B * kvh ? unit + 1 : -1;
-      const int64_t next_offset = next < 0 ? 0 : (slot[next / kvh] * kvh + next % kvh) * len * d;
-      const int64_t next_len = next < 0 ? 0 : lens[next / kvh];
       if (d == 64) {
-        attend_unit<4>(query.data(), keys, values, scores.data(), acc.data(), group, L, kc + next_offset,
-                       vc + next_offset, next_len);
+        attend_unit<4>(query.data(), keys, values, blocks, block_stride, bs, scores.data(), acc.data(), group, L);
       } else if (d == 128) {
-        attend_unit<8>(query.data(), keys, values, scores.data(), acc.data(), group, L, kc + next_offset,
-                       vc + next_offset, next_len);
+        attend_unit<8>(query.data(), keys, values, blocks, block_stride, bs, scores.data(), acc.data(), group, L);
       } else
 #endif
       {
-        for (int64_t l = 0; l < L; ++l)
-          for (int64_t g = 0; g < group; ++g)
-            scores[g * L + l] = dot_f32_bf16(query.data() + g * d, keys + l * d, d);
+        for (int64_t l = 0; l < L; ++l) {
+          const bf16_t* key_row = keys + blocks[l / bs] * block_stride + (l % bs) * d;
+          for (int64_t g = 0; g < group; ++g) scores[g * L + l] = dot_f32_bf16(query.data() + g * d, key_row, d);
+        }
         for (int64_t g = 0; g < group; ++g) {
           softmax_inplace(scores.data() + g * L, L);
-          for (int64_t l = 0; l < L; ++l) axpy_bf16(acc.data() + g * d, scores[g * L + l], values + l * d, d);
+          for (int64_t l = 0; l < L; ++l)
+            axpy_bf16(acc.data() + g * d, scores[g * L + l], values + blocks[l / bs] * block_stride + (l % bs) * d, d);
         }
       }
       for (int64_t g = 0; g < group; ++g) {

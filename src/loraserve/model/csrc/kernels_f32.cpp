@@ -104,11 +104,12 @@ void softmax_inplace(float* x, int64_t n) {
   for (l = 0; l < n; ++l) x[l] *= norm;
 }
 
-// acc[0:C*W] = sum over l < L of p[l] * values[l * d + 0:C*W], in C registers.
+
+// acc[0:C*W] += sum over l < L of p[l] * values[l * d + 0:C*W], in C registers.
 template <int C>
 inline void weighted_sum(const float* p, const float* values, int64_t d, int64_t L, float* acc) {
   Vec::reg sum[C];
-  for (int c = 0; c < C; ++c) sum[c] = Vec::zero();
+  for (int c = 0; c < C; ++c) sum[c] = Vec::load(acc + c * Vec::W);
   for (int64_t l = 0; l < L; ++l) {
     const Vec::reg weight = Vec::set1(p[l]);
     for (int c = 0; c < C; ++c) sum[c] = Vec::fmadd(weight, Vec::load(values + l * d + c * Vec::W), sum[c]);
@@ -116,22 +117,32 @@ inline void weighted_sum(const float* p, const float* values, int64_t d, int64_t
   for (int c = 0; c < C; ++c) Vec::store(acc + c * Vec::W, sum[c]);
 }
 
-// One (sequence, KV head) of decode attention: `group` query heads (already scaled) share it.
-void attend_unit(const float* query, const float* keys, const float* values, float* scores, float* acc,
-                 int64_t group, int64_t L, int64_t d) {
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t g = 0; g < group; ++g) scores[g * L + l] = simd::dot(query + g * d, keys + l * d, d);
-  constexpr int64_t block = 8 * Vec::W;  // 8 accumulators stay in registers
-  for (int64_t g = 0; g < group; ++g) {
-    const float* p = scores + g * L;
-    softmax_inplace(scores + g * L, L);
-    int64_t c0 = 0;
-    for (; c0 + block <= d; c0 += block) weighted_sum<8>(p, values + c0, d, L, acc + g * d + c0);
-    for (; c0 + Vec::W <= d; c0 += Vec::W) weighted_sum<1>(p, values + c0, d, L, acc + g * d + c0);
-    for (; c0 < d; ++c0) {
-      float sum = 0.0f;
-      for (int64_t l = 0; l < L; ++l) sum += p[l] * values[l * d + c0];
-      acc[g * d + c0] = sum;
+// One (sequence, KV head) of decode attention over a paged cache: `group` query heads (already
+// scaled) share it; position l's key is row l % bs of block blocks[l / bs], whose rows for this
+// head start at cache + (blocks[j] * kvh + kh) * bs * d.
+void attend_unit(const float* query, const float* k_cache, const float* v_cache, const int64_t* blocks,
+                 int64_t head_offset, int64_t bs, float* scores, float* acc, int64_t group, int64_t L,
+                 int64_t d) {
+  for (int64_t start = 0; start < L; start += bs) {
+    const float* keys = k_cache + blocks[start / bs] * head_offset;
+    const int64_t n = std::min(bs, L - start);
+    for (int64_t l = 0; l < n; ++l)
+      for (int64_t g = 0; g < group; ++g) scores[g * L + start + l] = simd::dot(query + g * d, keys + l * d, d);
+  }
+  for (int64_t g = 0; g < group; ++g) softmax_inplace(scores + g * L, L);
+  std::fill(acc, acc + group * d, 0.0f);
+  constexpr int64_t wide = 8 * Vec::W;  // 8 accumulators stay in registers
+  for (int64_t start = 0; start < L; start += bs) {
+    const float* values = v_cache + blocks[start / bs] * head_offset;
+    const int64_t n = std::min(bs, L - start);
+    for (int64_t g = 0; g < group; ++g) {
+      const float* p = scores + g * L + start;
+      float* out = acc + g * d;
+      int64_t c0 = 0;
+      for (; c0 + wide <= d; c0 += wide) weighted_sum<8>(p, values + c0, d, n, out + c0);
+      for (; c0 + Vec::W <= d; c0 += Vec::W) weighted_sum<1>(p, values + c0, d, n, out + c0);
+      for (; c0 < d; ++c0)
+        for (int64_t l = 0; l < n; ++l) out[c0] += p[l] * values[l * d + c0];
     }
   }
 }
@@ -250,9 +261,9 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
 
 // Rotary embedding of q and k in place (rotate-half), then k and v into the cache at (slot, pos).
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
-                   torch::Tensor slots, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
                    int64_t kv_heads) {
-  const int64_t T = qkv.size(0), d = k_cache.size(3), len = k_cache.size(2), half = d / 2;
+  const int64_t T = qkv.size(0), d = k_cache.size(3), bs = k_cache.size(2), half = d / 2;
   const int64_t row_stride = qkv.stride(0);
   float* qp = qkv.data_ptr<float>();
   float* kc = k_cache.data_ptr<float>();
@@ -260,7 +271,7 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
   const float* cp = cos.data_ptr<float>();
   const float* sp = sin.data_ptr<float>();
   const int64_t* pos = positions.data_ptr<int64_t>();
-  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* slot = slot_mapping.data_ptr<int64_t>();
 #pragma omp parallel for schedule(static) if (T > 8)
   for (int64_t t = 0; t < T; ++t) {
     float* row = qp + t * row_stride;
@@ -282,39 +293,41 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
       }
     }
     for (int64_t kh = 0; kh < kv_heads; ++kh) {
-      const int64_t at = ((slot[t] * kv_heads + kh) * len + pos[t]) * d;
+      const int64_t at = ((slot[t] / bs * kv_heads + kh) * bs + slot[t] % bs) * d;
       std::memcpy(kc + at, row + (heads + kh) * d, d * sizeof(float));
       std::memcpy(vc + at, row + (heads + kv_heads + kh) * d, d * sizeof(float));
     }
   }
 }
 
-// One query token per sequence over its cached keys; GQA by KV head, all in fp32.
-void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                      torch::Tensor lengths, torch::Tensor out, double scale) {
+// One query token per sequence over its paged cached keys; GQA by KV head, all in fp32.
+void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale) {
   const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
-  const int64_t kvh = k_cache.size(1), len = k_cache.size(2), group = H / kvh;
+  const int64_t kvh = k_cache.size(1), bs = k_cache.size(2), group = H / kvh, M = block_tables.size(1);
   const int64_t q_stride = q.stride(0), q_head = q.stride(1), o_stride = out.stride(0), o_head = out.stride(1);
   const float* qp = q.data_ptr<float>();
   const float* kc = k_cache.data_ptr<float>();
   const float* vc = v_cache.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
   const int64_t* lens = lengths.data_ptr<int64_t>();
   const float fscale = float(scale);
+  const int64_t block_stride = kvh * bs * d;  // from one block to the next
 #pragma omp parallel
   {
     std::vector<float> query(group * d), scores, acc(group * d);
 #pragma omp for schedule(static)
     for (int64_t unit = 0; unit < B * kvh; ++unit) {
       const int64_t b = unit / kvh, kh = unit % kvh, L = lens[b];
-      const int64_t offset = (slot[b] * kvh + kh) * len * d;
       scores.resize(group * L);
       for (int64_t g = 0; g < group; ++g) {
         const float* qh = qp + b * q_stride + (kh * group + g) * q_head;
         for (int64_t i = 0; i < d; ++i) query[g * d + i] = qh[i] * fscale;
       }
-      attend_unit(query.data(), kc + offset, vc + offset, scores.data(), acc.data(), group, L, d);
+      const int64_t head = kh * bs * d;
+      attend_unit(query.data(), kc + head, vc + head, tables + b * M, block_stride, bs, scores.data(),
+                  acc.data(), group, L, d);
       for (int64_t g = 0; g < group; ++g)
         std::memcpy(op + b * o_stride + (kh * group + g) * o_head, acc.data() + g * d, d * sizeof(float));
     }
