@@ -64,7 +64,7 @@ def demo_store() -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "serving.properties").write_text(
         f"engine=Python\noption.model_id={model_path}\noption.dtype=auto\n"
-        "option.max_rolling_batch_size=32\noption.max_model_len=2048\noption.max_lora_rank=64\n")
+        "option.max_rolling_batch_size=32\noption.max_lora_rank=64\n")
     shipped = Path(__file__).parent / "demo_adapters"
     if shipped.is_dir():
         for adapter in shipped.iterdir():

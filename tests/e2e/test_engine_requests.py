@@ -31,7 +31,10 @@ def server(tmp_path_factory):
 def engine_figures(server) -> dict[str, float]:
     text = server.client.get("/metrics").text
     wanted = {"loraserve_running_batch_size", "loraserve_waiting_requests", "loraserve_kv_cache_usage_ratio",
-              "loraserve_adapter_references", "loraserve_engine_steps_total"}
+              "loraserve_adapter_references", "loraserve_engine_steps_total", "loraserve_kv_cache_blocks",
+              "loraserve_kv_cache_free_blocks", "loraserve_preemptions_total",
+              "loraserve_prefix_cache_hit_rate",
+              "loraserve_prefix_cache_queried_tokens_total"}
     return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
             if s.name in wanted and s.labels.get("model") == "tiny"}
 
@@ -44,6 +47,9 @@ def idle(server, steps_before: float, deadline_s: float = 120) -> float:
         busy = figures.get("loraserve_running_batch_size", 1) + figures.get("loraserve_waiting_requests", 1)
         if not busy:
             assert figures["loraserve_kv_cache_usage_ratio"] == 0
+            assert figures["loraserve_kv_cache_free_blocks"] == figures["loraserve_kv_cache_blocks"] > 0
+            assert figures["loraserve_preemptions_total"] == 0
+            assert 0 <= figures["loraserve_prefix_cache_hit_rate"] <= 1
             assert figures["loraserve_adapter_references"] == 0
             return figures["loraserve_engine_steps_total"] - steps_before
         time.sleep(0.1)

@@ -38,9 +38,9 @@ def engine(tmp_path_factory):
 
 
 def _released(engine) -> bool:
-    scheduler = engine.scheduler
-    return (not scheduler.running and not scheduler.waiting and not engine.adapters.refs
-            and len(scheduler.free_slots) == engine.config.max_rolling_batch_size)
+    stats = engine.stats()
+    return (stats["running"] == stats["waiting"] == stats["lora_refs"] == 0
+            and stats["kv_blocks_free"] == stats["kv_blocks_total"])
 
 
 def _wait_released(engine, timeout_s: float = 20) -> None:

@@ -45,7 +45,7 @@ def _run(engine: LLMEngine, seqs) -> None:
 def _assert_nothing_leaked(engine: LLMEngine) -> None:
     stats = engine.stats()
     assert stats["running"] == stats["waiting"] == 0
-    assert stats["free_kv_slots"] == stats["kv_slots"]
+    assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
     assert stats["lora_refs"] == stats["adapter_holds"] == 0
 
 

@@ -41,8 +41,8 @@ def test_native_lora_matches_pytorch_lora(tiny_with_adapters, dtype, monkeypatch
         assert isinstance(engine.runner.ops, NativeOps)
         for name in (None, "a0", "a1", "a1"):
             engine.add_request("the quick brown", name)
-        decodes, prefills = engine.scheduler.schedule()
-        return engine.runner.forward(build_step_batch(decodes, prefills, engine.runner, merged=False))
+        seqs = engine.scheduler.schedule()
+        return engine.runner.forward(build_step_batch(seqs, engine.runner, merged=False))
 
     native = first_logits()
     # the PyTorch LoRA path (fp32 stacks, slot-grouped batched matmuls), the rest still native
@@ -69,7 +69,7 @@ def test_native_steps_match_pytorch_steps(tiny_with_adapters, dtype):
         reference = native_forward(batch)
         runner.ops = native_ops
         logits = native_forward(batch)
-        compared.append(batch.decode_slots.numel())
+        compared.append(batch.decode_count)
         # bf16: the PyTorch path rounds attention scores and probabilities to bf16, the kernel
         # keeps them in fp32: small differences, growing with the sequence, are expected.
         scale, diff = float(reference.abs().max()), (logits - reference).abs()
@@ -100,7 +100,8 @@ def _calls(dtype: torch.dtype):
                                   torch.tensor([0, 3]), torch.tensor([0, 1]), torch.zeros(2, 1, 8, 4, **f),
                                   torch.zeros(2, 1, 8, 4, **f), 2, 1],
         "decode_attention": lambda: [torch.ones(2, 2, 4, **f), torch.ones(3, 1, 8, 4, **f),
-                                     torch.ones(3, 1, 8, 4, **f), torch.tensor([0, 2]), torch.tensor([1, 8]),
+                                     torch.ones(3, 1, 8, 4, **f), torch.tensor([[0], [2]]),
+                                     torch.tensor([1, 8]),
                                      torch.empty(2, 2, 4, **f), 0.5],
         "bgmv": lambda: [torch.ones(3, 8, **f), torch.tensor([-1, 0, 1]), torch.ones(2, 4, 8, **f),
                          torch.ones(2, 2, 6, **f), torch.zeros(3, 6, **f), 2, 2, torch.tensor([0, 3]),
@@ -113,10 +114,13 @@ BAD = [  # (entry point, argument index, a bad replacement for a dtype, what the
     ("add_rms_norm", 2, lambda f: torch.ones(7, dtype=f), "weight"),
     ("add_rms_norm", 4, lambda f: torch.empty(2, 8, dtype=torch.float64), "out must be"),
     ("silu_mul", 1, lambda f: torch.empty(2, 5, dtype=f), "gate_up must be"),
-    ("rope_write_kv", 3, lambda f: torch.tensor([0, 8]), "positions"),
-    ("rope_write_kv", 4, lambda f: torch.tensor([0, 2]), "slots"),
+    ("rope_write_kv", 3, lambda f: torch.tensor([0, 16]), "positions"),
+    ("rope_write_kv", 4, lambda f: torch.tensor([0, 16]), "slot_mapping"),
+    ("rope_write_kv", 4, lambda f: torch.tensor([-1, 0]), "slot_mapping"),
     ("rope_write_kv", 1, lambda f: torch.ones(16, 4, dtype=torch.float64), "cos"),
-    ("decode_attention", 3, lambda f: torch.tensor([0, 3]), "slots"),
+    ("decode_attention", 3, lambda f: torch.tensor([[0], [3]]), "block_tables"),
+    ("decode_attention", 3, lambda f: torch.tensor([[0], [-1]]), "block_tables"),
+    ("decode_attention", 3, lambda f: torch.tensor([[0], [2]], dtype=torch.int32), "block_tables"),
     ("decode_attention", 4, lambda f: torch.tensor([0, 8]), "lengths"),
     ("decode_attention", 4, lambda f: torch.tensor([1, 9]), "lengths"),
     ("decode_attention", 5, lambda f: torch.empty(2, 3, 4, dtype=f), "out must have"),

@@ -80,7 +80,7 @@ def test_rope_write_kv_matches_pytorch(kernels, dtype, dim):
     rope = RotaryEmbedding(_rope_args(dim), torch.device("cpu"))
     qkv = _rand(5, 8 * dim, dtype=dtype)
     positions = torch.tensor([3, 0, 1, 2, 40])
-    slot_mapping = torch.tensor([1 * 4 + 3, 5 * 4 + 0, 5 * 4 + 1, 2 * 4 + 2, 6 * 4 + 0])  # block * bs + offset
+    slot_mapping = torch.tensor([1 * 4 + 3, 5 * 4, 5 * 4 + 1, 2 * 4 + 2, 6 * 4])  # block * bs + offset
     k_cache, v_cache = torch.zeros(7, 2, 4, dim, dtype=dtype), torch.zeros(7, 2, 4, dim, dtype=dtype)
     cos, sin = rope.tables(positions, dtype)
     expected = RotaryEmbedding.apply(qkv[:, :6 * dim].view(5, 6, dim), cos, sin)
@@ -106,12 +106,12 @@ def test_decode_attention_matches_reference(kernels, dtype, dim):
     out = torch.empty_like(q)
     kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim ** -0.5)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
-    for b in range(batch):
-        def sequence(cache):  # (kvh, length, d) in token order, repeated for each query head
-            rows = cache[tables[b]].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :lengths[b]]
-            return rows.float().repeat_interleave(heads // kv_heads, 0)
+    def sequence(cache, b):  # (kvh, length, d) in token order, repeated for each query head
+        rows = cache[tables[b]].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :lengths[b]]
+        return rows.float().repeat_interleave(heads // kv_heads, 0)
 
-        keys, values = sequence(k_cache), sequence(v_cache)
+    for b in range(batch):
+        keys, values = sequence(k_cache, b), sequence(v_cache, b)
         scores = torch.softmax(q[b].float()[:, None, :] @ keys.transpose(1, 2) * dim ** -0.5, dim=-1)
         expected = (scores @ values)[:, 0]
         assert torch.allclose(out[b].float(), expected, **tolerance)

@@ -32,7 +32,7 @@ def _computed(manager: BlockManager, seq: Seq) -> Seq:
 def test_a_shared_prefix_is_reused_and_the_last_token_is_always_computed():
     manager = BlockManager(16, 4)
     first = _computed(manager, Seq(list(range(10))))  # blocks [0-3] [4-7] full, [8-9] partial
-    second = Seq(list(range(8)) + [99, 98])
+    second = Seq([*list(range(8)), 99, 98])
     manager.match_prefix(second)
     assert second.cached == 8 and second.block_table == first.block_table[:2]
     exact = Seq(list(range(8)))  # all of it cached: the last block is recomputed for its logits

@@ -18,10 +18,12 @@ from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.config import EngineConfig
 from loraserve.engine.kv_budget import plan_kv_cache
+from loraserve.engine.output import OutputProcessor
+from loraserve.engine.sampler import sample_tokens
 from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
-from loraserve.engine.step_batch import build_step_batch, finish_step
+from loraserve.engine.step_batch import build_step_batch
 from loraserve.errors import BadRequestError
 from loraserve.model.loader import load_config, parse_dtype, resolve_model_path
 from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter
@@ -74,6 +76,7 @@ class LLMEngine:
         self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
                                    self.adapters, config.lora_merge, self.blocks)
         self.eos_ids = self._eos_ids()
+        self.outputs = OutputProcessor(self.tokenizer, self.eos_ids, self.runner.max_len)
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -178,8 +181,26 @@ class LLMEngine:
             self.last_step_tokens = sum(seq.new_tokens for seq in seqs)
             self.computed_tokens += self.last_step_tokens
             sampled = self.scheduler.postprocess(seqs)
-            finished = finish_step(self, sampled, logits)
-            return [*failed, *finished]
+            return [*failed, *self._append_tokens(sampled, logits)]
+
+    def _append_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
+        """Sample, append and emit one token per sequence; returns those that finished."""
+        tokens, logprobs = sample_tokens(seqs, logits)
+        finished = []
+        for seq, token, logprob in zip(seqs, tokens, logprobs):
+            if token is None:
+                self.fail_sequence(seq, "the model produced non-finite logits (NaN or inf) for this "
+                                        "request; check the adapter's weights and the sampling parameters")
+                finished.append(seq)
+                continue
+            event = self.outputs.append(seq, token, logprob, len(seqs))
+            if event.finish_reason is not None:
+                self.scheduler.finish(seq)
+                finished.append(seq)
+            self.emit(seq, event)
+            if seq.finish_reason == "error":
+                finished.append(seq)  # its callback failed
+        return finished
 
     def _report_failed(self) -> list[Sequence]:
         failed, self.scheduler.failed = self.scheduler.failed, []

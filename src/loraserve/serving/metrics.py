@@ -61,8 +61,9 @@ class EngineCollector:
                                          labels=["model"]),
             "kv_usage": GaugeMetricFamily("loraserve_kv_cache_usage_ratio", "KV-cache blocks in use",
                                           labels=["model"]),
-            "kv_blocks_free": GaugeMetricFamily("loraserve_kv_cache_free_blocks", "KV-cache blocks free "
-                                                "(cached prefixes among them stay reusable)", labels=["model"]),
+            "kv_blocks_free": GaugeMetricFamily(
+                "loraserve_kv_cache_free_blocks", "KV-cache blocks free (cached prefixes among them stay "
+                "reusable)", labels=["model"]),
             "kv_blocks_total": GaugeMetricFamily("loraserve_kv_cache_blocks", "KV-cache blocks in the pool",
                                                  labels=["model"]),
             "prefix_cache_hit_rate": GaugeMetricFamily("loraserve_prefix_cache_hit_rate",

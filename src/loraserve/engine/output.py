@@ -1,0 +1,60 @@
+"""Append a sampled token to its sequence: the finish reason (EOS, length, stop string) and the
+new text, as the event its consumer receives. Per sequence, no engine state: the engine
+finishes the sequence in the scheduler and emits the event."""
+
+from __future__ import annotations
+
+from weakref import WeakKeyDictionary
+
+from loraserve.engine.detokenizer import IncrementalDetokenizer
+from loraserve.engine.sequence import Sequence, TokenEvent
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer, eos_ids: set[int], max_len: int) -> None:
+        self.tokenizer, self.eos_ids, self.max_len = tokenizer, eos_ids, max_len
+        self._detokenizers: WeakKeyDictionary[Sequence, IncrementalDetokenizer] = WeakKeyDictionary()
+
+    def append(self, seq: Sequence, token: int, logprob: float | None, batch_size: int) -> TokenEvent:
+        """Add ``token`` to ``seq``; the event carries ``finish_reason`` when it ends here (the
+        caller then finishes it)."""
+        seq.peak_batch = max(seq.peak_batch, batch_size)
+        seq.output_ids.append(token)
+        seq.logprobs.append(logprob)
+        reason = self._finish_reason(seq, token)
+        text = self._new_text(seq, reason is not None)
+        if reason is None and _hit_stop(seq):
+            reason = "stop_sequence"
+            text = seq.text[seq.emitted:]
+        seq.finish_reason = reason
+        seq.emitted = len(seq.text)
+        return TokenEvent(seq.request_id, token, text, logprob, reason)
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        if token in self.eos_ids and not seq.params.ignore_eos:
+            return "eos_token"
+        if len(seq.output_ids) >= seq.params.max_new_tokens or seq.total_len >= self.max_len:
+            return "length"
+        return None
+
+    def _new_text(self, seq: Sequence, final: bool) -> str:
+        """The text the new token adds (decoding only a window of recent tokens); a trailing
+        partial UTF-8 character is held back."""
+        ids = seq.output_ids
+        if ids and ids[-1] in self.eos_ids and not seq.params.ignore_eos:  # EOS has no text
+            ids = ids[:-1]
+        detokenizer = self._detokenizers.get(seq)
+        if detokenizer is None:
+            detokenizer = self._detokenizers[seq] = IncrementalDetokenizer(self.tokenizer)
+        seq.text = detokenizer.update(ids, final)
+        return seq.text[seq.emitted:]
+
+
+def _hit_stop(seq: Sequence) -> bool:
+    """Cut the text at the first stop sequence, if one appeared."""
+    for stop in seq.params.stop:
+        index = seq.text.find(stop, max(0, seq.emitted - len(stop)))
+        if index >= 0:
+            seq.text = seq.text[:index]
+            return True
+    return False
