@@ -4,7 +4,7 @@ the same workload interleaved in one benchmark run. Not importable from loraserv
 
     python vllm_worker.py '{"model": DIR, "dtype": "float32", "enable_lora": true, ...}'
     stdin:  {"prompts": [[ids...], ...], "adapters": [path | null, ...], "new_tokens": 64}
-    stdout: @@ {"tok_s": ..., "seconds": ..., "tokens": ...}
+    stdout: @@ {"tok_s": ..., "seconds": ..., "tokens": ..., "ttft_mean": ...}
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def serve(config: dict) -> None:
 
     kwargs = {"model": config["model"], "dtype": config["dtype"], "max_num_seqs": config["max_num_seqs"],
               "max_model_len": config["max_model_len"], "seed": 0,
-              "enforce_eager": bool(config.get("enforce_eager"))}
+              "enforce_eager": bool(config.get("enforce_eager")),
+              "enable_prefix_caching": bool(config.get("enable_prefix_caching", True)),
+              "disable_log_stats": False}  # keeps per-request metrics (time to first token)
     if config.get("enable_lora"):
         kwargs |= {"enable_lora": True, "max_loras": config["max_loras"],
                    "max_lora_rank": config["max_lora_rank"], "max_cpu_loras": config["max_loras"]}
@@ -44,7 +46,10 @@ def serve(config: dict) -> None:
         outputs = llm.generate(prompts, params, lora_request=requests, use_tqdm=False)
         elapsed = time.perf_counter() - began
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        ttfts = [o.metrics.first_token_latency for o in outputs
+                 if o.metrics is not None and getattr(o.metrics, "first_token_latency", 0) > 0]
         reply = {"tok_s": tokens / elapsed, "seconds": elapsed, "tokens": tokens,
+                 "ttft_mean": sum(ttfts) / len(ttfts) if len(ttfts) == len(outputs) else None,
                  "token_ids": [list(o.outputs[0].token_ids) for o in outputs] if command.get("ids") else None}
         print("@@", json.dumps(reply), flush=True)
 
