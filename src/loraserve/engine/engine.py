@@ -80,6 +80,7 @@ class LLMEngine:
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._in_flight: set[Sequence] = set()  # the sequences of the forward pass now running
         self._epoch = 0  # bumped by every change that may let a blocked request run
         self._idle_epoch = -1  # the epoch at which a step last found nothing to run
         self.steps = 0
@@ -148,19 +149,30 @@ class LLMEngine:
         return seq
 
     def abort(self, request_id: int) -> Sequence | None:
-        """Stop a request wherever it is; its consumer gets a final ``aborted`` event."""
+        """Stop a request wherever it is; its consumer gets a final ``aborted`` event. One in the
+        step now running is stopped when that step ends: the forward pass may still be writing
+        its KV blocks and reading its LoRA slot, so neither is given back before."""
         with self.lock:
-            seq = self.scheduler.abort(request_id)
-            if seq is not None:
-                self.emit(seq, TokenEvent(seq.request_id, -1, "", None, seq.finish_reason))
-                self._changed()
+            seq = self.scheduler.find(request_id)
+            if seq is None:
+                return None
+            if seq in self._in_flight:
+                seq.abort_requested = True
+                return seq
+            self._abort_now(seq)
             return seq
+
+    def _abort_now(self, seq: Sequence) -> None:
+        self.scheduler.abort(seq.request_id)
+        self.emit(seq, TokenEvent(seq.request_id, -1, "", None, seq.finish_reason))
+        self._changed()
 
     def step(self) -> list[Sequence]:
         """One iteration, each part by its owner: the scheduler picks sequences and token counts,
         the runner computes their logits, the scheduler advances them, the sampler and output
-        stage add tokens and text. A failure fails the sequences it belongs to: a row's
-        sampling its row, the forward pass its batch."""
+        stage add tokens and text. The lock is not held during the forward pass, so requests are
+        added and aborted while the model runs. A failure fails the sequences it belongs to: a
+        row's sampling its row, the forward pass its batch."""
         with self.lock:
             seqs = self.scheduler.schedule()
             failed = self._report_failed()
@@ -171,17 +183,34 @@ class LLMEngine:
                 if self.config.lora_merge:
                     self._switch_merge(seqs)
                 batch = build_step_batch(seqs, self.runner, merged=self.config.lora_merge)
-                logits = self.runner.forward(batch)
             except Exception as exc:  # not attributable to one row: the step's sequences fail
-                log.exception("engine step failed; failing its %d sequences", len(seqs))
-                for seq in seqs:
-                    self.fail_sequence(seq, f"the model step failed: {exc}")
-                return [*failed, *seqs]
+                return [*failed, *self._fail_step(seqs, exc)]
+            self._in_flight = set(seqs)
+        try:
+            logits = self.runner.forward(batch)
+        except Exception as exc:
+            with self.lock:
+                self._in_flight = set()
+                return [*failed, *self._fail_step(seqs, exc)]
+        with self.lock:
+            self._in_flight = set()
             self.steps += 1
             self.last_step_tokens = sum(seq.new_tokens for seq in seqs)
             self.computed_tokens += self.last_step_tokens
             sampled = self.scheduler.postprocess(seqs)
-            return [*failed, *self._append_tokens(sampled, logits)]
+            aborted = [seq for seq in seqs if seq.abort_requested]
+            if aborted:  # stopped during the forward pass: no token for them
+                rows = [row for row, seq in enumerate(sampled) if not seq.abort_requested]
+                sampled, logits = [sampled[row] for row in rows], logits[rows]
+                for seq in aborted:
+                    self._abort_now(seq)
+            return [*failed, *aborted, *self._append_tokens(sampled, logits)]
+
+    def _fail_step(self, seqs: list[Sequence], exc: Exception) -> list[Sequence]:
+        log.exception("engine step failed; failing its %d sequences", len(seqs))
+        for seq in seqs:
+            self.fail_sequence(seq, f"the model step failed: {exc}")
+        return seqs
 
     def _append_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
         """Sample, append and emit one token per sequence; returns those that finished."""

@@ -55,6 +55,7 @@ class Sequence:
     error: str | None = None  # why, when finish_reason is "error"
     generator: torch.Generator | None = None
     peak_batch: int = 0  # largest step batch this sequence ran in (observability)
+    abort_requested: bool = False  # aborted while its step ran: the engine finishes it at step end
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:
