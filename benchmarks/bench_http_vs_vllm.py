@@ -57,16 +57,17 @@ async def burst(url: str, models: list[str], texts: list[str], new_tokens: int) 
     return {"tok_s": tokens / elapsed, "latency": sum(r[1] for r in results) / len(results)}
 
 
-def model_store(root: Path, path: Path, adapters: list[Path], clients: int) -> Path:
+def model_store(root: Path, path: Path, args: LlamaArgs, count: int, clients: int) -> tuple[Path, list[Path]]:
+    """A store with SmolLM2 and ``count`` adapters in its ``adapters/`` directory (inside the store:
+    the server refuses adapter sources outside its allowed roots, symlinks included)."""
     model = root / "store" / "smollm2"
-    (model / "adapters").mkdir(parents=True)
+    model.mkdir(parents=True)
     (model / "serving.properties").write_text(
         f"engine=Python\noption.model_id={path}\noption.dtype=auto\n"
         f"option.max_rolling_batch_size={clients}\noption.max_model_len=512\n"
-        f"option.max_loras={len(adapters)}\noption.max_lora_rank=16\n")
-    for i, adapter in enumerate(adapters):
-        (model / "adapters" / f"a{i}").symlink_to(adapter)
-    return root / "store"
+        f"option.max_loras={count}\noption.max_lora_rank=16\n")
+    adapters = make_adapters(model / "adapters", args, count, 16, list(LORA_MODULES), "a")
+    return root / "store", adapters
 
 
 class VllmServer:
@@ -122,18 +123,18 @@ def main() -> None:
     dtype = describe_choice("auto", "cpu")["dtype"]  # what auto picks here, for both servers
     tmp = Path(tempfile.mkdtemp(prefix="loraserve-http-"))
     args = LlamaArgs.from_hf(load_config(path))
-    adapters = make_adapters(tmp, args, opts.adapters, 16, list(LORA_MODULES), "http_")
+    store, adapters = model_store(tmp, path, args, opts.adapters, opts.clients)
     texts = prompts(opts.clients, opts.words)
     cases = {"base": ["smollm2"] * opts.clients,
              "all16": [f"a{i % opts.adapters}" for i in range(opts.clients)]}
-    ours = ServerProcess(["--model-store", str(model_store(tmp, path, adapters, opts.clients))],
+    ours = ServerProcess(["--model-store", str(store)],
                          ready_timeout_s=600, log_path=tmp / "loraserve.log")
     theirs = None
     try:
         ours.start()
         if opts.vllm_python.is_file():
             theirs = VllmServer(opts.vllm_python, vllm_model_dir(path, tmp), adapters, dtype, opts.clients)
-        print(f"isa {json.dumps(ours.client.get('/models/smollm2').json().get('hardware', {}))}; dtype "
+        print(f"hardware {json.dumps(describe_choice('auto', 'cpu'))}; dtype "
               f"{dtype} in both; {opts.clients} concurrent clients, {opts.new_tokens} new tokens, "
               f"best of {opts.repeats}; load {os.getloadavg()[0]:.1f}", flush=True)
         for case, models in cases.items():
