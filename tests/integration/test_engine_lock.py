@@ -29,14 +29,16 @@ def engine(tmp_path_factory):
 class PausedForward:
     """Wraps the runner's forward so the test can act while a step is inside it."""
 
-    def __init__(self, engine: LLMEngine) -> None:
-        self.engine, self.original = engine, engine.runner.forward
+    def __init__(self, engine: LLMEngine, fail: bool = False) -> None:
+        self.engine, self.original, self.fail = engine, engine.runner.forward, fail
         self.entered, self.release = threading.Event(), threading.Event()
 
     def __enter__(self) -> PausedForward:
         def forward(batch):
             self.entered.set()
             assert self.release.wait(HANG_S)
+            if self.fail:
+                raise RuntimeError("injected forward failure")
             return self.original(batch)
 
         self.engine.runner.forward = forward
@@ -93,3 +95,25 @@ def test_aborting_a_sequence_in_flight_releases_it_when_the_step_ends(engine):
     stats = engine.stats()
     assert stats["running"] == stats["waiting"] == stats["lora_refs"] == stats["adapter_holds"] == 0
     assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+
+
+def test_a_forward_that_fails_after_an_abort_in_flight_still_gives_everything_back(engine):
+    events: list = []
+    victim = engine.add_request("hello there", "qv", PARAMS, on_event=events.append)
+    other = engine.add_request("general kenobi", "qv", PARAMS)
+    engine.step()
+    with PausedForward(engine, fail=True) as paused:
+        stepping = _in_thread(engine.step)
+        assert paused.entered.wait(HANG_S)
+        engine.abort(victim.request_id)
+        paused.release.set()
+        stepping.join(HANG_S)
+    assert victim.finish_reason == other.finish_reason == "error"  # the step failed for both
+    assert [e.finish_reason for e in events][-1] == "error"
+    assert sum(e.finish_reason is not None for e in events) == 1  # one final event, not two
+    stats = engine.stats()
+    assert stats["running"] == stats["waiting"] == stats["lora_refs"] == stats["adapter_holds"] == 0
+    assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+    assert engine.add_request("hello there", "qv", PARAMS) and engine.has_work()  # the engine goes on
+    while engine.has_work():
+        engine.step()
