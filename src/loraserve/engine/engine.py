@@ -25,9 +25,10 @@ from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
 from loraserve.engine.step_batch import build_step_batch
 from loraserve.errors import BadRequestError
-from loraserve.model.loader import load_config, parse_dtype, resolve_model_path
+from loraserve.model.families import load_model_config
+from loraserve.model.loader import parse_dtype, resolve_model_path
 from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter
-from loraserve.model.runner import LlamaRunner
+from loraserve.model.runner import ModelRunner
 
 log = logging.getLogger("loraserve.engine")
 
@@ -58,9 +59,9 @@ class LLMEngine:
         self.device = pick_device(config.device)
         self.dtype = parse_dtype(config.dtype, self.device.type)
         self.model_path = resolve_model_path(config.model_id, model_dir)
-        load_config(self.model_path)  # refuse an unsupported architecture before any heavy loading
+        load_model_config(self.model_path)  # refuse an unsupported model before any heavy loading
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.runner = LlamaRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
+        self.runner = ModelRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
                                   config.max_model_len, config.max_loras, config.max_lora_rank)
         log.info("engine hardware choice: %s", self.runner.info())
         self.kv = plan_kv_cache(config.kv_cache_memory, self.device, self.runner.kv_bytes_per_token(),
@@ -139,7 +140,7 @@ class LLMEngine:
         with self.lock:
             key = self.adapters.hold(adapter) if adapter else None  # its version, until it ends
             try:
-                seq = Sequence(ids, params, key, on_event)
+                seq = Sequence(ids, params, key, on_event, rope_variant=self.runner.rope.rope_offset(len(ids)))
                 self.scheduler.add(seq)
             except BaseException:
                 if key is not None:

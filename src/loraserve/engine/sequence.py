@@ -39,6 +39,7 @@ class Sequence:
     params: SamplingParams
     adapter: AdapterKey | None
     on_event: Callable[[TokenEvent], Any] | None = None
+    rope_variant: int = 0  # LongRoPE: which table its keys were rotated with (0: the usual one)
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
@@ -68,8 +69,9 @@ class Sequence:
 
     @property
     def cache_namespace(self) -> AdapterKey | None:
-        """Whose weights computed its KV: prefix-cache blocks are shared only within it."""
-        return self.adapter
+        """Whose weights (and which RoPE table) computed its KV: prefix-cache blocks are shared
+        only within it."""
+        return self.adapter if not self.rope_variant else (self.adapter, "rope", self.rope_variant)
 
     @property
     def all_ids(self) -> list[int]:

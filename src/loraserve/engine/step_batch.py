@@ -8,19 +8,20 @@ import torch
 
 from loraserve.engine.block_manager import NULL_BLOCK
 from loraserve.engine.sequence import Sequence
-from loraserve.model.llama import PrefillSpan, StepBatch
+from loraserve.model.batch import PrefillSpan, StepBatch
 from loraserve.model.lora import build_plan
 
 if TYPE_CHECKING:
-    from loraserve.model.runner import LlamaRunner
+    from loraserve.model.runner import ModelRunner
 
 
-def build_step_batch(seqs: list[Sequence], runner: LlamaRunner, merged: bool) -> StepBatch:
+def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) -> StepBatch:
     """The flat batch of the scheduled ``seqs`` (one-token spans first): ``new_tokens`` tokens
     each from ``cached`` on; logits for those whose input is then complete."""
     block_size = runner.block_size
     ids: list[int] = []
     positions: list[int] = []
+    rope_positions: list[int] = []  # differ from positions only for LongRoPE's long prompts
     slot_mapping: list[int] = []
     logits_index: list[int] = []
     decodes = [seq for seq in seqs if seq.new_tokens == 1]  # attend over their cache, batched
@@ -30,6 +31,8 @@ def build_step_batch(seqs: list[Sequence], runner: LlamaRunner, merged: bool) ->
         start, first, count = len(ids), seq.cached, seq.new_tokens
         ids.extend(seq.all_ids[first:first + count])
         positions.extend(range(first, first + count))
+        offset = runner.rope.rope_offset(len(seq.prompt_ids))
+        rope_positions.extend(range(first + offset, first + count + offset))
         table = seq.block_table
         slot_mapping.extend(table[p // block_size] * block_size + p % block_size
                             for p in range(first, first + count))
@@ -53,6 +56,7 @@ def build_step_batch(seqs: list[Sequence], runner: LlamaRunner, merged: bool) ->
         block_size=block_size,
         prefills=spans,
         logits_index=_tensor(logits_index, device),
+        rope_positions=_tensor(rope_positions, device) if rope_positions != positions else None,
     )
     if not merged:
         batch.lora_plan = build_plan([s.lora_slot for s in decodes], lora_prefills, device,

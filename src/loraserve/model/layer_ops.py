@@ -1,5 +1,5 @@
 """The per-layer small ops of a forward pass, behind one interface: a PyTorch class and a native
-class (``native``), picked once at start-up by ``select_ops``. The runner and the LoRA stacks call
+class (``native``), picked once at start-up by ``select_ops``. The decoder and the LoRA stacks call
 the interface and never ask again which backend runs (gpt-fast's "choose a feature once").
 """
 
@@ -12,20 +12,36 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
+from loraserve.model.batch import StepBatch
 from loraserve.model.hardware import cpu_info
-from loraserve.model.llama import RotaryEmbedding, StepBatch, rms_norm
 from loraserve.model.native import cpu_kernels
+from loraserve.model.rope import RopeTables, apply_rope
 
 Bgmv = Callable[..., None]  # the native BGMV: (x, token_slots, A, B, out, k, rank, starts, lengths, info)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 @dataclass(slots=True)
 class StepTables:
-    """What every layer of one step shares: the RoPE tables and, for the PyTorch path, the mask."""
+    """What every layer of one step shares: RoPE per kind (native: the whole fp32 (P, r) tables,
+    indexed by the kernel; PyTorch: (T, 1, r) rows of the step's tokens) and the decode keys."""
 
-    cos: torch.Tensor  # native: (P, d) fp32 table; PyTorch: (T, 1, d) rows of the step's positions
-    sin: torch.Tensor
-    decode_mask: torch.Tensor | None = None  # (B, 1, 1, M*bs) keys each decode token may attend
+    cos: dict[str, torch.Tensor]
+    sin: dict[str, torch.Tensor]
+    decode_keys: torch.Tensor | None = None  # (M*bs,) key positions of the decode block tables
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionSpec:
+    """What differs between layers' attention: the window, the logit cap, the query scale."""
+
+    scale: float
+    window: int | None = None
+    softcap: float | None = None
 
 
 class TorchOps:
@@ -37,14 +53,13 @@ class TorchOps:
     def __init__(self, dtype: torch.dtype, eps: float) -> None:
         self.dtype, self.eps = dtype, eps
 
-    def prepare(self, batch: StepBatch, rope: RotaryEmbedding) -> StepTables:
-        cos, sin = rope.tables(batch.positions, self.dtype)
-        mask = None
+    def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
+        rows = {kind: rope.rows(kind, batch.rope_rows, self.dtype) for kind in rope.cos}
+        keys = None
         if batch.decode_count:
             width = batch.decode_tables.shape[1] * batch.block_size
             keys = torch.arange(width, device=batch.decode_lengths.device)
-            mask = (keys[None, :] < batch.decode_lengths[:, None])[:, None, None, :]
-        return StepTables(cos, sin, mask)
+        return StepTables({k: c for k, (c, _) in rows.items()}, {k: s for k, (_, s) in rows.items()}, keys)
 
     def add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,40 +69,47 @@ class TorchOps:
             h = h + delta
         return h, rms_norm(h, weight, self.eps)
 
-    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """(T, 2I) → (T, I)."""
+    def act_mul(self, gate_up: torch.Tensor, activation: str) -> torch.Tensor:
+        """The gated MLP's activation: (T, 2I) = [gate | up] → act(gate) * up (T, I)."""
         inter = gate_up.shape[1] // 2
-        return F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+        gate = gate_up[:, :inter]
+        act = F.silu(gate) if activation == "silu" else F.gelu(gate, approximate="tanh")
+        return act * gate_up[:, inter:]
 
-    def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, batch: StepBatch,
+    def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, kind: str, batch: StepBatch,
                        k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int) -> torch.Tensor:
         """Rotate q and k of qkv (T, (H + 2 kvh) d), write k, v into the layer's paged cache
         (N, kvh, bs, d) at each token's slot; returns q (T, H, d)."""
         tokens, kv_heads, block_size, dim = qkv.shape[0], k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
         q_dim, kv_dim = heads * dim, kv_heads * dim
         # q and k rotated together: (T, H + kvh, d), one pass instead of two
-        qk = RotaryEmbedding.apply(qkv[:, :q_dim + kv_dim].view(tokens, heads + kv_heads, dim),
-                                   tables.cos, tables.sin)
+        qk = apply_rope(qkv[:, :q_dim + kv_dim].view(tokens, heads + kv_heads, dim),
+                        tables.cos[kind], tables.sin[kind])
         blocks, offsets = batch.slot_mapping // block_size, batch.slot_mapping % block_size
         k_cache[blocks, :, offsets] = qk[:, heads:]
         v_cache[blocks, :, offsets] = qkv[:, q_dim + kv_dim:].view(tokens, kv_heads, dim)
         return qk[:, :heads]
 
     def decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         batch: StepBatch, tables: StepTables, out: torch.Tensor) -> None:
+                         batch: StepBatch, tables: StepTables, spec: AttentionSpec, out: torch.Tensor) -> None:
         """out (B, H, d) = one query per sequence over its cached keys, as two batched matmuls
         (at q length 1 this beats the fused SDPA kernel on CPU by far); GQA by grouping query
         heads per KV head."""
         count, heads, dim = q.shape
-        kv_heads, mask = k_cache.shape[1], tables.decode_mask
-        assert mask is not None
+        kv_heads, keys_at = k_cache.shape[1], tables.decode_keys
+        assert keys_at is not None
+        lengths = batch.decode_lengths[:, None]
+        visible = keys_at[None, :] < lengths  # (B, M*bs)
+        if spec.window is not None:
+            visible &= keys_at[None, :] > lengths - 1 - spec.window
         # (B, M, kvh, bs, d) → (B, kvh, M*bs, d): each sequence's blocks in token order
         keys = k_cache[batch.decode_tables].transpose(1, 2).flatten(2, 3)
         values = v_cache[batch.decode_tables].transpose(1, 2).flatten(2, 3)
         grouped = q.view(count, kv_heads, heads // kv_heads, dim)  # (B, kvh, g, d)
-        scores = torch.matmul(grouped, keys.transpose(-1, -2)).float()  # (B, kvh, g, L)
-        scores = scores * (dim ** -0.5)
-        scores.masked_fill_(~mask, float("-inf"))  # mask: (B, 1, 1, M*bs)
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * spec.scale  # (B, kvh, g, L)
+        if spec.softcap is not None:
+            scores = torch.tanh(scores / spec.softcap) * spec.softcap
+        scores.masked_fill_(~visible[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out.copy_(torch.matmul(probs, values).view(count, heads, dim))  # (B, kvh, g, d) → (B, H, d)
 
@@ -100,7 +122,7 @@ class NativeOps(TorchOps):
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
 
-    def prepare(self, batch: StepBatch, rope: RotaryEmbedding) -> StepTables:
+    def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
         return StepTables(rope.cos, rope.sin)  # the kernel indexes the fp32 tables by position
 
     def add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
@@ -109,22 +131,24 @@ class NativeOps(TorchOps):
         self.module.add_rms_norm(h, delta, weight, self.eps, out)  # h += delta in place
         return h, out
 
-    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+    def act_mul(self, gate_up: torch.Tensor, activation: str) -> torch.Tensor:
+        if activation != "silu":
+            return super().act_mul(gate_up, activation)
         out = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
         self.module.silu_mul(gate_up, out)
         return out
 
-    def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, batch: StepBatch,
+    def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, kind: str, batch: StepBatch,
                        k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int) -> torch.Tensor:
         kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-        self.module.rope_write_kv(qkv, tables.cos, tables.sin, batch.positions, batch.slot_mapping,
-                                  k_cache, v_cache, heads, kv_heads)
+        self.module.rope_write_kv(qkv, tables.cos[kind], tables.sin[kind], batch.rope_rows,
+                                  batch.slot_mapping, k_cache, v_cache, heads, kv_heads)
         return qkv[:, :heads * dim].view(qkv.shape[0], heads, dim)
 
     def decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         batch: StepBatch, tables: StepTables, out: torch.Tensor) -> None:
-        self.module.decode_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths,
-                                     out, q.shape[-1] ** -0.5)
+                         batch: StepBatch, tables: StepTables, spec: AttentionSpec, out: torch.Tensor) -> None:
+        self.module.decode_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths, out,
+                                     spec.scale, spec.window or 0, spec.softcap or 0.0)
 
 
 def select_ops(dtype: torch.dtype, device: torch.device, eps: float, level: str | None = None) -> TorchOps:

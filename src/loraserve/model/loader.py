@@ -1,4 +1,4 @@
-"""Load a Llama-family model directory (config.json + safetensors, single or sharded) or a
+"""Load a model directory (config.json + safetensors, single or sharded) or a
 ``.gguf`` file (converted once to a cached safetensors directory)."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from loraserve.errors import ConfigError
 from loraserve.model.hardware import auto_dtype
 
 log = logging.getLogger("loraserve.model")
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -73,15 +72,6 @@ def convert_gguf(gguf_path: Path) -> Path:
     config_file.write_text(json.dumps(config, indent=2))
     os.replace(staging, target)
     return target
-
-
-def load_config(model_path: Path) -> dict:
-    config = json.loads((model_path / "config.json").read_text())
-    archs = config.get("architectures") or [config.get("model_type", "?")]
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise ConfigError(f"architecture {archs[0]} is not supported by the built-in engine; "
-                          f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
-    return config
 
 
 def load_state_dict(model_path: Path) -> dict[str, torch.Tensor]:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from loraserve.model.layer_ops import Bgmv
-from loraserve.model.llama import LlamaArgs, LlamaWeights, module_slice
+from loraserve.model.args import FUSED, ModelArgs
 from loraserve.model.peft_adapter import LoraWeights
+from loraserve.model.weights import ModelWeights
 
 
 @dataclass(slots=True)
@@ -71,10 +72,6 @@ def build_plan(decode_slots: list[int], prefills: list[tuple[int, int, int]],
     return LoraPlan(tensor(token_slots), n, m, tensor(gather), tensor(valid), tensor(rows), tuple(prefills))
 
 
-FUSED_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
-                "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
-
-
 class LoraStacks:
     """Stacks per fused weight (qkv, o, gate_up, down), so q, k and v (or gate and up) cost one
     pair of batched matmuls together. Columns of A are rank-major: rank index i of module j of a
@@ -84,7 +81,7 @@ class LoraStacks:
     token's B is one contiguous stream. A step uses only the largest loaded rank, so rank-8
     adapters do not pay for ``max_lora_rank``."""
 
-    def __init__(self, args: LlamaArgs, slots: int, rank: int, dtype: torch.dtype,
+    def __init__(self, args: ModelArgs, slots: int, rank: int, dtype: torch.dtype,
                  device: torch.device, bgmv: Bgmv | None = None) -> None:
         self.args, self.slots, self.rank = args, slots, rank
         # The native kernel reads stacks in the compute dtype; without it, CPU stacks are fp32:
@@ -92,24 +89,24 @@ class LoraStacks:
         self.kernel = bgmv  # native BGMV: A stored (S, k*r, in), B (S, r, out)
         self.dtype = torch.float32 if device.type == "cpu" and bgmv is None else dtype
         self.device = device
+        self.groups = args.lora_groups  # fused weight → the PEFT modules it holds
         self.columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
-            group: (torch.tensor([module_slice(args, m)[1].start or 0 for m in modules]),
+            group: (torch.tensor([args.module_slice(m)[1].start or 0 for m in modules]),
                     torch.tensor([args.module_shape(m)[1] for m in modules]))
-            for group, modules in FUSED_GROUPS.items()}
+            for group, modules in self.groups.items()}
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
         self.a_layers: dict[str, list[torch.Tensor]] = {}
         self.b_layers: dict[str, list[torch.Tensor]] = {}
         self.slot_info: dict[str, torch.Tensor] = {}  # for the native kernel: (S, 2) rank, module bits
-        self.users: dict[str, set[int]] = {g: set() for g in FUSED_GROUPS}
+        self.users: dict[str, set[int]] = {g: set() for g in FUSED}
         self.ranks: dict[int, int] = {}  # slot → rank of the adapter loaded there
         self.used_rank = rank  # the largest loaded rank: steps read only that many rank rows
 
     def _stack(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
         if group not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
-            modules = FUSED_GROUPS[group]
-            fan_in = self.args.module_shape(modules[0])[0]
-            fan_out = sum(self.args.module_shape(m)[1] for m in modules)
+            modules = self.groups[group]
+            fan_in, fan_out = self.args.fused_shape(group)
             width, n = len(modules) * self.rank, self.args.num_layers
             shape = (n, self.slots, width, fan_in) if self.kernel else (n, self.slots, fan_in, width)
             self.a[group] = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -127,9 +124,9 @@ class LoraStacks:
         self.ranks[slot] = r
         self._update_used_rank()
         for (layer, module), (a, b) in adapter.weights.items():
-            group, rows = module_slice(self.args, module)
-            k = len(FUSED_GROUPS[group])
-            cols = slice(FUSED_GROUPS[group].index(module), k * r, k)  # rank-major interleave
+            group, rows = self.args.module_slice(module)
+            k = len(self.groups[group])
+            cols = slice(self.groups[group].index(module), k * r, k)  # rank-major interleave
             stack_a, stack_b = self._stack(group)
             if self.kernel:
                 stack_a[layer, slot, cols, :] = a.to(self.device, self.dtype)
@@ -139,7 +136,7 @@ class LoraStacks:
             stack_b[layer, slot, slice(0, r) if self.kernel else cols, rows] = scaled_b
             self.users[group].add(slot)
             self.slot_info[group][slot, 0] = r
-            self.slot_info[group][slot, 1] |= 1 << FUSED_GROUPS[group].index(module)
+            self.slot_info[group][slot, 1] |= 1 << self.groups[group].index(module)
 
     def _update_used_rank(self) -> None:
         self.used_rank = max(self.ranks.values(), default=self.rank)
@@ -147,7 +144,7 @@ class LoraStacks:
     def clear(self, slot: int) -> None:
         self.ranks.pop(slot, None)
         self._update_used_rank()
-        for group in FUSED_GROUPS:
+        for group in FUSED:
             if slot in self.users[group]:
                 self.a[group][:, slot] = 0
                 self.b[group][:, slot] = 0
@@ -168,10 +165,10 @@ class LoraStacks:
         if self.kernel is not None:
             starts, lengths = self.columns[group]
             self.kernel(x.contiguous(), plan.token_slots, self.a_layers[group][layer],
-                        self.b_layers[group][layer], out, len(FUSED_GROUPS[group]), self.used_rank,
+                        self.b_layers[group][layer], out, len(self.groups[group]), self.used_rank,
                         starts, lengths, self.slot_info[group])
             return
-        width = len(FUSED_GROUPS[group]) * self.used_rank
+        width = len(self.groups[group]) * self.used_rank
         a = self.a[group][layer, :, :, :width]  # (S, in, k*r_used)
         b = self.b[group][layer, :, :width]  # (S, k*r_used, out)
         grouped = self.grouped_input(x, plan)
@@ -191,7 +188,7 @@ class LoraStacks:
 class MergedLora:
     """Fold one adapter into the weights; unmerge restores the saved originals bit for bit."""
 
-    def __init__(self, args: LlamaArgs, weights: LlamaWeights,
+    def __init__(self, args: ModelArgs, weights: ModelWeights,
                  on_change: Callable[[int], None] | None = None) -> None:
         self.args, self.weights = args, weights
         self.on_change = on_change or (lambda _layer: None)
@@ -201,9 +198,8 @@ class MergedLora:
     def merge(self, key: str, adapter: LoraWeights) -> None:
         self.unmerge()
         for (layer, module), (a, b) in adapter.weights.items():
-            fused, rows = module_slice(self.args, module)
-            target = self.weights.layers[layer][fused]
-            assert target is not None
+            fused, rows = self.args.module_slice(module)
+            target = self.weights.layers[layer].fused(fused)
             if (layer, fused) not in self.originals:
                 self.originals[(layer, fused)] = target.clone()
             delta = (b.float() @ a.float()) * adapter.scaling  # (out, in)
@@ -214,7 +210,7 @@ class MergedLora:
 
     def unmerge(self) -> None:
         for (layer, fused), original in self.originals.items():
-            self.weights.layers[layer][fused].copy_(original)  # type: ignore[union-attr]
+            self.weights.layers[layer].fused(fused).copy_(original)
         for layer in {layer for layer, _ in self.originals}:
             self.on_change(layer)
         self.originals.clear()

@@ -13,10 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from loraserve.model.llama import LlamaWeights
-
-PACKED_NAMES = ("qkv", "o", "gate_up", "down")
-
+from loraserve.model.args import FUSED
+from loraserve.model.weights import ModelWeights
 
 def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
     if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
@@ -33,7 +31,7 @@ def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
 class Linears:
     """``linear(x, layer, name)`` over packed weights when available, else ``F.linear``."""
 
-    def __init__(self, weights: LlamaWeights, batch_hint: int, enabled: bool) -> None:
+    def __init__(self, weights: ModelWeights, batch_hint: int, enabled: bool) -> None:
         self.weights = weights
         self.batch_hint = batch_hint
         self.enabled = enabled
@@ -51,12 +49,12 @@ class Linears:
     def repack(self, layer: int) -> None:
         """Refresh a layer's packed copies after its plain weights changed (merge/unmerge)."""
         if self.enabled:
-            for name in PACKED_NAMES:
-                self.packed[layer][name] = self._pack(self.weights.layers[layer][name])  # type: ignore[arg-type]
+            for name in FUSED:
+                self.packed[layer][name] = self._pack(self.weights.layers[layer].fused(name))
 
     def __call__(self, x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
         if not self.enabled:
-            return F.linear(x, self.weights.layers[layer][name], bias)  # type: ignore[arg-type]
+            return F.linear(x, self.weights.layers[layer].fused(name), bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed[layer][name], bias, "none", [], "")
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

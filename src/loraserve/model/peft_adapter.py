@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from loraserve.errors import BadRequestError
-from loraserve.model.llama import LORA_MODULES, LlamaArgs
+from loraserve.model.args import ModelArgs
 
 KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
@@ -47,7 +47,7 @@ def _refuse(path: Path, message: str) -> AdapterFormatError:
     return AdapterFormatError(f"adapter at {path}: {message}")
 
 
-def read_adapter_config(path: Path) -> dict:
+def read_adapter_config(path: Path, modules: tuple[str, ...] = ()) -> dict:
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
         raise _refuse(path, "no adapter_config.json (a PEFT LoRA adapter directory is expected)")
@@ -66,8 +66,8 @@ def read_adapter_config(path: Path) -> dict:
     targets = [targets] if isinstance(targets, str) else targets
     unsupported = [t for t in targets if t in ("embed_tokens", "lm_head")]
     if unsupported:
-        raise _refuse(path, f"LoRA on {', '.join(unsupported)} is not supported (only "
-                            f"{', '.join(LORA_MODULES)})")
+        allowed = ", ".join(modules) or "the decoder layers' linear modules"
+        raise _refuse(path, f"LoRA on {', '.join(unsupported)} is not supported (only {allowed})")
     return config
 
 
@@ -93,8 +93,8 @@ def _finite(path: Path, key: str, tensor: torch.Tensor) -> None:
         raise _refuse(path, f"tensor {key} holds non-finite values (NaN or inf) in {tensor.dtype}")
 
 
-def load_peft_adapter(path: Path, args: LlamaArgs, max_rank: int, dtype: torch.dtype) -> LoraWeights:
-    config = read_adapter_config(path)
+def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.dtype) -> LoraWeights:
+    config = read_adapter_config(path, args.lora_modules)
     rank, scaling = _scaling(path, config, max_rank)
     weights_file = path / "adapter_model.safetensors"
     if not weights_file.is_file():
@@ -105,8 +105,9 @@ def load_peft_adapter(path: Path, args: LlamaArgs, max_rank: int, dtype: torch.d
         if "lora_embedding" in key or "lm_head" in key or "embed_tokens" in key:
             raise _refuse(path, f"LoRA on embeddings or lm_head ({key}) is not supported")
         match = KEY.search(key)
-        if match is None or match.group(2) not in LORA_MODULES:
-            raise _refuse(path, f"tensor {key} is not a LoRA weight of {', '.join(LORA_MODULES)}")
+        if match is None or match.group(2) not in args.lora_modules:
+            raise _refuse(path, f"tensor {key} is not a LoRA weight of {', '.join(args.lora_modules)} "
+                                f"(the {args.architecture} modules PEFT targets)")
         layer, module, which = int(match.group(1)), match.group(2), match.group(3)
         if layer >= args.num_layers:
             raise _refuse(path, f"tensor {key} names layer {layer}; the model has {args.num_layers}")

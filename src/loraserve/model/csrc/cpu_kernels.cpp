@@ -112,7 +112,8 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
 }
 
 // Rotary embedding of the q and k heads of a fused qkv row (T, (H + 2 kvh) d), in place
-// (rotate-half convention; cos/sin (P, d) fp32 tables indexed by position), then each token's
+// (rotate-half convention over the first r dims of each head, r <= d the tables' width: partial
+// rotary leaves the rest; cos/sin (P, r) fp32 tables indexed by position), then each token's
 // rotated k and its v written to the layer's paged KV cache (N, kvh, bs, d) at slot_mapping[t] =
 // block * bs + offset.
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
@@ -129,7 +130,8 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
               "rope_write_kv: the cache must be (N, kv_heads, block_size, d) with an even d");
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "rope_write_kv: k and v caches differ in shape");
   TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d, "rope_write_kv: qkv must be (T, (H + 2 kvh) d)");
-  TORCH_CHECK(cos.size(1) == d && sin.sizes() == cos.sizes(), "rope_write_kv: cos/sin must be (P, d)");
+  TORCH_CHECK(cos.size(1) <= d && cos.size(1) % 2 == 0 && cos.size(1) > 0 && sin.sizes() == cos.sizes(),
+              "rope_write_kv: cos/sin must be (P, r) with an even r <= d");
   check_index(positions, "positions", T, 0, cos.size(0));
   check_index(slot_mapping, "slot_mapping", T, 0, N * bs);
   if (dtype == at::kFloat) {
@@ -142,9 +144,11 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
 // One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d). Sequence b's
 // position p lives in block block_tables[b, p / bs] of the paged caches (N, kvh, bs, d), for
 // p < lengths[b]. GQA: query head h reads KV head h / (H / kvh). Scores, softmax and the
-// weighted sum in fp32.
+// weighted sum in fp32. window > 0: only the last `window` positions are attended (transformers'
+// sliding window: key j for query i when j > i - window); softcap > 0: Gemma 2's logit cap.
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale) {
+                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale,
+                      int64_t window, double softcap) {
   const auto dtype = checked_dtype(q, "q");
   check_rows(q, "q", dtype, 3);
   check_rows(out, "out", dtype, 3);
@@ -158,6 +162,7 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
               "decode_attention: caches (N, kvh, bs, d) with H a multiple of kvh");
   TORCH_CHECK(block_tables.size(0) == B, "decode_attention: block_tables must be (B, M)");
   check_index(lengths, "lengths", B, 1, M * bs + 1);
+  TORCH_CHECK(window >= 0 && softcap >= 0.0, "decode_attention: window and softcap must be >= 0 (0: off)");
   const int64_t* tables = block_tables.data_ptr<int64_t>();
   const int64_t* lens = lengths.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b)
@@ -165,9 +170,9 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
       TORCH_CHECK(tables[b * M + j] >= 0 && tables[b * M + j] < N, "block_tables[", b, ", ", j, "] = ",
                   tables[b * M + j], " is outside [0, ", N, ")");
   if (dtype == at::kFloat) {
-    f32::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale);
+    f32::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale, window, softcap);
   } else {
-    bf16::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale);
+    bf16::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale, window, softcap);
   }
 }
 

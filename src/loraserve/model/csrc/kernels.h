@@ -16,7 +16,8 @@
                      torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads, \
                      int64_t kv_heads);                                                            \
   void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,               \
-                        torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale); \
+                        torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale, \
+                        int64_t window, double softcap);                                           \
   }
 
 LORASERVE_KERNELS(bf16)

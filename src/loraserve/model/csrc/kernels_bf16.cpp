@@ -132,15 +132,23 @@ inline void softmax_inplace(float* x, int64_t n) {
   for (l = 0; l < n; ++l) x[l] *= norm;
 }
 
+// Gemma 2's logit cap (softcap > 0: x = softcap * tanh(x / softcap)), then softmax, over x[0:n].
+inline void cap_and_softmax(float* x, int64_t n, float softcap) {
+  if (softcap > 0.0f)
+    for (int64_t l = 0; l < n; ++l) x[l] = softcap * std::tanh(x[l] / softcap);
+  softmax_inplace(x, n);
+}
+
 #if defined(__AVX512BF16__)
 // One (sequence, KV head) of decode attention with head_dim = 16*C over a paged cache (see
 // f32's attend_unit for the addressing): each key and value row is loaded and widened once for
 // all `group` query heads that share it.
 template <int C>
 void attend_unit(const float* query, const bf16_t* k_cache, const bf16_t* v_cache, const int64_t* blocks,
-                 int64_t block_stride, int64_t bs, float* scores, float* acc, int64_t group, int64_t L) {
+                 int64_t block_stride, int64_t bs, float* scores, float* acc, int64_t group, int64_t first,
+                 int64_t L, float softcap) {
   constexpr int64_t d = 16 * C;
-  for (int64_t l = 0; l < L; ++l) {
+  for (int64_t l = first; l < L; ++l) {
     const bf16_t* key_row = k_cache + blocks[l / bs] * block_stride + (l % bs) * d;
     __m512 key[C];
     for (int c = 0; c < C; ++c) key[c] = load_bf16x16(key_row + 16 * c);
@@ -150,12 +158,12 @@ void attend_unit(const float* query, const bf16_t* k_cache, const bf16_t* v_cach
       scores[g * L + l] = _mm512_reduce_add_ps(dot);
     }
   }
-  for (int64_t g = 0; g < group; ++g) softmax_inplace(scores + g * L, L);
+  for (int64_t g = 0; g < group; ++g) cap_and_softmax(scores + g * L + first, L - first, softcap);
   for (int64_t g0 = 0; g0 < group; g0 += 2) {  // two heads' accumulators stay in registers
     const bool pair = g0 + 1 < group;
     __m512 a0[C], a1[C];
     for (int c = 0; c < C; ++c) a0[c] = a1[c] = _mm512_setzero_ps();
-    for (int64_t l = 0; l < L; ++l) {
+    for (int64_t l = first; l < L; ++l) {
       const bf16_t* value_row = v_cache + blocks[l / bs] * block_stride + (l % bs) * d;
       const __m512 p0 = _mm512_set1_ps(scores[g0 * L + l]);
       const __m512 p1 = _mm512_set1_ps(pair ? scores[(g0 + 1) * L + l] : 0.0f);
@@ -385,7 +393,8 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
                    torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
                    int64_t kv_heads) {
-  const int64_t T = qkv.size(0), d = k_cache.size(3), bs = k_cache.size(2), half = d / 2;
+  const int64_t T = qkv.size(0), d = k_cache.size(3), bs = k_cache.size(2);
+  const int64_t r = cos.size(1), half = r / 2;  // rotary dims: the first r of each head (partial rotary)
   const int64_t row_stride = qkv.stride(0);
   bf16_t* qp = bf_ptr(qkv);
   bf16_t* kc = bf_ptr(k_cache);
@@ -397,8 +406,8 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
 #pragma omp parallel for schedule(static) if (T > 4)
   for (int64_t t = 0; t < T; ++t) {
     bf16_t* row = qp + t * row_stride;
-    const float* c = cp + pos[t] * d;
-    const float* s = sp + pos[t] * d;
+    const float* c = cp + pos[t] * r;
+    const float* s = sp + pos[t] * r;
     for (int64_t head = 0; head < heads + kv_heads; ++head) {
       bf16_t* x = row + head * d;
 #pragma omp simd
@@ -421,7 +430,8 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
 // One query token per sequence over its paged cached keys (see the entry point in
 // cpu_kernels.cpp). Scores, softmax and the weighted sum in fp32.
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale) {
+                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale,
+                      int64_t window, double softcap) {
   const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
   const int64_t kvh = k_cache.size(1), bs = k_cache.size(2), group = H / kvh, M = block_tables.size(1);
   const int64_t q_stride = q.stride(0), q_head = q.stride(1), o_stride = out.stride(0), o_head = out.stride(1);
@@ -439,6 +449,8 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
 #pragma omp for schedule(static)
     for (int64_t unit = 0; unit < B * kvh; ++unit) {
       const int64_t b = unit / kvh, kh = unit % kvh, L = lens[b];
+      const int64_t first = window > 0 ? std::max<int64_t>(0, L - window) : 0;  // a sliding window's start
+      const float cap = float(softcap);
       const int64_t* blocks = tables + b * M;
       const bf16_t* keys = kc + kh * bs * d;  // this KV head's rows in block 0; + block * stride
       const bf16_t* values = vc + kh * bs * d;
@@ -450,19 +462,19 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
       std::fill(acc.begin(), acc.end(), 0.0f);
 #if defined(__AVX512BF16__)
       if (d == 64) {
-        attend_unit<4>(query.data(), keys, values, blocks, block_stride, bs, scores.data(), acc.data(), group, L);
+        attend_unit<4>(query.data(), keys, values, blocks, block_stride, bs, scores.data(), acc.data(), group, first, L, cap);
       } else if (d == 128) {
-        attend_unit<8>(query.data(), keys, values, blocks, block_stride, bs, scores.data(), acc.data(), group, L);
+        attend_unit<8>(query.data(), keys, values, blocks, block_stride, bs, scores.data(), acc.data(), group, first, L, cap);
       } else
 #endif
       {
-        for (int64_t l = 0; l < L; ++l) {
+        for (int64_t l = first; l < L; ++l) {
           const bf16_t* key_row = keys + blocks[l / bs] * block_stride + (l % bs) * d;
           for (int64_t g = 0; g < group; ++g) scores[g * L + l] = dot_f32_bf16(query.data() + g * d, key_row, d);
         }
         for (int64_t g = 0; g < group; ++g) {
-          softmax_inplace(scores.data() + g * L, L);
-          for (int64_t l = 0; l < L; ++l)
+          cap_and_softmax(scores.data() + g * L + first, L - first, cap);
+          for (int64_t l = first; l < L; ++l)
             axpy_bf16(acc.data() + g * d, scores[g * L + l], values + blocks[l / bs] * block_stride + (l % bs) * d, d);
         }
       }

@@ -2,6 +2,7 @@
 // 8 lanes in the AVX2+FMA build, 16 in the AVX-512 ones, 1 in the scalar one. Each replaces a
 // chain of small PyTorch ops; inputs are checked by the entry points in cpu_kernels.cpp.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -119,22 +120,29 @@ inline void weighted_sum(const float* p, const float* values, int64_t d, int64_t
 
 // One (sequence, KV head) of decode attention over a paged cache: `group` query heads (already
 // scaled) share it; position l's key is row l % bs of block blocks[l / bs], whose rows for this
-// head start at cache + (blocks[j] * kvh + kh) * bs * d.
+// head start at cache + (blocks[j] * kvh + kh) * bs * d. Keys [first, L) are attended (first > 0:
+// a sliding window); softcap > 0 caps each score at softcap * tanh(score / softcap) (Gemma 2).
 void attend_unit(const float* query, const float* k_cache, const float* v_cache, const int64_t* blocks,
-                 int64_t head_offset, int64_t bs, float* scores, float* acc, int64_t group, int64_t L,
-                 int64_t d) {
-  for (int64_t start = 0; start < L; start += bs) {
-    const float* keys = k_cache + blocks[start / bs] * head_offset;
-    const int64_t n = std::min(bs, L - start);
+                 int64_t head_offset, int64_t bs, float* scores, float* acc, int64_t group, int64_t first,
+                 int64_t L, int64_t d, float softcap) {
+  for (int64_t start = first; start < L;) {
+    const int64_t offset = start % bs, n = std::min(bs - offset, L - start);
+    const float* keys = k_cache + blocks[start / bs] * head_offset + offset * d;
     for (int64_t l = 0; l < n; ++l)
       for (int64_t g = 0; g < group; ++g) scores[g * L + start + l] = simd::dot(query + g * d, keys + l * d, d);
+    start += n;
   }
-  for (int64_t g = 0; g < group; ++g) softmax_inplace(scores + g * L, L);
+  for (int64_t g = 0; g < group; ++g) {
+    float* row = scores + g * L + first;
+    if (softcap > 0.0f)
+      for (int64_t l = 0; l < L - first; ++l) row[l] = softcap * std::tanh(row[l] / softcap);
+    softmax_inplace(row, L - first);
+  }
   std::fill(acc, acc + group * d, 0.0f);
   constexpr int64_t wide = 8 * Vec::W;  // 8 accumulators stay in registers
-  for (int64_t start = 0; start < L; start += bs) {
-    const float* values = v_cache + blocks[start / bs] * head_offset;
-    const int64_t n = std::min(bs, L - start);
+  for (int64_t start = first; start < L; start += std::min(bs - start % bs, L - start)) {
+    const float* values = v_cache + blocks[start / bs] * head_offset + (start % bs) * d;
+    const int64_t n = std::min(bs - start % bs, L - start);
     for (int64_t g = 0; g < group; ++g) {
       const float* p = scores + g * L + start;
       float* out = acc + g * d;
@@ -263,7 +271,8 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
                    torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
                    int64_t kv_heads) {
-  const int64_t T = qkv.size(0), d = k_cache.size(3), bs = k_cache.size(2), half = d / 2;
+  const int64_t T = qkv.size(0), d = k_cache.size(3), bs = k_cache.size(2);
+  const int64_t r = cos.size(1), half = r / 2;  // rotary dims: the first r of each head (partial rotary)
   const int64_t row_stride = qkv.stride(0);
   float* qp = qkv.data_ptr<float>();
   float* kc = k_cache.data_ptr<float>();
@@ -275,8 +284,8 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
 #pragma omp parallel for schedule(static) if (T > 8)
   for (int64_t t = 0; t < T; ++t) {
     float* row = qp + t * row_stride;
-    const float* c = cp + pos[t] * d;
-    const float* s = sp + pos[t] * d;
+    const float* c = cp + pos[t] * r;
+    const float* s = sp + pos[t] * r;
     for (int64_t head = 0; head < heads + kv_heads; ++head) {
       float* x = row + head * d;
       int64_t i = 0;
@@ -302,7 +311,8 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
 
 // One query token per sequence over its paged cached keys; GQA by KV head, all in fp32.
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale) {
+                      torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale,
+                      int64_t window, double softcap) {
   const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
   const int64_t kvh = k_cache.size(1), bs = k_cache.size(2), group = H / kvh, M = block_tables.size(1);
   const int64_t q_stride = q.stride(0), q_head = q.stride(1), o_stride = out.stride(0), o_head = out.stride(1);
@@ -326,8 +336,9 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
         for (int64_t i = 0; i < d; ++i) query[g * d + i] = qh[i] * fscale;
       }
       const int64_t head = kh * bs * d;
+      const int64_t first = window > 0 ? std::max<int64_t>(0, L - window) : 0;
       attend_unit(query.data(), kc + head, vc + head, tables + b * M, block_stride, bs, scores.data(),
-                  acc.data(), group, L, d);
+                  acc.data(), group, first, L, d, float(softcap));
       for (int64_t g = 0; g < group; ++g)
         std::memcpy(op + b * o_stride + (kh * group + g) * o_head, acc.data() + g * d, d * sizeof(float));
     }
