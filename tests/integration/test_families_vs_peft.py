@@ -1,0 +1,105 @@
+"""Every model family the built-in engine serves, against transformers + PEFT on a tiny random
+model with the family's features switched on: greedy tokens equal and log-probabilities within
+1e-3 (fp32), in one mixed batch of base and adapter rows, on the native and the PyTorch ops and
+merged, with prompts longer than the sliding window and than a prefill chunk, and again from
+the prefix cache."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.model import runner as runner_module
+from loraserve.model.layer_ops import TorchOps
+from loraserve.testing.families import FAMILY_CONFIGS, ORIGINAL_CONTEXT, WINDOW, make_tiny_family
+from loraserve.testing.tiny import make_peft_adapter
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+NEW_TOKENS = 10
+CHUNK = 16  # max_num_batched_tokens: the long prompts are prefilled in several chunks
+# short; longer than the window and a chunk; longer than LongRoPE's original context; one that
+# crosses it while decoding
+PROMPT_LENGTHS = (5, 27, ORIGINAL_CONTEXT + 9, ORIGINAL_CONTEXT - 4)
+
+
+def cached_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
+    """transformers' own cached greedy decoding (what ``generate`` does), with log-probabilities."""
+    tokens, logprobs, past = [], [], None
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(input_ids=ids, cache=past, use_cache=True)
+            past = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+            logits = out.logits[0, -1].float()
+            token = int(logits.argmax())
+            tokens.append(token)
+            logprobs.append(float(logits[token] - torch.logsumexp(logits, -1)))
+            ids = torch.tensor([[token]])
+    return tokens, logprobs
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_CONFIGS))
+def family(request, tmp_path_factory):
+    """(base, adapters, prompts, references) for one family."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp(request.param)
+    base = make_tiny_family(root / "base", request.param)
+    adapters = {"all8": make_peft_adapter(base, root / "all8", rank=8, target_modules="all-linear", seed=1),
+                "all4": make_peft_adapter(base, root / "all4", rank=4, target_modules="all-linear", seed=2,
+                                          use_rslora=True)}
+    rng = random.Random(7)
+    vocab = AutoModelForCausalLM.from_pretrained(base).config.vocab_size
+    prompts = [[rng.randrange(2, vocab - 2) for _ in range(n)] for n in PROMPT_LENGTHS]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    refs = {None: [cached_greedy(model, p, NEW_TOKENS) for p in prompts]}
+    peft_model = PeftModel.from_pretrained(model, adapters["all8"], adapter_name="all8")
+    peft_model.load_adapter(adapters["all4"], adapter_name="all4")
+    for name in adapters:
+        peft_model.set_adapter(name)
+        refs[name] = [cached_greedy(peft_model, p, NEW_TOKENS) for p in prompts]
+    outputs = {name: tuple(tuple(tokens) for tokens, _ in rows) for name, rows in refs.items()}
+    assert len(set(outputs.values())) == len(refs), "each adapter must change the output"
+    return request.param, base, adapters, prompts, refs
+
+
+def _engine(base: Path, adapters: dict[str, Path], **options) -> LLMEngine:
+    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128, max_loras=4,
+                                    max_lora_rank=8, max_rolling_batch_size=16, max_num_batched_tokens=CHUNK,
+                                    block_size=8, **options))
+    for name, path in adapters.items():
+        engine.register_adapter(name, path)
+    return engine
+
+
+def _check(engine: LLMEngine, prompts: list[list[int]], refs: dict, names: list[str | None]) -> None:
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True, logprobs=True)
+    rows = [(p, name) for p in range(len(prompts)) for name in names]
+    results = engine.generate([prompts[p] for p, _ in rows], [n for _, n in rows], params)
+    for (p, name), result in zip(rows, results):
+        tokens, logprobs = refs[name][p]
+        assert result.token_ids == tokens, f"adapter {name}, prompt of {len(prompts[p])} tokens"
+        assert max(abs(a - b) for a, b in zip(result.logprobs, logprobs)) < 1e-3, (name, len(prompts[p]))
+
+
+@pytest.mark.parametrize("ops", ["native", "torch"])
+def test_mixed_batch_unmerged(family, ops, monkeypatch):
+    name, base, adapters, prompts, refs = family
+    if ops == "torch":
+        monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
+    engine = _engine(base, adapters)
+    _check(engine, prompts, refs, [None, "all8", "all4"])
+    before = engine.stats()["prefix_cache_hit_tokens"]
+    _check(engine, prompts[1:3], {n: r[1:3] for n, r in refs.items()}, ["all4", None])  # from the cache
+    assert engine.stats()["prefix_cache_hit_tokens"] > before + WINDOW, "the second pass must hit the cache"
+
+
+def test_merged(family):
+    name, base, adapters, prompts, refs = family
+    engine = _engine(base, adapters, lora_merge=True)
+    _check(engine, prompts, refs, ["all8", None, "all4"])
