@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.model.args import LORA_MODULES, ModelArgs
 from loraserve.model.default_model import smollm2_path
-from loraserve.model.llama import LORA_MODULES, LlamaArgs
 from loraserve.testing.tiny import write_random_adapter
 
 
@@ -64,7 +64,7 @@ def hf_generate(model, prompts: list[list[int]], new_tokens: int, **kwargs) -> f
     return (out.shape[1] - ids.shape[1]) * ids.shape[0] / elapsed
 
 
-def make_adapters(root: Path, args: LlamaArgs, count: int, rank: int, modules: list[str],
+def make_adapters(root: Path, args: ModelArgs, count: int, rank: int, modules: list[str],
                   prefix: str) -> list[Path]:
     shapes = {m: args.module_shape(m) for m in LORA_MODULES}
     return [write_random_adapter(root / f"{prefix}{i}", shapes, args.num_layers, rank, modules, seed=i)
@@ -153,7 +153,7 @@ def report_bandwidth(engine: LLMEngine, runs: dict) -> None:
               f"({runs[key]['step_ms'] / bound:4.1f}x)")
 
 
-def report_load_latency(engine: LLMEngine, tmp: Path, args: LlamaArgs, prompt: list[int]) -> None:
+def report_load_latency(engine: LLMEngine, tmp: Path, args: ModelArgs, prompt: list[int]) -> None:
     """Best of three each (single samples are at the mercy of this machine's noise): a base
     first token, and registering a fresh adapter then serving its first token."""
     one = SamplingParams(max_new_tokens=1, ignore_eos=True)
@@ -174,7 +174,7 @@ def report_load_latency(engine: LLMEngine, tmp: Path, args: LlamaArgs, prompt: l
           f"{1000 * (both - base):.1f} ms (target < 100 ms)")
 
 
-def report_scale(engine: LLMEngine, tmp: Path, args: LlamaArgs, prompts, count: int) -> None:
+def report_scale(engine: LLMEngine, tmp: Path, args: ModelArgs, prompts, count: int) -> None:
     if count <= 0:
         return
     for name in list(engine.adapters.registered):

@@ -24,10 +24,10 @@ import httpx
 
 from benchmarks.bench_engine import make_adapters
 from benchmarks.bench_vs_vllm import GOALS, HERE, vllm_env, vllm_model_dir
+from loraserve.model.args import LORA_MODULES, ModelArgs
 from loraserve.model.default_model import smollm2_path
+from loraserve.model.families import load_model_config
 from loraserve.model.hardware import describe_choice
-from loraserve.model.llama import LORA_MODULES, LlamaArgs
-from loraserve.model.loader import load_config
 from loraserve.testing.server import ServerProcess, free_port
 
 WORDS = ["river", "stone", "maple", "copper", "lantern", "orbit", "meadow", "violet", "harbor", "cedar",
@@ -57,7 +57,7 @@ async def burst(url: str, models: list[str], texts: list[str], new_tokens: int) 
     return {"tok_s": tokens / elapsed, "latency": sum(r[1] for r in results) / len(results)}
 
 
-def model_store(root: Path, path: Path, args: LlamaArgs, count: int, clients: int) -> tuple[Path, list[Path]]:
+def model_store(root: Path, path: Path, args: ModelArgs, count: int, clients: int) -> tuple[Path, list[Path]]:
     """A store with SmolLM2 and ``count`` adapters in its ``adapters/`` directory (inside the store:
     the server refuses adapter sources outside its allowed roots, symlinks included)."""
     model = root / "store" / "smollm2"
@@ -119,7 +119,7 @@ def main() -> None:
     path = smollm2_path()
     dtype = describe_choice("auto", "cpu")["dtype"]  # what auto picks here, for both servers
     tmp = Path(tempfile.mkdtemp(prefix="loraserve-http-"))
-    args = LlamaArgs.from_hf(load_config(path))
+    args = load_model_config(path)[1]
     store, adapters = model_store(tmp, path, args, opts.adapters, opts.clients)
     texts = prompts(opts.clients, opts.words)
     cases = {"base": ["smollm2"] * opts.clients,

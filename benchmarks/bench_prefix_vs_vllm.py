@@ -24,8 +24,8 @@ from pathlib import Path
 from benchmarks.bench_engine import make_adapters
 from benchmarks.bench_vs_vllm import HERE, VllmWorker, vllm_model_dir
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_path
-from loraserve.model.llama import LORA_MODULES
 
 GOAL = 1.5
 

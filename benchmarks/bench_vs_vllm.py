@@ -24,8 +24,8 @@ import torch
 
 from benchmarks.bench_engine import make_adapters, timed_run
 from loraserve.engine import EngineConfig, LLMEngine
+from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_path
-from loraserve.model.llama import LORA_MODULES
 
 HERE = Path(__file__).resolve().parent
 GOALS = {"base": 1.5, "all16": 2.5, "qv8": 1.5}

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from benchmarks.bench_engine import make_adapters
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_path
-from loraserve.model.llama import LORA_MODULES
 
 TOTALS: dict[str, float] = defaultdict(float)
 

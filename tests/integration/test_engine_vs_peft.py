@@ -79,7 +79,7 @@ def test_merged_mode_matches_peft(setup):
     base, paths = setup
     engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128,
                                     lora_merge=True, max_lora_rank=16))
-    original = [t.clone() for t in engine.runner.weights.layers[0].values() if t is not None]
+    original = [t.clone() for t in engine.runner.weights.layers[0].tensors()]
     for name, path in paths.items():
         engine.register_adapter(name, path)
     prompts = [engine.tokenizer.encode("the quick brown")]
@@ -90,5 +90,5 @@ def test_merged_mode_matches_peft(setup):
     for name, result in zip(names, results):
         assert result.token_ids == refs[name][0], name
     engine.runner.merged.unmerge()
-    restored = [t for t in engine.runner.weights.layers[0].values() if t is not None]
+    restored = [t for t in engine.runner.weights.layers[0].tensors()]
     assert all(torch.equal(a, b) for a, b in zip(original, restored)), "unmerge must be exact"

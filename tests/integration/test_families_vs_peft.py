@@ -50,9 +50,12 @@ def family(request, tmp_path_factory):
 
     root = tmp_path_factory.mktemp(request.param)
     base = make_tiny_family(root / "base", request.param)
-    adapters = {"all8": make_peft_adapter(base, root / "all8", rank=8, target_modules="all-linear", seed=1),
-                "all4": make_peft_adapter(base, root / "all4", rank=4, target_modules="all-linear", seed=2,
-                                          use_rslora=True)}
+    adapters = {
+        "all8": make_peft_adapter(base, root / "all8", rank=8, target_modules="all-linear", seed=1),
+        "all4": make_peft_adapter(
+            base, root / "all4", rank=4, target_modules="all-linear", seed=2, use_rslora=True
+        ),
+    }
     rng = random.Random(7)
     vocab = AutoModelForCausalLM.from_pretrained(base).config.vocab_size
     prompts = [[rng.randrange(2, vocab - 2) for _ in range(n)] for n in PROMPT_LENGTHS]
@@ -69,9 +72,19 @@ def family(request, tmp_path_factory):
 
 
 def _engine(base: Path, adapters: dict[str, Path], **options) -> LLMEngine:
-    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128, max_loras=4,
-                                    max_lora_rank=8, max_rolling_batch_size=16, max_num_batched_tokens=CHUNK,
-                                    block_size=8, **options))
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(base),
+            dtype="fp32",
+            max_model_len=128,
+            max_loras=4,
+            max_lora_rank=8,
+            max_rolling_batch_size=16,
+            max_num_batched_tokens=CHUNK,
+            block_size=8,
+            **options,
+        )
+    )
     for name, path in adapters.items():
         engine.register_adapter(name, path)
     return engine
@@ -89,7 +102,7 @@ def _check(engine: LLMEngine, prompts: list[list[int]], refs: dict, names: list[
 
 @pytest.mark.parametrize("ops", ["native", "torch"])
 def test_mixed_batch_unmerged(family, ops, monkeypatch):
-    name, base, adapters, prompts, refs = family
+    _, base, adapters, prompts, refs = family
     if ops == "torch":
         monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
     engine = _engine(base, adapters)
@@ -100,6 +113,6 @@ def test_mixed_batch_unmerged(family, ops, monkeypatch):
 
 
 def test_merged(family):
-    name, base, adapters, prompts, refs = family
+    _, base, adapters, prompts, refs = family
     engine = _engine(base, adapters, lora_merge=True)
     _check(engine, prompts, refs, ["all8", None, "all4"])

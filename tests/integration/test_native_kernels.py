@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from loraserve.model import lora
+from loraserve.model.args import SPLIT_LORA_GROUPS, ModelArgs
 from loraserve.model.hardware import ISA_LEVELS, cpu_info
-from loraserve.model.llama import LlamaArgs, RotaryEmbedding, rms_norm
+from loraserve.model.layer_ops import rms_norm
 from loraserve.model.native import cpu_kernels
 from loraserve.model.peft_adapter import LoraWeights
+from loraserve.model.rope import apply_rope
 
 pytestmark = pytest.mark.integration
 DTYPES = [torch.float32, torch.bfloat16]
@@ -68,24 +70,26 @@ def test_silu_mul_matches_pytorch(kernels, dtype):
     assert _close(out, expected)
 
 
-def _rope_args(dim: int = 16) -> LlamaArgs:
-    return LlamaArgs(vocab_size=10, hidden_size=64, intermediate_size=8, num_layers=1, num_heads=4,
-                     num_kv_heads=2, head_dim=dim, rms_eps=1e-5, rope_theta=10000.0, max_position=64,
-                     tie_word_embeddings=False, attention_bias=False)
+def _rope_tables(rotary: int, positions: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Default-RoPE cos/sin (P, rotary) fp32 tables."""
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
+    freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dim", [16, 64])
-def test_rope_write_kv_matches_pytorch(kernels, dtype, dim):
-    rope = RotaryEmbedding(_rope_args(dim), torch.device("cpu"))
+@pytest.mark.parametrize(("dim", "rotary"), [(16, 16), (64, 64), (16, 12), (64, 48)])  # partial rotary too
+def test_rope_write_kv_matches_pytorch(kernels, dtype, dim, rotary):
+    cos_table, sin_table = _rope_tables(rotary)
     qkv = _rand(5, 8 * dim, dtype=dtype)
     positions = torch.tensor([3, 0, 1, 2, 40])
     slot_mapping = torch.tensor([1 * 4 + 3, 5 * 4, 5 * 4 + 1, 2 * 4 + 2, 6 * 4])  # block * bs + offset
     k_cache, v_cache = torch.zeros(7, 2, 4, dim, dtype=dtype), torch.zeros(7, 2, 4, dim, dtype=dtype)
-    cos, sin = rope.tables(positions, dtype)
-    expected = RotaryEmbedding.apply(qkv[:, :6 * dim].view(5, 6, dim), cos, sin)
+    cos, sin = cos_table[positions].unsqueeze(1).to(dtype), sin_table[positions].unsqueeze(1).to(dtype)
+    expected = apply_rope(qkv[:, :6 * dim].view(5, 6, dim), cos, sin)
     values = qkv[:, 6 * dim:].view(5, 2, dim).clone()
-    kernels.rope_write_kv(qkv, rope.cos, rope.sin, positions, slot_mapping, k_cache, v_cache, 4, 2)
+    kernels.rope_write_kv(qkv, cos_table, sin_table, positions, slot_mapping, k_cache, v_cache, 4, 2)
     same = torch.equal if dtype == torch.bfloat16 else lambda a, b: torch.allclose(a, b, atol=1e-6)
     assert same(qkv[:, :4 * dim].view(5, 4, dim), expected[:, :4])
     blocks, offsets = slot_mapping // 4, slot_mapping % 4
@@ -96,7 +100,8 @@ def test_rope_write_kv_matches_pytorch(kernels, dtype, dim):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [16, 20, 64, 128])  # 20: a vector tail; 64/128: register paths
-def test_decode_attention_matches_reference(kernels, dtype, dim):
+@pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (5, 0.0), (11, 2.0)])  # window, Gemma 2 cap
+def test_decode_attention_matches_reference(kernels, dtype, dim, window, softcap):
     batch, heads, kv_heads, block_size = 3, 6, 2, 8
     q = _rand(batch, heads, dim, dtype=dtype, seed=4)
     k_cache = _rand(9, kv_heads, block_size, dim, dtype=dtype, seed=5)  # (N, kvh, bs, d)
@@ -104,7 +109,7 @@ def test_decode_attention_matches_reference(kernels, dtype, dim):
     tables = torch.tensor([[4, 8, 1], [7, 0, 0], [2, 0, 0]])  # scattered blocks, 0-padded
     lengths = torch.tensor([20, 1, 7])
     out = torch.empty_like(q)
-    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim ** -0.5)
+    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim ** -0.5, window, softcap)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
     def sequence(cache, b):  # (kvh, length, d) in token order, repeated for each query head
         rows = cache[tables[b]].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :lengths[b]]
@@ -112,12 +117,17 @@ def test_decode_attention_matches_reference(kernels, dtype, dim):
 
     for b in range(batch):
         keys, values = sequence(k_cache, b), sequence(v_cache, b)
-        scores = torch.softmax(q[b].float()[:, None, :] @ keys.transpose(1, 2) * dim ** -0.5, dim=-1)
+        scores = q[b].float()[:, None, :] @ keys.transpose(1, 2) * dim ** -0.5  # (H, 1, L)
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        if window:  # transformers: key j for the query at i when j > i - window
+            scores[..., :max(0, int(lengths[b]) - window)] = float("-inf")
+        scores = torch.softmax(scores, dim=-1)
         expected = (scores @ values)[:, 0]
         assert torch.allclose(out[b].float(), expected, **tolerance)
 
 
-def _random_lora(args: LlamaArgs, rank: int, modules: tuple[str, ...], seed: int) -> LoraWeights:
+def _random_lora(args: ModelArgs, rank: int, modules: tuple[str, ...], seed: int) -> LoraWeights:
     generator = torch.Generator().manual_seed(seed)
     weights = {}
     for layer in range(args.num_layers):
@@ -132,12 +142,12 @@ def _random_lora(args: LlamaArgs, rank: int, modules: tuple[str, ...], seed: int
 def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     """A slot reused by a smaller adapter on fewer modules gives exactly that adapter's delta:
     the kernel reads each slot's rank and modules, and a cleared slot keeps nothing behind."""
-    args = LlamaArgs(vocab_size=10, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
-                     num_kv_heads=2, head_dim=16, rms_eps=1e-5, rope_theta=10000.0, max_position=64,
-                     tie_word_embeddings=False, attention_bias=False)
+    args = ModelArgs(architecture="LlamaForCausalLM", vocab_size=10, hidden_size=64, intermediate_size=96,
+                     num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rms_eps=1e-5, max_position=64,
+                     tie_word_embeddings=False)
     stacks = lora.LoraStacks(args, slots=3, rank=8, dtype=dtype, device=torch.device("cpu"),
                              bgmv=kernels.bgmv)
-    everything = (*lora.FUSED_GROUPS["qkv"], "down_proj")
+    everything = (*SPLIT_LORA_GROUPS["qkv"], "down_proj")
     stacks.load(0, _random_lora(args, 8, everything, seed=1))
     big = _random_lora(args, 8, everything, seed=2)
     stacks.load(1, big)  # keeps the used rank at 8

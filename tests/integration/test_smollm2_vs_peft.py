@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
-from loraserve.model.llama import LORA_MODULES
+from loraserve.model.args import LORA_MODULES
 from loraserve.testing.tiny import write_random_adapter
 from tests.integration.test_engine_vs_peft import reference_greedy
 

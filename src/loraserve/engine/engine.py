@@ -140,7 +140,8 @@ class LLMEngine:
         with self.lock:
             key = self.adapters.hold(adapter) if adapter else None  # its version, until it ends
             try:
-                seq = Sequence(ids, params, key, on_event, rope_variant=self.runner.rope.rope_offset(len(ids)))
+                variant = self.runner.rope.rope_offset(len(ids))
+                seq = Sequence(ids, params, key, on_event, rope_variant=variant)
                 self.scheduler.add(seq)
             except BaseException:
                 if key is not None:

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 FUSED = ("qkv", "o", "gate_up", "down")
 # PEFT's module names for the unfused checkpoints (Llama, Mistral, Qwen, Gemma): group of each.
 SPLIT_LORA_GROUPS: dict[str, tuple[str, ...]] = {
-    "qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
-    "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,7 @@ class ModelArgs:
         if not self.layers:
             self.layers = tuple(LayerSpec() for _ in range(self.num_layers))
         if not self.attn_scale:
-            self.attn_scale = self.head_dim ** -0.5
+            self.attn_scale = self.head_dim**-0.5
 
     @property
     def lora_modules(self) -> tuple[str, ...]:
@@ -65,18 +68,28 @@ class ModelArgs:
 
     def fused_shape(self, group: str) -> tuple[int, int]:
         """(in_features, out_features) of a fused weight."""
-        h, q, kv, i = (self.hidden_size, self.num_heads * self.head_dim,
-                       self.num_kv_heads * self.head_dim, self.intermediate_size)
+        h, q, kv, i = (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.intermediate_size,
+        )
         return {"qkv": (h, q + 2 * kv), "o": (q, h), "gate_up": (h, 2 * i), "down": (i, h)}[group]
 
     def module_slice(self, module: str) -> tuple[str, slice]:
         """Which fused weight, and which of its output rows, a LoRA-targetable module is."""
         q, kv, i = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
-        parts = {"q_proj": ("qkv", slice(0, q)), "k_proj": ("qkv", slice(q, q + kv)),
-                 "v_proj": ("qkv", slice(q + kv, q + 2 * kv)), "gate_proj": ("gate_up", slice(0, i)),
-                 "up_proj": ("gate_up", slice(i, 2 * i)), "qkv_proj": ("qkv", slice(None)),
-                 "gate_up_proj": ("gate_up", slice(None)), "o_proj": ("o", slice(None)),
-                 "down_proj": ("down", slice(None))}
+        parts = {
+            "q_proj": ("qkv", slice(0, q)),
+            "k_proj": ("qkv", slice(q, q + kv)),
+            "v_proj": ("qkv", slice(q + kv, q + 2 * kv)),
+            "gate_proj": ("gate_up", slice(0, i)),
+            "up_proj": ("gate_up", slice(i, 2 * i)),
+            "qkv_proj": ("qkv", slice(None)),
+            "gate_up_proj": ("gate_up", slice(None)),
+            "o_proj": ("o", slice(None)),
+            "down_proj": ("down", slice(None)),
+        }
         return parts[module]
 
     def module_shape(self, module: str) -> tuple[int, int]:
@@ -84,3 +97,7 @@ class ModelArgs:
         group, rows = self.module_slice(module)
         fan_in, fan_out = self.fused_shape(group)
         return fan_in, len(range(fan_out)[rows])
+
+
+# The PEFT target modules of the unfused families (Llama, Mistral, Qwen, Gemma), in layer order.
+LORA_MODULES = tuple(m for group in FUSED for m in SPLIT_LORA_GROUPS[group])

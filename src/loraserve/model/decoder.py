@@ -23,10 +23,26 @@ from loraserve.model.weights import LayerWeights, ModelWeights
 
 
 class Decoder:
-    def __init__(self, args: ModelArgs, weights: ModelWeights, rope: RopeTables, ops: TorchOps,
-                 lora: LoraStacks, linears: Linears) -> None:
-        self.args, self.weights, self.rope, self.ops, self.lora, self.linears = args, weights, rope, ops, lora, linears
-        self.attention = [AttentionSpec(args.attn_scale, spec.window, args.attn_softcap) for spec in args.layers]
+    def __init__(
+        self,
+        args: ModelArgs,
+        weights: ModelWeights,
+        rope: RopeTables,
+        ops: TorchOps,
+        lora: LoraStacks,
+        linears: Linears,
+    ) -> None:
+        self.args, self.weights, self.rope, self.ops, self.lora, self.linears = (
+            args,
+            weights,
+            rope,
+            ops,
+            lora,
+            linears,
+        )
+        self.attention = [
+            AttentionSpec(args.attn_scale, spec.window, args.attn_softcap) for spec in args.layers
+        ]
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -45,8 +61,9 @@ class Decoder:
             qkv = self._project(x, i, "qkv", layer, batch)
             if layer.q_norm is not None:
                 self._qk_norm(qkv, layer)
-            q = ops.rope_and_cache(qkv, tables, args.layers[i].rope, batch, k_cache[i], v_cache[i],
-                                   args.num_heads)
+            q = ops.rope_and_cache(
+                qkv, tables, args.layers[i].rope, batch, k_cache[i], v_cache[i], args.num_heads
+            )
             attn = self._attend(q, batch, tables, self.attention[i], k_cache[i], v_cache[i]).view(tokens, -1)
             out = self._project(attn, i, "o", layer, batch)
             if layer.attn_out_norm is not None:
@@ -63,8 +80,9 @@ class Decoder:
             logits = torch.tanh(logits / args.final_softcap) * args.final_softcap
         return logits.float()
 
-    def _project(self, x: torch.Tensor, index: int, name: str, layer: LayerWeights,
-                 batch: StepBatch) -> torch.Tensor:
+    def _project(
+        self, x: torch.Tensor, index: int, name: str, layer: LayerWeights, batch: StepBatch
+    ) -> torch.Tensor:
         """A fused linear (x (T, in) → (T, out)) plus every adapter's LoRA delta on its tokens."""
         out = self.linears(x, index, name, layer.bias(name))
         if batch.lora_plan is not None:
@@ -76,12 +94,19 @@ class Decoder:
         args, tokens = self.args, qkv.shape[0]
         d, q_dim, kv_dim = args.head_dim, args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
         q = qkv[:, :q_dim].view(tokens, args.num_heads, d)
-        k = qkv[:, q_dim:q_dim + kv_dim].view(tokens, args.num_kv_heads, d)
+        k = qkv[:, q_dim : q_dim + kv_dim].view(tokens, args.num_kv_heads, d)
         qkv[:, :q_dim] = rms_norm(q, layer.q_norm, args.rms_eps).view(tokens, q_dim)  # type: ignore[arg-type]
-        qkv[:, q_dim:q_dim + kv_dim] = rms_norm(k, layer.k_norm, args.rms_eps).view(tokens, kv_dim)  # type: ignore[arg-type]
+        qkv[:, q_dim : q_dim + kv_dim] = rms_norm(k, layer.k_norm, args.rms_eps).view(tokens, kv_dim)  # type: ignore[arg-type]
 
-    def _attend(self, q: torch.Tensor, batch: StepBatch, tables: StepTables, spec: AttentionSpec,
-                k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    def _attend(
+        self,
+        q: torch.Tensor,
+        batch: StepBatch,
+        tables: StepTables,
+        spec: AttentionSpec,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> torch.Tensor:
         """q (T, H, d) → (T, H, d): batched over decoding sequences, then each prefill span over
         its cached past and itself; the layer's caches are (N, kvh, bs, d)."""
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -90,29 +115,34 @@ class Decoder:
             self.ops.decode_attention(q[:count], k_cache, v_cache, batch, tables, spec, out[:count])
         for span in batch.prefills:
             start, length, past = span.start, span.length, span.past
-            query = q[start:start + length].transpose(0, 1).unsqueeze(0)  # (1, H, n, d)
+            query = q[start : start + length].transpose(0, 1).unsqueeze(0)  # (1, H, n, d)
             keys = gather_blocks(k_cache, span.blocks, past + length).unsqueeze(0)  # (1, kvh, past+n, d)
             values = gather_blocks(v_cache, span.blocks, past + length).unsqueeze(0)
-            out[start:start + length] = prefill_attention(query, keys, values, past, spec)[0].transpose(0, 1)
+            out[start : start + length] = prefill_attention(query, keys, values, past, spec)[0].transpose(
+                0, 1
+            )
         return out
 
 
-def prefill_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int,
-                      spec: AttentionSpec) -> torch.Tensor:
+def prefill_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, spec: AttentionSpec
+) -> torch.Tensor:
     """query (1, H, n, d) at positions [past, past + n) over keys/values (1, kvh, past + n, d):
     causal, within the window where the layer has one, logits soft-capped where it caps them."""
     n, total = query.shape[2], keys.shape[2]
     if spec.window is None and spec.softcap is None and past == 0:
-        return F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=spec.scale,
-                                              enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            query, keys, values, is_causal=True, scale=spec.scale, enable_gqa=True
+        )
     rows = torch.arange(past, total, device=query.device)[:, None]  # (n, 1) query positions
     cols = torch.arange(total, device=query.device)[None, :]
     visible = cols <= rows
     if spec.window is not None:
         visible &= cols > rows - spec.window
     if spec.softcap is None:
-        return F.scaled_dot_product_attention(query, keys, values, attn_mask=visible, scale=spec.scale,
-                                              enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=visible, scale=spec.scale, enable_gqa=True
+        )
     group = query.shape[1] // keys.shape[1]
     keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
     scores = torch.matmul(query, keys.transpose(-1, -2)).float() * spec.scale  # (1, H, n, total)

@@ -61,8 +61,13 @@ class TorchOps:
             keys = torch.arange(width, device=batch.decode_lengths.device)
         return StepTables({k: c for k, (c, _) in rows.items()}, {k: s for k, (_, s) in rows.items()}, keys)
 
-    def add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
-                 out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_norm(
+        self,
+        h: torch.Tensor,
+        delta: torch.Tensor | None,
+        weight: torch.Tensor,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h + delta, RMSNorm of it): the residual stream (T, D) and the next sub-layer's input
         (written into ``out`` where the backend can)."""
         if delta is not None:
@@ -76,22 +81,39 @@ class TorchOps:
         act = F.silu(gate) if activation == "silu" else F.gelu(gate, approximate="tanh")
         return act * gate_up[:, inter:]
 
-    def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, kind: str, batch: StepBatch,
-                       k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int) -> torch.Tensor:
+    def rope_and_cache(
+        self,
+        qkv: torch.Tensor,
+        tables: StepTables,
+        kind: str,
+        batch: StepBatch,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        heads: int,
+    ) -> torch.Tensor:
         """Rotate q and k of qkv (T, (H + 2 kvh) d), write k, v into the layer's paged cache
         (N, kvh, bs, d) at each token's slot; returns q (T, H, d)."""
         tokens, kv_heads, block_size, dim = qkv.shape[0], k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
         q_dim, kv_dim = heads * dim, kv_heads * dim
         # q and k rotated together: (T, H + kvh, d), one pass instead of two
-        qk = apply_rope(qkv[:, :q_dim + kv_dim].view(tokens, heads + kv_heads, dim),
-                        tables.cos[kind], tables.sin[kind])
+        qk = apply_rope(
+            qkv[:, : q_dim + kv_dim].view(tokens, heads + kv_heads, dim), tables.cos[kind], tables.sin[kind]
+        )
         blocks, offsets = batch.slot_mapping // block_size, batch.slot_mapping % block_size
         k_cache[blocks, :, offsets] = qk[:, heads:]
-        v_cache[blocks, :, offsets] = qkv[:, q_dim + kv_dim:].view(tokens, kv_heads, dim)
+        v_cache[blocks, :, offsets] = qkv[:, q_dim + kv_dim :].view(tokens, kv_heads, dim)
         return qk[:, :heads]
 
-    def decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         batch: StepBatch, tables: StepTables, spec: AttentionSpec, out: torch.Tensor) -> None:
+    def decode_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        batch: StepBatch,
+        tables: StepTables,
+        spec: AttentionSpec,
+        out: torch.Tensor,
+    ) -> None:
         """out (B, H, d) = one query per sequence over its cached keys, as two batched matmuls
         (at q length 1 this beats the fused SDPA kernel on CPU by far); GQA by grouping query
         heads per KV head."""
@@ -125,8 +147,13 @@ class NativeOps(TorchOps):
     def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
         return StepTables(rope.cos, rope.sin)  # the kernel indexes the fp32 tables by position
 
-    def add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
-                 out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_norm(
+        self,
+        h: torch.Tensor,
+        delta: torch.Tensor | None,
+        weight: torch.Tensor,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(h) if out is None else out
         self.module.add_rms_norm(h, delta, weight, self.eps, out)  # h += delta in place
         return h, out
@@ -138,17 +165,51 @@ class NativeOps(TorchOps):
         self.module.silu_mul(gate_up, out)
         return out
 
-    def rope_and_cache(self, qkv: torch.Tensor, tables: StepTables, kind: str, batch: StepBatch,
-                       k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int) -> torch.Tensor:
+    def rope_and_cache(
+        self,
+        qkv: torch.Tensor,
+        tables: StepTables,
+        kind: str,
+        batch: StepBatch,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        heads: int,
+    ) -> torch.Tensor:
         kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-        self.module.rope_write_kv(qkv, tables.cos[kind], tables.sin[kind], batch.rope_rows,
-                                  batch.slot_mapping, k_cache, v_cache, heads, kv_heads)
-        return qkv[:, :heads * dim].view(qkv.shape[0], heads, dim)
+        self.module.rope_write_kv(
+            qkv,
+            tables.cos[kind],
+            tables.sin[kind],
+            batch.rope_rows,
+            batch.slot_mapping,
+            k_cache,
+            v_cache,
+            heads,
+            kv_heads,
+        )
+        return qkv[:, : heads * dim].view(qkv.shape[0], heads, dim)
 
-    def decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         batch: StepBatch, tables: StepTables, spec: AttentionSpec, out: torch.Tensor) -> None:
-        self.module.decode_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths, out,
-                                     spec.scale, spec.window or 0, spec.softcap or 0.0)
+    def decode_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        batch: StepBatch,
+        tables: StepTables,
+        spec: AttentionSpec,
+        out: torch.Tensor,
+    ) -> None:
+        self.module.decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            batch.decode_tables,
+            batch.decode_lengths,
+            out,
+            spec.scale,
+            spec.window or 0,
+            spec.softcap or 0.0,
+        )
 
 
 def select_ops(dtype: torch.dtype, device: torch.device, eps: float, level: str | None = None) -> TorchOps:

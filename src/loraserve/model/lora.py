@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from loraserve.model.layer_ops import Bgmv
 from loraserve.model.args import FUSED, ModelArgs
+from loraserve.model.layer_ops import Bgmv
 from loraserve.model.peft_adapter import LoraWeights
 from loraserve.model.weights import ModelWeights
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from loraserve.model.args import FUSED
 from loraserve.model.weights import ModelWeights
 
+
 def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
     if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
             or not torch.backends.mkldnn.is_available():

@@ -20,8 +20,9 @@ from loraserve.model.families.base import Family
 
 
 class RopeTables:
-    def __init__(self, family: Family, config: Any, kinds: set[str], max_len: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, family: Family, config: Any, kinds: set[str], max_len: int, device: torch.device
+    ) -> None:
         module, name = family.rotary.split(":")
         rotary = getattr(importlib.import_module(module), name)(config=config)
         probe = torch.zeros(1, dtype=torch.float32)
@@ -57,10 +58,14 @@ class RopeTables:
         """Added to a sequence's positions to index its rows of the tables."""
         return self.positions if self.long_prompt(prompt_len) else 0
 
-    def rows(self, kind: str, rope_positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(
+        self, kind: str, rope_positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (T, 1, r) of a step's tokens, for the PyTorch path."""
-        return (self.cos[kind][rope_positions].unsqueeze(1).to(dtype),
-                self.sin[kind][rope_positions].unsqueeze(1).to(dtype))
+        return (
+            self.cos[kind][rope_positions].unsqueeze(1).to(dtype),
+            self.sin[kind][rope_positions].unsqueeze(1).to(dtype),
+        )
 
 
 def _longrope_original(config: Any, kind: str | None) -> int | None:
@@ -69,8 +74,7 @@ def _longrope_original(config: Any, kind: str | None) -> int | None:
         params = params.get(kind, {})
     if params.get("rope_type") != "longrope":
         return None
-    return int(params.get("original_max_position_embeddings")
-               or config.original_max_position_embeddings)
+    return int(params.get("original_max_position_embeddings") or config.original_max_position_embeddings)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

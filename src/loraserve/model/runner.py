@@ -25,12 +25,22 @@ log = logging.getLogger("loraserve.model")
 class ModelRunner:
     """The model plus its paged KV cache: ``num_blocks`` blocks of ``block_size`` tokens."""
 
-    def __init__(self, model_path: Path, dtype: torch.dtype, device: torch.device, batch_hint: int,
-                 max_len: int, lora_slots: int, max_lora_rank: int) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        dtype: torch.dtype,
+        device: torch.device,
+        batch_hint: int,
+        max_len: int,
+        lora_slots: int,
+        max_lora_rank: int,
+    ) -> None:
         self.family, self.args, hf_config = load_model_config(model_path)
         self.dtype, self.device = dtype, device
         self.max_len = min(max_len or self.args.max_position, self.args.max_position)
-        self.weights = ModelWeights(self.args, self.family.weights, load_state_dict(model_path), dtype, device)
+        self.weights = ModelWeights(
+            self.args, self.family.weights, load_state_dict(model_path), dtype, device
+        )
         kinds = {spec.rope for spec in self.args.layers}
         self.rope = RopeTables(self.family, hf_config, kinds, self.max_len, device)
         self.k_cache = self.v_cache = torch.empty(0)  # allocate_kv_cache sizes them
@@ -45,10 +55,16 @@ class ModelRunner:
     def info(self) -> dict[str, str]:
         """The start-up choices: what the CPU offers and which dtype and kernels run here."""
         cpu = cpu_info()
-        return {"family": self.family.name, "device": str(self.device), "isa": cpu.isa,
-                "torch_cpu_capability": cpu.torch_capability, "native_bf16": str(cpu.native_bf16).lower(),
-                "dtype": str(self.dtype).removeprefix("torch."), "kernels": self.ops.name,
-                "linear": "onednn-packed" if self.linears.enabled else "torch"}
+        return {
+            "family": self.family.name,
+            "device": str(self.device),
+            "isa": cpu.isa,
+            "torch_cpu_capability": cpu.torch_capability,
+            "native_bf16": str(cpu.native_bf16).lower(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "kernels": self.ops.name,
+            "linear": "onednn-packed" if self.linears.enabled else "torch",
+        }
 
     def kv_bytes_per_token(self) -> int:
         """Keys and values of one token over all layers."""

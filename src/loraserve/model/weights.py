@@ -41,8 +41,14 @@ class LayerWeights:
 
 
 class ModelWeights:
-    def __init__(self, args: ModelArgs, names: WeightNames, state: dict[str, torch.Tensor],
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        args: ModelArgs,
+        names: WeightNames,
+        state: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         def get(name: str, offset: float = 0.0) -> torch.Tensor:
             if name not in state:
                 raise ConfigError(f"the checkpoint has no tensor {name} (needed by {args.architecture})")
@@ -66,12 +72,17 @@ class ModelWeights:
         for i in range(args.num_layers):
             p = f"model.layers.{i}."
             layer = LayerWeights(
-                qkv=cat(p, names.qkv, "weight"), o=get(f"{p}{names.o}.weight"),
-                gate_up=cat(p, names.gate_up, "weight"), down=get(f"{p}{names.down}.weight"),
-                attn_norm=norm(p, names.attn_norm), mlp_norm=norm(p, names.mlp_norm),  # type: ignore[arg-type]
-                attn_out_norm=norm(p, names.attn_out_norm), mlp_out_norm=norm(p, names.mlp_out_norm),
+                qkv=cat(p, names.qkv, "weight"),
+                o=get(f"{p}{names.o}.weight"),
+                gate_up=cat(p, names.gate_up, "weight"),
+                down=get(f"{p}{names.down}.weight"),
+                attn_norm=norm(p, names.attn_norm),
+                mlp_norm=norm(p, names.mlp_norm),  # type: ignore[arg-type]
+                attn_out_norm=norm(p, names.attn_out_norm),
+                mlp_out_norm=norm(p, names.mlp_out_norm),
                 q_norm=norm(p, names.q_norm if args.qk_norm else None),
-                k_norm=norm(p, names.k_norm if args.qk_norm else None))
+                k_norm=norm(p, names.k_norm if args.qk_norm else None),
+            )
             if args.qkv_bias:
                 layer.qkv_bias = cat(p, names.qkv, "bias")
             if args.o_bias:
@@ -82,8 +93,10 @@ class ModelWeights:
             self.layers.append(layer)
         unused = [name for name in state if not name.endswith("rotary_emb.inv_freq")]
         if unused:  # a tensor the config does not account for would be silently dropped
-            raise ConfigError(f"the checkpoint holds tensors the {args.architecture} config does not use "
-                              f"(e.g. {', '.join(sorted(unused)[:3])}); refusing rather than ignoring them")
+            raise ConfigError(
+                f"the checkpoint holds tensors the {args.architecture} config does not use "
+                f"(e.g. {', '.join(sorted(unused)[:3])}); refusing rather than ignoring them"
+            )
 
     def nbytes(self) -> int:
         tensors = [self.embed, self.norm] + ([] if self.lm_head is self.embed else [self.lm_head])

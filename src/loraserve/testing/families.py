@@ -16,39 +16,110 @@ ORIGINAL_CONTEXT = 32  # the scaled RoPE types' original_max_position_embeddings
 
 # family → (model_type, architecture, config fields that switch its features on)
 FAMILY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "llama3": ("llama", "LlamaForCausalLM", {
-        "attention_bias": True, "mlp_bias": True, "head_dim": 24,
-        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                            "high_freq_factor": 4.0, "original_max_position_embeddings": ORIGINAL_CONTEXT}}),
+    "llama3": (
+        "llama",
+        "LlamaForCausalLM",
+        {
+            "attention_bias": True,
+            "mlp_bias": True,
+            "head_dim": 24,
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": ORIGINAL_CONTEXT,
+            },
+        },
+    ),
     "mistral": ("mistral", "MistralForCausalLM", {"sliding_window": WINDOW}),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM", {
-        "use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1,
-        "rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}),
-    "qwen3": ("qwen3", "Qwen3ForCausalLM", {
-        "attention_bias": True, "head_dim": 32, "use_sliding_window": True, "sliding_window": WINDOW,
-        "max_window_layers": 1,
-        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                            "original_max_position_embeddings": ORIGINAL_CONTEXT}}),
-    "gemma2": ("gemma2", "Gemma2ForCausalLM", {
-        "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24, "attn_logit_softcapping": 4.0,
-        "final_logit_softcapping": 15.0, "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True}),
-    "gemma3": ("gemma3_text", "Gemma3ForCausalLM", {
-        "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24, "final_logit_softcapping": 15.0,
-        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
-        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                            "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}},
-        "tie_word_embeddings": True}),
-    "phi3": ("phi3", "Phi3ForCausalLM", {
-        "sliding_window": WINDOW, "original_max_position_embeddings": ORIGINAL_CONTEXT,
-        "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
-                            "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
-                            "long_factor": [1.5, 2.5, 4.0, 6.0, 9.0, 14.0]}}),
+    "qwen2": (
+        "qwen2",
+        "Qwen2ForCausalLM",
+        {
+            "use_sliding_window": True,
+            "sliding_window": WINDOW,
+            "max_window_layers": 1,
+            "rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+        },
+    ),
+    "qwen3": (
+        "qwen3",
+        "Qwen3ForCausalLM",
+        {
+            "attention_bias": True,
+            "head_dim": 32,
+            "use_sliding_window": True,
+            "sliding_window": WINDOW,
+            "max_window_layers": 1,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": ORIGINAL_CONTEXT,
+            },
+        },
+    ),
+    "gemma2": (
+        "gemma2",
+        "Gemma2ForCausalLM",
+        {
+            "head_dim": 16,
+            "sliding_window": WINDOW,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 4.0,
+            "final_logit_softcapping": 15.0,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "tie_word_embeddings": True,
+        },
+    ),
+    "gemma3": (
+        "gemma3_text",
+        "Gemma3ForCausalLM",
+        {
+            "head_dim": 16,
+            "sliding_window": WINDOW,
+            "query_pre_attn_scalar": 24,
+            "final_logit_softcapping": 15.0,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
+            },
+            "tie_word_embeddings": True,
+        },
+    ),
+    "phi3": (
+        "phi3",
+        "Phi3ForCausalLM",
+        {
+            "sliding_window": WINDOW,
+            "original_max_position_embeddings": ORIGINAL_CONTEXT,
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.75,
+                "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                "long_factor": [1.5, 2.5, 4.0, 6.0, 9.0, 14.0],
+            },
+        },
+    ),
 }
 
 
-def make_tiny_family(target: Path, family: str, seed: int = 0, layers: int = 3, hidden: int = 64,
-                     heads: int = 4, kv_heads: int = 2, intermediate: int = 96, max_positions: int = 128,
-                     **overrides: Any) -> Path:
+def make_tiny_family(
+    target: Path,
+    family: str,
+    seed: int = 0,
+    layers: int = 3,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 96,
+    max_positions: int = 128,
+    **overrides: Any,
+) -> Path:
     """Save a random ``family`` model (a key of ``FAMILY_CONFIGS``) with a tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -58,9 +129,19 @@ def make_tiny_family(target: Path, family: str, seed: int = 0, layers: int = 3, 
     make_tokenizer(target)
     vocab = len(json.loads((target / "tokenizer.json").read_text())["model"]["vocab"]) + 2
     fields: dict[str, Any] = dict(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False, architectures=[architecture])
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        tie_word_embeddings=False,
+        architectures=[architecture],
+    )
     fields.update(features)
     fields.update(overrides)
     config = AutoConfig.for_model(model_type, **fields)

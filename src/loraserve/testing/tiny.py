@@ -82,7 +82,7 @@ def write_random_adapter(target: Path, shapes: dict[str, tuple[int, int]], layer
                          std: float = 0.02) -> Path:
     """A PEFT-format LoRA adapter with random weights, written directly (fast, no model needed).
 
-    ``shapes`` maps module name → (in_features, out_features), e.g. from ``LlamaArgs.module_shape``.
+    ``shapes`` maps module name → (in_features, out_features), e.g. from ``ModelArgs.module_shape``.
     """
     import torch
     from safetensors.torch import save_file

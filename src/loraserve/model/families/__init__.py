@@ -33,8 +33,10 @@ def family_of(raw: dict[str, Any]) -> Family:
     for arch in archs:
         if arch in BY_ARCHITECTURE:
             return BY_ARCHITECTURE[arch]
-    raise ConfigError(f"architecture {archs[0]} is not supported by the built-in engine; "
-                      f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    raise ConfigError(
+        f"architecture {archs[0]} is not supported by the built-in engine; "
+        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
 
 
 def load_model_config(model_path: Path) -> tuple[Family, ModelArgs, Any]:
@@ -50,6 +52,8 @@ def load_model_config(model_path: Path) -> tuple[Family, ModelArgs, Any]:
         raise ConfigError(f"config.json of {model_path} is not valid for {family.name}: {exc}") from None
     for kind in rope_types(config):
         if kind not in ROPE_TYPES:
-            raise ConfigError(f"rope_scaling type {kind!r} is not supported by the built-in engine "
-                              f"(supported: {', '.join(ROPE_TYPES)})")
+            raise ConfigError(
+                f"rope_scaling type {kind!r} is not supported by the built-in engine "
+                f"(supported: {', '.join(ROPE_TYPES)})"
+            )
     return family, family.to_args(config, raw), config

@@ -12,20 +12,60 @@ from loraserve.errors import ConfigError
 from loraserve.model.args import ModelArgs
 
 # Fields of every transformers config that do not change what a causal LM computes at inference.
-INERT = frozenset({
-    "_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
-    "id2label", "label2id", "problem_type", "return_dict", "output_attentions", "output_hidden_states",
-    "chunk_size_feed_forward", "is_encoder_decoder", "use_cache", "initializer_range", "bos_token_id",
-    "eos_token_id", "pad_token_id", "attention_dropout", "auto_map", "tokenizer_class",
-    "cache_implementation", "max_length", "use_return_dict", "torchscript", "tie_encoder_decoder",
-    "is_decoder", "add_cross_attention", "finetuning_task", "prefix", "task_specific_params",
-})
+INERT = frozenset(
+    {
+        "_name_or_path",
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "return_dict",
+        "output_attentions",
+        "output_hidden_states",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "use_cache",
+        "initializer_range",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "attention_dropout",
+        "auto_map",
+        "tokenizer_class",
+        "cache_implementation",
+        "max_length",
+        "use_return_dict",
+        "torchscript",
+        "tie_encoder_decoder",
+        "is_decoder",
+        "add_cross_attention",
+        "finetuning_task",
+        "prefix",
+        "task_specific_params",
+    }
+)
 # Read by every family (shapes, norms, RoPE through transformers' own rotary classes).
-COMMON = frozenset({
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-    "rope_theta", "rope_scaling", "rope_parameters",
-})
+COMMON = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+    }
+)
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 Check = Callable[[Any], str | None]  # a field's value → why it is refused, or None
@@ -33,8 +73,10 @@ Check = Callable[[Any], str | None]  # a field's value → why it is refused, or
 
 def only(*accepted: Any) -> Check:
     """A field implemented for these values only."""
+
     def check(value: Any) -> str | None:
         return None if value in accepted else f"only {', '.join(map(repr, accepted))} is implemented"
+
     return check
 
 
@@ -75,14 +117,18 @@ class Family:
             if key in INERT or key in COMMON or key.startswith("_"):
                 continue
             if key not in self.fields:
-                raise ConfigError(f"config.json field {key!r} is not implemented by the built-in engine's "
-                                  f"{self.name} family (model {raw.get('architectures')}); loraserve refuses "
-                                  "fields it would otherwise ignore")
+                raise ConfigError(
+                    f"config.json field {key!r} is not implemented by the built-in engine's "
+                    f"{self.name} family (model {raw.get('architectures')}); loraserve refuses "
+                    "fields it would otherwise ignore"
+                )
             check = self.fields[key]
             reason = check(value) if check is not None else None
             if reason:
-                raise ConfigError(f"config.json field {key!r} = {value!r} is not supported by the built-in "
-                                  f"engine's {self.name} family: {reason}")
+                raise ConfigError(
+                    f"config.json field {key!r} = {value!r} is not supported by the built-in "
+                    f"engine's {self.name} family: {reason}"
+                )
 
 
 def base_args(config: Any, **overrides: Any) -> ModelArgs:
@@ -90,11 +136,15 @@ def base_args(config: Any, **overrides: Any) -> ModelArgs:
     heads = config.num_attention_heads
     values: dict[str, Any] = dict(
         architecture=(config.architectures or [type(config).__name__])[0],
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_layers=config.num_hidden_layers,
-        num_heads=heads, num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_layers=config.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-        rms_eps=config.rms_norm_eps, max_position=config.max_position_embeddings,
+        rms_eps=config.rms_norm_eps,
+        max_position=config.max_position_embeddings,
         tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
     )
     values.update(overrides)

@@ -11,8 +11,12 @@ SWIGLU = {"hidden_act": only("silu")}
 
 
 def llama_args(config: Any, raw: Any) -> ModelArgs:
-    return base_args(config, qkv_bias=bool(config.attention_bias), o_bias=bool(config.attention_bias),
-                     mlp_bias=bool(getattr(config, "mlp_bias", False)))
+    return base_args(
+        config,
+        qkv_bias=bool(config.attention_bias),
+        o_bias=bool(config.attention_bias),
+        mlp_bias=bool(getattr(config, "mlp_bias", False)),
+    )
 
 
 def mistral_args(config: Any, raw: Any) -> ModelArgs:
@@ -21,8 +25,16 @@ def mistral_args(config: Any, raw: Any) -> ModelArgs:
 
 
 LLAMA = Family(
-    "Llama", ("LlamaForCausalLM",), "transformers.models.llama.modeling_llama:LlamaRotaryEmbedding",
-    llama_args, {**SWIGLU, "attention_bias": None, "mlp_bias": None, "pretraining_tp": None})
+    "Llama",
+    ("LlamaForCausalLM",),
+    "transformers.models.llama.modeling_llama:LlamaRotaryEmbedding",
+    llama_args,
+    {**SWIGLU, "attention_bias": None, "mlp_bias": None, "pretraining_tp": None},
+)
 MISTRAL = Family(
-    "Mistral", ("MistralForCausalLM",), "transformers.models.mistral.modeling_mistral:MistralRotaryEmbedding",
-    mistral_args, {**SWIGLU, "sliding_window": None})
+    "Mistral",
+    ("MistralForCausalLM",),
+    "transformers.models.mistral.modeling_mistral:MistralRotaryEmbedding",
+    mistral_args,
+    {**SWIGLU, "sliding_window": None},
+)

@@ -9,17 +9,35 @@ from typing import Any
 from loraserve.model.args import LayerSpec, ModelArgs
 from loraserve.model.families.base import Family, WeightNames, base_args, only
 
-PHI3_LORA_GROUPS = {"qkv": ("qkv_proj",), "o": ("o_proj",), "gate_up": ("gate_up_proj",), "down": ("down_proj",)}
+PHI3_LORA_GROUPS = {
+    "qkv": ("qkv_proj",),
+    "o": ("o_proj",),
+    "gate_up": ("gate_up_proj",),
+    "down": ("down_proj",),
+}
 
 
 def phi3_args(config: Any, raw: Any) -> ModelArgs:
     window = config.sliding_window
-    return base_args(config, layers=tuple(LayerSpec(window) for _ in range(config.num_hidden_layers)),
-                     lora_groups=dict(PHI3_LORA_GROUPS))
+    return base_args(
+        config,
+        layers=tuple(LayerSpec(window) for _ in range(config.num_hidden_layers)),
+        lora_groups=dict(PHI3_LORA_GROUPS),
+    )
 
 
-PHI3 = Family("Phi3", ("Phi3ForCausalLM",), "transformers.models.phi3.modeling_phi3:Phi3RotaryEmbedding",
-              phi3_args,
-              {"hidden_act": only("silu"), "sliding_window": None, "original_max_position_embeddings": None,
-               "partial_rotary_factor": None, "resid_pdrop": None, "embd_pdrop": None},
-              WeightNames(qkv=("self_attn.qkv_proj",), gate_up=("mlp.gate_up_proj",)))
+PHI3 = Family(
+    "Phi3",
+    ("Phi3ForCausalLM",),
+    "transformers.models.phi3.modeling_phi3:Phi3RotaryEmbedding",
+    phi3_args,
+    {
+        "hidden_act": only("silu"),
+        "sliding_window": None,
+        "original_max_position_embeddings": None,
+        "partial_rotary_factor": None,
+        "resid_pdrop": None,
+        "embd_pdrop": None,
+    },
+    WeightNames(qkv=("self_attn.qkv_proj",), gate_up=("mlp.gate_up_proj",)),
+)
