@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraserve.model.args import LayerSpec, ModelArgs
-from loraserve.model.families.base import Family, WeightNames, base_args, only
+from loraserve.model.families.base import Family, WeightNames, base_args, falsy, only
 
 PHI3_LORA_GROUPS = {
     "qkv": ("qkv_proj",),
@@ -38,6 +38,12 @@ PHI3 = Family(
         "partial_rotary_factor": None,
         "resid_pdrop": None,
         "embd_pdrop": None,
+        # Phi-4-mini's config.json carries these; transformers' Phi3 computes only their defaults
+        "attention_bias": falsy,
+        "mlp_bias": falsy,
+        "lm_head_bias": falsy,
+        "full_attn_mod": only(1),
+        "interpolate_factor": only(1),
     },
     WeightNames(qkv=("self_attn.qkv_proj",), gate_up=("mlp.gate_up_proj",)),
 )
