@@ -100,8 +100,6 @@ FAMILY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
                 "rope_type": "longrope",
                 "rope_theta": 10000.0,
                 "partial_rotary_factor": 0.75,
-                "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
-                "long_factor": [1.5, 2.5, 4.0, 6.0, 9.0, 14.0],
             },
         },
     ),
@@ -144,6 +142,16 @@ def make_tiny_family(
     )
     fields.update(features)
     fields.update(overrides)
+    rope = fields.get("rope_parameters") or {}
+    if rope.get("rope_type") == "longrope":  # one factor per rotated pair of dims
+        head_dim = fields.get("head_dim") or hidden // heads
+        pairs = int(head_dim * rope.get("partial_rotary_factor", 1.0)) // 2
+        rope = {
+            **rope,
+            "short_factor": [1.0 + 0.25 * i / pairs for i in range(pairs)],
+            "long_factor": [1.5 + 12.0 * i / pairs for i in range(pairs)],
+        }
+        fields["rope_parameters"] = rope
     config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -93,7 +93,7 @@ def write_random_adapter(target: Path, shapes: dict[str, tuple[int, int]], layer
     for layer in range(layers):
         for module in target_modules:
             fan_in, fan_out = shapes[module]
-            group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj") else "mlp"
             prefix = f"base_model.model.model.layers.{layer}.{group}.{module}"
             tensors[f"{prefix}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=generator) * std
                                                   ).to(torch.bfloat16)
