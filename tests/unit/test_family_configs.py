@@ -11,7 +11,7 @@ import pytest
 
 from loraserve.errors import ConfigError
 from loraserve.model.families import SUPPORTED_ARCHITECTURES, load_model_config
-from loraserve.testing.families import FAMILY_CONFIGS
+from loraserve.testing.families import FAMILY_CONFIGS, family_config_fields
 
 pytestmark = pytest.mark.unit
 
@@ -30,19 +30,7 @@ REFUSED = {
 def _write_config(root: Path, family: str, **extra) -> Path:
     from transformers import AutoConfig
 
-    model_type, architecture, features = FAMILY_CONFIGS[family]
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        architectures=[architecture],
-        **features,
-    )
+    config = AutoConfig.for_model(FAMILY_CONFIGS[family][0], **family_config_fields(family))
     config.save_pretrained(root)
     raw = json.loads((root / "config.json").read_text())
     raw.update(extra)

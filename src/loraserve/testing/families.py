@@ -33,6 +33,11 @@ FAMILY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
             },
         },
     ),
+    "llama2-dynamic": (
+        "llama",
+        "LlamaForCausalLM",
+        {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}},
+    ),
     "mistral": ("mistral", "MistralForCausalLM", {"sliding_window": WINDOW}),
     "qwen2": (
         "qwen2",
@@ -106,10 +111,9 @@ FAMILY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def make_tiny_family(
-    target: Path,
+def family_config_fields(
     family: str,
-    seed: int = 0,
+    vocab: int = 64,
     layers: int = 3,
     hidden: int = 64,
     heads: int = 4,
@@ -117,15 +121,9 @@ def make_tiny_family(
     intermediate: int = 96,
     max_positions: int = 128,
     **overrides: Any,
-) -> Path:
-    """Save a random ``family`` model (a key of ``FAMILY_CONFIGS``) with a tokenizer."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    model_type, architecture, features = FAMILY_CONFIGS[family]
-    target.mkdir(parents=True, exist_ok=True)
-    make_tokenizer(target)
-    vocab = len(json.loads((target / "tokenizer.json").read_text())["model"]["vocab"]) + 2
+) -> dict[str, Any]:
+    """The config fields of a tiny ``family`` model: sizes, then the family's features."""
+    _, architecture, features = FAMILY_CONFIGS[family]
     fields: dict[str, Any] = dict(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -142,16 +140,52 @@ def make_tiny_family(
     )
     fields.update(features)
     fields.update(overrides)
+    if "layer_types" in fields:  # the pattern repeated over the layers asked for
+        pattern = fields["layer_types"]
+        fields["layer_types"] = [pattern[i % len(pattern)] for i in range(layers)]
     rope = fields.get("rope_parameters") or {}
     if rope.get("rope_type") == "longrope":  # one factor per rotated pair of dims
         head_dim = fields.get("head_dim") or hidden // heads
         pairs = int(head_dim * rope.get("partial_rotary_factor", 1.0)) // 2
-        rope = {
+        fields["rope_parameters"] = {
             **rope,
             "short_factor": [1.0 + 0.25 * i / pairs for i in range(pairs)],
             "long_factor": [1.5 + 12.0 * i / pairs for i in range(pairs)],
         }
-        fields["rope_parameters"] = rope
+    return fields
+
+
+def make_tiny_family(
+    target: Path,
+    family: str,
+    seed: int = 0,
+    layers: int = 3,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 96,
+    max_positions: int = 128,
+    **overrides: Any,
+) -> Path:
+    """Save a random ``family`` model (a key of ``FAMILY_CONFIGS``) with a tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    target.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(target)
+    vocab = len(json.loads((target / "tokenizer.json").read_text())["model"]["vocab"]) + 2
+    model_type = FAMILY_CONFIGS[family][0]
+    fields = family_config_fields(
+        family,
+        vocab=vocab,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=intermediate,
+        max_positions=max_positions,
+        **overrides,
+    )
     config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
