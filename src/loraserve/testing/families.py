@@ -155,19 +155,9 @@ def family_config_fields(
     return fields
 
 
-def make_tiny_family(
-    target: Path,
-    family: str,
-    seed: int = 0,
-    layers: int = 3,
-    hidden: int = 64,
-    heads: int = 4,
-    kv_heads: int = 2,
-    intermediate: int = 96,
-    max_positions: int = 128,
-    **overrides: Any,
-) -> Path:
-    """Save a random ``family`` model (a key of ``FAMILY_CONFIGS``) with a tokenizer."""
+def make_tiny_family(target: Path, family: str, seed: int = 0, **sizes_and_overrides: Any) -> Path:
+    """Save a random ``family`` model (a key of ``FAMILY_CONFIGS``) with a tokenizer; sizes and
+    overrides as ``family_config_fields`` takes them."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -175,17 +165,7 @@ def make_tiny_family(
     make_tokenizer(target)
     vocab = len(json.loads((target / "tokenizer.json").read_text())["model"]["vocab"]) + 2
     model_type = FAMILY_CONFIGS[family][0]
-    fields = family_config_fields(
-        family,
-        vocab=vocab,
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate=intermediate,
-        max_positions=max_positions,
-        **overrides,
-    )
+    fields = family_config_fields(family, vocab=vocab, **sizes_and_overrides)
     config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
