@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine.step_batch import build_step_batch
 from loraserve.model import runner as runner_module
 from loraserve.model.layer_ops import TorchOps
 from loraserve.testing.families import FAMILY_CONFIGS, ORIGINAL_CONTEXT, WINDOW, make_tiny_family
@@ -42,6 +43,11 @@ def cached_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tupl
     return tokens, logprobs
 
 
+def last_logits(model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+
+
 @pytest.fixture(scope="module", params=list(FAMILY_CONFIGS))
 def family(request, tmp_path_factory):
     """(base, adapters, prompts, references) for one family."""
@@ -61,14 +67,16 @@ def family(request, tmp_path_factory):
     prompts = [[rng.randrange(2, vocab - 2) for _ in range(n)] for n in PROMPT_LENGTHS]
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     refs = {None: [cached_greedy(model, p, NEW_TOKENS) for p in prompts]}
+    logits = {None: last_logits(model, prompts[1])}
     peft_model = PeftModel.from_pretrained(model, adapters["all8"], adapter_name="all8")
     peft_model.load_adapter(adapters["all4"], adapter_name="all4")
     for name in adapters:
         peft_model.set_adapter(name)
         refs[name] = [cached_greedy(peft_model, p, NEW_TOKENS) for p in prompts]
+        logits[name] = last_logits(peft_model, prompts[1])
     outputs = {name: tuple(tuple(tokens) for tokens, _ in rows) for name, rows in refs.items()}
     assert len(set(outputs.values())) == len(refs), "each adapter must change the output"
-    return request.param, base, adapters, prompts, refs
+    return request.param, base, adapters, prompts, refs, logits
 
 
 def _engine(base: Path, adapters: dict[str, Path], **options) -> LLMEngine:
@@ -102,7 +110,7 @@ def _check(engine: LLMEngine, prompts: list[list[int]], refs: dict, names: list[
 
 @pytest.mark.parametrize("ops", ["native", "torch"])
 def test_mixed_batch_unmerged(family, ops, monkeypatch):
-    _, base, adapters, prompts, refs = family
+    _, base, adapters, prompts, refs, _ = family
     if ops == "torch":
         monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
     engine = _engine(base, adapters)
@@ -113,6 +121,25 @@ def test_mixed_batch_unmerged(family, ops, monkeypatch):
 
 
 def test_merged(family):
-    _, base, adapters, prompts, refs = family
+    _, base, adapters, prompts, refs, _ = family
     engine = _engine(base, adapters, lora_merge=True)
     _check(engine, prompts, refs, ["all8", None, "all4"])
+
+
+@pytest.mark.parametrize("ops", ["native", "torch"])
+def test_logits_of_a_mixed_prefill(family, ops, monkeypatch):
+    """The whole vocabulary's logits after a prompt longer than the window, base and adapter rows
+    in one step, within 1e-3 of transformers + PEFT."""
+    _, base, adapters, prompts, _, logits = family
+    if ops == "torch":
+        monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
+    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128, max_lora_rank=8))
+    for name, path in adapters.items():
+        engine.register_adapter(name, path)
+    names = [None, "all8", "all4"]
+    for name in names:
+        engine.add_request(prompts[1], name, SamplingParams(max_new_tokens=1))
+    batch = build_step_batch(engine.scheduler.schedule(), engine.runner, merged=False)
+    out = engine.runner.forward(batch)
+    for row, name in enumerate(names):
+        assert float((out[row] - logits[name]).abs().max()) < 1e-3, name

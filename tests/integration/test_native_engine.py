@@ -65,9 +65,9 @@ def test_native_steps_match_pytorch_steps(tiny_with_adapters, dtype):
     compared = []
 
     def both(batch):
-        runner.ops = torch_ops
+        runner.decoder.ops = torch_ops
         reference = native_forward(batch)
-        runner.ops = native_ops
+        runner.decoder.ops = native_ops
         logits = native_forward(batch)
         compared.append(batch.decode_count)
         # bf16: the PyTorch path rounds attention scores and probabilities to bf16, the kernel
