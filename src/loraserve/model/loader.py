@@ -62,7 +62,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                 dtype=torch.bfloat16)
+                                                 dtype=conversion_dtype(gguf_path))
     model.hf_quantizer = None  # transformers refuses to save a GGUF-loaded model otherwise
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
@@ -72,6 +72,15 @@ def convert_gguf(gguf_path: Path) -> Path:
     config_file.write_text(json.dumps(config, indent=2))
     os.replace(staging, target)
     return target
+
+
+def conversion_dtype(gguf_path: Path) -> torch.dtype:
+    """The cached copy's dtype: bf16 for quantized and bf16 files (it holds their values
+    exactly enough), fp32 when the matrices are F32 or F16, which bf16 would round."""
+    import gguf
+
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(str(gguf_path)).tensors if len(t.shape) > 1}
+    return torch.float32 if kinds and kinds <= {"F32", "F16"} else torch.bfloat16
 
 
 def load_state_dict(model_path: Path) -> dict[str, torch.Tensor]:
