@@ -143,3 +143,27 @@ def test_logits_of_a_mixed_prefill(family, ops, monkeypatch):
     out = engine.runner.forward(batch)
     for row, name in enumerate(names):
         assert float((out[row] - logits[name]).abs().max()) < 1e-3, name
+
+
+def test_bf16_native_is_as_close_to_fp32_as_torch(family, monkeypatch):
+    """In bf16 the native kernels (window, logit cap, partial rotary) stay as close to the fp32
+    transformers + PEFT logits as the PyTorch ops do (both round; the kernels keep attention in
+    fp32), for a mixed prefill longer than the window."""
+    _, base, adapters, prompts, _, logits = family
+
+    def prefill_logits() -> torch.Tensor:
+        engine = LLMEngine(EngineConfig(model_id=str(base), dtype="bf16", max_model_len=128, max_lora_rank=8))
+        for name, path in adapters.items():
+            engine.register_adapter(name, path)
+        for name in (None, "all8"):
+            engine.add_request(prompts[1], name, SamplingParams(max_new_tokens=1))
+        return engine.runner.forward(
+            build_step_batch(engine.scheduler.schedule(), engine.runner, merged=False)
+        )
+
+    want = torch.stack([logits[None], logits["all8"]])
+    native_error = float((prefill_logits() - want).abs().max())
+    monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
+    torch_error = float((prefill_logits() - want).abs().max())
+    print(f"bf16 max |logit error|: native {native_error:.3f}, torch {torch_error:.3f}")
+    assert native_error <= 1.5 * torch_error + 0.02 * float(want.abs().max())

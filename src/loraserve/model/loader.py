@@ -63,7 +63,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                  dtype=conversion_dtype(gguf_path))
-    model.hf_quantizer = None  # transformers refuses to save a GGUF-loaded model otherwise
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers refuses to save a GGUF-loaded model otherwise
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     config_file = staging / "config.json"

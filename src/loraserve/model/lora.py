@@ -153,7 +153,7 @@ class LoraStacks:
 
     def grouped_input(self, x: torch.Tensor, plan: LoraPlan) -> torch.Tensor | None:
         """Decode rows of x arranged (n, m, in) by slot, zero-padded."""
-        if plan.n == 0:
+        if plan.n == 0 or plan.gather is None:
             return None
         padded = torch.cat([x, x.new_zeros(1, x.shape[1])]).to(self.dtype)
         return padded.index_select(0, plan.gather).view(plan.n, plan.m, x.shape[1])
@@ -172,7 +172,7 @@ class LoraStacks:
         a = self.a[group][layer, :, :, :width]  # (S, in, k*r_used)
         b = self.b[group][layer, :, :width]  # (S, k*r_used, out)
         grouped = self.grouped_input(x, plan)
-        if grouped is not None:
+        if grouped is not None and plan.valid is not None and plan.rows is not None:
             y = torch.bmm(torch.bmm(grouped, a[:plan.n]), b[:plan.n])  # (n, m, out)
             delta = y.view(plan.n * plan.m, -1).index_select(0, plan.valid).to(out.dtype)
             out.index_add_(0, plan.rows, delta)

@@ -60,8 +60,11 @@ class ModelWeights:
         def cat(prefix: str, parts: tuple[str, ...], suffix: str) -> torch.Tensor:
             return torch.cat([get(f"{prefix}{part}.{suffix}") for part in parts])
 
-        def norm(prefix: str, name: str | None) -> torch.Tensor | None:
-            return None if name is None else get(f"{prefix}{name}.weight", args.norm_offset)
+        def norm(prefix: str, name: str) -> torch.Tensor:
+            return get(f"{prefix}{name}.weight", args.norm_offset)
+
+        def optional_norm(prefix: str, name: str | None) -> torch.Tensor | None:
+            return None if name is None else norm(prefix, name)
 
         self.embed = get("model.embed_tokens.weight")
         self.norm = get("model.norm.weight", args.norm_offset)
@@ -77,11 +80,11 @@ class ModelWeights:
                 gate_up=cat(p, names.gate_up, "weight"),
                 down=get(f"{p}{names.down}.weight"),
                 attn_norm=norm(p, names.attn_norm),
-                mlp_norm=norm(p, names.mlp_norm),  # type: ignore[arg-type]
-                attn_out_norm=norm(p, names.attn_out_norm),
-                mlp_out_norm=norm(p, names.mlp_out_norm),
-                q_norm=norm(p, names.q_norm if args.qk_norm else None),
-                k_norm=norm(p, names.k_norm if args.qk_norm else None),
+                mlp_norm=norm(p, names.mlp_norm),
+                attn_out_norm=optional_norm(p, names.attn_out_norm),
+                mlp_out_norm=optional_norm(p, names.mlp_out_norm),
+                q_norm=optional_norm(p, names.q_norm if args.qk_norm else None),
+                k_norm=optional_norm(p, names.k_norm if args.qk_norm else None),
             )
             if args.qkv_bias:
                 layer.qkv_bias = cat(p, names.qkv, "bias")
