@@ -17,6 +17,7 @@ from loraserve.engine.step_batch import build_step_batch
 from loraserve.model import runner as runner_module
 from loraserve.model.layer_ops import TorchOps
 from loraserve.testing.families import FAMILY_CONFIGS, ORIGINAL_CONTEXT, WINDOW, make_tiny_family
+from loraserve.testing.reference import cached_greedy, last_logits
 from loraserve.testing.tiny import make_peft_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,27 +26,6 @@ CHUNK = 16  # max_num_batched_tokens: the long prompts are prefilled in several 
 # short; longer than the window and a chunk; longer than LongRoPE's original context; one that
 # crosses it while decoding
 PROMPT_LENGTHS = (5, 27, ORIGINAL_CONTEXT + 9, ORIGINAL_CONTEXT - 4)
-
-
-def cached_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
-    """transformers' own cached greedy decoding (what ``generate`` does), with log-probabilities."""
-    tokens, logprobs, past = [], [], None
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(steps):
-            out = model(input_ids=ids, cache=past, use_cache=True)
-            past = out.past_key_values if hasattr(out, "past_key_values") else out.cache
-            logits = out.logits[0, -1].float()
-            token = int(logits.argmax())
-            tokens.append(token)
-            logprobs.append(float(logits[token] - torch.logsumexp(logits, -1)))
-            ids = torch.tensor([[token]])
-    return tokens, logprobs
-
-
-def last_logits(model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
 
 
 @pytest.fixture(scope="module", params=list(FAMILY_CONFIGS))

@@ -135,7 +135,7 @@ def _random_lora(args: ModelArgs, rank: int, modules: tuple[str, ...], seed: int
             fan_in, fan_out = args.module_shape(module)
             weights[(layer, module)] = (torch.randn(rank, fan_in, generator=generator),
                                         torch.randn(fan_out, rank, generator=generator))
-    return LoraWeights(rank=rank, scaling=0.5, weights=weights)
+    return LoraWeights(rank=rank, scalings=dict.fromkeys(weights, 0.5), weights=weights)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

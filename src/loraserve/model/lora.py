@@ -120,10 +120,10 @@ class LoraStacks:
 
     def load(self, slot: int, adapter: LoraWeights) -> None:
         self.clear(slot)
-        r = adapter.rank
-        self.ranks[slot] = r
+        self.ranks[slot] = adapter.rank  # the slot's rank: modules of smaller rank leave zero rows
         self._update_used_rank()
         for (layer, module), (a, b) in adapter.weights.items():
+            r = a.shape[0]  # this module's rank (rank_pattern)
             group, rows = self.args.module_slice(module)
             k = len(self.groups[group])
             cols = slice(self.groups[group].index(module), k * r, k)  # rank-major interleave
@@ -132,10 +132,10 @@ class LoraStacks:
                 stack_a[layer, slot, cols, :] = a.to(self.device, self.dtype)
             else:
                 stack_a[layer, slot, :, cols] = a.t().to(self.device, self.dtype)
-            scaled_b = (b.float().t() * adapter.scaling).to(self.device, self.dtype)
+            scaled_b = (b.float().t() * adapter.scalings[(layer, module)]).to(self.device, self.dtype)
             stack_b[layer, slot, slice(0, r) if self.kernel else cols, rows] = scaled_b
             self.users[group].add(slot)
-            self.slot_info[group][slot, 0] = r
+            self.slot_info[group][slot, 0] = adapter.rank
             self.slot_info[group][slot, 1] |= 1 << self.groups[group].index(module)
 
     def _update_used_rank(self) -> None:
@@ -202,7 +202,7 @@ class MergedLora:
             target = self.weights.layers[layer].fused(fused)
             if (layer, fused) not in self.originals:
                 self.originals[(layer, fused)] = target.clone()
-            delta = (b.float() @ a.float()) * adapter.scaling  # (out, in)
+            delta = (b.float() @ a.float()) * adapter.scalings[(layer, module)]  # (out, in)
             target[rows] = (target[rows].float() + delta).to(target.dtype)
         for layer in {layer for layer, _ in adapter.weights}:
             self.on_change(layer)

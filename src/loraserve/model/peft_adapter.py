@@ -1,8 +1,9 @@
 """Read and check a PEFT LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
 
 Everything the engine cannot apply faithfully is refused here, at registration, with an error
-that names it: DoRA, embedding/lm_head LoRA, ``modules_to_save``, rank/alpha patterns,
-ranks above ``max_lora_rank``, shapes that do not fit the base model, or no matching module.
+that names it: a ``LoraConfig`` field it does not implement (``peft_config``), embedding/lm_head
+LoRA, ranks above ``max_lora_rank``, shapes that do not fit the base model, a module named twice,
+or no matching module. Ranks and alphas are per module (``rank_pattern`` / ``alpha_pattern``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from safetensors.torch import load_file
 
 from loraserve.errors import BadRequestError
 from loraserve.model.args import ModelArgs
+from loraserve.model.peft_config import DEFAULT_ALPHA, config_problem, pattern_value
 
 KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+PREFIX = "base_model.model."  # PEFT's prefix of the saved keys: the rest names the model's module
 
 
 class AdapterFormatError(BadRequestError):
@@ -28,10 +31,11 @@ class AdapterFormatError(BadRequestError):
 
 @dataclass(slots=True)
 class LoraWeights:
-    """One adapter in memory: per (layer, module), A (r, in) and B (out, r) with scaling."""
+    """One adapter in memory: per (layer, module), A (r, in) and B (out, r) and its scaling
+    (alpha / r, or alpha / sqrt(r) with rsLoRA, per module); ``rank`` is the largest r."""
 
     rank: int
-    scaling: float
+    scalings: dict[tuple[int, str], float]
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
     @property
@@ -57,11 +61,9 @@ def read_adapter_config(path: Path, modules: tuple[str, ...] = ()) -> dict:
         raise _refuse(path, f"adapter_config.json is not valid JSON: {exc}") from None
     if config.get("peft_type", "LORA") != "LORA":
         raise _refuse(path, f"peft_type {config.get('peft_type')} is not supported (only LORA)")
-    for key, label in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save"),
-                       ("rank_pattern", "rank_pattern"), ("alpha_pattern", "alpha_pattern"),
-                       ("layer_replication", "layer_replication"), ("lora_bias", "lora_bias")):
-        if config.get(key):
-            raise _refuse(path, f"{label} is not supported by the built-in engine")
+    problem = config_problem(config)
+    if problem:
+        raise _refuse(path, problem)
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
     unsupported = [t for t in targets if t in ("embed_tokens", "lm_head")]
@@ -71,16 +73,25 @@ def read_adapter_config(path: Path, modules: tuple[str, ...] = ()) -> dict:
     return config
 
 
-def _scaling(path: Path, config: dict, max_rank: int) -> tuple[int, float]:
-    """(rank, scaling) from the config, each value checked (``r: 0`` once divided by zero)."""
-    rank, alpha, rslora = config.get("r", 8), config.get("lora_alpha"), config.get("use_rslora", False)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise _refuse(path, f"adapter_config.json: r must be a positive integer, got {rank!r}")
+def _number(path: Path, name: str, value: object, module: str, positive_int: bool = False) -> None:
+    if positive_int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _refuse(path, f"adapter_config.json: {name} must be a positive integer, "
+                            f"got {value!r} ({module})")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _refuse(path, f"adapter_config.json: {name} must be a finite number, got {value!r} ({module})")
+
+
+def _rank_and_scaling(path: Path, config: dict, module_key: str, max_rank: int) -> tuple[int, float]:
+    """(r, scaling) of one module, as PEFT computes them: rank_pattern / alpha_pattern first, then
+    r and lora_alpha (default 8), each value checked (``r: 0`` once divided by zero)."""
+    rank = pattern_value(config.get("rank_pattern") or {}, module_key, config.get("r", 8))
+    default_alpha = config.get("lora_alpha", DEFAULT_ALPHA)
+    alpha = pattern_value(config.get("alpha_pattern") or {}, module_key, default_alpha)
+    rslora = config.get("use_rslora", False)
+    _number(path, "r", rank, module_key, positive_int=True)
     if rank > max_rank:
-        raise _refuse(path, f"rank {rank} exceeds option.max_lora_rank={max_rank}")
-    alpha = rank if alpha is None else alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-        raise _refuse(path, f"adapter_config.json: lora_alpha must be a finite number, got {alpha!r}")
+        raise _refuse(path, f"rank {rank} ({module_key}) exceeds option.max_lora_rank={max_rank}")
+    _number(path, "lora_alpha", alpha, module_key)
     if not isinstance(rslora, bool):
         raise _refuse(path, f"adapter_config.json: use_rslora must be true or false, got {rslora!r}")
     return rank, alpha / math.sqrt(rank) if rslora else alpha / rank
@@ -95,12 +106,12 @@ def _finite(path: Path, key: str, tensor: torch.Tensor) -> None:
 
 def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.dtype) -> LoraWeights:
     config = read_adapter_config(path, args.lora_modules)
-    rank, scaling = _scaling(path, config, max_rank)
     weights_file = path / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise _refuse(path, "no adapter_model.safetensors (convert .bin adapters to safetensors)")
     tensors = load_file(weights_file)
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    module_keys: dict[tuple[int, str], str] = {}
     for key, tensor in tensors.items():
         if "lora_embedding" in key or "lm_head" in key or "embed_tokens" in key:
             raise _refuse(path, f"LoRA on embeddings or lm_head ({key}) is not supported")
@@ -111,13 +122,18 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         layer, module, which = int(match.group(1)), match.group(2), match.group(3)
         if layer >= args.num_layers:
             raise _refuse(path, f"tensor {key} names layer {layer}; the model has {args.num_layers}")
-        pairs.setdefault((layer, module), {})[which] = tensor
+        pair = pairs.setdefault((layer, module), {})
+        if which in pair:  # two prefixes for one module: PEFT would use one, never a mix
+            raise _refuse(path, f"tensor {key} names layer {layer} {module} lora_{which} a second time")
+        pair[which] = tensor
+        module_keys[(layer, module)] = key.removeprefix(PREFIX).rsplit(".lora_", 1)[0]
     if not pairs:
         raise _refuse(path, "its target modules match nothing in the model")
-    weights = {}
+    weights, scalings = {}, {}
     for (layer, module), pair in pairs.items():
         if set(pair) != {"A", "B"}:
             raise _refuse(path, f"layer {layer} {module} lacks lora_A or lora_B")
+        rank, scaling = _rank_and_scaling(path, config, module_keys[(layer, module)], max_rank)
         a, b = pair["A"], pair["B"]
         fan_in, fan_out = args.module_shape(module)
         if a.shape != (rank, fan_in) or b.shape != (fan_out, rank):
@@ -127,4 +143,5 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         _finite(path, f"layer {layer} {module} lora_A", a)
         _finite(path, f"layer {layer} {module} lora_B (scaled)", (b.float() * scaling).to(dtype))
         weights[(layer, module)] = (a, b)
-    return LoraWeights(rank=rank, scaling=scaling, weights=weights)
+        scalings[(layer, module)] = scaling
+    return LoraWeights(rank=max(a.shape[0] for a, _ in weights.values()), scalings=scalings, weights=weights)

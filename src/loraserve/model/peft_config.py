@@ -1,0 +1,132 @@
+"""Which fields of PEFT's ``LoraConfig`` the engine serves, as an allow-list: every field is
+either implemented, known to matter only while training, or refused at registration with its
+name (and, where PEFT has one, the conversion that makes the adapter servable). A field a newer
+PEFT adds is refused until it is listed here, never silently ignored."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+# PEFT's default when ``lora_alpha`` is absent (LoraConfig.lora_alpha = 8), not the rank.
+DEFAULT_ALPHA = 8
+# Inits that change the base weights: an adapter saved without PEFT's conversion needs a base
+# model nobody serves.
+CONVERT = (
+    "save it with PEFT's path_initial_model_for_weight_conversion (or convert it with "
+    "PeftModel.save_pretrained(..., path_initial_model_for_weight_conversion=...)), which turns it "
+    "into a plain LoRA adapter of the original base model"
+)
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+
+Check = Callable[[Any], str | None]  # a value → why it is refused, or None
+
+
+def _falsy(value: Any) -> str | None:
+    return None if not value else "is not supported by the built-in engine"
+
+
+def _init(value: Any) -> str | None:
+    if isinstance(value, str) and value.lower().startswith(BASE_CHANGING_INITS):
+        return f"= {value!r} changes the base weights at initialisation; {CONVERT}"
+    return None
+
+
+def _bias(value: Any) -> str | None:
+    return (
+        None
+        if value in (None, "none")
+        else (f"= {value!r} (trained biases) is not supported by the built-in engine; train with bias='none'")
+    )
+
+
+def _fan_in_fan_out(value: Any) -> str | None:
+    return None if not value else "= true (Conv1D-style weights) does not apply to the served models"
+
+
+def _pattern(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        return "must map module name patterns to numbers"
+    bad = [
+        k
+        for k, v in value.items()
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+    ]
+    return f"holds non-numeric values for {bad}" if bad else None
+
+
+FIELDS: dict[str, Check | None] = {
+    # metadata, or only meaningful while training: the saved tensors say everything
+    "task_type": None,
+    "peft_type": None,
+    "auto_mapping": None,
+    "peft_version": None,
+    "base_model_name_or_path": None,
+    "revision": None,
+    "inference_mode": None,
+    "lora_dropout": None,
+    "target_modules": None,
+    "exclude_modules": None,
+    "layers_to_transform": None,
+    "layers_pattern": None,
+    "target_parameters": None,
+    "runtime_config": None,
+    "loftq_config": None,
+    "eva_config": None,
+    "corda_config": None,
+    "lora_ga_config": None,
+    "qalora_group_size": None,
+    "ensure_weight_tying": None,
+    # implemented
+    "r": None,
+    "lora_alpha": None,
+    "use_rslora": None,
+    "rank_pattern": _pattern,
+    "alpha_pattern": _pattern,
+    "init_lora_weights": _init,
+    "bias": _bias,
+    "fan_in_fan_out": _fan_in_fan_out,
+    # refused while set
+    "use_dora": lambda value: None if not value else "(DoRA) is not supported by the built-in engine",
+    "modules_to_save": _falsy,
+    "trainable_token_indices": _falsy,
+    "alora_invocation_tokens": _falsy,
+    "use_qalora": _falsy,
+    "layer_replication": _falsy,
+    "lora_bias": _falsy,
+    "use_bdlora": _falsy,
+    "megatron_config": _falsy,
+    "megatron_core": None,
+    "velora_config": _falsy,
+    "monteclora_config": _falsy,
+    "arrow_config": _falsy,
+    "kasa_config": _falsy,
+}
+
+
+def config_problem(config: dict[str, Any]) -> str | None:
+    """Why this adapter_config.json cannot be served exactly, naming the field; None if it can."""
+    for key, value in config.items():
+        if key not in FIELDS:
+            return (
+                f"adapter_config.json field {key!r} is not known to the built-in engine "
+                "(refused rather than ignored)"
+            )
+        check = FIELDS[key]
+        reason = check(value) if check is not None else None
+        if reason:
+            return f"adapter_config.json field {key!r} {reason}"
+    return None
+
+
+def pattern_value(pattern: dict[str, Any], module_key: str, default: Any) -> Any:
+    """PEFT's rank_pattern / alpha_pattern lookup: the first key that matches the end of the
+    module's name (``model.layers.0.self_attn.q_proj``) at a dot boundary."""
+    for key in pattern:
+        if re.match(rf"(.*\.)?({key})$", module_key):
+            return pattern[key]
+    return default

@@ -1,0 +1,28 @@
+"""What transformers (+ PEFT) itself generates: the reference every parity test compares with."""
+
+from __future__ import annotations
+
+import torch
+
+
+def cached_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
+    """transformers' own cached greedy decoding (what ``generate`` does, without its knobs), with
+    each chosen token's log-probability."""
+    tokens, logprobs, cache = [], [], None
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(input_ids=ids, cache=cache, use_cache=True)
+            cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+            logits = out.logits[0, -1].float()
+            token = int(logits.argmax())
+            tokens.append(token)
+            logprobs.append(float(logits[token] - torch.logsumexp(logits, -1)))
+            ids = torch.tensor([[token]])
+    return tokens, logprobs
+
+
+def last_logits(model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
+    """The whole vocabulary's fp32 logits after ``prompt``."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([prompt])).logits[0, -1].float()

@@ -1,0 +1,151 @@
+"""A PEFT conformance matrix: ``LoraConfig`` settings on a tiny Llama, each either served exactly
+as PEFT computes it (greedy tokens equal, log-probabilities within 1e-3 in fp32, in a mixed batch
+with base rows and another adapter, on the native ops, the PyTorch ops and merged) or refused at
+registration with the field's name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.errors import BadRequestError
+from loraserve.model import runner as runner_module
+from loraserve.model.layer_ops import TorchOps
+from loraserve.testing.families import make_tiny_family
+from loraserve.testing.reference import cached_greedy
+from loraserve.testing.tiny import make_peft_adapter
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+NEW_TOKENS = 8
+
+EXACT = {  # name: (make_peft_adapter arguments, adapter_config.json edits after saving; None drops)
+    "alpha_absent": ({"rank": 8, "target_modules": "all-linear", "alpha": 8}, {"lora_alpha": None}),
+    "patterns": (
+        {
+            "rank": 8,
+            "target_modules": "all-linear",
+            "rank_pattern": {"q_proj": 4, "model.layers.1.mlp.down_proj": 2, "v_proj": 16},
+            "alpha_pattern": {"o_proj": 64, "layers.0.mlp.up_proj": 3},
+        },
+        {},
+    ),
+    "rslora_some_layers": (
+        {
+            "rank": 6,
+            "target_modules": ["q_proj", "gate_proj"],
+            "use_rslora": True,
+            "layers_to_transform": [0, 2],
+        },
+        {},
+    ),
+    "exclude_gaussian": (
+        {"rank": 4, "target_modules": "all-linear", "exclude_modules": ["k_proj"], "bias": "none"},
+        {"init_lora_weights": "gaussian"},
+    ),
+}
+REFUSED = {  # the field set in adapter_config.json → what the refusal must name
+    "use_dora": (True, "use_dora"),
+    "modules_to_save": (["lm_head"], "modules_to_save"),
+    "bias": ("all", "bias"),
+    "init_lora_weights": ("pissa_niter_4", "path_initial_model_for_weight_conversion"),
+    "alora_invocation_tokens": ([5, 6], "alora_invocation_tokens"),
+    "trainable_token_indices": ([3, 4], "trainable_token_indices"),
+    "lora_bias": (True, "lora_bias"),
+    "use_qalora": (True, "use_qalora"),
+    "a_field_from_a_future_peft": (1, "a_field_from_a_future_peft"),
+}
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("conformance")
+    base = make_tiny_family(root / "base", "llama3")
+    paths = {}
+    for i, (name, (kwargs, edits)) in enumerate(EXACT.items()):
+        paths[name] = make_peft_adapter(base, root / name, seed=10 + i, **kwargs)
+        config_file = paths[name] / "adapter_config.json"
+        config = json.loads(config_file.read_text())
+        for key, value in edits.items():
+            if value is None:
+                config.pop(key)
+            else:
+                config[key] = value
+        config_file.write_text(json.dumps(config))
+    prompts = [[5, 9, 14, 3, 22, 7], list(range(30, 70))]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    refs = {None: [cached_greedy(model, p, NEW_TOKENS) for p in prompts]}
+    for name, path in paths.items():  # each on a fresh base: PEFT reads the edited config as we do
+        peft_model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), path
+        )
+        refs[name] = [cached_greedy(peft_model, p, NEW_TOKENS) for p in prompts]
+    assert len({tuple(r[1][0]) for r in refs.values()}) == len(refs), "each adapter must change the output"
+    return base, paths, prompts, refs
+
+
+def _engine(base: Path, paths: dict[str, Path], **options) -> LLMEngine:
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(base), dtype="fp32", max_model_len=128, max_loras=6, max_lora_rank=16, **options
+        )
+    )
+    for name, path in paths.items():
+        engine.register_adapter(name, path)
+    return engine
+
+
+@pytest.mark.parametrize("mode", ["native", "torch", "merged"])
+def test_exact_cases_match_peft(matrix, mode, monkeypatch):
+    base, paths, prompts, refs = matrix
+    if mode == "torch":
+        monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
+    engine = _engine(base, paths, lora_merge=mode == "merged")
+    rows = [(p, name) for p in range(len(prompts)) for name in [None, *paths]]
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True, logprobs=True)
+    results = engine.generate([prompts[p] for p, _ in rows], [n for _, n in rows], params)
+    for (p, name), result in zip(rows, results):
+        tokens, logprobs = refs[name][p]
+        assert result.token_ids == tokens, (name, p)
+        assert max(abs(a - b) for a, b in zip(result.logprobs, logprobs)) < 1e-3, (name, p)
+
+
+@pytest.mark.parametrize("field", list(REFUSED))
+def test_unserved_fields_are_refused_by_name(matrix, field, tmp_path):
+    base, paths, _, _ = matrix
+    value, named = REFUSED[field]
+    adapter = tmp_path / field
+    adapter.mkdir()
+    source = paths["exclude_gaussian"]
+    (adapter / "adapter_model.safetensors").write_bytes((source / "adapter_model.safetensors").read_bytes())
+    config = json.loads((source / "adapter_config.json").read_text())
+    config[field] = value
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=16))
+    with pytest.raises(BadRequestError, match=named):
+        engine.register_adapter(field, adapter)
+
+
+def test_a_module_named_twice_is_refused(matrix, tmp_path):
+    """A file with a second tensor for one layer's module under another prefix: PEFT would read
+    one of them, never a mix of both; refused rather than guessed."""
+    from safetensors.torch import load_file, save_file
+
+    base, paths, _, _ = matrix
+    adapter = tmp_path / "twice"
+    adapter.mkdir()
+    source = paths["exclude_gaussian"]
+    tensors = load_file(source / "adapter_model.safetensors")
+    key = next(k for k in tensors if "layers.0.self_attn.q_proj.lora_A" in k)
+    tensors["other." + key] = tensors[key] * 2
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text((source / "adapter_config.json").read_text())
+    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=16))
+    with pytest.raises(BadRequestError, match="a second time"):
+        engine.register_adapter("twice", adapter)
