@@ -108,7 +108,7 @@ def test_sagemaker_adapter_identifier_header_wins(env):
     assert reply.json()["generated_text"] == _expected(reference, "hello world", "qv")
 
 
-@pytest.mark.parametrize("adapter,fragment", [("dora", "DoRA"), ("big", "max_lora_rank")])
+@pytest.mark.parametrize("adapter,fragment", [("dora", "lora_magnitude_vector"), ("big", "max_lora_rank")])
 def test_unsupported_adapters_refused_at_registration(env, adapter, fragment):
     server, _, _, paths = env
     reply = server.client.post(f"/models/tiny/adapters?name={adapter}&src={paths[adapter]}")

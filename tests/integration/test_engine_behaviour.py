@@ -106,7 +106,7 @@ def _poison(tensors, which, value):
 
 
 @pytest.mark.parametrize("config_patch,key_patch,fragment", [
-    ({"use_dora": True}, None, "DoRA"),
+    ({"use_dora": True}, None, "no lora_magnitude_vector"),
     ({"modules_to_save": ["lm_head"]}, None, "modules_to_save"),
     ({"target_modules": ["lm_head"]}, None, "lm_head"),
     ({"peft_type": "IA3"}, None, "IA3"),

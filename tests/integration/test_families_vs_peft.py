@@ -1,6 +1,6 @@
 """Every model family the built-in engine serves, against transformers + PEFT on a tiny random
 model with the family's features switched on: greedy tokens equal and log-probabilities within
-1e-3 (fp32), in one mixed batch of base and adapter rows, on the native and the PyTorch ops and
+1e-3 (fp32), in one mixed batch of base rows, a LoRA and a DoRA adapter, on the native and the PyTorch ops and
 merged, with prompts longer than the sliding window and than a prefill chunk, and again from
 the prefix cache."""
 
@@ -38,8 +38,8 @@ def family(request, tmp_path_factory):
     base = make_tiny_family(root / "base", request.param)
     adapters = {
         "all8": make_peft_adapter(base, root / "all8", rank=8, target_modules="all-linear", seed=1),
-        "all4": make_peft_adapter(
-            base, root / "all4", rank=4, target_modules="all-linear", seed=2, use_rslora=True
+        "all4": make_peft_adapter(  # DoRA: its row scales meet every family's biases and fusions
+            base, root / "all4", rank=4, target_modules="all-linear", seed=5, use_rslora=True, use_dora=True
         ),
     }
     rng = random.Random(7)
@@ -54,8 +54,9 @@ def family(request, tmp_path_factory):
         peft_model.set_adapter(name)
         refs[name] = [cached_greedy(peft_model, p, NEW_TOKENS) for p in prompts]
         logits[name] = last_logits(peft_model, prompts[1])
-    outputs = {name: tuple(tuple(tokens) for tokens, _ in rows) for name, rows in refs.items()}
-    assert len(set(outputs.values())) == len(refs), "each adapter must change the output"
+    names = list(logits)
+    for i, first in enumerate(names):  # each adapter changes the model (its logits, at least)
+        assert all(float((logits[first] - logits[other]).abs().max()) > 0.05 for other in names[i + 1 :])
     return request.param, base, adapters, prompts, refs, logits
 
 

@@ -42,13 +42,23 @@ EXACT = {  # name: (make_peft_adapter arguments, adapter_config.json edits after
         },
         {},
     ),
+    "dora": ({"rank": 4, "target_modules": "all-linear", "use_dora": True}, {}),
+    "dora_patterns": (
+        {
+            "rank": 8,
+            "target_modules": ["q_proj", "v_proj", "down_proj"],
+            "use_dora": True,
+            "rank_pattern": {"v_proj": 2},
+            "use_rslora": True,
+        },
+        {},
+    ),
     "exclude_gaussian": (
         {"rank": 4, "target_modules": "all-linear", "exclude_modules": ["k_proj"], "bias": "none"},
         {"init_lora_weights": "gaussian"},
     ),
 }
 REFUSED = {  # the field set in adapter_config.json → what the refusal must name
-    "use_dora": (True, "use_dora"),
     "modules_to_save": (["lm_head"], "modules_to_save"),
     "bias": ("all", "bias"),
     "init_lora_weights": ("pissa_niter_4", "path_initial_model_for_weight_conversion"),
@@ -93,7 +103,7 @@ def matrix(tmp_path_factory):
 def _engine(base: Path, paths: dict[str, Path], **options) -> LLMEngine:
     engine = LLMEngine(
         EngineConfig(
-            model_id=str(base), dtype="fp32", max_model_len=128, max_loras=6, max_lora_rank=16, **options
+            model_id=str(base), dtype="fp32", max_model_len=128, max_loras=8, max_lora_rank=16, **options
         )
     )
     for name, path in paths.items():

@@ -86,7 +86,7 @@ class Decoder:
         """A fused linear (x (T, in) → (T, out)) plus every adapter's LoRA delta on its tokens."""
         out = self.linears(x, index, name, layer.bias(name))
         if batch.lora_plan is not None:
-            self.lora.add_delta(out, x, index, name, batch.lora_plan)
+            self.lora.add_delta(out, x, index, name, batch.lora_plan, layer.bias(name))
         return out
 
     def _qk_norm(self, qkv: torch.Tensor, layer: LayerWeights) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from loraserve.model.args import FUSED, ModelArgs
+from loraserve.model.dora import DoraScales, dora_row_scale
 from loraserve.model.layer_ops import Bgmv
 from loraserve.model.peft_adapter import LoraWeights
 from loraserve.model.weights import ModelWeights
@@ -82,7 +83,7 @@ class LoraStacks:
     adapters do not pay for ``max_lora_rank``."""
 
     def __init__(self, args: ModelArgs, slots: int, rank: int, dtype: torch.dtype,
-                 device: torch.device, bgmv: Bgmv | None = None) -> None:
+                 device: torch.device, bgmv: Bgmv | None = None, weights: ModelWeights | None = None) -> None:
         self.args, self.slots, self.rank = args, slots, rank
         # The native kernel reads stacks in the compute dtype; without it, CPU stacks are fp32:
         # small batched matmuls run 3-4x faster in fp32 than in bf16 there (measured).
@@ -102,6 +103,7 @@ class LoraStacks:
         self.users: dict[str, set[int]] = {g: set() for g in FUSED}
         self.ranks: dict[int, int] = {}  # slot → rank of the adapter loaded there
         self.used_rank = rank  # the largest loaded rank: steps read only that many rank rows
+        self.dora = DoraScales(args, weights, slots) if weights is not None else None
 
     def _stack(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
         if group not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
@@ -137,11 +139,17 @@ class LoraStacks:
             self.users[group].add(slot)
             self.slot_info[group][slot, 0] = adapter.rank
             self.slot_info[group][slot, 1] |= 1 << self.groups[group].index(module)
+        if adapter.magnitudes:
+            if self.dora is None:
+                raise ValueError("DoRA adapters need the base weights (LoraStacks(..., weights=...))")
+            self.dora.load(slot, adapter)
 
     def _update_used_rank(self) -> None:
         self.used_rank = max(self.ranks.values(), default=self.rank)
 
     def clear(self, slot: int) -> None:
+        if self.dora is not None:
+            self.dora.clear(slot)
         self.ranks.pop(slot, None)
         self._update_used_rank()
         for group in FUSED:
@@ -158,10 +166,17 @@ class LoraStacks:
         padded = torch.cat([x, x.new_zeros(1, x.shape[1])]).to(self.dtype)
         return padded.index_select(0, plan.gather).view(plan.n, plan.m, x.shape[1])
 
-    def add_delta(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, plan: LoraPlan) -> None:
-        """out (T, fused out) += the LoRA outputs of every module of ``group``."""
+    def add_delta(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, plan: LoraPlan,
+                  bias: torch.Tensor | None = None) -> None:
+        """out (T, fused out) += the LoRA outputs of every module of ``group``; then DoRA's row
+        scale on the tokens of DoRA adapters (``bias``: the one already in ``out``)."""
         if not self.users[group]:
             return
+        self._add_lora(out, x, layer, group, plan)
+        if self.dora is not None:
+            self.dora.apply(out, layer, group, plan.token_slots, bias)
+
+    def _add_lora(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, plan: LoraPlan) -> None:
         if self.kernel is not None:
             starts, lengths = self.columns[group]
             self.kernel(x.contiguous(), plan.token_slots, self.a_layers[group][layer],
@@ -202,8 +217,13 @@ class MergedLora:
             target = self.weights.layers[layer].fused(fused)
             if (layer, fused) not in self.originals:
                 self.originals[(layer, fused)] = target.clone()
-            delta = (b.float() @ a.float()) * adapter.scalings[(layer, module)]  # (out, in)
-            target[rows] = (target[rows].float() + delta).to(target.dtype)
+            scaling = adapter.scalings[(layer, module)]
+            merged = target[rows].float() + (b.float() @ a.float()) * scaling  # (out, in)
+            if (layer, module) in adapter.magnitudes:  # DoRA: rows rescaled to the magnitude
+                scale = dora_row_scale(self.originals[(layer, fused)][rows], a, b, scaling,
+                                       adapter.magnitudes[(layer, module)])
+                merged = merged * scale[:, None]
+            target[rows] = merged.to(target.dtype)
         for layer in {layer for layer, _ in adapter.weights}:
             self.on_change(layer)
         self.current = key

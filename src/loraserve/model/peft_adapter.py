@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from loraserve.model.args import ModelArgs
 from loraserve.model.peft_config import DEFAULT_ALPHA, config_problem, pattern_value
 
 KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+MAGNITUDE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_magnitude_vector(?:\.weight)?$")
 PREFIX = "base_model.model."  # PEFT's prefix of the saved keys: the rest names the model's module
 
 
@@ -37,6 +38,7 @@ class LoraWeights:
     rank: int
     scalings: dict[tuple[int, str], float]
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    magnitudes: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DoRA: m (out,) fp32
 
     @property
     def modules(self) -> set[str]:
@@ -44,7 +46,8 @@ class LoraWeights:
 
     def nbytes(self) -> int:
         return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
-                   for a, b in self.weights.values())
+                   for a, b in self.weights.values()) + sum(m.numel() * m.element_size()
+                                                            for m in self.magnitudes.values())
 
 
 def _refuse(path: Path, message: str) -> AdapterFormatError:
@@ -112,7 +115,10 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
     tensors = load_file(weights_file)
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     module_keys: dict[tuple[int, str], str] = {}
+    magnitudes = _magnitudes(path, tensors, args, bool(config.get("use_dora")))
     for key, tensor in tensors.items():
+        if MAGNITUDE.search(key):
+            continue
         if "lora_embedding" in key or "lm_head" in key or "embed_tokens" in key:
             raise _refuse(path, f"LoRA on embeddings or lm_head ({key}) is not supported")
         match = KEY.search(key)
@@ -144,4 +150,33 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         _finite(path, f"layer {layer} {module} lora_B (scaled)", (b.float() * scaling).to(dtype))
         weights[(layer, module)] = (a, b)
         scalings[(layer, module)] = scaling
-    return LoraWeights(rank=max(a.shape[0] for a, _ in weights.values()), scalings=scalings, weights=weights)
+    if set(magnitudes) - set(weights):
+        orphans = sorted(set(magnitudes) - set(weights))
+        raise _refuse(path, f"DoRA magnitudes without LoRA weights for {orphans}")
+    if config.get("use_dora") and set(weights) - set(magnitudes):
+        raise _refuse(path, f"use_dora is set but {sorted(set(weights) - set(magnitudes))[0]} has no "
+                            "lora_magnitude_vector")
+    return LoraWeights(rank=max(a.shape[0] for a, _ in weights.values()), scalings=scalings, weights=weights,
+                       magnitudes=magnitudes)
+
+
+def _magnitudes(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs,
+                use_dora: bool) -> dict[tuple[int, str], torch.Tensor]:
+    """DoRA's magnitude vectors (out,), in fp32, checked against the module's output size."""
+    found: dict[tuple[int, str], torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        match = MAGNITUDE.search(key)
+        if match is None:
+            continue
+        if not use_dora:
+            raise _refuse(path, f"tensor {key} is a DoRA magnitude but use_dora is not set")
+        layer, module = int(match.group(1)), match.group(2)
+        if module not in args.lora_modules or layer >= args.num_layers:
+            raise _refuse(path, f"tensor {key} names no LoRA-targetable module of the model")
+        if (layer, module) in found:
+            raise _refuse(path, f"tensor {key} names layer {layer} {module}'s magnitude a second time")
+        if tensor.shape != (args.module_shape(module)[1],):
+            raise _refuse(path, f"tensor {key}: shape {tuple(tensor.shape)} does not fit {module}")
+        _finite(path, key, tensor)
+        found[(layer, module)] = tensor.float()
+    return found

@@ -91,7 +91,7 @@ FIELDS: dict[str, Check | None] = {
     "bias": _bias,
     "fan_in_fan_out": _fan_in_fan_out,
     # refused while set
-    "use_dora": lambda value: None if not value else "(DoRA) is not supported by the built-in engine",
+    "use_dora": None,  # DoRA: model/dora.py
     "modules_to_save": _falsy,
     "trainable_token_indices": _falsy,
     "alora_invocation_tokens": _falsy,

@@ -47,7 +47,8 @@ class ModelRunner:
         self.block_size = 0
         # The small per-layer ops: native kernels for this CPU's ISA where they build, else PyTorch.
         self.ops = select_ops(dtype, device, self.args.rms_eps)
-        self.lora = LoraStacks(self.args, lora_slots, max_lora_rank, dtype, device, self.ops.bgmv)
+        self.lora = LoraStacks(self.args, lora_slots, max_lora_rank, dtype, device, self.ops.bgmv,
+                               self.weights)
         self.linears = Linears(self.weights, batch_hint, packing_available(dtype, device))
         self.merged = MergedLora(self.args, self.weights, on_change=self.linears.repack)
         self.decoder = Decoder(self.args, self.weights, self.rope, self.ops, self.lora, self.linears)

@@ -71,7 +71,9 @@ def make_peft_adapter(base: Path, target: Path, rank: int = 8,
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            if "lora_" in name:
+            if "lora_magnitude_vector" in name:  # DoRA: near the base rows' norms PEFT starts from
+                param.mul_(torch.empty_like(param).uniform_(0.5, 1.5))
+            elif "lora_" in name:
                 param.normal_(0, 0.3)
     peft_model.save_pretrained(target, safe_serialization=True)
     return target
