@@ -166,6 +166,10 @@ class AdapterCache:
                 del self.stale[key]
                 self._drop(key)
 
+    def in_use(self, key: AdapterKey) -> bool:
+        """Held by a request (waiting or running) or referenced by a running one."""
+        return bool(self.holds.get(key) or self.refs.get(key))
+
     def pinned_key(self, key: AdapterKey) -> bool:
         entry = self.registered.get(key[0])
         return entry is not None and entry.key == key and entry.pinned

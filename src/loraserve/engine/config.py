@@ -25,6 +25,7 @@ class EngineConfig:
     max_lora_rank: int = 64
     max_cpu_loras: int = 256
     lora_merge: bool = False
+    max_adapters_per_request: int = 4  # adapters one request may mix (engine/mixtures.py)
     threads: int = 0
 
     def __post_init__(self) -> None:
@@ -44,7 +45,7 @@ class EngineConfig:
         if "model_id" not in options:
             raise ConfigError("option.model_id is required for the built-in engine")
         ints = ("max_rolling_batch_size", "max_model_len", "max_num_batched_tokens", "max_loras",
-                "max_lora_rank", "max_cpu_loras", "threads", "block_size")
+                "max_lora_rank", "max_cpu_loras", "threads", "block_size", "max_adapters_per_request")
         kwargs: dict[str, object] = {k: parse_int(options[k], f"option.{k}", 0 if k == "threads" else 1)
                                      for k in ints if k in options}
         for key in ("enable_lora", "lora_merge", "enable_prefix_caching"):

@@ -18,6 +18,7 @@ from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.config import EngineConfig
 from loraserve.engine.kv_budget import plan_kv_cache
+from loraserve.engine.mixtures import PREFIX, Mixture, Mixtures
 from loraserve.engine.output import OutputProcessor
 from loraserve.engine.sampler import sample_tokens
 from loraserve.engine.sampling import SamplingParams
@@ -76,6 +77,8 @@ class LLMEngine:
                                      self.runner.lora.load, self.runner.lora.clear)
         self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
                                    self.adapters, config.lora_merge, self.blocks)
+        self.mixtures = Mixtures(self.adapters, config.max_lora_rank, config.max_adapters_per_request,
+                                 keep_idle=config.max_loras)
         self.eos_ids = self._eos_ids()
         self.outputs = OutputProcessor(self.tokenizer, self.eos_ids, self.runner.max_len)
         self.lock = threading.Condition()
@@ -97,6 +100,8 @@ class LLMEngine:
         return ids  # type: ignore[return-value]
 
     def _load_adapter(self, entry: AdapterEntry) -> LoraWeights:
+        if entry.name.startswith(PREFIX):  # a mixture: combined in memory, no file to read
+            return self.mixtures.weights(entry.name)
         return load_peft_adapter(Path(entry.path), self.runner.args, self.config.max_lora_rank, self.dtype)
 
     # -- adapters -------------------------------------------------------------------------
@@ -123,7 +128,7 @@ class LLMEngine:
         self.lock.notify_all()
 
     # -- requests -------------------------------------------------------------------------
-    def add_request(self, prompt: str | list[int], adapter: str | None = None,
+    def add_request(self, prompt: str | list[int], adapter: str | Mixture | None = None,
                     params: SamplingParams | None = None,
                     on_event: Callable[[TokenEvent], Any] | None = None) -> Sequence:
         params = params or SamplingParams()
@@ -138,7 +143,7 @@ class LLMEngine:
                                   f"exceeds the KV cache ({self.kv.tokens} tokens, "
                                   "option.kv_cache_memory)")
         with self.lock:
-            key = self.adapters.hold(adapter) if adapter else None  # its version, until it ends
+            key = self.mixtures.hold(adapter)  # its version, until it ends
             try:
                 variant = self.runner.rope.rope_offset(len(ids))
                 seq = Sequence(ids, params, key, on_event, rope_variant=variant)
@@ -271,7 +276,7 @@ class LLMEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def generate(self, prompts: list[str | list[int]], adapters: list[str | None] | None = None,
+    def generate(self, prompts: list[str | list[int]], adapters: list[str | Mixture | None] | None = None,
                  params: SamplingParams | list[SamplingParams] | None = None) -> list[GenerationResult]:
         """Submit all prompts together and run until every one is done."""
         adapters = adapters or [None] * len(prompts)
