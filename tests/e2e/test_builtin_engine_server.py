@@ -164,3 +164,31 @@ def test_chat_schema(env):
     answer = reply.json()
     assert answer["choices"][0]["message"]["role"] == "assistant"
     assert answer["usage"]["completion_tokens"] == 8
+
+
+def test_adapter_scales_and_mixtures_over_lmi_and_openai(env):
+    """A mixture on LMI's ``adapters`` and OpenAI's ``lora`` gives what the engine gives for it;
+    bad mixtures are 400s naming the problem, an unknown member a 424, before any work."""
+    server, store, reference, _ = env
+    client = server.client
+    assert client.post(f"/models/tiny/adapters?name=b8&src={store / 'extra' / 'all8'}").status_code == 200
+    mixture = [{"name": "qv", "scale": 0.5}, {"name": "b8", "scale": -1.0}]
+    reference.register_adapter("b8", store / "extra" / "all8")
+    expected = reference.generate(["hello world"], [(("qv", 0.5), ("b8", -1.0))], SamplingParams(**PARAMS))[0]
+    body = {"inputs": "hello world", "adapters": mixture, "parameters": PARAMS}
+    assert client.post("/invocations", json=body).json()["generated_text"] == expected.text
+    completion = client.post("/v1/completions", json={
+        "model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+        "lora": mixture}).json()
+    assert completion["choices"][0]["text"] == expected.text
+    half = client.post("/invocations", json={**body, "adapters": [{"name": "qv", "scale": 0.0}]}).json()
+    assert half["generated_text"] == _expected(reference, "hello world", None)  # scale 0: the base model
+    for adapters, status, fragment in (
+            ([{"name": "qv", "scale": "half"}], 400, "scale"),
+            ([{"name": "qv", "weight": 1}], 400, "weight"),
+            ([{"name": n} for n in ("qv", "b8", "qv")], 400, "more than once"),
+            ([{"name": "qv"}] * 5, 400, "adapters"),
+            ([{"name": "nope", "scale": 0.5}], 424, "nope")):
+        reply = client.post("/invocations", json={**body, "adapters": adapters})
+        assert reply.status_code == status and fragment in reply.json()["message"], reply.text
+    assert client.delete("/models/tiny/adapters/b8").status_code == 200

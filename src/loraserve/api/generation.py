@@ -59,7 +59,7 @@ def counted_refusals(request: Request, model: ModelService) -> Iterator[None]:
 
 async def generate(request: Request, model: ModelService, message: GenerateRequest) -> WorkerReply:
     """Counted and timed like every inference call; the metrics label is the adapter."""
-    names = [a or "" for a in message.adapters]
+    names = message.adapter_names
     with counted_refusals(request, model):
         model.check_adapters(names)
     infer = request.app.state.metrics.infer(model, adapter_label(model, names), message, "generate")

@@ -79,7 +79,8 @@ class Generation:
         try:
             for index, (tokens, adapter) in enumerate(zip(ids, self.request.adapters)):
                 bridge = _Bridge(self.loop, index)
-                bridge.seq = self.engine.add_request(tokens, adapter, params, bridge.on_event)
+                bridge.seq = self.engine.add_request(tokens, self.request.mixture or adapter, params,
+                                                     bridge.on_event)
                 self.bridges.append(bridge)
         except BaseException:
             self.abort()  # one refused prompt: the ones already submitted stop too

@@ -54,6 +54,7 @@ class GenerateRequest:
     prompts: tuple[str, ...] = ()
     messages: tuple[dict[str, Any], ...] | None = None  # templated in the worker
     adapters: tuple[str | None, ...] = (None,)  # one per sequence; None = base model
+    mixture: tuple[tuple[str, float], ...] | None = None  # adapters with scales, for every sequence
     details: bool = False  # per-token ids, texts and log-probs in the result
     logprobs: bool = False  # compute each token's log-prob (LMI details and streams show them)
     stream: bool = False
@@ -61,6 +62,11 @@ class GenerateRequest:
     @property
     def sequences(self) -> int:
         return 1 if self.messages is not None else len(self.prompts)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Every adapter the request names, once each, in order (the base model is none)."""
+        return list(dict.fromkeys([*(n for n in self.adapters if n), *(n for n, _ in self.mixture or ())]))
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def entry_of(record: AdapterRecord) -> dict[str, Any]:
 
 def adapter_names(message: GenerateRequest) -> list[str]:
     """The distinct adapters a typed request asks for, in order (the base model is none)."""
-    return list(dict.fromkeys(n for n in message.adapters if n))
+    return message.adapter_names
 
 
 class RayModel:

@@ -93,3 +93,18 @@ class ChatMessage(BaseModel):
 
 
 Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=1024)]
+
+
+class AdapterScale(BaseModel):
+    """One adapter of a request's mixture, with its scale (1: as trained, 0: the base model)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    scale: float = 1.0
+
+
+AdapterMixture = Annotated[list[AdapterScale], Field(min_length=1, max_length=16)]
+
+
+def mixture_of(entries: list[AdapterScale]) -> tuple[tuple[str, float], ...]:
+    return tuple((entry.name, entry.scale) for entry in entries)

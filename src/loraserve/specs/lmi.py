@@ -20,6 +20,8 @@ from loraserve.handlers.messages import (
 from loraserve.specs.base import (
     MAX_PROMPTS,
     STRICT,
+    AdapterMixture,
+    AdapterScale,
     MaxTokens,
     Messages,
     RepetitionPenalty,
@@ -28,6 +30,7 @@ from loraserve.specs.base import (
     Temperature,
     TopK,
     TopP,
+    mixture_of,
 )
 
 DEFAULT_MAX_NEW_TOKENS = 30
@@ -82,9 +85,10 @@ class LmiRequest(BaseModel):
     prompt: str | None = Field(None, description="alias of a single string inputs")
     messages: Messages | None = Field(None, description="chat form, templated by the model's tokenizer")
     parameters: LmiParameters = Field(default_factory=LmiParameters)
-    adapters: str | AdapterList | None = Field(
-        None, description='adapter name(s), one per input; "" is the base model. The '
-                          "X-Amzn-SageMaker-Adapter-Identifier header or ?adapter= override it; "
+    adapters: str | AdapterList | AdapterMixture | None = Field(
+        None, description='adapter name(s), one per input; "" is the base model. Or a mixture for '
+                          'every input: [{"name": "a", "scale": 0.5}, {"name": "b"}] (scale default 1). '
+                          "The X-Amzn-SageMaker-Adapter-Identifier header or ?adapter= override it; "
                           "without any, the custom attribute adapter=")
     stream: bool = False
 
@@ -111,15 +115,28 @@ def adapters_for(request: LmiRequest, fallback: str | None,
     header, else ``?adapter=``), else the body's ``adapters``, else ``fallback`` (the
     ``adapter`` custom attribute); "" means the base model."""
     count = 1 if request.messages is not None else len(request.prompts)
-    field: str | list[str] | None = override
+    field: str | list[str] | list[AdapterScale] | None = override
     if field is None:
         field = request.adapters if request.adapters is not None else fallback
+    if _is_mixture(field):
+        return (None,) * count  # the mixture applies to every sequence (``to_generate``)
     if isinstance(field, list):
         if len(field) != count:
             raise BadRequestError(f'"adapters" has {len(field)} entries for {count} inputs; '
                                   "give one per input")
-        return tuple(a or None for a in field)
-    return (field or None,) * count
+        return tuple(a or None for a in field)  # type: ignore[misc]
+    return (field or None,) * count  # type: ignore[return-value]
+
+
+def _mixture(request: LmiRequest, override: str | None) -> tuple[tuple[str, float], ...] | None:
+    """The body's mixture, unless the header or ``?adapter=`` names an adapter instead."""
+    if override is None and _is_mixture(request.adapters):
+        return mixture_of(request.adapters)  # type: ignore[arg-type]
+    return None
+
+
+def _is_mixture(field: object) -> bool:
+    return isinstance(field, list) and bool(field) and isinstance(field[0], AdapterScale)
 
 
 def to_generate(request: LmiRequest, fallback_adapter: str | None = None,
@@ -131,6 +148,7 @@ def to_generate(request: LmiRequest, fallback_adapter: str | None = None,
         prompts=tuple(request.prompts),
         messages=None if request.messages is None else tuple(m.to_dict() for m in request.messages),
         adapters=adapters_for(request, fallback_adapter, override),
+        mixture=_mixture(request, override),
         details=request.parameters.details,
         logprobs=request.parameters.details or request.stream,  # stream lines carry log_prob
         stream=request.stream,

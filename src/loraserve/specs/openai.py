@@ -12,6 +12,7 @@ from loraserve.errors import LoraserveError
 from loraserve.handlers.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenOutput
 from loraserve.specs.base import (
     STRICT,
+    AdapterMixture,
     MaxTokens,
     Messages,
     RepetitionPenalty,
@@ -40,6 +41,18 @@ class _Sampling(BaseModel):
     top_k: TopK | None = None
     repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
+    lora: AdapterMixture | None = Field(
+        None, description='adapters with scales, mixed per request: [{"name": "a", "scale": 0.5}] '
+                          "(llama.cpp's field, by name); an adapter named by model joins at scale 1")
+
+    def mixture(self, adapter: str | None) -> tuple[tuple[str, float], ...] | None:
+        """``lora``'s adapters, plus the one ``model`` names (scale 1) unless ``lora`` lists it."""
+        if not self.lora:
+            return None
+        listed = [(entry.name, entry.scale) for entry in self.lora]
+        if adapter and adapter not in {name for name, _ in listed}:
+            listed.insert(0, (adapter, 1.0))
+        return tuple(listed)
 
     def sampling(self, max_tokens: int | None) -> SamplingSpec:
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -58,7 +71,7 @@ class CompletionRequest(_Sampling):
 
     def to_generate(self, adapter: str | None) -> GenerateRequest:
         return GenerateRequest(sampling=self.sampling(self.max_tokens), prompts=(self.prompt,),
-                               adapters=(adapter,), stream=self.stream)
+                               adapters=(adapter,), mixture=self.mixture(adapter), stream=self.stream)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -68,7 +81,7 @@ class ChatCompletionRequest(_Sampling):
     def to_generate(self, adapter: str | None) -> GenerateRequest:
         return GenerateRequest(sampling=self.sampling(self.max_tokens or self.max_completion_tokens),
                                messages=tuple(m.to_dict() for m in self.messages),
-                               adapters=(adapter,), stream=self.stream)
+                               adapters=(adapter,), mixture=self.mixture(adapter), stream=self.stream)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
