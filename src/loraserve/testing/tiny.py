@@ -81,8 +81,9 @@ def make_peft_adapter(base: Path, target: Path, rank: int = 8,
 
 def write_random_adapter(target: Path, shapes: dict[str, tuple[int, int]], layers: int, rank: int,
                          target_modules: list[str], seed: int, alpha: int | None = None,
-                         std: float = 0.02) -> Path:
-    """A PEFT-format LoRA adapter with random weights, written directly (fast, no model needed).
+                         std: float = 0.02, dora: bool = False) -> Path:
+    """A PEFT-format LoRA adapter with random weights, written directly (fast, no model needed);
+    ``dora`` adds magnitude vectors (random, for timing: not PEFT's initialisation).
 
     ``shapes`` maps module name → (in_features, out_features), e.g. from ``ModelArgs.module_shape``.
     """
@@ -101,9 +102,12 @@ def write_random_adapter(target: Path, shapes: dict[str, tuple[int, int]], layer
                                                   ).to(torch.bfloat16)
             tensors[f"{prefix}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=generator) * std
                                                   ).to(torch.bfloat16)
+            if dora:
+                tensors[f"{prefix}.lora_magnitude_vector"] = torch.rand(fan_out, generator=generator) + 0.5
     save_file(tensors, str(target / "adapter_model.safetensors"))
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha or 2 * rank,
               "target_modules": target_modules, "lora_dropout": 0.0, "bias": "none",
-              "base_model_name_or_path": None, "fan_in_fan_out": False, "inference_mode": True}
+              "base_model_name_or_path": None, "fan_in_fan_out": False, "inference_mode": True,
+              "use_dora": dora}
     (target / "adapter_config.json").write_text(json.dumps(config))
     return target
