@@ -27,8 +27,9 @@ def dora_row_scale(
 
 @dataclass
 class DoraScales:
-    """Per fused weight: (L, S + 1, fused out) row scales, row 0 for base tokens (never read),
-    row s + 1 for slot s; and which slots hold a DoRA adapter."""
+    """Per fused weight: (L, S + 1, fused out) row scales in the compute dtype, row 0 (all ones)
+    for base tokens, row s + 1 for slot s (ones for a slot without DoRA); and which slots hold a
+    DoRA adapter."""
 
     args: ModelArgs
     weights: ModelWeights
@@ -41,13 +42,15 @@ class DoraScales:
             group, rows = self.args.module_slice(module)
             if group not in self.tables:
                 fan_out = self.args.fused_shape(group)[1]
+                embed = self.weights.embed  # the compute dtype and device
                 self.tables[group] = torch.ones(
-                    self.args.num_layers, self.slots + 1, fan_out, device=magnitude.device
+                    self.args.num_layers, self.slots + 1, fan_out, dtype=embed.dtype, device=embed.device
                 )
             a, b = adapter.weights[(layer, module)]
             base = self.weights.layers[layer].fused(group)[rows]
             scale = dora_row_scale(base, a, b, adapter.scalings[(layer, module)], magnitude)
-            self.tables[group][layer, slot + 1, rows] = scale.to(self.tables[group].device)
+            table = self.tables[group]
+            table[layer, slot + 1, rows] = scale.to(device=table.device, dtype=table.dtype)
             self.users[group].add(slot)
 
     def clear(self, slot: int) -> None:
@@ -63,12 +66,16 @@ class DoraScales:
         a DoRA adapter become ``s * (out - bias) + bias``, in place."""
         if not self.users[group]:
             return
+        table = self.tables[group][layer]  # (S + 1, out)
+        if bias is None:  # every row at once: x * 1.0 leaves base and plain-LoRA rows exact
+            out.mul_(table.index_select(0, token_slots + 1))
+            return
         in_use = torch.zeros(self.slots + 1, dtype=torch.bool, device=token_slots.device)
         in_use[[s + 1 for s in self.users[group]]] = True
         rows = in_use[token_slots + 1].nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        scale = self.tables[group][layer].index_select(0, token_slots[rows] + 1).to(out.dtype)  # (n, out)
+        scale = table.index_select(0, token_slots[rows] + 1)  # (n, out)
         picked = out.index_select(0, rows)
         if bias is None:
             out.index_copy_(0, rows, picked * scale)
