@@ -1,7 +1,7 @@
 """What each adapter kind costs against plain LoRA, at batch 32 on SmolLM2-135M: DoRA (a row
-scale after each DoRA module) and per-request mixtures (two rank-8 adapters mixed per request,
-served as a rank-16 mixture entry), in tok/s and as a ratio to plain rank-16 LoRA, same run.
-``modules_to_save`` is not served yet, so it is not measured.
+scale after each DoRA module), ``modules_to_save`` (a full LM head per adapter, on the rows of
+its requests) and per-request mixtures (two rank-8 adapters mixed per request, served as a
+rank-16 mixture entry), in tok/s and as a ratio to plain rank-16 LoRA, same run.
 
     python benchmarks/bench_adapter_kinds.py [--batch 32] [--new-tokens 32] [--repeats 2]
 """
@@ -58,6 +58,7 @@ def main() -> None:
                 engine.register_adapter(f"{kind}{i}", path)
         kinds["lora r16"] = [f"lora{i % 8}" for i in range(opts.batch)]
         kinds["dora r16"] = [f"dora{i % 8}" for i in range(opts.batch)]
+        kinds["r16 + lm_head"] = [f"head{i % 8}" for i in range(opts.batch)]
         kinds["mix 2 x r8"] = [
             ((f"half{i % 8}", 0.7), (f"half{(i + 1) % 8}", 0.3)) for i in range(opts.batch)
         ]
@@ -74,7 +75,7 @@ def main() -> None:
         f"{opts.new_tokens} new tokens, best of {opts.repeats}; 8 distinct adapters of each kind"
     )
     for kind, tok_s in results.items():
-        print(f"  {kind:11s} {tok_s:7.1f} tok/s   ratio to plain LoRA {tok_s / results['lora r16']:.2f}")
+        print(f"  {kind:13s} {tok_s:7.1f} tok/s   ratio to plain LoRA {tok_s / results['lora r16']:.2f}")
 
 
 if __name__ == "__main__":

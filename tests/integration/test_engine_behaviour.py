@@ -107,8 +107,8 @@ def _poison(tensors, which, value):
 
 @pytest.mark.parametrize("config_patch,key_patch,fragment", [
     ({"use_dora": True}, None, "no lora_magnitude_vector"),
-    ({"modules_to_save": ["lm_head"]}, None, "modules_to_save"),
-    ({"target_modules": ["lm_head"]}, None, "lm_head"),
+    ({"modules_to_save": ["lm_head"]}, None, "holds no lm_head"),
+    ({"modules_to_save": ["classifier"]}, None, "modules_to_save"),
     ({"peft_type": "IA3"}, None, "IA3"),
     ({"r": 32}, None, "max_lora_rank"),
     (None, lambda t: {k: torch.zeros(4, 7) if "lora_A" in k else v for k, v in t.items()}, "shapes"),

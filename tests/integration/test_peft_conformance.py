@@ -53,13 +53,19 @@ EXACT = {  # name: (make_peft_adapter arguments, adapter_config.json edits after
         },
         {},
     ),
+    "lm_head_lora": ({"rank": 4, "target_modules": ["q_proj", "lm_head"]}, {}),
+    "embed_lora": ({"rank": 4, "target_modules": ["v_proj", "embed_tokens"]}, {}),
+    "modules_to_save": (
+        {"rank": 4, "target_modules": ["q_proj"], "modules_to_save": ["lm_head", "embed_tokens"]},
+        {},
+    ),
     "exclude_gaussian": (
         {"rank": 4, "target_modules": "all-linear", "exclude_modules": ["k_proj"], "bias": "none"},
         {"init_lora_weights": "gaussian"},
     ),
 }
 REFUSED = {  # the field set in adapter_config.json → what the refusal must name
-    "modules_to_save": (["lm_head"], "modules_to_save"),
+    "modules_to_save": (["score"], "modules_to_save"),
     "bias": ("all", "bias"),
     "init_lora_weights": ("pissa_niter_4", "path_initial_model_for_weight_conversion"),
     "alora_invocation_tokens": ([5, 6], "alora_invocation_tokens"),
@@ -103,7 +109,7 @@ def matrix(tmp_path_factory):
 def _engine(base: Path, paths: dict[str, Path], **options) -> LLMEngine:
     engine = LLMEngine(
         EngineConfig(
-            model_id=str(base), dtype="fp32", max_model_len=128, max_loras=8, max_lora_rank=16, **options
+            model_id=str(base), dtype="fp32", max_model_len=128, max_loras=12, max_lora_rank=16, **options
         )
     )
     for name, path in paths.items():
@@ -159,3 +165,25 @@ def test_a_module_named_twice_is_refused(matrix, tmp_path):
     engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=16))
     with pytest.raises(BadRequestError, match="a second time"):
         engine.register_adapter("twice", adapter)
+
+
+@pytest.mark.parametrize("mode", ["native", "merged"])
+def test_vocabulary_adapters_on_a_tied_model(tmp_path, mode):
+    """LoRA on embed_tokens and lm_head of a model whose head is its embedding (SmolLM2's case):
+    each applies only where PEFT applies it, in a batch with base rows."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = make_tiny_family(tmp_path / "tied", "llama3", tie_word_embeddings=True)
+    path = make_peft_adapter(
+        base, tmp_path / "vocab", rank=4, target_modules=["embed_tokens", "lm_head"], seed=4
+    )
+    prompt = [5, 9, 14, 3, 22, 7]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    expected_base = cached_greedy(model, prompt, NEW_TOKENS)[0]
+    expected = cached_greedy(PeftModel.from_pretrained(model, path).eval(), prompt, NEW_TOKENS)[0]
+    assert expected != expected_base
+    engine = _engine(base, {"vocab": path}, lora_merge=mode == "merged")
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+    results = engine.generate([prompt, prompt, prompt], ["vocab", None, "vocab"], params)
+    assert [r.token_ids for r in results] == [expected, expected_base, expected]

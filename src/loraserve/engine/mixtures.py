@@ -51,6 +51,9 @@ def mixture_name(members: Sequence[tuple[AdapterKey, float]]) -> str:
 def combine(members: Sequence[tuple[LoraWeights, float]], max_rank: int) -> LoraWeights:
     """The members concatenated along the rank: A (sum r, in), B (out, sum r) with each
     member's scale and scaling folded into its B columns."""
+    if any(weights.vocab is not None for weights, _ in members):
+        raise BadRequestError("adapters with their own embed_tokens / lm_head (modules_to_save, or LoRA on "
+                              "them) cannot be scaled or mixed per request; call them alone")
     if any(weights.magnitudes for weights, _ in members):
         raise BadRequestError(
             "DoRA adapters cannot be scaled or mixed per request (DoRA's row scale "

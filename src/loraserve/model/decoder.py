@@ -49,7 +49,10 @@ class Decoder:
         """Logits (N, vocab) in fp32 for the last token of each sequence of the batch; the caches
         are (L, N, kvh, bs, d)."""
         args, ops = self.args, self.ops
+        plan = batch.lora_plan
         h = self.weights.embed[batch.input_ids]  # (T, hidden)
+        if plan is not None:  # adapters with their own embeddings (or LoRA on them)
+            self.lora.vocab.embed(h, batch.input_ids, plan.token_slots)
         if args.embed_scale is not None:  # in the model dtype, as transformers rounds it
             h = h * torch.tensor(args.embed_scale, dtype=h.dtype)
         tokens = h.shape[0]
@@ -76,6 +79,8 @@ class Decoder:
         index = batch.logits_index
         _, last = ops.add_norm(h[index], None if delta is None else delta[index], self.weights.norm)
         logits = self.linears.head(last)
+        if plan is not None:
+            self.lora.vocab.head(logits, last, plan.token_slots.index_select(0, index))
         if args.final_softcap is not None:
             logits = torch.tanh(logits / args.final_softcap) * args.final_softcap
         return logits.float()

@@ -22,6 +22,7 @@ from loraserve.model.args import FUSED, ModelArgs
 from loraserve.model.dora import DoraScales, dora_row_scale
 from loraserve.model.layer_ops import Bgmv
 from loraserve.model.peft_adapter import LoraWeights
+from loraserve.model.vocab_adapter import VocabSlots, merged_vocab
 from loraserve.model.weights import ModelWeights
 
 
@@ -104,6 +105,7 @@ class LoraStacks:
         self.ranks: dict[int, int] = {}  # slot → rank of the adapter loaded there
         self.used_rank = rank  # the largest loaded rank: steps read only that many rank rows
         self.dora = DoraScales(args, weights, slots) if weights is not None else None
+        self.vocab = VocabSlots(device)  # embed_tokens / lm_head parts, per slot
 
     def _stack(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
         if group not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
@@ -139,6 +141,7 @@ class LoraStacks:
             self.users[group].add(slot)
             self.slot_info[group][slot, 0] = adapter.rank
             self.slot_info[group][slot, 1] |= 1 << self.groups[group].index(module)
+        self.vocab.load(slot, adapter.vocab)
         if adapter.magnitudes:
             if self.dora is None:
                 raise ValueError("DoRA adapters need the base weights (LoraStacks(..., weights=...))")
@@ -148,6 +151,7 @@ class LoraStacks:
         self.used_rank = max(self.ranks.values(), default=self.rank)
 
     def clear(self, slot: int) -> None:
+        self.vocab.clear(slot)
         if self.dora is not None:
             self.dora.clear(slot)
         self.ranks.pop(slot, None)
@@ -204,10 +208,13 @@ class MergedLora:
     """Fold one adapter into the weights; unmerge restores the saved originals bit for bit."""
 
     def __init__(self, args: ModelArgs, weights: ModelWeights,
-                 on_change: Callable[[int], None] | None = None) -> None:
+                 on_change: Callable[[int], None] | None = None,
+                 on_head_change: Callable[[], None] | None = None) -> None:
         self.args, self.weights = args, weights
         self.on_change = on_change or (lambda _layer: None)
+        self.on_head_change = on_head_change or (lambda: None)
         self.originals: dict[tuple[int, str], torch.Tensor] = {}
+        self.vocab_originals: tuple[torch.Tensor, torch.Tensor] | None = None  # (embed, lm_head)
         self.current: str | None = None
 
     def merge(self, key: str, adapter: LoraWeights) -> None:
@@ -226,6 +233,10 @@ class MergedLora:
             target[rows] = merged.to(target.dtype)
         for layer in {layer for layer, _ in adapter.weights}:
             self.on_change(layer)
+        if adapter.vocab is not None:  # new matrices: a tied head stays the base embedding
+            self.vocab_originals = (self.weights.embed, self.weights.lm_head)
+            self.weights.embed, self.weights.lm_head = merged_vocab(*self.vocab_originals, adapter.vocab)
+            self.on_head_change()
         self.current = key
 
     def unmerge(self) -> None:
@@ -234,4 +245,8 @@ class MergedLora:
         for layer in {layer for layer, _ in self.originals}:
             self.on_change(layer)
         self.originals.clear()
+        if self.vocab_originals is not None:
+            self.weights.embed, self.weights.lm_head = self.vocab_originals
+            self.vocab_originals = None
+            self.on_head_change()
         self.current = None

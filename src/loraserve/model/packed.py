@@ -58,6 +58,11 @@ class Linears:
             return F.linear(x, self.weights.layers[layer].fused(name), bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed[layer][name], bias, "none", [], "")
 
+    def repack_head(self) -> None:
+        """Refresh the packed LM head after the plain one was swapped (merged vocabulary adapters)."""
+        if self.enabled:
+            self.lm_head = self._pack(self.weights.lm_head)
+
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:
             return F.linear(x, self.weights.lm_head)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from loraserve.errors import BadRequestError
 from loraserve.model.args import ModelArgs
 from loraserve.model.peft_config import DEFAULT_ALPHA, config_problem, pattern_value
+from loraserve.model.vocab_adapter import VocabParts, read_vocab_parts
 
 KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 MAGNITUDE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_magnitude_vector(?:\.weight)?$")
@@ -39,6 +40,7 @@ class LoraWeights:
     scalings: dict[tuple[int, str], float]
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
     magnitudes: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DoRA: m (out,) fp32
+    vocab: VocabParts | None = None  # its own embed_tokens / lm_head, or LoRA on them
 
     @property
     def modules(self) -> set[str]:
@@ -47,7 +49,8 @@ class LoraWeights:
     def nbytes(self) -> int:
         return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
                    for a, b in self.weights.values()) + sum(m.numel() * m.element_size()
-                                                            for m in self.magnitudes.values())
+                                                            for m in self.magnitudes.values()) + (
+            self.vocab.nbytes() if self.vocab is not None else 0)
 
 
 def _refuse(path: Path, message: str) -> AdapterFormatError:
@@ -67,12 +70,6 @@ def read_adapter_config(path: Path, modules: tuple[str, ...] = ()) -> dict:
     problem = config_problem(config)
     if problem:
         raise _refuse(path, problem)
-    targets = config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else targets
-    unsupported = [t for t in targets if t in ("embed_tokens", "lm_head")]
-    if unsupported:
-        allowed = ", ".join(modules) or "the decoder layers' linear modules"
-        raise _refuse(path, f"LoRA on {', '.join(unsupported)} is not supported (only {allowed})")
     return config
 
 
@@ -112,7 +109,14 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
     weights_file = path / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise _refuse(path, "no adapter_model.safetensors (convert .bin adapters to safetensors)")
-    tensors = load_file(weights_file)
+    tensors = dict(load_file(weights_file))
+    try:
+        vocab = read_vocab_parts(tensors, config, args, dtype,
+                                 lambda key: _rank_and_scaling(path, config, key, max_rank))
+    except AdapterFormatError:
+        raise
+    except BadRequestError as exc:
+        raise _refuse(path, str(exc)) from None
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     module_keys: dict[tuple[int, str], str] = {}
     magnitudes = _magnitudes(path, tensors, args, bool(config.get("use_dora")))
@@ -120,7 +124,7 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         if MAGNITUDE.search(key):
             continue
         if "lora_embedding" in key or "lm_head" in key or "embed_tokens" in key:
-            raise _refuse(path, f"LoRA on embeddings or lm_head ({key}) is not supported")
+            raise _refuse(path, f"tensor {key} is not an embed_tokens / lm_head weight PEFT saves")
         match = KEY.search(key)
         if match is None or match.group(2) not in args.lora_modules:
             raise _refuse(path, f"tensor {key} is not a LoRA weight of {', '.join(args.lora_modules)} "
@@ -133,7 +137,7 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
             raise _refuse(path, f"tensor {key} names layer {layer} {module} lora_{which} a second time")
         pair[which] = tensor
         module_keys[(layer, module)] = key.removeprefix(PREFIX).rsplit(".lora_", 1)[0]
-    if not pairs:
+    if not pairs and vocab is None:
         raise _refuse(path, "its target modules match nothing in the model")
     weights, scalings = {}, {}
     for (layer, module), pair in pairs.items():
@@ -156,8 +160,8 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
     if config.get("use_dora") and set(weights) - set(magnitudes):
         raise _refuse(path, f"use_dora is set but {sorted(set(weights) - set(magnitudes))[0]} has no "
                             "lora_magnitude_vector")
-    return LoraWeights(rank=max(a.shape[0] for a, _ in weights.values()), scalings=scalings, weights=weights,
-                       magnitudes=magnitudes)
+    return LoraWeights(rank=max((a.shape[0] for a, _ in weights.values()), default=0), scalings=scalings,
+                       weights=weights, magnitudes=magnitudes, vocab=vocab)
 
 
 def _magnitudes(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs,

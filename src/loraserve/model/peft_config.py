@@ -92,7 +92,8 @@ FIELDS: dict[str, Check | None] = {
     "fan_in_fan_out": _fan_in_fan_out,
     # refused while set
     "use_dora": None,  # DoRA: model/dora.py
-    "modules_to_save": _falsy,
+    "modules_to_save": lambda value: None if not value or (isinstance(value, list) and set(value) <= {
+        "lm_head", "embed_tokens"}) else f"= {value!r}: only lm_head and embed_tokens are served",
     "trainable_token_indices": _falsy,
     "alora_invocation_tokens": _falsy,
     "use_qalora": _falsy,

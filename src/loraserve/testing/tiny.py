@@ -75,15 +75,19 @@ def make_peft_adapter(base: Path, target: Path, rank: int = 8,
                 param.mul_(torch.empty_like(param).uniform_(0.5, 1.5))
             elif "lora_" in name:
                 param.normal_(0, 0.3)
+            elif "modules_to_save" in name:  # a retrained head or embedding: differs from the base
+                param.add_(torch.randn_like(param) * 0.2)
     peft_model.save_pretrained(target, safe_serialization=True)
     return target
 
 
 def write_random_adapter(target: Path, shapes: dict[str, tuple[int, int]], layers: int, rank: int,
                          target_modules: list[str], seed: int, alpha: int | None = None,
-                         std: float = 0.02, dora: bool = False) -> Path:
+                         std: float = 0.02, dora: bool = False,
+                         head: tuple[int, int] | None = None) -> Path:
     """A PEFT-format LoRA adapter with random weights, written directly (fast, no model needed);
-    ``dora`` adds magnitude vectors (random, for timing: not PEFT's initialisation).
+    ``dora`` adds magnitude vectors (random, for timing: not PEFT's initialisation); ``head``
+    (vocab, hidden) adds a random ``lm_head`` in ``modules_to_save``.
 
     ``shapes`` maps module name → (in_features, out_features), e.g. from ``ModelArgs.module_shape``.
     """
@@ -104,10 +108,13 @@ def write_random_adapter(target: Path, shapes: dict[str, tuple[int, int]], layer
                                                   ).to(torch.bfloat16)
             if dora:
                 tensors[f"{prefix}.lora_magnitude_vector"] = torch.rand(fan_out, generator=generator) + 0.5
+    if head is not None:
+        weight = torch.randn(*head, generator=generator) * std
+        tensors["base_model.model.lm_head.weight"] = weight.to(torch.bfloat16)
     save_file(tensors, str(target / "adapter_model.safetensors"))
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha or 2 * rank,
               "target_modules": target_modules, "lora_dropout": 0.0, "bias": "none",
               "base_model_name_or_path": None, "fan_in_fan_out": False, "inference_mode": True,
-              "use_dora": dora}
+              "use_dora": dora, "modules_to_save": ["lm_head"] if head is not None else None}
     (target / "adapter_config.json").write_text(json.dumps(config))
     return target

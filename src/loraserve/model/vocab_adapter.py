@@ -1,0 +1,189 @@
+"""Adapters on the vocabulary matrices: an adapter's own ``embed_tokens`` / ``lm_head``
+(``modules_to_save``, or the base copies PEFT saves beside LoRA on them, which differ when the
+vocabulary was retrained) and LoRA on them, read from a PEFT file and applied per row of a mixed
+batch — rows of other adapters and of the base model keep the base matrices."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from loraserve.errors import BadRequestError
+from loraserve.model.args import ModelArgs
+
+VOCAB_MODULES = ("embed_tokens", "lm_head")
+VOCAB_KEY = re.compile(
+    r"(?:^|\.)(embed_tokens|lm_head)\.(weight|base_layer\.weight|lora_embedding_[AB]|"
+    r"lora_[AB]\.weight)$"
+)
+
+
+@dataclass(slots=True)
+class VocabParts:
+    embed: torch.Tensor | None = None  # (V, H) this adapter's embedding matrix
+    embed_lora: tuple[torch.Tensor, torch.Tensor] | None = None  # A^T (V, r), scaling * B^T (r, H)
+    head: torch.Tensor | None = None  # (V, H) this adapter's LM head
+    head_lora: tuple[torch.Tensor, torch.Tensor] | None = None  # A (r, H), scaling * B (V, r)
+
+    def tensors(self) -> list[torch.Tensor]:
+        parts = [self.embed, self.head, *(self.embed_lora or ()), *(self.head_lora or ())]
+        return [t for t in parts if t is not None]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+ScalingOf = Callable[[str], tuple[int, float]]  # a module key → (rank, scaling), PEFT's rules
+
+
+def read_vocab_parts(
+    tensors: dict[str, torch.Tensor], config: dict, args: ModelArgs, dtype: torch.dtype, scaling_of: ScalingOf
+) -> VocabParts | None:
+    """The vocabulary parts of an adapter file, taken out of ``tensors``; a refusal (naming the
+    tensor or setting) for what cannot be served exactly."""
+    found: dict[tuple[str, str], torch.Tensor] = {}
+    for key in [k for k in tensors if VOCAB_KEY.search(k)]:
+        match = VOCAB_KEY.search(key)
+        assert match is not None
+        if (match.group(1), match.group(2)) in found:
+            raise BadRequestError(f"tensor {key} names {match.group(1)}'s {match.group(2)} a second time")
+        found[(match.group(1), match.group(2))] = tensors.pop(key)
+    saved = set(config.get("modules_to_save") or ())
+    if not found:
+        if saved:
+            raise BadRequestError(
+                f"modules_to_save names {', '.join(sorted(saved))} but the file holds no "
+                f"{sorted(saved)[0]}.weight"
+            )
+        return None
+    if args.embed_scale is not None:
+        raise BadRequestError(
+            f"adapters on embed_tokens / lm_head are not supported for {args.architecture} "
+            "yet (its embeddings are scaled); target the decoder layers only"
+        )
+    vocab, hidden = args.vocab_size, args.hidden_size
+    parts = VocabParts()
+    for module in VOCAB_MODULES:
+        whole = found.get((module, "weight"))
+        if whole is not None and module not in saved:
+            raise BadRequestError(f"the file holds a full {module} but modules_to_save does not name it")
+        if whole is None and module in saved:
+            raise BadRequestError(f"modules_to_save names {module} but the file holds no {module}.weight")
+        whole = found.get((module, "base_layer.weight"), whole)  # PEFT's copy beside LoRA on it
+        if whole is not None:
+            _shape(module, whole, (vocab, hidden))
+            setattr(parts, "embed" if module == "embed_tokens" else "head", _checked(module, whole.to(dtype)))
+    a, b = found.get(("embed_tokens", "lora_embedding_A")), found.get(("embed_tokens", "lora_embedding_B"))
+    if (a is None) != (b is None):
+        raise BadRequestError("embed_tokens has only one of lora_embedding_A / lora_embedding_B")
+    if a is not None and b is not None:
+        rank, scaling = scaling_of("model.embed_tokens")
+        _shape("embed_tokens lora_embedding_A", a, (rank, vocab))
+        _shape("embed_tokens lora_embedding_B", b, (hidden, rank))
+        parts.embed_lora = (
+            _checked("embed_tokens lora", a.t().contiguous().to(dtype)),
+            _checked("embed_tokens lora", (b.float().t() * scaling).to(dtype)),
+        )
+    a, b = found.get(("lm_head", "lora_A.weight")), found.get(("lm_head", "lora_B.weight"))
+    if (a is None) != (b is None):
+        raise BadRequestError("lm_head has only one of lora_A / lora_B")
+    if a is not None and b is not None:
+        rank, scaling = scaling_of("lm_head")
+        _shape("lm_head lora_A", a, (rank, hidden))
+        _shape("lm_head lora_B", b, (vocab, rank))
+        parts.head_lora = (
+            _checked("lm_head lora", a.to(dtype)),
+            _checked("lm_head lora", (b.float() * scaling).to(dtype)),
+        )
+    return parts
+
+
+def _shape(what: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != expected:
+        raise BadRequestError(
+            f"{what}: shape {tuple(tensor.shape)} does not fit the model (expected {expected})"
+        )
+
+
+def _checked(what: str, tensor: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.isfinite(tensor).all()):
+        raise BadRequestError(f"{what} holds non-finite values (NaN or inf) in {tensor.dtype}")
+    return tensor
+
+
+class VocabSlots:
+    """The vocabulary parts of the adapters resident in LoRA slots (references, not copies)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.parts: dict[int, VocabParts] = {}
+
+    def load(self, slot: int, parts: VocabParts | None) -> None:
+        self.parts.pop(slot, None)
+        if parts is not None:
+            self.parts[slot] = VocabParts(
+                *(
+                    None if t is None else _to(t, self.device)
+                    for t in (parts.embed, parts.embed_lora, parts.head, parts.head_lora)
+                )
+            )  # type: ignore[arg-type]
+
+    def clear(self, slot: int) -> None:
+        self.parts.pop(slot, None)
+
+    def embed(self, h: torch.Tensor, ids: torch.Tensor, token_slots: torch.Tensor) -> None:
+        """h (T, H), the base embeddings of ``ids``: rows of adapters with vocabulary parts get
+        theirs, in place."""
+        for slot, parts in self.parts.items():
+            if parts.embed is None and parts.embed_lora is None:
+                continue
+            rows = (token_slots == slot).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            picked = ids.index_select(0, rows)
+            values = parts.embed[picked] if parts.embed is not None else h.index_select(0, rows)
+            if parts.embed_lora is not None:
+                a_t, b_t = parts.embed_lora
+                values = values + (a_t[picked] @ b_t).to(values.dtype)
+            h.index_copy_(0, rows, values)
+
+    def head(self, logits: torch.Tensor, last: torch.Tensor, row_slots: torch.Tensor) -> None:
+        """logits (N, V) of the normed last hidden states ``last`` (N, H): rows of adapters with
+        an LM head or LoRA on it get theirs, in place."""
+        for slot, parts in self.parts.items():
+            if parts.head is None and parts.head_lora is None:
+                continue
+            rows = (row_slots == slot).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            x = last.index_select(0, rows)
+            values = F.linear(x, parts.head) if parts.head is not None else logits.index_select(0, rows)
+            if parts.head_lora is not None:
+                a, b = parts.head_lora
+                values = values + ((x @ a.t()) @ b.t()).to(values.dtype)
+            logits.index_copy_(0, rows, values)
+
+
+def _to(
+    value: torch.Tensor | tuple[torch.Tensor, torch.Tensor], device: torch.device
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    return value.to(device) if isinstance(value, torch.Tensor) else (value[0].to(device), value[1].to(device))
+
+
+def merged_vocab(
+    base_embed: torch.Tensor, base_head: torch.Tensor, parts: VocabParts
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding, LM head) with ``parts`` folded in, as new tensors (merged mode)."""
+    embed = parts.embed if parts.embed is not None else base_embed
+    if parts.embed_lora is not None:
+        a_t, b_t = parts.embed_lora
+        embed = (embed.float() + a_t.float() @ b_t.float()).to(base_embed.dtype)
+    head = parts.head if parts.head is not None else base_head
+    if parts.head_lora is not None:
+        a, b = parts.head_lora
+        head = (head.float() + b.float() @ a.float()).to(base_head.dtype)
+    return embed.to(base_embed.device), head.to(base_head.device)
