@@ -45,7 +45,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for i in range(8):
-            for kind, rank, dora in (("lora", 16, False), ("dora", 16, True), ("half", 8, False)):
+            head = (args.vocab_size, args.hidden_size)
+            for kind, rank, dora, lm_head in (
+                ("lora", 16, False, None),
+                ("dora", 16, True, None),
+                ("half", 8, False, None),
+                ("head", 16, False, head),
+            ):
                 path = write_random_adapter(
                     root / f"{kind}{i}",
                     shapes,
@@ -54,6 +60,7 @@ def main() -> None:
                     modules,
                     seed=100 * rank + i + dora,
                     dora=dora,
+                    head=lm_head,
                 )
                 engine.register_adapter(f"{kind}{i}", path)
         kinds["lora r16"] = [f"lora{i % 8}" for i in range(opts.batch)]
