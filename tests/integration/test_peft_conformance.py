@@ -66,7 +66,7 @@ EXACT = {  # name: (make_peft_adapter arguments, adapter_config.json edits after
 }
 REFUSED = {  # the field set in adapter_config.json → what the refusal must name
     "modules_to_save": (["score"], "modules_to_save"),
-    "bias": ("all", "bias"),
+    "use_bdlora": ({"block_size": 2}, "use_bdlora"),
     "init_lora_weights": ("pissa_niter_4", "path_initial_model_for_weight_conversion"),
     "alora_invocation_tokens": ([5, 6], "alora_invocation_tokens"),
     "trainable_token_indices": ([3, 4], "trainable_token_indices"),
@@ -187,3 +187,33 @@ def test_vocabulary_adapters_on_a_tied_model(tmp_path, mode):
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     results = engine.generate([prompt, prompt, prompt], ["vocab", None, "vocab"], params)
     assert [r.token_ids for r in results] == [expected, expected_base, expected]
+
+
+@pytest.mark.parametrize("mode", ["native", "torch", "merged"])
+def test_trained_biases_on_qwen2(tmp_path, mode, monkeypatch):
+    """bias="all" (every bias of the model, k_proj's too though only q and v carry LoRA) and
+    bias="lora_only", each exact against PEFT, in a batch with base rows."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = make_tiny_family(tmp_path / "qwen2", "qwen2")
+    paths = {
+        mode_: make_peft_adapter(
+            base, tmp_path / mode_, rank=4, target_modules=["q_proj", "v_proj"], bias=mode_, seed=6
+        )
+        for mode_ in ("all", "lora_only")
+    }
+    prompt = list(range(20, 50))
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    expected = {None: cached_greedy(model, prompt, NEW_TOKENS)[0]}
+    for name, path in paths.items():
+        fresh = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        expected[name] = cached_greedy(PeftModel.from_pretrained(fresh, path).eval(), prompt, NEW_TOKENS)[0]
+    if mode == "torch":
+        monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
+    engine = _engine(base, paths, lora_merge=mode == "merged")
+    names = ["all", None, "lora_only", "all"]
+    results = engine.generate(
+        [prompt] * len(names), names, SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+    )
+    assert [r.token_ids for r in results] == [expected[n] for n in names]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from loraserve.model.args import FUSED, ModelArgs
+from loraserve.model.bias_adapter import BiasDeltas
 from loraserve.model.dora import DoraScales, dora_row_scale
 from loraserve.model.layer_ops import Bgmv
 from loraserve.model.peft_adapter import LoraWeights
@@ -106,6 +107,7 @@ class LoraStacks:
         self.used_rank = rank  # the largest loaded rank: steps read only that many rank rows
         self.dora = DoraScales(args, weights, slots) if weights is not None else None
         self.vocab = VocabSlots(device)  # embed_tokens / lm_head parts, per slot
+        self.biases = BiasDeltas(args, weights, slots) if weights is not None else None
 
     def _stack(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
         if group not in self.a:  # allocated on first use: q,v-only adapters never pay for MLP
@@ -142,6 +144,10 @@ class LoraStacks:
             self.slot_info[group][slot, 0] = adapter.rank
             self.slot_info[group][slot, 1] |= 1 << self.groups[group].index(module)
         self.vocab.load(slot, adapter.vocab)
+        if adapter.biases:
+            if self.biases is None:
+                raise ValueError("trained biases need the base weights (LoraStacks(..., weights=...))")
+            self.biases.load(slot, adapter.biases)
         if adapter.magnitudes:
             if self.dora is None:
                 raise ValueError("DoRA adapters need the base weights (LoraStacks(..., weights=...))")
@@ -152,6 +158,8 @@ class LoraStacks:
 
     def clear(self, slot: int) -> None:
         self.vocab.clear(slot)
+        if self.biases is not None:
+            self.biases.clear(slot)
         if self.dora is not None:
             self.dora.clear(slot)
         self.ranks.pop(slot, None)
@@ -174,11 +182,12 @@ class LoraStacks:
                   bias: torch.Tensor | None = None) -> None:
         """out (T, fused out) += the LoRA outputs of every module of ``group``; then DoRA's row
         scale on the tokens of DoRA adapters (``bias``: the one already in ``out``)."""
-        if not self.users[group]:
-            return
-        self._add_lora(out, x, layer, group, plan)
+        if self.users[group]:
+            self._add_lora(out, x, layer, group, plan)
         if self.dora is not None:
             self.dora.apply(out, layer, group, plan.token_slots, bias)
+        if self.biases is not None:
+            self.biases.apply(out, layer, group, plan.token_slots)
 
     def _add_lora(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, plan: LoraPlan) -> None:
         if self.kernel is not None:
@@ -231,6 +240,13 @@ class MergedLora:
                                        adapter.magnitudes[(layer, module)])
                 merged = merged * scale[:, None]
             target[rows] = merged.to(target.dtype)
+        for (layer, module), new in adapter.biases.items():  # trained biases: swapped in
+            fused, rows = self.args.module_slice(module)
+            bias = self.weights.layers[layer].bias(fused)
+            assert bias is not None
+            if (layer, fused + "_bias") not in self.originals:
+                self.originals[(layer, fused + "_bias")] = bias.clone()
+            bias[rows] = new.to(bias.dtype)
         for layer in {layer for layer, _ in adapter.weights}:
             self.on_change(layer)
         if adapter.vocab is not None:  # new matrices: a tied head stays the base embedding
@@ -241,7 +257,10 @@ class MergedLora:
 
     def unmerge(self) -> None:
         for (layer, fused), original in self.originals.items():
-            self.weights.layers[layer].fused(fused).copy_(original)
+            if fused.endswith("_bias"):
+                self.weights.layers[layer].bias(fused.removesuffix("_bias")).copy_(original)  # type: ignore[union-attr]
+            else:
+                self.weights.layers[layer].fused(fused).copy_(original)
         for layer in {layer for layer, _ in self.originals}:
             self.on_change(layer)
         self.originals.clear()

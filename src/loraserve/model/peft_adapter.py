@@ -19,10 +19,12 @@ from safetensors.torch import load_file
 
 from loraserve.errors import BadRequestError
 from loraserve.model.args import ModelArgs
+from loraserve.model.bias_adapter import bias_problem
 from loraserve.model.peft_config import DEFAULT_ALPHA, config_problem, pattern_value
 from loraserve.model.vocab_adapter import VocabParts, read_vocab_parts
 
 KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+BIAS = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.(?:base_layer\.)?bias$")
 MAGNITUDE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_magnitude_vector(?:\.weight)?$")
 PREFIX = "base_model.model."  # PEFT's prefix of the saved keys: the rest names the model's module
 
@@ -41,6 +43,7 @@ class LoraWeights:
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
     magnitudes: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DoRA: m (out,) fp32
     vocab: VocabParts | None = None  # its own embed_tokens / lm_head, or LoRA on them
+    biases: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # trained biases (out,)
 
     @property
     def modules(self) -> set[str]:
@@ -50,7 +53,8 @@ class LoraWeights:
         return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
                    for a, b in self.weights.values()) + sum(m.numel() * m.element_size()
                                                             for m in self.magnitudes.values()) + (
-            self.vocab.nbytes() if self.vocab is not None else 0)
+            self.vocab.nbytes() if self.vocab is not None else 0) + sum(
+            t.numel() * t.element_size() for t in self.biases.values())
 
 
 def _refuse(path: Path, message: str) -> AdapterFormatError:
@@ -120,6 +124,7 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     module_keys: dict[tuple[int, str], str] = {}
     magnitudes = _magnitudes(path, tensors, args, bool(config.get("use_dora")))
+    biases = _biases(path, tensors, args, config, dtype)
     for key, tensor in tensors.items():
         if MAGNITUDE.search(key):
             continue
@@ -137,7 +142,7 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
             raise _refuse(path, f"tensor {key} names layer {layer} {module} lora_{which} a second time")
         pair[which] = tensor
         module_keys[(layer, module)] = key.removeprefix(PREFIX).rsplit(".lora_", 1)[0]
-    if not pairs and vocab is None:
+    if not pairs and vocab is None and not biases:
         raise _refuse(path, "its target modules match nothing in the model")
     weights, scalings = {}, {}
     for (layer, module), pair in pairs.items():
@@ -161,7 +166,31 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         raise _refuse(path, f"use_dora is set but {sorted(set(weights) - set(magnitudes))[0]} has no "
                             "lora_magnitude_vector")
     return LoraWeights(rank=max((a.shape[0] for a, _ in weights.values()), default=0), scalings=scalings,
-                       weights=weights, magnitudes=magnitudes, vocab=vocab)
+                       weights=weights, magnitudes=magnitudes, vocab=vocab, biases=biases)
+
+
+def _biases(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, config: dict,
+            dtype: torch.dtype) -> dict[tuple[int, str], torch.Tensor]:
+    """The biases a ``bias="all"`` / ``"lora_only"`` adapter trained, taken out of ``tensors``."""
+    found: dict[tuple[int, str], torch.Tensor] = {}
+    for key in [k for k in tensors if BIAS.search(k)]:
+        match = BIAS.search(key)
+        assert match is not None
+        layer, module = int(match.group(1)), match.group(2)
+        if config.get("bias", "none") == "none":
+            raise _refuse(path, f"tensor {key} is a trained bias but adapter_config.json has bias='none'")
+        if module not in args.lora_modules or layer >= args.num_layers:
+            raise _refuse(path, f"tensor {key} names no bias of the model")
+        if (layer, module) in found:
+            raise _refuse(path, f"tensor {key} names layer {layer} {module}'s bias a second time")
+        found[(layer, module)] = tensors.pop(key).to(dtype)
+        _finite(path, key, found[(layer, module)])
+    if found and config.get("use_dora"):
+        raise _refuse(path, "DoRA with trained biases is not supported by the built-in engine")
+    problem = bias_problem(found, args)
+    if problem:
+        raise _refuse(path, problem)
+    return found
 
 
 def _magnitudes(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs,

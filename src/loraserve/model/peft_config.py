@@ -34,14 +34,6 @@ def _init(value: Any) -> str | None:
     return None
 
 
-def _bias(value: Any) -> str | None:
-    return (
-        None
-        if value in (None, "none")
-        else (f"= {value!r} (trained biases) is not supported by the built-in engine; train with bias='none'")
-    )
-
-
 def _fan_in_fan_out(value: Any) -> str | None:
     return None if not value else "= true (Conv1D-style weights) does not apply to the served models"
 
@@ -88,7 +80,7 @@ FIELDS: dict[str, Check | None] = {
     "rank_pattern": _pattern,
     "alpha_pattern": _pattern,
     "init_lora_weights": _init,
-    "bias": _bias,
+    "bias": None,  # trained biases: model/bias_adapter.py
     "fan_in_fan_out": _fan_in_fan_out,
     # refused while set
     "use_dora": None,  # DoRA: model/dora.py
