@@ -33,6 +33,17 @@ class VocabParts:
         parts = [self.embed, self.head, *(self.embed_lora or ()), *(self.head_lora or ())]
         return [t for t in parts if t is not None]
 
+    def to(self, device: torch.device) -> VocabParts:
+        def pair(p: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+            return None if p is None else (p[0].to(device), p[1].to(device))
+
+        return VocabParts(
+            None if self.embed is None else self.embed.to(device),
+            pair(self.embed_lora),
+            None if self.head is None else self.head.to(device),
+            pair(self.head_lora),
+        )
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
@@ -125,12 +136,7 @@ class VocabSlots:
     def load(self, slot: int, parts: VocabParts | None) -> None:
         self.parts.pop(slot, None)
         if parts is not None:
-            self.parts[slot] = VocabParts(
-                *(
-                    None if t is None else _to(t, self.device)
-                    for t in (parts.embed, parts.embed_lora, parts.head, parts.head_lora)
-                )
-            )  # type: ignore[arg-type]
+            self.parts[slot] = parts.to(self.device)
 
     def clear(self, slot: int) -> None:
         self.parts.pop(slot, None)
@@ -166,12 +172,6 @@ class VocabSlots:
                 a, b = parts.head_lora
                 values = values + ((x @ a.t()) @ b.t()).to(values.dtype)
             logits.index_copy_(0, rows, values)
-
-
-def _to(
-    value: torch.Tensor | tuple[torch.Tensor, torch.Tensor], device: torch.device
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    return value.to(device) if isinstance(value, torch.Tensor) else (value[0].to(device), value[1].to(device))
 
 
 def merged_vocab(
