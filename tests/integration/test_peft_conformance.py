@@ -68,7 +68,7 @@ REFUSED = {  # the field set in adapter_config.json → what the refusal must na
     "modules_to_save": (["score"], "modules_to_save"),
     "use_bdlora": ({"block_size": 2}, "use_bdlora"),
     "init_lora_weights": ("pissa_niter_4", "path_initial_model_for_weight_conversion"),
-    "alora_invocation_tokens": ([5, 6], "alora_invocation_tokens"),
+    "alora_invocation_tokens": ([], "alora_invocation_tokens"),
     "trainable_token_indices": ([3, 4], "trainable_token_indices"),
     "lora_bias": (True, "lora_bias"),
     "use_qalora": (True, "use_qalora"),
@@ -217,3 +217,66 @@ def test_trained_biases_on_qwen2(tmp_path, mode, monkeypatch):
         [prompt] * len(names), names, SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     )
     assert [r.token_ids for r in results] == [expected[n] for n in names]
+
+
+def _peft_activated_greedy(peft_model, prompt: list[int], invocation: list[int], steps: int) -> list[int]:
+    """PEFT's activated-LoRA generation, step by step: offsets from the prompt's last invocation,
+    then every generated token with the adapter (what ``generate`` does)."""
+    starts = [
+        i for i in range(len(prompt) - len(invocation) + 1) if prompt[i : i + len(invocation)] == invocation
+    ]
+    offset = len(prompt) - starts[-1] if starts else None
+    tokens, cache, ids = [], None, torch.tensor([prompt])
+    with torch.no_grad():
+        for step in range(steps):
+            offsets = [offset] if step == 0 else [1 if offset is not None else None]
+            out = peft_model(input_ids=ids, cache=cache, use_cache=True, alora_offsets=offsets)
+            cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+            tokens.append(int(out.logits[0, -1].argmax()))
+            ids = torch.tensor([[tokens[-1]]])
+    return tokens
+
+
+@pytest.mark.parametrize("mode", ["native", "torch"])
+def test_activated_lora(matrix, tmp_path, mode, monkeypatch):
+    """alora_invocation_tokens: the adapter from the last invocation on (prompts with it once,
+    twice, and not at all, in one batch with base rows), and a prefix shared by requests
+    activated at different points never crosses between them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base, _, _, _ = matrix
+    invocation = [7, 8]
+    path = make_peft_adapter(
+        base,
+        tmp_path / "alora",
+        rank=4,
+        target_modules="all-linear",
+        seed=8,
+        alora_invocation_tokens=invocation,
+    )
+    prompts = [
+        list(range(20, 40)) + invocation + [50, 51, 52],
+        [7, 8, *range(60, 80), 7, 8, 90],
+        list(range(20, 45)),
+        list(range(20, 40)) + [41] + invocation + [52],
+    ]  # the first's prefix, activated later
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), path
+    ).eval()
+    expected = [_peft_activated_greedy(peft_model, p, invocation, NEW_TOKENS) for p in prompts]
+    with peft_model.disable_adapter():
+        plain = [cached_greedy(peft_model, p, NEW_TOKENS)[0] for p in prompts]
+    assert expected[2] == plain[2] and expected[0] != plain[0], "activated only where invoked"
+    if mode == "torch":
+        monkeypatch.setattr(runner_module, "select_ops", lambda dtype, device, eps: TorchOps(dtype, eps))
+    engine = _engine(base, {"alora": path})
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+    for order in (prompts, prompts[::-1]):  # the second pass is served from the prefix cache
+        results = engine.generate(order, ["alora"] * len(order), params)
+        assert [r.token_ids for r in results] == [expected[prompts.index(p)] for p in order]
+    merged = LLMEngine(
+        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=16, lora_merge=True)
+    )
+    with pytest.raises(BadRequestError, match="cannot be merged"):
+        merged.register_adapter("alora", path)

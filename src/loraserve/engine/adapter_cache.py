@@ -35,6 +35,7 @@ class AdapterEntry:
     path: str
     version: int
     pinned: bool = False
+    invocation: tuple[int, ...] | None = None  # activated LoRA's invocation tokens
 
     @property
     def key(self) -> AdapterKey:
@@ -63,7 +64,7 @@ class AdapterCache:
                                   "adapters can be pinned, so one slot stays free for the others "
                                   "(raise option.max_loras or unpin one)")
         self.unregister(name, missing_ok=True)
-        entry = AdapterEntry(name, path, next(_versions), pinned)
+        entry = AdapterEntry(name, path, next(_versions), pinned, getattr(weights, "invocation", None))
         self.registered[name] = entry
         if preload or pinned:
             self._remember(entry.key, weights)
@@ -165,6 +166,12 @@ class AdapterCache:
             if key in self.stale and not self.refs.get(key) and not self.holds.get(key):
                 del self.stale[key]
                 self._drop(key)
+
+    def invocation(self, key: AdapterKey) -> tuple[int, ...] | None:
+        """The invocation tokens of a held version (registered or stale), if it is activated LoRA."""
+        entry = self.registered.get(key[0])
+        entry = entry if entry is not None and entry.key == key else self.stale.get(key)
+        return None if entry is None else entry.invocation
 
     def in_use(self, key: AdapterKey) -> bool:
         """Held by a request (waiting or running) or referenced by a running one."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from loraserve.engine.activation import activation_start
 from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.config import EngineConfig
@@ -111,6 +112,9 @@ class LLMEngine:
         if not self.config.enable_lora:
             raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
         weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
+        if weights.invocation and self.config.lora_merge:
+            raise BadRequestError("activated LoRA (alora_invocation_tokens) cannot be merged: it applies to "
+                                  "part of each sequence; serve it with option.lora_merge=false")
         with self.lock:
             entry = self.adapters.register(name, str(path), weights, pin, preload)
             self._changed()
@@ -146,7 +150,9 @@ class LLMEngine:
             key = self.mixtures.hold(adapter)  # its version, until it ends
             try:
                 variant = self.runner.rope.rope_offset(len(ids))
-                seq = Sequence(ids, params, key, on_event, rope_variant=variant)
+                invocation = self.adapters.invocation(key) if key is not None else None
+                lora_from = activation_start(ids, invocation) if invocation else 0
+                seq = Sequence(ids, params, key, on_event, rope_variant=variant, lora_from=lora_from)
                 self.scheduler.add(seq)
             except BaseException:
                 if key is not None:

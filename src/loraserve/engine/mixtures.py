@@ -54,6 +54,9 @@ def combine(members: Sequence[tuple[LoraWeights, float]], max_rank: int) -> Lora
     if any(weights.vocab is not None for weights, _ in members):
         raise BadRequestError("adapters with their own embed_tokens / lm_head (modules_to_save, or LoRA on "
                               "them) cannot be scaled or mixed per request; call them alone")
+    if any(weights.invocation for weights, _ in members):
+        raise BadRequestError("activated LoRA adapters (alora_invocation_tokens) cannot be scaled or mixed "
+                              "per request; call them alone")
     if any(weights.biases for weights, _ in members):
         raise BadRequestError("adapters that trained biases cannot be scaled or mixed per request; "
                               "call them alone")

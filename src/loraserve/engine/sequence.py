@@ -40,6 +40,7 @@ class Sequence:
     adapter: AdapterKey | None
     on_event: Callable[[TokenEvent], Any] | None = None
     rope_variant: int = 0  # LongRoPE: which table its keys were rotated with (0: the usual one)
+    lora_from: int = 0  # activated LoRA: the first position its adapter applies to (activation.py)
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
@@ -71,7 +72,10 @@ class Sequence:
     def cache_namespace(self) -> AdapterKey | None:
         """Whose weights (and which RoPE table) computed its KV: prefix-cache blocks are shared
         only within it."""
-        return self.adapter if not self.rope_variant else (self.adapter, "rope", self.rope_variant)
+        namespace: Any = self.adapter
+        if self.adapter is not None and self.lora_from:  # activated LoRA: base KV before lora_from
+            namespace = (namespace, "activated", self.lora_from)
+        return namespace if not self.rope_variant else (namespace, "rope", self.rope_variant)
 
     @property
     def all_ids(self) -> list[int]:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from loraserve.engine.activation import lora_spans
 from loraserve.engine.block_manager import NULL_BLOCK
 from loraserve.engine.sequence import Sequence
 from loraserve.model.batch import PrefillSpan, StepBatch
@@ -41,7 +42,8 @@ def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) ->
         if count > 1:
             used = -(-(first + count) // block_size)
             spans.append(PrefillSpan(start, count, first, _tensor(table[:used], runner.device)))
-            lora_prefills.append((start, count, seq.lora_slot))
+            for offset, length, with_lora in lora_spans(first, count, seq.lora_from):  # activated LoRA
+                lora_prefills.append((start + offset, length, seq.lora_slot if with_lora else -1))
     width = max((len(seq.block_table) for seq in decodes), default=0)
     tables = [seq.block_table + [NULL_BLOCK] * (width - len(seq.block_table)) for seq in decodes]
     lengths = [seq.cached + 1 for seq in decodes]
@@ -59,7 +61,8 @@ def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) ->
         rope_positions=_tensor(rope_positions, device) if rope_positions != positions else None,
     )
     if not merged:
-        batch.lora_plan = build_plan([s.lora_slot for s in decodes], lora_prefills, device,
+        decode_slots = [s.lora_slot if s.cached >= s.lora_from else -1 for s in decodes]
+        batch.lora_plan = build_plan(decode_slots, lora_prefills, device,
                                      grouped=runner.lora.kernel is None)
     return batch
 

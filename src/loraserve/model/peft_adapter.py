@@ -44,6 +44,7 @@ class LoraWeights:
     magnitudes: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # DoRA: m (out,) fp32
     vocab: VocabParts | None = None  # its own embed_tokens / lm_head, or LoRA on them
     biases: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # trained biases (out,)
+    invocation: tuple[int, ...] | None = None  # activated LoRA: applies from these tokens on
 
     @property
     def modules(self) -> set[str]:
@@ -166,7 +167,20 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         raise _refuse(path, f"use_dora is set but {sorted(set(weights) - set(magnitudes))[0]} has no "
                             "lora_magnitude_vector")
     return LoraWeights(rank=max((a.shape[0] for a, _ in weights.values()), default=0), scalings=scalings,
-                       weights=weights, magnitudes=magnitudes, vocab=vocab, biases=biases)
+                       weights=weights, magnitudes=magnitudes, vocab=vocab, biases=biases,
+                       invocation=_invocation(path, config, magnitudes, vocab, biases))
+
+
+def _invocation(path: Path, config: dict, magnitudes: dict, vocab: object,
+                biases: dict) -> tuple[int, ...] | None:
+    """Activated LoRA's invocation tokens; refused with the kinds PEFT cannot activate either."""
+    tokens = config.get("alora_invocation_tokens")
+    if not tokens:
+        return None
+    if magnitudes or vocab is not None or biases:
+        raise _refuse(path, "alora_invocation_tokens with DoRA, trained biases or embed_tokens / lm_head "
+                            "adapters is not supported")
+    return tuple(tokens)
 
 
 def _biases(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, config: dict,

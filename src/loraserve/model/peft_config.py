@@ -38,6 +38,15 @@ def _fan_in_fan_out(value: Any) -> str | None:
     return None if not value else "= true (Conv1D-style weights) does not apply to the served models"
 
 
+def _invocation(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+        return f"= {value!r} must be a non-empty list of token ids"
+    return None
+
+
 def _pattern(value: Any) -> str | None:
     if value is None:
         return None
@@ -87,7 +96,7 @@ FIELDS: dict[str, Check | None] = {
     "modules_to_save": lambda value: None if not value or (isinstance(value, list) and set(value) <= {
         "lm_head", "embed_tokens"}) else f"= {value!r}: only lm_head and embed_tokens are served",
     "trainable_token_indices": _falsy,
-    "alora_invocation_tokens": _falsy,
+    "alora_invocation_tokens": _invocation,  # activated LoRA: engine/activation.py
     "use_qalora": _falsy,
     "layer_replication": _falsy,
     "lora_bias": _falsy,
