@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -69,7 +69,7 @@ class Sequence:
         return None if self.adapter is None else self.adapter[0]
 
     @property
-    def cache_namespace(self) -> AdapterKey | None:
+    def cache_namespace(self) -> Hashable:
         """Whose weights (and which RoPE table) computed its KV: prefix-cache blocks are shared
         only within it."""
         namespace: Any = self.adapter
