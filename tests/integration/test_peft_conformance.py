@@ -259,7 +259,7 @@ def test_activated_lora(matrix, tmp_path, mode, monkeypatch):
         list(range(20, 40)) + invocation + [50, 51, 52],
         [7, 8, *range(60, 80), 7, 8, 90],
         list(range(20, 45)),
-        list(range(20, 40)) + [41] + invocation + [52],
+        [*range(20, 40), 41, *invocation, 52],
     ]  # the first's prefix, activated later
     peft_model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), path
