@@ -5,48 +5,34 @@ adapters and of the base model add exact zeros), and merged by swapping the bias
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from loraserve.model.args import FUSED, ModelArgs
+from loraserve.model.args import ModelArgs
+from loraserve.model.slot_tables import SlotTables
 from loraserve.model.weights import ModelWeights
 
 
-@dataclass
 class BiasDeltas:
-    """Per fused weight: (L, S + 1, fused out) bias deltas in the compute dtype, row 0 (zeros)
-    for base tokens, row s + 1 for slot s."""
+    """Bias deltas per slot (``SlotTables``, neutral 0): zeros for base tokens and other slots."""
 
-    args: ModelArgs
-    weights: ModelWeights
-    slots: int
-    tables: dict[str, torch.Tensor] = field(default_factory=dict)
-    users: dict[str, set[int]] = field(default_factory=lambda: {g: set() for g in FUSED})
+    def __init__(self, args: ModelArgs, weights: ModelWeights, slots: int) -> None:
+        self.args, self.weights = args, weights
+        self.deltas = SlotTables(args, weights, slots, neutral=0.0)
 
     def load(self, slot: int, biases: dict[tuple[int, str], torch.Tensor]) -> None:
         for (layer, module), new in biases.items():
             group, rows = self.args.module_slice(module)
             base = self.weights.layers[layer].bias(group)
             assert base is not None  # the adapter reader checked the model has this bias
-            if group not in self.tables:
-                self.tables[group] = torch.zeros(
-                    self.args.num_layers, self.slots + 1, base.shape[0], dtype=base.dtype, device=base.device
-                )
-            delta = new.to(device=base.device).float() - base[rows].float()
-            self.tables[group][layer, slot + 1, rows] = delta.to(base.dtype)
-            self.users[group].add(slot)
+            self.deltas.put(group, layer, slot, rows, new.to(base.device).float() - base[rows].float())
 
     def clear(self, slot: int) -> None:
-        for group, table in self.tables.items():
-            if slot in self.users[group]:
-                table[:, slot + 1] = 0
-                self.users[group].discard(slot)
+        self.deltas.clear(slot)
 
     def apply(self, out: torch.Tensor, layer: int, group: str, token_slots: torch.Tensor) -> None:
         """out (T, fused out) += each token's adapter's bias delta, in place."""
-        if self.users[group]:
-            out.add_(self.tables[group][layer].index_select(0, token_slots + 1))
+        if self.deltas.users[group]:
+            out.add_(self.deltas.rows_for(group, layer, token_slots))
 
 
 def bias_problem(biases: dict[tuple[int, str], torch.Tensor], args: ModelArgs) -> str | None:

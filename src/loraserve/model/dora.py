@@ -9,11 +9,10 @@ delta, so one post-step serves both. Merged, ``s`` scales the merged rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from loraserve.model.args import FUSED, ModelArgs
+from loraserve.model.args import ModelArgs
+from loraserve.model.slot_tables import SlotTables
 from loraserve.model.weights import ModelWeights
 
 
@@ -25,59 +24,39 @@ def dora_row_scale(
     return magnitude.float() / torch.linalg.norm(combined, dim=1)
 
 
-@dataclass
 class DoraScales:
-    """Per fused weight: (L, S + 1, fused out) row scales in the compute dtype, row 0 (all ones)
-    for base tokens, row s + 1 for slot s (ones for a slot without DoRA); and which slots hold a
-    DoRA adapter."""
+    """Row scales per slot (``SlotTables``, neutral 1): ones for base tokens and slots without DoRA."""
 
-    args: ModelArgs
-    weights: ModelWeights
-    slots: int
-    tables: dict[str, torch.Tensor] = field(default_factory=dict)
-    users: dict[str, set[int]] = field(default_factory=lambda: {g: set() for g in FUSED})
+    def __init__(self, args: ModelArgs, weights: ModelWeights, slots: int) -> None:
+        self.args, self.weights = args, weights
+        self.scales = SlotTables(args, weights, slots, neutral=1.0)
 
     def load(self, slot: int, adapter) -> None:  # type: ignore[no-untyped-def]  # a LoraWeights
         for (layer, module), magnitude in adapter.magnitudes.items():
             group, rows = self.args.module_slice(module)
-            if group not in self.tables:
-                fan_out = self.args.fused_shape(group)[1]
-                embed = self.weights.embed  # the compute dtype and device
-                self.tables[group] = torch.ones(
-                    self.args.num_layers, self.slots + 1, fan_out, dtype=embed.dtype, device=embed.device
-                )
             a, b = adapter.weights[(layer, module)]
             base = self.weights.layers[layer].fused(group)[rows]
             scale = dora_row_scale(base, a, b, adapter.scalings[(layer, module)], magnitude)
-            table = self.tables[group]
-            table[layer, slot + 1, rows] = scale.to(device=table.device, dtype=table.dtype)
-            self.users[group].add(slot)
+            self.scales.put(group, layer, slot, rows, scale)
 
     def clear(self, slot: int) -> None:
-        for group, table in self.tables.items():
-            if slot in self.users[group]:
-                table[:, slot + 1] = 1.0
-                self.users[group].discard(slot)
+        self.scales.clear(slot)
 
     def apply(
         self, out: torch.Tensor, layer: int, group: str, token_slots: torch.Tensor, bias: torch.Tensor | None
     ) -> None:
         """out (T, fused out) of ``group``, base output plus LoRA delta: the rows whose slot holds
         a DoRA adapter become ``s * (out - bias) + bias``, in place."""
-        if not self.users[group]:
+        users = self.scales.users[group]
+        if not users:
             return
-        table = self.tables[group][layer]  # (S + 1, out)
         if bias is None:  # every row at once: x * 1.0 leaves base and plain-LoRA rows exact
-            out.mul_(table.index_select(0, token_slots + 1))
+            out.mul_(self.scales.rows_for(group, layer, token_slots))
             return
-        in_use = torch.zeros(self.slots + 1, dtype=torch.bool, device=token_slots.device)
-        in_use[[s + 1 for s in self.users[group]]] = True
+        in_use = torch.zeros(self.scales.slots + 1, dtype=torch.bool, device=token_slots.device)
+        in_use[[s + 1 for s in users]] = True
         rows = in_use[token_slots + 1].nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        scale = table.index_select(0, token_slots[rows] + 1)  # (n, out)
-        picked = out.index_select(0, rows)
-        if bias is None:
-            out.index_copy_(0, rows, picked * scale)
-        else:
-            out.index_copy_(0, rows, (picked - bias) * scale + bias)
+        scale = self.scales.rows_for(group, layer, token_slots[rows])  # (n, out)
+        out.index_copy_(0, rows, (out.index_select(0, rows) - bias) * scale + bias)
