@@ -135,8 +135,7 @@ class AdapterCache:
         """An adapter version's weights: from memory, else read from disk and remembered."""
         weights = self.cpu.get(key)
         if weights is None:
-            entry = self.registered.get(key[0])
-            entry = entry if entry is not None and entry.key == key else self.stale.get(key)
+            entry = self._entry_of(key)
             if entry is None:
                 raise AdapterNotFoundError(f"adapter {key[0]} version {key[1]} is no longer registered")
             weights = self._load(entry)
@@ -167,10 +166,14 @@ class AdapterCache:
                 del self.stale[key]
                 self._drop(key)
 
-    def invocation(self, key: AdapterKey) -> tuple[int, ...] | None:
-        """The invocation tokens of a held version (registered or stale), if it is activated LoRA."""
+    def _entry_of(self, key: AdapterKey) -> AdapterEntry | None:
+        """The entry of an adapter version: registered now, or replaced but still held."""
         entry = self.registered.get(key[0])
-        entry = entry if entry is not None and entry.key == key else self.stale.get(key)
+        return entry if entry is not None and entry.key == key else self.stale.get(key)
+
+    def invocation(self, key: AdapterKey) -> tuple[int, ...] | None:
+        """The invocation tokens of a held version, if it is activated LoRA."""
+        entry = self._entry_of(key)
         return None if entry is None else entry.invocation
 
     def in_use(self, key: AdapterKey) -> bool:

@@ -223,6 +223,7 @@ class MergedLora:
         self.on_change = on_change or (lambda _layer: None)
         self.on_head_change = on_head_change or (lambda: None)
         self.originals: dict[tuple[int, str], torch.Tensor] = {}
+        self.bias_originals: dict[tuple[int, str], torch.Tensor] = {}  # (layer, fused) → bias
         self.vocab_originals: tuple[torch.Tensor, torch.Tensor] | None = None  # (embed, lm_head)
         self.current: str | None = None
 
@@ -244,8 +245,8 @@ class MergedLora:
             fused, rows = self.args.module_slice(module)
             bias = self.weights.layers[layer].bias(fused)
             assert bias is not None
-            if (layer, fused + "_bias") not in self.originals:
-                self.originals[(layer, fused + "_bias")] = bias.clone()
+            if (layer, fused) not in self.bias_originals:
+                self.bias_originals[(layer, fused)] = bias.clone()
             bias[rows] = new.to(bias.dtype)
         for layer in {layer for layer, _ in adapter.weights}:
             self.on_change(layer)
@@ -257,10 +258,10 @@ class MergedLora:
 
     def unmerge(self) -> None:
         for (layer, fused), original in self.originals.items():
-            if fused.endswith("_bias"):
-                self.weights.layers[layer].bias(fused.removesuffix("_bias")).copy_(original)  # type: ignore[union-attr]
-            else:
-                self.weights.layers[layer].fused(fused).copy_(original)
+            self.weights.layers[layer].fused(fused).copy_(original)
+        for (layer, fused), original in self.bias_originals.items():
+            self.weights.layers[layer].bias(fused).copy_(original)  # type: ignore[union-attr]
+        self.bias_originals.clear()
         for layer in {layer for layer, _ in self.originals}:
             self.on_change(layer)
         self.originals.clear()

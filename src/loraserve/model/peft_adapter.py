@@ -127,8 +127,6 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
     magnitudes = _magnitudes(path, tensors, args, bool(config.get("use_dora")))
     biases = _biases(path, tensors, args, config, dtype)
     for key, tensor in tensors.items():
-        if MAGNITUDE.search(key):
-            continue
         if "lora_embedding" in key or "lm_head" in key or "embed_tokens" in key:
             raise _refuse(path, f"tensor {key} is not an embed_tokens / lm_head weight PEFT saves")
         match = KEY.search(key)
@@ -183,47 +181,46 @@ def _invocation(path: Path, config: dict, magnitudes: dict, vocab: object,
     return tuple(tokens)
 
 
+def _module_vectors(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, pattern: re.Pattern[str],
+                    what: str) -> dict[tuple[int, str], torch.Tensor]:
+    """The (out,) vectors per (layer, module) whose keys match ``pattern`` (DoRA magnitudes,
+    trained biases), taken out of ``tensors``; each module once, of its output size, finite."""
+    found: dict[tuple[int, str], torch.Tensor] = {}
+    for key in [k for k in tensors if pattern.search(k)]:
+        match = pattern.search(key)
+        assert match is not None
+        layer, module = int(match.group(1)), match.group(2)
+        if module not in args.lora_modules or layer >= args.num_layers:
+            raise _refuse(path, f"tensor {key} names no LoRA-targetable module of the model")
+        if (layer, module) in found:
+            raise _refuse(path, f"tensor {key} names layer {layer} {module}'s {what} a second time")
+        tensor = tensors.pop(key)
+        if tensor.shape != (args.module_shape(module)[1],):
+            raise _refuse(path, f"tensor {key}: shape {tuple(tensor.shape)} does not fit {module}")
+        _finite(path, key, tensor)
+        found[(layer, module)] = tensor
+    return found
+
+
 def _biases(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, config: dict,
             dtype: torch.dtype) -> dict[tuple[int, str], torch.Tensor]:
     """The biases a ``bias="all"`` / ``"lora_only"`` adapter trained, taken out of ``tensors``."""
-    found: dict[tuple[int, str], torch.Tensor] = {}
-    for key in [k for k in tensors if BIAS.search(k)]:
-        match = BIAS.search(key)
-        assert match is not None
-        layer, module = int(match.group(1)), match.group(2)
-        if config.get("bias", "none") == "none":
-            raise _refuse(path, f"tensor {key} is a trained bias but adapter_config.json has bias='none'")
-        if module not in args.lora_modules or layer >= args.num_layers:
-            raise _refuse(path, f"tensor {key} names no bias of the model")
-        if (layer, module) in found:
-            raise _refuse(path, f"tensor {key} names layer {layer} {module}'s bias a second time")
-        found[(layer, module)] = tensors.pop(key).to(dtype)
-        _finite(path, key, found[(layer, module)])
+    found = _module_vectors(path, tensors, args, BIAS, "bias")
+    if found and config.get("bias", "none") == "none":
+        raise _refuse(path, f"the file holds trained biases ({sorted(found)[0]}) but adapter_config.json "
+                            "has bias='none'")
     if found and config.get("use_dora"):
         raise _refuse(path, "DoRA with trained biases is not supported by the built-in engine")
     problem = bias_problem(found, args)
     if problem:
         raise _refuse(path, problem)
-    return found
+    return {key: tensor.to(dtype) for key, tensor in found.items()}
 
 
 def _magnitudes(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs,
                 use_dora: bool) -> dict[tuple[int, str], torch.Tensor]:
-    """DoRA's magnitude vectors (out,), in fp32, checked against the module's output size."""
-    found: dict[tuple[int, str], torch.Tensor] = {}
-    for key, tensor in tensors.items():
-        match = MAGNITUDE.search(key)
-        if match is None:
-            continue
-        if not use_dora:
-            raise _refuse(path, f"tensor {key} is a DoRA magnitude but use_dora is not set")
-        layer, module = int(match.group(1)), match.group(2)
-        if module not in args.lora_modules or layer >= args.num_layers:
-            raise _refuse(path, f"tensor {key} names no LoRA-targetable module of the model")
-        if (layer, module) in found:
-            raise _refuse(path, f"tensor {key} names layer {layer} {module}'s magnitude a second time")
-        if tensor.shape != (args.module_shape(module)[1],):
-            raise _refuse(path, f"tensor {key}: shape {tuple(tensor.shape)} does not fit {module}")
-        _finite(path, key, tensor)
-        found[(layer, module)] = tensor.float()
-    return found
+    """DoRA's magnitude vectors (out,) in fp32, taken out of ``tensors``."""
+    found = _module_vectors(path, tensors, args, MAGNITUDE, "magnitude")
+    if found and not use_dora:
+        raise _refuse(path, f"the file holds DoRA magnitudes ({sorted(found)[0]}) but use_dora is not set")
+    return {key: tensor.float() for key, tensor in found.items()}
