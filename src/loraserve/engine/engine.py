@@ -61,10 +61,10 @@ class LLMEngine:
         self.device = pick_device(config.device)
         self.dtype = parse_dtype(config.dtype, self.device.type)
         self.model_path = resolve_model_path(config.model_id, model_dir)
-        load_model_config(self.model_path)  # refuse an unsupported model before any heavy loading
+        model_config = load_model_config(self.model_path)  # refuses an unsupported model before any loading
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.runner = ModelRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
-                                  config.max_model_len, config.max_loras, config.max_lora_rank)
+                                  config.max_model_len, config.max_loras, config.max_lora_rank, model_config)
         log.info("engine hardware choice: %s", self.runner.info())
         self.kv = plan_kv_cache(config.kv_cache_memory, self.device, self.runner.kv_bytes_per_token(),
                                 config.block_size, self.runner.max_len, config.max_rolling_batch_size)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.decoder import Decoder
-from loraserve.model.families import load_model_config
+from loraserve.model.families import Family, load_model_config
 from loraserve.model.hardware import cpu_info
 from loraserve.model.layer_ops import select_ops
 from loraserve.model.loader import load_state_dict
@@ -34,8 +36,10 @@ class ModelRunner:
         max_len: int,
         lora_slots: int,
         max_lora_rank: int,
+        model_config: tuple[Family, ModelArgs, Any] | None = None,
     ) -> None:
-        self.family, self.args, hf_config = load_model_config(model_path)
+        """``model_config``: what ``load_model_config(model_path)`` gave a caller that read it first."""
+        self.family, self.args, hf_config = model_config or load_model_config(model_path)
         self.dtype, self.device = dtype, device
         self.max_len = min(max_len or self.args.max_position, self.args.max_position)
         self.weights = ModelWeights(
