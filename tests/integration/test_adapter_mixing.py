@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine import LLMEngine, SamplingParams
 from loraserve.errors import AdapterNotFoundError, BadRequestError
 from loraserve.model import runner as runner_module
 from loraserve.model.layer_ops import TorchOps
 from loraserve.testing.families import make_tiny_family
-from loraserve.testing.reference import cached_greedy
+from loraserve.testing.reference import cached_greedy, engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,15 +58,7 @@ def setup(tmp_path_factory):
 
 
 def _engine(base, paths, **options) -> LLMEngine:
-    options = {"max_lora_rank": 16, **options}
-    engine = LLMEngine(
-        EngineConfig(
-            model_id=str(base), dtype="fp32", max_model_len=128, max_loras=8, block_size=8, **options
-        )
-    )
-    for name, path in paths.items():
-        engine.register_adapter(name, path)
-    return engine
+    return engine_with_adapters(base, paths, max_loras=8, block_size=8, **{"max_lora_rank": 16, **options})
 
 
 @pytest.mark.parametrize("mode", ["native", "torch", "merged"])

@@ -17,7 +17,7 @@ from loraserve.engine.step_batch import build_step_batch
 from loraserve.model import runner as runner_module
 from loraserve.model.layer_ops import TorchOps
 from loraserve.testing.families import FAMILY_CONFIGS, ORIGINAL_CONTEXT, WINDOW, make_tiny_family
-from loraserve.testing.reference import cached_greedy, last_logits
+from loraserve.testing.reference import cached_greedy, engine_with_adapters, last_logits
 from loraserve.testing.tiny import make_peft_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -61,22 +61,16 @@ def family(request, tmp_path_factory):
 
 
 def _engine(base: Path, adapters: dict[str, Path], **options) -> LLMEngine:
-    engine = LLMEngine(
-        EngineConfig(
-            model_id=str(base),
-            dtype="fp32",
-            max_model_len=128,
-            max_loras=4,
-            max_lora_rank=8,
-            max_rolling_batch_size=16,
-            max_num_batched_tokens=CHUNK,
-            block_size=8,
-            **options,
-        )
+    return engine_with_adapters(
+        base,
+        adapters,
+        max_loras=4,
+        max_lora_rank=8,
+        max_rolling_batch_size=16,
+        max_num_batched_tokens=CHUNK,
+        block_size=8,
+        **options,
     )
-    for name, path in adapters.items():
-        engine.register_adapter(name, path)
-    return engine
 
 
 def _check(engine: LLMEngine, prompts: list[list[int]], refs: dict, names: list[str | None]) -> None:

@@ -16,7 +16,7 @@ from loraserve.errors import BadRequestError
 from loraserve.model import runner as runner_module
 from loraserve.model.layer_ops import TorchOps
 from loraserve.testing.families import make_tiny_family
-from loraserve.testing.reference import cached_greedy
+from loraserve.testing.reference import cached_greedy, engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -107,14 +107,7 @@ def matrix(tmp_path_factory):
 
 
 def _engine(base: Path, paths: dict[str, Path], **options) -> LLMEngine:
-    engine = LLMEngine(
-        EngineConfig(
-            model_id=str(base), dtype="fp32", max_model_len=128, max_loras=12, max_lora_rank=16, **options
-        )
-    )
-    for name, path in paths.items():
-        engine.register_adapter(name, path)
-    return engine
+    return engine_with_adapters(base, paths, max_loras=12, max_lora_rank=16, **options)
 
 
 @pytest.mark.parametrize("mode", ["native", "torch", "merged"])

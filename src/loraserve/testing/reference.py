@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import torch
+
+if TYPE_CHECKING:
+    from loraserve.engine import LLMEngine
 
 
 def cached_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
@@ -26,3 +32,14 @@ def last_logits(model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
     """The whole vocabulary's fp32 logits after ``prompt``."""
     with torch.no_grad():
         return model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+
+
+def engine_with_adapters(base: Path, adapters: dict[str, Path], **config: Any) -> LLMEngine:
+    """An fp32 engine on ``base`` (128-token context unless ``config`` says otherwise) with
+    ``adapters`` registered by name: what the parity tests compare with the reference."""
+    from loraserve.engine import EngineConfig, LLMEngine
+
+    engine = LLMEngine(EngineConfig(model_id=str(base), **{"dtype": "fp32", "max_model_len": 128, **config}))
+    for name, path in adapters.items():
+        engine.register_adapter(name, path)
+    return engine
