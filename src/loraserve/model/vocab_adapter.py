@@ -88,29 +88,52 @@ def read_vocab_parts(
         if whole is not None:
             _shape(module, whole, (vocab, hidden))
             setattr(parts, "embed" if module == "embed_tokens" else "head", _checked(module, whole.to(dtype)))
-    a, b = found.get(("embed_tokens", "lora_embedding_A")), found.get(("embed_tokens", "lora_embedding_B"))
-    if (a is None) != (b is None):
-        raise BadRequestError("embed_tokens has only one of lora_embedding_A / lora_embedding_B")
-    if a is not None and b is not None:
-        rank, scaling = scaling_of("model.embed_tokens")
-        _shape("embed_tokens lora_embedding_A", a, (rank, vocab))
-        _shape("embed_tokens lora_embedding_B", b, (hidden, rank))
+    embed = _lora_pair(
+        found,
+        "embed_tokens",
+        ("lora_embedding_A", "lora_embedding_B"),
+        "model.embed_tokens",
+        vocab,
+        hidden,
+        scaling_of,
+    )
+    if embed is not None:  # PEFT's Embedding: a lookup in A^T (V, r), then scaling * B^T (r, H)
+        a, b, scaling = embed
         parts.embed_lora = (
             _checked("embed_tokens lora", a.t().contiguous().to(dtype)),
             _checked("embed_tokens lora", (b.float().t() * scaling).to(dtype)),
         )
-    a, b = found.get(("lm_head", "lora_A.weight")), found.get(("lm_head", "lora_B.weight"))
-    if (a is None) != (b is None):
-        raise BadRequestError("lm_head has only one of lora_A / lora_B")
-    if a is not None and b is not None:
-        rank, scaling = scaling_of("lm_head")
-        _shape("lm_head lora_A", a, (rank, hidden))
-        _shape("lm_head lora_B", b, (vocab, rank))
+    head = _lora_pair(
+        found, "lm_head", ("lora_A.weight", "lora_B.weight"), "lm_head", hidden, vocab, scaling_of
+    )
+    if head is not None:  # a Linear: A (r, H), scaling * B (V, r)
+        a, b, scaling = head
         parts.head_lora = (
             _checked("lm_head lora", a.to(dtype)),
             _checked("lm_head lora", (b.float() * scaling).to(dtype)),
         )
     return parts
+
+
+def _lora_pair(
+    found: dict[tuple[str, str], torch.Tensor],
+    module: str,
+    names: tuple[str, str],
+    key: str,
+    fan_in: int,
+    fan_out: int,
+    scaling_of: ScalingOf,
+) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """A (r, fan_in), B (fan_out, r) and the scaling of LoRA on ``module``, or None without it."""
+    a, b = found.get((module, names[0])), found.get((module, names[1]))
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        raise BadRequestError(f"{module} has only one of {names[0]} / {names[1]}")
+    rank, scaling = scaling_of(key)
+    _shape(f"{module} {names[0]}", a, (rank, fan_in))
+    _shape(f"{module} {names[1]}", b, (fan_out, rank))
+    return a, b, scaling
 
 
 def _shape(what: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:
