@@ -46,7 +46,7 @@ def test_native_lora_matches_pytorch_lora(tiny_with_adapters, dtype, monkeypatch
 
     native = first_logits()
     # the PyTorch LoRA path (fp32 stacks, slot-grouped batched matmuls), the rest still native
-    monkeypatch.setattr(runner_module, "LoraStacks", lambda *args: lora.LoraStacks(*args[:5]))
+    monkeypatch.setattr(runner_module, "lora_backend", lambda ops, *args: lora.TorchLora(*args))
     reference = first_logits()
     assert native.shape == reference.shape
     tolerance = 1e-4 if dtype == "fp32" else 0.05

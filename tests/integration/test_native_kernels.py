@@ -145,8 +145,8 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     args = ModelArgs(architecture="LlamaForCausalLM", vocab_size=10, hidden_size=64, intermediate_size=96,
                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rms_eps=1e-5, max_position=64,
                      tie_word_embeddings=False)
-    stacks = lora.LoraStacks(args, slots=3, rank=8, dtype=dtype, device=torch.device("cpu"),
-                             bgmv=kernels.bgmv)
+    stacks = lora.NativeLora(args, slots=3, rank=8, dtype=dtype, device=torch.device("cpu"),
+                             kernel=kernels.bgmv)
     everything = (*SPLIT_LORA_GROUPS["qkv"], "down_proj")
     stacks.load(0, _random_lora(args, 8, everything, seed=1))
     big = _random_lora(args, 8, everything, seed=2)
@@ -159,7 +159,7 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     # runs of one slot are tiled (up to 4 tokens share each read of the adapter's rows): 4+1, 1, 3
     slots = [0, 0, 0, 0, 0, -1, 0, 1, 1, 1, -1]
     out = torch.zeros(11, 128, dtype=dtype)
-    stacks.add_delta(out, x, 1, "qkv", lora.LoraPlan(torch.tensor(slots)))
+    stacks.add_delta(out, x, 1, "qkv", stacks.plan(slots, []))
     columns = {"q_proj": slice(0, 64), "k_proj": slice(64, 96), "v_proj": slice(96, 128)}
     tolerance = 1e-5 if dtype == torch.float32 else 0.02
 

@@ -10,7 +10,6 @@ from loraserve.engine.activation import lora_spans
 from loraserve.engine.block_manager import NULL_BLOCK
 from loraserve.engine.sequence import Sequence
 from loraserve.model.batch import PrefillSpan, StepBatch
-from loraserve.model.lora import build_plan
 
 if TYPE_CHECKING:
     from loraserve.model.runner import ModelRunner
@@ -62,8 +61,7 @@ def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) ->
     )
     if not merged:
         decode_slots = [s.lora_slot if s.cached >= s.lora_from else -1 for s in decodes]
-        batch.lora_plan = build_plan(decode_slots, lora_prefills, device,
-                                     grouped=runner.lora.kernel is None)
+        batch.lora_plan = runner.lora.plan(decode_slots, lora_prefills)
     return batch
 
 

@@ -33,7 +33,7 @@ class StepBatch:
     block_size: int
     prefills: list[PrefillSpan]
     logits_index: torch.Tensor  # (N,) last flat token of each sequence that samples this step
-    lora_plan: Any = None  # a lora.LoraPlan when any token uses an adapter
+    lora_plan: Any = None  # the LoRA backend's plan (lora.LoraPlan) when any token uses an adapter
     rope_positions: torch.Tensor | None = None  # (T,) rows of the RoPE tables (LongRoPE); None: positions
 
     @property

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps, rms_norm
-from loraserve.model.lora import LoraStacks
+from loraserve.model.lora import LoraBackend
 from loraserve.model.packed import Linears
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import LayerWeights, ModelWeights
@@ -29,7 +29,7 @@ class Decoder:
         weights: ModelWeights,
         rope: RopeTables,
         ops: TorchOps,
-        lora: LoraStacks,
+        lora: LoraBackend,
         linears: Linears,
     ) -> None:
         self.args, self.weights, self.rope, self.ops, self.lora, self.linears = (

@@ -16,7 +16,7 @@ from loraserve.model.families import Family, load_model_config
 from loraserve.model.hardware import cpu_info
 from loraserve.model.layer_ops import select_ops
 from loraserve.model.loader import load_state_dict
-from loraserve.model.lora import LoraStacks, MergedLora
+from loraserve.model.lora import MergedLora, lora_backend
 from loraserve.model.packed import Linears, packing_available
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import ModelWeights
@@ -51,8 +51,7 @@ class ModelRunner:
         self.block_size = 0
         # The small per-layer ops: native kernels for this CPU's ISA where they build, else PyTorch.
         self.ops = select_ops(dtype, device, self.args.rms_eps)
-        self.lora = LoraStacks(self.args, lora_slots, max_lora_rank, dtype, device, self.ops.bgmv,
-                               self.weights)
+        self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
         self.linears = Linears(self.weights, batch_hint, packing_available(dtype, device))
         self.merged = MergedLora(self.args, self.weights, on_change=self.linears.repack,
                                  on_head_change=self.linears.repack_head)

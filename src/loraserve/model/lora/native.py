@@ -1,0 +1,79 @@
+"""The native backend: the compiled BGMV kernel (``layer_ops``) computes each token's
+``x @ A[slot]^T @ B[slot]`` in the compute dtype, straight from the token slots."""
+
+from __future__ import annotations
+
+import torch
+
+from loraserve.model.args import ModelArgs
+from loraserve.model.layer_ops import Bgmv
+from loraserve.model.lora.base import LoraBackend, LoraPlan, Span, token_slots
+from loraserve.model.weights import ModelWeights
+
+
+class NativeLora(LoraBackend):
+    """A (L, S, k*r, in): row ``i*k + j`` is rank i of module j. B (L, S, r, out) compact: row i
+    holds rank i of every module, each in its own columns, so a token's B is one contiguous
+    stream. Per slot, the kernel reads the adapter's rank and which modules it targets."""
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        slots: int,
+        rank: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        kernel: Bgmv,
+        weights: ModelWeights | None = None,
+    ) -> None:
+        super().__init__(args, slots, rank, dtype, device, weights)
+        self.kernel = kernel
+        self.columns = {  # per group: each module's first output column and width
+            group: (
+                torch.tensor([args.module_slice(m)[1].start or 0 for m in modules]),
+                torch.tensor([args.module_shape(m)[1] for m in modules]),
+            )
+            for group, modules in self.groups.items()
+        }
+        self.slot_info: dict[str, torch.Tensor] = {}  # per group: (S, 2) rank, module bits
+
+    def stack_shapes(self, group: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        fan_in, fan_out = self.args.fused_shape(group)
+        k, layers = len(self.groups[group]), self.args.num_layers
+        self.slot_info.setdefault(group, torch.zeros(self.slots, 2, dtype=torch.long))
+        return (layers, self.slots, k * self.rank, fan_in), (layers, self.slots, self.rank, fan_out)
+
+    def write(self, group: str, layer: int, slot: int, module: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        stack_a, stack_b = self.stacks(group)
+        r, (_, rows) = a.shape[0], self.args.module_slice(module)
+        stack_a[layer, slot, self.module_columns(group, module, r), :] = a.to(self.dtype)
+        stack_b[layer, slot, :r, rows] = b.to(self.dtype)
+        info = self.slot_info[group]
+        info[slot, 0] = self.ranks[slot]
+        info[slot, 1] |= 1 << self.groups[group].index(module)
+
+    def clear(self, slot: int) -> None:
+        super().clear(slot)
+        for info in self.slot_info.values():
+            info[slot] = 0
+
+    def plan(self, decode_slots: list[int], prefills: list[Span]) -> LoraPlan | None:
+        slots = token_slots(decode_slots, prefills)
+        if slots is None:
+            return None
+        return LoraPlan(torch.tensor(slots, dtype=torch.long, device=self.device))
+
+    def add_lora(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, plan: LoraPlan) -> None:
+        starts, lengths = self.columns[group]
+        self.kernel(
+            x.contiguous(),
+            plan.token_slots,
+            self.a_layers[group][layer],
+            self.b_layers[group][layer],
+            out,
+            len(self.groups[group]),
+            self.used_rank,
+            starts,
+            lengths,
+            self.slot_info[group],
+        )
