@@ -59,6 +59,22 @@ EXACT = {  # name: (make_peft_adapter arguments, adapter_config.json edits after
         {"rank": 4, "target_modules": ["q_proj"], "modules_to_save": ["lm_head", "embed_tokens"]},
         {},
     ),
+    "trainable_tokens": (
+        {"rank": 4, "target_modules": ["q_proj"], "trainable_token_indices": [3, 7, 31, 45, 60]},
+        {},
+    ),
+    "bdlora": (
+        {
+            "rank": 4,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+            "use_bdlora": {
+                "target_modules_bd_a": ["o_proj", "down_proj"],
+                "target_modules_bd_b": ["q_proj", "k_proj", "v_proj", "up_proj"],
+                "nblocks": 2,
+            },
+        },
+        {},
+    ),
     "exclude_gaussian": (
         {"rank": 4, "target_modules": "all-linear", "exclude_modules": ["k_proj"], "bias": "none"},
         {"init_lora_weights": "gaussian"},
@@ -168,18 +184,28 @@ def test_vocabulary_adapters_on_a_tied_model(tmp_path, mode):
     from transformers import AutoModelForCausalLM
 
     base = make_tiny_family(tmp_path / "tied", "llama3", tie_word_embeddings=True)
-    path = make_peft_adapter(
-        base, tmp_path / "vocab", rank=4, target_modules=["embed_tokens", "lm_head"], seed=4
-    )
+    paths = {
+        "vocab": make_peft_adapter(
+            base, tmp_path / "vocab", rank=4, target_modules=["embed_tokens", "lm_head"], seed=4
+        ),
+        # retrained rows of a few tokens: in the embedding and, tied, in the head
+        "tokens": make_peft_adapter(
+            base, tmp_path / "tokens", rank=4, target_modules=["q_proj"], seed=5,
+            trainable_token_indices=[5, 14, 40, 41, 42],
+        ),
+    }
     prompt = [5, 9, 14, 3, 22, 7]
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    expected_base = cached_greedy(model, prompt, NEW_TOKENS)[0]
-    expected = cached_greedy(PeftModel.from_pretrained(model, path).eval(), prompt, NEW_TOKENS)[0]
-    assert expected != expected_base
-    engine = _engine(base, {"vocab": path}, lora_merge=mode == "merged")
+    expected = {None: cached_greedy(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), prompt, NEW_TOKENS)[0]}
+    for name, path in paths.items():
+        fresh = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        expected[name] = cached_greedy(PeftModel.from_pretrained(fresh, path).eval(), prompt, NEW_TOKENS)[0]
+        assert expected[name] != expected[None]
+    engine = _engine(base, paths, lora_merge=mode == "merged")
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
-    results = engine.generate([prompt, prompt, prompt], ["vocab", None, "vocab"], params)
-    assert [r.token_ids for r in results] == [expected, expected_base, expected]
+    names = ["vocab", None, "tokens", "vocab", "tokens"]
+    results = engine.generate([prompt] * len(names), names, params)
+    assert [r.token_ids for r in results] == [expected[n] for n in names]
 
 
 @pytest.mark.parametrize("mode", ["native", "torch", "merged"])

@@ -148,7 +148,8 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         if set(pair) != {"A", "B"}:
             raise _refuse(path, f"layer {layer} {module} lacks lora_A or lora_B")
         rank, scaling = _rank_and_scaling(path, config, module_keys[(layer, module)], max_rank)
-        a, b = pair["A"], pair["B"]
+        key = module_keys[(layer, module)]
+        a, b = _dense_factors(path, config.get("use_bdlora"), key, pair["A"], pair["B"])
         fan_in, fan_out = args.module_shape(module)
         if a.shape != (rank, fan_in) or b.shape != (fan_out, rank):
             raise _refuse(path, f"layer {layer} {module}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do "
@@ -167,6 +168,31 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
     return LoraWeights(rank=max((a.shape[0] for a, _ in weights.values()), default=0), scalings=scalings,
                        weights=weights, magnitudes=magnitudes, vocab=vocab, biases=biases,
                        invocation=_invocation(path, config, magnitudes, vocab, biases))
+
+
+def _dense_factors(path: Path, bdlora: dict | None, module_key: str, a: torch.Tensor,
+                   b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BD-LoRA (``use_bdlora``) saves one factor of a module block-diagonal, as its ``nblocks``
+    diagonal blocks stacked (out, in / nblocks); PEFT's forward equals a plain LoRA with that
+    factor's dense block-diagonal matrix, which is what is served (exact, in every backend)."""
+    if not bdlora:
+        return a, b
+    nblocks = bdlora.get("nblocks", 1)
+    on_a = any(p in module_key for p in bdlora.get("target_modules_bd_a") or [])
+    on_b = any(p in module_key for p in bdlora.get("target_modules_bd_b") or [])
+    if on_a and on_b:
+        raise _refuse(path, f"use_bdlora: {module_key} matches target_modules_bd_a and _bd_b")
+    if not (on_a or on_b) and bdlora.get("match_strict", True):
+        raise _refuse(path, f"use_bdlora (match_strict): {module_key} matches no target_modules_bd_a / _bd_b")
+    factor, name = (a, "lora_A") if on_a else (b, "lora_B")
+    if not (on_a or on_b) or nblocks == 1:
+        return a, b
+    rows = factor.shape[0]
+    if factor.dim() != 2 or rows % nblocks:
+        raise _refuse(path, f"use_bdlora: {module_key} {name} of shape {tuple(factor.shape)} does not split "
+                            f"into {nblocks} blocks")
+    dense = torch.block_diag(*torch.chunk(factor, nblocks, dim=0))
+    return (dense, b) if on_a else (a, dense)
 
 
 def _invocation(path: Path, config: dict, magnitudes: dict, vocab: object,

@@ -60,6 +60,24 @@ def _pattern(value: Any) -> str | None:
     return f"holds non-numeric values for {bad}" if bad else None
 
 
+BDLORA_FIELDS = {"target_modules_bd_a", "target_modules_bd_b", "nblocks", "match_strict"}
+
+
+def _bdlora(value: Any) -> str | None:
+    if not value:
+        return None
+    if not isinstance(value, dict) or set(value) - BDLORA_FIELDS:
+        return f"= {value!r}: BdLoraConfig fields are {sorted(BDLORA_FIELDS)}"
+    nblocks = value.get("nblocks", 1)
+    if isinstance(nblocks, bool) or not isinstance(nblocks, int) or nblocks < 1:
+        return f"nblocks must be a positive integer, got {nblocks!r}"
+    for key in ("target_modules_bd_a", "target_modules_bd_b"):
+        patterns = value.get(key) or []
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            return f"{key} must be a list of module name patterns"
+    return None
+
+
 FIELDS: dict[str, Check | None] = {
     # metadata, or only meaningful while training: the saved tensors say everything
     "task_type": None,
@@ -91,16 +109,16 @@ FIELDS: dict[str, Check | None] = {
     "init_lora_weights": _init,
     "bias": None,  # trained biases: model/bias_adapter.py
     "fan_in_fan_out": _fan_in_fan_out,
-    # refused while set
     "use_dora": None,  # DoRA: model/dora.py
     "modules_to_save": lambda value: None if not value or (isinstance(value, list) and set(value) <= {
         "lm_head", "embed_tokens"}) else f"= {value!r}: only lm_head and embed_tokens are served",
-    "trainable_token_indices": _falsy,
+    "trainable_token_indices": None,  # model/vocab_adapter.py checks it against the file
     "alora_invocation_tokens": _invocation,  # activated LoRA: engine/activation.py
+    "use_bdlora": _bdlora,  # block-diagonal factors, expanded at load: model/peft_adapter.py
+    # refused while set
     "use_qalora": _falsy,
     "layer_replication": _falsy,
     "lora_bias": _falsy,
-    "use_bdlora": _falsy,
     "megatron_config": _falsy,
     "megatron_core": None,
     "velora_config": _falsy,

@@ -1,7 +1,9 @@
 """Adapters on the vocabulary matrices: an adapter's own ``embed_tokens`` / ``lm_head``
 (``modules_to_save``, or the base copies PEFT saves beside LoRA on them, which differ when the
-vocabulary was retrained) and LoRA on them, read from a PEFT file and applied per row of a mixed
-batch — rows of other adapters and of the base model keep the base matrices."""
+vocabulary was retrained), LoRA on them, and retrained rows of a few tokens
+(``trainable_token_indices``: new embedding rows, and the same rows of a tied LM head), read from
+a PEFT file and applied per row of a mixed batch — rows of other adapters and of the base model
+keep the base matrices."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from loraserve.model.args import ModelArgs
 VOCAB_MODULES = ("embed_tokens", "lm_head")
 VOCAB_KEY = re.compile(
     r"(?:^|\.)(embed_tokens|lm_head)\.(weight|base_layer\.weight|lora_embedding_[AB]|"
-    r"lora_[AB]\.weight)$"
+    r"lora_[AB]\.weight|token_adapter\.trainable_tokens_delta)$"
 )
 
 
@@ -28,10 +30,26 @@ class VocabParts:
     embed_lora: tuple[torch.Tensor, torch.Tensor] | None = None  # A^T (V, r), scaling * B^T (r, H)
     head: torch.Tensor | None = None  # (V, H) this adapter's LM head
     head_lora: tuple[torch.Tensor, torch.Tensor] | None = None  # A (r, H), scaling * B (V, r)
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # token ids (n,), their new rows (n, H)
+    tokens_in_head: bool = False  # a tied head: the LM head's rows of those tokens are the new rows
 
     def tensors(self) -> list[torch.Tensor]:
-        parts = [self.embed, self.head, *(self.embed_lora or ()), *(self.head_lora or ())]
+        parts = [
+            self.embed,
+            self.head,
+            *(self.embed_lora or ()),
+            *(self.head_lora or ()),
+            *(self.tokens or ()),
+        ]
         return [t for t in parts if t is not None]
+
+    @property
+    def changes_embed(self) -> bool:
+        return self.embed is not None or self.embed_lora is not None or self.tokens is not None
+
+    @property
+    def changes_head(self) -> bool:
+        return self.head is not None or self.head_lora is not None or self.tokens_in_head
 
     def to(self, device: torch.device) -> VocabParts:
         def pair(p: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -42,6 +60,8 @@ class VocabParts:
             pair(self.embed_lora),
             None if self.head is None else self.head.to(device),
             pair(self.head_lora),
+            pair(self.tokens),
+            self.tokens_in_head,
         )
 
     def nbytes(self) -> int:
@@ -65,6 +85,7 @@ def read_vocab_parts(
         found[(match.group(1), match.group(2))] = tensors.pop(key)
     saved = set(config.get("modules_to_save") or ())
     if not found:
+        _read_trainable_tokens(found, config, args, dtype, VocabParts())  # refuses indices without rows
         if saved:
             raise BadRequestError(
                 f"modules_to_save names {', '.join(sorted(saved))} but the file holds no "
@@ -112,7 +133,62 @@ def read_vocab_parts(
             _checked("lm_head lora", a.to(dtype)),
             _checked("lm_head lora", (b.float() * scaling).to(dtype)),
         )
+    _read_trainable_tokens(found, config, args, dtype, parts)
     return parts
+
+
+def _read_trainable_tokens(
+    found: dict[tuple[str, str], torch.Tensor],
+    config: dict,
+    args: ModelArgs,
+    dtype: torch.dtype,
+    parts: VocabParts,
+) -> None:
+    """PEFT's TrainableTokens: the embedding rows of the listed token ids are replaced by the
+    saved values (and, the head being tied, the same rows of the LM head)."""
+    delta = found.get(("embed_tokens", "token_adapter.trainable_tokens_delta"))
+    indices = config.get("trainable_token_indices")
+    if ("lm_head", "token_adapter.trainable_tokens_delta") in found:
+        raise BadRequestError(
+            "trainable_token_indices on lm_head is not supported; train them on embed_tokens"
+        )
+    if delta is None:
+        if indices:
+            raise BadRequestError(
+                "trainable_token_indices is set but the file holds no "
+                "embed_tokens.token_adapter.trainable_tokens_delta"
+            )
+        return
+    if isinstance(indices, dict):  # {module name: ids}: only the input embedding is served
+        if set(indices) != {"embed_tokens"}:
+            raise BadRequestError(
+                f"trainable_token_indices names {sorted(indices)}; only embed_tokens is served"
+            )
+        indices = indices["embed_tokens"]
+    if (
+        not isinstance(indices, list)
+        or not indices
+        or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < args.vocab_size for i in indices
+        )
+        or len(set(indices)) != len(indices)
+    ):
+        raise BadRequestError(
+            f"trainable_token_indices must list distinct token ids below the vocabulary size "
+            f"{args.vocab_size}, got {indices!r}"
+        )
+    if parts.embed is not None or parts.embed_lora is not None:
+        raise BadRequestError(
+            "trainable_token_indices together with a full or LoRA embed_tokens is not supported"
+        )
+    _shape("embed_tokens trainable_tokens_delta", delta, (len(indices), args.hidden_size))
+    tied = args.tie_word_embeddings
+    if tied and (parts.head is not None or parts.head_lora is not None):
+        raise BadRequestError(
+            "trainable_token_indices on a tied model together with an lm_head adapter is not supported"
+        )
+    parts.tokens = (torch.tensor(indices, dtype=torch.long), _checked("trainable tokens", delta.to(dtype)))
+    parts.tokens_in_head = tied
 
 
 def _lora_pair(
@@ -168,7 +244,7 @@ class VocabSlots:
         """h (T, H), the base embeddings of ``ids``: rows of adapters with vocabulary parts get
         theirs, in place."""
         for slot, parts in self.parts.items():
-            if parts.embed is None and parts.embed_lora is None:
+            if not parts.changes_embed:
                 continue
             rows = (token_slots == slot).nonzero().squeeze(1)
             if rows.numel() == 0:
@@ -178,13 +254,18 @@ class VocabSlots:
             if parts.embed_lora is not None:
                 a_t, b_t = parts.embed_lora
                 values = values + (a_t[picked] @ b_t).to(values.dtype)
+            if parts.tokens is not None:  # the retrained tokens' rows replace theirs
+                token_ids, new_rows = parts.tokens
+                match = picked[:, None] == token_ids[None, :]  # (n, tokens)
+                hit = match.any(1)
+                values[hit] = new_rows[match[hit].int().argmax(1)].to(values.dtype)
             h.index_copy_(0, rows, values)
 
     def head(self, logits: torch.Tensor, last: torch.Tensor, row_slots: torch.Tensor) -> None:
         """logits (N, V) of the normed last hidden states ``last`` (N, H): rows of adapters with
         an LM head or LoRA on it get theirs, in place."""
         for slot, parts in self.parts.items():
-            if parts.head is None and parts.head_lora is None:
+            if not parts.changes_head:
                 continue
             rows = (row_slots == slot).nonzero().squeeze(1)
             if rows.numel() == 0:
@@ -194,6 +275,9 @@ class VocabSlots:
             if parts.head_lora is not None:
                 a, b = parts.head_lora
                 values = values + ((x @ a.t()) @ b.t()).to(values.dtype)
+            if parts.tokens_in_head and parts.tokens is not None:
+                token_ids, new_rows = parts.tokens
+                values[:, token_ids] = F.linear(x, new_rows).to(values.dtype)
             logits.index_copy_(0, rows, values)
 
 
@@ -209,4 +293,9 @@ def merged_vocab(
     if parts.head_lora is not None:
         a, b = parts.head_lora
         head = (head.float() + b.float() @ a.float()).to(base_head.dtype)
+    if parts.tokens is not None:
+        token_ids, new_rows = parts.tokens
+        embed = embed.index_copy(0, token_ids.to(embed.device), new_rows.to(embed))
+        if parts.tokens_in_head:
+            head = head.index_copy(0, token_ids.to(head.device), new_rows.to(head))
     return embed.to(base_embed.device), head.to(base_head.device)

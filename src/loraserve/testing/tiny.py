@@ -75,6 +75,8 @@ def make_peft_adapter(base: Path, target: Path, rank: int = 8,
                 param.mul_(torch.empty_like(param).uniform_(0.5, 1.5))
             elif "lora_" in name:
                 param.normal_(0, 0.3)
+            elif "trainable_tokens_delta" in name:  # retrained token rows: not the base rows
+                param.add_(torch.randn_like(param) * 0.5)
             elif (name.endswith(".bias") and param.requires_grad) or "modules_to_save" in name:
                 param.add_(torch.randn_like(param) * 0.2)  # trained biases, a retrained head: not the base
     peft_model.save_pretrained(target, safe_serialization=True)
