@@ -67,6 +67,9 @@ def test_list_inputs_mixed_adapters_and_details(env):
     details = results[2]["details"]
     assert details["finish_reason"] == "length" and details["generated_tokens"] == 8
     assert len(details["tokens"]) == 8 and all(t["log_prob"] <= 0 for t in details["tokens"])
+    described = server.client.get("/models/tiny/adapters/all8").json()  # its tier and its weights' size
+    assert described["tier"] in ("resident", "in_memory")
+    assert described["memory_bytes"] == reference.adapters.sizes()["all8"] > reference.adapters.sizes()["qv"]
     assert server.client.delete("/models/tiny/adapters/all8").status_code == 200
     gone = server.client.post("/predictions/tiny", json={**body, "adapters": ["", "qv", "all8"]})
     assert gone.status_code == 424 and "all8" in gone.json()["message"]  # DJL: 424, not registered

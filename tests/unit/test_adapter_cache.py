@@ -136,3 +136,44 @@ def test_unknown_version_is_a_clear_error_not_an_assert():
     cache = Recorder().cache()
     with pytest.raises(AdapterNotFoundError, match="no longer registered"):
         cache.weights(("ghost", 999))
+
+
+class Sized(str):
+    """Weights that know their size, as LoraWeights do."""
+
+    size = 0
+
+    def nbytes(self) -> int:
+        return self.size
+
+
+def _sized(name: str, size: int) -> Sized:
+    weights = Sized(name)
+    weights.size = size
+    return weights
+
+
+def test_the_memory_tier_is_weighed_as_well_as_counted():
+    """A byte budget evicts the least recently used adapters until the new one fits; one larger
+    than the whole budget is refused at registration, naming the option."""
+    rec = Recorder()
+    cache = AdapterCache(2, 10, rec.load, rec.install, rec.clear, cpu_bytes=100)
+    cache.register("a", "/a", _sized("a", 40), pinned=False, preload=True)
+    cache.register("b", "/b", _sized("b", 40), pinned=False, preload=True)
+    assert cache.memory_in_use() == 80
+    cache.register("head", "/head", _sized("head", 60), pinned=False, preload=True)  # a's bytes go
+    assert [key[0] for key in cache.cpu] == ["b", "head"] and cache.memory_in_use() == 100
+    assert cache.sizes() == {"a": 40, "b": 40, "head": 60}
+    assert cache.stats()["in_memory_bytes"] == 100
+    with pytest.raises(BadRequestError, match="max_cpu_lora_memory"):
+        cache.register("huge", "/huge", _sized("huge", 101), pinned=False, preload=True)
+    assert "huge" not in cache.registered and cache.memory_in_use() == 100
+
+
+def test_a_held_adapter_stays_in_memory_over_the_byte_budget():
+    rec = Recorder()
+    cache = AdapterCache(2, 10, rec.load, rec.install, rec.clear, cpu_bytes=100)
+    cache.register("a", "/a", _sized("a", 70), pinned=False, preload=True)
+    assert cache.acquire("a") is not None  # a running request uses it
+    cache.register("b", "/b", _sized("b", 70), pinned=False, preload=True)
+    assert {key[0] for key in cache.cpu} == {"a", "b"}  # over budget rather than pull a's weights

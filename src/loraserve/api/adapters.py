@@ -102,8 +102,16 @@ async def _unregister(request: Request, model_name: str | None, adapter: str) ->
     return _status(model, adapter, f"Adapter {adapter} unregistered")
 
 
-def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
-    return JSONResponse(_model(request, model_name).registry.get(adapter).describe())  # DJL: an object
+async def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
+    """DJL's object, plus (built-in engine) the adapter's memory tier and its weights' size."""
+    model = _model(request, model_name)
+    description = model.registry.get(adapter).describe()
+    if model.uses_builtin_engine:
+        engine = await request.app.state.metrics.fetch_engine_stats(model)
+        if adapter in engine.get("adapter_bytes", {}):
+            description["tier"] = engine["adapter_tiers"].get(adapter)
+            description["memory_bytes"] = engine["adapter_bytes"][adapter]
+    return JSONResponse(description)
 
 
 def _list(request: Request, model_name: str | None) -> JSONResponse:
@@ -134,12 +142,12 @@ async def register_adapter(request: Request, _query: Registration, _body: Regist
 
 @router.get("/models/{model_name}/adapters/{adapter}")
 async def describe_model_adapter(request: Request, model_name: str, adapter: str):
-    return _describe(request, model_name, adapter)
+    return await _describe(request, model_name, adapter)
 
 
 @router.get("/adapters/{adapter}")
 async def describe_adapter(request: Request, adapter: str):
-    return _describe(request, None, adapter)
+    return await _describe(request, None, adapter)
 
 
 @router.delete("/models/{model_name}/adapters/{adapter}")

@@ -1,5 +1,7 @@
 """Adapter memory tiers, as vLLM/LMI have them: ``max_loras`` resident compute slots,
-``max_cpu_loras`` adapters held in memory, the rest on disk; least-recently-used eviction.
+``max_cpu_loras`` adapters held in memory (and, where set, at most ``cpu_bytes`` of them: an
+adapter with its own LM head costs as much as hundreds of plain ones), the rest on disk;
+least-recently-used eviction.
 
 Plain bookkeeping (loading is a callback), so its rules are tested on their own. Each
 registration of a name gets a new version. Two kinds of reference:
@@ -36,6 +38,7 @@ class AdapterEntry:
     version: int
     pinned: bool = False
     invocation: tuple[int, ...] | None = None  # activated LoRA's invocation tokens
+    nbytes: int = 0  # its weights in memory (what it costs the in-memory tier)
 
     @property
     def key(self) -> AdapterKey:
@@ -44,9 +47,11 @@ class AdapterEntry:
 
 class AdapterCache:
     def __init__(self, slots: int, cpu_capacity: int, load: Callable[[AdapterEntry], Any],
-                 install: Callable[[int, Any], None], clear: Callable[[int], None]) -> None:
+                 install: Callable[[int, Any], None], clear: Callable[[int], None],
+                 cpu_bytes: int | None = None) -> None:
         self.slots = slots
         self.cpu_capacity = cpu_capacity
+        self.cpu_bytes = cpu_bytes  # None: counted, not weighed
         self._load, self._install, self._clear = load, install, clear
         self.registered: dict[str, AdapterEntry] = {}
         self.cpu: OrderedDict[AdapterKey, Any] = OrderedDict()  # LRU: oldest first
@@ -63,8 +68,12 @@ class AdapterCache:
             raise BadRequestError(f"cannot pin {name}: at most option.max_loras - 1 = {self.slots - 1} "
                                   "adapters can be pinned, so one slot stays free for the others "
                                   "(raise option.max_loras or unpin one)")
+        size = _nbytes(weights)
+        if self.cpu_bytes is not None and size > self.cpu_bytes:
+            raise BadRequestError(f"adapter {name} needs {size / 2**20:.1f} MiB in memory, more than "
+                                  f"option.max_cpu_lora_memory ({self.cpu_bytes / 2**20:.1f} MiB) allows")
         self.unregister(name, missing_ok=True)
-        entry = AdapterEntry(name, path, next(_versions), pinned, getattr(weights, "invocation", None))
+        entry = AdapterEntry(name, path, next(_versions), pinned, getattr(weights, "invocation", None), size)
         self.registered[name] = entry
         if preload or pinned:
             self._remember(entry.key, weights)
@@ -100,11 +109,16 @@ class AdapterCache:
     def _remember(self, key: AdapterKey, weights: Any) -> None:
         self.cpu[key] = weights
         self.cpu.move_to_end(key)
-        while len(self.cpu) > self.cpu_capacity:
-            victim = next((k for k in self.cpu if not self._held_in_memory(k)), None)
+        while len(self.cpu) > self.cpu_capacity or (
+                self.cpu_bytes is not None and self.memory_in_use() > self.cpu_bytes):
+            victim = next((k for k in self.cpu if k != key and not self._held_in_memory(k)), None)
             if victim is None:
                 break
             del self.cpu[victim]
+
+    def memory_in_use(self) -> int:
+        """Bytes of the adapter weights held in memory."""
+        return sum(_nbytes(weights) for weights in self.cpu.values())
 
     def _held(self, key: AdapterKey) -> bool:
         """Not evictable from its slot: pinned or in use by a running request."""
@@ -215,8 +229,19 @@ class AdapterCache:
                 result[name] = "registered"
         return result
 
+    def sizes(self) -> dict[str, int]:
+        """Each registered adapter's weights in memory, in bytes (whichever tier it is in)."""
+        return {name: entry.nbytes for name, entry in self.registered.items()}
+
     def stats(self) -> dict[str, int]:
         return {"registered": len(self.registered), "in_memory": len(self.cpu),
+                "in_memory_bytes": self.memory_in_use(),
                 "resident": len(self.resident), "loads": self.loads, "evictions": self.evictions,
                 "pinned": sum(e.pinned for e in self.registered.values()), "stale": len(self.stale),
                 "slot_refs": sum(self.refs.values()), "holds": sum(self.holds.values())}
+
+
+def _nbytes(weights: Any) -> int:
+    """An adapter's weights in bytes (its ``nbytes()``; 0 for what has none, as in unit tests)."""
+    size = getattr(weights, "nbytes", None)
+    return int(size()) if callable(size) else 0

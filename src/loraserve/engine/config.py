@@ -24,6 +24,7 @@ class EngineConfig:
     max_loras: int = 32
     max_lora_rank: int = 64
     max_cpu_loras: int = 256
+    max_cpu_lora_memory: str = ""  # e.g. "2GiB": a byte budget for adapters in memory; "": none
     lora_merge: bool = False
     max_adapters_per_request: int = 4  # adapters one request may mix (engine/mixtures.py)
     threads: int = 0
@@ -37,8 +38,13 @@ class EngineConfig:
                               "request decodes one token per step")
         if self.kv_cache_memory.strip().lower() != "auto":
             parse_memory(self.kv_cache_memory)  # a bad value fails at start-up, saying how to fix it
+        adapter_budget(self.max_cpu_lora_memory)
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"option.device={self.device} must be auto, cpu or cuda[:N]")
+
+    @property
+    def cpu_lora_bytes(self) -> int | None:
+        return adapter_budget(self.max_cpu_lora_memory)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> EngineConfig:
@@ -51,7 +57,17 @@ class EngineConfig:
         for key in ("enable_lora", "lora_merge", "enable_prefix_caching"):
             if key in options:
                 kwargs[key] = parse_bool(options[key], f"option.{key}")
-        for key in ("dtype", "device", "kv_cache_memory"):
+        for key in ("dtype", "device", "kv_cache_memory", "max_cpu_lora_memory"):
             if key in options:
                 kwargs[key] = str(options[key])
         return cls(model_id=options["model_id"], **kwargs)  # type: ignore[arg-type]
+
+
+def adapter_budget(value: str) -> int | None:
+    """option.max_cpu_lora_memory in bytes (a size such as 2GiB); None when unset."""
+    if not value.strip():
+        return None
+    size = parse_memory(value.strip(), "option.max_cpu_lora_memory")
+    if size < 0:
+        raise ConfigError(f"option.max_cpu_lora_memory={value!r}: give a size such as 512MiB or 2GiB")
+    return int(size)

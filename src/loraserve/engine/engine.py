@@ -75,7 +75,7 @@ class LLMEngine:
                  "on" if config.enable_prefix_caching else "off")
         self.blocks = BlockManager(self.kv.num_blocks, self.kv.block_size, config.enable_prefix_caching)
         self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self._load_adapter,
-                                     self.runner.lora.load, self.runner.lora.clear)
+                                     self.runner.lora.load, self.runner.lora.clear, config.cpu_lora_bytes)
         self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
                                    self.adapters, config.lora_merge, self.blocks)
         self.mixtures = Mixtures(self.adapters, config.max_lora_rank, config.max_adapters_per_request,
@@ -354,5 +354,5 @@ class LLMEngine:
     def memory_stats(self) -> dict[str, int]:
         return {"weights_bytes": self.runner.weights.nbytes(), "kv_cache_bytes": self.runner.kv_bytes(),
                 "lora_stack_bytes": self.runner.lora.nbytes(),
-                "adapter_cpu_bytes": sum(w.nbytes() for w in self.adapters.cpu.values()),
+                "adapter_cpu_bytes": self.adapters.memory_in_use(),
                 "pid": os.getpid()}

@@ -102,6 +102,7 @@ async def stats(_inputs: Input) -> Output:
     figures = eng.stats()
     with eng.lock:
         figures |= {"adapters": eng.adapters.stats(), "adapter_tiers": eng.adapters.tiers(),
+                    "adapter_bytes": eng.adapters.sizes(),
                     "adapter_refs": sum(eng.adapters.refs.values())}
     return Output().add_as_json(figures)
 

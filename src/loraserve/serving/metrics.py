@@ -205,12 +205,17 @@ class ServerMetrics:
         self.prune(models)
         self.engine.queues = {m.name: m.workers.queue_length for m in models}
         for model in models:
-            if not model.uses_builtin_engine or not model.workers.live_workers:
-                continue
-            try:
-                replies = await asyncio.wait_for(
-                    model.workers.broadcast("stats", {"properties": {}, "content": []}), 5)
-            except (LoraserveError, asyncio.TimeoutError):
-                continue
-            if replies and replies[0].output:
-                self.engine.stats[model.name] = json.loads(replies[0].output["content"][0][1])
+            await self.fetch_engine_stats(model)
+
+    async def fetch_engine_stats(self, model: ModelService) -> dict[str, Any]:
+        """One built-in-engine model's statistics, asked of its worker now (empty if it cannot say)."""
+        if not model.uses_builtin_engine or not model.workers.live_workers:
+            return {}
+        try:
+            replies = await asyncio.wait_for(
+                model.workers.broadcast("stats", {"properties": {}, "content": []}), 5)
+        except (LoraserveError, asyncio.TimeoutError):
+            return {}
+        if replies and replies[0].output:
+            self.engine.stats[model.name] = json.loads(replies[0].output["content"][0][1])
+        return self.engine.stats.get(model.name, {})
