@@ -299,3 +299,34 @@ def test_activated_lora(matrix, tmp_path, mode, monkeypatch):
     )
     with pytest.raises(BadRequestError, match="cannot be merged"):
         merged.register_adapter("alora", path)
+
+
+def test_activated_lora_shares_its_base_prefix_with_base_requests(matrix, tmp_path):
+    """The blocks an activated adapter computes before its invocation hold base-model KV: a base
+    request reuses them and they reuse a base request's, and every output stays PEFT's."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base, _, _, _ = matrix
+    invocation = [7, 8]
+    path = make_peft_adapter(
+        base, tmp_path / "alora", rank=4, target_modules="all-linear", seed=9,
+        alora_invocation_tokens=invocation,
+    )
+    shared = list(range(20, 52))  # two full 16-token blocks before the invocation
+    activated = [*shared, *invocation, 53, 54]
+    plain = [*shared, 99, 98, 97]
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), path
+    ).eval()
+    expected_activated = _peft_activated_greedy(peft_model, activated, invocation, NEW_TOKENS)
+    with peft_model.disable_adapter():
+        expected_plain = cached_greedy(peft_model, plain, NEW_TOKENS)[0]
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+    for first, second in (((activated, "alora"), (plain, None)), ((plain, None), (activated, "alora"))):
+        engine = _engine(base, {"alora": path}, block_size=16)
+        engine.generate([first[0]], [first[1]], params)
+        hits = engine.blocks.stats.hit_tokens
+        result = engine.generate([second[0]], [second[1]], params)[0]
+        assert engine.blocks.stats.hit_tokens - hits == len(shared)  # the base blocks, no more
+        assert result.token_ids == (expected_activated if second[1] else expected_plain)

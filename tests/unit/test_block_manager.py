@@ -19,6 +19,9 @@ class Seq:
     block_hashes: list[bytes] = field(default_factory=list)
     cached: int = 0
 
+    def block_namespace(self, index: int, block_size: int) -> object:
+        return self.cache_namespace
+
 
 def _computed(manager: BlockManager, seq: Seq) -> Seq:
     """Admit ``seq`` and "compute" its whole input, as one prefill step does."""

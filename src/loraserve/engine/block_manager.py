@@ -4,7 +4,8 @@ and prefix caching of full blocks.
 Plain Python over block ids (the tensors live in the runner), so its rules are tested alone.
 A full block is cached under a hash of (namespace, the tokens of every block before it, its own
 tokens); the namespace is the adapter version the KV was computed with (``None``: the base
-model). Versions are never reused, so re-registering or updating an adapter name can never hit
+model), block by block (an activated LoRA's blocks before its activation are base blocks).
+Versions are never reused, so re-registering or updating an adapter name can never hit
 blocks computed with the old weights, and two adapters never share a block (the bug class of
 vLLM #30931). A hit also compares the stored token ids: a hash collision cannot alias blocks.
 Blocks whose last user left stay cached, in a free list ordered by release: allocation takes
@@ -33,8 +34,7 @@ class PagedSequence(Protocol):
     @property
     def all_ids(self) -> list[int]: ...
 
-    @property
-    def cache_namespace(self) -> Hashable: ...
+    def block_namespace(self, index: int, block_size: int) -> Hashable: ...
 
 
 @dataclass(slots=True)
@@ -104,7 +104,7 @@ class BlockManager:
         previous = b""
         for index in range((len(tokens) - 1) // self.block_size):
             chunk = tuple(tokens[index * self.block_size:(index + 1) * self.block_size])
-            digest = block_hash(previous, seq.cache_namespace, chunk)
+            digest = block_hash(previous, seq.block_namespace(index, self.block_size), chunk)
             block_id = self.cached.get(digest)
             if block_id is None or self.blocks[block_id].token_ids != chunk:
                 break
@@ -142,7 +142,7 @@ class BlockManager:
         for index in range(len(seq.block_hashes), computed // self.block_size):
             chunk = tuple(tokens[index * self.block_size:(index + 1) * self.block_size])
             previous = seq.block_hashes[-1] if seq.block_hashes else b""
-            digest = block_hash(previous, seq.cache_namespace, chunk)
+            digest = block_hash(previous, seq.block_namespace(index, self.block_size), chunk)
             seq.block_hashes.append(digest)
             block = self.blocks[seq.block_table[index]]
             if block.hash is None and digest not in self.cached:

@@ -68,13 +68,15 @@ class Sequence:
         """Who is served, for fairness: the adapter's name (None: the base model)."""
         return None if self.adapter is None else self.adapter[0]
 
-    @property
-    def cache_namespace(self) -> Hashable:
-        """Whose weights (and which RoPE table) computed its KV: prefix-cache blocks are shared
-        only within it."""
+    def block_namespace(self, index: int, block_size: int) -> Hashable:
+        """Whose weights (and which RoPE table) computed the KV of its block ``index``: prefix-
+        cache blocks are shared only within it. Activated LoRA's blocks before its activation
+        point hold base-model KV, so they share the base model's namespace (a base request and an
+        activated one reuse each other's prefix); the later ones depend on where it activated."""
         namespace: Any = self.adapter
-        if self.adapter is not None and self.lora_from:  # activated LoRA: base KV before lora_from
-            namespace = (namespace, "activated", self.lora_from)
+        if self.adapter is not None and self.lora_from:
+            before = (index + 1) * block_size <= self.lora_from
+            namespace = None if before else (namespace, "activated", self.lora_from)
         return namespace if not self.rope_variant else (namespace, "rope", self.rope_variant)
 
     @property
