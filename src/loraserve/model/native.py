@@ -43,18 +43,25 @@ def cpu_kernels(level: str | None = None) -> ModuleType | None:
 
 
 def _build(level: str) -> ModuleType | None:
-    log.info("loading native CPU kernels for %s (compiled once per machine and source, ~1 min the "
-             "first time)", level)
+    log.info(
+        "loading native CPU kernels for %s (compiled once per machine and source, ~1 min the first time)",
+        level,
+    )
     try:
         from torch.utils.cpp_extension import load
 
         name = f"loraserve_cpu_kernels_{level}"
-        names = ("cpu_kernels.cpp", "kernels_f32.cpp", "kernels_bf16.cpp")
+        names = ("cpu_kernels.cpp", "bgmv.cpp", "rowwise.cpp", "attention.cpp")
         sources = [str(_SOURCES / name) for name in names]
         with _build_lock(name):
-            return load(name=name, sources=sources,
-                        extra_cflags=["-O3", "-fopenmp", *compiler_flags(level)], extra_ldflags=["-fopenmp"],
-                        extra_include_paths=[str(_SOURCES)], verbose=False)
+            return load(
+                name=name,
+                sources=sources,
+                extra_cflags=["-O3", "-fopenmp", *compiler_flags(level)],
+                extra_ldflags=["-fopenmp"],
+                extra_include_paths=[str(_SOURCES)],
+                verbose=False,
+            )
     except Exception as exc:  # no compiler, no ninja, ...: the PyTorch path serves instead
         log.warning("native CPU kernels (%s) unavailable (%s); using the PyTorch path", level, exc)
         return None

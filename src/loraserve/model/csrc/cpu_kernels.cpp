@@ -1,7 +1,9 @@
 // loraserve's CPU kernels: each replaces a chain of small PyTorch ops whose per-op overhead
 // dominates a decode step. The entry points here check every input (dtype, device, shape, layout,
-// index bounds) and call the bf16 or fp32 version (kernels_bf16.cpp, kernels_f32.cpp). One build
-// per ISA (native.py): the same source compiled for AVX-512(+BF16), AVX2+FMA or no vector ISA.
+// index bounds) and call the kernel's fp32 or bf16 instantiation (kernels.h). One build per ISA
+// (native.py): the same source compiled for AVX-512(+BF16), AVX2+FMA or no vector ISA.
+#include <torch/extension.h>
+
 #include "kernels.h"
 
 namespace {
@@ -38,6 +40,16 @@ at::ScalarType checked_dtype(const torch::Tensor& t, const char* name) {
   return t.scalar_type();
 }
 
+// Calls kernel(T()) with T the element type of a checked dtype, AT_DISPATCH-style.
+template <class F>
+void dispatch(at::ScalarType dtype, F kernel) {
+  if (dtype == at::kFloat) {
+    kernel(float());
+  } else {
+    kernel(kernels::bf16_t());
+  }
+}
+
 }  // namespace
 
 // out (T, O') += per token t with slot s = slots[t] >= 0: (x[t] @ A[s]^T) @ B[s], for a fused group
@@ -70,11 +82,9 @@ void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b
   for (int64_t s = 0; s < S; ++s)
     TORCH_CHECK(info[2 * s] >= 0 && info[2 * s + 1] >= 0 && info[2 * s + 1] < (int64_t(1) << k),
                 "bgmv: slot_info[", s, "] must hold a rank >= 0 and a mask of the group's k modules");
-  if (dtype == at::kFloat) {
-    f32::bgmv(x, slots, a, b, out, k, rank, col_start, col_len, slot_info);
-  } else {
-    bf16::bgmv(x, slots, a, b, out, k, rank, col_start, col_len, slot_info);
-  }
+  dispatch(dtype, [&](auto elem) {
+    kernels::bgmv<decltype(elem)>(x, slots, a, b, out, k, rank, col_start, col_len, slot_info);
+  });
 }
 
 // RMSNorm with an optional residual add first: h (T, D) += delta (in place), then
@@ -90,11 +100,7 @@ void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Te
     check_rows(*delta, "delta", dtype, 2);
     TORCH_CHECK(delta->sizes() == h.sizes(), "add_rms_norm: delta must have h's shape");
   }
-  if (dtype == at::kFloat) {
-    f32::add_rms_norm(h, delta, w, eps, out);
-  } else {
-    bf16::add_rms_norm(h, delta, w, eps, out);
-  }
+  dispatch(dtype, [&](auto elem) { kernels::add_rms_norm<decltype(elem)>(h, delta, w, eps, out); });
 }
 
 // SwiGLU's activation: out (T, I) = silu(gate) * up for gate_up (T, 2I) = [gate | up].
@@ -104,11 +110,7 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
   check_rows(out, "out", dtype, 2);
   TORCH_CHECK(gate_up.size(0) == out.size(0) && gate_up.size(1) == 2 * out.size(1),
               "silu_mul: gate_up must be (T, 2I) for out (T, I)");
-  if (dtype == at::kFloat) {
-    f32::silu_mul(gate_up, out);
-  } else {
-    bf16::silu_mul(gate_up, out);
-  }
+  dispatch(dtype, [&](auto elem) { kernels::silu_mul<decltype(elem)>(gate_up, out); });
 }
 
 // Rotary embedding of the q and k heads of a fused qkv row (T, (H + 2 kvh) d), in place
@@ -134,11 +136,10 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
               "rope_write_kv: cos/sin must be (P, r) with an even r <= d");
   check_index(positions, "positions", T, 0, cos.size(0));
   check_index(slot_mapping, "slot_mapping", T, 0, N * bs);
-  if (dtype == at::kFloat) {
-    f32::rope_write_kv(qkv, cos, sin, positions, slot_mapping, k_cache, v_cache, heads, kv_heads);
-  } else {
-    bf16::rope_write_kv(qkv, cos, sin, positions, slot_mapping, k_cache, v_cache, heads, kv_heads);
-  }
+  dispatch(dtype, [&](auto elem) {
+    kernels::rope_write_kv<decltype(elem)>(qkv, cos, sin, positions, slot_mapping, k_cache, v_cache, heads,
+                                           kv_heads);
+  });
 }
 
 // One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d). Sequence b's
@@ -169,11 +170,10 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
     for (int64_t j = 0; j < (lens[b] + bs - 1) / bs; ++j)
       TORCH_CHECK(tables[b * M + j] >= 0 && tables[b * M + j] < N, "block_tables[", b, ", ", j, "] = ",
                   tables[b * M + j], " is outside [0, ", N, ")");
-  if (dtype == at::kFloat) {
-    f32::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale, window, softcap);
-  } else {
-    bf16::decode_attention(q, k_cache, v_cache, block_tables, lengths, out, scale, window, softcap);
-  }
+  dispatch(dtype, [&](auto elem) {
+    kernels::decode_attention<decltype(elem)>(q, k_cache, v_cache, block_tables, lengths, out, scale, window,
+                                              softcap);
+  });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -182,5 +182,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "SwiGLU activation: silu(gate) * up");
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
-  m.def("vector_width", &f32::vector_width, "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");
+  m.def("vector_width", [] { return int64_t(simd::Vec::W); },
+        "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");
 }

@@ -1,28 +1,34 @@
-// The kernels of each dtype, declared once: cpu_kernels.cpp checks every input, then calls the
-// bf16 or fp32 version. Shapes are documented at the entry points.
+// The kernels, each written once as a template over its element type T and instantiated for float
+// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp). cpu_kernels.cpp checks every input, then calls
+// the instantiation of the tensors' dtype. Shapes are documented at the entry points.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
-#define LORASERVE_KERNELS(NS)                                                                      \
-  namespace NS {                                                                                   \
-  void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out, \
-            int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len,                \
-            torch::Tensor slot_info);                                                              \
-  void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor w, double eps, \
-                    torch::Tensor out);                                                            \
-  void silu_mul(torch::Tensor gate_up, torch::Tensor out);                                         \
-  void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions, \
-                     torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads, \
-                     int64_t kv_heads);                                                            \
-  void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,               \
-                        torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale, \
-                        int64_t window, double softcap);                                           \
-  }
+#include "simd.h"
 
-LORASERVE_KERNELS(bf16)
-LORASERVE_KERNELS(f32)
+namespace kernels {
 
-namespace f32 {
-int64_t vector_width();  // fp32 lanes of this build
-}
+using simd::bf16_t;
+
+template <class T>
+void bgmv(at::Tensor x, at::Tensor slots, at::Tensor a, at::Tensor b, at::Tensor out, int64_t k, int64_t rank,
+          at::Tensor col_start, at::Tensor col_len, at::Tensor slot_info);
+template <class T>
+void add_rms_norm(at::Tensor h, c10::optional<at::Tensor> delta, at::Tensor w, double eps, at::Tensor out);
+template <class T>
+void silu_mul(at::Tensor gate_up, at::Tensor out);
+template <class T>
+void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor positions,
+                   at::Tensor slot_mapping, at::Tensor k_cache, at::Tensor v_cache, int64_t heads,
+                   int64_t kv_heads);
+template <class T>
+void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
+                      at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap);
+
+// Explicit instantiations of kernel `name` (its parameter list in parentheses) for both element types.
+#define LORASERVE_INSTANTIATE(name, params) \
+  template void name<float> params;         \
+  template void name<bf16_t> params;
+
+}  // namespace kernels

@@ -1,0 +1,215 @@
+// Decode attention over the paged KV cache: one query token per sequence, GQA by KV head; scores,
+// softmax and the weighted sum in fp32 whatever the cache's element type T.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels.h"
+
+using simd::bf16_t;
+using simd::Elem;
+using simd::Vec;
+
+namespace {
+
+// x[0:n] = softmax(x[0:n]) in place, after Gemma 2's logit cap when softcap > 0:
+// x = softcap * tanh(x / softcap).
+void softmax_inplace(float* x, int64_t n, float softcap) {
+  if (softcap > 0.0f)
+    for (int64_t l = 0; l < n; ++l) x[l] = softcap * std::tanh(x[l] / softcap);
+  float peak = -INFINITY;
+  for (int64_t l = 0; l < n; ++l) peak = std::max(peak, x[l]);
+  const Vec::reg shift = Vec::set1(peak);
+  Vec::reg sum = Vec::zero();
+  int64_t l = 0;
+  for (; l + Vec::W <= n; l += Vec::W) {
+    const Vec::reg e = simd::exp(Vec::sub(Vec::load(x + l), shift));
+    Vec::store(x + l, e);
+    sum = Vec::add(sum, e);
+  }
+  float total = Vec::sum(sum);
+  for (; l < n; ++l) {
+    x[l] = std::exp(x[l] - peak);
+    total += x[l];
+  }
+  const float norm = 1.0f / total;
+  for (l = 0; l < n; ++l) x[l] *= norm;
+}
+
+// One (sequence, KV head) of decode attention. `group` query heads (already scaled, fp32) share
+// it; position l's key is row l % bs of block blocks[l / bs], whose rows for this head start at
+// k_cache + blocks[l / bs] * block_stride (k_cache already offset to the head). Keys [first, L)
+// are attended (first > 0: a sliding window). acc (group, d) receives the output.
+template <class T>
+struct Unit {
+  const float* query;
+  const T* k_cache;
+  const T* v_cache;
+  const int64_t* blocks;
+  int64_t block_stride, bs, group, first, L, d;
+  float softcap;
+  float* scores;  // (group, L)
+  float* acc;
+
+  // f(start, n, rows) for each run of positions [start, start + n) in one block, whose n rows of
+  // `cache` are contiguous: one division per block, not per position.
+  template <class F>
+  void runs(const T* cache, F&& f) const {
+    for (int64_t start = first; start < L;) {
+      const int64_t offset = start % bs, n = std::min(bs - offset, L - start);
+      f(start, n, cache + blocks[start / bs] * block_stride + offset * d);
+      start += n;
+    }
+  }
+};
+
+// x . y[0:n] for an fp32 x, two accumulators to hide the FMA latency.
+template <class T>
+inline float dot(const float* x, const T* y, int64_t n) {
+  using E = Elem<T>;
+  Vec::reg a0 = Vec::zero(), a1 = Vec::zero();
+  int64_t i = 0;
+  for (; i + 2 * Vec::W <= n; i += 2 * Vec::W) {
+    a0 = Vec::fmadd(Vec::load(x + i), E::load(y + i), a0);
+    a1 = Vec::fmadd(Vec::load(x + i + Vec::W), E::load(y + i + Vec::W), a1);
+  }
+  for (; i + Vec::W <= n; i += Vec::W) a0 = Vec::fmadd(Vec::load(x + i), E::load(y + i), a0);
+  float total = Vec::sum(Vec::add(a0, a1));
+  for (; i < n; ++i) total += x[i] * E::to_f(y[i]);
+  return total;
+}
+
+// acc[0:C*W] += sum over l < n of p[l] * values[l * d + 0:C*W].
+template <int C, class T>
+inline void weighted_sum(const float* p, const T* values, int64_t d, int64_t n, float* acc) {
+  Vec::reg sum[C];
+  for (int c = 0; c < C; ++c) sum[c] = Vec::load(acc + c * Vec::W);
+  for (int64_t l = 0; l < n; ++l) {
+    const Vec::reg weight = Vec::set1(p[l]);
+    const T* row = values + l * d;
+    for (int c = 0; c < C; ++c) sum[c] = Vec::fmadd(weight, Elem<T>::load(row + c * Vec::W), sum[c]);
+  }
+  for (int c = 0; c < C; ++c) Vec::store(acc + c * Vec::W, sum[c]);
+}
+
+// Any head_dim d: one dot per (key, head), then per head the weighted sum over each block's rows,
+// 8 vectors of columns at a time in registers.
+template <class T>
+void attend(const Unit<T>& u) {
+  const int64_t d = u.d, L = u.L;
+  u.runs(u.k_cache, [&](int64_t start, int64_t n, const T* keys) {
+    for (int64_t l = 0; l < n; ++l)
+      for (int64_t g = 0; g < u.group; ++g)
+        u.scores[g * L + start + l] = dot(u.query + g * d, keys + l * d, d);
+  });
+  for (int64_t g = 0; g < u.group; ++g) softmax_inplace(u.scores + g * L + u.first, L - u.first, u.softcap);
+  std::fill(u.acc, u.acc + u.group * d, 0.0f);
+  constexpr int64_t wide = 8 * Vec::W;  // 8 accumulators stay in registers
+  u.runs(u.v_cache, [&](int64_t start, int64_t n, const T* values) {
+    for (int64_t g = 0; g < u.group; ++g) {
+      const float* p = u.scores + g * L + start;
+      float* out = u.acc + g * d;
+      int64_t c0 = 0;
+      for (; c0 + wide <= d; c0 += wide) weighted_sum<8>(p, values + c0, d, n, out + c0);
+      for (; c0 + Vec::W <= d; c0 += Vec::W) weighted_sum<1>(p, values + c0, d, n, out + c0);
+      for (; c0 < d; ++c0)
+        for (int64_t l = 0; l < n; ++l) out[c0] += p[l] * Elem<T>::to_f(values[l * d + c0]);
+    }
+  });
+}
+
+// head_dim d = C * W (64 and 128 with AVX-512): each key and value row is loaded (bf16: widened)
+// once into C registers for all the heads that share it; two heads' sums stay in registers.
+template <int C, class T>
+void attend_blocked(const Unit<T>& u) {
+  using E = Elem<T>;
+  constexpr int64_t d = C * Vec::W;
+  const int64_t L = u.L;
+  u.runs(u.k_cache, [&](int64_t start, int64_t n, const T* keys) {
+    for (int64_t l = 0; l < n; ++l) {
+      Vec::reg key[C];
+      for (int c = 0; c < C; ++c) key[c] = E::load(keys + l * d + c * Vec::W);
+      for (int64_t g = 0; g < u.group; ++g) {
+        Vec::reg dot = Vec::mul(Vec::load(u.query + g * d), key[0]);
+        for (int c = 1; c < C; ++c) dot = Vec::fmadd(Vec::load(u.query + g * d + c * Vec::W), key[c], dot);
+        u.scores[g * L + start + l] = Vec::sum(dot);
+      }
+    }
+  });
+  for (int64_t g = 0; g < u.group; ++g) softmax_inplace(u.scores + g * L + u.first, L - u.first, u.softcap);
+  for (int64_t g0 = 0; g0 < u.group; g0 += 2) {
+    const bool pair = g0 + 1 < u.group;
+    Vec::reg a0[C], a1[C];
+    for (int c = 0; c < C; ++c) a0[c] = a1[c] = Vec::zero();
+    u.runs(u.v_cache, [&](int64_t start, int64_t n, const T* values) {
+      for (int64_t l = 0; l < n; ++l) {
+        const Vec::reg p0 = Vec::set1(u.scores[g0 * L + start + l]);
+        const Vec::reg p1 = Vec::set1(pair ? u.scores[(g0 + 1) * L + start + l] : 0.0f);
+        for (int c = 0; c < C; ++c) {
+          const Vec::reg v = E::load(values + l * d + c * Vec::W);
+          a0[c] = Vec::fmadd(p0, v, a0[c]);
+          a1[c] = Vec::fmadd(p1, v, a1[c]);
+        }
+      }
+    });
+    for (int c = 0; c < C; ++c) {
+      Vec::store(u.acc + g0 * d + c * Vec::W, a0[c]);
+      if (pair) Vec::store(u.acc + (g0 + 1) * d + c * Vec::W, a1[c]);
+    }
+  }
+}
+
+}  // namespace
+
+namespace kernels {
+
+template <class T>
+void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
+                      at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap) {
+  using E = Elem<T>;
+  const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
+  const int64_t kvh = k_cache.size(1), bs = k_cache.size(2), group = H / kvh, M = block_tables.size(1);
+  const int64_t q_stride = q.stride(0), q_head = q.stride(1);
+  const int64_t o_stride = out.stride(0), o_head = out.stride(1);
+  const T* qp = q.data_ptr<T>();
+  const T* kc = k_cache.data_ptr<T>();
+  const T* vc = v_cache.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t* lens = lengths.data_ptr<int64_t>();
+  const float fscale = float(scale);
+#pragma omp parallel
+  {
+    std::vector<float> query(group * d), scores, acc(group * d);
+#pragma omp for schedule(static)
+    for (int64_t unit = 0; unit < B * kvh; ++unit) {
+      const int64_t b = unit / kvh, kh = unit % kvh, L = lens[b];
+      scores.resize(group * L);
+      for (int64_t g = 0; g < group; ++g) {
+        const T* qh = qp + b * q_stride + (kh * group + g) * q_head;
+        for (int64_t i = 0; i < d; ++i) query[g * d + i] = E::to_f(qh[i]) * fscale;
+      }
+      const int64_t head = kh * bs * d, first = window > 0 ? std::max<int64_t>(0, L - window) : 0;
+      const Unit<T> u{query.data(), kc + head, vc + head, tables + b * M, kvh * bs * d, bs, group, first, L,
+                      d, float(softcap), scores.data(), acc.data()};
+      if (Vec::W == 16 && d == 4 * Vec::W) {  // the registers it needs: AVX-512's 32, not AVX2's 16
+        attend_blocked<4>(u);
+      } else if (Vec::W == 16 && d == 8 * Vec::W) {
+        attend_blocked<8>(u);
+      } else {
+        attend(u);
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        T* oh = op + b * o_stride + (kh * group + g) * o_head;
+        int64_t i = 0;
+        for (; i + Vec::W <= d; i += Vec::W) E::store(oh + i, Vec::load(acc.data() + g * d + i));
+        for (; i < d; ++i) oh[i] = E::from_f(acc[g * d + i]);
+      }
+    }
+  }
+}
+
+LORASERVE_INSTANTIATE(decode_attention, (at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                         at::Tensor, double, int64_t, double))
+
+}  // namespace kernels
