@@ -18,6 +18,7 @@ class Seq:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)
     cached: int = 0
+    scores_prompt: bool = False
 
     def block_namespace(self, index: int, block_size: int) -> object:
         return self.cache_namespace
@@ -42,6 +43,19 @@ def test_a_shared_prefix_is_reused_and_the_last_token_is_always_computed():
     manager.match_prefix(exact)
     assert exact.cached == 4
     assert manager.stats.hit_tokens == 12 and manager.stats.queried_tokens == 28
+
+
+def test_a_sequence_that_scores_its_prompt_computes_it_but_still_stores_it():
+    """Prompt log-probs (echo) need every position's logits: cached blocks have none."""
+    manager = BlockManager(16, 4)
+    _computed(manager, Seq(list(range(10))))
+    scoring = Seq(list(range(10)), scores_prompt=True)
+    manager.match_prefix(scoring)
+    assert scoring.cached == 0 and scoring.block_table == []
+    _computed(manager, Seq([7, *range(11)], scores_prompt=True))
+    later = Seq([7, *range(11)])
+    manager.match_prefix(later)
+    assert later.cached == 8
 
 
 @pytest.mark.parametrize("other", [("lora", 2), ("other", 1), None])

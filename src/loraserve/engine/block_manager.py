@@ -34,6 +34,9 @@ class PagedSequence(Protocol):
     @property
     def all_ids(self) -> list[int]: ...
 
+    @property
+    def scores_prompt(self) -> bool: ...
+
     def block_namespace(self, index: int, block_size: int) -> Hashable: ...
 
 
@@ -99,7 +102,7 @@ class BlockManager:
         token is left to compute: its logits give the next token."""
         tokens = seq.all_ids
         self.stats.queried_tokens += len(tokens)
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.scores_prompt:
             return
         previous = b""
         for index in range((len(tokens) - 1) // self.block_size):

@@ -21,11 +21,11 @@ from loraserve.engine.config import EngineConfig
 from loraserve.engine.kv_budget import plan_kv_cache
 from loraserve.engine.mixtures import PREFIX, Mixture, Mixtures
 from loraserve.engine.output import OutputProcessor
-from loraserve.engine.sampler import sample_tokens
+from loraserve.engine.sampler import sample_tokens, score_rows
 from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
-from loraserve.engine.step_batch import build_step_batch
+from loraserve.engine.step_batch import build_step_batch, scored_positions
 from loraserve.errors import BadRequestError
 from loraserve.model.families import load_model_config
 from loraserve.model.loader import parse_dtype, resolve_model_path
@@ -139,6 +139,7 @@ class LLMEngine:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise BadRequestError("the prompt is empty")
+        self._check_token_ids([] if isinstance(prompt, str) else ids, params)
         if len(ids) + params.max_new_tokens > self.runner.max_len:
             raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                                   f"exceeds max_model_len {self.runner.max_len}")
@@ -160,6 +161,17 @@ class LLMEngine:
                 raise
             self._changed()
         return seq
+
+    def _check_token_ids(self, ids: list[int], params: SamplingParams) -> None:
+        """Token ids from the client (a token-id prompt, logit_bias, stop_token_ids) must name
+        tokens of this model's vocabulary."""
+        vocab = self.runner.args.vocab_size
+        for name, values in (("prompt", ids), ("logit_bias", params.logit_bias),
+                             ("stop_token_ids", params.stop_token_ids)):
+            bad = next((t for t in values if type(t) is not int or not 0 <= t < vocab), None)
+            if bad is not None:
+                raise BadRequestError(f"{name} holds token id {bad!r}, outside this model's vocabulary "
+                                      f"[0, {vocab})")
 
     def abort(self, request_id: int) -> Sequence | None:
         """Stop a request wherever it is; its consumer gets a final ``aborted`` event. One in the
@@ -207,6 +219,9 @@ class LLMEngine:
                 return [*failed, *self._fail_step(seqs, exc)]
         with self.lock:
             self._in_flight = set()
+            if batch.sampled_rows is not None and batch.sampled_rows < logits.shape[0]:
+                self._score_prompts(seqs, logits[batch.sampled_rows:])
+                logits = logits[: batch.sampled_rows]
             self.steps += 1
             self.last_step_tokens = sum(seq.new_tokens for seq in seqs)
             self.computed_tokens += self.last_step_tokens
@@ -219,6 +234,22 @@ class LLMEngine:
                     self._abort_now(seq)
             return [*failed, *aborted, *self._append_tokens(sampled, logits)]
 
+    def _score_prompts(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """Prompt log-probs: the rows after the sampling ones score the next prompt token, per
+        sequence in step order (``build_step_batch``). Call before ``postprocess``."""
+        row = 0
+        for seq in seqs:
+            positions = scored_positions(seq)
+            if not positions:
+                continue
+            rows = logits[row:row + len(positions)]
+            row += len(positions)
+            if positions.start != len(seq.prompt_logprobs):
+                continue  # never expected: a gap would misalign the scores
+            chosen = torch.tensor(seq.prompt_ids[positions.start + 1:positions.stop + 1], device=rows.device)
+            top = seq.params.prompt_logprobs or 0
+            seq.prompt_logprobs.extend(score_rows(rows, chosen, [top] * len(positions)))
+
     def _fail_step(self, seqs: list[Sequence], exc: Exception) -> list[Sequence]:
         log.exception("engine step failed; failing its %d sequences", len(seqs))
         for seq in seqs:
@@ -227,7 +258,7 @@ class LLMEngine:
 
     def _append_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
         """Sample, append and emit one token per sequence; returns those that finished."""
-        tokens, logprobs = sample_tokens(seqs, logits)
+        tokens, logprobs = sample_tokens(seqs, logits, self.eos_ids)
         finished = []
         for seq, token, logprob in zip(seqs, tokens, logprobs):
             if token is None:

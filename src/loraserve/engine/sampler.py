@@ -1,29 +1,41 @@
-"""Turn a step's logits into one token (and its log-probability) per sampling sequence.
+"""Turn a step's logits into one token (and its log-probabilities) per sampling sequence.
 
-A row whose logits are not finite, or whose sampling raises, gives ``None``: the engine fails
-that sequence only.
+Each row's own settings shape its logits before the choice, in vLLM's order: ``logit_bias``,
+the ``min_tokens`` mask, the repetition / frequency / presence penalties, then temperature,
+min-p, top-k and top-p. Rows that ask for none of that (all greedy) take one batched argmax.
+Log-probabilities are the model's own (before any of that shaping, as vLLM and OpenAI report
+them). A row whose logits are not finite, or whose sampling raises, gives ``None``: the engine
+fails that sequence only.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import numpy as np
 import torch
 
-from loraserve.engine.sampling import apply_repetition_penalty, sample_row
-from loraserve.engine.sequence import Sequence
+from loraserve.engine.sampling import apply_occurrence_penalties, apply_repetition_penalty, sample_row
+from loraserve.engine.sequence import Sequence, TokenLogprobs
 
 log = logging.getLogger("loraserve.engine")
 
 
-def sample_tokens(seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[int | None], list[float | None]]:
+def sample_tokens(
+    seqs: list[Sequence], logits: torch.Tensor, eos_ids: Collection[int] = ()
+) -> tuple[list[int | None], list[TokenLogprobs | None]]:
     """``logits`` (N, vocab) fp32, row i for ``seqs[i]``: (tokens, log-probabilities)."""
-    if all(not s.params.do_sample and s.params.repetition_penalty == 1.0 for s in seqs):
+    if all(_plain_greedy(seq) for seq in seqs):
         tokens = greedy_tokens(logits)  # all greedy: one argmax for the batch
     else:
-        tokens = [_sample(seq, logits[row]) for row, seq in enumerate(seqs)]
+        tokens = [_sample(seq, logits[row], eos_ids) for row, seq in enumerate(seqs)]
     return tokens, _logprobs(seqs, logits, tokens)
+
+
+def _plain_greedy(seq: Sequence) -> bool:
+    params = seq.params
+    return not params.do_sample and not params.shapes_logits and len(seq.output_ids) >= params.min_tokens
 
 
 def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
@@ -42,27 +54,71 @@ def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
     return [token if ok else None for token, ok in zip(tokens, finite)]
 
 
-def _logprobs(seqs: list[Sequence], logits: torch.Tensor, tokens: list[int | None]) -> list[float | None]:
-    """Log-probabilities of the chosen tokens, only for sequences that asked (a full-vocabulary
-    logsumexp per row is a visible share of a CPU decode step)."""
-    wanted = [row for row, seq in enumerate(seqs) if seq.params.logprobs and tokens[row] is not None]
-    result: list[float | None] = [None] * len(seqs)
-    if wanted:
-        index = torch.tensor(wanted, device=logits.device)
-        chosen = logits[index, torch.tensor([tokens[r] for r in wanted], device=logits.device)]
-        values = (chosen - torch.logsumexp(logits[index], dim=-1)).tolist()
-        for row, value in zip(wanted, values):
-            result[row] = value
-    return result
+def shape_logits(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) -> torch.Tensor:
+    """A copy of one row's logits with the row's biases, mask and penalties applied."""
+    params = seq.params
+    scores = scores.clone()
+    vocab = scores.numel()
+    if params.logit_bias:
+        ids = [t for t in params.logit_bias if t < vocab]
+        scores[torch.tensor(ids, device=scores.device, dtype=torch.long)] += torch.tensor(
+            [params.logit_bias[t] for t in ids], device=scores.device, dtype=scores.dtype
+        )
+    if len(seq.output_ids) < params.min_tokens:
+        ended_by = [t for t in {*eos_ids, *params.stop_token_ids} if t < vocab]
+        if ended_by:
+            scores[torch.tensor(ended_by, device=scores.device, dtype=torch.long)] = float("-inf")
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(seq.all_ids)), device=scores.device)
+        apply_repetition_penalty(scores, seen, params.repetition_penalty)
+    apply_occurrence_penalties(scores, seq.output_ids, params.presence_penalty, params.frequency_penalty)
+    return scores
 
 
-def _sample(seq: Sequence, scores: torch.Tensor) -> int | None:
+def _sample(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) -> int | None:
     try:
-        if seq.params.repetition_penalty != 1.0:
-            scores = scores.clone()
-            seen = torch.tensor(sorted(set(seq.all_ids)), device=scores.device)
-            apply_repetition_penalty(scores, seen, seq.params.repetition_penalty)
+        if not _plain_greedy(seq):
+            scores = shape_logits(seq, scores, eos_ids)
         return sample_row(scores, seq.params, seq.generator)
     except Exception:  # a bug or device error in one row's sampling: that row fails
         log.exception("sampling failed for request %d", seq.request_id)
         return None
+
+
+def _logprobs(
+    seqs: list[Sequence], logits: torch.Tensor, tokens: list[int | None]
+) -> list[TokenLogprobs | None]:
+    """Log-probabilities of the chosen tokens (and the most likely alternatives), only for
+    sequences that asked: a full-vocabulary logsumexp per row is a visible share of a CPU step."""
+    wanted = [row for row, seq in enumerate(seqs) if seq.params.logprobs and tokens[row] is not None]
+    result: list[TokenLogprobs | None] = [None] * len(seqs)
+    if not wanted:
+        return result
+    chosen = torch.tensor([tokens[r] for r in wanted], device=logits.device)
+    for row, scored in zip(
+        wanted,
+        score_rows(
+            logits[torch.tensor(wanted, device=logits.device)],
+            chosen,
+            [seqs[r].params.top_logprobs for r in wanted],
+        ),
+    ):
+        result[row] = scored
+    return result
+
+
+def score_rows(logits: torch.Tensor, chosen: torch.Tensor, tops: list[int]) -> list[TokenLogprobs]:
+    """For each row: the log-probability of ``chosen[row]`` and the ``tops[row]`` most likely
+    tokens with theirs (ties in torch's order)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    values = logprobs.gather(1, chosen.view(-1, 1)).view(-1).tolist()
+    widest = max(tops, default=0)
+    top_values: list[list[float]] = [[] for _ in tops]
+    top_ids: list[list[int]] = [[] for _ in tops]
+    if widest:
+        best = torch.topk(logprobs, min(widest, logprobs.shape[1]), dim=-1)
+        top_values, top_ids = best.values.tolist(), best.indices.tolist()
+    return [
+        TokenLogprobs(int(token), value, tuple(zip(ids[:k], vals[:k])))
+        for token, value, ids, vals, k in zip(chosen.tolist(), values, top_ids, top_values, tops)
+    ]

@@ -22,6 +22,15 @@ class SequenceStatus(str, Enum):
     FINISHED = "finished"
 
 
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """A token's log-probability under the model, and the most likely tokens with theirs."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass(slots=True)
 class TokenEvent:
     """What the engine reports per generated token; ``finish_reason`` set on the last one."""
@@ -31,6 +40,7 @@ class TokenEvent:
     text: str  # new text since the previous event
     logprob: float | None
     finish_reason: str | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # when the request asked for top_logprobs
 
 
 @dataclass(eq=False)
@@ -44,6 +54,7 @@ class Sequence:
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)  # tokens 1.. of the prompt, when asked
     status: SequenceStatus = SequenceStatus.WAITING
     lora_slot: int = -1
     cached: int = 0  # tokens already in the KV cache
@@ -62,6 +73,13 @@ class Sequence:
     def __post_init__(self) -> None:
         if self.params.seed is not None:
             self.generator = torch.Generator().manual_seed(self.params.seed)
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether its prompt still has tokens to score: those must be computed, not read from
+        the prefix cache (cached blocks hold KV, not logits)."""
+        wanted = self.params.prompt_logprobs is not None
+        return wanted and len(self.prompt_logprobs) < len(self.prompt_ids) - 1
 
     @property
     def client(self) -> str | None:

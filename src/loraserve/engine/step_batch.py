@@ -15,9 +15,19 @@ if TYPE_CHECKING:
     from loraserve.model.runner import ModelRunner
 
 
+def scored_positions(seq: Sequence) -> range:
+    """The positions of this step whose logits score the prompt's next token (prompt log-probs,
+    ``echo``): position p scores token p + 1; the prompt's last position samples instead."""
+    if not seq.scores_prompt:
+        return range(0)
+    start = max(seq.cached, len(seq.prompt_logprobs))
+    return range(start, min(seq.cached + seq.new_tokens, len(seq.prompt_ids) - 1))
+
+
 def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) -> StepBatch:
     """The flat batch of the scheduled ``seqs`` (one-token spans first): ``new_tokens`` tokens
-    each from ``cached`` on; logits for those whose input is then complete."""
+    each from ``cached`` on; logits for those whose input is then complete (the first
+    ``sampled_rows`` rows), then for the positions that score a prompt, in ``seqs`` order."""
     block_size = runner.block_size
     ids: list[int] = []
     positions: list[int] = []
@@ -27,6 +37,7 @@ def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) ->
     decodes = [seq for seq in seqs if seq.new_tokens == 1]  # attend over their cache, batched
     spans: list[PrefillSpan] = []
     lora_prefills: list[tuple[int, int, int]] = []
+    scoring: list[int] = []
     for seq in seqs:
         start, first, count = len(ids), seq.cached, seq.new_tokens
         ids.extend(seq.all_ids[first:first + count])
@@ -38,6 +49,7 @@ def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) ->
                             for p in range(first, first + count))
         if first + count == seq.total_len:
             logits_index.append(len(ids) - 1)
+        scoring.extend(start + p - first for p in scored_positions(seq))
         if count > 1:
             used = -(-(first + count) // block_size)
             spans.append(PrefillSpan(start, count, first, _tensor(table[:used], runner.device)))
@@ -56,7 +68,8 @@ def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) ->
         decode_max_len=max(lengths, default=0),
         block_size=block_size,
         prefills=spans,
-        logits_index=_tensor(logits_index, device),
+        logits_index=_tensor(logits_index + scoring, device),
+        sampled_rows=len(logits_index),
         rope_positions=_tensor(rope_positions, device) if rope_positions != positions else None,
     )
     if not merged:

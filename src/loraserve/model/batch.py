@@ -32,9 +32,11 @@ class StepBatch:
     decode_max_len: int  # longest cached length among decoding sequences
     block_size: int
     prefills: list[PrefillSpan]
-    logits_index: torch.Tensor  # (N,) last flat token of each sequence that samples this step
+    logits_index: torch.Tensor  # (N,) last flat token of each sequence that samples this step,
+    # then (when a request scores its prompt) the positions whose logits score a prompt token
     lora_plan: Any = None  # the LoRA backend's plan (lora.LoraPlan) when any token uses an adapter
     rope_positions: torch.Tensor | None = None  # (T,) rows of the RoPE tables (LongRoPE); None: positions
+    sampled_rows: int | None = None  # logits rows that sample (the first ones); None: all
 
     @property
     def decode_count(self) -> int:

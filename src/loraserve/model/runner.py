@@ -95,5 +95,5 @@ class ModelRunner:
         return 2 * self.k_cache.numel() * self.k_cache.element_size()
 
     def forward(self, batch: StepBatch) -> torch.Tensor:
-        """Logits (N, vocab) in fp32 for the last token of each sequence of the batch."""
+        """Logits (N, vocab) in fp32 for the flat tokens ``batch.logits_index`` names."""
         return self.decoder.forward(batch, self.k_cache, self.v_cache)
