@@ -17,6 +17,7 @@ from loraserve.api import (
     inference,
     management,
     openai,
+    tgi,
     vllm,
     workflows,
 )
@@ -81,6 +82,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app.include_router(workflows.router)
     app.include_router(openai.router)
     app.include_router(vllm.router)  # other servers' conventions
+    app.include_router(tgi.router)
     app.include_router(console.router)
     return app
 

@@ -17,7 +17,8 @@ from loraserve.config import ServerConfig
 
 OPEN_PATHS = frozenset({"/ping", "/health", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                         "/redoc"})
-INFERENCE_PATHS = frozenset({"/invocations"})
+# SageMaker's, and TGI's / LoRAX's generation routes (``/`` is TGI's, which their clients call).
+INFERENCE_PATHS = frozenset({"/invocations", "/", "/generate", "/generate_stream"})
 INFERENCE_PREFIXES = ("/predictions/", "/v1/")
 # vLLM puts adapter loading under /v1/; it changes what is served, so it is management.
 MANAGEMENT_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
@@ -34,8 +35,8 @@ class Access(str, Enum):
 
 def access_of(path: str) -> Access:
     """``/ping`` and ``/health``, the console page and the API document are open;
-    predictions, invocations and the OpenAI routes are inference; the rest is management
-    (models, adapters — vLLM's too —, workflows, ``/metrics``,
+    predictions, invocations, TGI's generation and the OpenAI routes are inference; the rest
+    is management (models, adapters — vLLM's too —, workflows, ``/metrics``,
     ``/console/state``, unknown paths)."""
     if path in OPEN_PATHS:
         return Access.OPEN
