@@ -15,6 +15,7 @@ from loraserve.api import (
     adapters,
     console,
     inference,
+    llamacpp,
     management,
     openai,
     tgi,
@@ -83,6 +84,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app.include_router(openai.router)
     app.include_router(vllm.router)  # other servers' conventions
     app.include_router(tgi.router)
+    app.include_router(llamacpp.router)
     app.include_router(console.router)
     return app
 

@@ -36,7 +36,7 @@ class Access(str, Enum):
 def access_of(path: str) -> Access:
     """``/ping`` and ``/health``, the console page and the API document are open;
     predictions, invocations, TGI's generation and the OpenAI routes are inference; the rest
-    is management (models, adapters — vLLM's too —, workflows, ``/metrics``,
+    is management (models, adapters — vLLM's and llama.cpp's too —, workflows, ``/metrics``,
     ``/console/state``, unknown paths)."""
     if path in OPEN_PATHS:
         return Access.OPEN
