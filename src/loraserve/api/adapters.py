@@ -45,7 +45,8 @@ Update = Annotated[AdapterUpdate, Query()]
 UpdateBody = Annotated[AdapterUpdate | None, Body()]
 
 
-def _model(request: Request, model_name: str | None) -> ModelService:
+def adapter_model(request: Request, model_name: str | None) -> ModelService:
+    """The model named (or the only one), refused unless it serves adapters."""
     manager = manager_of(request)
     model = manager.get(model_name) if model_name else manager.single_model()
     require_lora(model.name, model.config.options, model.uses_builtin_engine)
@@ -65,46 +66,62 @@ def _status(model: ModelService, adapter: str, default: str) -> JSONResponse:
     return JSONResponse({"status": model.handler_messages.pop(adapter, None) or default})
 
 
+async def register(request: Request, model: ModelService, name: str, src: str, preload: bool,
+                   pin: bool, extras: dict[str, str]) -> None:
+    """Register and persist; the one path every adapter-loading route takes (roots, names and
+    sources are checked by the model service)."""
+    try:
+        await model.register_adapter(name, src, preload, pin, extras)
+    except BaseException:
+        await prune_adapter_copies(model)
+        raise
+    manager_of(request).persist(model)
+
+
+async def update(request: Request, model: ModelService, adapter: str, src: str | None,
+                 preload: bool | None, pin: bool | None, extras: dict[str, str]) -> None:
+    try:
+        await model.update_adapter(adapter, src, preload, pin, extras)
+    finally:
+        await prune_adapter_copies(model)  # the old version's copy, or the failed new one
+    manager_of(request).persist(model)
+
+
+async def unregister(request: Request, model: ModelService, adapter: str) -> None:
+    record = await model.unregister_adapter(adapter)
+    await prune_adapter_copies(model)
+    manager_of(request).persist(model, removed=record)
+
+
 async def _register(request: Request, model_name: str | None) -> JSONResponse:
-    model = _model(request, model_name)
+    model = adapter_model(request, model_name)
     params = await _params(request)
     name, src = params.get("name"), params.get("src")
     if not src:
         raise BadRequestError("parameter src is required")
     pin = opt_bool(params, "pin", False)
     preload = True if pin else opt_bool(params, "preload", True)  # pinning implies preloading
-    try:
-        await model.register_adapter(name or "", src, bool(preload), bool(pin), _extras(params))
-    except BaseException:
-        await prune_adapter_copies(model)
-        raise
-    manager_of(request).persist(model)
+    await register(request, model, name or "", src, bool(preload), bool(pin), _extras(params))
     return _status(model, name or "", f"Adapter {name} registered")
 
 
 async def _update(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
-    model = _model(request, model_name)
+    model = adapter_model(request, model_name)
     params = await _params(request)
-    try:
-        await model.update_adapter(adapter, params.get("src"), opt_bool(params, "preload", None),
-                                   opt_bool(params, "pin", None), _extras(params))
-    finally:
-        await prune_adapter_copies(model)  # the old version's copy, or the failed new one
-    manager_of(request).persist(model)
+    await update(request, model, adapter, params.get("src"), opt_bool(params, "preload", None),
+                 opt_bool(params, "pin", None), _extras(params))
     return _status(model, adapter, f"Adapter {adapter} updated")
 
 
 async def _unregister(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
-    model = _model(request, model_name)
-    record = await model.unregister_adapter(adapter)
-    await prune_adapter_copies(model)
-    manager_of(request).persist(model, removed=record)
+    model = adapter_model(request, model_name)
+    await unregister(request, model, adapter)
     return _status(model, adapter, f"Adapter {adapter} unregistered")
 
 
 async def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
     """DJL's object, plus (built-in engine) the adapter's memory tier and its weights' size."""
-    model = _model(request, model_name)
+    model = adapter_model(request, model_name)
     description = model.registry.get(adapter).describe()
     if model.uses_builtin_engine:
         engine = await request.app.state.metrics.fetch_engine_stats(model)
@@ -115,7 +132,7 @@ async def _describe(request: Request, model_name: str | None, adapter: str) -> J
 
 
 def _list(request: Request, model_name: str | None) -> JSONResponse:
-    records = [r.describe() for r in _model(request, model_name).registry.records()]
+    records = [r.describe() for r in adapter_model(request, model_name).registry.records()]
     return paged_response(request, "adapters", records)
 
 

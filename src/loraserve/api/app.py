@@ -11,7 +11,17 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 
 from loraserve.adapters import archives
-from loraserve.api import adapters, console, inference, management, openai, workflows
+from loraserve.api import (
+    adapters,
+    console,
+    inference,
+    llamacpp,
+    management,
+    openai,
+    tgi,
+    vllm,
+    workflows,
+)
 from loraserve.api.errors import install_error_handlers
 from loraserve.api.limits import BodyLimitMiddleware
 from loraserve.api.security import SecurityMiddleware
@@ -72,6 +82,9 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app.include_router(management.router)
     app.include_router(workflows.router)
     app.include_router(openai.router)
+    app.include_router(vllm.router)  # other servers' conventions
+    app.include_router(tgi.router)
+    app.include_router(llamacpp.router)
     app.include_router(console.router)
     return app
 

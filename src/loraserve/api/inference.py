@@ -1,4 +1,5 @@
-"""Inference routes: ``/ping``, ``/invocations`` (SageMaker) and ``/predictions/{model}``."""
+"""Inference routes: ``/ping``, ``/invocations`` (SageMaker), ``/predictions/{model}``, and
+vLLM's ``/health``."""
 
 from __future__ import annotations
 
@@ -39,10 +40,21 @@ LMI_BODY = openapi_body(lmi.LmiRequest, "LMI for models on the built-in engine (
 async def ping(request: Request) -> JSONResponse:
     """Healthy once start-up is done and every model is ready (SageMaker polls this)."""
     manager = manager_of(request)
-    if request.app.state.started and manager.ready():
+    if _ready(request):
         return JSONResponse({"health": "healthy!"})
     statuses = {name: m.status.value for name, m in manager.models.items()}
     return JSONResponse({"health": "unhealthy", "models": statuses}, status_code=503)
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """vLLM's health check (what its clients and Kubernetes probes poll): the same readiness
+    as ``/ping``, as a status code with an empty body."""
+    return Response(status_code=200 if _ready(request) else 503)
+
+
+def _ready(request: Request) -> bool:
+    return request.app.state.started and manager_of(request).ready()
 
 
 async def _predict(request: Request, model: ModelService) -> Response:

@@ -1,7 +1,8 @@
 """OpenAI-compatible routes (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``) for
 models served by the built-in engine. The OpenAI spec (``specs/openai.py``) parses the request
 once into a typed ``GenerateRequest`` and shapes the answer, SSE chunks included. As in vLLM,
-``model`` names the base model or any of its adapters."""
+``model`` names the base model or any of its adapters; as in SGLang and Ray Serve LLM, it may
+also be ``<base>:<adapter>``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from loraserve.api.deps import config_of, manager_of
+from loraserve.api.deps import config_of, engine_models
 from loraserve.api.generation import generate, tokens
 from loraserve.api.request_input import parse_json_body, read_body
 from loraserve.api.responses import CancellingStreamingResponse
@@ -28,29 +29,58 @@ Kind = type[spec.CompletionRequest | spec.ChatCompletionRequest]
 
 
 def resolve(request: Request, name: str) -> tuple[ModelService, str | None]:
-    """``model`` → (served model, adapter or None)."""
-    engines = [m for m in manager_of(request).models.values() if m.uses_builtin_engine]
+    """``model`` → (served model, adapter or None). An exact model or adapter name wins;
+    otherwise ``<base>:<adapter>`` is split at its first ':' (as SGLang and Ray Serve LLM do).
+    Names are ``[A-Za-z0-9._-]``, so no name holds a ':' and the split is never ambiguous."""
+    engines = engine_models(request)
     for model in engines:
         if model.name == name:
             return model, None
     for model in engines:
         if name in model.registry:
             return model, name
+    base, colon, adapter = name.partition(":")
+    if colon:
+        return _base_adapter(engines, base, adapter)
     raise ModelNotFoundError(f"model {name} not found; GET /v1/models lists the served ones")
+
+
+def _base_adapter(engines: list[ModelService], base: str, adapter: str) -> tuple[ModelService, str]:
+    model = next((m for m in engines if m.name == base), None)
+    if model is None:
+        raise ModelNotFoundError(f"model {base} (of {base}:{adapter}) not found; "
+                                 "GET /v1/models lists the served ones")
+    if adapter not in model.registry:
+        raise ModelNotFoundError(f"adapter {adapter} is not registered on model {base} "
+                                 f"(of {base}:{adapter}); GET /v1/models lists the served ones")
+    return model, adapter
+
+
+def _entries(request: Request) -> list[dict[str, Any]]:
+    """vLLM's model entries: each base model, then its ready adapters (``parent``: the base)."""
+    data: list[dict[str, Any]] = []
+    for model in engine_models(request):
+        data.append({"id": model.name, "object": "model", "created": int(model.created),
+                     "owned_by": "loraserve"})
+        data += [{"id": a.name, "object": "model", "created": int(a.registered_at),
+                  "owned_by": "loraserve", "parent": model.name, "root": model.name}
+                 for a in model.registry.ready_records()]
+    return data
 
 
 @router.get("/models")
 async def list_models(request: Request) -> JSONResponse:
-    data = []
-    for model in manager_of(request).models.values():
-        if not model.uses_builtin_engine:
-            continue
-        created = int(model.created)
-        data.append({"id": model.name, "object": "model", "created": created, "owned_by": "loraserve"})
-        data += [{"id": a.name, "object": "model", "created": int(a.registered_at),
-                  "owned_by": "loraserve", "parent": model.name, "root": model.name}
-                 for a in model.registry.ready_records()]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": _entries(request)})
+
+
+@router.get("/models/{model_id:path}")
+async def describe_model(request: Request, model_id: str) -> JSONResponse:
+    """One entry of ``/v1/models`` (ids may hold '/' or ':', hence the path converter)."""
+    for entry in _entries(request):
+        if entry["id"] == model_id:
+            return JSONResponse(entry)
+    missing = ModelNotFoundError(f"model {model_id} not found; GET /v1/models lists the served ones")
+    return JSONResponse(spec.error_json(missing), status_code=404)
 
 
 async def _openai(request: Request, kind: Kind) -> Response:

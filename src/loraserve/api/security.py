@@ -15,8 +15,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from loraserve.api.errors import error_response
 from loraserve.config import ServerConfig
 
-OPEN_PATHS = frozenset({"/ping", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS = frozenset({"/ping", "/health", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                        "/redoc"})
+# SageMaker's, and TGI's / LoRAX's generation routes (``/`` is TGI's, which their clients call).
+INFERENCE_PATHS = frozenset({"/invocations", "/", "/generate", "/generate_stream"})
 INFERENCE_PREFIXES = ("/predictions/", "/v1/")
+# vLLM puts adapter loading under /v1/; it changes what is served, so it is management.
+MANAGEMENT_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a browser may send cross-origin without a CORS preflight ("simple" requests).
 SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
@@ -29,12 +34,15 @@ class Access(str, Enum):
 
 
 def access_of(path: str) -> Access:
-    """``/ping`` (SageMaker health), the console page and the API document are open;
-    predictions, invocations and the OpenAI routes are inference; the rest is management
-    (models, adapters, workflows, ``/metrics``, ``/console/state``, unknown paths)."""
+    """``/ping`` and ``/health``, the console page and the API document are open;
+    predictions, invocations, TGI's generation and the OpenAI routes are inference; the rest
+    is management (models, adapters — vLLM's and llama.cpp's too —, workflows, ``/metrics``,
+    ``/console/state``, unknown paths)."""
     if path in OPEN_PATHS:
         return Access.OPEN
-    if path == "/invocations" or path.startswith(INFERENCE_PREFIXES):
+    if path in MANAGEMENT_PATHS:
+        return Access.MANAGEMENT
+    if path in INFERENCE_PATHS or path.startswith(INFERENCE_PREFIXES):
         return Access.INFERENCE
     return Access.MANAGEMENT
 
