@@ -15,7 +15,7 @@ import pytest
 from loraserve.engine.sequence import TokenEvent
 from loraserve.errors import BadRequestError
 from loraserve.handlers import builtin_llm
-from loraserve.handlers.generation import _Bridge
+from loraserve.handlers.generation import _TokenTexts, _Track
 from loraserve.handlers.io import Input
 from loraserve.handlers.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenStream
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
@@ -114,12 +114,12 @@ def test_a_refused_prompt_aborts_the_ones_submitted_before_it(engine):
 
 @pytest.mark.parametrize("logprob", [math.nan, math.inf, -math.inf])
 def test_non_finite_logprobs_become_none(logprob):
-    async def scenario() -> None:
-        bridge = _Bridge(asyncio.get_running_loop(), 0)
-        bridge.seq = SimpleNamespace(text="a", prompt_ids=[1, 2], output_ids=[5])
-        bridge.on_event(TokenEvent(1, 5, "a", logprob, "length"))
-        token = await bridge.next(keep=True)
-        assert token.logprob is None and token.summary is not None
-        assert token.summary.tokens[0].logprob is None
-
-    asyncio.run(scenario())
+    seq = SimpleNamespace(text="a", prompt_ids=[1, 2], output_ids=[5], logprobs=[logprob])
+    track = _Track(0, seq, score_only=False)  # type: ignore[arg-type]
+    texts = _TokenTexts(SimpleNamespace(decode=lambda ids: "a"))
+    token = track.token(TokenEvent(1, 5, "a", logprob, "length", ((5, logprob), (6, -1.0))), texts, keep=True)
+    assert token.logprob is None and token.summary is not None
+    assert token.summary.tokens[0].logprob is None
+    assert token.logprobs is not None and token.logprobs.logprob is None
+    assert token.logprobs.top == (("a", -1.0),)
+    assert token.summary.cumulative_logprob is None

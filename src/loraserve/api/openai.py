@@ -19,6 +19,7 @@ from loraserve.api.generation import generate, tokens
 from loraserve.api.request_input import parse_json_body, read_body
 from loraserve.api.responses import CancellingStreamingResponse
 from loraserve.errors import LoraserveError, ModelNotFoundError
+from loraserve.handlers.messages import GenerateRequest
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.specs import openai as spec
@@ -48,11 +49,14 @@ def resolve(request: Request, name: str) -> tuple[ModelService, str | None]:
 def _base_adapter(engines: list[ModelService], base: str, adapter: str) -> tuple[ModelService, str]:
     model = next((m for m in engines if m.name == base), None)
     if model is None:
-        raise ModelNotFoundError(f"model {base} (of {base}:{adapter}) not found; "
-                                 "GET /v1/models lists the served ones")
+        raise ModelNotFoundError(
+            f"model {base} (of {base}:{adapter}) not found; GET /v1/models lists the served ones"
+        )
     if adapter not in model.registry:
-        raise ModelNotFoundError(f"adapter {adapter} is not registered on model {base} "
-                                 f"(of {base}:{adapter}); GET /v1/models lists the served ones")
+        raise ModelNotFoundError(
+            f"adapter {adapter} is not registered on model {base} "
+            f"(of {base}:{adapter}); GET /v1/models lists the served ones"
+        )
     return model, adapter
 
 
@@ -60,11 +64,20 @@ def _entries(request: Request) -> list[dict[str, Any]]:
     """vLLM's model entries: each base model, then its ready adapters (``parent``: the base)."""
     data: list[dict[str, Any]] = []
     for model in engine_models(request):
-        data.append({"id": model.name, "object": "model", "created": int(model.created),
-                     "owned_by": "loraserve"})
-        data += [{"id": a.name, "object": "model", "created": int(a.registered_at),
-                  "owned_by": "loraserve", "parent": model.name, "root": model.name}
-                 for a in model.registry.ready_records()]
+        data.append(
+            {"id": model.name, "object": "model", "created": int(model.created), "owned_by": "loraserve"}
+        )
+        data += [
+            {
+                "id": a.name,
+                "object": "model",
+                "created": int(a.registered_at),
+                "owned_by": "loraserve",
+                "parent": model.name,
+                "root": model.name,
+            }
+            for a in model.registry.ready_records()
+        ]
     return data
 
 
@@ -84,29 +97,45 @@ async def describe_model(request: Request, model_id: str) -> JSONResponse:
 
 
 async def _openai(request: Request, kind: Kind) -> Response:
-    body = parse_json_body(await read_body(request, config_of(request).max_request_bytes),
-                           "application/json")
+    body = parse_json_body(await read_body(request, config_of(request).max_request_bytes), "application/json")
     parsed = parse(kind, body)
     chat = isinstance(parsed, spec.ChatCompletionRequest)
     model, adapter = resolve(request, parsed.model)
     message = parsed.to_generate(adapter)
-    meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
-            "model": parsed.model}
+    meta = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "created": int(time.time()),
+        "model": parsed.model,
+    }
     reply = await generate(request, model, message)
     if message.stream:
-        return CancellingStreamingResponse(_sse(reply, meta, chat), reply, media_type="text/event-stream")
-    return JSONResponse(spec.response_json(reply.output, meta, chat))
+        events = _sse(reply, meta, chat, message, parsed.include_usage)
+        return CancellingStreamingResponse(events, reply, media_type="text/event-stream")
+    return JSONResponse(spec.response_json(reply.output, meta, chat, message))
 
 
-async def _sse(reply: WorkerReply, meta: dict[str, Any], chat: bool) -> AsyncIterator[bytes]:
-    """One event per token, then ``data: [DONE]``; a failure mid-stream is an error event."""
-    first = True
+async def _sse(
+    reply: WorkerReply, meta: dict[str, Any], chat: bool, message: GenerateRequest, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """One event per token (``index`` tells the choices apart), the usage chunk when asked,
+    then ``data: [DONE]``; a failure mid-stream is an error event."""
+    started: set[int] = set()
+    offsets: dict[int, int] = {}  # characters of each choice's text so far (legacy text_offset)
+    prompt = completion = 0
     async for item in tokens(reply):
         if isinstance(item, Exception):
             yield spec.sse({"error": {"message": str(item)}})
             return
-        yield spec.chunk_event(item, meta, chat, first)
-        first = False
+        yield spec.chunk_event(
+            item, meta, chat, item.index not in started, message, offsets.get(item.index, 0)
+        )
+        started.add(item.index)
+        offsets[item.index] = offsets.get(item.index, 0) + len(item.text)
+        if item.summary is not None:
+            completion += item.summary.generated_tokens
+            prompt += item.summary.prompt_tokens if item.index % message.n == 0 else 0
+    if include_usage:
+        yield spec.usage_event(meta, chat, prompt, completion)
     yield spec.DONE
 
 
@@ -123,7 +152,8 @@ async def completions(request: Request) -> Response:
     return await _respond(request, spec.CompletionRequest)
 
 
-@router.post("/chat/completions",
-             openapi_extra=openapi_body(spec.ChatCompletionRequest, "an OpenAI chat completion"))
+@router.post(
+    "/chat/completions", openapi_extra=openapi_body(spec.ChatCompletionRequest, "an OpenAI chat completion")
+)
 async def chat_completions(request: Request) -> Response:
     return await _respond(request, spec.ChatCompletionRequest)

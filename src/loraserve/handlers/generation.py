@@ -2,25 +2,28 @@
 
 The prompt-size limit is checked before any tokenizing; chat templating and tokenizing run in
 a thread, so a huge prompt never stalls the loop (other requests, ``/metrics``). All sequences
-of a request are submitted together; if one is refused, or the call is cancelled (the client
-went away), or it fails, every sequence still in the engine is aborted, which releases its
-KV-cache slot and its adapter reference.
+of a request (``n`` or ``best_of`` per prompt) are submitted together and report into one
+queue; if one is refused, or the call is cancelled (the client went away), or it fails, every
+sequence still in the engine is aborted, which releases its KV-cache slot and its adapter
+reference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from loraserve.engine.sampling import SamplingParams
-from loraserve.engine.sequence import Sequence, TokenEvent
+from loraserve.engine.sequence import Sequence, TokenEvent, TokenLogprobs
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.messages import (
     FinishReason,
     GenerateRequest,
     GenerateResult,
     SequenceOutput,
+    TokenLogprob,
     TokenOutput,
     finite_or_none,
 )
@@ -31,37 +34,68 @@ if TYPE_CHECKING:
 CHARS_PER_TOKEN_BOUND = 32  # default prompt limit: max_model_len tokens of this many characters
 
 
-class _Bridge:
-    """One sequence's engine events, handed from the engine thread to this event loop."""
+class _TokenTexts:
+    """Token ids as the text OpenAI's log-probs show for them (each decoded alone), cached."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, index: int) -> None:
-        self.loop, self.index = loop, index
-        self.events: asyncio.Queue[TokenEvent] = asyncio.Queue()
-        self.seq: Sequence | None = None
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self.cache.get(token_id)
+        if text is None:
+            text = self.cache[token_id] = str(self.tokenizer.decode([token_id]))
+        return text
+
+    def entry(self, token_id: int, logprob: float | None, top: tuple[tuple[int, float], ...]) -> TokenLogprob:
+        return TokenLogprob(
+            self(token_id),
+            finite_or_none(logprob),
+            tuple((self(t), v) for t, v in top if finite_or_none(v) is not None),
+        )
+
+
+class _Track:
+    """One sequence of the request: its engine events become ``TokenOutput``s."""
+
+    def __init__(self, index: int, seq: Sequence, score_only: bool) -> None:
+        self.index, self.seq, self.score_only = index, seq, score_only
         self.outputs: list[TokenOutput] = []
         self.done = False
 
-    def on_event(self, event: TokenEvent) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-    async def next(self, keep: bool) -> TokenOutput:
-        """The next token; its finish reason and the sequence's summary on the last one."""
-        event = await self.events.get()
-        seq = self.seq
-        assert seq is not None
+    def token(self, event: TokenEvent, texts: _TokenTexts | None, keep: bool) -> TokenOutput:
+        """The event as a ``TokenOutput``; its finish reason and the summary on the last one."""
         reason = None if event.finish_reason is None else FinishReason(event.finish_reason)
         if reason is FinishReason.ERROR:
             self.done = True
             raise LoraserveError("generation failed inside the engine; see the server log")
-        token = TokenOutput(self.index, event.token_id, event.text, finite_or_none(event.logprob), reason)
-        if keep:
+        if self.score_only and reason is not None:  # max_tokens 0: the prompt alone, no token
+            reason = FinishReason.LENGTH
+            event = TokenEvent(event.request_id, -1, "", None, reason.value)
+        logprobs = None
+        if texts is not None and event.token_id >= 0:
+            logprobs = texts.entry(event.token_id, event.logprob, event.top_logprobs)
+        token = TokenOutput(
+            self.index, event.token_id, event.text, finite_or_none(event.logprob), reason, logprobs=logprobs
+        )
+        if keep and event.token_id >= 0:
             self.outputs.append(token)
         if reason is None:
             return token
         self.done = True
-        summary = SequenceOutput(seq.text, reason, len(seq.prompt_ids), len(seq.output_ids),
-                                 tuple(self.outputs))
-        return TokenOutput(token.index, token.token_id, token.text, token.logprob, reason, summary)
+        return TokenOutput(
+            token.index, token.token_id, token.text, token.logprob, reason, self._summary(reason), logprobs
+        )
+
+    def _summary(self, reason: FinishReason) -> SequenceOutput:
+        seq = self.seq
+        generated = 0 if self.score_only else len(seq.output_ids)
+        text = "" if self.score_only else seq.text
+        known = [lp for lp in seq.logprobs[:generated] if finite_or_none(lp) is not None]
+        cumulative = sum(known) if generated and len(known) == generated else None  # best_of ranks by it
+        return SequenceOutput(
+            text, reason, len(seq.prompt_ids), generated, tuple(self.outputs), cumulative_logprob=cumulative
+        )
 
 
 class Generation:
@@ -69,24 +103,41 @@ class Generation:
 
     def __init__(self, engine: LLMEngine, request: GenerateRequest, max_prompt_chars: int) -> None:
         self.engine, self.request, self.max_prompt_chars = engine, request, max_prompt_chars
-        self.bridges: list[_Bridge] = []
+        self.tracks: list[_Track] = []
         self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
+        wants_texts = request.top_logprobs is not None or request.echo
+        self.texts = _TokenTexts(engine.tokenizer) if wants_texts else None
+        self.prompt_ids: list[list[int]] = []
 
     async def start(self) -> None:
         prompts = await self._prompts()
-        ids = await asyncio.to_thread(lambda: [self.engine.tokenizer.encode(p) for p in prompts])
-        params = self._params()
+        tokenizer = self.engine.tokenizer
+        self.prompt_ids = await asyncio.to_thread(
+            lambda: [list(p) if isinstance(p, tuple) else tokenizer.encode(p) for p in prompts]
+        )
+        request = self.request
         try:
-            for index, (tokens, adapter) in enumerate(zip(ids, self.request.adapters)):
-                bridge = _Bridge(self.loop, index)
-                bridge.seq = self.engine.add_request(tokens, self.request.mixture or adapter, params,
-                                                     bridge.on_event)
-                self.bridges.append(bridge)
+            for index, ids in enumerate(self.prompt_ids):
+                adapter = request.adapters[index] if index < len(request.adapters) else request.adapters[-1]
+                for sample in range(request.samples):
+                    params = self._params(len(ids), sample)
+                    track_index = len(self.tracks)
+                    seq = self.engine.add_request(
+                        ids,
+                        request.mixture or adapter,
+                        params,
+                        functools.partial(self._on_event, track_index),
+                    )
+                    self.tracks.append(_Track(track_index, seq, request.sampling.max_new_tokens == 0))
         except BaseException:
             self.abort()  # one refused prompt: the ones already submitted stop too
             raise
 
-    async def _prompts(self) -> list[str]:
+    def _on_event(self, track: int, event: TokenEvent) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (track, event))
+
+    async def _prompts(self) -> list[str | tuple[int, ...]]:
         request = self.request
         if request.messages is None:
             for prompt in request.prompts:
@@ -97,55 +148,141 @@ class Generation:
 
     def _check_size(self, chars: int) -> None:
         if chars > self.max_prompt_chars:
-            raise BadRequestError(f"the prompt has {chars} characters, more than this model takes "
-                                  f"({self.max_prompt_chars}, option.max_prompt_chars)")
+            raise BadRequestError(
+                f"the prompt has {chars} characters, more than this model takes "
+                f"({self.max_prompt_chars}, option.max_prompt_chars)"
+            )
 
     def _template(self, messages: list[dict[str, Any]]) -> str:
         tokenizer = self.engine.tokenizer
         if not getattr(tokenizer, "chat_template", None):
-            raise BadRequestError("this model's tokenizer has no chat template; send \"inputs\" instead")
+            raise BadRequestError('this model\'s tokenizer has no chat template; send "inputs" instead')
         try:
-            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         except Exception as exc:  # jinja errors from a user's template
             raise BadRequestError(f"cannot apply the chat template: {exc}") from None
 
-    def _params(self) -> SamplingParams:
+    def _params(self, prompt_tokens: int, sample: int) -> SamplingParams:
+        """The engine's parameters for sample ``sample`` of a prompt: ``max_new_tokens`` None is
+        what the context leaves, 0 scores the prompt (one token is run and not answered); a
+        seeded request's samples get seeds seed, seed + 1, ... (each reproducible)."""
         spec, request = self.request.sampling, self.request
+        max_new = spec.max_new_tokens
+        if max_new is None:
+            max_new = max(self.engine.runner.max_len - prompt_tokens, 1)
+        best_of = request.best_of is not None and request.best_of > request.n
+        scores = request.echo and request.top_logprobs is not None
         return SamplingParams(
-            max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample, temperature=spec.temperature,
-            top_k=spec.top_k, top_p=spec.top_p, repetition_penalty=spec.repetition_penalty,
-            seed=spec.seed, stop=list(spec.stop), ignore_eos=spec.ignore_eos,
-            details=request.details, logprobs=request.logprobs or request.details)
+            max_new_tokens=max(max_new, 1),
+            do_sample=spec.do_sample,
+            temperature=spec.temperature,
+            top_k=spec.top_k,
+            top_p=spec.top_p,
+            repetition_penalty=spec.repetition_penalty,
+            seed=None if spec.seed is None else spec.seed + sample,
+            stop=list(spec.stop),
+            ignore_eos=spec.ignore_eos,
+            details=request.details,
+            logprobs=request.logprobs or request.details or request.top_logprobs is not None or best_of,
+            top_logprobs=request.top_logprobs or 0,
+            prompt_logprobs=request.top_logprobs if scores else None,
+            presence_penalty=spec.presence_penalty,
+            frequency_penalty=spec.frequency_penalty,
+            logit_bias=dict(spec.logit_bias),
+            min_tokens=min(spec.min_tokens, max(max_new, 1)),
+            stop_token_ids=list(spec.stop_token_ids),
+            min_p=spec.min_p,
+        )
+
+    async def _next(self) -> TokenOutput:
+        """The next token of any of the request's sequences."""
+        index, event = await self.queue.get()
+        track = self.tracks[index]
+        keep = self.request.details or self.request.top_logprobs is not None
+        token = track.token(event, self.texts, keep)
+        if token.summary is not None:
+            token = self._with_prompt(token, track)
+        return token
+
+    def _with_prompt(self, token: TokenOutput, track: _Track) -> TokenOutput:
+        """Echo: the summary carries the prompt's text and, when asked, its tokens' log-probs."""
+        if not self.request.echo or token.summary is None:
+            return token
+        seq, texts = track.seq, self.texts
+        assert texts is not None
+        prompt_text = str(self.engine.tokenizer.decode(seq.prompt_ids))
+        scored: tuple[TokenLogprob, ...] = ()
+        if self.request.top_logprobs is not None:
+            first = TokenLogprob(texts(seq.prompt_ids[0]), None)
+            scored = (first, *(self._scored(texts, s) for s in seq.prompt_logprobs))
+        summary = token.summary
+        summary = SequenceOutput(
+            summary.text,
+            summary.finish_reason,
+            summary.prompt_tokens,
+            summary.generated_tokens,
+            summary.tokens,
+            prompt_text,
+            scored,
+            summary.cumulative_logprob,
+        )
+        return TokenOutput(
+            token.index,
+            token.token_id,
+            token.text,
+            token.logprob,
+            token.finish_reason,
+            summary,
+            token.logprobs,
+        )
+
+    @staticmethod
+    def _scored(texts: _TokenTexts, scored: TokenLogprobs) -> TokenLogprob:
+        return texts.entry(scored.token_id, scored.logprob, scored.top)
 
     async def result(self) -> GenerateResult:
+        summaries: dict[int, SequenceOutput] = {}
         try:
-            outputs = await asyncio.gather(*(self._finish(b) for b in self.bridges))
+            while len(summaries) < len(self.tracks):
+                token = await self._next()
+                if token.summary is not None:
+                    summaries[token.index] = token.summary
         finally:
             self.abort()
-        peak = max((b.seq.peak_batch for b in self.bridges if b.seq), default=0)
-        return GenerateResult(tuple(outputs), peak)
+        peak = max((t.seq.peak_batch for t in self.tracks), default=0)
+        return GenerateResult(self._choose([summaries[i] for i in range(len(self.tracks))]), peak)
 
-    async def _finish(self, bridge: _Bridge) -> SequenceOutput:
-        while True:
-            token = await bridge.next(keep=self.request.details)
-            if token.summary is not None:
-                return token.summary
+    def _choose(self, outputs: list[SequenceOutput]) -> tuple[SequenceOutput, ...]:
+        """``best_of``: per prompt, the ``n`` outputs with the highest cumulative log-prob."""
+        samples, n = self.request.samples, self.request.n
+        if samples == n:
+            return tuple(outputs)
+        chosen: list[SequenceOutput] = []
+        for start in range(0, len(outputs), samples):
+            group = outputs[start : start + samples]
+            ranked = sorted(
+                group,
+                key=lambda o: -(o.cumulative_logprob if o.cumulative_logprob is not None else float("-inf")),
+            )
+            chosen += ranked[:n]
+        return tuple(chosen)
 
     async def events(self) -> AsyncIterator[TokenOutput]:
-        """The tokens of a one-sequence request as they come (streaming)."""
-        bridge = self.bridges[0]
+        """The tokens of every sequence as they come (streaming; ``index`` tells them apart)."""
         try:
-            while not bridge.done:
-                yield await bridge.next(keep=self.request.details)
+            while not all(t.done for t in self.tracks):
+                token = await self._next()
+                if token.token_id >= 0 or token.finish_reason is not None:
+                    yield token
         finally:
             self.abort()
 
     def abort(self) -> None:
         """Abort every sequence not finished yet, in a thread: the engine lock may be held by a
         step, and this runs on cancellation paths that must not wait."""
-        live = [b.seq.request_id for b in self.bridges if b.seq is not None and not b.done]
-        for bridge in self.bridges:
-            bridge.done = True
+        live = [t.seq.request_id for t in self.tracks if not t.done]
+        for track in self.tracks:
+            track.done = True
         if not live:
             return
         try:

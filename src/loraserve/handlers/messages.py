@@ -35,7 +35,7 @@ class SamplingSpec:
     """Sampling parameters already validated at the edge (finite, in range, strict types);
     the worker turns them into the engine's ``SamplingParams``."""
 
-    max_new_tokens: int = 30
+    max_new_tokens: int | None = 30  # None: what the context leaves; 0: score the prompt only
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
@@ -44,29 +44,55 @@ class SamplingSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    min_p: float = 0.0
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """One client request: several prompts (one sequence each) or one chat conversation."""
+    """One client request: several prompts (text or token ids; ``n`` sequences each) or one chat
+    conversation."""
 
     sampling: SamplingSpec
-    prompts: tuple[str, ...] = ()
+    prompts: tuple[str | tuple[int, ...], ...] = ()
     messages: tuple[dict[str, Any], ...] | None = None  # templated in the worker
     adapters: tuple[str | None, ...] = (None,)  # one per sequence; None = base model
     mixture: tuple[tuple[str, float], ...] | None = None  # adapters with scales, for every sequence
     details: bool = False  # per-token ids, texts and log-probs in the result
     logprobs: bool = False  # compute each token's log-prob (LMI details and streams show them)
     stream: bool = False
+    n: int = 1  # answers per prompt
+    best_of: int | None = None  # sample this many per prompt, answer the n most likely
+    top_logprobs: int | None = None  # each token's log-prob as text, and this many alternatives
+    echo: bool = False  # the prompt's text (and, with top_logprobs, its tokens' log-probs) first
+
+    @property
+    def samples(self) -> int:
+        """Sequences run per prompt."""
+        return max(self.n, self.best_of or 0)
 
     @property
     def sequences(self) -> int:
-        return 1 if self.messages is not None else len(self.prompts)
+        return (1 if self.messages is not None else len(self.prompts)) * self.samples
 
     @property
     def adapter_names(self) -> list[str]:
         """Every adapter the request names, once each, in order (the base model is none)."""
         return list(dict.fromkeys([*(n for n in self.adapters if n), *(n for n, _ in self.mixture or ())]))
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token as OpenAI's log-probs show it: its text, log-prob (None: the prompt's first
+    token, which nothing predicts) and the most likely tokens at its position."""
+
+    token: str
+    logprob: float | None
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,7 +103,10 @@ class SequenceOutput:
     finish_reason: FinishReason
     prompt_tokens: int
     generated_tokens: int
-    tokens: tuple[TokenOutput, ...] = ()  # filled when the request asked for details
+    tokens: tuple[TokenOutput, ...] = ()  # filled when the request asked for details or log-probs
+    prompt_text: str | None = None  # when the request asked for echo
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # echo with log-probs: every prompt token
+    cumulative_logprob: float | None = None  # of the generated tokens, when computed
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,7 @@ class TokenOutput:
     logprob: float | None  # None when not asked for, or not finite
     finish_reason: FinishReason | None = None
     summary: SequenceOutput | None = None
+    logprobs: TokenLogprob | None = None  # when the request asked for top_logprobs
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from loraserve.errors import BadRequestError
 # Strict everywhere: "false" is not a boolean, "0.5" is not a number, 8.0 is not an integer,
 # NaN and Infinity are not numbers; integers must fit what the engine stores them in.
 STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+# And a field the model does not declare is refused by name, never silently dropped.
+CLOSED = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 INT32 = 2**31 - 1
 MaxTokens = Annotated[int, Field(ge=1, le=INT32)]
 Temperature = Annotated[float, Field(ge=0, le=100)]
@@ -45,6 +47,8 @@ def describe(exc: ValidationError, limit: int = 5) -> str:
         text = error["msg"]
         if error["type"] in ("model_type", "dict_type"):
             text = "Input should be a JSON object"
+        elif error["type"] == "extra_forbidden":
+            text = "unknown field: this server does not implement it"
         if text not in messages.setdefault(path, []):
             messages[path].append(text)
     parts = [f"{path}: {' or '.join(texts)}" for path, texts in messages.items()]
@@ -98,7 +102,7 @@ Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=1024)]
 class AdapterScale(BaseModel):
     """One adapter of a request's mixture, with its scale (1: as trained, 0: the base model)."""
 
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+    model_config = CLOSED
     name: str = Field(min_length=1, max_length=128)
     scale: float = 1.0
 

@@ -84,7 +84,7 @@ class LmiRequest(BaseModel):
     inputs: str | Prompts | None = None
     prompt: str | None = Field(None, description="alias of a single string inputs")
     messages: Messages | None = Field(None, description="chat form, templated by the model's tokenizer")
-    parameters: LmiParameters = Field(default_factory=LmiParameters)
+    parameters: LmiParameters = Field(default_factory=LmiParameters)  # type: ignore[arg-type]
     adapters: str | AdapterList | AdapterMixture | None = Field(
         None, description='adapter name(s), one per input; "" is the base model. Or a mixture for '
                           'every input: [{"name": "a", "scale": 0.5}, {"name": "b"}] (scale default 1). '

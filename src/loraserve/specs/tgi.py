@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.messages import (
@@ -19,6 +19,7 @@ from loraserve.handlers.messages import (
     TokenOutput,
 )
 from loraserve.specs.base import (
+    CLOSED,
     MaxTokens,
     RepetitionPenalty,
     Seed,
@@ -28,7 +29,6 @@ from loraserve.specs.base import (
     TopP,
 )
 
-CLOSED = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 DEFAULT_MAX_NEW_TOKENS = 20  # the text-generation client's default
 AdapterName = Annotated[str, Field(min_length=1, max_length=128)]
 

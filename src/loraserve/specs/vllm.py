@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from loraserve.errors import LoraserveError
+from loraserve.specs.base import CLOSED
 
-STRICT_CLOSED = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 MODEL_FIELD = "loraserve's: which model, needed only when several are served on the built-in engine"
 
 
 class LoadLoraAdapter(BaseModel):
-    model_config = STRICT_CLOSED
+    model_config = CLOSED
     lora_name: str = Field(min_length=1, max_length=128, description="the adapter's name")
     lora_path: str = Field(
         min_length=1,
@@ -26,7 +26,7 @@ class LoadLoraAdapter(BaseModel):
 
 
 class UnloadLoraAdapter(BaseModel):
-    model_config = STRICT_CLOSED
+    model_config = CLOSED
     lora_name: str = Field(min_length=1, max_length=128)
     lora_int_id: int | None = Field(None, description="vLLM's; ignored: names identify adapters here")
     model: str | None = Field(None, description=MODEL_FIELD)
