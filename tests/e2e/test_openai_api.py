@@ -77,27 +77,18 @@ def test_unknown_model_is_a_404(env):
         )
 
 
+def sampled(client, **kwargs):
+    """Five sampled tokens from adapter qv on "hello", EOS ignored."""
+    return client.completions.create(
+        model="qv", prompt="hello", max_tokens=5, temperature=1.0, extra_body={"ignore_eos": True}, **kwargs
+    )
+
+
 def test_n_samples_with_seeds_and_usage(env):
     client, reference = env
-    answer = client.completions.create(
-        model="qv",
-        prompt="hello",
-        max_tokens=5,
-        n=3,
-        temperature=1.0,
-        seed=11,
-        extra_body={"ignore_eos": True},
-    )
+    answer = sampled(client, n=3, seed=11)
     assert [c.index for c in answer.choices] == [0, 1, 2]
-    again = client.completions.create(
-        model="qv",
-        prompt="hello",
-        max_tokens=5,
-        n=3,
-        temperature=1.0,
-        seed=11,
-        extra_body={"ignore_eos": True},
-    )
+    again = sampled(client, n=3, seed=11)
     assert [c.text for c in answer.choices] == [c.text for c in again.choices]
     params = SamplingParams(max_new_tokens=5, do_sample=True, seed=12, ignore_eos=True)
     assert (
@@ -215,15 +206,7 @@ def test_chat_max_tokens_defaults_to_the_context_left_and_stops_cut(env):
 
 def test_best_of_answers_the_most_likely_sample_and_n_streams_by_index(env):
     client, reference = env
-    answer = client.completions.create(
-        model="qv",
-        prompt="hello",
-        max_tokens=5,
-        best_of=3,
-        temperature=1.0,
-        seed=21,
-        extra_body={"ignore_eos": True},
-    )
+    answer = sampled(client, best_of=3, seed=21)
     samples = [
         reference.generate(
             ["hello"],
@@ -234,16 +217,7 @@ def test_best_of_answers_the_most_likely_sample_and_n_streams_by_index(env):
     ]
     best = max(samples, key=lambda r: sum(r.logprobs))
     assert [c.text for c in answer.choices] == [best.text]
-    stream = client.completions.create(
-        model="qv",
-        prompt="hello",
-        max_tokens=5,
-        n=2,
-        temperature=1.0,
-        seed=21,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
+    stream = sampled(client, n=2, seed=21, stream=True)
     texts = {0: "", 1: ""}
     for chunk in stream:
         for choice in chunk.choices:
