@@ -193,3 +193,40 @@ def test_lora_adapters(env):
     assert server.client.get("/lora-adapters", headers=API).status_code == 401
     refused = server.client.post("/lora-adapters", json=[{"id": 0, "scale": 0.5}], headers=ADMIN)
     assert refused.status_code == 405 and "lora" in refused.json()["error"]["message"]
+
+
+def _declared_huge(base_url: str, path: str) -> httpx.Response:
+    """A POST that declares a terabyte body (and sends none): http.client lets us lie."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.putrequest("POST", path)
+    for name, value in {**API, "Content-Type": "application/json", "Content-Length": str(10**12)}.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    raw = connection.getresponse()
+    reply = httpx.Response(raw.status, content=raw.read())
+    connection.close()
+    return reply
+
+
+def test_every_v1_error_is_in_openai_shape_the_middleware_s_included(env):
+    """The official client reads ``error.message``: 401, 413, 404 and 400 alike."""
+    server, _, _ = env
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+    replies = [
+        server.client.post("/v1/completions", json=body),  # no token: 401 from the middleware
+        _declared_huge(server.base_url, "/v1/completions"),  # 413 from the body limit
+        server.client.post("/v1/completions", headers=API, json={**body, "model": "nope"}),
+        server.client.post("/v1/completions", headers=API, json={**body, "frobnicate": 1}),
+        server.client.get("/v1/no-such-route", headers=API),
+    ]
+    assert [r.status_code for r in replies] == [401, 413, 404, 400, 404]
+    for reply in replies:
+        error = reply.json()["error"]
+        assert error["message"] and error["code"] == reply.status_code
+    assert "frobnicate" in replies[3].json()["error"]["message"]
+    djl = server.client.post("/predictions/tiny", json={"inputs": "x"})  # DJL's routes keep DJL's shape
+    assert djl.status_code == 401 and djl.json()["code"] == 401

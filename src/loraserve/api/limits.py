@@ -85,7 +85,7 @@ class BodyLimitMiddleware:
         if declared.isdigit() and int(declared) > self.max_bytes:
             response = error_response(413, "PayloadTooLargeException",
                                       f"request body of {declared} bytes exceeds the limit of "
-                                      f"{self.max_bytes} (max_request_bytes)")
+                                      f"{self.max_bytes} (max_request_bytes)", scope["path"])
             await response(scope, receive, send)
             return
         await self.app(scope, self._bounded(receive, _guards_json(headers)), send)

@@ -143,20 +143,20 @@ class SecurityMiddleware:
         method, path = scope["method"], scope["path"]
         if not host_allowed(headers.get("host"), config.trusted_hosts):
             return error_response(400, "BadRequestException",
-                                  "this Host header is not allowed (see allowed_hosts)")
+                                  "this Host header is not allowed (see allowed_hosts)", path)
         access = access_of(path)
         if access is not Access.OPEN:
             reason = cross_site_reason(method, headers, config.allowed_origins)
             if reason:
-                return error_response(403, "ForbiddenException", reason)
+                return error_response(403, "ForbiddenException", reason, path)
         tokens = accepted_tokens(access, config.api_token, config.management_token)
         if tokens and not bearer_matches(headers.get("authorization"), tokens):
-            response = error_response(401, "UnauthorizedException",
-                                      f"this {access.value} route needs 'Authorization: Bearer <token>'")
+            needs = f"this {access.value} route needs 'Authorization: Bearer <token>'"
+            response = error_response(401, "UnauthorizedException", needs, path)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         if access is Access.MANAGEMENT and simple_body_refused(method, headers):
             return error_response(415, "UnsupportedMediaTypeException",
                                   "management requests take query parameters or a JSON body "
-                                  "(Content-Type: application/json)")
+                                  "(Content-Type: application/json)", path)
         return None
