@@ -244,7 +244,7 @@ def test_openai_completion_fields_refused_by_name_after_parsing(body, named):
 @pytest.mark.parametrize(
     "body,named",
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"top_logprobs": 3}, "top_logprobs"),
@@ -301,3 +301,43 @@ def test_openai_completion_prompts_as_text_lists_and_token_ids():
     ).to_generate(None)
     assert (legacy.n, legacy.best_of, legacy.samples, legacy.echo, legacy.top_logprobs) == (2, 3, 3, True, 1)
     assert legacy.sampling.max_new_tokens == 0 and legacy.sequences == 3
+
+
+def test_openai_chat_tools_go_to_the_template_and_tool_turns_are_kept():
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    message = parse(
+        oai.ChatCompletionRequest, {"model": "m", "messages": messages, "tools": [tool]}
+    ).to_generate(None)
+    assert message.tools == (
+        {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}},
+    )
+    assert message.messages[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert message.messages[2]["tool_call_id"] == "c1"
+    hidden = parse(
+        oai.ChatCompletionRequest,
+        {"model": "m", "messages": messages[:1], "tools": [tool], "tool_choice": "none"},
+    ).to_generate(None)
+    assert hidden.tools is None
+    with pytest.raises(BadRequestError, match="type"):
+        parse(
+            oai.ChatCompletionRequest,
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            },
+        )

@@ -18,11 +18,13 @@ from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.generation import CHARS_PER_TOKEN_BOUND, Generation
 from loraserve.handlers.io import Input, Output
 from loraserve.handlers.messages import GenerateRequest, GenerateResult, TokenStream
+from loraserve.handlers.tool_calls import detect_format
 from loraserve.specs import lmi
 from loraserve.specs.base import parse
 
 _engine: LLMEngine | None = None
 _max_prompt_chars = 0
+_tool_format: str | None = None  # how this model writes tool calls (tool_calls.py)
 
 
 def engine() -> LLMEngine:
@@ -31,20 +33,23 @@ def engine() -> LLMEngine:
 
 
 def _initialise(properties: dict[str, str]) -> None:
-    global _engine, _max_prompt_chars
+    global _engine, _max_prompt_chars, _tool_format
     config = EngineConfig.from_options(properties)
     limit = None  # parsed before the model loads, so a bad value fails fast
     if "max_prompt_chars" in properties:
         limit = parse_int(properties["max_prompt_chars"], "option.max_prompt_chars", 1)
     _engine = LLMEngine(config, Path(properties.get("model_dir", ".")))
     _max_prompt_chars = limit or CHARS_PER_TOKEN_BOUND * _engine.runner.max_len  # the model's own length
+    template = getattr(_engine.tokenizer, "chat_template", None)
+    _tool_format = detect_format(template if isinstance(template, str) else None,
+                                 properties.get("tool_call_parser"))
     _engine.start()
 
 
 async def generate(request: GenerateRequest) -> GenerateResult | TokenStream:
     """The typed entry point: a result, or a stream of ``TokenOutput``. Cancelling the call
     (the front sends a cancel when its client goes away) aborts the sequences."""
-    generation = Generation(engine(), request, _max_prompt_chars)
+    generation = Generation(engine(), request, _max_prompt_chars, _tool_format)
     await generation.start()
     if request.stream:
         return TokenStream(generation.events())

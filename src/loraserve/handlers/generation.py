@@ -11,6 +11,7 @@ reference.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,10 @@ from loraserve.handlers.messages import (
     SequenceOutput,
     TokenLogprob,
     TokenOutput,
+    ToolCall,
     finite_or_none,
 )
+from loraserve.handlers.tool_calls import ToolCallFilter, parse
 
 if TYPE_CHECKING:
     from loraserve.engine import LLMEngine
@@ -58,8 +61,9 @@ class _TokenTexts:
 class _Track:
     """One sequence of the request: its engine events become ``TokenOutput``s."""
 
-    def __init__(self, index: int, seq: Sequence, score_only: bool) -> None:
-        self.index, self.seq, self.score_only = index, seq, score_only
+    def __init__(self, index: int, seq: Sequence, score_only: bool, tool_format: str | None = None) -> None:
+        self.index, self.seq, self.score_only, self.tool_format = index, seq, score_only, tool_format
+        self.tools = ToolCallFilter(tool_format) if tool_format else None  # held back from a call on
         self.outputs: list[TokenOutput] = []
         self.done = False
 
@@ -75,34 +79,60 @@ class _Track:
         logprobs = None
         if texts is not None and event.token_id >= 0:
             logprobs = texts.entry(event.token_id, event.logprob, event.top_logprobs)
+        text, calls = event.text, tuple[ToolCall, ...]()
+        if self.tools is not None:
+            text = self.tools.feed(text)
+            if reason is not None:
+                rest, found = self.tools.finish()
+                text, calls = text + rest, tuple(found)
         token = TokenOutput(
-            self.index, event.token_id, event.text, finite_or_none(event.logprob), reason, logprobs=logprobs
+            self.index, event.token_id, text, finite_or_none(event.logprob), reason, logprobs=logprobs
         )
         if keep and event.token_id >= 0:
             self.outputs.append(token)
         if reason is None:
             return token
         self.done = True
-        return TokenOutput(
-            token.index, token.token_id, token.text, token.logprob, reason, self._summary(reason), logprobs
-        )
+        return dataclasses.replace(token, summary=self._summary(reason), tool_calls=calls)
 
     def _summary(self, reason: FinishReason) -> SequenceOutput:
         seq = self.seq
         generated = 0 if self.score_only else len(seq.output_ids)
         text = "" if self.score_only else seq.text
-        known = [lp for lp in seq.logprobs[:generated] if finite_or_none(lp) is not None]
+        calls: tuple[ToolCall, ...] = ()
+        if self.tool_format is not None:
+            content, found = parse(text, self.tool_format)
+            text, calls = (content, tuple(found)) if found else (text, ())
+        known = [lp for lp in seq.logprobs[:generated] if lp is not None and finite_or_none(lp) is not None]
         cumulative = sum(known) if generated and len(known) == generated else None  # best_of ranks by it
         return SequenceOutput(
-            text, reason, len(seq.prompt_ids), generated, tuple(self.outputs), cumulative_logprob=cumulative
+            text,
+            reason,
+            len(seq.prompt_ids),
+            generated,
+            tuple(self.outputs),
+            cumulative_logprob=cumulative,
+            tool_calls=calls,
         )
 
 
 class Generation:
     """Submit, follow and (when needed) abort the sequences of one request."""
 
-    def __init__(self, engine: LLMEngine, request: GenerateRequest, max_prompt_chars: int) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        request: GenerateRequest,
+        max_prompt_chars: int,
+        tool_format: str | None = None,
+    ) -> None:
         self.engine, self.request, self.max_prompt_chars = engine, request, max_prompt_chars
+        self.tool_format = tool_format if request.tools else None
+        if request.tools and tool_format is None:
+            raise BadRequestError(
+                "tools: this model's chat template writes no tool-call format loraserve "
+                "knows; set option.tool_call_parser (hermes, mistral or llama3_json)"
+            )
         self.tracks: list[_Track] = []
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
@@ -129,7 +159,8 @@ class Generation:
                         params,
                         functools.partial(self._on_event, track_index),
                     )
-                    self.tracks.append(_Track(track_index, seq, request.sampling.max_new_tokens == 0))
+                    score_only = request.sampling.max_new_tokens == 0
+                    self.tracks.append(_Track(track_index, seq, score_only, self.tool_format))
         except BaseException:
             self.abort()  # one refused prompt: the ones already submitted stop too
             raise
@@ -143,7 +174,7 @@ class Generation:
             for prompt in request.prompts:
                 self._check_size(len(prompt))
             return list(request.prompts)
-        self._check_size(sum(len(m["content"]) + len(m["role"]) for m in request.messages))
+        self._check_size(sum(len(str(m)) for m in request.messages) + len(str(request.tools or "")))
         return [await asyncio.to_thread(self._template, list(request.messages))]
 
     def _check_size(self, chars: int) -> None:
@@ -158,7 +189,12 @@ class Generation:
         if not getattr(tokenizer, "chat_template", None):
             raise BadRequestError('this model\'s tokenizer has no chat template; send "inputs" instead')
         try:
-            return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            tools: Any = list(self.request.tools) if self.request.tools else None
+            return str(
+                tokenizer.apply_chat_template(
+                    messages, tools=tools, add_generation_prompt=True, tokenize=False
+                )
+            )
         except Exception as exc:  # jinja errors from a user's template
             raise BadRequestError(f"cannot apply the chat template: {exc}") from None
 
@@ -216,25 +252,8 @@ class Generation:
             first = TokenLogprob(texts(seq.prompt_ids[0]), None)
             scored = (first, *(self._scored(texts, s) for s in seq.prompt_logprobs))
         summary = token.summary
-        summary = SequenceOutput(
-            summary.text,
-            summary.finish_reason,
-            summary.prompt_tokens,
-            summary.generated_tokens,
-            summary.tokens,
-            prompt_text,
-            scored,
-            summary.cumulative_logprob,
-        )
-        return TokenOutput(
-            token.index,
-            token.token_id,
-            token.text,
-            token.logprob,
-            token.finish_reason,
-            summary,
-            token.logprobs,
-        )
+        summary = dataclasses.replace(token.summary, prompt_text=prompt_text, prompt_logprobs=scored)
+        return dataclasses.replace(token, summary=summary)
 
     @staticmethod
     def _scored(texts: _TokenTexts, scored: TokenLogprobs) -> TokenLogprob:

@@ -27,7 +27,7 @@ class FinishReason(str, Enum):
 
     @property
     def openai(self) -> str:
-        return "length" if self is FinishReason.LENGTH else "stop"
+        return "length" if self is FinishReason.LENGTH else "stop"  # "tool_calls": set by the spec
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class GenerateRequest:
     best_of: int | None = None  # sample this many per prompt, answer the n most likely
     top_logprobs: int | None = None  # each token's log-prob as text, and this many alternatives
     echo: bool = False  # the prompt's text (and, with top_logprobs, its tokens' log-probs) first
+    tools: tuple[dict[str, Any], ...] | None = None  # OpenAI tool definitions: templated, calls parsed
 
     @property
     def samples(self) -> int:
@@ -83,6 +84,20 @@ class GenerateRequest:
     def adapter_names(self) -> list[str]:
         """Every adapter the request names, once each, in order (the base model is none)."""
         return list(dict.fromkeys([*(n for n in self.adapters if n), *(n for n, _ in self.mixture or ())]))
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model wrote, in OpenAI's terms: ``arguments`` is a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def to_openai(self, index: int | None = None) -> dict[str, Any]:
+        call: dict[str, Any] = {"id": self.id, "type": "function",
+                                "function": {"name": self.name, "arguments": self.arguments}}
+        return call if index is None else {"index": index, **call}
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,7 @@ class SequenceOutput:
     prompt_text: str | None = None  # when the request asked for echo
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # echo with log-probs: every prompt token
     cumulative_logprob: float | None = None  # of the generated tokens, when computed
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls its text held (then ``text`` is the rest)
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,7 @@ class TokenOutput:
     finish_reason: FinishReason | None = None
     summary: SequenceOutput | None = None
     logprobs: TokenLogprob | None = None  # when the request asked for top_logprobs
+    tool_calls: tuple[ToolCall, ...] = ()  # on the last event, when the request had tools
 
 
 @dataclass(frozen=True)

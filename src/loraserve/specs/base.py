@@ -3,8 +3,9 @@ field, and the pydantic schema in a form an OpenAPI document can hold."""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -61,8 +62,13 @@ def openapi_body(model: type[BaseModel], description: str) -> dict[str, Any]:
     the model's JSON schema, nested definitions inlined so the document stays self-contained."""
     schema = model.model_json_schema()
     definitions = schema.pop("$defs", {})
-    return {"requestBody": {"required": True, "description": description,
-                            "content": {"application/json": {"schema": _inline(schema, definitions)}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": _inline(schema, definitions)}},
+        }
+    }
 
 
 def _inline(node: Any, definitions: dict[str, Any]) -> Any:
@@ -77,23 +83,69 @@ def _inline(node: Any, definitions: dict[str, Any]) -> Any:
 
 
 class TextPart(BaseModel):
-    model_config = STRICT
-    type: str = "text"
+    model_config = CLOSED
+    type: Literal["text"] = Field("text", description="only text parts: the served models read text")
     text: str
 
 
-class ChatMessage(BaseModel):
-    """One chat turn; OpenAI's list-of-text-parts content is joined into one string."""
+class FunctionCall(BaseModel):
+    model_config = CLOSED
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = Field(description="a JSON object, as a string")
 
-    model_config = STRICT
+
+class MessageToolCall(BaseModel):
+    """A call an earlier assistant turn made (sent back with the conversation)."""
+
+    model_config = CLOSED
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    """One chat turn; OpenAI's list-of-text-parts content is joined into one string. Tool turns
+    (an assistant's ``tool_calls``, a ``tool`` message's ``tool_call_id``) go to the template
+    as transformers' chat templates read them (arguments as objects)."""
+
+    model_config = CLOSED
     role: Annotated[str, Field(min_length=1, max_length=64)]
     content: str | list[TextPart] | None = None
+    name: Annotated[str, Field(max_length=256)] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=128)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=256)] | None = None
+    refusal: str | None = None
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        return {"role": self.role, "content": content or ""}
+        turn: dict[str, Any] = {"role": self.role, "content": content or ""}
+        if self.name is not None:
+            turn["name"] = self.name
+        if self.tool_call_id is not None:
+            turn["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": _arguments(call.function.arguments),
+                    },
+                }
+                for call in self.tool_calls
+            ]
+        return turn
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as the object templates expect (the JSON string if it is not one)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=1024)]

@@ -11,7 +11,7 @@ client sends is silently dropped.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -154,7 +154,6 @@ def _is_set(value: Any) -> bool:
 # Declared fields this server refuses when set (and why): honoured is better, and will come.
 UNSUPPORTED: dict[str, str] = {
     "suffix": "insertion (fill-in-the-middle) is not implemented",
-    "tools": "tool calling is not implemented yet",
     "functions": "function calling is not implemented",
     "function_call": "function calling is not implemented",
     "audio": "this server generates text only",
@@ -227,6 +226,35 @@ class CompletionRequest(_Common):
         )
 
 
+class FunctionDefinition(BaseModel):
+    model_config = CLOSED
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of the arguments")
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = CLOSED
+    type: Literal["function"]
+    function: FunctionDefinition
+
+    def to_template(self) -> dict[str, Any]:
+        """As transformers' chat templates take tools (OpenAI's shape, nulls left out)."""
+        return {"type": "function", "function": self.function.model_dump(exclude_none=True)}
+
+
+class NamedFunction(BaseModel):
+    model_config = CLOSED
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = CLOSED
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Common):
     messages: Messages
     max_tokens: MaxTokens | None = Field(None, description="default: what the context leaves")
@@ -234,8 +262,8 @@ class ChatCompletionRequest(_Common):
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
@@ -263,11 +291,18 @@ class ChatCompletionRequest(_Common):
         if kind != "text":
             raise BadRequestError(f"response_format {kind!r} is not supported yet (only 'text')")
         if self.tool_choice not in (None, "none", "auto"):
-            raise BadRequestError("tool_choice is not supported: tool calling is not implemented yet")
+            if not self.tools:
+                raise BadRequestError("tool_choice names a tool choice but tools is empty")
+            raise BadRequestError(
+                "tool_choice 'required' or a named function is not supported yet (only 'auto' and 'none')"
+            )
 
     def to_generate(self, adapter: str | None) -> GenerateRequest:
         self.check()
         top = (self.top_logprobs or 0) if self.logprobs else None
+        tools = None
+        if self.tools and self.tool_choice != "none":  # "none": the model is not told of them
+            tools = tuple(tool.to_template() for tool in self.tools)
         return GenerateRequest(
             sampling=self.sampling(self.max_tokens_asked),
             messages=tuple(m.to_dict() for m in self.messages),
@@ -276,6 +311,7 @@ class ChatCompletionRequest(_Common):
             stream=self.stream,
             n=self.n,
             top_logprobs=top,
+            tools=tools,
         )
 
 
@@ -307,12 +343,15 @@ def _choice(index: int, seq: SequenceOutput, chat: bool, request: GenerateReques
     generated = [t.logprobs for t in seq.tokens if t.logprobs is not None]
     if chat:
         logprobs = None if request.top_logprobs is None else {"content": [chat_logprob(e) for e in generated]}
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": seq.text},
-            "logprobs": logprobs,
-            "finish_reason": finish,
-        }
+        message: dict[str, Any] = {"role": "assistant", "content": seq.text}
+        if seq.tool_calls:  # OpenAI: content null when the answer is only calls
+            message = {
+                "role": "assistant",
+                "content": seq.text or None,
+                "tool_calls": [call.to_openai() for call in seq.tool_calls],
+            }
+            finish = "tool_calls"
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
     text = seq.text if seq.prompt_text is None else seq.prompt_text + seq.text
     entries = [*seq.prompt_logprobs, *generated]
     logprobs = None if request.top_logprobs is None else completion_logprobs(entries, 0)
@@ -366,7 +405,10 @@ def chunk_event(
     finish = None if event.finish_reason is None else event.finish_reason.openai
     entry = event.logprobs
     if chat:
-        delta = {"content": event.text, **({"role": "assistant"} if first else {})}
+        delta: dict[str, Any] = {"content": event.text, **({"role": "assistant"} if first else {})}
+        if event.tool_calls:
+            delta["tool_calls"] = [call.to_openai(i) for i, call in enumerate(event.tool_calls)]
+            finish = "tool_calls"
         logprobs = None
         if request.top_logprobs is not None:
             logprobs = {"content": [chat_logprob(entry)] if entry is not None else []}
