@@ -77,3 +77,52 @@ def test_a_sequence_s_events_hold_the_call_back_and_its_summary_carries_it():
     assert [c.name for c in last.tool_calls] == ["weather", "time"]
     assert last.summary is not None and last.summary.text == "Let me check."
     assert [c.arguments for c in last.summary.tool_calls] == [c.arguments for c in last.tool_calls]
+
+
+@pytest.mark.parametrize("format_", list(ANSWERS))
+@pytest.mark.parametrize("name", [None, "weather"])
+def test_the_required_call_grammar_admits_exactly_calls_of_the_tools(tmp_path, format_, name):
+    pytest.importorskip("llguidance")
+    import llguidance
+    import llguidance.hf
+    from transformers import AutoTokenizer
+
+    from loraserve.handlers.tool_calls import tool_grammar
+    from loraserve.testing.tiny import make_tokenizer
+
+    make_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    tools = (
+        {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        },
+        {"type": "function", "function": {"name": "time"}},
+    )
+    grammar = llguidance.grammar_from("lark", tool_grammar(tools, name, format_))
+    key = "parameters" if format_ == "llama3_json" else "arguments"
+    good = {"name": "weather", key: {"city": "Paris"}}
+    written = {
+        "hermes": f"<tool_call>\n{json.dumps(good, separators=(',', ':'))}\n</tool_call>",
+        "mistral": f"[TOOL_CALLS]{json.dumps([good], separators=(',', ':'))}",
+        "llama3_json": json.dumps(good, separators=(",", ":")),
+    }[format_]
+    bad = written.replace("weather", "wizard")
+
+    def accepts(text):
+        matcher = llguidance.LLMatcher(
+            llguidance.hf.from_tokenizer(tokenizer, n_vocab=322), grammar, log_level=0
+        )
+        return all(matcher.consume_token(t) for t in tokenizer.encode(text)) and matcher.is_accepting()
+
+    assert accepts(written) and not accepts(bad)
+    assert parse(written, format_)[1][0].name == "weather"
+    with pytest.raises(BadRequestError, match="nope"):
+        tool_grammar(tools, "nope", format_)

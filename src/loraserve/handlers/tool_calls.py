@@ -30,8 +30,9 @@ def detect_format(chat_template: str | None, configured: str | None) -> str | No
     """``option.tool_call_parser`` if set, else the format the chat template writes, else None."""
     if configured and configured != "auto":
         if configured not in FORMATS:
-            raise BadRequestError(f"option.tool_call_parser must be one of {', '.join(FORMATS)} or auto, "
-                                  f"got {configured!r}")
+            raise BadRequestError(
+                f"option.tool_call_parser must be one of {', '.join(FORMATS)} or auto, got {configured!r}"
+            )
         return configured
     template = chat_template or ""
     if "<tool_call>" in template:
@@ -119,7 +120,7 @@ class ToolCallFilter:
             held = len(self.text)  # plain content: nothing to hold
         else:
             held = self._hold_from()
-        out = self.text[self.sent:held]
+        out = self.text[self.sent : held]
         self.sent = max(self.sent, held)
         return out
 
@@ -137,6 +138,44 @@ class ToolCallFilter:
         """(content not yet sent, calls) at the end of the sequence."""
         _, calls = parse(self.text, self.format)
         if not calls:
-            return self.text[self.sent:], []
+            return self.text[self.sent :], []
         cut = self.sent if self.format == "llama3_json" else self.text.find(self.marker)
-        return self.text[self.sent:max(cut, self.sent)].rstrip(), calls
+        return self.text[self.sent : max(cut, self.sent)].rstrip(), calls
+
+
+def tool_grammar(tools: tuple[dict[str, Any], ...], name: str | None, format_: str) -> str:
+    """An llguidance Lark grammar that admits only calls of ``tools`` (of ``name`` alone when
+    given), written the way ``format_`` writes them: what ``tool_choice`` "required" or a named
+    function enforces. Each call's arguments follow its function's ``parameters`` schema."""
+    functions = [tool["function"] for tool in tools if name is None or tool["function"]["name"] == name]
+    if not functions:
+        raise BadRequestError(f"tool_choice names function {name!r}, which tools does not define")
+    key = "parameters" if format_ == "llama3_json" else "arguments"
+    call = json.dumps(
+        {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": f["name"]},
+                        key: f.get("parameters") or {"type": "object"},
+                    },
+                    "required": ["name", key],
+                    "additionalProperties": False,
+                }
+                for f in functions
+            ]
+        }
+    )
+    if format_ == "hermes":
+        repeat = "" if name else ' ("\\n" block)*'
+        return f'start: block{repeat}\nblock: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json {call}'
+    if format_ == "mistral":
+        items = {
+            "type": "array",
+            "items": json.loads(call),
+            "minItems": 1,
+            **({"maxItems": 1} if name else {}),
+        }
+        return f'start: "[TOOL_CALLS]" calls\ncalls: %json {json.dumps(items)}'
+    return f"start: call\ncall: %json {call}"
