@@ -70,6 +70,7 @@ class GenerateRequest:
     top_logprobs: int | None = None  # each token's log-prob as text, and this many alternatives
     echo: bool = False  # the prompt's text (and, with top_logprobs, its tokens' log-probs) first
     tools: tuple[dict[str, Any], ...] | None = None  # OpenAI tool definitions: templated, calls parsed
+    required_tool: str | None = None  # "*": some call must be made (tool_choice required); else this one
 
     @property
     def samples(self) -> int:

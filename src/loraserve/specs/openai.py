@@ -292,10 +292,22 @@ class ChatCompletionRequest(_Common):
             raise BadRequestError(f"response_format {kind!r} is not supported yet (only 'text')")
         if self.tool_choice not in (None, "none", "auto"):
             if not self.tools:
-                raise BadRequestError("tool_choice names a tool choice but tools is empty")
-            raise BadRequestError(
-                "tool_choice 'required' or a named function is not supported yet (only 'auto' and 'none')"
-            )
+                raise BadRequestError("tool_choice asks for a call, but tools is empty")
+            named = self.required_tool
+            if named != "*" and named not in {tool.function.name for tool in self.tools}:
+                raise BadRequestError(f"tool_choice names function {named!r}, which tools does not define")
+            if self.response_format is not None and self.response_format.get("type", "text") != "text":
+                raise BadRequestError("tool_choice (a call is required) and response_format both constrain "
+                                      "the answer; send one of them")
+
+    @property
+    def required_tool(self) -> str | None:
+        """"*" when some call must be made, a function's name when that one must be, else None."""
+        if self.tool_choice == "required":
+            return "*"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return None
 
     def to_generate(self, adapter: str | None) -> GenerateRequest:
         self.check()
@@ -312,6 +324,7 @@ class ChatCompletionRequest(_Common):
             n=self.n,
             top_logprobs=top,
             tools=tools,
+            required_tool=self.required_tool,
         )
 
 
