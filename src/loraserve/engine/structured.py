@@ -1,0 +1,128 @@
+"""Structured output with llguidance: a constraint compiled once into a grammar, one matcher per
+sequence that says which tokens its row may take next, and the mask that enforces it.
+
+Costs, and where they are paid: the tokenizer is converted once per engine (a few hundred ms
+for a 49k vocabulary), on the first constrained request; a constraint is compiled (~1 ms for a
+JSON schema) off the engine lock, by ``Generation.start`` in a worker thread or by
+``add_request`` before it takes the lock, and cached, so each sequence only copies the compiled
+matcher. Per step, the engine computes the masks of all constrained rows in one llguidance call
+(it releases the GIL and spreads rows over its threads); rows without a constraint never see any
+of this. A matcher lives on its ``Sequence`` until the scheduler finishes it (every path: done,
+aborted, failed); preemption recomputes KV only, so the matcher keeps its state.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from loraserve.constraints import OutputConstraint
+from loraserve.errors import BadRequestError
+
+CACHE_SIZE = 64  # compiled constraints kept (an LRU): n samples and repeated schemas share one
+_BITS = torch.arange(32, dtype=torch.int32)
+JSON_OPTIONS: Any = {"whitespace_flexible": False}  # "," and ":" between items, nothing else
+
+
+class StructuredOutput:
+    """One engine's grammar compiler: its tokenizer as llguidance sees it, and the compiled cache."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: set[int]) -> None:
+        self.hf_tokenizer, self.vocab_size, self.eos_ids = tokenizer, vocab_size, sorted(eos_ids)
+        self.words = (vocab_size + 31) // 32  # int32 words of one row's bitmask
+        self._tokenizer: Any = None
+        self._executor: Any = None
+        self._lock = threading.Lock()  # guards the lazy tokenizer and the cache, never a compile
+        self._cache: OrderedDict[OutputConstraint, Any] = OrderedDict()
+
+    def matcher(self, constraint: OutputConstraint) -> Any:
+        """A fresh ``LLMatcher`` for one sequence; compiles on a cache miss (call off the lock)."""
+        return self.compile(constraint).deep_copy()
+
+    def compile(self, constraint: OutputConstraint) -> Any:
+        """The compiled matcher for ``constraint`` (never advanced: sequences copy it). A constraint
+        llguidance cannot compile is a ``BadRequestError`` with llguidance's reason."""
+        with self._lock:
+            compiled = self._cache.get(constraint)
+            if compiled is not None:
+                self._cache.move_to_end(constraint)
+                return compiled
+        import llguidance
+
+        tokenizer = self._llg_tokenizer()
+        try:
+            grammar = _grammar(constraint)
+        except ValueError as exc:
+            raise BadRequestError(f"{constraint.describe()} cannot be compiled: {exc}") from None
+        compiled = llguidance.LLMatcher(tokenizer, grammar, log_level=0)  # drops the GIL while it compiles
+        if compiled.is_error():
+            raise BadRequestError(f"{constraint.describe()} cannot be compiled: {compiled.get_error()}")
+        with self._lock:
+            self._cache[constraint] = compiled
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def _llg_tokenizer(self) -> Any:
+        with self._lock:
+            if self._tokenizer is None:
+                import llguidance
+                import llguidance.hf
+
+                self._tokenizer = llguidance.hf.from_tokenizer(
+                    self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_ids
+                )
+                self._executor = llguidance.LLExecutor()
+            return self._tokenizer
+
+    def fill_masks(self, matchers: list[Any]) -> torch.Tensor:
+        """The allowed-token bitmasks of ``matchers`` in one parallel call: (K, words) int32, bit
+        ``t % 32`` of word ``t // 32`` set where token ``t`` may come next (EOS only once the
+        grammar accepts)."""
+        masks = torch.zeros((len(matchers), self.words), dtype=torch.int32)  # (K, words)
+        self._executor.unsafe_compute_mask_ptr(
+            [(m, row) for row, m in enumerate(matchers)], masks.data_ptr(), self.words * 4, len(matchers)
+        )
+        return masks
+
+
+def allowed_tokens(masks: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(K, words) int32 bitmasks -> (K, vocab) bool, True where the token is allowed."""
+    bits = (masks.unsqueeze(-1) >> _BITS) & 1  # (K, words, 32)
+    return bits.view(masks.shape[0], -1)[:, :vocab].bool()
+
+
+def apply_mask(scores: torch.Tensor, allowed: torch.Tensor) -> None:
+    """``scores`` (vocab,) in place: -inf wherever ``allowed`` (vocab,) is False."""
+    scores.masked_fill_(~allowed.to(scores.device), float("-inf"))
+
+
+def advance(matcher: Any, token: int) -> str | None:
+    """Feed the sampled token to the matcher; the reason when it refuses it (never expected: the
+    mask allowed it), else None."""
+    if matcher.consume_token(token):
+        return None
+    return f"structured output: token {token} does not fit the constraint ({matcher.get_error()})"
+
+
+def complete(matcher: Any) -> bool:
+    """Whether the constraint is satisfied and nothing may follow: the sequence ends there."""
+    return bool(matcher.is_stopped()) and not matcher.is_error()
+
+
+def _grammar(constraint: OutputConstraint) -> str:
+    """llguidance's grammar for a constraint. JSON is compact (no free whitespace): a small model
+    otherwise loops on whitespace, which the grammar allows forever; a schema's ``x-guidance``
+    may ask for other separators."""
+    import llguidance
+
+    if constraint.kind in ("json_object", "json_schema"):
+        schema = constraint.value if constraint.kind == "json_schema" else '{"type": "object"}'
+        return str(llguidance.LLMatcher.grammar_from_json_schema(str(schema), defaults=JSON_OPTIONS))
+    if constraint.kind == "choice":
+        return llguidance.grammar_from("choice", json.dumps(list(constraint.value)))
+    return llguidance.grammar_from("lark" if constraint.kind == "grammar" else "regex", str(constraint.value))
