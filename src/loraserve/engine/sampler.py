@@ -2,7 +2,8 @@
 
 Each row's own settings shape its logits before the choice, in vLLM's order: ``logit_bias``,
 the ``min_tokens`` mask, the repetition / frequency / presence penalties, then temperature,
-min-p, top-k and top-p. Rows that ask for none of that (all greedy) take one batched argmax.
+min-p, top-k and top-p; a structured-output row's grammar mask comes first of all. Rows that ask
+for none of that (greedy) take one batched argmax, whatever the other rows of the batch ask.
 Log-probabilities are the model's own (before any of that shaping, as vLLM and OpenAI report
 them). A row whose logits are not finite, or whose sampling raises, gives ``None``: the engine
 fails that sequence only.
@@ -18,19 +19,46 @@ import torch
 
 from loraserve.engine.sampling import apply_occurrence_penalties, apply_repetition_penalty, sample_row
 from loraserve.engine.sequence import Sequence, TokenLogprobs
+from loraserve.engine.structured import StructuredOutput, allowed_tokens, apply_mask
 
 log = logging.getLogger("loraserve.engine")
 
 
 def sample_tokens(
-    seqs: list[Sequence], logits: torch.Tensor, eos_ids: Collection[int] = ()
+    seqs: list[Sequence],
+    logits: torch.Tensor,
+    eos_ids: Collection[int] = (),
+    structured: StructuredOutput | None = None,
 ) -> tuple[list[int | None], list[TokenLogprobs | None]]:
-    """``logits`` (N, vocab) fp32, row i for ``seqs[i]``: (tokens, log-probabilities)."""
-    if all(_plain_greedy(seq) for seq in seqs):
+    """``logits`` (N, vocab) fp32, row i for ``seqs[i]``: (tokens, log-probabilities). Plain
+    greedy rows take one batched argmax whatever their neighbours ask; the others are shaped
+    and chosen row by row (a structured-output row under its grammar's mask)."""
+    plain = [row for row, seq in enumerate(seqs) if _plain_greedy(seq)]
+    if len(plain) == len(seqs):
         tokens = greedy_tokens(logits)  # all greedy: one argmax for the batch
-    else:
-        tokens = [_sample(seq, logits[row], eos_ids) for row, seq in enumerate(seqs)]
+        return tokens, _logprobs(seqs, logits, tokens)
+    tokens = [None] * len(seqs)
+    if plain:
+        for row, token in zip(plain, greedy_tokens(logits[plain])):
+            tokens[row] = token
+    allowed = _allowed(seqs, logits.shape[1], structured)
+    for row in sorted(set(range(len(seqs))) - set(plain)):
+        tokens[row] = _sample(seqs[row], logits[row], eos_ids, allowed.get(row))
     return tokens, _logprobs(seqs, logits, tokens)
+
+
+def _allowed(
+    seqs: list[Sequence], vocab: int, structured: StructuredOutput | None
+) -> dict[int, torch.Tensor]:
+    """Row -> (vocab,) bool of the tokens its structured-output grammar allows next, for the rows
+    that have one; all of them computed in one llguidance call."""
+    rows = [row for row, seq in enumerate(seqs) if seq.params.constraint is not None]
+    if not rows:
+        return {}
+    if structured is None or any(seqs[row].matcher is None for row in rows):  # never unconstrained
+        raise RuntimeError("a structured-output row has no matcher: add it with LLMEngine.add_request")
+    masks = structured.fill_masks([seqs[row].matcher for row in rows])  # (K, words)
+    return dict(zip(rows, allowed_tokens(masks, vocab)))
 
 
 def _plain_greedy(seq: Sequence) -> bool:
@@ -54,11 +82,16 @@ def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
     return [token if ok else None for token, ok in zip(tokens, finite)]
 
 
-def shape_logits(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) -> torch.Tensor:
-    """A copy of one row's logits with the row's biases, mask and penalties applied."""
+def shape_logits(
+    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A copy of one row's logits with the row's biases, masks and penalties applied; ``allowed``
+    (vocab,) bool: the tokens its structured-output grammar permits (the rest get -inf)."""
     params = seq.params
     scores = scores.clone()
     vocab = scores.numel()
+    if allowed is not None:
+        apply_mask(scores, allowed)
     if params.logit_bias:
         ids = [t for t in params.logit_bias if t < vocab]
         scores[torch.tensor(ids, device=scores.device, dtype=torch.long)] += torch.tensor(
@@ -75,10 +108,12 @@ def shape_logits(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) 
     return scores
 
 
-def _sample(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) -> int | None:
+def _sample(
+    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], allowed: torch.Tensor | None
+) -> int | None:
     try:
         if not _plain_greedy(seq):
-            scores = shape_logits(seq, scores, eos_ids)
+            scores = shape_logits(seq, scores, eos_ids, allowed)
         return sample_row(scores, seq.params, seq.generator)
     except Exception:  # a bug or device error in one row's sampling: that row fails
         log.exception("sampling failed for request %d", seq.request_id)
