@@ -140,3 +140,85 @@ def test_sampling_params_refuse_what_fights_a_constraint(field):
         SamplingParams(constraint=OutputConstraint("json_object"), **field)
     with pytest.raises(BadRequestError, match="constraint"):
         SamplingParams(constraint="[0-9]")  # type: ignore[arg-type]
+
+
+# -- the OpenAI spec: response_format and structured_outputs into one constraint ---------------
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}}
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ({"response_format": {"type": "text"}}, None),
+        ({"response_format": {"type": "json_object"}}, OutputConstraint("json_object")),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": SCHEMA, "strict": True},
+                }
+            },
+            OutputConstraint.json_schema(SCHEMA),
+        ),
+        ({"structured_outputs": {"json": SCHEMA}}, OutputConstraint.json_schema(SCHEMA)),
+        ({"structured_outputs": {"json": json.dumps(SCHEMA)}}, OutputConstraint.json_schema(SCHEMA)),
+        ({"structured_outputs": {"regex": "[0-9]+"}}, OutputConstraint("regex", "[0-9]+")),
+        ({"structured_outputs": {"grammar": "start: /a+/"}}, OutputConstraint("grammar", "start: /a+/")),
+        ({"structured_outputs": {"choice": ["a", "b"]}}, OutputConstraint("choice", ("a", "b"))),
+        ({"structured_outputs": {"json_object": True}}, OutputConstraint("json_object")),
+    ],
+)
+def test_openai_constraints_on_both_routes(body, expected):
+    from loraserve.specs import openai as oai
+    from loraserve.specs.base import parse
+
+    chat = parse(oai.ChatCompletionRequest, {**CHAT, **body}).to_generate(None)
+    completion = parse(oai.CompletionRequest, {"model": "m", "prompt": "x", **body}).to_generate(None)
+    assert chat.sampling.constraint == completion.sampling.constraint == expected
+
+
+@pytest.mark.parametrize(
+    "body,named",
+    [
+        (
+            {"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}},
+            "structured_outputs",
+        ),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "regex and choice"),
+        ({"structured_outputs": {}}, "exactly one"),
+        ({"response_format": {"type": "json_schema"}}, "json_schema"),
+        (
+            {"response_format": {"type": "json_object", "json_schema": {"name": "x", "schema": {}}}},
+            "json_schema",
+        ),
+        ({"response_format": {"type": "json_object"}, "ignore_eos": True}, "ignore_eos"),
+        ({"structured_outputs": {"regex": "a"}, "min_tokens": 2}, "min_tokens"),
+        ({"structured_outputs": {"json": "{oops"}}, "not valid JSON"),
+        ({"structured_outputs": {"json": "[1, 2]"}}, "object"),
+    ],
+)
+def test_openai_constraints_that_cannot_work_are_refused_by_name(body, named):
+    from loraserve.specs import openai as oai
+    from loraserve.specs.base import parse
+
+    with pytest.raises(BadRequestError, match=named):
+        parse(oai.ChatCompletionRequest, {**CHAT, **body}).to_generate(None)
+
+
+@pytest.mark.parametrize(
+    "body,named",
+    [
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "schema"),
+        ({"structured_outputs": {"structural_tag": "x"}}, "structural_tag"),
+        ({"structured_outputs": {"choice": []}}, "choice"),
+    ],
+)
+def test_openai_malformed_constraints_are_400s_naming_the_field(body, named):
+    from loraserve.specs import openai as oai
+    from loraserve.specs.base import parse
+
+    with pytest.raises(BadRequestError, match=named):
+        parse(oai.ChatCompletionRequest, {**CHAT, **body})

@@ -1,7 +1,8 @@
 """One ``GenerateRequest`` run on the engine from the worker's event loop.
 
 The prompt-size limit is checked before any tokenizing; chat templating and tokenizing run in
-a thread, so a huge prompt never stalls the loop (other requests, ``/metrics``). All sequences
+a thread, so a huge prompt never stalls the loop (other requests, ``/metrics``); so does
+compiling a structured-output constraint (a 400 naming the problem if it cannot be). All sequences
 of a request (``n`` or ``best_of`` per prompt) are submitted together and report into one
 queue; if one is refused, or the call is cancelled (the client went away), or it fails, every
 sequence still in the engine is aborted, which releases its KV-cache slot and its adapter
@@ -91,7 +92,7 @@ class _Track:
         seq = self.seq
         generated = 0 if self.score_only else len(seq.output_ids)
         text = "" if self.score_only else seq.text
-        known = [lp for lp in seq.logprobs[:generated] if finite_or_none(lp) is not None]
+        known = [lp for lp in seq.logprobs[:generated] if lp is not None and finite_or_none(lp) is not None]
         cumulative = sum(known) if generated and len(known) == generated else None  # best_of ranks by it
         return SequenceOutput(
             text, reason, len(seq.prompt_ids), generated, tuple(self.outputs), cumulative_logprob=cumulative
@@ -116,6 +117,9 @@ class Generation:
         self.prompt_ids = await asyncio.to_thread(
             lambda: [list(p) if isinstance(p, tuple) else tokenizer.encode(p) for p in prompts]
         )
+        constraint = self.request.sampling.constraint
+        if constraint is not None:  # compiled here, off the loop and the engine lock; cached
+            await asyncio.to_thread(self.engine.compile_constraint, constraint)
         request = self.request
         try:
             for index, ids in enumerate(self.prompt_ids):
@@ -192,6 +196,7 @@ class Generation:
             min_tokens=min(spec.min_tokens, max(max_new, 1)),
             stop_token_ids=list(spec.stop_token_ids),
             min_p=spec.min_p,
+            constraint=spec.constraint,
         )
 
     async def _next(self) -> TokenOutput:
