@@ -43,10 +43,11 @@ class OutputConstraint:
 
     @classmethod
     def json_schema(cls, schema: dict | bool) -> OutputConstraint:
-        """A schema given as parsed JSON (sorted keys: equal schemas share one compiled grammar)."""
+        """A schema given as parsed JSON. Its key order is kept: properties come out in the order
+        the schema lists them, as OpenAI's do."""
         if not isinstance(schema, dict | bool):
             raise BadRequestError("a JSON schema must be an object (or true / false)")
-        return cls("json_schema", json.dumps(schema, sort_keys=True))
+        return cls("json_schema", json.dumps(schema))
 
     def describe(self) -> str:
         """How error messages name it."""

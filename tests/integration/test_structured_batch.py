@@ -57,7 +57,13 @@ def constrained() -> list[tuple[str, str | None, SamplingParams]]:
         (PROMPTS[0], None, SamplingParams(max_new_tokens=60, constraint=schema)),
         (PROMPTS[1], "qv", SamplingParams(max_new_tokens=60, constraint=schema, do_sample=True, seed=3)),
         (PROMPTS[2], None, SamplingParams(max_new_tokens=20, constraint=OutputConstraint("regex", REGEX))),
-        (PROMPTS[3], "qv", SamplingParams(max_new_tokens=20, constraint=OutputConstraint("choice", CHOICES))),
+        (
+            PROMPTS[3],
+            "qv",
+            SamplingParams(
+                max_new_tokens=20, presence_penalty=0.5, constraint=OutputConstraint("choice", CHOICES)
+            ),
+        ),
     ]
 
 

@@ -17,7 +17,12 @@ from collections.abc import Collection
 import numpy as np
 import torch
 
-from loraserve.engine.sampling import apply_occurrence_penalties, apply_repetition_penalty, sample_row
+from loraserve.engine.sampling import (
+    SamplingParams,
+    apply_occurrence_penalties,
+    apply_repetition_penalty,
+    sample_row,
+)
 from loraserve.engine.sequence import Sequence, TokenLogprobs
 from loraserve.engine.structured import StructuredOutput, allowed_tokens, apply_mask
 
@@ -31,39 +36,54 @@ def sample_tokens(
     structured: StructuredOutput | None = None,
 ) -> tuple[list[int | None], list[TokenLogprobs | None]]:
     """``logits`` (N, vocab) fp32, row i for ``seqs[i]``: (tokens, log-probabilities). Plain
-    greedy rows take one batched argmax whatever their neighbours ask; the others are shaped
-    and chosen row by row (a structured-output row under its grammar's mask)."""
+    greedy rows take one batched argmax whatever their neighbours ask; so do greedy rows whose
+    only shaping is a structured-output mask, once masked; the others are shaped and chosen row
+    by row (a structured-output row under its mask too)."""
     plain = [row for row, seq in enumerate(seqs) if _plain_greedy(seq)]
     if len(plain) == len(seqs):
         tokens = greedy_tokens(logits)  # all greedy: one argmax for the batch
         return tokens, _logprobs(seqs, logits, tokens)
     tokens = [None] * len(seqs)
-    if plain:
-        for row, token in zip(plain, greedy_tokens(logits[plain])):
-            tokens[row] = token
-    allowed = _allowed(seqs, logits.shape[1], structured)
-    for row in sorted(set(range(len(seqs))) - set(plain)):
-        tokens[row] = _sample(seqs[row], logits[row], eos_ids, allowed.get(row))
+    _greedy_rows(tokens, plain, logits[plain])
+    rows, allowed = _allowed(seqs, logits.shape[1], structured)  # allowed: (K, vocab) bool
+    masked = [k for k, row in enumerate(rows) if _greedy(seqs[row].params, seqs[row])]
+    if masked:
+        scores = logits[[rows[k] for k in masked]].masked_fill_(~allowed[masked], float("-inf"))  # a copy
+        _greedy_rows(tokens, [rows[k] for k in masked], scores)
+    done = {*plain, *(rows[k] for k in masked)}
+    by_row = dict(zip(rows, allowed))
+    for row in range(len(seqs)):
+        if row not in done:
+            tokens[row] = _sample(seqs[row], logits[row], eos_ids, by_row.get(row))
     return tokens, _logprobs(seqs, logits, tokens)
+
+
+def _greedy_rows(tokens: list[int | None], rows: list[int], scores: torch.Tensor) -> None:
+    """``tokens[rows[i]]`` = the argmax of ``scores`` (len(rows), vocab) row i."""
+    for row, token in zip(rows, greedy_tokens(scores) if rows else []):
+        tokens[row] = token
 
 
 def _allowed(
     seqs: list[Sequence], vocab: int, structured: StructuredOutput | None
-) -> dict[int, torch.Tensor]:
-    """Row -> (vocab,) bool of the tokens its structured-output grammar allows next, for the rows
-    that have one; all of them computed in one llguidance call."""
+) -> tuple[list[int], torch.Tensor]:
+    """The rows under a structured-output constraint, and the tokens each may take next: (K,
+    vocab) bool."""
     rows = [row for row, seq in enumerate(seqs) if seq.params.constraint is not None]
     if not rows:
-        return {}
+        return rows, torch.empty((0, vocab), dtype=torch.bool)
     if structured is None or any(seqs[row].matcher is None for row in rows):  # never unconstrained
         raise RuntimeError("a structured-output row has no matcher: add it with LLMEngine.add_request")
-    masks = structured.fill_masks([seqs[row].matcher for row in rows])  # (K, words)
-    return dict(zip(rows, allowed_tokens(masks, vocab)))
+    return rows, allowed_tokens(structured.fill_masks([seqs[row].matcher for row in rows]), vocab)
+
+
+def _greedy(params: SamplingParams, seq: Sequence) -> bool:
+    """Greedy, and no shaping beyond (at most) a structured-output mask."""
+    return not params.do_sample and not params.adjusts_logits and len(seq.output_ids) >= params.min_tokens
 
 
 def _plain_greedy(seq: Sequence) -> bool:
-    params = seq.params
-    return not params.do_sample and not params.shapes_logits and len(seq.output_ids) >= params.min_tokens
+    return _greedy(seq.params, seq) and seq.params.constraint is None
 
 
 def greedy_tokens(logits: torch.Tensor) -> list[int | None]:

@@ -117,8 +117,14 @@ class SamplingParams:
         """Whether the logits are changed before the choice (penalties, biases, a structured-output
         mask); these rows leave the batched greedy path. ``min_tokens`` is checked per step by the
         sampler."""
+        return self.adjusts_logits or self.constraint is not None
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether penalties or biases change its logits (a constrained greedy row without them
+        is masked and chosen in one batch with the others like it)."""
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0 or bool(self.logit_bias) or self.constraint is not None)
+                or self.frequency_penalty != 0.0 or bool(self.logit_bias))
 
     @classmethod
     def from_lmi(cls, parameters: dict) -> SamplingParams:
