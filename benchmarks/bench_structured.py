@@ -120,7 +120,7 @@ def main() -> None:
     began = time.perf_counter()
     engine.compile_constraint(constraint)
     one_off["compile_ms"] = 1000 * (time.perf_counter() - began)
-    masks = sampler._allowed = Timer(sampler._allowed)  # type: ignore[method-assign]
+    masks = sampler._blocked = Timer(sampler._blocked)  # type: ignore[method-assign]
     sampling = engine_module.sample_tokens = Timer(engine_module.sample_tokens)  # type: ignore[assignment]
 
     def constrained(slot: int, _round: int) -> SamplingParams:
@@ -165,7 +165,7 @@ def report(engine: LLMEngine, opts, one_off: dict, alone: dict, control: dict, m
     for label, r in rows:
         print(
             f"{label:34s} {r['free_tok_s']:7.1f} tok/s   step {1000 * r['seconds'] / r['steps']:6.1f} ms   "
-            f"sampling {r['sample_ms']:5.2f} ms/step   masks {r['mask_ms']:5.2f} ms/step"
+            f"sampling {r['sample_ms']:5.2f} ms/step  masks {r['mask_ms']:5.2f} ms/step (llguidance, unpack)"
         )
     print(
         f"constrained half                   {mixed['other_tok_s']:7.1f} tok/s   "

@@ -13,7 +13,14 @@ import torch
 
 from loraserve.constraints import OutputConstraint
 from loraserve.engine.sampling import SamplingParams
-from loraserve.engine.structured import StructuredOutput, advance, allowed_tokens, apply_mask, complete
+from loraserve.engine.structured import (
+    StructuredOutput,
+    advance,
+    apply_mask,
+    blocked_tokens,
+    complete,
+    masked_rows,
+)
 from loraserve.errors import BadRequestError
 
 pytest.importorskip("llguidance")
@@ -35,6 +42,10 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def structured(tokenizer):
     return StructuredOutput(tokenizer, len(tokenizer) + 2, {EOS})  # the tiny model's vocabulary is larger
+
+
+def allowed_tokens(masks: torch.Tensor, vocab: int) -> torch.Tensor:
+    return ~blocked_tokens(masks, vocab)
 
 
 def walk(structured: StructuredOutput, constraint: OutputConstraint, seed: int, limit: int = 40):
@@ -91,8 +102,20 @@ def test_tokens_past_the_tokenizer_are_never_allowed(structured, tokenizer):
 def test_mask_sets_disallowed_logits_to_minus_inf():
     scores = torch.zeros(40)
     masks = torch.tensor([[0b101, 1 << 3]], dtype=torch.int32)  # tokens 0, 2 and 35
-    apply_mask(scores, allowed_tokens(masks, 40)[0])
+    apply_mask(scores, blocked_tokens(masks, 40)[0])
     assert torch.isfinite(scores).nonzero().view(-1).tolist() == [0, 2, 35]
+
+
+def test_masked_rows_equal_the_row_by_row_mask():
+    logits = torch.randn(5, 70)
+    masks = torch.randint(-(2**31), 2**31 - 1, (2, 3), dtype=torch.int32)
+    blocked = blocked_tokens(masks, 70)
+    batched = masked_rows(logits, [3, 1], blocked)
+    for i, row in enumerate([3, 1]):
+        one = logits[row].clone()
+        apply_mask(one, blocked[i])
+        assert torch.equal(batched[i], one)
+    assert torch.isfinite(logits).all()  # the input is not changed
 
 
 @pytest.mark.parametrize(

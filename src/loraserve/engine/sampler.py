@@ -24,7 +24,7 @@ from loraserve.engine.sampling import (
     sample_row,
 )
 from loraserve.engine.sequence import Sequence, TokenLogprobs
-from loraserve.engine.structured import StructuredOutput, allowed_tokens, apply_mask
+from loraserve.engine.structured import StructuredOutput, apply_mask, blocked_tokens, masked_rows
 
 log = logging.getLogger("loraserve.engine")
 
@@ -44,14 +44,15 @@ def sample_tokens(
         tokens = greedy_tokens(logits)  # all greedy: one argmax for the batch
         return tokens, _logprobs(seqs, logits, tokens)
     tokens = [None] * len(seqs)
-    _greedy_rows(tokens, plain, logits[plain])
-    rows, allowed = _allowed(seqs, logits.shape[1], structured)  # allowed: (K, vocab) bool
+    if plain:  # index_select: a gather ~4x faster than torch's list indexing on CPU
+        _greedy_rows(tokens, plain, logits.index_select(0, torch.tensor(plain, device=logits.device)))
+    rows, blocked = _blocked(seqs, logits.shape[1], structured)  # blocked: (K, vocab) bool
     masked = [k for k, row in enumerate(rows) if _greedy(seqs[row].params, seqs[row])]
     if masked:
-        scores = logits[[rows[k] for k in masked]].masked_fill_(~allowed[masked], float("-inf"))  # a copy
-        _greedy_rows(tokens, [rows[k] for k in masked], scores)
+        greedy_rows = [rows[k] for k in masked]
+        _greedy_rows(tokens, greedy_rows, masked_rows(logits, greedy_rows, blocked[masked]))
     done = {*plain, *(rows[k] for k in masked)}
-    by_row = dict(zip(rows, allowed))
+    by_row = dict(zip(rows, blocked))
     for row in range(len(seqs)):
         if row not in done:
             tokens[row] = _sample(seqs[row], logits[row], eos_ids, by_row.get(row))
@@ -60,21 +61,21 @@ def sample_tokens(
 
 def _greedy_rows(tokens: list[int | None], rows: list[int], scores: torch.Tensor) -> None:
     """``tokens[rows[i]]`` = the argmax of ``scores`` (len(rows), vocab) row i."""
-    for row, token in zip(rows, greedy_tokens(scores) if rows else []):
+    for row, token in zip(rows, greedy_tokens(scores)):
         tokens[row] = token
 
 
-def _allowed(
+def _blocked(
     seqs: list[Sequence], vocab: int, structured: StructuredOutput | None
 ) -> tuple[list[int], torch.Tensor]:
-    """The rows under a structured-output constraint, and the tokens each may take next: (K,
+    """The rows under a structured-output constraint, and the tokens each may NOT take next: (K,
     vocab) bool."""
     rows = [row for row, seq in enumerate(seqs) if seq.params.constraint is not None]
     if not rows:
         return rows, torch.empty((0, vocab), dtype=torch.bool)
     if structured is None or any(seqs[row].matcher is None for row in rows):  # never unconstrained
         raise RuntimeError("a structured-output row has no matcher: add it with LLMEngine.add_request")
-    return rows, allowed_tokens(structured.fill_masks([seqs[row].matcher for row in rows]), vocab)
+    return rows, blocked_tokens(structured.fill_masks([seqs[row].matcher for row in rows]), vocab)
 
 
 def _greedy(params: SamplingParams, seq: Sequence) -> bool:
@@ -103,15 +104,15 @@ def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
 
 
 def shape_logits(
-    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], allowed: torch.Tensor | None = None
+    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], blocked: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """A copy of one row's logits with the row's biases, masks and penalties applied; ``allowed``
-    (vocab,) bool: the tokens its structured-output grammar permits (the rest get -inf)."""
+    """A copy of one row's logits with the row's biases, masks and penalties applied; ``blocked``
+    (vocab,) bool: the tokens its structured-output grammar forbids (they get -inf)."""
     params = seq.params
     scores = scores.clone()
     vocab = scores.numel()
-    if allowed is not None:
-        apply_mask(scores, allowed)
+    if blocked is not None:
+        apply_mask(scores, blocked)
     if params.logit_bias:
         ids = [t for t in params.logit_bias if t < vocab]
         scores[torch.tensor(ids, device=scores.device, dtype=torch.long)] += torch.tensor(
@@ -129,11 +130,11 @@ def shape_logits(
 
 
 def _sample(
-    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], allowed: torch.Tensor | None
+    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], blocked: torch.Tensor | None
 ) -> int | None:
     try:
         if not _plain_greedy(seq):
-            scores = shape_logits(seq, scores, eos_ids, allowed)
+            scores = shape_logits(seq, scores, eos_ids, blocked)
         return sample_row(scores, seq.params, seq.generator)
     except Exception:  # a bug or device error in one row's sampling: that row fails
         log.exception("sampling failed for request %d", seq.request_id)
