@@ -136,3 +136,19 @@ def test_uncompilable_constraints_are_refused_before_anything_is_queued(files):
     with pytest.raises(BadRequestError, match="regex"):
         engine.compile_constraint(OutputConstraint("regex", "(unclosed"))
     _assert_released(engine)
+
+
+def test_a_broken_matcher_fails_its_row_only(files):
+    engine = _engine(*files)
+    free_params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    alone = _generate(engine, [(PROMPTS[4], None, free_params)])[0].token_ids
+    seq = engine.add_request(
+        PROMPTS[0], None, SamplingParams(max_new_tokens=20, constraint=OutputConstraint("regex", "[0-9]+"))
+    )
+    other = engine.add_request(PROMPTS[4], None, free_params)
+    seq.matcher.consume_token(engine.tokenizer.encode("x")[0])  # not a digit: the matcher's error state
+    while engine.has_work():
+        engine.step()
+    assert seq.finish_reason == "error" and "structured output" in seq.error
+    assert other.output_ids == alone
+    _assert_released(engine)

@@ -106,6 +106,16 @@ def test_mask_sets_disallowed_logits_to_minus_inf():
     assert torch.isfinite(scores).nonzero().view(-1).tolist() == [0, 2, 35]
 
 
+def test_a_mask_that_cannot_be_computed_blocks_its_row_only(structured):
+    class Broken:
+        def unsafe_compute_mask_ptr(self, pointer: int, size: int) -> None:
+            raise RuntimeError("boom")
+
+    good = structured.matcher(OutputConstraint("regex", "[0-9]"))
+    blocked = blocked_tokens(structured.fill_masks([Broken(), good]), structured.vocab_size)
+    assert blocked[0].all() and not blocked[1].all()
+
+
 def test_masked_rows_equal_the_row_by_row_mask():
     logits = torch.randn(5, 70)
     masks = torch.randint(-(2**31), 2**31 - 1, (2, 3), dtype=torch.int32)

@@ -14,6 +14,7 @@ aborted, failed); preemption recomputes KV only, so the matcher keeps its state.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from loraserve.constraints import OutputConstraint
 from loraserve.errors import BadRequestError
 
+log = logging.getLogger("loraserve.engine")
 CACHE_SIZE = 64  # compiled constraints kept (an LRU): n samples and repeated schemas share one
 JSON_OPTIONS: Any = {"whitespace_flexible": False}  # "," and ":" between items, nothing else
 
@@ -85,7 +87,11 @@ class StructuredOutput:
         waiting on cores torch's threads still hold."""
         masks = torch.zeros((len(matchers), self.words), dtype=torch.int32)  # (K, words)
         for row, matcher in enumerate(matchers):
-            matcher.unsafe_compute_mask_ptr(masks[row].data_ptr(), self.words * 4)
+            try:
+                matcher.unsafe_compute_mask_ptr(masks[row].data_ptr(), self.words * 4)
+            except Exception:  # that row allows nothing and fails alone, the batch goes on
+                log.exception("structured output: computing a token mask failed")
+                masks[row] = 0
         return masks
 
 
@@ -114,9 +120,12 @@ def masked_rows(logits: torch.Tensor, rows: list[int], blocked: torch.Tensor) ->
 
 
 def advance(matcher: Any, token: int) -> str | None:
-    """Feed the sampled token to the matcher; the reason when it refuses it (never expected: the
-    mask allowed it), else None."""
-    if matcher.consume_token(token):
+    """Feed the sampled token to the matcher; why it cannot go on (a matcher already in its error
+    state, whose mask allows EOS alone and which then accepts it; a token it refuses, never
+    expected since the mask allowed it), else None."""
+    if matcher.is_error():
+        return f"structured output failed: {matcher.get_error()}"
+    if matcher.consume_token(token) and not matcher.is_error():
         return None
     return f"structured output: token {token} does not fit the constraint ({matcher.get_error()})"
 
