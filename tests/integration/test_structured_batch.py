@@ -116,7 +116,7 @@ def test_preemption_keeps_the_matcher_where_it_was(files):
     _assert_released(tight)
 
 
-def test_abort_releases_the_matcher(files):
+def test_abort_and_finish_release_the_matcher(files):
     engine = _engine(*files)
     params = SamplingParams(max_new_tokens=60, constraint=OutputConstraint.json_schema(SCHEMA))
     seq = engine.add_request("the quick", "qv", params)
@@ -125,6 +125,10 @@ def test_abort_releases_the_matcher(files):
     assert seq.matcher is not None and len(seq.output_ids) == 2
     engine.abort(seq.request_id)
     assert seq.matcher is None and seq.finish_reason == "aborted"
+    done = engine.add_request("hello", None, SamplingParams(constraint=OutputConstraint("choice", CHOICES)))
+    while engine.has_work():
+        engine.step()
+    assert done.finish_reason == "eos_token" and done.matcher is None  # finished: released too
     _assert_released(engine)
 
 
@@ -149,6 +153,6 @@ def test_a_broken_matcher_fails_its_row_only(files):
     seq.matcher.consume_token(engine.tokenizer.encode("x")[0])  # not a digit: the matcher's error state
     while engine.has_work():
         engine.step()
-    assert seq.finish_reason == "error" and "structured output" in seq.error
+    assert seq.finish_reason == "error" and "structured output" in seq.error and seq.matcher is None
     assert other.output_ids == alone
     _assert_released(engine)

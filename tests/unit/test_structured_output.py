@@ -49,9 +49,11 @@ def allowed_tokens(masks: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def walk(structured: StructuredOutput, constraint: OutputConstraint, seed: int, limit: int = 40):
-    """Random tokens among those allowed until the constraint completes: (tokens, masks seen)."""
-    matcher, rng, tokens = structured.matcher(constraint), random.Random(seed), []
-    seen = []
+    """Random tokens among those allowed until the constraint completes: (tokens, masks seen,
+    the matcher)."""
+    matcher, rng = structured.matcher(constraint), random.Random(seed)
+    tokens: list[int] = []
+    seen: list[torch.Tensor] = []
     while not complete(matcher) and len(tokens) < limit:
         allowed = allowed_tokens(structured.fill_masks([matcher]), structured.vocab_size)[0]
         seen.append(allowed)
