@@ -131,10 +131,11 @@ def test_loglikelihood_scores_equal_transformers_and_peft(env, adapter):
         assert mine["acc"] == expected["acc"]
 
 
-def test_chat_generate_until_equals_transformers(env):
-    server, base, _, tasks = env
+@pytest.mark.parametrize("adapter", [None, "qv"])
+def test_chat_generate_until_equals_transformers(env, adapter):
+    server, base, adapter_path, tasks = env
     served = {
-        "model": "tiny",
+        "model": adapter or "tiny",
         "base_url": f"{server.base_url}/v1/chat/completions",
         "tokenizer_backend": None,
         "tokenized_requests": False,
@@ -142,12 +143,8 @@ def test_chat_generate_until_equals_transformers(env):
         "max_retries": 1,
     }
     ours = evaluate("local-chat-completions", served, "loraserve_generate", tasks, chat=True)
-    theirs = evaluate(
-        "hf",
-        {"pretrained": str(base), "dtype": "float32", "device": "cpu", "batch_size": 1},
-        "loraserve_generate",
-        tasks,
-        chat=True,
-    )
+    pretrained = merged(base, adapter_path, tasks.parent / "merged") if adapter else base
+    reference = {"pretrained": str(pretrained), "dtype": "float32", "device": "cpu", "batch_size": 1}
+    theirs = evaluate("hf", reference, "loraserve_generate", tasks, chat=True)
     assert [s["resps"] for s in ours] == [s["resps"] for s in theirs]
     assert any(text for s in ours for text in s["resps"][0]), "the model said nothing: a weak comparison"

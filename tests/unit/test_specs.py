@@ -246,7 +246,7 @@ def test_openai_completion_fields_refused_by_name_after_parsing(body, named):
     [
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_object"}, "structured_outputs": {"choice": ["a"]}}, "both"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"store": True}, "store"),
         ({"modalities": ["text", "audio"]}, "modalities"),

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from loraserve.constraints import OutputConstraint
 from loraserve.engine.activation import activation_start
 from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
 from loraserve.engine.block_manager import BlockManager
@@ -26,6 +27,7 @@ from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
 from loraserve.engine.step_batch import build_step_batch, scored_positions
+from loraserve.engine.structured import StructuredOutput, advance
 from loraserve.errors import BadRequestError
 from loraserve.model.families import load_model_config
 from loraserve.model.loader import parse_dtype, resolve_model_path
@@ -82,6 +84,7 @@ class LLMEngine:
                                  keep_idle=config.max_loras)
         self.eos_ids = self._eos_ids()
         self.outputs = OutputProcessor(self.tokenizer, self.eos_ids, self.runner.max_len)
+        self.structured = StructuredOutput(self.tokenizer, self.runner.args.vocab_size, self.eos_ids)
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -147,13 +150,16 @@ class LLMEngine:
             raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                                   f"exceeds the KV cache ({self.kv.tokens} tokens, "
                                   "option.kv_cache_memory)")
+        # compiled before the lock (a cache hit when Generation.start compiled it in a thread)
+        matcher = self.structured.matcher(params.constraint) if params.constraint is not None else None
         with self.lock:
             key = self.mixtures.hold(adapter)  # its version, until it ends
             try:
                 variant = self.runner.rope.rope_offset(len(ids))
                 invocation = self.adapters.invocation(key) if key is not None else None
                 lora_from = activation_start(ids, invocation) if invocation else 0
-                seq = Sequence(ids, params, key, on_event, rope_variant=variant, lora_from=lora_from)
+                seq = Sequence(ids, params, key, on_event, rope_variant=variant, lora_from=lora_from,
+                               matcher=matcher)
                 self.scheduler.add(seq)
             except BaseException:
                 if key is not None:
@@ -161,6 +167,12 @@ class LLMEngine:
                 raise
             self._changed()
         return seq
+
+    def compile_constraint(self, constraint: OutputConstraint) -> None:
+        """Compile a structured-output constraint into the engine's cache, from any thread and
+        never under the lock (``BadRequestError`` naming the problem when it cannot be), so that
+        ``add_request`` only copies it."""
+        self.structured.compile(constraint)
 
     def _check_token_ids(self, ids: list[int], params: SamplingParams) -> None:
         """Token ids from the client (a token-id prompt, logit_bias, stop_token_ids) must name
@@ -258,12 +270,12 @@ class LLMEngine:
 
     def _append_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
         """Sample, append and emit one token per sequence; returns those that finished."""
-        tokens, logprobs = sample_tokens(seqs, logits, self.eos_ids)
+        tokens, logprobs = sample_tokens(seqs, logits, self.eos_ids, self.structured)
         finished = []
         for seq, token, logprob in zip(seqs, tokens, logprobs):
-            if token is None:
-                self.fail_sequence(seq, "the model produced non-finite logits (NaN or inf) for this "
-                                        "request; check the adapter's weights and the sampling parameters")
+            refused = None if token is None or seq.matcher is None else advance(seq.matcher, token)
+            if token is None or refused:
+                self.fail_sequence(seq, refused or _no_token(seq))
                 finished.append(seq)
                 continue
             event = self.outputs.append(seq, token, logprob, len(seqs))
@@ -387,3 +399,11 @@ class LLMEngine:
                 "lora_stack_bytes": self.runner.lora.nbytes(),
                 "adapter_cpu_bytes": self.adapters.memory_in_use(),
                 "pid": os.getpid()}
+
+
+def _no_token(seq: Sequence) -> str:
+    """Why sampling gave ``seq`` no token."""
+    if seq.matcher is not None and seq.matcher.is_error():
+        return f"structured output failed: {seq.matcher.get_error()}"
+    return ("the model produced non-finite logits (NaN or inf) for this request; check the adapter's "
+            "weights and the sampling parameters")

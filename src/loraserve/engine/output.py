@@ -1,6 +1,6 @@
-"""Append a sampled token to its sequence: the finish reason (EOS, length, stop string) and the
-new text, as the event its consumer receives. Per sequence, no engine state: the engine
-finishes the sequence in the scheduler and emits the event."""
+"""Append a sampled token to its sequence: the finish reason (EOS, a complete structured-output
+constraint, length, stop string) and the new text, as the event its consumer receives. Per
+sequence, no engine state: the engine finishes the sequence in the scheduler and emits the event."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from weakref import WeakKeyDictionary
 
 from loraserve.engine.detokenizer import IncrementalDetokenizer
 from loraserve.engine.sequence import Sequence, TokenEvent, TokenLogprobs
+from loraserve.engine.structured import complete
 
 
 class OutputProcessor:
@@ -45,6 +46,8 @@ class OutputProcessor:
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         if len(seq.output_ids) >= seq.params.min_tokens and (reason := self._ends(seq, token)):
             return reason
+        if seq.matcher is not None and complete(seq.matcher):
+            return "eos_token"  # the constraint is satisfied and allows nothing but EOS: end here
         if len(seq.output_ids) >= seq.params.max_new_tokens or seq.total_len >= self.max_len:
             return "length"
         return None

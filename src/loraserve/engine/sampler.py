@@ -2,7 +2,8 @@
 
 Each row's own settings shape its logits before the choice, in vLLM's order: ``logit_bias``,
 the ``min_tokens`` mask, the repetition / frequency / presence penalties, then temperature,
-min-p, top-k and top-p. Rows that ask for none of that (all greedy) take one batched argmax.
+min-p, top-k and top-p; a structured-output row's grammar mask comes first of all. Rows that ask
+for none of that (greedy) take one batched argmax, whatever the other rows of the batch ask.
 Log-probabilities are the model's own (before any of that shaping, as vLLM and OpenAI report
 them). A row whose logits are not finite, or whose sampling raises, gives ``None``: the engine
 fails that sequence only.
@@ -16,26 +17,74 @@ from collections.abc import Collection
 import numpy as np
 import torch
 
-from loraserve.engine.sampling import apply_occurrence_penalties, apply_repetition_penalty, sample_row
+from loraserve.engine.sampling import (
+    SamplingParams,
+    apply_occurrence_penalties,
+    apply_repetition_penalty,
+    sample_row,
+)
 from loraserve.engine.sequence import Sequence, TokenLogprobs
+from loraserve.engine.structured import StructuredOutput, apply_mask, blocked_tokens, masked_rows
 
 log = logging.getLogger("loraserve.engine")
 
 
 def sample_tokens(
-    seqs: list[Sequence], logits: torch.Tensor, eos_ids: Collection[int] = ()
+    seqs: list[Sequence],
+    logits: torch.Tensor,
+    eos_ids: Collection[int] = (),
+    structured: StructuredOutput | None = None,
 ) -> tuple[list[int | None], list[TokenLogprobs | None]]:
-    """``logits`` (N, vocab) fp32, row i for ``seqs[i]``: (tokens, log-probabilities)."""
-    if all(_plain_greedy(seq) for seq in seqs):
+    """``logits`` (N, vocab) fp32, row i for ``seqs[i]``: (tokens, log-probabilities). Plain
+    greedy rows take one batched argmax whatever their neighbours ask; so do greedy rows whose
+    only shaping is a structured-output mask, once masked; the others are shaped and chosen row
+    by row (a structured-output row under its mask too)."""
+    plain = [row for row, seq in enumerate(seqs) if _plain_greedy(seq)]
+    if len(plain) == len(seqs):
         tokens = greedy_tokens(logits)  # all greedy: one argmax for the batch
-    else:
-        tokens = [_sample(seq, logits[row], eos_ids) for row, seq in enumerate(seqs)]
+        return tokens, _logprobs(seqs, logits, tokens)
+    tokens = [None] * len(seqs)
+    if plain:  # index_select: a gather ~4x faster than torch's list indexing on CPU
+        _greedy_rows(tokens, plain, logits.index_select(0, torch.tensor(plain, device=logits.device)))
+    rows, blocked = _blocked(seqs, logits.shape[1], structured)  # blocked: (K, vocab) bool
+    masked = [k for k, row in enumerate(rows) if _greedy(seqs[row].params, seqs[row])]
+    if masked:
+        greedy_rows = [rows[k] for k in masked]
+        _greedy_rows(tokens, greedy_rows, masked_rows(logits, greedy_rows, blocked[masked]))
+    done = {*plain, *(rows[k] for k in masked)}
+    by_row = dict(zip(rows, blocked))
+    for row in range(len(seqs)):
+        if row not in done:
+            tokens[row] = _sample(seqs[row], logits[row], eos_ids, by_row.get(row))
     return tokens, _logprobs(seqs, logits, tokens)
 
 
+def _greedy_rows(tokens: list[int | None], rows: list[int], scores: torch.Tensor) -> None:
+    """``tokens[rows[i]]`` = the argmax of ``scores`` (len(rows), vocab) row i."""
+    for row, token in zip(rows, greedy_tokens(scores)):
+        tokens[row] = token
+
+
+def _blocked(
+    seqs: list[Sequence], vocab: int, structured: StructuredOutput | None
+) -> tuple[list[int], torch.Tensor]:
+    """The rows under a structured-output constraint, and the tokens each may NOT take next: (K,
+    vocab) bool."""
+    rows = [row for row, seq in enumerate(seqs) if seq.params.constraint is not None]
+    if not rows:
+        return rows, torch.empty((0, vocab), dtype=torch.bool)
+    if structured is None or any(seqs[row].matcher is None for row in rows):  # never unconstrained
+        raise RuntimeError("a structured-output row has no matcher: add it with LLMEngine.add_request")
+    return rows, blocked_tokens(structured.fill_masks([seqs[row].matcher for row in rows]), vocab)
+
+
+def _greedy(params: SamplingParams, seq: Sequence) -> bool:
+    """Greedy, and no shaping beyond (at most) a structured-output mask."""
+    return not params.do_sample and not params.adjusts_logits and len(seq.output_ids) >= params.min_tokens
+
+
 def _plain_greedy(seq: Sequence) -> bool:
-    params = seq.params
-    return not params.do_sample and not params.shapes_logits and len(seq.output_ids) >= params.min_tokens
+    return _greedy(seq.params, seq) and seq.params.constraint is None
 
 
 def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
@@ -54,11 +103,16 @@ def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
     return [token if ok else None for token, ok in zip(tokens, finite)]
 
 
-def shape_logits(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) -> torch.Tensor:
-    """A copy of one row's logits with the row's biases, mask and penalties applied."""
+def shape_logits(
+    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], blocked: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A copy of one row's logits with the row's biases, masks and penalties applied; ``blocked``
+    (vocab,) bool: the tokens its structured-output grammar forbids (they get -inf)."""
     params = seq.params
     scores = scores.clone()
     vocab = scores.numel()
+    if blocked is not None:
+        apply_mask(scores, blocked)
     if params.logit_bias:
         ids = [t for t in params.logit_bias if t < vocab]
         scores[torch.tensor(ids, device=scores.device, dtype=torch.long)] += torch.tensor(
@@ -75,10 +129,12 @@ def shape_logits(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) 
     return scores
 
 
-def _sample(seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int]) -> int | None:
+def _sample(
+    seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], blocked: torch.Tensor | None
+) -> int | None:
     try:
         if not _plain_greedy(seq):
-            scores = shape_logits(seq, scores, eos_ids)
+            scores = shape_logits(seq, scores, eos_ids, blocked)
         return sample_row(scores, seq.params, seq.generator)
     except Exception:  # a bug or device error in one row's sampling: that row fails
         log.exception("sampling failed for request %d", seq.request_id)

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import torch
 
+from loraserve.constraints import OutputConstraint
 from loraserve.errors import BadRequestError
 
 MAX_NEW_TOKENS = 1 << 20  # the engine's max_model_len bounds it further per request
@@ -63,6 +64,7 @@ class SamplingParams:
     min_tokens: int = 0  # no EOS, stop token or stop string before this many tokens
     stop_token_ids: list[int] = field(default_factory=list)  # end (like EOS) on any of these
     min_p: float = 0.0  # drop tokens below min_p times the most likely one's probability
+    constraint: OutputConstraint | None = None  # structured output: a token mask per step
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
@@ -94,13 +96,33 @@ class SamplingParams:
             raise _bad("stop_token_ids", rule, self.stop_token_ids)
         for token in self.stop_token_ids:
             _check_int("stop_token_ids", token, 0, MAX_TOP_K)
+        self._check_constraint()
         if self.temperature == 0:
             self.do_sample = False
 
+    def _check_constraint(self) -> None:
+        """A constraint ends its sequence when complete and allows EOS only then: ``ignore_eos``
+        and ``min_tokens`` would fight it (a row with no allowed token), so they are refused."""
+        if self.constraint is None:
+            return
+        if not isinstance(self.constraint, OutputConstraint):
+            raise _bad("constraint", "an OutputConstraint", self.constraint)
+        for name in ("ignore_eos", "min_tokens"):
+            if getattr(self, name):
+                raise BadRequestError(f"{name} cannot be combined with structured output "
+                                      f"({self.constraint.describe()}): the constraint decides where it ends")
+
     @property
     def shapes_logits(self) -> bool:
-        """Whether the logits are changed before the choice (penalties, biases); these rows leave
-        the batched greedy path. ``min_tokens`` is checked per step by the sampler."""
+        """Whether the logits are changed before the choice (penalties, biases, a structured-output
+        mask); these rows leave the batched greedy path. ``min_tokens`` is checked per step by the
+        sampler."""
+        return self.adjusts_logits or self.constraint is not None
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether penalties or biases change its logits (a constrained greedy row without them
+        is masked and chosen in one batch with the others like it)."""
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0 or bool(self.logit_bias))
 

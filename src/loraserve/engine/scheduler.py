@@ -16,7 +16,8 @@ first takes the cached blocks its tokens start with (prefix caching, ``block_man
 request that cannot get a LoRA slot does not block the others: base requests and pinned
 adapters (whose slots never free) go on; requests that would lengthen the hold on a busy
 unpinned slot wait behind it. In merged-LoRA mode a batch holds one adapter. Every resource a
-sequence takes (blocks, LoRA slot reference, adapter hold) is given back in ``finish``.
+sequence takes (blocks, LoRA slot reference, adapter hold, structured-output matcher) is given
+back in ``finish``; preemption keeps the matcher (the tokens it followed stay).
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ class Scheduler:
             self.running.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.new_tokens = 0
+        seq.matcher = None  # a structured-output matcher's memory goes with it
         released = (self.blocks.discard_sequence if discard else self.blocks.free_sequence)(seq)
         if seq.adapter is not None:
             self._release_lora_slot(seq)

@@ -69,6 +69,7 @@ class Sequence:
     generator: torch.Generator | None = None
     peak_batch: int = 0  # largest step batch this sequence ran in (observability)
     abort_requested: bool = False  # aborted while its step ran: the engine finishes it at step end
+    matcher: Any = None  # structured output: its llguidance matcher (engine/structured.py) until it ends
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:

@@ -1,7 +1,8 @@
 """One ``GenerateRequest`` run on the engine from the worker's event loop.
 
 The prompt-size limit is checked before any tokenizing; chat templating and tokenizing run in
-a thread, so a huge prompt never stalls the loop (other requests, ``/metrics``). All sequences
+a thread, so a huge prompt never stalls the loop (other requests, ``/metrics``); so does
+compiling a structured-output constraint (a 400 naming the problem if it cannot be). All sequences
 of a request (``n`` or ``best_of`` per prompt) are submitted together and report into one
 queue; if one is refused, or the call is cancelled (the client went away), or it fails, every
 sequence still in the engine is aborted, which releases its KV-cache slot and its adapter
@@ -16,6 +17,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from loraserve.constraints import OutputConstraint
 from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.sequence import Sequence, TokenEvent, TokenLogprobs
 from loraserve.errors import BadRequestError, LoraserveError
@@ -29,7 +31,7 @@ from loraserve.handlers.messages import (
     ToolCall,
     finite_or_none,
 )
-from loraserve.handlers.tool_calls import ToolCallFilter, parse
+from loraserve.handlers.tool_calls import ToolCallFilter, parse, tool_grammar
 
 if TYPE_CHECKING:
     from loraserve.engine import LLMEngine
@@ -133,6 +135,10 @@ class Generation:
                 "tools: this model's chat template writes no tool-call format loraserve "
                 "knows; set option.tool_call_parser (hermes, mistral or llama3_json)"
             )
+        self.constraint = request.sampling.constraint
+        if request.required_tool and self.tool_format and request.tools:  # tool_choice required / named
+            name = None if request.required_tool == "*" else request.required_tool
+            self.constraint = OutputConstraint("grammar", tool_grammar(request.tools, name, self.tool_format))
         self.tracks: list[_Track] = []
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
@@ -146,6 +152,8 @@ class Generation:
         self.prompt_ids = await asyncio.to_thread(
             lambda: [list(p) if isinstance(p, tuple) else tokenizer.encode(p) for p in prompts]
         )
+        if self.constraint is not None:  # compiled here, off the loop and the engine lock; cached
+            await asyncio.to_thread(self.engine.compile_constraint, self.constraint)
         request = self.request
         try:
             for index, ids in enumerate(self.prompt_ids):
@@ -228,6 +236,7 @@ class Generation:
             min_tokens=min(spec.min_tokens, max(max_new, 1)),
             stop_token_ids=list(spec.stop_token_ids),
             min_p=spec.min_p,
+            constraint=self.constraint,
         )
 
     async def _next(self) -> TokenOutput:

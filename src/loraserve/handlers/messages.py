@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from loraserve.constraints import OutputConstraint
+
 
 class FinishReason(str, Enum):
     """Why a sequence stopped (LMI's names; ``openai`` maps them to OpenAI's)."""
@@ -50,6 +52,7 @@ class SamplingSpec:
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     min_p: float = 0.0
+    constraint: OutputConstraint | None = None  # structured output; compiled by the worker
 
 
 @dataclass(frozen=True)

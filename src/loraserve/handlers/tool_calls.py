@@ -22,6 +22,8 @@ from loraserve.errors import BadRequestError
 from loraserve.handlers.messages import ToolCall
 
 FORMATS = ("hermes", "mistral", "llama3_json")
+MAX_REQUIRED_CALLS = 4  # calls one answer may make under tool_choice "required"
+COMPACT = {"x-guidance": {"whitespace_flexible": False}}  # JSON with free whitespace can run forever
 _PYTHON_TAG = "<|python_tag|>"
 _HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
@@ -151,31 +153,23 @@ def tool_grammar(tools: tuple[dict[str, Any], ...], name: str | None, format_: s
     if not functions:
         raise BadRequestError(f"tool_choice names function {name!r}, which tools does not define")
     key = "parameters" if format_ == "llama3_json" else "arguments"
-    call = json.dumps(
-        {
-            "anyOf": [
-                {
-                    "type": "object",
-                    "properties": {
-                        "name": {"const": f["name"]},
-                        key: f.get("parameters") or {"type": "object"},
-                    },
-                    "required": ["name", key],
-                    "additionalProperties": False,
-                }
-                for f in functions
-            ]
-        }
-    )
-    if format_ == "hermes":
-        repeat = "" if name else ' ("\\n" block)*'
-        return f'start: block{repeat}\nblock: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json {call}'
+    calls = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"name": {"const": f["name"]}, key: f.get("parameters") or {"type": "object"}},
+                "required": ["name", key],
+                "additionalProperties": False,
+            }
+            for f in functions
+        ]
+    }
     if format_ == "mistral":
-        items = {
-            "type": "array",
-            "items": json.loads(call),
-            "minItems": 1,
-            **({"maxItems": 1} if name else {}),
-        }
-        return f'start: "[TOOL_CALLS]" calls\ncalls: %json {json.dumps(items)}'
+        most = 1 if name else MAX_REQUIRED_CALLS
+        array = {**COMPACT, "type": "array", "items": calls, "minItems": 1, "maxItems": most}
+        return f'start: "[TOOL_CALLS]" calls\ncalls: %json {json.dumps(array)}'
+    call = json.dumps({**COMPACT, **calls})
+    if format_ == "hermes":
+        more = "" if name else ' ("\\n" block)?' * (MAX_REQUIRED_CALLS - 1)  # bounded: it must end
+        return f'start: block{more}\nblock: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json {call}'
     return f"start: call\ncall: %json {call}"

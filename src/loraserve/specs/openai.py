@@ -6,6 +6,11 @@ either honoured, or accepted because it has nothing to change here (``user``, ``
 ``prompt_cache_key``: prefix caching is automatic), or refused with a 400 that names it
 (``UNSUPPORTED``). A field that is in neither list is a 400 too (``extra="forbid"``): nothing a
 client sends is silently dropped.
+
+Structured output (``specs/structured.py``): ``response_format`` (``json_object``,
+``json_schema``) on both routes, as vLLM accepts it, and vLLM's ``structured_outputs`` (``json``,
+``regex``, ``grammar``, ``choice``); the engine masks each constrained row's tokens, so the
+answer follows the constraint (unless ``max_tokens`` or a stop string cuts it first).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from loraserve.specs.base import (
     TopK,
     TopP,
 )
+from loraserve.specs.structured import ResponseFormat, StructuredOutputs, request_constraint
 
 DEFAULT_MAX_TOKENS = 16  # legacy completions' default; chat's is what the context leaves
 MAX_SAMPLES = 128  # n and best_of
@@ -56,7 +62,7 @@ class StreamOptions(BaseModel):
 
 class _Common(BaseModel):
     """Fields both endpoints share, and vLLM's extensions (top_k, min_p, repetition_penalty,
-    ignore_eos, min_tokens, stop_token_ids)."""
+    ignore_eos, min_tokens, stop_token_ids, structured_outputs)."""
 
     model_config = CLOSED
     model: str = Field(min_length=1, description="the base model, one of its adapters, or <base>:<adapter>")
@@ -83,6 +89,12 @@ class _Common(BaseModel):
         None,
         description='adapters with scales, mixed per request: [{"name": "a", "scale": 0.5}] '
         "(llama.cpp's field, by name); an adapter named by model joins at scale 1",
+    )
+    response_format: ResponseFormat | None = Field(
+        None, description='{"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}: enforced'
+    )
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="vLLM's: exactly one of json (a schema), regex, grammar (Lark), choice, json_object"
     )
 
     def mixture(self, adapter: str | None) -> tuple[tuple[str, float], ...] | None:
@@ -113,6 +125,7 @@ class _Common(BaseModel):
             min_tokens=self.min_tokens,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             min_p=self.min_p,
+            constraint=request_constraint(self.response_format, self.structured_outputs),
         )
 
     def _logit_bias(self) -> tuple[tuple[int, float], ...]:
@@ -136,6 +149,16 @@ class _Common(BaseModel):
             raise BadRequestError(
                 f"min_tokens ({self.min_tokens}) is more than max_tokens ({self.max_tokens_asked})"
             )
+        self._check_constraint()
+
+    def _check_constraint(self) -> None:
+        """A constraint decides where the answer ends: ``ignore_eos`` and ``min_tokens`` fight it."""
+        if request_constraint(self.response_format, self.structured_outputs) is None:
+            return
+        named = "structured_outputs" if self.structured_outputs is not None else "response_format"
+        for field in ("ignore_eos", "min_tokens"):
+            if getattr(self, field):
+                raise BadRequestError(f"{field} cannot be combined with {named}: the constraint ends it")
 
     @property
     def max_tokens_asked(self) -> int | None:
@@ -261,7 +284,6 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: MaxTokens | None = Field(None, description="alias of max_tokens")
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
-    response_format: dict[str, Any] | None = None
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -287,18 +309,15 @@ class ChatCompletionRequest(_Common):
         super().check()
         if self.top_logprobs is not None and not self.logprobs:
             raise BadRequestError("top_logprobs needs logprobs: true")
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise BadRequestError(f"response_format {kind!r} is not supported yet (only 'text')")
         if self.tool_choice not in (None, "none", "auto"):
             if not self.tools:
                 raise BadRequestError("tool_choice asks for a call, but tools is empty")
             named = self.required_tool
             if named != "*" and named not in {tool.function.name for tool in self.tools}:
                 raise BadRequestError(f"tool_choice names function {named!r}, which tools does not define")
-            if self.response_format is not None and self.response_format.get("type", "text") != "text":
-                raise BadRequestError("tool_choice (a call is required) and response_format both constrain "
-                                      "the answer; send one of them")
+            if request_constraint(self.response_format, self.structured_outputs) is not None:
+                raise BadRequestError("tool_choice (a call is required) and response_format or "
+                                      "structured_outputs both constrain the answer; send one of them")
 
     @property
     def required_tool(self) -> str | None:
