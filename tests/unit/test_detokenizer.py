@@ -66,3 +66,26 @@ def test_each_update_decodes_a_window_not_the_whole_output(tokenizer):
     for end in range(1, len(ids) + 1):
         detokenizer.update(ids[:end])
     assert len(ids) > 200 and max(lengths) < 20
+
+
+class _Chars:
+    """A tokenizer whose token i is the i-th character of its alphabet."""
+
+    alphabet = "abcdefghij. "
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.alphabet[i] for i in ids)
+
+
+def test_a_stop_string_across_tokens_is_held_back_so_the_stream_equals_the_text():
+    from loraserve.engine.output import OutputProcessor
+    from loraserve.engine.sampling import SamplingParams
+    from loraserve.engine.sequence import Sequence
+
+    chars = _Chars()
+    outputs = OutputProcessor(chars, eos_ids={99}, max_len=100)
+    for stop, answer, expected in (("cd", "abcde", "ab"), ("c.", "abcab", "abcab"), ("xy", "abc", "abc")):
+        seq = Sequence([0], SamplingParams(max_new_tokens=len(answer), stop=[stop, "zz"]), None)
+        events = [outputs.append(seq, chars.alphabet.index(ch), None, 1) for ch in answer]
+        events = events[: next((i + 1 for i, e in enumerate(events) if e.finish_reason), len(events))]
+        assert "".join(e.text for e in events) == seq.text == expected

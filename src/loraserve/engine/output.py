@@ -19,19 +19,24 @@ class OutputProcessor:
     def append(self, seq: Sequence, token: int, scored: TokenLogprobs | None, batch_size: int) -> TokenEvent:
         """Add ``token`` to ``seq``; the event carries ``finish_reason`` when it ends here (the
         caller then finishes it). A stop string is looked for in every token's text, the one
-        that also reaches the length limit included; none before ``min_tokens``."""
+        that also reaches the length limit included; none before ``min_tokens``. Text that may
+        be the start of a stop string is held back until that is decided, so a stream never
+        sends what the final text cuts: joined deltas always equal the whole text."""
         seq.peak_batch = max(seq.peak_batch, batch_size)
         seq.output_ids.append(token)
         logprob = None if scored is None else scored.logprob
         seq.logprobs.append(logprob)
         reason = self._finish_reason(seq, token)
-        text = self._new_text(seq, reason is not None)
+        self._new_text(seq, reason is not None)
         may_stop = reason in (None, "length") and len(seq.output_ids) >= seq.params.min_tokens
         if may_stop and _hit_stop(seq):
             reason = "stop_sequence"
-            text = seq.text[seq.emitted:]
+        visible = len(seq.text)
+        if reason is None:
+            visible -= _stop_prefix(seq.text, seq.params.stop, seq.emitted)
+        text = seq.text[seq.emitted:visible]
         seq.finish_reason = reason
-        seq.emitted = len(seq.text)
+        seq.emitted = max(seq.emitted, visible)
         top = () if scored is None else scored.top
         return TokenEvent(seq.request_id, token, text, logprob, reason, top)
 
@@ -66,10 +71,21 @@ class OutputProcessor:
 
 
 def _hit_stop(seq: Sequence) -> bool:
-    """Cut the text at the first stop sequence, if one appeared."""
-    for stop in seq.params.stop:
-        index = seq.text.find(stop, max(0, seq.emitted - len(stop)))
-        if index >= 0:
-            seq.text = seq.text[:index]
-            return True
-    return False
+    """Cut the text where the earliest stop sequence begins, if one appeared (none can begin in
+    text already sent: what could begin one is held back)."""
+    found = [i for stop in seq.params.stop if (i := seq.text.find(stop, seq.emitted)) >= 0]
+    if not found:
+        return False
+    seq.text = seq.text[: min(found)]
+    return True
+
+
+def _stop_prefix(text: str, stops: list[str], start: int) -> int:
+    """Length of the longest end of ``text[start:]`` that begins some stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text) - start), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest

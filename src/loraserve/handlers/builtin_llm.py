@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from loraserve.config import parse_int
+from loraserve.config import parse_bool, parse_int
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.generation import CHARS_PER_TOKEN_BOUND, Generation
@@ -25,6 +25,7 @@ from loraserve.specs.base import parse
 _engine: LLMEngine | None = None
 _max_prompt_chars = 0
 _tool_format: str | None = None  # how this model writes tool calls (tool_calls.py)
+_special_tokens_in_content = False  # chat content's control-token text as control tokens (chat_prompt.py)
 
 
 def engine() -> LLMEngine:
@@ -33,7 +34,7 @@ def engine() -> LLMEngine:
 
 
 def _initialise(properties: dict[str, str]) -> None:
-    global _engine, _max_prompt_chars, _tool_format
+    global _engine, _max_prompt_chars, _tool_format, _special_tokens_in_content
     config = EngineConfig.from_options(properties)
     limit = None  # parsed before the model loads, so a bad value fails fast
     if "max_prompt_chars" in properties:
@@ -41,6 +42,8 @@ def _initialise(properties: dict[str, str]) -> None:
     _engine = LLMEngine(config, Path(properties.get("model_dir", ".")))
     _max_prompt_chars = limit or CHARS_PER_TOKEN_BOUND * _engine.runner.max_len  # the model's own length
     template = getattr(_engine.tokenizer, "chat_template", None)
+    option = properties.get("chat_special_tokens_in_content", "false")
+    _special_tokens_in_content = parse_bool(option, "option.chat_special_tokens_in_content")
     _tool_format = detect_format(template if isinstance(template, str) else None,
                                  properties.get("tool_call_parser"))
     _engine.start()
@@ -49,7 +52,7 @@ def _initialise(properties: dict[str, str]) -> None:
 async def generate(request: GenerateRequest) -> GenerateResult | TokenStream:
     """The typed entry point: a result, or a stream of ``TokenOutput``. Cancelling the call
     (the front sends a cancel when its client goes away) aborts the sequences."""
-    generation = Generation(engine(), request, _max_prompt_chars, _tool_format)
+    generation = Generation(engine(), request, _max_prompt_chars, _tool_format, _special_tokens_in_content)
     await generation.start()
     if request.stream:
         return TokenStream(generation.events())

@@ -21,6 +21,7 @@ from loraserve.constraints import OutputConstraint
 from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.sequence import Sequence, TokenEvent, TokenLogprobs
 from loraserve.errors import BadRequestError, LoraserveError
+from loraserve.handlers.chat_prompt import chat_prompt_ids
 from loraserve.handlers.messages import (
     FinishReason,
     GenerateRequest,
@@ -127,8 +128,10 @@ class Generation:
         request: GenerateRequest,
         max_prompt_chars: int,
         tool_format: str | None = None,
+        special_tokens_in_content: bool = False,
     ) -> None:
         self.engine, self.request, self.max_prompt_chars = engine, request, max_prompt_chars
+        self.special_tokens_in_content = special_tokens_in_content  # transformers' role-injection route
         self.tool_format = tool_format if request.tools else None
         if request.tools and tool_format is None:
             raise BadRequestError(
@@ -192,19 +195,9 @@ class Generation:
                 f"({self.max_prompt_chars}, option.max_prompt_chars)"
             )
 
-    def _template(self, messages: list[dict[str, Any]]) -> str:
-        tokenizer = self.engine.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise BadRequestError('this model\'s tokenizer has no chat template; send "inputs" instead')
-        try:
-            tools: Any = list(self.request.tools) if self.request.tools else None
-            return str(
-                tokenizer.apply_chat_template(
-                    messages, tools=tools, add_generation_prompt=True, tokenize=False
-                )
-            )
-        except Exception as exc:  # jinja errors from a user's template
-            raise BadRequestError(f"cannot apply the chat template: {exc}") from None
+    def _template(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
+        tools: Any = list(self.request.tools) if self.request.tools else None
+        return tuple(chat_prompt_ids(self.engine.tokenizer, messages, tools, self.special_tokens_in_content))
 
     def _params(self, prompt_tokens: int, sample: int) -> SamplingParams:
         """The engine's parameters for sample ``sample`` of a prompt: ``max_new_tokens`` None is
