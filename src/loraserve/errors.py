@@ -74,3 +74,10 @@ class ConfigError(LoraserveError):
 
     status_code = 400
     error_type = "ConfigException"
+
+
+class InsufficientStorageError(LoraserveError):
+    """The server's state could not be made durable (disk full, I/O error): nothing changed."""
+
+    status_code = 507
+    error_type = "InsufficientStorageException"

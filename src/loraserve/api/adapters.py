@@ -7,7 +7,10 @@ adapter that used them goes or its registration fails.
 
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+import logging
+from collections.abc import Awaitable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
@@ -16,11 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from loraserve.api.deps import config_of, manager_of
 from loraserve.api.management import Page
 from loraserve.api.params import Flag, merged_params, opt_bool, paged_response
-from loraserve.errors import BadRequestError
+from loraserve.errors import BadRequestError, InsufficientStorageError, LoraserveError
 from loraserve.serving.cleanup import prune_adapter_copies
 from loraserve.serving.lora_gate import require_lora
 from loraserve.serving.model_service import ModelService
 
+log = logging.getLogger("loraserve.adapters")
 router = APIRouter(tags=["adapters"])
 RESERVED = {"name", "src", "preload", "pin"}
 
@@ -69,28 +73,73 @@ def _status(model: ModelService, adapter: str, default: str) -> JSONResponse:
 async def register(request: Request, model: ModelService, name: str, src: str, preload: bool,
                    pin: bool, extras: dict[str, str]) -> None:
     """Register and persist; the one path every adapter-loading route takes (roots, names and
-    sources are checked by the model service)."""
+    sources are checked by the model service). Acknowledged only once saved: if the save
+    fails (507) the registration is taken back, so a restart shows what the client was told."""
     try:
         await model.register_adapter(name, src, preload, pin, extras)
     except BaseException:
         await prune_adapter_copies(model)
         raise
-    manager_of(request).persist(model)
+    manager = manager_of(request)
+    try:
+        manager.persist(model)
+    except InsufficientStorageError:
+        manager.removing(model, model.registry.get(name))  # not saved by a concurrent save either
+        try:
+            await _quietly(model.unregister_adapter(name), f"taking back adapter {name}")
+        finally:
+            manager.kept(model, name)
+            await prune_adapter_copies(model)
+        raise
 
 
 async def update(request: Request, model: ModelService, adapter: str, src: str | None,
                  preload: bool | None, pin: bool | None, extras: dict[str, str]) -> None:
+    """Update and persist; if the save fails (507) the earlier version is put back."""
+    before = dataclasses.replace(model.registry.get(adapter))
     try:
         await model.update_adapter(adapter, src, preload, pin, extras)
     finally:
         await prune_adapter_copies(model)  # the old version's copy, or the failed new one
-    manager_of(request).persist(model)
+    try:
+        manager_of(request).persist(model)
+    except InsufficientStorageError:
+        try:
+            await _quietly(model.restore_adapter(before), f"restoring adapter {adapter}")
+        finally:
+            await prune_adapter_copies(model)
+        raise
 
 
 async def unregister(request: Request, model: ModelService, adapter: str) -> None:
-    record = await model.unregister_adapter(adapter)
+    """Saved without the adapter first: a failed save (507) leaves it registered and served.
+    If the removal itself then fails, the adapter is saved back (it is still registered)."""
+    manager = manager_of(request)
+    record = model.registry.settled(adapter)
+    manager.removing(model, record)
+    try:
+        manager.persist(model)
+        try:
+            record = await model.unregister_adapter(adapter)
+        except BaseException:
+            manager.kept(model, adapter)
+            await _quietly(_save(manager, model), f"saving adapter {adapter} back")
+            raise
+    finally:
+        manager.kept(model, adapter)
     await prune_adapter_copies(model)
-    manager_of(request).persist(model, removed=record)
+
+
+async def _save(manager: Any, model: ModelService) -> None:
+    manager.persist(model)
+
+
+async def _quietly(step: Awaitable[object], what: str) -> None:
+    """An undo step after a failure: its own failure is logged, the first error is reported."""
+    try:
+        await step
+    except LoraserveError as exc:
+        log.error("model: %s failed: %s", what, exc.message)
 
 
 async def _register(request: Request, model_name: str | None) -> JSONResponse:

@@ -18,7 +18,7 @@ from loraserve.api.deps import config_of, engine_models
 from loraserve.api.generation import generate, tokens
 from loraserve.api.request_input import parse_json_body, read_body
 from loraserve.api.responses import CancellingStreamingResponse
-from loraserve.errors import LoraserveError, ModelNotFoundError
+from loraserve.errors import BadRequestError, LoraserveError, ModelNotFoundError
 from loraserve.handlers.messages import GenerateRequest
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
@@ -32,14 +32,22 @@ Kind = type[spec.CompletionRequest | spec.ChatCompletionRequest]
 def resolve(request: Request, name: str) -> tuple[ModelService, str | None]:
     """``model`` → (served model, adapter or None). An exact model or adapter name wins;
     otherwise ``<base>:<adapter>`` is split at its first ':' (as SGLang and Ray Serve LLM do).
-    Names are ``[A-Za-z0-9._-]``, so no name holds a ':' and the split is never ambiguous."""
+    Names are ``[A-Za-z0-9._-]``, so no name holds a ':' and the split is never ambiguous.
+    A bare adapter name registered on several models is refused (400): picking one would
+    silently answer from a model the client may not have meant."""
     engines = engine_models(request)
     for model in engines:
         if model.name == name:
             return model, None
-    for model in engines:
-        if name in model.registry:
-            return model, name
+    owners = [model for model in engines if name in model.registry]
+    if len(owners) > 1:
+        bases = ", ".join(m.name for m in owners)
+        raise BadRequestError(
+            f"adapter {name} is registered on several models ({bases}); name one as "
+            f"<base>:<adapter>, e.g. {owners[0].name}:{name}"
+        )
+    if owners:
+        return owners[0], name
     base, colon, adapter = name.partition(":")
     if colon:
         return _base_adapter(engines, base, adapter)
@@ -61,15 +69,19 @@ def _base_adapter(engines: list[ModelService], base: str, adapter: str) -> tuple
 
 
 def _entries(request: Request) -> list[dict[str, Any]]:
-    """vLLM's model entries: each base model, then its ready adapters (``parent``: the base)."""
+    """vLLM's model entries: each base model, then its ready adapters (``parent``: the base).
+    An adapter name registered on several models is listed as ``<base>:<adapter>``, the id
+    that ``resolve`` accepts for it; a bare name only where it is unique."""
     data: list[dict[str, Any]] = []
-    for model in engine_models(request):
+    engines = engine_models(request)
+    shared = _shared_adapter_names(engines)
+    for model in engines:
         data.append(
             {"id": model.name, "object": "model", "created": int(model.created), "owned_by": "loraserve"}
         )
         data += [
             {
-                "id": a.name,
+                "id": f"{model.name}:{a.name}" if a.name in shared else a.name,
                 "object": "model",
                 "created": int(a.registered_at),
                 "owned_by": "loraserve",
@@ -79,6 +91,16 @@ def _entries(request: Request) -> list[dict[str, Any]]:
             for a in model.registry.ready_records()
         ]
     return data
+
+
+def _shared_adapter_names(engines: list[ModelService]) -> set[str]:
+    """Adapter names registered on more than one model (ambiguous without their base)."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for model in engines:
+        for record in model.registry.records():
+            (shared if record.name in seen else seen).add(record.name)
+    return shared
 
 
 @router.get("/models")

@@ -55,8 +55,14 @@ def parse_json_body(body: bytes, content_type: str | None) -> Any:
         raise BadRequestError(f"malformed JSON body: {exc}") from None
 
 
+# The server's own credentials: consumed by the access check, never handed to a user's handler
+# (its model.py, and whatever it logs or calls, must not learn the server's token).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
+
+
 def build_wire_input(request: Request, body: bytes) -> dict[str, Any]:
-    properties = {k.lower(): v for k, v in request.headers.items()}
+    properties = {k.lower(): v for k, v in request.headers.items()
+                  if k.lower() not in CREDENTIAL_HEADERS}
     properties.update(parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)))
     properties.setdefault("requestId", str(uuid.uuid4()))  # DJL adds one to every request
     content: list[tuple[str, bytes]] = [(k, v.encode("utf-8")) for k, v in request.query_params.items()]

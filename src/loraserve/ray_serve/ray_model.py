@@ -205,5 +205,11 @@ class RayModelManager:
     def persist(self, _model: RayModel, removed: AdapterRecord | None = None) -> None:
         """Nothing to do: every change was written to the shared store when it was made."""
 
+    def removing(self, _model: RayModel, _record: AdapterRecord) -> None:
+        """Nothing to do: the shared store is changed by the removal itself."""
+
+    def kept(self, _model: RayModel, _name: str) -> None:
+        """Nothing to do (see ``removing``)."""
+
     def ready(self) -> bool:
         return True

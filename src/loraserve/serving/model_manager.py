@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from loraserve.adapters.registry import AdapterOrigin, AdapterRecord
+from loraserve.adapters.registry import AdapterOrigin, AdapterRecord, AdapterState
 from loraserve.config import ServerConfig
 from loraserve.errors import (
     BadRequestError,
@@ -41,7 +42,8 @@ class ModelManager:
         self.config = config
         self.models: dict[str, ModelService] = {}
         self.state = StateStore(config.state_file)
-        self._saved = self.state.load()
+        self._saved = self.state.load()  # always what is on disk: changed only by a save
+        self._leaving: dict[str, dict[str, AdapterRecord]] = {}  # model → adapters going away
         self._lock = asyncio.Lock()
         self._loading: dict[str, asyncio.Task] = {}
         self.evictions = 0
@@ -158,10 +160,16 @@ class ModelManager:
             victim = min(idle, key=lambda m: m.last_used)
             log.info("evicting model %s (least recently used) to load another", victim.name)
             self.evictions += 1
-            await self.unregister(victim.name)
+            await self.unregister(victim.name, forget=False)  # loaded again on demand, adapters too
 
-    async def unregister(self, name: str) -> None:
+    async def unregister(self, name: str, forget: bool = True) -> None:
+        """Unload ``name``; with ``forget`` its persisted adapters go too (saved first: a 507
+        leaves the model registered), so a new model of that name starts without them."""
         model = self.get(name)
+        if forget and name in self._saved["models"]:
+            saved = copy.deepcopy(self._saved)
+            del saved["models"][name]
+            self._save(saved)
         self.models.pop(name, None)
         await model.unload()
         await release_model_files(self, model)
@@ -190,18 +198,40 @@ class ModelManager:
             log.error("model %s: adapter %s could not be restored: %s", model.name, name, exc)
 
     def persist(self, model: ModelService, removed: AdapterRecord | None = None) -> None:
-        """Save the API-registered adapters of ``model`` (and start-up ones it deleted)."""
-        entry = self._saved["models"].setdefault(model.name, {})
+        """Durably save the API-registered adapters of ``model`` (and start-up ones it deleted).
+
+        Left out: adapters still registering (not acknowledged yet) and those being removed
+        (``removing``). Raises ``InsufficientStorageError`` (507) if the save fails; the
+        saved state then stays what is on disk, and the caller must undo its change.
+        """
+        leaving = dict(self._leaving.get(model.name, {}))
+        if removed is not None:
+            leaving[removed.name] = removed
+        kept = [r for r in model.registry.records()
+                if r.name not in leaving and r.state is not AdapterState.REGISTERING]
+        saved = copy.deepcopy(self._saved)
+        entry = saved["models"].setdefault(model.name, {})
         entry["adapters"] = [
             {"name": r.name, "src": r.src, "preload": r.preload, "pin": r.pin, "options": r.options}
-            for r in model.registry.records() if r.origin is AdapterOrigin.API
+            for r in kept if r.origin is AdapterOrigin.API
         ]
         gone = set(entry.get("removed_startup", []))
-        if removed is not None and removed.origin is AdapterOrigin.STARTUP:
-            gone.add(removed.name)
-        gone -= {r.name for r in model.registry.records()}
+        gone |= {r.name for r in leaving.values() if r.origin is AdapterOrigin.STARTUP}
+        gone -= {r.name for r in kept}
         entry["removed_startup"] = sorted(gone)
-        self.state.save(self._saved)
+        self._save(saved)
+
+    def _save(self, saved: dict[str, Any]) -> None:
+        self.state.save(saved)  # raises before ``_saved`` changes: it stays what is on disk
+        self._saved = saved
+
+    def removing(self, model: ModelService, record: AdapterRecord) -> None:
+        """Leave ``record`` out of every save from now on (it is being removed)."""
+        self._leaving.setdefault(model.name, {})[record.name] = record
+
+    def kept(self, model: ModelService, name: str) -> None:
+        """``name`` is no longer being removed: removed for good, or still registered."""
+        self._leaving.get(model.name, {}).pop(name, None)
 
     def ready(self) -> bool:
         return all(m.status.value == "READY" for m in self.models.values())

@@ -9,6 +9,7 @@ model keeps serving everything else.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -208,9 +209,9 @@ class ModelService:
         self._require_ready()
         async with self.adapter_lock:
             record = self.registry.settled(name)  # a failed adapter is fixed by an update
-            path = record.path
-            if (src is not None and src != record.src) or record.state is AdapterState.FAILED:
-                path = await asyncio.to_thread(self._handler_path, src or record.src)
+            # Always resolved again: an archive replaced under the same src unpacks to a new
+            # (content-addressed) directory; a directory resolves to itself and is reloaded.
+            path = await asyncio.to_thread(self._handler_path, src or record.src)
             updated = AdapterRecord(
                 name=name, src=src or record.src, path=path,
                 preload=record.preload if preload is None else preload,
@@ -224,6 +225,23 @@ class ModelService:
             record.options, record.version = updated.options, updated.version
             self.registry.finish_register(name)  # ready again, if it had failed
             return record
+
+    async def restore_adapter(self, snapshot: AdapterRecord) -> None:
+        """Put an earlier version of a registered adapter back (an update whose new state could
+        not be saved is undone, so what is served matches what a restart would restore)."""
+        async with self.adapter_lock:
+            record = self.registry.get(snapshot.name)
+            version = record.version + 1  # new to the workers, though its content is the old one
+            try:
+                await self._apply_update(dataclasses.replace(snapshot, version=version))
+            except LoraserveError as exc:
+                self.registry.mark_failed(snapshot.name, f"could not be restored: {exc.message}")
+                raise
+            finally:
+                record.src, record.path, record.preload, record.pin = (
+                    snapshot.src, snapshot.path, snapshot.preload, snapshot.pin)
+                record.options, record.version = dict(snapshot.options), version
+            record.state, record.error = snapshot.state, snapshot.error
 
     async def _apply_update(self, updated: AdapterRecord) -> None:
         wire = registration_input(updated)

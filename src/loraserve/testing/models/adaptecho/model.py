@@ -47,7 +47,7 @@ def update_adapter(inputs: Input):
     name = inputs.get_properties()["name"]
     options = {k: v.decode() for k, v in inputs.get_content().items()}
     adapters[name] = {"src": inputs.get_properties()["src"], "options": options}
-    _record("update", name=name, options=options)
+    _record("update", name=name, src=inputs.get_properties()["src"], options=options)
     return Output(message=f"Adapter {name} updated")
 
 
