@@ -164,3 +164,20 @@ def test_allowed_origins_and_hosts_on_every_front(front):
     named = {"Host": "models.example", "Origin": "https://dash.example"}
     assert api.delete("/models/nope/adapters/a", headers=named).status_code == 404
     assert api.get("/ping", headers={"Host": "localhost:8080"}).status_code == 400
+
+
+def test_serve_and_ray_commands_parse_the_same_access_settings(tmp_path: Path, monkeypatch):
+    from loraserve import cli
+    from loraserve.access_options import ACCESS_SETTINGS
+    from loraserve.ray_serve import launcher
+
+    (tmp_path / "serving.properties").write_text("option.model_id=/nowhere\n")
+    monkeypatch.setenv("LORASERVE_API_TOKEN", "env-api")
+    monkeypatch.setenv("LORASERVE_MAX_REQUEST_BYTES", "4096")
+    given = ["--management-token", "m", "--allowed-origins", "https://d.example", "--allowed-hosts", "h"]
+    parser = cli.build_parser()
+    serve = cli.config_from_args(parser.parse_args(["serve", "--model-store", str(tmp_path), *given]))
+    ray = launcher.config_from_args(parser.parse_args(["ray", "--model", str(tmp_path), *given]))
+    assert serve.api_token == "env-api" and serve.max_request_bytes == 4096
+    for key in ACCESS_SETTINGS:
+        assert getattr(ray.server_config(), key) == getattr(serve, key), key
