@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from loraserve.access_options import access_flags, add_access_arguments
 from loraserve.config import ServerConfig, build_server_config, parse_properties, settings_from_env
 from loraserve.djl_config import from_djl_config
 from loraserve.errors import LoraserveError
@@ -29,15 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-model-roots", nargs="*", default=None, metavar="DIR",
                        help="directories POST /models?url= and workflow files may come from "
                             "(default: the model store)")
-    serve.add_argument("--api-token", help="bearer token inference routes require "
-                                           "(prefer LORASERVE_API_TOKEN: flags show in ps)")
-    serve.add_argument("--management-token", help="bearer token management routes require "
-                                                  "(default: the API token; or LORASERVE_MANAGEMENT_TOKEN)")
-    serve.add_argument("--allowed-origins", nargs="*", default=None, metavar="ORIGIN",
-                       help="extra browser origins allowed to send state-changing requests")
-    serve.add_argument("--allowed-hosts", nargs="*", default=None, metavar="HOST",
-                       help="Host header names accepted (default: loopback names when bound to "
-                            "loopback, any otherwise)")
+    add_access_arguments(serve)  # tokens, Host / Origin: the same options as `loraserve ray`
     serve.add_argument("--state-dir", help="where the adapter registry is persisted "
                                            "(default: <model-store>/.loraserve)")
     serve.add_argument("--max-loaded-models", help="multi-model endpoints: evict the least "
@@ -84,10 +77,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "state_dir": args.state_dir,
         "max_loaded_models": args.max_loaded_models,
         "models": " ".join(args.models) if args.models else None,
-        "api_token": args.api_token,
-        "management_token": args.management_token,
+        **access_flags(args),
     }
-    for key in ("allowed_adapter_roots", "allowed_model_roots", "allowed_origins", "allowed_hosts"):
+    for key in ("allowed_adapter_roots", "allowed_model_roots"):
         values = getattr(args, key)
         flags[key] = ",".join(values) if values else None
     return build_server_config([file_layer, settings_from_env(), flags])

@@ -1,6 +1,6 @@
 """loraserve on a local Ray Serve cluster (127.0.0.1, tiny model, 2 engine replicas): the same
-APIs and outputs as one engine, adapter-affinity routing, one registry for every replica that
-survives a replica being killed."""
+APIs and outputs as one engine, the same access rules (tokens, Origin, Host), adapter-affinity
+routing, one registry for every replica that survives a replica being killed."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama  # noqa: E
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PARAMS = {"max_new_tokens": 6, "ignore_eos": True}
+TOKENS = {"api_token": "api-tok", "management_token": "mgmt-tok"}
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -66,9 +67,11 @@ def app(tmp_path_factory):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = RayAppConfig(model_dir=model, replicas=2, max_adapters_per_replica=2,
-                              num_cpus_per_replica=0.5, sync_interval_s=0.5)
+                              num_cpus_per_replica=0.5, sync_interval_s=0.5, **TOKENS)
         serve.run(build_app(config), name=config.app_name, route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        # the management token opens every route; test_access_rules_* calls without it
+        auth = {"Authorization": f"Bearer {TOKENS['management_token']}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=auth) as client:
             yield client, reference, extra
     finally:
         serve.shutdown()
@@ -117,6 +120,25 @@ def test_same_apis_and_outputs_as_one_engine(app):
     assert refused.status_code == 400 and "one input" in refused.text
     missing = client.post("/invocations", json={**body, "adapters": "nope"})
     assert missing.status_code == 424 and "nope" in missing.json()["message"]  # DJL's status
+
+
+def test_access_rules_are_serves_behind_the_ray_proxy(app):
+    """Through Ray's HTTP proxy to the ingress replica (which runs this checkout's code: the
+    refusals below did not exist before the ingress installed serve's policy)."""
+    client, reference, extra = app
+    body = {"inputs": "the quick brown", "parameters": PARAMS}
+    with httpx.Client(base_url=str(client.base_url), timeout=120) as bare:
+        refused = bare.post("/invocations", json=body)
+        assert refused.status_code == 401 and refused.json()["type"] == "UnauthorizedException"
+        assert bare.get("/ping", headers={"Host": "evil.example"}).status_code == 400
+        answered = bare.post("/invocations", json=body,
+                             headers={"Authorization": f"Bearer {TOKENS['api_token']}"})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["generated_text"] == _expected(reference, "the quick brown", None)
+    cross = client.post(f"/models/tiny/adapters?name=x&src={extra['a']}",
+                        headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403 and cross.json()["type"] == "ForbiddenException"
+    assert "x" not in {a["name"] for a in client.get("/models/tiny/adapters").json()["adapters"]}
 
 
 def test_requests_for_an_adapter_land_on_the_replica_that_loaded_it(app):

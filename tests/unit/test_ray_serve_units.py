@@ -294,6 +294,26 @@ def test_command_line_autoscaling_and_options(tmp_path: Path):
         parse_options(["threads"])
 
 
+def test_command_line_takes_serves_access_options_and_environment(tmp_path: Path, monkeypatch):
+    (tmp_path / "serving.properties").write_text("option.model_id=/w\n")
+    monkeypatch.setenv("LORASERVE_API_TOKEN", "env-api")
+    monkeypatch.setenv("LORASERVE_MANAGEMENT_TOKEN", "env-mgmt")
+    monkeypatch.setenv("LORASERVE_MAX_REQUEST_BYTES", "2048")
+    monkeypatch.setenv("LORASERVE_MAX_JSON_DEPTH", "9")
+    args = build_parser().parse_args(
+        ["ray", "--model", str(tmp_path), "--management-token", "flag-mgmt",
+         "--allowed-origins", "https://dash.example", "--allowed-hosts", "models.example", "h2"])
+    server = config_from_args(args).server_config()
+    assert (server.api_token, server.management_token) == ("env-api", "flag-mgmt")  # flags over env
+    assert server.allowed_origins == ["https://dash.example"]
+    assert server.allowed_hosts == ["models.example", "h2"]
+    assert (server.max_request_bytes, server.max_json_depth) == (2048, 9)
+    assert "flag-mgmt" not in repr(config_from_args(args))
+    monkeypatch.setenv("LORASERVE_MAX_JSON_DEPTH", "0")
+    with pytest.raises(ConfigError, match="max_json_depth"):
+        config_from_args(args)
+
+
 def test_serve_run_builder_binds_the_application(tmp_path: Path):
     pytest.importorskip("ray.serve")
     from loraserve.ray_serve.app import build

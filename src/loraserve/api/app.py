@@ -23,8 +23,7 @@ from loraserve.api import (
     workflows,
 )
 from loraserve.api.errors import install_error_handlers
-from loraserve.api.limits import BodyLimitMiddleware
-from loraserve.api.security import SecurityMiddleware
+from loraserve.api.security import install_access_policy
 from loraserve.config import ServerConfig
 from loraserve.errors import LoraserveError
 from loraserve.model_store import startup_workflow_dirs
@@ -64,10 +63,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app.state.config = config
     app.state.started = False
     install_error_handlers(app)
-    # Outermost last: Host/Origin/token checks first, then body bounds, then the routes.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes,
-                       max_depth=config.max_json_depth)
-    app.add_middleware(SecurityMiddleware, config=config)
+    install_access_policy(app, config)  # the same on the Ray ingress
 
     @app.middleware("http")
     async def access_logging(request: Request, call_next):

@@ -1,7 +1,8 @@
 """Who may call what: bearer tokens per route class, and refusal of cross-site and
 DNS-rebinding requests (Origin / Sec-Fetch-Site / Host checks). One ASGI middleware, so every
 route — including ones added later — is covered: a path not listed as open or inference is
-a management path.
+a management path. ``install_access_policy`` puts it (with the body bounds) on an app: every
+front — ``loraserve serve`` and the Ray ingress — calls it, so they enforce one policy.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import hmac
 from enum import Enum
 from urllib.parse import urlsplit
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loraserve.api.errors import error_response
+from loraserve.api.limits import BodyLimitMiddleware
 from loraserve.config import ServerConfig
 
 OPEN_PATHS = frozenset({"/ping", "/health", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect",
@@ -160,3 +163,12 @@ class SecurityMiddleware:
                                   "management requests take query parameters or a JSON body "
                                   "(Content-Type: application/json)", path)
         return None
+
+
+def install_access_policy(app: Starlette, config: ServerConfig) -> None:
+    """The access rules of every front: Host / Origin / token checks first, then the body
+    bounds (``max_request_bytes``, ``max_json_depth``), then the routes. Middleware added
+    after this call wraps these (Starlette runs the last added first)."""
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes,
+                       max_depth=config.max_json_depth)
+    app.add_middleware(SecurityMiddleware, config=config)

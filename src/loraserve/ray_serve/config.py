@@ -1,5 +1,6 @@
 """Settings of the Ray Serve application, parsed once: which model, how many replicas (or
-autoscaling bounds), each replica's resources and adapter LRU size, where the state lives."""
+autoscaling bounds), each replica's resources and adapter LRU size, where the state lives, and
+the access settings the ingress enforces as ``loraserve serve`` does (``ServerConfig``'s)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,13 @@ class RayAppConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     app_name: str = "loraserve"
+    # loraserve serve's access settings, with its defaults (README "Security and limits")
+    api_token: str | None = field(default=None, repr=False)
+    management_token: str | None = field(default=None, repr=False)
+    allowed_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)  # empty: loopback names on loopback
     max_request_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = 64
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir).expanduser().resolve()
@@ -45,6 +52,7 @@ class RayAppConfig:
             raise ConfigError("sync_interval_s must be > 0")
         self.state_dir = Path(self.state_dir or self.model_dir).expanduser().resolve()
         self.allowed_adapter_roots = [Path(p).expanduser().resolve() for p in self.allowed_adapter_roots]
+        self.server_config()  # ServerConfig's checks of the port, limits and tokens, at start-up
 
     def model_config(self) -> ModelConfig:
         config = ModelConfig.from_directory(self.model_dir)
@@ -65,10 +73,15 @@ class RayAppConfig:
         return self.allowed_adapter_roots or [self.model_dir, self.loraserve_dir]
 
     def server_config(self) -> ServerConfig:
-        """The ``ServerConfig`` loraserve's routes read (body limit, adapter roots)."""
+        """The ``ServerConfig`` loraserve's routes and access policy read (adapter roots,
+        tokens, Host / Origin rules, body bounds)."""
         return ServerConfig(host=self.host, port=self.port, state_dir=self.state_dir,
                             allowed_adapter_roots=self.adapter_roots(),
-                            max_request_bytes=self.max_request_bytes)
+                            api_token=self.api_token, management_token=self.management_token,
+                            allowed_origins=list(self.allowed_origins),
+                            allowed_hosts=list(self.allowed_hosts),
+                            max_request_bytes=self.max_request_bytes,
+                            max_json_depth=self.max_json_depth)
 
     def replica_deployment_options(self) -> dict[str, Any]:
         """``Deployment.options`` for the engine replicas: a fixed count or autoscaling."""

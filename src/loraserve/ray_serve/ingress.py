@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loraserve.api import adapters, inference, openai
 from loraserve.api.app import install_error_handlers
+from loraserve.api.security import install_access_policy
 from loraserve.model_store import startup_adapter_dirs
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.ray_serve.ray_model import RayModel, RayModelManager
@@ -83,6 +84,7 @@ def build_ingress_app(manager: RayModelManager) -> FastAPI:
     app.state.config = manager.config
     app.state.started = True  # Serve routes here only once every deployment is up
     install_error_handlers(app)
+    install_access_policy(app, manager.config)  # loraserve serve's tokens, Host/Origin and body rules
     app.include_router(inference.router)
     app.include_router(adapters.router)
     app.include_router(openai.router)

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from loraserve.access_options import access_settings, add_access_arguments
 from loraserve.errors import ConfigError
 from loraserve.ray_serve.config import RayAppConfig
 
@@ -38,6 +39,7 @@ def add_ray_parser(sub: Any) -> None:
     ray.add_argument("--state-dir", help="shared adapter registry (every node must see it); "
                                          "default: the model directory")
     ray.add_argument("--allowed-adapter-roots", nargs="*", default=[], metavar="DIR")
+    add_access_arguments(ray)  # loraserve serve's options; the ingress enforces its rules
     ray.add_argument("--host", default="127.0.0.1", help="HTTP bind address of Ray Serve's proxy")
     ray.add_argument("--port", type=int, default=8080)
     ray.add_argument("--address", default=None,
@@ -67,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> RayAppConfig:
         allowed_adapter_roots=[Path(p) for p in args.allowed_adapter_roots],
         num_cpus_per_replica=args.num_cpus_per_replica, num_gpus_per_replica=args.num_gpus_per_replica,
         autoscaling=autoscaling, max_ongoing_requests=args.max_ongoing_requests,
-        options=parse_options(args.option), host=args.host, port=args.port)
+        options=parse_options(args.option), host=args.host, port=args.port, **access_settings(args))
 
 
 def run(config: RayAppConfig, address: str | None = None, num_cpus: int | None = None,
