@@ -50,9 +50,16 @@ def parse_json_body(body: bytes, content_type: str | None) -> Any:
     if not body or not is_json(content_type):
         return None
     try:
-        return json.loads(body)
+        parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"malformed JSON body: {exc}") from None
+    if b"\\ud" in body.lower():  # an escaped surrogate: only a complete pair is text
+        try:
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequestError("the JSON body holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                                  "escape): not valid Unicode text") from None
+    return parsed
 
 
 # The server's own credentials: consumed by the access check, never handed to a user's handler

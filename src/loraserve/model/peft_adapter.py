@@ -70,6 +70,8 @@ def read_adapter_config(path: Path, modules: tuple[str, ...] = ()) -> dict:
         config = json.loads(config_file.read_text())
     except ValueError as exc:
         raise _refuse(path, f"adapter_config.json is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise _refuse(path, f"adapter_config.json must be a JSON object, got {type(config).__name__}")
     if config.get("peft_type", "LORA") != "LORA":
         raise _refuse(path, f"peft_type {config.get('peft_type')} is not supported (only LORA)")
     problem = config_problem(config)

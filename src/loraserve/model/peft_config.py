@@ -41,10 +41,34 @@ def _fan_in_fan_out(value: Any) -> str | None:
 def _invocation(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not value or not all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    ):
         return f"= {value!r} must be a non-empty list of token ids"
     return None
+
+
+def _names(value: Any) -> str | None:
+    """Module names as PEFT takes them: a string (a regex), a list of strings, or none."""
+    if (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    ):
+        return None
+    return f"= {value!r} must be a string or a list of strings"
+
+
+def _layers(value: Any) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return None
+    if isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        return None
+    return f"= {value!r} must be a layer index or a list of them"
 
 
 def _pattern(value: Any) -> str | None:
@@ -88,9 +112,9 @@ FIELDS: dict[str, Check | None] = {
     "revision": None,
     "inference_mode": None,
     "lora_dropout": None,
-    "target_modules": None,
-    "exclude_modules": None,
-    "layers_to_transform": None,
+    "target_modules": _names,
+    "exclude_modules": _names,
+    "layers_to_transform": _layers,
     "layers_pattern": None,
     "target_parameters": None,
     "runtime_config": None,
@@ -110,8 +134,11 @@ FIELDS: dict[str, Check | None] = {
     "bias": None,  # trained biases: model/bias_adapter.py
     "fan_in_fan_out": _fan_in_fan_out,
     "use_dora": None,  # DoRA: model/dora.py
-    "modules_to_save": lambda value: None if not value or (isinstance(value, list) and set(value) <= {
-        "lm_head", "embed_tokens"}) else f"= {value!r}: only lm_head and embed_tokens are served",
+    "modules_to_save": lambda value: (
+        None
+        if not value or (isinstance(value, list) and set(value) <= {"lm_head", "embed_tokens"})
+        else f"= {value!r}: only lm_head and embed_tokens are served"
+    ),
     "trainable_token_indices": None,  # model/vocab_adapter.py checks it against the file
     "alora_invocation_tokens": _invocation,  # activated LoRA: engine/activation.py
     "use_bdlora": _bdlora,  # block-diagonal factors, expanded at load: model/peft_adapter.py
