@@ -3,16 +3,13 @@ archive updates, and what a handler may see of a request's headers."""
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from loraserve.testing.server import ServerProcess
-from tests.e2e.helpers import make_adapter_dir, make_store, read_events
+from tests.e2e.helpers import fill_up, make_adapter_dir, make_store, mounted_tmpfs, read_events
 
 pytestmark = pytest.mark.e2e
 
@@ -20,29 +17,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def small_fs(tmp_path: Path):
     """A real 256 KiB tmpfs for the state dir (unmounted afterwards)."""
-    mount = tmp_path / "state"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "state", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _names(server: ServerProcess) -> list[str]:
@@ -56,7 +32,7 @@ def test_full_disk_refuses_with_507_and_a_restart_shows_what_was_acknowledged(tm
     args = ["--model-store", str(store), "--state-dir", str(small_fs)]
     with ServerProcess(args) as server:
         assert server.client.post(f"/models/echo/adapters?name=kept&src={src}").status_code == 200
-        filler = _fill(small_fs)
+        filler = fill_up(small_fs)
         reply = server.client.post(f"/models/echo/adapters?name=lost&src={lost}")
         assert reply.status_code == 507, reply.text
         assert reply.json()["type"] == "InsufficientStorageException"

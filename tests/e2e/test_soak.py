@@ -1,7 +1,9 @@
 """A bounded soak of the built-in engine behind the server: 8 clients generate with adapters
 while 300 register/update/unregister operations run, /metrics is scraped all along, one worker
-is killed and one oversized prompt is sent. Nothing may hang, nothing may fail with a 5xx but
-the killed worker's in-flight requests, and afterwards no KV slot or LoRA slot is held."""
+is killed (its recovery time is reported), one oversized prompt is sent, and for 20 operations
+the state directory's file system is full. Nothing may hang, nothing may fail with a 5xx but
+the killed worker's in-flight requests and the full disk's 507s, afterwards no KV slot or LoRA
+slot is held, and a restarted server has exactly the registrations that were acknowledged."""
 
 from __future__ import annotations
 
@@ -14,16 +16,18 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
 
 from loraserve.testing.server import ServerProcess
 from loraserve.testing.tiny import make_peft_adapter
-from tests.e2e.helpers import make_engine_store
+from tests.e2e.helpers import fill_up, make_engine_store, mounted_tmpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CLIENTS, OPERATIONS, KILL_AT = 8, 300, 60
+FULL_AT, FULL_OPS = 200, 20  # operations run while the state directory's disk is full
 NAMES = [f"s{i}" for i in range(6)]
 TIMEOUT_S = 60.0  # a request that takes longer counts as hung (a restart included)
 KILL_GRACE_S = 1.0  # requests sent this soon after the kill may still reach the dead worker
@@ -35,7 +39,10 @@ PROPERTIES = ("option.max_lora_rank=8\noption.max_model_len=256\noption.max_lora
 class Soak:
     server: ServerProcess
     sources: list[str]
-    registered: set[str] = field(default_factory=set)
+    state_dir: Path
+    registered: set[str] = field(default_factory=set)  # acknowledged, so durable
+    filler: Path | None = None  # while set, the state directory's disk is full
+    recovery_s: float | None = None  # SIGKILL of the worker → the model answers /ping again
     done: threading.Event = field(default_factory=threading.Event)
     killed_at: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -113,14 +120,21 @@ def _scraper(soak: Soak) -> None:
 
 
 def _operate(soak: Soak, client: httpx.Client, rng: random.Random, index: int) -> None:
+    if index == FULL_AT:
+        soak.filler = fill_up(soak.state_dir)
+    elif index == FULL_AT + FULL_OPS and soak.filler is not None:
+        soak.filler.unlink()
+        soak.filler = None
     name = rng.choice(NAMES)
     src = rng.choice(soak.sources)
+    ok = (200, 507) if soak.filler is not None else (200,)  # 507: not saved, so not done
     if name not in soak.registered:
-        if _ok(_call(soak, client, "register", "POST", f"/models/tiny/adapters?name={name}&src={src}")):
+        url = f"/models/tiny/adapters?name={name}&src={src}"
+        if _ok(_call(soak, client, "register", "POST", url, expected=ok)):
             soak.registered.add(name)
     elif rng.random() < 0.5:
-        _call(soak, client, "update", "POST", f"/models/tiny/adapters/{name}/update?src={src}")
-    elif _ok(_call(soak, client, "unregister", "DELETE", f"/models/tiny/adapters/{name}")):
+        _call(soak, client, "update", "POST", f"/models/tiny/adapters/{name}/update?src={src}", expected=ok)
+    elif _ok(_call(soak, client, "unregister", "DELETE", f"/models/tiny/adapters/{name}", expected=ok)):
         soak.registered.discard(name)
     if index == KILL_AT:
         _kill_worker(soak)
@@ -143,6 +157,7 @@ def _kill_worker(soak: Soak) -> None:
     while not _pids(soak.server) - {pid} or soak.server.client.get("/ping").status_code != 200:
         assert time.monotonic() < deadline, "the model did not come back after its worker was killed"
         time.sleep(0.1)
+    soak.recovery_s = time.monotonic() - soak.killed_at
 
 
 def _pids(server: ServerProcess) -> set[int]:
@@ -180,27 +195,37 @@ def _settled(server: ServerProcess, timeout: float = 30.0) -> dict[str, float]:
 def test_soak(tmp_path):
     store, base = make_engine_store(tmp_path, properties=PROPERTIES)
     sources = [make_peft_adapter(base, store / "extra" / f"src{i}", rank=4, seed=10 + i) for i in (0, 1)]
-    with ServerProcess(["--model-store", str(store)], log_path=tmp_path / "server.log") as server:
-        soak = Soak(server, [str(s) for s in sources])
-        threads = [threading.Thread(target=_client, args=(soak, i)) for i in range(CLIENTS)]
-        threads.append(threading.Thread(target=_scraper, args=(soak,)))
-        for thread in threads:
-            thread.start()
-        rng, started = random.Random(0), time.monotonic()
-        try:
-            with _http(soak) as client:
-                for index in range(OPERATIONS):
-                    _operate(soak, client, rng, index)
-        finally:
-            soak.done.set()
-            for thread in threads:
-                thread.join(TIMEOUT_S + 5)
-        print(f"soak: {OPERATIONS} operations in {time.monotonic() - started:.1f}s; "
-              f"outcomes {dict(soak.outcomes)}")
-        assert not soak.bad, f"{len(soak.bad)} failures, e.g. {soak.bad[:5]}; outcomes {dict(soak.outcomes)}"
-        assert soak.outcomes[("generate", 200, "")] > CLIENTS, dict(soak.outcomes)
-        _check_nothing_held(soak, server, sources)
+    with mounted_tmpfs(tmp_path / "state", "1m") as state_dir:
+        args = ["--model-store", str(store), "--state-dir", str(state_dir)]
+        with ServerProcess(args, log_path=tmp_path / "server.log") as server:
+            soak = Soak(server, [str(s) for s in sources], state_dir)
+            _run(soak)
+            outcomes = dict(soak.outcomes)
+            print(f"soak: worker back {soak.recovery_s:.1f}s after its SIGKILL; outcomes {outcomes}")
+            assert not soak.bad, f"{len(soak.bad)} failures, e.g. {soak.bad[:5]}; outcomes {outcomes}"
+            assert soak.outcomes[("generate", 200, "")] > CLIENTS, dict(soak.outcomes)
+            assert any(kind == 507 for (_, kind, _) in soak.outcomes), "the full disk was never hit"
+            _check_nothing_held(soak, server, sources)
+        with ServerProcess(args) as restarted:  # what was acknowledged, and nothing else
+            listed = restarted.client.get("/models/tiny/adapters").json()["adapters"]
+            assert {a["name"] for a in listed} == {"qv", "fresh0", "fresh1", "fresh2"}
     shutil.rmtree(store / "extra", ignore_errors=True)
+
+
+def _run(soak: Soak) -> None:
+    threads = [threading.Thread(target=_client, args=(soak, i)) for i in range(CLIENTS)]
+    threads.append(threading.Thread(target=_scraper, args=(soak,)))
+    for thread in threads:
+        thread.start()
+    rng = random.Random(0)
+    try:
+        with _http(soak) as client:
+            for index in range(OPERATIONS):
+                _operate(soak, client, rng, index)
+    finally:
+        soak.done.set()
+        for thread in threads:
+            thread.join(TIMEOUT_S + 5)
 
 
 def _check_nothing_held(soak: Soak, server: ServerProcess, sources: list) -> None:
