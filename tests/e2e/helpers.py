@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from loraserve.testing import copy_adaptecho
 
@@ -50,31 +43,3 @@ def make_engine_store(root: Path, properties: str = "option.max_lora_rank=8\nopt
     (model / "serving.properties").write_text(f"option.model_id={base}\noption.dtype=fp32\n{properties}")
     return root / "store", base
 
-
-@contextlib.contextmanager
-def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of ``size`` at ``mount`` (a full disk on demand); skips where mounting is not
-    permitted; always unmounted afterwards."""
-    mount.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill_up(directory: Path) -> Path:
-    """Write a file into ``directory`` until its file system is full (ENOSPC); returns it."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler

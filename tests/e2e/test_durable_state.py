@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from loraserve.testing.disk import fill_up, mounted_tmpfs
 from loraserve.testing.server import ServerProcess
-from tests.e2e.helpers import fill_up, make_adapter_dir, make_store, mounted_tmpfs, read_events
+from tests.e2e.helpers import make_adapter_dir, make_store, read_events
 
 pytestmark = pytest.mark.e2e
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loraserve.testing.disk import fill_up, mounted_tmpfs
 from loraserve.testing.server import ServerProcess
 from loraserve.testing.tiny import make_peft_adapter
-from tests.e2e.helpers import fill_up, make_engine_store, mounted_tmpfs
+from tests.e2e.helpers import make_engine_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CLIENTS, OPERATIONS, KILL_AT = 8, 300, 60

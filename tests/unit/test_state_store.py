@@ -6,13 +6,13 @@ import errno
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from loraserve.errors import InsufficientStorageError
 from loraserve.serving.state_store import StateStore
+from loraserve.testing.disk import fill_up, mounted_tmpfs
 
 pytestmark = pytest.mark.unit
 STATE = {"models": {"echo": {"adapters": [{"name": "kept", "src": "/x"}], "removed_startup": []}}}
@@ -20,35 +20,15 @@ STATE = {"models": {"echo": {"adapters": [{"name": "kept", "src": "/x"}], "remov
 
 @pytest.fixture
 def full_disk(tmp_path: Path):
-    """A real 64 KiB tmpfs, filled up: writes in it fail with ENOSPC."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    """A real 64 KiB tmpfs: fill_up() makes writes in it fail with ENOSPC."""
+    with mounted_tmpfs(tmp_path / "small", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def _fill(directory: Path) -> None:
-    """Write until the file system is full (unbuffered: the last write is the one refused)."""
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 def test_save_on_a_full_disk_refuses_and_keeps_the_old_file(full_disk: Path):
     store = StateStore(full_disk / "state.json")
     store.save(STATE)
-    _fill(full_disk)
+    fill_up(full_disk)
     bigger = {"models": {f"m{i}": {"adapters": [{"name": "a" * 100}]} for i in range(100)}}
     with pytest.raises(InsufficientStorageError) as raised:
         store.save(bigger)
