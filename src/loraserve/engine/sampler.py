@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from loraserve.engine.sampling import (
-    SamplingParams,
     apply_occurrence_penalties,
     apply_repetition_penalty,
     sample_row,
@@ -47,7 +46,7 @@ def sample_tokens(
     if plain:  # index_select: a gather ~4x faster than torch's list indexing on CPU
         _greedy_rows(tokens, plain, logits.index_select(0, torch.tensor(plain, device=logits.device)))
     rows, blocked = _blocked(seqs, logits.shape[1], structured)  # blocked: (K, vocab) bool
-    masked = [k for k, row in enumerate(rows) if _greedy(seqs[row].params, seqs[row])]
+    masked = [k for k, row in enumerate(rows) if _greedy(seqs[row])]
     if masked:
         greedy_rows = [rows[k] for k in masked]
         _greedy_rows(tokens, greedy_rows, masked_rows(logits, greedy_rows, blocked[masked]))
@@ -78,13 +77,14 @@ def _blocked(
     return rows, blocked_tokens(structured.fill_masks([seqs[row].matcher for row in rows]), vocab)
 
 
-def _greedy(params: SamplingParams, seq: Sequence) -> bool:
+def _greedy(seq: Sequence) -> bool:
     """Greedy, and no shaping beyond (at most) a structured-output mask."""
+    params = seq.params
     return not params.do_sample and not params.adjusts_logits and len(seq.output_ids) >= params.min_tokens
 
 
 def _plain_greedy(seq: Sequence) -> bool:
-    return _greedy(seq.params, seq) and seq.params.constraint is None
+    return _greedy(seq) and seq.params.constraint is None
 
 
 def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
@@ -132,10 +132,9 @@ def shape_logits(
 def _sample(
     seq: Sequence, scores: torch.Tensor, eos_ids: Collection[int], blocked: torch.Tensor | None
 ) -> int | None:
+    """One row that is not plain greedy (those took the batched argmax): shaped, then chosen."""
     try:
-        if not _plain_greedy(seq):
-            scores = shape_logits(seq, scores, eos_ids, blocked)
-        return sample_row(scores, seq.params, seq.generator)
+        return sample_row(shape_logits(seq, scores, eos_ids, blocked), seq.params, seq.generator)
     except Exception:  # a bug or device error in one row's sampling: that row fails
         log.exception("sampling failed for request %d", seq.request_id)
         return None
@@ -151,15 +150,10 @@ def _logprobs(
     if not wanted:
         return result
     chosen = torch.tensor([tokens[r] for r in wanted], device=logits.device)
-    for row, scored in zip(
-        wanted,
-        score_rows(
-            logits[torch.tensor(wanted, device=logits.device)],
-            chosen,
-            [seqs[r].params.top_logprobs for r in wanted],
-        ),
-    ):
-        result[row] = scored
+    rows = logits[torch.tensor(wanted, device=logits.device)]
+    scored = score_rows(rows, chosen, [seqs[r].params.top_logprobs for r in wanted])
+    for row, entry in zip(wanted, scored):
+        result[row] = entry
     return result
 
 
