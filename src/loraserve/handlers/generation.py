@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from loraserve.constraints import OutputConstraint
 from loraserve.engine.sampling import SamplingParams
-from loraserve.engine.sequence import Sequence, TokenEvent, TokenLogprobs
+from loraserve.engine.sequence import Sequence, TokenEvent
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.chat_prompt import chat_prompt_ids
 from loraserve.handlers.messages import (
@@ -32,7 +32,7 @@ from loraserve.handlers.messages import (
     ToolCall,
     finite_or_none,
 )
-from loraserve.handlers.tool_calls import ToolCallFilter, parse, tool_grammar
+from loraserve.handlers.tool_calls import ToolCallFilter, tool_grammar
 
 if TYPE_CHECKING:
     from loraserve.engine import LLMEngine
@@ -65,7 +65,7 @@ class _Track:
     """One sequence of the request: its engine events become ``TokenOutput``s."""
 
     def __init__(self, index: int, seq: Sequence, score_only: bool, tool_format: str | None = None) -> None:
-        self.index, self.seq, self.score_only, self.tool_format = index, seq, score_only, tool_format
+        self.index, self.seq, self.score_only = index, seq, score_only
         self.tools = ToolCallFilter(tool_format) if tool_format else None  # held back from a call on
         self.outputs: list[TokenOutput] = []
         self.done = False
@@ -103,10 +103,10 @@ class _Track:
         generated = 0 if self.score_only else len(seq.output_ids)
         text = "" if self.score_only else seq.text
         calls: tuple[ToolCall, ...] = ()
-        if self.tool_format is not None:
-            content, found = parse(text, self.tool_format)
+        if self.tools is not None and self.tools.parsed is not None:  # parsed once, by finish()
+            content, found = self.tools.parsed
             text, calls = (content, tuple(found)) if found else (text, ())
-        known = [lp for lp in seq.logprobs[:generated] if lp is not None and finite_or_none(lp) is not None]
+        known = [v for lp in seq.logprobs[:generated] if (v := finite_or_none(lp)) is not None]
         cumulative = sum(known) if generated and len(known) == generated else None  # best_of ranks by it
         return SequenceOutput(
             text,
@@ -252,14 +252,10 @@ class Generation:
         scored: tuple[TokenLogprob, ...] = ()
         if self.request.top_logprobs is not None:
             first = TokenLogprob(texts(seq.prompt_ids[0]), None)
-            scored = (first, *(self._scored(texts, s) for s in seq.prompt_logprobs))
+            scored = (first, *(texts.entry(s.token_id, s.logprob, s.top) for s in seq.prompt_logprobs))
         summary = token.summary
         summary = dataclasses.replace(token.summary, prompt_text=prompt_text, prompt_logprobs=scored)
         return dataclasses.replace(token, summary=summary)
-
-    @staticmethod
-    def _scored(texts: _TokenTexts, scored: TokenLogprobs) -> TokenLogprob:
-        return texts.entry(scored.token_id, scored.logprob, scored.top)
 
     async def result(self) -> GenerateResult:
         summaries: dict[int, SequenceOutput] = {}

@@ -111,6 +111,7 @@ class ToolCallFilter:
         self.format, self.marker = format_, opening(format_)
         self.text = ""  # everything generated
         self.sent = 0  # characters of it passed on as content
+        self.parsed: tuple[str, list[ToolCall]] | None = None  # set by finish()
 
     def feed(self, delta: str) -> str:
         """The part of ``delta`` that is surely content."""
@@ -137,8 +138,10 @@ class ToolCallFilter:
         return len(self.text)
 
     def finish(self) -> tuple[str, list[ToolCall]]:
-        """(content not yet sent, calls) at the end of the sequence."""
-        _, calls = parse(self.text, self.format)
+        """(content not yet sent, calls) at the end of the sequence; the whole answer's
+        (content, calls) stay in ``parsed``."""
+        self.parsed = parse(self.text, self.format)
+        calls = self.parsed[1]
         if not calls:
             return self.text[self.sent :], []
         cut = self.sent if self.format == "llama3_json" else self.text.find(self.marker)
