@@ -123,3 +123,26 @@ def test_non_finite_logprobs_become_none(logprob):
     assert token.logprobs is not None and token.logprobs.logprob is None
     assert token.logprobs.top == (("a", -1.0),)
     assert token.summary.cumulative_logprob is None
+
+
+def test_every_sample_of_a_call_is_released_when_it_is_cancelled_or_its_stream_closed(engine):
+    """n / best_of run several sequences per prompt: all of them give back their KV blocks and
+    adapter references, on cancellation and when a stream is closed after its first token."""
+    async def scenario() -> None:
+        request = GenerateRequest(LONG, prompts=("the", "hello"), adapters=("qv", None), n=2, best_of=3)
+        call = asyncio.ensure_future(builtin_llm.generate(request))
+        while len(engine.scheduler.running) + len(engine.scheduler.waiting) < 6:
+            await asyncio.sleep(0.005)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.to_thread(_wait_released, engine)
+        stream = await builtin_llm.generate(GenerateRequest(LONG, prompts=("the",), adapters=("qv",), n=3,
+                                                            stream=True, top_logprobs=2))
+        assert isinstance(stream, TokenStream)
+        first = await stream.events.__anext__()
+        assert first.logprobs is not None and len(first.logprobs.top) == 2
+        await stream.events.aclose()
+        await asyncio.to_thread(_wait_released, engine)
+
+    asyncio.run(scenario())
