@@ -22,3 +22,25 @@ def test_builds_without_a_stale_lock_go_ahead(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     with native._build_lock("loraserve_cpu_kernels_test"):
         assert (tmp_path / "loraserve_cpu_kernels_test").is_dir()
+
+
+def _copy_sources(to):
+    to.mkdir()
+    for path in native._SOURCES.iterdir():
+        (to / path.name).write_bytes(path.read_bytes())
+    return to
+
+
+def test_identical_sources_share_one_build_and_changed_sources_get_their_own(tmp_path, monkeypatch):
+    """Two checkouts on one machine used to share one extension name and rebuild it in turn."""
+    key = native.build_key("avx2")
+    monkeypatch.setattr(native, "_SOURCES", _copy_sources(tmp_path / "checkout"))
+    assert native.build_key("avx2") == key  # same sources elsewhere: the same build
+    header = tmp_path / "checkout" / "kernels.h"
+    header.write_text(header.read_text() + "\n// changed\n")
+    assert native.build_key("avx2") != key  # a header counts too
+    assert native.extension_name("avx2").startswith("loraserve_cpu_kernels_avx2_")
+
+
+def test_each_isa_level_is_its_own_build():
+    assert native.build_key("avx2") != native.build_key("scalar")

@@ -1,4 +1,4 @@
-"""loraserve's native CPU kernels (``csrc/``), one build per ISA level.
+"""loraserve's native CPU kernels (``csrc/``), one build per ISA level and source.
 
 At decode batch sizes a step is dominated by many small PyTorch ops, not by the GEMMs' FLOPs:
 each kernel replaces a chain of them (batched LoRA per token slot, residual add + RMSNorm, RoPE +
@@ -6,7 +6,9 @@ KV-cache write, one-token attention over the cache), in fp32 and bf16. Compiled 
 ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja). Each ISA level is its own extension,
 ``loraserve_cpu_kernels_<level>``, built with exactly that level's ``-m`` flags (never
 ``-march=native``), so torch's extension cache can never hand a binary to a CPU that lacks its
-instructions. ``LORASERVE_NATIVE=0``, or no compiler, leaves the PyTorch path, which computes the
+instructions. The extension's name also carries a hash of the sources, the flags and torch's
+version (``build_key``): two checkouts or venvs on one machine never rebuild each other's build in
+turn, and a restarted worker always finds its own. ``LORASERVE_NATIVE=0``, or no compiler, leaves the PyTorch path, which computes the
 same thing.
 """
 
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -42,26 +46,54 @@ def cpu_kernels(level: str | None = None) -> ModuleType | None:
     return _modules[level]
 
 
-def _build(level: str) -> ModuleType | None:
-    log.info(
-        "loading native CPU kernels for %s (compiled once per machine and source, ~1 min the first time)",
-        level,
-    )
-    try:
-        from torch.utils.cpp_extension import load
+_UNITS = ("cpu_kernels.cpp", "bgmv.cpp", "rowwise.cpp", "attention.cpp")
 
-        name = f"loraserve_cpu_kernels_{level}"
-        names = ("cpu_kernels.cpp", "bgmv.cpp", "rowwise.cpp", "attention.cpp")
-        sources = [str(_SOURCES / name) for name in names]
+
+def _cflags(level: str) -> list[str]:
+    return ["-O3", "-fopenmp", *compiler_flags(level)]
+
+
+def build_key(level: str) -> str:
+    """What a build depends on — every source and header, the flags, torch's version and the
+    Python ABI — hashed: a different checkout gets a different extension, an identical one the same."""
+    import sys
+
+    import torch
+
+    digest = hashlib.sha256()
+    for path in sorted(_SOURCES.iterdir()):
+        if path.suffix in (".cpp", ".h"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join([*_cflags(level), torch.__version__, sys.implementation.cache_tag]).encode())
+    return digest.hexdigest()[:12]
+
+
+def extension_name(level: str) -> str:
+    return f"loraserve_cpu_kernels_{level}_{build_key(level)}"
+
+
+def _build(level: str) -> ModuleType | None:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory, load
+
+        name = extension_name(level)
+        built = any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
+        if not built:  # say so before a silent multi-minute compile
+            log.warning("compiling the native CPU kernels for %s (once per machine and source: "
+                        "1-5 min on 2 busy cores); requests wait until they are built", level)
+        started = time.monotonic()
         with _build_lock(name):
-            return load(
+            module = load(
                 name=name,
-                sources=sources,
-                extra_cflags=["-O3", "-fopenmp", *compiler_flags(level)],
+                sources=[str(_SOURCES / unit) for unit in _UNITS],
+                extra_cflags=_cflags(level),
                 extra_ldflags=["-fopenmp"],
                 extra_include_paths=[str(_SOURCES)],
                 verbose=False,
             )
+        log.info("native CPU kernels for %s %s in %.1f s (%s)", level, "loaded" if built else "built",
+                 time.monotonic() - started, name)
+        return module
     except Exception as exc:  # no compiler, no ninja, ...: the PyTorch path serves instead
         log.warning("native CPU kernels (%s) unavailable (%s); using the PyTorch path", level, exc)
         return None
