@@ -109,11 +109,6 @@ class ModelConfig:
         )
         return props
 
-    @property
-    def uses_builtin_engine(self) -> bool:
-        """No ``model.py`` entry point but a ``model_id``: the built-in LLM handler serves it."""
-        return self.entry_point is None and "model_id" in self.options
-
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _LIST_SETTINGS = ("allowed_adapter_roots", "allowed_model_roots", "allowed_origins", "allowed_hosts")

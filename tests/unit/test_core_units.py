@@ -77,7 +77,7 @@ def test_properties_and_model_config():
     props = parse_properties("# c\nengine=Python\noption.model_id = /m\nbatch_size: 4\ncustom=1\n")
     config = ModelConfig.from_properties(props)
     assert config.batch_size == 4 and config.options == {"model_id": "/m"}
-    assert config.extra == {"custom": "1"} and config.uses_builtin_engine
+    assert config.extra == {"custom": "1"}
     with pytest.raises(ConfigError, match="batch_size"):
         ModelConfig.from_properties({"batch_size": "many"})
 

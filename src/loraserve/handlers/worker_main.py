@@ -23,8 +23,9 @@ from typing import Any
 
 from loraserve.config import ModelConfig
 from loraserve.errors import LoraserveError
+from loraserve.handler_kind import resolve_handler
 from loraserve.handlers.io import Input, Output
-from loraserve.handlers.loader import import_handler, resolve_entry_point
+from loraserve.handlers.loader import import_handler
 from loraserve.handlers.messages import GenerateResult, TokenStream
 from loraserve.handlers.protocol import (
     HANDLER_FUNCTIONS,
@@ -219,7 +220,9 @@ async def serve(model_dir: Path, out_fd: int) -> int:
     extra_options = json.loads(os.environ.get("LORASERVE_MODEL_OPTIONS", "{}"))
     config.options.update(extra_options)
     try:
-        module = import_handler(model_dir, resolve_entry_point(model_dir, config))
+        # the front decided which handler this is (handler_kind); run directly, decide here
+        entry = os.environ.get("LORASERVE_HANDLER") or resolve_handler(model_dir, config).entry
+        module = import_handler(model_dir, entry)
         await _initialise(module, config.handler_properties(model_dir))
     except BaseException as exc:
         log.error("model failed to load:\n%s", traceback.format_exc())

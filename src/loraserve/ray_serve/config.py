@@ -10,6 +10,7 @@ from typing import Any
 
 from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import ConfigError
+from loraserve.handler_kind import resolve_handler
 
 
 @dataclass(slots=True)
@@ -42,7 +43,7 @@ class RayAppConfig:
         if not (self.model_dir / "serving.properties").is_file():
             raise ConfigError(f"{self.model_dir} has no serving.properties; --model takes a model "
                               "directory served by the built-in engine (option.model_id=...)")
-        if not self.model_config().uses_builtin_engine:
+        if not resolve_handler(self.model_dir, self.model_config()).builtin:
             raise ConfigError(f"{self.model_dir} is not a built-in-engine model (it needs option.model_id "
                               "and no model.py); Ray scale-out serves built-in-engine models")
         self.model_name = self.model_name or self.model_dir.name

@@ -9,6 +9,7 @@ model keeps serving everything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,11 +30,13 @@ from loraserve.adapters.sources import handler_src, resolve_source, server_reads
 from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
     AdapterNotFoundError,
+    ConfigError,
     ConflictError,
     LoraserveError,
     ServiceUnavailableError,
     WorkerDiedError,
 )
+from loraserve.handler_kind import Handler, resolve_handler
 from loraserve.serving.adapter_calls import handler_message, raise_for_reply, registration_input
 from loraserve.serving.worker_group import MAX_WORKERS, WorkerGroup
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
@@ -70,7 +73,11 @@ class ModelService:
         self.created = time.time()
         self.last_used = time.monotonic()
         self.on_demand = False  # loaded by a multi-model endpoint call: may be evicted
-        env = {"LORASERVE_MODEL_OPTIONS": json.dumps(options or {})}
+        self.handler: Handler | None = None  # decided here, once
+        with contextlib.suppress(ConfigError):  # names none: the worker's load reports why
+            self.handler = resolve_handler(model_dir, self.config)
+        env = {"LORASERVE_MODEL_OPTIONS": json.dumps(options or {}),
+               "LORASERVE_HANDLER": self.handler.entry if self.handler else ""}
         self.workers = WorkerGroup(name, model_dir, self.config, env, self._replay_adapters,
                                    server.worker_start_timeout_s, server_stopping,
                                    max_workers=_worker_cap(server))
@@ -98,7 +105,7 @@ class ModelService:
 
     @property
     def uses_builtin_engine(self) -> bool:
-        return self.config.uses_builtin_engine and not (self.model_dir / "model.py").is_file()
+        return self.handler is not None and self.handler.builtin
 
     @property
     def adapter_roots(self) -> list[Path]:
