@@ -18,7 +18,7 @@ import loraserve.djl.encode_decode
 from djl_python import Input, Output
 from djl_python.encode_decode import encode
 from djl_python.np_util import from_nd_list, to_nd_list
-from loraserve.handlers.worker_main import error_status
+from loraserve.wire.errors import failure_status
 
 pytestmark = pytest.mark.unit
 SRC = Path(loraserve.djl.encode_decode.__file__).parents[2]
@@ -115,7 +115,7 @@ def test_finalize_and_batches():
     (MemoryError(), 507), (RuntimeError("CUDA error: out of memory"), 507),
     (type("OutOfMemoryError", (RuntimeError,), {})("gpu"), 507), (ValueError("bad"), 424)])
 def test_handler_exception_status(exc, status):
-    assert error_status(exc) == status
+    assert failure_status(exc) == status
 
 
 @pytest.mark.slow  # a fresh pytest process: several seconds

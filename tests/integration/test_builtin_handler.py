@@ -17,8 +17,8 @@ from loraserve.errors import BadRequestError
 from loraserve.handlers import builtin_llm
 from loraserve.handlers.generation import _TokenTexts, _Track
 from loraserve.handlers.io import Input
-from loraserve.handlers.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenStream
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+from loraserve.wire.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenStream
 
 pytestmark = pytest.mark.integration
 LONG = SamplingSpec(max_new_tokens=2000, ignore_eos=True)

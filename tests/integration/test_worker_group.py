@@ -16,6 +16,7 @@ from loraserve.errors import BadRequestError, ServiceUnavailableError, WorkerDie
 from loraserve.serving import worker_group
 from loraserve.serving.worker_group import WorkerGroup
 from loraserve.serving.worker_process import WorkerLoadError, WorkerReply
+from loraserve.wire.frames import ReplyKind
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count(1)
@@ -47,7 +48,8 @@ class FakeWorker:
         self._pending.append(future)
         size = int(wire_input["properties"].get("batch_size", 1))
         content = [(None, str(self.worker_id).encode())] * size
-        future.set_result(WorkerReply({"code": 200, "worker": self.worker_id, "content": content}))
+        output = {"code": 200, "worker": self.worker_id, "content": content}
+        future.set_result(WorkerReply(ReplyKind.DJL, output))
         return await future
 
     def die(self) -> None:

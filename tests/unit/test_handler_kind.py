@@ -41,5 +41,5 @@ def test_an_entry_point_file_or_module_is_python(tmp_path):
 
 
 def test_a_directory_naming_no_handler_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="no model.py"):
+    with pytest.raises(ConfigError, match=r"no model\.py"):
         resolve_handler(tmp_path, _config())

@@ -12,14 +12,16 @@ from prometheus_client import generate_latest
 
 from loraserve.serving.metrics import ServerMetrics
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.frames import ReplyKind
 
 pytestmark = pytest.mark.unit
 
 
 def fake_model(name: str, adapters: set[str]) -> SimpleNamespace:
     async def infer(_wire, _fn="handle"):
-        return WorkerReply({"code": 200, "properties": {"x-loraserve-generated-tokens": "2"},
-                            "content": [], "message": "OK"})
+        tokens = {"x-loraserve-generated-tokens": "2"}
+        output = {"code": 200, "properties": tokens, "content": [], "message": "OK"}
+        return WorkerReply(ReplyKind.DJL, output)
     return SimpleNamespace(name=name, registry=adapters, infer=infer)
 
 

@@ -12,13 +12,13 @@ import pytest
 
 from loraserve.cli import build_parser
 from loraserve.errors import AdapterNotFoundError, BadRequestError, ConfigError, HandlerError, LoraserveError
-from loraserve.handlers.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenOutput
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.ray_serve.launcher import config_from_args, parse_options
 from loraserve.ray_serve.ray_model import RayModel, adapter_names
 from loraserve.ray_serve.replica_adapters import ReplicaAdapters
 from loraserve.ray_serve.replica_stats import aggregate
+from loraserve.wire.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenOutput
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,10 @@ import math
 import pytest
 
 from loraserve.errors import BadRequestError
-from loraserve.handlers.messages import (
+from loraserve.specs import lmi
+from loraserve.specs import openai as oai
+from loraserve.specs.base import parse
+from loraserve.wire.messages import (
     FinishReason,
     GenerateRequest,
     GenerateResult,
@@ -18,9 +21,6 @@ from loraserve.handlers.messages import (
     TokenOutput,
     finite_or_none,
 )
-from loraserve.specs import lmi
-from loraserve.specs import openai as oai
-from loraserve.specs.base import parse
 
 pytestmark = pytest.mark.unit
 

@@ -11,10 +11,10 @@ from typing import TypeVar
 from fastapi import Request
 
 from loraserve.errors import LoraserveError
-from loraserve.handlers.messages import GenerateRequest, TokenOutput
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.messages import GenerateRequest, TokenOutput
 
 T = TypeVar("T")
 

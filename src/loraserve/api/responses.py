@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from loraserve.errors import HandlerError
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.frames import ReplyKind
 
 _SKIP_HEADERS = {"content-length", "transfer-encoding", "connection"}
 
@@ -26,7 +27,7 @@ def _guess_type(body: bytes) -> str:
 
 def reply_to_response(reply: WorkerReply) -> Response:
     output = reply.output
-    if output is None:
+    if reply.kind is not ReplyKind.DJL:  # None, or typed (not a user handler's Output)
         raise HandlerError("the handler returned no output for this request")
     headers = {k: v for k, v in output["properties"].items() if k.lower() not in _SKIP_HEADERS}
     media_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)

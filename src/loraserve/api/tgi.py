@@ -15,11 +15,11 @@ from loraserve.api.generation import generate, tokens
 from loraserve.api.request_input import parse_json_body, read_body
 from loraserve.api.responses import CancellingStreamingResponse
 from loraserve.errors import AdapterNotFoundError, LoraserveError
-from loraserve.handlers.messages import GenerateRequest
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.specs import tgi as spec
 from loraserve.specs.base import openapi_body, parse
+from loraserve.wire.messages import GenerateRequest
 
 router = APIRouter(tags=["tgi"])
 BODY = openapi_body(spec.TgiRequest, "TGI's / LoRAX's generate request")

@@ -1,8 +1,9 @@
 """The built-in LLM handler (DJL's "huggingface"/LMI role) on loraserve's own engine.
 
 The HTTP front parses LMI and OpenAI requests itself and calls the typed ``generate`` hook
-with a ``GenerateRequest``; ``handle`` still takes DJL ``Input`` (workflows, and anything
-else that sends a raw LMI body) and parses it with the same LMI spec. Both are async, so the
+with a ``GenerateRequest``, and ``control`` with a ``wire.control`` operation (adapters,
+statistics); ``handle`` still takes DJL ``Input`` (workflows, and anything else that sends a raw
+LMI body) and parses it with the same LMI spec. Both are async, so the
 worker runs many requests at once and they share the engine's running batch.
 """
 
@@ -11,16 +12,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from loraserve.config import parse_bool, parse_int
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.generation import CHARS_PER_TOKEN_BOUND, Generation
 from loraserve.handlers.io import Input, Output
-from loraserve.handlers.messages import GenerateRequest, GenerateResult, TokenStream
 from loraserve.handlers.tool_calls import detect_format
 from loraserve.specs import lmi
 from loraserve.specs.base import parse
+from loraserve.wire.control import (
+    ControlDone,
+    ControlOp,
+    EngineStats,
+    EngineStatsQuery,
+    RegisterAdapter,
+    UnregisterAdapter,
+)
+from loraserve.wire.messages import GenerateRequest, GenerateResult, TokenStream
 
 _engine: LLMEngine | None = None
 _max_prompt_chars = 0
@@ -104,38 +114,27 @@ async def _lines(events: AsyncIterator, details: bool) -> AsyncIterator[bytes]:
         await events.aclose()  # type: ignore[attr-defined]  # aborts what is still running
 
 
-async def stats(_inputs: Input) -> Output:
-    """Engine figures for the server's /metrics."""
+def engine_stats() -> dict[str, Any]:
+    """Engine figures for the server's /metrics and the Ray ingress."""
     eng = engine()
     figures = eng.stats()
     with eng.lock:
         figures |= {"adapters": eng.adapters.stats(), "adapter_tiers": eng.adapters.tiers(),
                     "adapter_bytes": eng.adapters.sizes(),
                     "adapter_refs": sum(eng.adapters.refs.values())}
-    return Output().add_as_json(figures)
+    return figures
 
 
-def _flag(inputs: Input, key: str, default: bool) -> bool:
-    return inputs.get_as_string(key).lower() == "true" if inputs.contains_key(key) else default
-
-
-async def register_adapter(inputs: Input) -> Output:
-    name, src = inputs.get_properties()["name"], inputs.get_properties()["src"]
-    try:
-        await asyncio.to_thread(engine().register_adapter, name, src,
-                                _flag(inputs, "pin", False), _flag(inputs, "preload", True))
-    except LoraserveError as exc:
-        return Output().error(exc.message, code=exc.status_code, message=exc.error_type)
-    return Output().add(f"Adapter {name} registered")
-
-
-update_adapter = register_adapter  # a new version replaces the old; running requests keep theirs
-
-
-async def unregister_adapter(inputs: Input) -> Output:
-    name = inputs.get_properties()["name"]
-    try:
-        await asyncio.to_thread(engine().unregister_adapter, name)
-    except LoraserveError as exc:
-        return Output().error(exc.message, code=exc.status_code, message=exc.error_type)
-    return Output().add(f"Adapter {name} unregistered")
+async def control(op: ControlOp) -> ControlDone | EngineStats:
+    """The typed control entry point; a refusal is raised (the worker sends it as an error).
+    Registering a name again (an update) replaces the old version; running requests keep theirs."""
+    match op:
+        case RegisterAdapter():
+            await asyncio.to_thread(engine().register_adapter, op.name, op.path, op.pin, op.preload)
+            return ControlDone(f"Adapter {op.name} registered")
+        case UnregisterAdapter():
+            await asyncio.to_thread(engine().unregister_adapter, op.name)
+            return ControlDone(f"Adapter {op.name} unregistered")
+        case EngineStatsQuery():
+            return EngineStats(engine_stats())
+    raise TypeError(f"not a control operation: {op!r}")

@@ -22,7 +22,8 @@ from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.sequence import Sequence, TokenEvent
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.chat_prompt import chat_prompt_ids
-from loraserve.handlers.messages import (
+from loraserve.handlers.tool_calls import ToolCallFilter, tool_grammar
+from loraserve.wire.messages import (
     FinishReason,
     GenerateRequest,
     GenerateResult,
@@ -32,7 +33,6 @@ from loraserve.handlers.messages import (
     ToolCall,
     finite_or_none,
 )
-from loraserve.handlers.tool_calls import ToolCallFilter, tool_grammar
 
 if TYPE_CHECKING:
     from loraserve.engine import LLMEngine

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from loraserve.errors import BadRequestError
-from loraserve.handlers.messages import ToolCall
+from loraserve.wire.messages import ToolCall
 
 FORMATS = ("hermes", "mistral", "llama3_json")
 MAX_REQUIRED_CALLS = 4  # calls one answer may make under tool_choice "required"

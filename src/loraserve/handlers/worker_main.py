@@ -24,17 +24,13 @@ from typing import Any
 from loraserve.config import ModelConfig
 from loraserve.errors import LoraserveError
 from loraserve.handler_kind import resolve_handler
+from loraserve.handlers.djl_wire import HANDLER_FUNCTIONS, input_from_wire, output_to_wire
 from loraserve.handlers.io import Input, Output
 from loraserve.handlers.loader import import_handler
-from loraserve.handlers.messages import GenerateResult, TokenStream
-from loraserve.handlers.protocol import (
-    HANDLER_FUNCTIONS,
-    HEADER,
-    decode_payload,
-    encode_frame,
-    input_from_wire,
-    output_to_wire,
-)
+from loraserve.wire.control import ControlDone, EngineStats
+from loraserve.wire.errors import encode_error, failure_status
+from loraserve.wire.frames import HEADER, TYPED_FUNCTIONS, ReplyKind, decode_payload, encode_frame
+from loraserve.wire.messages import GenerateResult, TokenStream
 
 log = logging.getLogger("loraserve.worker")
 _END = object()
@@ -74,11 +70,11 @@ class WorkerRuntime:
             task.cancel()
 
     async def call(self, message: dict[str, Any]) -> None:
-        call_id = message["id"]
+        call_id, typed = message["id"], message["fn"] in TYPED_FUNCTIONS
         fn = getattr(self.module, message["fn"], None)
         try:
             # a typed message (the built-in engine's protocol) or a DJL Input in wire form
-            arg = message["message"] if "message" in message else self._input(message)
+            arg = message["payload"] if typed else self._input(message)
             if fn is None:
                 result = None
             elif inspect.iscoroutinefunction(fn):
@@ -86,57 +82,62 @@ class WorkerRuntime:
             else:
                 result = await self.loop.run_in_executor(self.serial, fn, arg)
             await self._send_result(call_id, result)
-        except LoraserveError as exc:  # a typed refusal keeps its status (400, 404, ...)
-            self.send({"op": "error", "id": call_id, "message": exc.message,
-                       "status": exc.status_code, "type": exc.error_type})
         except Exception as exc:  # the handler's failure is this request's error, nothing more
-            log.error("handler %s failed:\n%s", message["fn"], traceback.format_exc())
-            if "message" in message:  # a typed call: the front expects a typed reply or an error
-                self.send({"op": "error", "id": call_id, "message": f"{type(exc).__name__}: {exc}",
-                           "status": error_status(exc), "type": "PredictionException"})
+            if not isinstance(exc, LoraserveError):  # a typed refusal (400, 404, ...) is no failure
+                log.error("handler %s failed:\n%s", message["fn"], traceback.format_exc())
+            if typed or isinstance(exc, LoraserveError):
+                self.send({"op": "error", "id": call_id, **encode_error(exc)})
                 return
-            error = Output().error(str(exc), code=error_status(exc))  # DJL's error answer
-            self.send({"op": "result", "id": call_id, "output": output_to_wire(error),
-                       "streaming": False})
+            error = Output().error(str(exc), code=failure_status(exc))  # DJL's error answer
+            self._send_djl(call_id, error)
 
     def _input(self, message: dict[str, Any]) -> Input:
-        inputs = input_from_wire(message["input"])
+        inputs = input_from_wire(message["payload"])
         inputs.properties["model_dir"] = self.model_dir  # on every call, as DJL does
         inputs.function_name = message["fn"]
         return inputs
 
+    def _send_reply(self, call_id: int, kind: ReplyKind, output: Any, streaming: bool = False) -> None:
+        self.send({"op": "result", "id": call_id, "kind": kind, "output": output, "streaming": streaming})
+
     async def _send_result(self, call_id: int, result: Any) -> None:
-        if result is None or isinstance(result, GenerateResult):
-            self.send({"op": "result", "id": call_id, "output": result, "streaming": False})
-            return
-        if isinstance(result, TokenStream):
-            self.send({"op": "result", "id": call_id, "output": None, "streaming": True})
+        """Say what the handler returned (the reply's kind), once, here: no reader guesses."""
+        if result is None:
+            self._send_reply(call_id, ReplyKind.NONE, None)
+        elif isinstance(result, GenerateResult):
+            self._send_reply(call_id, ReplyKind.GENERATE, result)
+        elif isinstance(result, (ControlDone, EngineStats)):
+            self._send_reply(call_id, ReplyKind.CONTROL, result)
+        elif isinstance(result, TokenStream):
+            self._send_reply(call_id, ReplyKind.GENERATE, None, streaming=True)
             await self._stream(call_id, result.events, None, typed=True)
-            return
-        if not hasattr(result, "code"):  # DJL: a handler must return an Output (or None)
-            result = Output().error(f"Invalid output type: {type(result)}")
-        wire = output_to_wire(result)
-        self.send({"op": "result", "id": call_id, "output": wire, "streaming": wire["streaming"]})
-        if wire["streaming"]:
-            formatter = getattr(result, "stream_output_formatter", getattr(result, "stream_formatter", None))
-            await self._stream(call_id, result.stream_content, formatter)
-        _finalize(result)
+        else:
+            if not hasattr(result, "code"):  # DJL: a handler must return an Output (or None)
+                result = Output().error(f"Invalid output type: {type(result)}")
+            if self._send_djl(call_id, result):
+                await self._stream(call_id, result.stream_content, _formatter(result))
+            _finalize(result)
+
+    def _send_djl(self, call_id: int, output: Any) -> bool:
+        """Send a DJL Output; True when its stream is to follow."""
+        wire = output_to_wire(output)
+        self._send_reply(call_id, ReplyKind.DJL, wire, streaming=wire["streaming"])
+        return bool(wire["streaming"])
 
     async def _stream(self, call_id: int, stream: Any, formatter: Any, typed: bool = False) -> None:
-        error = None
+        error: dict[str, Any] = {}
         try:
             async for chunk in _iterate(stream, self.loop, self.streams):
                 data = chunk if typed else _chunk_bytes(chunk, formatter)
                 self.send({"op": "chunk", "id": call_id, "data": data})
-        except LoraserveError as exc:
-            error = exc.message
         except Exception as exc:
-            log.error("stream failed:\n%s", traceback.format_exc())
-            error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, LoraserveError):
+                log.error("stream failed:\n%s", traceback.format_exc())
+            error = encode_error(exc)
         finally:
             if inspect.isasyncgen(stream):  # a cancelled call closes its generator now, not at GC
                 await stream.aclose()
-        self.send({"op": "end", "id": call_id, "error": error})
+        self.send({"op": "end", "id": call_id, "error": error or None})
 
 
 def _chunk_bytes(chunk: Any, formatter: Any) -> bytes:
@@ -147,13 +148,8 @@ def _chunk_bytes(chunk: Any, formatter: Any) -> bytes:
     return chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
 
 
-def error_status(exc: BaseException) -> int:
-    """DJL's status for a handler's exception: 507 when it ran out of (GPU) memory, else 424."""
-    text = str(exc)
-    if type(exc).__name__ in ("MemoryError", "OutOfMemoryError") or any(
-            s in text for s in ("CUDA error: out of memory", "No available memory for the cache blocks")):
-        return 507
-    return 424
+def _formatter(output: Any) -> Any:
+    return getattr(output, "stream_output_formatter", getattr(output, "stream_formatter", None))
 
 
 def _finalize(result: Any) -> None:

@@ -43,7 +43,7 @@ class RayAppConfig:
         if not (self.model_dir / "serving.properties").is_file():
             raise ConfigError(f"{self.model_dir} has no serving.properties; --model takes a model "
                               "directory served by the built-in engine (option.model_id=...)")
-        if not resolve_handler(self.model_dir, self.model_config()).builtin:
+        if not _builtin(self.model_dir, self.model_config()):
             raise ConfigError(f"{self.model_dir} is not a built-in-engine model (it needs option.model_id "
                               "and no model.py); Ray scale-out serves built-in-engine models")
         self.model_name = self.model_name or self.model_dir.name
@@ -94,3 +94,10 @@ class RayAppConfig:
         else:
             options["num_replicas"] = self.replicas
         return options
+
+
+def _builtin(model_dir: Path, config: ModelConfig) -> bool:
+    try:
+        return resolve_handler(model_dir, config).builtin
+    except ConfigError:
+        return False

@@ -30,10 +30,10 @@ from loraserve.errors import (
     LoraserveError,
     ModelNotFoundError,
 )
-from loraserve.handlers.messages import GenerateRequest
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.messages import GenerateRequest
 
 if TYPE_CHECKING:  # the caller needs Ray; this module's parsing is tested without it
     from loraserve.ray_serve.routing import ReplicaCaller

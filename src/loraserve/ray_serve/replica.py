@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -24,22 +23,22 @@ from ray import serve
 from loraserve.errors import LoraserveError
 from loraserve.handlers import builtin_llm
 from loraserve.handlers.io import Input
-from loraserve.handlers.messages import GenerateRequest, TokenStream
 from loraserve.model.peft_adapter import load_peft_adapter
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.ray_serve.replica_adapters import LoadedAdapter, ReplicaAdapters
+from loraserve.wire.errors import encode_error
+from loraserve.wire.messages import GenerateRequest, TokenStream
 
 log = logging.getLogger("loraserve.ray.replica")
 
 
 def problem_of(exc: Exception) -> dict[str, Any]:
-    """An exception as plain data for the ingress (``routing.typed_error`` rebuilds it): a
-    typed refusal keeps its status and type; anything else is the handler's failure."""
-    if isinstance(exc, LoraserveError):
-        return {"status": exc.status_code, "type": exc.error_type, "message": exc.message}
-    log.error("generate failed", exc_info=exc)
-    return {"message": f"{type(exc).__name__}: {exc}"}
+    """An exception as plain data for the ingress (``wire.errors``: the worker's encoding, which
+    ``routing`` decodes): a typed refusal keeps its status and type, a failure is logged here."""
+    if not isinstance(exc, LoraserveError):
+        log.error("generate failed", exc_info=exc)
+    return encode_error(exc)
 
 
 class EngineReplica:
@@ -127,7 +126,7 @@ class EngineReplica:
             await asyncio.to_thread(load_peft_adapter, Path(path), engine.runner.args,
                                     engine.config.max_lora_rank, engine.dtype)
         except LoraserveError as exc:
-            return {"status": exc.status_code, "type": exc.error_type, "message": exc.message}
+            return encode_error(exc)
         return None
 
     async def load_adapter(self, ref: AdapterRef) -> str:
@@ -155,7 +154,7 @@ class EngineReplica:
 
     async def stats(self) -> dict[str, Any]:
         """This replica's engine figures and adapters, for the ingress's ``/metrics``."""
-        engine = json.loads((await builtin_llm.stats(Input())).content.value_at(0))
+        engine = builtin_llm.engine_stats()
         return {"replica": self.replica, "engine": engine, **self.adapters.snapshot()}
 
     def __del__(self) -> None:

@@ -17,10 +17,12 @@ from typing import Any
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from loraserve.errors import HandlerError, LoraserveError, ServiceUnavailableError
-from loraserve.handlers.messages import GenerateRequest
+from loraserve.errors import ServiceUnavailableError
 from loraserve.ray_serve.adapter_store import AdapterRef
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.errors import decode_error
+from loraserve.wire.frames import ReplyKind
+from loraserve.wire.messages import GenerateRequest
 
 log = logging.getLogger("loraserve.ray.routing")
 REPLICA_HEADER = "x-loraserve-replica"
@@ -33,16 +35,6 @@ SERVED_BY: ContextVar[list[str] | None] = ContextVar("loraserve_served_by", defa
 def routing_id(refs: list[AdapterRef]) -> str:
     """The multiplexed model id: the first adapter not held everywhere, else none ("")."""
     return next((ref.name for ref in refs if not ref.pin), "")
-
-
-def typed_error(problem: dict[str, Any]) -> LoraserveError:
-    """A replica's refusal (``{"status", "type", "message"}``) as the error the worker path
-    raises: a typed one keeps its status; anything else is the handler's failure."""
-    if "status" not in problem:
-        return HandlerError(f"handler error: {problem['message']}")
-    error = LoraserveError(problem["message"], int(problem["status"]))
-    error.error_type = problem["type"]
-    return error
 
 
 def _unavailable(exc: BaseException) -> ServiceUnavailableError:
@@ -77,7 +69,7 @@ class ReplicaCaller:
         except RAY_FAILURES as exc:
             raise _unavailable(exc) from None
         self._served(result, model_id)
-        return WorkerReply(result["output"])
+        return WorkerReply(ReplyKind.GENERATE, result["output"])
 
     def _served(self, head: dict[str, Any], model_id: str) -> None:
         """Count the serving replica, name it for the response header; raise its refusal."""
@@ -87,7 +79,7 @@ class ReplicaCaller:
             if holder is not None:
                 holder.append(head["replica"])
         if "error" in head:
-            raise typed_error(head["error"])
+            raise decode_error(head["error"])
 
     async def _stream(self, handle: Any, message: GenerateRequest, refs: list[AdapterRef],
                       model_id: str) -> WorkerReply:
@@ -109,7 +101,7 @@ class ReplicaCaller:
             pump.cancel()
             chunks.cancel()
 
-        return WorkerReply(None, queue, cancel)
+        return WorkerReply(ReplyKind.GENERATE, None, queue, cancel)
 
     @staticmethod
     async def _pump(chunks: Any, queue: asyncio.Queue) -> None:
@@ -118,7 +110,7 @@ class ReplicaCaller:
         try:
             async for item in chunks:
                 if isinstance(item, dict):  # the replica's stream failed: {"error": ...}
-                    queue.put_nowait(typed_error(item["error"]))
+                    queue.put_nowait(decode_error(item["error"]))
                     return
                 queue.put_nowait(item)
             queue.put_nowait(None)
@@ -135,7 +127,7 @@ class ReplicaCaller:
         except RAY_FAILURES as exc:
             raise ServiceUnavailableError(f"no engine replica could check the adapter: {exc}") from None
         if problem:
-            raise typed_error(problem)
+            raise decode_error(problem)
 
     async def preload(self, ref: AdapterRef) -> None:
         """Best effort: the registration stands either way, and traffic loads it on demand."""

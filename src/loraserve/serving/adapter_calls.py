@@ -1,13 +1,76 @@
-"""The wire messages of adapter operations, as DJL's handlers expect them, and their replies."""
+"""How an adapter operation reaches a model's workers, one class per handler kind: the built-in
+engine gets typed control messages (``wire.control``) and raises its refusals; a user's handler
+gets DJL's Input for its ``register_adapter`` / ``update_adapter`` / ``unregister_adapter`` hooks
+and answers with a DJL Output, whose error code is its refusal."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from loraserve.adapters.registry import AdapterRecord
 from loraserve.errors import HandlerError
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.control import ControlDone, RegisterAdapter, UnregisterAdapter
+from loraserve.wire.frames import ReplyKind
+
+Broadcast = Callable[[str, Any], Awaitable[list[WorkerReply]]]
+
+
+class AdapterCalls(Protocol):
+    """Each method returns the handler's status text (DJL answers it), or None; a refusal
+    raises, named as ``<verb> adapter <name>``."""
+
+    async def register(self, record: AdapterRecord, verb: str = "registering") -> str | None: ...
+
+    async def update(self, record: AdapterRecord) -> str | None: ...
+
+    async def unregister(self, name: str, check: bool = True) -> str | None:
+        """``check`` False: a refusal is not an error (undoing a half-done registration)."""
+        ...
+
+
+class EngineAdapterCalls:
+    """The built-in engine: a new version replaces the old (running requests keep theirs)."""
+
+    def __init__(self, broadcast: Broadcast) -> None:
+        self.broadcast = broadcast
+
+    async def register(self, record: AdapterRecord, verb: str = "registering") -> str | None:
+        op = RegisterAdapter(record.name, record.path, record.version, record.preload, record.pin)
+        return _control_message(await self.broadcast("control", op))
+
+    async def update(self, record: AdapterRecord) -> str | None:
+        return await self.register(record)
+
+    async def unregister(self, name: str, check: bool = True) -> str | None:
+        return _control_message(await self.broadcast("control", UnregisterAdapter(name)))
+
+
+class HandlerAdapterCalls:
+    """A user's handler, through the hooks it defines (``hooks``: those its worker reported)."""
+
+    def __init__(self, broadcast: Broadcast, hooks: Callable[[], list[str]]) -> None:
+        self.broadcast = broadcast
+        self.hooks = hooks
+
+    async def register(self, record: AdapterRecord, verb: str = "registering") -> str | None:
+        replies = await self.broadcast("register_adapter", registration_input(record))
+        return _checked(replies, f"{verb} adapter {record.name}")
+
+    async def update(self, record: AdapterRecord) -> str | None:
+        if "update_adapter" in self.hooks():
+            replies = await self.broadcast("update_adapter", registration_input(record))
+            return _checked(replies, f"updating adapter {record.name}")
+        if "register_adapter" in self.hooks():  # no update hook: unregister, then register anew
+            await self.broadcast("unregister_adapter", _unregistration(record.name))
+            await self.register(record, "re-registering")  # DJL keeps no status text here
+        return None
+
+    async def unregister(self, name: str, check: bool = True) -> str | None:
+        replies = await self.broadcast("unregister_adapter", _unregistration(name))
+        return _checked(replies, f"unregistering adapter {name}") if check else None
 
 
 def registration_input(record: AdapterRecord) -> dict[str, Any]:
@@ -21,19 +84,27 @@ def registration_input(record: AdapterRecord) -> dict[str, Any]:
     return {"properties": properties, "content": content}
 
 
-def raise_for_reply(replies: list[WorkerReply], action: str) -> None:
+def _unregistration(name: str) -> dict[str, Any]:
+    return {"properties": {"name": name}, "content": []}
+
+
+def _control_message(replies: list[WorkerReply]) -> str | None:
+    """The engine's ``ControlDone`` text (its refusals were raised by the call)."""
+    done: list[ControlDone] = [r.output for r in replies if r.kind is ReplyKind.CONTROL]
+    return done[0].message if done else None
+
+
+def _checked(replies: list[WorkerReply], action: str) -> str | None:
+    """Raise the first DJL error Output among ``replies``; else the message a handler set on its
+    Output (DJL answers it as the status), None if unset."""
     for reply in replies:
-        if reply.output is not None and reply.output["code"] >= 400:
-            body = b"".join(v for _, v in reply.output["content"]).decode("utf-8", "replace")
-            detail = _error_detail(body) or reply.output["message"]
-            raise HandlerError(f"{action} refused by the handler: {detail}",
-                               status_code=reply.output["code"])
-
-
-def handler_message(replies: list[WorkerReply]) -> str | None:
-    """The message a handler set on its Output (DJL answers it as the status); None if unset."""
-    output = replies[0].output if replies else None
-    message = output.get("message") if output else None
+        output = reply.output if reply.kind is ReplyKind.DJL else None
+        if output is not None and output["code"] >= 400:
+            body = b"".join(v for _, v in output["content"]).decode("utf-8", "replace")
+            detail = _error_detail(body) or output["message"]
+            raise HandlerError(f"{action} refused by the handler: {detail}", status_code=output["code"])
+    first = replies[0].output if replies and replies[0].kind is ReplyKind.DJL else None
+    message = first.get("message") if first else None
     return message if message and message != "OK" else None
 
 

@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from loraserve.errors import LoraserveError
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.control import EngineStatsQuery
+from loraserve.wire.frames import ReplyKind
 
 log = logging.getLogger("loraserve.requests")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -37,13 +39,13 @@ def adapter_label(model: ModelService, adapters: list[str]) -> str:
 
 
 def _figures(reply: WorkerReply) -> tuple[int, int]:
-    """(status, generated tokens) of a reply: a DJL Output in wire form or a typed result."""
+    """(status, generated tokens) of a reply, read as its kind says."""
     output = reply.output
-    if isinstance(output, dict):
+    if reply.kind is ReplyKind.DJL:
         return output["code"], int(output["properties"].get(TOKENS_HEADER, 0))
     if output is None:
         return (200, 0) if reply.stream is not None else (500, 0)
-    return 200, int(getattr(output, "generated_tokens", 0))
+    return 200, output.generated_tokens if reply.kind is ReplyKind.GENERATE else 0
 
 
 class EngineCollector:
@@ -146,7 +148,7 @@ class ServerMetrics:
                                                    code))
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
-        return WorkerReply(reply.output, forwarded, reply.cancel)
+        return WorkerReply(reply.kind, reply.output, forwarded, reply.cancel)
 
     def refused(self, model: str, code: int) -> None:
         """A request refused before it reached a worker (bad parameters, unknown adapter)."""
@@ -212,10 +214,10 @@ class ServerMetrics:
         if not model.uses_builtin_engine or not model.workers.live_workers:
             return {}
         try:
-            replies = await asyncio.wait_for(
-                model.workers.broadcast("stats", {"properties": {}, "content": []}), 5)
+            replies = await asyncio.wait_for(model.workers.broadcast("control", EngineStatsQuery()), 5)
         except (LoraserveError, asyncio.TimeoutError):
             return {}
-        if replies and replies[0].output:
-            self.engine.stats[model.name] = json.loads(replies[0].output["content"][0][1])
+        stats = [r.output for r in replies if r.kind is ReplyKind.CONTROL]
+        if stats:
+            self.engine.stats[model.name] = stats[0].figures
         return self.engine.stats.get(model.name, {})

@@ -37,7 +37,7 @@ from loraserve.errors import (
     WorkerDiedError,
 )
 from loraserve.handler_kind import Handler, resolve_handler
-from loraserve.serving.adapter_calls import handler_message, raise_for_reply, registration_input
+from loraserve.serving.adapter_calls import AdapterCalls, Broadcast, EngineAdapterCalls, HandlerAdapterCalls
 from loraserve.serving.worker_group import MAX_WORKERS, WorkerGroup
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
 
@@ -145,8 +145,8 @@ class ModelService:
         async with self.adapter_lock:
             for record in self.registry.ready_records():
                 try:
-                    reply = await worker.call("register_adapter", registration_input(record))
-                    raise_for_reply([reply], f"restoring adapter {record.name}")
+                    calls = self._calls(lambda fn, payload: _one(worker, fn, payload))
+                    await calls.register(record, "restoring")
                 except WorkerDiedError:
                     raise
                 except LoraserveError as exc:
@@ -154,12 +154,19 @@ class ModelService:
                               self.name, record.name, exc.message)
                     self.registry.mark_failed(record.name, exc.message)
 
-    async def _broadcast(self, fn: str, wire_input: dict[str, Any]) -> list[WorkerReply]:
+    async def _broadcast(self, fn: str, payload: Any) -> list[WorkerReply]:
         """An adapter operation on every live worker. With none live while a restart is under
         way, nothing to do now: the restart replays the registry as it is when it is ready."""
         if self.workers.recovering:
             return []
-        return await self.workers.broadcast(fn, wire_input)
+        return await self.workers.broadcast(fn, payload)
+
+    def _calls(self, broadcast: Broadcast | None = None) -> AdapterCalls:
+        """Adapter operations as this model's handler kind takes them (on every worker by default)."""
+        send = broadcast or self._broadcast
+        if self.uses_builtin_engine:
+            return EngineAdapterCalls(send)
+        return HandlerAdapterCalls(send, lambda: self.workers.hooks)
 
     def _require_ready(self) -> None:
         if self.lifecycle is not ModelStatus.READY:
@@ -194,9 +201,7 @@ class ModelService:
         record.path = await asyncio.to_thread(self._handler_path, record.src)
         self.registry.begin_register(record)
         try:
-            replies = await self._broadcast("register_adapter", registration_input(record))
-            raise_for_reply(replies, f"registering adapter {record.name}")
-            self._keep_message(record.name, replies)
+            self._keep_message(record.name, await self._calls().register(record))
         except BaseException:
             self.registry.abort_register(record.name)
             await self._unregister_quietly(record)
@@ -206,8 +211,7 @@ class ModelService:
     async def _unregister_quietly(self, record: AdapterRecord) -> None:
         """Undo a half-done registration on the workers that accepted it."""
         try:
-            await self._broadcast("unregister_adapter", {
-                "properties": {"name": record.name}, "content": []})
+            await self._calls().unregister(record.name, check=False)
         except Exception as exc:  # best effort: the registration already failed
             log.warning("model %s: cleanup of adapter %s failed: %s", self.name, record.name, exc)
 
@@ -251,27 +255,16 @@ class ModelService:
             record.state, record.error = snapshot.state, snapshot.error
 
     async def _apply_update(self, updated: AdapterRecord) -> None:
-        wire = registration_input(updated)
-        if "update_adapter" in self.workers.hooks:
-            replies = await self._broadcast("update_adapter", wire)
-            raise_for_reply(replies, f"updating adapter {updated.name}")
-            self._keep_message(updated.name, replies)
-        elif "register_adapter" in self.workers.hooks:
-            await self._broadcast("unregister_adapter", {
-                "properties": {"name": updated.name}, "content": []})
-            raise_for_reply(await self._broadcast("register_adapter", wire),
-                             f"re-registering adapter {updated.name}")
+        self._keep_message(updated.name, await self._calls().update(updated))
 
     async def unregister_adapter(self, name: str) -> AdapterRecord:
         self._require_ready()
         async with self.adapter_lock:
             record, previous = self.registry.begin_unregister(name)
             try:
-                replies = await self._broadcast("unregister_adapter", {
-                    "properties": {"name": name}, "content": []})
-                if previous is not AdapterState.FAILED:  # a failed one may be on no worker
-                    raise_for_reply(replies, f"unregistering adapter {name}")
-                    self._keep_message(name, replies)
+                # a failed one may be on no worker: its refusal is no error
+                message = await self._calls().unregister(name, check=previous is not AdapterState.FAILED)
+                self._keep_message(name, message)
             except BaseException:
                 self.registry.abort_unregister(name, previous)  # still registered
                 raise
@@ -279,8 +272,7 @@ class ModelService:
             log.info("model %s: adapter %s unregistered", self.name, name)
             return record
 
-    def _keep_message(self, name: str, replies: list[WorkerReply]) -> None:
-        message = handler_message(replies)
+    def _keep_message(self, name: str, message: str | None) -> None:
         if message:
             self.handler_messages[name] = message
 
@@ -354,3 +346,7 @@ class ModelService:
 def _worker_cap(server: ServerConfig) -> int:
     """The server's per-model worker limit where it has one; the group's hard cap bounds it."""
     return int(getattr(server, "max_workers_per_model", MAX_WORKERS))
+
+
+async def _one(worker: WorkerProcess, fn: str, payload: Any) -> list[WorkerReply]:
+    return [await worker.call(fn, payload)]

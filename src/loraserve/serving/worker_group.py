@@ -270,7 +270,7 @@ class WorkerGroup:
             return
         for job, output in zip(jobs, outputs):
             if not job.future.done():
-                job.future.set_result(WorkerReply(output, reply.stream, reply.cancel))
+                job.future.set_result(WorkerReply(reply.kind, output, reply.stream, reply.cancel))
 
     @staticmethod
     async def _run_one(worker: WorkerProcess, job: _Job) -> None:

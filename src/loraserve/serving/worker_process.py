@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraserve.errors import HandlerError, LoraserveError, WorkerDiedError
-from loraserve.handlers.protocol import HEADER, decode_payload, encode_frame
+from loraserve.errors import LoraserveError, WorkerDiedError
+from loraserve.wire.errors import decode_error
+from loraserve.wire.frames import HEADER, ReplyKind, decode_payload, encode_frame
 
 log = logging.getLogger("loraserve.worker")
 _ids = itertools.count(1)
@@ -31,14 +32,15 @@ class WorkerLoadError(LoraserveError):
 
 @dataclass(slots=True)
 class WorkerReply:
-    """A handler's answer: its Output in wire form, a typed result (``GenerateResult``) or
-    None, and, when streaming, the chunks.
+    """A handler's answer, tagged by ``kind`` (``wire.frames.ReplyKind``): a DJL Output in wire
+    form, a ``GenerateResult``, a control reply, or nothing; and, when streaming, the chunks.
 
-    ``stream`` yields chunks (``bytes``, or ``TokenOutput`` for a typed call) and finally
+    ``stream`` yields chunks (``bytes`` for DJL, ``TokenOutput`` for GENERATE) and finally
     ``None`` (done) or an Exception. ``cancel`` stops the call on the worker (a client that
     left in the middle of a stream).
     """
 
+    kind: ReplyKind
     output: Any
     stream: asyncio.Queue | None = None
     cancel: Callable[[], None] | None = None
@@ -108,17 +110,17 @@ class WorkerProcess:
         return decode_payload(payload)
 
     async def call(self, fn: str, payload: Any) -> WorkerReply:
-        """Run handler function ``fn`` on the worker with a DJL Input in wire form (a dict) or
-        a typed message; raises WorkerDiedError if it dies. Cancelling the caller cancels the
-        call on the worker too."""
+        """Run handler function ``fn`` on the worker with its typed message (``TYPED_FUNCTIONS``)
+        or a DJL Input in wire form; raises what the worker
+        raised (``wire.errors``), or WorkerDiedError if it dies. Cancelling the caller cancels
+        the call on the worker too."""
         if not self.alive:
             raise WorkerDiedError(f"worker {self.worker_id} of model {self.model_name} is not running")
         call_id = next(_ids)
         pending = _Pending(asyncio.get_running_loop().create_future())
         self._pending[call_id] = pending
-        key = "input" if isinstance(payload, dict) else "message"
         try:
-            await self._write({"op": "call", "id": call_id, "fn": fn, key: payload})
+            await self._write({"op": "call", "id": call_id, "fn": fn, "payload": payload})
         except (ConnectionError, RuntimeError):
             self._pending.pop(call_id, None)
             raise WorkerDiedError(f"worker {self.worker_id} of model {self.model_name} died") from None
@@ -177,17 +179,18 @@ class WorkerProcess:
                 self._pending.pop(call_id)
             if not pending.future.done():
                 cancel = (lambda: self.cancel(call_id)) if streaming else None
-                pending.future.set_result(WorkerReply(message["output"], pending.stream, cancel))
+                reply = WorkerReply(ReplyKind(message["kind"]), message["output"], pending.stream, cancel)
+                pending.future.set_result(reply)
         elif op == "error":
             self._pending.pop(call_id)
             if not pending.future.done():
-                pending.future.set_exception(_handler_error(message))
+                pending.future.set_exception(decode_error(message))
         elif op == "chunk" and pending.stream is not None:
             pending.stream.put_nowait(message["data"])
         elif op == "end" and pending.stream is not None:
             self._pending.pop(call_id)
             error = message.get("error")
-            pending.stream.put_nowait(_handler_error(message) if error else None)
+            pending.stream.put_nowait(decode_error(error) if error else None)
 
     async def _on_eof(self) -> None:
         self.alive = False
@@ -227,12 +230,3 @@ class WorkerProcess:
             "inFlight": self.in_flight,
         }
 
-
-def _handler_error(message: dict[str, Any]) -> LoraserveError:
-    """A typed refusal keeps its status and type; anything else is the handler's failure."""
-    text = str(message.get("message") or message.get("error"))
-    if "status" in message:
-        error = LoraserveError(text, status_code=int(message["status"]))
-        error.error_type = str(message.get("type", error.error_type))
-        return error
-    return HandlerError(f"handler error: {text}")

@@ -10,13 +10,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loraserve.errors import BadRequestError
-from loraserve.handlers.messages import (
-    GenerateRequest,
-    GenerateResult,
-    SamplingSpec,
-    SequenceOutput,
-    TokenOutput,
-)
 from loraserve.specs.base import (
     MAX_PROMPTS,
     STRICT,
@@ -31,6 +24,13 @@ from loraserve.specs.base import (
     TopK,
     TopP,
     mixture_of,
+)
+from loraserve.wire.messages import (
+    GenerateRequest,
+    GenerateResult,
+    SamplingSpec,
+    SequenceOutput,
+    TokenOutput,
 )
 
 DEFAULT_MAX_NEW_TOKENS = 30

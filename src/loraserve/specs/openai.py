@@ -21,14 +21,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from loraserve.errors import BadRequestError, LoraserveError
-from loraserve.handlers.messages import (
-    GenerateRequest,
-    GenerateResult,
-    SamplingSpec,
-    SequenceOutput,
-    TokenLogprob,
-    TokenOutput,
-)
 from loraserve.specs.base import (
     CLOSED,
     INT32,
@@ -44,6 +36,14 @@ from loraserve.specs.base import (
     TopP,
 )
 from loraserve.specs.structured import ResponseFormat, StructuredOutputs, request_constraint
+from loraserve.wire.messages import (
+    GenerateRequest,
+    GenerateResult,
+    SamplingSpec,
+    SequenceOutput,
+    TokenLogprob,
+    TokenOutput,
+)
 
 DEFAULT_MAX_TOKENS = 16  # legacy completions' default; chat's is what the context leaves
 MAX_SAMPLES = 128  # n and best_of

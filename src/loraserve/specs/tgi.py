@@ -11,13 +11,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from loraserve.errors import BadRequestError, LoraserveError
-from loraserve.handlers.messages import (
-    FinishReason,
-    GenerateRequest,
-    SamplingSpec,
-    SequenceOutput,
-    TokenOutput,
-)
 from loraserve.specs.base import (
     CLOSED,
     MaxTokens,
@@ -27,6 +20,13 @@ from loraserve.specs.base import (
     Temperature,
     TopK,
     TopP,
+)
+from loraserve.wire.messages import (
+    FinishReason,
+    GenerateRequest,
+    SamplingSpec,
+    SequenceOutput,
+    TokenOutput,
 )
 
 DEFAULT_MAX_NEW_TOKENS = 20  # the text-generation client's default

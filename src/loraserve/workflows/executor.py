@@ -10,6 +10,7 @@ from typing import Any
 
 from loraserve.errors import HandlerError
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.frames import ReplyKind
 from loraserve.workflows.spec import INPUT, WorkflowSpec
 
 Wire = dict[str, Any]
@@ -19,7 +20,7 @@ CallModel = Callable[[str, Wire], Awaitable[WorkerReply]]
 async def reply_to_wire(reply: WorkerReply) -> Wire:
     """A model's Output becomes the next step's Input (streams are gathered first)."""
     output = reply.output
-    if output is None:
+    if reply.kind is not ReplyKind.DJL:  # None, or typed (not a user handler's Output)
         raise HandlerError("a workflow step returned no output")
     content = [(k or "data", v) for k, v in output["content"]]
     if reply.stream is not None:

@@ -21,6 +21,7 @@ from loraserve.errors import ConflictError, LoraserveError, ModelNotFoundError
 from loraserve.serving.cleanup import prune_adapter_copies, prune_model_copies
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.worker_process import WorkerReply
+from loraserve.wire.frames import ReplyKind
 from loraserve.workflows.executor import WorkflowRun
 from loraserve.workflows.spec import WorkflowSpec
 
@@ -131,7 +132,7 @@ class WorkflowManager:
         result = await WorkflowRun(workflow.spec, workflow.served, call, request).output()
         output = {"code": result.get("code", 200), "message": "OK",
                   "properties": result["properties"], "content": result["content"], "streaming": False}
-        return WorkerReply(output)
+        return WorkerReply(ReplyKind.DJL, output)
 
     def owned_models(self) -> set[str]:
         """Served models that exist because a workflow declared them."""

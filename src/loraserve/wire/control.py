@@ -1,0 +1,45 @@
+"""Typed control operations for the built-in engine's worker (vLLM v1's UTILITY calls are the
+pattern): adapter registration and statistics are messages with fields, answered by a
+``ControlDone`` or ``EngineStats``; a refusal comes back as an error (``wire.errors``).
+A user's ``model.py`` still gets DJL's Input for its adapter hooks (``serving.adapter_calls``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAdapter:
+    """Register (or, sent as ``update_adapter``, replace) adapter ``name`` from ``path``."""
+
+    name: str
+    path: str  # resolved by the server, inside the allowed roots
+    version: int
+    preload: bool = True
+    pin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnregisterAdapter:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatsQuery:
+    """Ask the engine what it holds now (the server's ``/metrics`` and the soak tests)."""
+
+
+ControlOp = RegisterAdapter | UnregisterAdapter | EngineStatsQuery
+
+
+@dataclass(frozen=True, slots=True)
+class ControlDone:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """The engine's figures (``LLMEngine.stats`` plus the adapter cache's), by name."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
