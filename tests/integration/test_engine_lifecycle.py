@@ -12,6 +12,7 @@ import pytest
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.errors import AdapterNotFoundError, BadRequestError
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+from loraserve.wire.messages import FinishReason
 
 pytestmark = pytest.mark.integration
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
@@ -139,7 +140,7 @@ def test_loop_sleeps_when_nothing_can_run_and_wakes_on_a_change(files, monkeypat
         assert len(calls) == seen
         result = engine.generate(["dog"], None, GREEDY)[0]  # a new request wakes it
         assert result.finish_reason == "length"
-        assert engine.abort(stuck.request_id) is stuck and stuck.finish_reason == "aborted"
+        assert engine.abort(stuck.request_id) is stuck and stuck.finish_reason is FinishReason.ABORT
     finally:
         engine.stop()
     _assert_nothing_leaked(engine)

@@ -11,6 +11,7 @@ import pytest
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+from loraserve.wire.messages import FinishReason
 
 pytestmark = pytest.mark.integration
 PARAMS = SamplingParams(max_new_tokens=8, ignore_eos=True)
@@ -86,8 +87,9 @@ def test_aborting_a_sequence_in_flight_releases_it_when_the_step_ends(engine):
         assert stats["lora_refs"] == 1 and stats["running"] == 2
         paused.release.set()
         stepping.join(HANG_S)
-    assert victim.finish_reason == "aborted"
-    assert [e.finish_reason for e in events].count("aborted") == 1 and events[-1].finish_reason == "aborted"
+    assert victim.finish_reason is FinishReason.ABORT
+    reasons = [e.finish_reason for e in events]
+    assert reasons.count(FinishReason.ABORT) == 1 and reasons[-1] is FinishReason.ABORT
     assert len(victim.output_ids) == 1  # the in-flight step added no token after the abort
     while engine.has_work():
         engine.step()

@@ -15,6 +15,7 @@ from loraserve.constraints import OutputConstraint
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.errors import BadRequestError
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+from loraserve.wire.messages import FinishReason
 
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
@@ -124,7 +125,7 @@ def test_abort_and_finish_release_the_matcher(files):
     engine.step()
     assert seq.matcher is not None and len(seq.output_ids) == 2
     engine.abort(seq.request_id)
-    assert seq.matcher is None and seq.finish_reason == "aborted"
+    assert seq.matcher is None and seq.finish_reason is FinishReason.ABORT
     done = engine.add_request("hello", None, SamplingParams(constraint=OutputConstraint("choice", CHOICES)))
     while engine.has_work():
         engine.step()

@@ -79,8 +79,8 @@ class _Chars:
 
 def test_a_stop_string_across_tokens_is_held_back_so_the_stream_equals_the_text():
     from loraserve.engine.output import OutputProcessor
-    from loraserve.engine.sampling import SamplingParams
     from loraserve.engine.sequence import Sequence
+    from loraserve.wire.sampling import SamplingParams
 
     chars = _Chars()
     outputs = OutputProcessor(chars, eos_ids={99}, max_len=100)

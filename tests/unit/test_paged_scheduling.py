@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.sequence import Sequence, SequenceStatus
 from loraserve.testing.scheduling import make_scheduler, run_step
+from loraserve.wire.sampling import SamplingParams
 
 pytestmark = pytest.mark.unit
 

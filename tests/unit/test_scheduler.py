@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.sequence import Sequence
 from loraserve.testing.scheduling import Arrival, make_scheduler, run_step, simulate
+from loraserve.wire.messages import FinishReason
+from loraserve.wire.sampling import SamplingParams
 
 pytestmark = pytest.mark.unit
 
@@ -94,7 +95,7 @@ def test_abort_anywhere_releases_everything():
     seqs = [_add(scheduler, "a"), _add(scheduler, "b"), _add(scheduler, None)]
     run_step(scheduler)
     for seq in seqs:
-        assert scheduler.abort(seq.request_id) is seq and seq.finish_reason == "aborted"
+        assert scheduler.abort(seq.request_id) is seq and seq.finish_reason is FinishReason.ABORT
         scheduler.finish(seq)  # twice is harmless
     assert scheduler.abort(seqs[0].request_id) is None
     _assert_released(scheduler)

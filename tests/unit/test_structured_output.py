@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from loraserve.constraints import OutputConstraint
-from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.structured import (
     StructuredOutput,
     advance,
@@ -22,6 +21,7 @@ from loraserve.engine.structured import (
     masked_rows,
 )
 from loraserve.errors import BadRequestError
+from loraserve.wire.sampling import SamplingParams
 
 pytest.importorskip("llguidance")
 pytestmark = pytest.mark.unit

@@ -2,6 +2,6 @@
 
 from loraserve.engine.config import EngineConfig
 from loraserve.engine.engine import LLMEngine
-from loraserve.engine.sampling import SamplingParams
+from loraserve.wire.sampling import SamplingParams
 
 __all__ = ["EngineConfig", "LLMEngine", "SamplingParams"]

@@ -23,7 +23,6 @@ from loraserve.engine.kv_budget import plan_kv_cache
 from loraserve.engine.mixtures import PREFIX, Mixture, Mixtures
 from loraserve.engine.output import OutputProcessor
 from loraserve.engine.sampler import sample_tokens, score_rows
-from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
 from loraserve.engine.step_batch import build_step_batch, scored_positions
@@ -33,6 +32,8 @@ from loraserve.model.families import load_model_config
 from loraserve.model.loader import parse_dtype, resolve_model_path
 from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter
 from loraserve.model.runner import ModelRunner
+from loraserve.wire.messages import FinishReason
+from loraserve.wire.sampling import SamplingParams
 
 log = logging.getLogger("loraserve.engine")
 
@@ -43,7 +44,7 @@ class GenerationResult:
     text: str
     token_ids: list[int]
     logprobs: list[float | None]
-    finish_reason: str
+    finish_reason: FinishReason | None
     prompt_tokens: int
 
 
@@ -283,24 +284,24 @@ class LLMEngine:
                 self.scheduler.finish(seq)
                 finished.append(seq)
             self.emit(seq, event)
-            if seq.finish_reason == "error":
+            if seq.finish_reason is FinishReason.ERROR:
                 finished.append(seq)  # its callback failed
         return finished
 
     def _report_failed(self) -> list[Sequence]:
         failed, self.scheduler.failed = self.scheduler.failed, []
         for seq in failed:
-            self.emit(seq, TokenEvent(seq.request_id, -1, "", None, "error"))
+            self.emit(seq, TokenEvent(seq.request_id, -1, "", None, FinishReason.ERROR))
         return failed
 
     def fail_sequence(self, seq: Sequence, message: str) -> None:
         """Finish ``seq`` with an error, scrub what it wrote, tell its consumer."""
         if seq.status == SequenceStatus.FINISHED:
             return
-        seq.finish_reason, seq.error = "error", message
+        seq.finish_reason, seq.error = FinishReason.ERROR, message
         # its blocks may hold NaN, which masked reads would pass to their next user
         self.runner.zero_blocks(self.scheduler.finish(seq, discard=True))
-        self.emit(seq, TokenEvent(seq.request_id, -1, "", None, "error"))
+        self.emit(seq, TokenEvent(seq.request_id, -1, "", None, FinishReason.ERROR))
 
     def emit(self, seq: Sequence, event: TokenEvent) -> None:
         """Call the consumer's callback; one that raises fails its own request only."""
@@ -338,7 +339,7 @@ class LLMEngine:
         else:
             while any(s.finish_reason is None for s in seqs):
                 done.wait(0.01)
-        return [GenerationResult(s.request_id, s.text, s.output_ids, s.logprobs, s.finish_reason or "",
+        return [GenerationResult(s.request_id, s.text, s.output_ids, s.logprobs, s.finish_reason,
                                  len(s.prompt_ids)) for s in seqs]
 
     # -- background loop --------------------------------------------------------------------

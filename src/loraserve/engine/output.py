@@ -9,6 +9,7 @@ from weakref import WeakKeyDictionary
 from loraserve.engine.detokenizer import IncrementalDetokenizer
 from loraserve.engine.sequence import Sequence, TokenEvent, TokenLogprobs
 from loraserve.engine.structured import complete
+from loraserve.wire.messages import FinishReason
 
 
 class OutputProcessor:
@@ -28,9 +29,9 @@ class OutputProcessor:
         seq.logprobs.append(logprob)
         reason = self._finish_reason(seq, token)
         self._new_text(seq, reason is not None)
-        may_stop = reason in (None, "length") and len(seq.output_ids) >= seq.params.min_tokens
+        may_stop = reason in (None, FinishReason.LENGTH) and len(seq.output_ids) >= seq.params.min_tokens
         if may_stop and _hit_stop(seq):
-            reason = "stop_sequence"
+            reason = FinishReason.STOP_SEQUENCE
         visible = len(seq.text)
         if reason is None:
             visible -= _stop_prefix(seq.text, seq.params.stop, seq.emitted)
@@ -43,18 +44,18 @@ class OutputProcessor:
     def _ends(self, seq: Sequence, token: int) -> str | None:
         """Whether ``token`` ends ``seq`` by itself (EOS or a stop token): it has no text."""
         if token in self.eos_ids and not seq.params.ignore_eos:
-            return "eos_token"
+            return FinishReason.EOS_TOKEN
         if token in seq.params.stop_token_ids:
-            return "stop_sequence"
+            return FinishReason.STOP_SEQUENCE
         return None
 
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         if len(seq.output_ids) >= seq.params.min_tokens and (reason := self._ends(seq, token)):
             return reason
         if seq.matcher is not None and complete(seq.matcher):
-            return "eos_token"  # the constraint is satisfied and allows nothing but EOS: end here
+            return FinishReason.EOS_TOKEN  # the constraint is complete and allows only EOS: end here
         if len(seq.output_ids) >= seq.params.max_new_tokens or seq.total_len >= self.max_len:
-            return "length"
+            return FinishReason.LENGTH
         return None
 
     def _new_text(self, seq: Sequence, final: bool) -> str:

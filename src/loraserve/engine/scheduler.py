@@ -29,6 +29,7 @@ from loraserve.engine.adapter_cache import AdapterCache
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.fairness import Client, VirtualTokenCounter
 from loraserve.engine.sequence import Sequence, SequenceStatus
+from loraserve.wire.messages import FinishReason
 
 log = logging.getLogger("loraserve.engine")
 
@@ -172,7 +173,7 @@ class Scheduler:
             self.fairness.leave(seq.client)
 
     def _fail(self, seq: Sequence, message: str) -> None:
-        seq.finish_reason, seq.error = "error", message
+        seq.finish_reason, seq.error = FinishReason.ERROR, message
         self.finish(seq)
         self.failed.append(seq)
 
@@ -216,6 +217,6 @@ class Scheduler:
     def abort(self, request_id: int) -> Sequence | None:
         seq = self.find(request_id)
         if seq is not None:
-            seq.finish_reason = seq.finish_reason or "aborted"
+            seq.finish_reason = seq.finish_reason or FinishReason.ABORT
             self.finish(seq)
         return seq

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from loraserve.engine.adapter_cache import AdapterKey
-from loraserve.engine.sampling import SamplingParams
+from loraserve.wire.messages import FinishReason
+from loraserve.wire.sampling import SamplingParams
 
 _ids = itertools.count(1)
 
@@ -39,7 +40,7 @@ class TokenEvent:
     token_id: int
     text: str  # new text since the previous event
     logprob: float | None
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()  # when the request asked for top_logprobs
 
 
@@ -64,8 +65,8 @@ class Sequence:
     preemptions: int = 0
     text: str = ""
     emitted: int = 0  # characters of ``text`` already sent
-    finish_reason: str | None = None  # eos_token, length, stop_sequence, aborted or error
-    error: str | None = None  # why, when finish_reason is "error"
+    finish_reason: FinishReason | None = None
+    error: str | None = None  # why, when finish_reason is ERROR
     generator: torch.Generator | None = None
     peak_batch: int = 0  # largest step batch this sequence ran in (observability)
     abort_requested: bool = False  # aborted while its step ran: the engine finishes it at step end

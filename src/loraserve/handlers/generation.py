@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from loraserve.constraints import OutputConstraint
-from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.sequence import Sequence, TokenEvent
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.handlers.chat_prompt import chat_prompt_ids
@@ -33,6 +32,7 @@ from loraserve.wire.messages import (
     ToolCall,
     finite_or_none,
 )
+from loraserve.wire.sampling import SamplingParams, sample_seed
 
 if TYPE_CHECKING:
     from loraserve.engine import LLMEngine
@@ -72,7 +72,7 @@ class _Track:
 
     def token(self, event: TokenEvent, texts: _TokenTexts | None, keep: bool) -> TokenOutput:
         """The event as a ``TokenOutput``; its finish reason and the summary on the last one."""
-        reason = None if event.finish_reason is None else FinishReason(event.finish_reason)
+        reason = event.finish_reason
         if reason is FinishReason.ERROR:
             self.done = True
             raise LoraserveError("generation failed inside the engine; see the server log")
@@ -216,7 +216,7 @@ class Generation:
             top_k=spec.top_k,
             top_p=spec.top_p,
             repetition_penalty=spec.repetition_penalty,
-            seed=None if spec.seed is None else spec.seed + sample,
+            seed=None if spec.seed is None else sample_seed(spec.seed, sample),
             stop=list(spec.stop),
             ignore_eos=spec.ignore_eos,
             details=request.details,

@@ -10,20 +10,33 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraserve.errors import BadRequestError
+from loraserve.wire import sampling
+from loraserve.wire.sampling import Bound
 
 # Strict everywhere: "false" is not a boolean, "0.5" is not a number, 8.0 is not an integer,
 # NaN and Infinity are not numbers; integers must fit what the engine stores them in.
 STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
 # And a field the model does not declare is refused by name, never silently dropped.
 CLOSED = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
-INT32 = 2**31 - 1
-MaxTokens = Annotated[int, Field(ge=1, le=INT32)]
-Temperature = Annotated[float, Field(ge=0, le=100)]
-TopP = Annotated[float, Field(gt=0, le=1)]
-TopK = Annotated[int, Field(ge=-1, le=INT32, description="0 or -1: no top-k filtering")]
-# Below 0.01 the CTRL penalty divides logits into infinities; nothing useful lies out there.
-RepetitionPenalty = Annotated[float, Field(ge=0.01, le=100)]
-Seed = Annotated[int, Field(ge=0, le=2**53 - 1)]  # exact in a JSON number everywhere
+
+
+def within(bound: Bound, **kwargs: Any) -> Any:
+    """A pydantic Field holding values to ``bound`` (``wire.sampling``: the engine's own)."""
+    low = {"gt": bound.low} if bound.low_open else {"ge": bound.low}
+    return Field(**low, le=bound.high, **kwargs)
+
+
+MaxTokens = Annotated[int, within(sampling.MAX_TOKENS)]
+Temperature = Annotated[float, within(sampling.TEMPERATURE)]
+TopP = Annotated[float, within(sampling.TOP_P)]
+TopK = Annotated[int, Field(ge=-1, le=sampling.TOP_K.high, description="0 or -1: no top-k filtering")]
+RepetitionPenalty = Annotated[float, within(sampling.REPETITION_PENALTY)]
+Seed = Annotated[int, within(sampling.SEED)]
+OccurrencePenalty = Annotated[float, within(sampling.OCCURRENCE_PENALTY)]
+TokenId = Annotated[int, within(sampling.TOKEN_ID)]
+LogitBias = Annotated[float, within(sampling.LOGIT_BIAS)]
+MinP = Annotated[float, within(sampling.MIN_P)]
+TopLogprobs = Annotated[int, within(sampling.TOP_LOGPROBS)]
 StopText = Annotated[str, Field(min_length=1, max_length=1000)]
 Stop = StopText | Annotated[list[StopText], Field(max_length=32)]
 MAX_PROMPTS = 1024  # prompts in one LMI request; each is one sequence

@@ -23,16 +23,20 @@ from pydantic import BaseModel, Field
 from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.specs.base import (
     CLOSED,
-    INT32,
     MAX_PROMPTS,
     AdapterMixture,
+    LogitBias,
     MaxTokens,
     Messages,
+    MinP,
+    OccurrencePenalty,
     RepetitionPenalty,
     Seed,
     Stop,
     Temperature,
+    TokenId,
     TopK,
+    TopLogprobs,
     TopP,
 )
 from loraserve.specs.structured import ResponseFormat, StructuredOutputs, request_constraint
@@ -44,14 +48,12 @@ from loraserve.wire.messages import (
     TokenLogprob,
     TokenOutput,
 )
+from loraserve.wire.sampling import INT32
 
 DEFAULT_MAX_TOKENS = 16  # legacy completions' default; chat's is what the context leaves
 MAX_SAMPLES = 128  # n and best_of
-Penalty = Annotated[float, Field(ge=-2, le=2)]
-TokenId = Annotated[int, Field(ge=0, le=INT32)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
-TopLogprobs = Annotated[int, Field(ge=0, le=20)]
 
 
 class StreamOptions(BaseModel):
@@ -72,15 +74,15 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stop | None = None
-    seed: Seed | None = Field(None, description="sample i of a request uses seed + i")
-    presence_penalty: Penalty = 0.0
-    frequency_penalty: Penalty = 0.0
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+    seed: Seed | None = Field(None, description="sample i of a request uses seed + i (wrapped)")
+    presence_penalty: OccurrencePenalty = 0.0
+    frequency_penalty: OccurrencePenalty = 0.0
+    logit_bias: dict[str, LogitBias] | None = Field(
         None, max_length=300, description="token id (as a string) -> bias added to its logit"
     )
     user: str | None = Field(None, description="accepted; recorded nowhere")
     top_k: TopK | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_p: MinP = 0.0
     repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0, le=INT32)] = 0

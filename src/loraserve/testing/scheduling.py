@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from loraserve.engine.adapter_cache import AdapterCache
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.fairness import VirtualTokenCounter
-from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence, SequenceStatus
+from loraserve.wire.sampling import SamplingParams
 
 
 class FirstComeFirstServed(VirtualTokenCounter):
