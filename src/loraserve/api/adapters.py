@@ -1,16 +1,14 @@
 """Adapter management routes: ``/models/{m}/adapters…`` and the single-model ``/adapters…``.
 
 Options are query parameters (DJL) or JSON body fields (the query wins); every option that is
-not one of DJL's own goes to the handler as is. Unpacked archive copies are removed when the
-adapter that used them goes or its registration fails.
+not one of DJL's own goes to the handler as is. Every change goes through the manager's
+``adapters`` (``serving.adapter_admin``), which makes it durable and removes unused copies.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Awaitable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
@@ -19,8 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loraserve.api.deps import config_of, manager_of
 from loraserve.api.management import Page
 from loraserve.api.params import Flag, merged_params, opt_bool, paged_response
-from loraserve.errors import BadRequestError, InsufficientStorageError, LoraserveError
-from loraserve.serving.cleanup import prune_adapter_copies
+from loraserve.errors import BadRequestError
 from loraserve.serving.lora_gate import require_lora
 from loraserve.serving.model_service import ModelService
 
@@ -70,78 +67,6 @@ def _status(model: ModelService, adapter: str, default: str) -> JSONResponse:
     return JSONResponse({"status": model.handler_messages.pop(adapter, None) or default})
 
 
-async def register(request: Request, model: ModelService, name: str, src: str, preload: bool,
-                   pin: bool, extras: dict[str, str]) -> None:
-    """Register and persist; the one path every adapter-loading route takes (roots, names and
-    sources are checked by the model service). Acknowledged only once saved: if the save
-    fails (507) the registration is taken back, so a restart shows what the client was told."""
-    try:
-        await model.register_adapter(name, src, preload, pin, extras)
-    except BaseException:
-        await prune_adapter_copies(model)
-        raise
-    manager = manager_of(request)
-    try:
-        manager.persist(model)
-    except InsufficientStorageError:
-        manager.removing(model, model.registry.get(name))  # not saved by a concurrent save either
-        try:
-            await _quietly(model.unregister_adapter(name), f"taking back adapter {name}")
-        finally:
-            manager.kept(model, name)
-            await prune_adapter_copies(model)
-        raise
-
-
-async def update(request: Request, model: ModelService, adapter: str, src: str | None,
-                 preload: bool | None, pin: bool | None, extras: dict[str, str]) -> None:
-    """Update and persist; if the save fails (507) the earlier version is put back."""
-    before = dataclasses.replace(model.registry.get(adapter))
-    try:
-        await model.update_adapter(adapter, src, preload, pin, extras)
-    finally:
-        await prune_adapter_copies(model)  # the old version's copy, or the failed new one
-    try:
-        manager_of(request).persist(model)
-    except InsufficientStorageError:
-        try:
-            await _quietly(model.restore_adapter(before), f"restoring adapter {adapter}")
-        finally:
-            await prune_adapter_copies(model)
-        raise
-
-
-async def unregister(request: Request, model: ModelService, adapter: str) -> None:
-    """Saved without the adapter first: a failed save (507) leaves it registered and served.
-    If the removal itself then fails, the adapter is saved back (it is still registered)."""
-    manager = manager_of(request)
-    record = model.registry.settled(adapter)
-    manager.removing(model, record)
-    try:
-        manager.persist(model)
-        try:
-            record = await model.unregister_adapter(adapter)
-        except BaseException:
-            manager.kept(model, adapter)
-            await _quietly(_save(manager, model), f"saving adapter {adapter} back")
-            raise
-    finally:
-        manager.kept(model, adapter)
-    await prune_adapter_copies(model)
-
-
-async def _save(manager: Any, model: ModelService) -> None:
-    manager.persist(model)
-
-
-async def _quietly(step: Awaitable[object], what: str) -> None:
-    """An undo step after a failure: its own failure is logged, the first error is reported."""
-    try:
-        await step
-    except LoraserveError as exc:
-        log.error("model: %s failed: %s", what, exc.message)
-
-
 async def _register(request: Request, model_name: str | None) -> JSONResponse:
     model = adapter_model(request, model_name)
     params = await _params(request)
@@ -150,21 +75,23 @@ async def _register(request: Request, model_name: str | None) -> JSONResponse:
         raise BadRequestError("parameter src is required")
     pin = opt_bool(params, "pin", False)
     preload = True if pin else opt_bool(params, "preload", True)  # pinning implies preloading
-    await register(request, model, name or "", src, bool(preload), bool(pin), _extras(params))
+    await manager_of(request).adapters.register(model, name or "", src, bool(preload), bool(pin),
+                                                _extras(params))
     return _status(model, name or "", f"Adapter {name} registered")
 
 
 async def _update(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
     model = adapter_model(request, model_name)
     params = await _params(request)
-    await update(request, model, adapter, params.get("src"), opt_bool(params, "preload", None),
-                 opt_bool(params, "pin", None), _extras(params))
+    await manager_of(request).adapters.update(model, adapter, params.get("src"),
+                                              opt_bool(params, "preload", None),
+                                              opt_bool(params, "pin", None), _extras(params))
     return _status(model, adapter, f"Adapter {adapter} updated")
 
 
 async def _unregister(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
     model = adapter_model(request, model_name)
-    await unregister(request, model, adapter)
+    await manager_of(request).adapters.unregister(model, adapter)
     return _status(model, adapter, f"Adapter {adapter} unregistered")
 
 

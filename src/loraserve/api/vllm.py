@@ -10,8 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from loraserve.api import adapters
-from loraserve.api.deps import config_of, engine_model
+from loraserve.api.deps import config_of, engine_model, manager_of
 from loraserve.api.request_input import parse_json_body, read_body
 from loraserve.errors import AdapterNotFoundError, BadRequestError, LoraserveError
 from loraserve.serving.lora_gate import require_lora
@@ -39,11 +38,11 @@ async def _load(request: Request) -> Response:
     model = _model(request, body.model)
     name = body.lora_name
     if name in model.registry and body.load_inplace:
-        await adapters.update(request, model, name, body.lora_path, None, None, {})
+        await manager_of(request).adapters.update(model, name, body.lora_path, None, None, {})
     elif name in model.registry:
         raise BadRequestError(f"The lora adapter '{name}' has already been loaded.")
     else:
-        await adapters.register(request, model, name, body.lora_path, True, False, {})
+        await manager_of(request).adapters.register(model, name, body.lora_path, True, False, {})
     model.handler_messages.pop(name, None)  # vLLM answers with its own text
     return PlainTextResponse(spec.loaded(name))
 
@@ -53,7 +52,7 @@ async def _unload(request: Request) -> Response:
     model = _model(request, body.model)
     if body.lora_name not in model.registry:
         raise AdapterNotFoundError(f"The lora adapter '{body.lora_name}' cannot be found.")
-    await adapters.unregister(request, model, body.lora_name)
+    await manager_of(request).adapters.unregister(model, body.lora_name)
     model.handler_messages.pop(body.lora_name, None)
     return PlainTextResponse(spec.removed(body.lora_name))
 

@@ -32,6 +32,7 @@ from loraserve.errors import (
 )
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
+from loraserve.serving.adapter_admin import SharedStoreAdapters
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.wire.messages import GenerateRequest
 
@@ -189,6 +190,7 @@ class RayModelManager:
     def __init__(self, model: RayModel) -> None:
         self.models = {model.name: model}
         self.config = model.config.server_config()
+        self.adapters = SharedStoreAdapters()  # each change is written to the shared store as it is made
 
     def get(self, name: str) -> RayModel:
         if name not in self.models:
@@ -201,15 +203,6 @@ class RayModelManager:
 
     def single_model(self) -> RayModel:
         return next(iter(self.models.values()))
-
-    def persist(self, _model: RayModel, removed: AdapterRecord | None = None) -> None:
-        """Nothing to do: every change was written to the shared store when it was made."""
-
-    def removing(self, _model: RayModel, _record: AdapterRecord) -> None:
-        """Nothing to do: the shared store is changed by the removal itself."""
-
-    def kept(self, _model: RayModel, _name: str) -> None:
-        """Nothing to do (see ``removing``)."""
 
     def ready(self) -> bool:
         return True

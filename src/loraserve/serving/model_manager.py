@@ -29,6 +29,7 @@ from loraserve.model_store import (
     startup_adapter_dirs,
 )
 from loraserve.names import validate_model_name
+from loraserve.serving.adapter_admin import DurableAdapters
 from loraserve.serving.cleanup import release_model_files
 from loraserve.serving.lora_gate import lora_enabled
 from loraserve.serving.model_service import ModelService
@@ -48,6 +49,7 @@ class ModelManager:
         self._loading: dict[str, asyncio.Task] = {}
         self.evictions = 0
         self.stopping = False  # set by the shutdown signal, before the app's shutdown runs
+        self.adapters = DurableAdapters(self)  # what the routes call to change adapters
 
     def watch_shutdown_signals(self) -> None:
         """Note SIGTERM/SIGINT as they arrive, then let the server's own handler run.
