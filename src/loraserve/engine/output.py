@@ -41,7 +41,7 @@ class OutputProcessor:
         top = () if scored is None else scored.top
         return TokenEvent(seq.request_id, token, text, logprob, reason, top)
 
-    def _ends(self, seq: Sequence, token: int) -> str | None:
+    def _ends(self, seq: Sequence, token: int) -> FinishReason | None:
         """Whether ``token`` ends ``seq`` by itself (EOS or a stop token): it has no text."""
         if token in self.eos_ids and not seq.params.ignore_eos:
             return FinishReason.EOS_TOKEN

@@ -78,7 +78,7 @@ class _Track:
             raise LoraserveError("generation failed inside the engine; see the server log")
         if self.score_only and reason is not None:  # max_tokens 0: the prompt alone, no token
             reason = FinishReason.LENGTH
-            event = TokenEvent(event.request_id, -1, "", None, reason.value)
+            event = TokenEvent(event.request_id, -1, "", None, reason)
         logprobs = None
         if texts is not None and event.token_id >= 0:
             logprobs = texts.entry(event.token_id, event.logprob, event.top_logprobs)

@@ -94,7 +94,8 @@ class EngineCollector:
         for model, depth in self.queues.items():
             queue.add_metric([model], depth)
         for model, stats in self.stats.items():
-            for key, family in (*gauges.items(), *counters.items()):
+            families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {**gauges, **counters}
+            for key, family in families.items():
                 family.add_metric([model], stats.get(key, 0))
             for tier in ("registered", "in_memory", "resident", "pinned"):
                 tiers.add_metric([model, tier], stats.get("adapters", {}).get(tier, 0))

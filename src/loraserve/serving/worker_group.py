@@ -292,8 +292,8 @@ class WorkerGroup:
         elif reply.cancel is not None:
             reply.cancel()  # a stream nobody is waiting for any more
 
-    async def broadcast(self, fn: str, wire_input: dict[str, Any]) -> list[WorkerReply]:
-        """Call ``fn`` on every live worker (adapter registration and the like)."""
+    async def broadcast(self, fn: str, wire_input: Any) -> list[WorkerReply]:
+        """Call ``fn`` on every live worker (adapter operations, statistics)."""
         workers = self.live_workers
         if not workers:
             raise WorkerDiedError(f"model {self.model_name} has no running worker")

@@ -167,7 +167,7 @@ class WorkerProcess:
         await self._on_eof()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        op, call_id = message.get("op"), message.get("id")
+        op, call_id = message.get("op"), message.get("id", -1)
         pending = self._pending.get(call_id)
         if pending is None:
             return  # a late reply to a cancelled call

@@ -22,8 +22,9 @@ CLOSED = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
 def within(bound: Bound, **kwargs: Any) -> Any:
     """A pydantic Field holding values to ``bound`` (``wire.sampling``: the engine's own)."""
-    low = {"gt": bound.low} if bound.low_open else {"ge": bound.low}
-    return Field(**low, le=bound.high, **kwargs)
+    if bound.low_open:
+        return Field(gt=bound.low, le=bound.high, **kwargs)
+    return Field(ge=bound.low, le=bound.high, **kwargs)
 
 
 MaxTokens = Annotated[int, within(sampling.MAX_TOKENS)]
