@@ -52,6 +52,9 @@ def test_seed_workflow_and_sharing(store, tmp_path):
         answer = client.post("/predictions/adapter1", json={"inputs": "hi"}).json()
         assert answer["adapter"] == "a1" and answer["known"] is True
         assert client.post("/predictions/adapter2", json={"inputs": "hi"}).json()["adapter"] == "a2"
+        metrics = client.get("/metrics").text  # a workflow's model calls are counted like any other
+        assert 'loraserve_requests_total{adapter="a1",code="200",model="m"} 1.0' in metrics
+        assert 'loraserve_requests_total{adapter="a2",code="200",model="m"} 1.0' in metrics
         loads = [e for e in read_events(log) if e["event"] == "load"]
         assert len(loads) == 1  # one shared model, loaded once
         models = [m["modelName"] for m in client.get("/models").json()["models"]]

@@ -26,7 +26,7 @@ def fake_model(name: str, adapters: set[str]) -> SimpleNamespace:
 
 
 def call(metrics: ServerMetrics, model: SimpleNamespace, adapter: str) -> None:
-    asyncio.run(metrics.infer(model, adapter, {}))
+    asyncio.run(metrics.observe(model.name, adapter, model.infer({})))
 
 
 def adapters_in(metrics: ServerMetrics) -> set[str]:

@@ -59,7 +59,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
     app.state.workflows = WorkflowManager(manager)
-    app.state.metrics = ServerMetrics(config.max_adapter_labels)
+    app.state.metrics = manager.observer = ServerMetrics(config.max_adapter_labels)
     app.state.config = config
     app.state.started = False
     install_error_handlers(app)

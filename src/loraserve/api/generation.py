@@ -62,8 +62,7 @@ async def generate(request: Request, model: ModelService, message: GenerateReque
     names = message.adapter_names
     with counted_refusals(request, model):
         model.check_adapters(names)
-    infer = request.app.state.metrics.infer(model, adapter_label(model, names), message, "generate")
-    return await cancel_on_disconnect(request, infer)
+    return await cancel_on_disconnect(request, model.infer(message, "generate", adapter_label(model, names)))
 
 
 async def tokens(reply: WorkerReply) -> AsyncIterator[TokenOutput | Exception]:

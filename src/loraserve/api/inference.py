@@ -65,8 +65,7 @@ async def _predict(request: Request, model: ModelService) -> Response:
     json_body = parse_json_body(body, request.headers.get("content-type"))
     adapters = requested_adapters(json_body, request)
     model.check_adapters(adapters, required=content_adapter(request))  # DJL: ?adapter= must exist
-    metrics = request.app.state.metrics
-    infer = metrics.infer(model, adapter_label(model, adapters), build_wire_input(request, body))
+    infer = model.infer(build_wire_input(request, body), "handle", adapter_label(model, adapters))
     return reply_to_response(await cancel_on_disconnect(request, infer))
 
 

@@ -80,7 +80,7 @@ def build_ingress_app(manager: RayModelManager) -> FastAPI:
     app = FastAPI(title="loraserve on Ray Serve", version="0.1.0")
     app.state.manager = manager
     app.state.workflows = WorkflowManager(manager)  # type: ignore[arg-type]  # none: routes ask for it
-    app.state.metrics = RayServerMetrics(manager.single_model())
+    app.state.metrics = manager.single_model().observer = RayServerMetrics(manager.single_model())
     app.state.config = manager.config
     app.state.started = True  # Serve routes here only once every deployment is up
     install_error_handlers(app)

@@ -33,6 +33,7 @@ from loraserve.errors import (
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
 from loraserve.ray_serve.config import RayAppConfig
 from loraserve.serving.adapter_admin import SharedStoreAdapters
+from loraserve.serving.served_model import InferObserver
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.wire.messages import GenerateRequest
 
@@ -74,6 +75,7 @@ class RayModel:
         self.adapter_lock = asyncio.Lock()
         self._registry = AdapterRegistry()
         self.handler_messages: dict[str, str] = {}  # the routes' status texts (replicas set none)
+        self.observer: InferObserver | None = None  # the ingress's request metrics and log
         self._generation = -1
 
     @property
@@ -105,9 +107,13 @@ class RayModel:
             if adapter and adapter not in self.registry:
                 raise self._not_found(adapter)
 
-    async def infer(self, message: Any, fn: str = "handle") -> WorkerReply:
+    async def infer(self, message: Any, fn: str = "handle", adapter: str = "") -> WorkerReply:
         """``ModelService.infer`` for the built-in engine's typed hook: ``generate`` with a
         ``GenerateRequest``, run on a replica picked with its adapter as multiplexed id."""
+        call = self._infer(message, fn)
+        return await (self.observer.observe(self.name, adapter, call) if self.observer else call)
+
+    async def _infer(self, message: Any, fn: str) -> WorkerReply:
         if fn != "generate" or not isinstance(message, GenerateRequest):
             raise BadRequestError(f"handler function {fn} is not served on Ray; the engine replicas "
                                   "answer the built-in engine's typed generate call only")

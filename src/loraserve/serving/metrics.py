@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -131,22 +131,21 @@ class ServerMetrics:
         self._streams: set[asyncio.Task] = set()
         self.registry.register(self.engine)
 
-    async def infer(self, model: ModelService, adapter: str, wire: Any, fn: str = "handle") -> WorkerReply:
-        """``model.infer`` with its request counted, timed and logged."""
-        adapter = self._label(model.name, adapter)
+    async def observe(self, model: str, adapter: str, call: Awaitable[WorkerReply]) -> WorkerReply:
+        """An inference call (``ServedModel.infer``), counted, timed and logged."""
+        adapter = self._label(model, adapter)
         started = time.perf_counter()
         try:
-            reply = await model.infer(wire, fn)
+            reply = await call
         except LoraserveError as exc:
-            self._done(model.name, adapter, exc.status_code, started, 0)
+            self._done(model, adapter, exc.status_code, started, 0)
             raise
         code, tokens = _figures(reply)
         if reply.stream is None:
-            self._done(model.name, adapter, code, started, tokens)
+            self._done(model, adapter, code, started, tokens)
             return reply
         forwarded: asyncio.Queue = asyncio.Queue()
-        task = asyncio.ensure_future(self._forward(reply.stream, forwarded, model.name, adapter, started,
-                                                   code))
+        task = asyncio.ensure_future(self._forward(reply.stream, forwarded, model, adapter, started, code))
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
         return WorkerReply(reply.kind, reply.output, forwarded, reply.cancel)

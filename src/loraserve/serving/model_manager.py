@@ -33,6 +33,7 @@ from loraserve.serving.adapter_admin import DurableAdapters
 from loraserve.serving.cleanup import release_model_files
 from loraserve.serving.lora_gate import lora_enabled
 from loraserve.serving.model_service import ModelService
+from loraserve.serving.served_model import InferObserver
 from loraserve.serving.state_store import StateStore
 
 log = logging.getLogger("loraserve.models")
@@ -50,6 +51,7 @@ class ModelManager:
         self.evictions = 0
         self.stopping = False  # set by the shutdown signal, before the app's shutdown runs
         self.adapters = DurableAdapters(self)  # what the routes call to change adapters
+        self.observer: InferObserver | None = None  # handed to every model (request metrics and log)
 
     def watch_shutdown_signals(self) -> None:
         """Note SIGTERM/SIGINT as they arrive, then let the server's own handler run.
@@ -114,6 +116,7 @@ class ModelManager:
             model = ModelService(name, path, url, self.config, version=version,
                                  loaded_at_startup=startup, options=options,
                                  server_stopping=lambda: self.stopping)
+            model.observer = self.observer
             for key, value in (overrides or {}).items():
                 setattr(model.config, key, value)
             model.workers.target = model.config.min_workers

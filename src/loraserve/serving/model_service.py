@@ -38,6 +38,7 @@ from loraserve.errors import (
 )
 from loraserve.handler_kind import Handler, resolve_handler
 from loraserve.serving.adapter_calls import AdapterCalls, Broadcast, EngineAdapterCalls, HandlerAdapterCalls
+from loraserve.serving.served_model import InferObserver
 from loraserve.serving.worker_group import MAX_WORKERS, WorkerGroup
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
 
@@ -69,6 +70,7 @@ class ModelService:
         self._error: str | None = None
         self.registry = AdapterRegistry()
         self.handler_messages: dict[str, str] = {}  # adapter → its handler's last status text
+        self.observer: InferObserver | None = None  # set by the manager: metrics and request log
         self.adapter_lock = asyncio.Lock()
         self.created = time.time()
         self.last_used = time.monotonic()
@@ -295,8 +297,13 @@ class ModelService:
                     f"fix its source and POST /models/{self.name}/adapters/{adapter}/update, "
                     "or unregister it")
 
-    async def infer(self, wire_input: Any, fn: str = "handle") -> WorkerReply:
-        """``handle`` with a DJL Input (wire form), or a typed hook (``generate``) with its message."""
+    async def infer(self, wire_input: Any, fn: str = "handle", adapter: str = "") -> WorkerReply:
+        """``handle`` with a DJL Input (wire form), or a typed hook (``generate``) with its
+        message; the observer (request metrics and log) sees every call."""
+        call = self._infer(wire_input, fn)
+        return await (self.observer.observe(self.name, adapter, call) if self.observer else call)
+
+    async def _infer(self, wire_input: Any, fn: str) -> WorkerReply:
         self._require_ready()
         self.last_used = time.monotonic()
         return await self.workers.submit(wire_input, fn)

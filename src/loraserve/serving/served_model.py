@@ -5,6 +5,7 @@ by this process (``ModelService``) and one served by Ray replicas (``RayModel``)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,8 +13,16 @@ from loraserve.adapters.registry import AdapterOrigin, AdapterRecord, AdapterReg
 from loraserve.serving.worker_process import WorkerReply
 
 
+class InferObserver(Protocol):
+    """Watches every inference call of a model — routes, workflows, whatever the path — around
+    the call itself (LitServe's callbacks are the pattern): the request metrics and log."""
+
+    async def observe(self, model: str, adapter: str, call: Awaitable[WorkerReply]) -> WorkerReply: ...
+
+
 class ServedModel(Protocol):
     name: str
+    observer: InferObserver | None
     handler_messages: dict[str, str]  # adapter → its handler's last status text (DJL answers it)
     adapter_lock: asyncio.Lock  # held while an adapter is between unpacking and being recorded
 
@@ -30,7 +39,9 @@ class ServedModel(Protocol):
 
     def check_adapters(self, names: list[str], required: list[str] | None = None) -> None: ...
 
-    async def infer(self, message: Any, fn: str = "handle") -> WorkerReply: ...
+    async def infer(self, message: Any, fn: str = "handle", adapter: str = "") -> WorkerReply:
+        """Run ``fn`` with ``message``; ``adapter`` labels the call for the observer."""
+        ...
 
     async def register_adapter(self, name: str, src: str, preload: bool = True, pin: bool = False,
                                options: dict[str, str] | None = None,

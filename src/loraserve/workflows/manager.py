@@ -19,6 +19,7 @@ from loraserve.adapters.registry import AdapterOrigin
 from loraserve.adapters.sources import ensure_inside, exists, local_path_of, server_reads
 from loraserve.errors import ConflictError, LoraserveError, ModelNotFoundError
 from loraserve.serving.cleanup import prune_adapter_copies, prune_model_copies
+from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.wire.frames import ReplyKind
@@ -127,7 +128,9 @@ class WorkflowManager:
         workflow = self.workflows[name]
 
         async def call(served: str, wire: dict[str, Any]) -> WorkerReply:
-            return await self.models.get(served).infer(wire)
+            model = self.models.get(served)
+            named = [v.decode("utf-8", "replace") for k, v in wire["content"] if k == "adapter"]
+            return await model.infer(wire, "handle", adapter_label(model, named))  # counted and logged
 
         result = await WorkflowRun(workflow.spec, workflow.served, call, request).output()
         output = {"code": result.get("code", 200), "message": "OK",
