@@ -17,7 +17,6 @@ from loraserve.api.params import Flag, Limit, PageToken, Workers, check_worker_c
 from loraserve.errors import BadRequestError, ModelNotFoundError
 from loraserve.model_store import ensure_model_url_allowed
 from loraserve.names import validate_model_name
-from loraserve.serving.cleanup import prune_model_copies
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.model_service import ModelService
 
@@ -71,7 +70,7 @@ async def _register(manager: ModelManager, name: str, url: str, version: str | N
     try:
         await manager.register(name, url, version=version, overrides=overrides)
     except BaseException:
-        await prune_model_copies(manager)
+        await manager.prune_model_copies()
         raise
 
 

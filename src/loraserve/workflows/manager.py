@@ -18,7 +18,7 @@ from typing import Any
 from loraserve.adapters.registry import AdapterOrigin
 from loraserve.adapters.sources import ensure_inside, exists, local_path_of, server_reads
 from loraserve.errors import ConflictError, LoraserveError, ModelNotFoundError
-from loraserve.serving.cleanup import prune_adapter_copies, prune_model_copies
+from loraserve.serving.cleanup import prune_adapter_copies
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.workflows.executor import WorkflowRun
@@ -64,7 +64,7 @@ class WorkflowManager:
                     await self._acquire_adapter(workflow, name, ref.src, ref.options, ref.model)
             except BaseException:
                 await self._release(workflow)
-                await prune_model_copies(self.models)
+                await self.models.prune_model_copies()
                 raise
             self.workflows[spec.name] = workflow
             return workflow
