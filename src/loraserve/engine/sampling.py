@@ -126,31 +126,6 @@ class SamplingParams:
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0 or bool(self.logit_bias))
 
-    @classmethod
-    def from_lmi(cls, parameters: dict) -> SamplingParams:
-        """LMI ``parameters``: greedy unless ``do_sample`` (or a temperature > 0 is given).
-        Numbers may come as JSON numbers or numeric strings; booleans only as JSON booleans."""
-        if not isinstance(parameters, dict):
-            raise BadRequestError('"parameters" must be an object')
-        p = {key: value for key, value in parameters.items() if value is not None}  # null: default
-        stop = p.pop("stop_sequences", None) or p.pop("stop", None) or []
-        temperature = _number("temperature", p.get("temperature", 1.0), float)
-        do_sample = p.get("do_sample", "temperature" in p and temperature > 0)
-        top_k = _number("top_k", p.get("top_k") or 0, int)
-        return cls(
-            max_new_tokens=_number("max_new_tokens", p.get("max_new_tokens", p.get("max_tokens", 30)), int),
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=max(top_k, 0),  # vLLM's -1 (and LMI's 0) mean "off"
-            top_p=_number("top_p", p.get("top_p", 1.0), float),
-            repetition_penalty=_number("repetition_penalty", p.get("repetition_penalty", 1.0), float),
-            seed=_number("seed", p["seed"], int) if "seed" in p else None,
-            stop=[stop] if isinstance(stop, str) else stop,
-            ignore_eos=p.get("ignore_eos", False),
-            details=p.get("details", False),
-            logprobs=p.get("details", False),
-        )
-
 
 def _number(name: str, value: object, kind: type[Num]) -> Num:
     """A JSON number or numeric string as ``kind``; an integral float passes as an int."""
