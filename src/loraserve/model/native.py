@@ -8,8 +8,8 @@ KV-cache write, one-token attention over the cache), in fp32 and bf16. Compiled 
 ``-march=native``), so torch's extension cache can never hand a binary to a CPU that lacks its
 instructions. The extension's name also carries a hash of the sources, the flags and torch's
 version (``build_key``): two checkouts or venvs on one machine never rebuild each other's build in
-turn, and a restarted worker always finds its own. ``LORASERVE_NATIVE=0``, or no compiler, leaves the PyTorch path, which computes the
-same thing.
+turn, and a restarted worker always finds its own. ``LORASERVE_NATIVE=0``, or no compiler, leaves
+the PyTorch path, which computes the same thing.
 """
 
 from __future__ import annotations
