@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraserve.adapters.archives import ARCHIVE_SUFFIXES
 from loraserve.api.deps import config_of, manager_of
 from loraserve.api.params import Flag, Limit, PageToken, Workers, check_worker_counts, paged_response
 from loraserve.errors import BadRequestError, ModelNotFoundError
@@ -53,7 +54,7 @@ class Page(BaseModel):
 
 def _default_name(url: str) -> str:
     name = PurePosixPath(url.rstrip("/")).name
-    for suffix in (".tar.gz", ".tgz", ".zip"):
+    for suffix in ARCHIVE_SUFFIXES:
         name = name.removesuffix(suffix)
     return name
 
