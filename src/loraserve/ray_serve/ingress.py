@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from loraserve import __version__
 from loraserve.api import adapters, inference, openai
 from loraserve.api.app import install_error_handlers
 from loraserve.api.security import install_access_policy
@@ -77,7 +78,7 @@ class ReplicaHeader:
 
 
 def build_ingress_app(manager: RayModelManager) -> FastAPI:
-    app = FastAPI(title="loraserve on Ray Serve", version="0.1.0")
+    app = FastAPI(title="loraserve on Ray Serve", version=__version__)
     app.state.manager = manager
     app.state.workflows = WorkflowManager(manager)  # type: ignore[arg-type]  # none: routes ask for it
     app.state.metrics = RayServerMetrics(manager.single_model())
