@@ -18,7 +18,6 @@ from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
-pytestmark = pytest.mark.integration
 
 SCHEMA = {
     "type": "object",

@@ -17,7 +17,6 @@ from loraserve.serving import worker_group
 from loraserve.serving.worker_group import WorkerGroup
 from loraserve.serving.worker_process import WorkerLoadError, WorkerReply
 
-pytestmark = pytest.mark.integration
 _ids = itertools.count(1)
 
 

@@ -7,13 +7,10 @@ import asyncio
 import re
 from types import SimpleNamespace
 
-import pytest
 from prometheus_client import generate_latest
 
 from loraserve.serving.metrics import ServerMetrics
 from loraserve.serving.worker_process import WorkerReply
-
-pytestmark = pytest.mark.unit
 
 
 def fake_model(name: str, adapters: set[str]) -> SimpleNamespace:

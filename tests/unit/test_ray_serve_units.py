@@ -20,8 +20,6 @@ from loraserve.ray_serve.ray_model import RayModel, adapter_names
 from loraserve.ray_serve.replica_adapters import ReplicaAdapters
 from loraserve.ray_serve.replica_stats import aggregate
 
-pytestmark = pytest.mark.unit
-
 
 class FakeEngine:
     def __init__(self) -> None:

@@ -11,8 +11,6 @@ import torch
 from loraserve.engine.sampling import SamplingParams, sample_row
 from loraserve.errors import BadRequestError
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", math.nan), ("temperature", math.inf), ("temperature", -0.5), ("temperature", "1"),

@@ -9,8 +9,6 @@ from loraserve.engine.sampling import SamplingParams
 from loraserve.engine.sequence import Sequence
 from loraserve.testing.scheduling import Arrival, make_scheduler, run_step, simulate
 
-pytestmark = pytest.mark.unit
-
 
 def _add(scheduler, client, prompt=4, output=8):
     key = scheduler.adapters.hold(client) if client else None

@@ -22,8 +22,6 @@ from loraserve.specs import lmi
 from loraserve.specs import openai as oai
 from loraserve.specs.base import parse
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     "body,field",

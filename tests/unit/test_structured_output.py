@@ -24,7 +24,6 @@ from loraserve.engine.structured import (
 from loraserve.errors import BadRequestError
 
 pytest.importorskip("llguidance")
-pytestmark = pytest.mark.unit
 EOS = 1
 
 
