@@ -97,7 +97,8 @@ def build_ingress_app(manager: RayModelManager) -> FastAPI:
 class Ingress:
     """Wrapped by ``serve.ingress()`` in ``app.py``; the app is built in the replica."""
 
-    async def __init__(self, engine: Any, config: RayAppConfig) -> None:
+    # An async constructor: Ray Serve awaits it before the replica takes requests.
+    async def __init__(self, engine: Any, config: RayAppConfig) -> None:  # type: ignore[misc]
         self.model = RayModel(config, ReplicaCaller(engine))
         self.manager = RayModelManager(self.model)
         failed = await self.model.register_startup_adapters(startup_adapter_dirs(config.model_dir))
