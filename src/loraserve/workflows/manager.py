@@ -60,8 +60,8 @@ class WorkflowManager:
             try:
                 for local, ref in spec.models.items():
                     workflow.served[local] = await self._acquire_model(local, ref.url, ref.options, spec)
-                for name, ref in spec.adapters.items():
-                    await self._acquire_adapter(workflow, name, ref.src, ref.options, ref.model)
+                for name, adapter in spec.adapters.items():
+                    await self._acquire_adapter(workflow, name, adapter.src, adapter.options, adapter.model)
             except BaseException:
                 await self._release(workflow)
                 await self.models.prune_model_copies()
