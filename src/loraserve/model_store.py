@@ -37,7 +37,7 @@ def find_in_store(store: Path | None, name: str) -> Path | None:
     """``name`` as a model directory or archive in the store (multi-model endpoints)."""
     if store is None or "/" in name or name.startswith("."):
         return None
-    for candidate in (store / name, *(store / f"{name}{s}" for s in (".tar.gz", ".tgz", ".zip"))):
+    for candidate in (store / name, *(store / f"{name}{s}" for s in ARCHIVE_SUFFIXES)):
         if is_model_dir(candidate) or (candidate.is_file() and is_archive(candidate)):
             return candidate
     return None

@@ -12,7 +12,6 @@ import pytest
 from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_adapter_dir, make_store, read_events
 
-pytestmark = pytest.mark.e2e
 JSON = {"content-type": "application/json"}
 
 

@@ -12,7 +12,6 @@ from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.testing.server import ServerProcess
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-pytestmark = pytest.mark.e2e
 PARAMS = {"max_new_tokens": 8, "ignore_eos": True}
 
 

@@ -16,7 +16,6 @@ from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_engine_store
 
 openai = pytest.importorskip("openai")
-pytestmark = pytest.mark.e2e
 API, ADMIN = {"Authorization": "Bearer api-tok"}, {"Authorization": "Bearer admin-tok"}
 
 

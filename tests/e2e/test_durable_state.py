@@ -12,8 +12,6 @@ from loraserve.testing.disk import fill_up, mounted_tmpfs
 from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_adapter_dir, make_store, read_events
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture
 def small_fs(tmp_path: Path):

@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_engine_store
 
-pytestmark = pytest.mark.e2e
 LONG = 8000  # tokens: minutes of generation if nothing stops it
 
 

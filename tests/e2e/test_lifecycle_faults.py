@@ -11,12 +11,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_adapter_dir, make_store, read_events
 
-pytestmark = pytest.mark.e2e
 BATCHING = "engine=Python\nbatch_size=3\nmax_batch_delay=60000\n"
 
 

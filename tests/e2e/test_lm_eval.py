@@ -12,7 +12,7 @@ from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_engine_store
 
 lm_eval = pytest.importorskip("lm_eval")
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 QUESTIONS = [
     {"question": "the quick brown", "choices": [" fox", " dog", " lora"], "answer": 0},

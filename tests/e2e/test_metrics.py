@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_engine_store
-
-pytestmark = pytest.mark.e2e
 
 
 def sample(text: str, name: str, **labels: str) -> float:

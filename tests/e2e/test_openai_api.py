@@ -9,7 +9,6 @@ from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_engine_store
 
 openai = pytest.importorskip("openai")
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from loraserve.testing.server import ServerProcess  # noqa: E402
 from tests.e2e.helpers import make_store  # noqa: E402
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 EXAMPLES = 6  # per operation and mode: ~35 operations x 2 modes (+ the model-targeted ones)
 
 

@@ -19,7 +19,7 @@ serve = pytest.importorskip("ray.serve")
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama  # noqa: E402
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 PARAMS = {"max_new_tokens": 6, "ignore_eos": True}
 TOKENS = {"api_token": "api-tok", "management_token": "mgmt-tok"}
 SRC = str(Path(__file__).resolve().parents[2] / "src")

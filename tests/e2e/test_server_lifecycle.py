@@ -8,12 +8,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_adapter_dir, make_store, read_events
-
-pytestmark = pytest.mark.e2e
 
 
 def test_dynamic_batching_mixed_adapters(tmp_path):

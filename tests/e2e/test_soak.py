@@ -26,7 +26,7 @@ from loraserve.testing.server import ServerProcess
 from loraserve.testing.tiny import make_peft_adapter
 from tests.e2e.helpers import make_engine_store
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 CLIENTS, OPERATIONS, KILL_AT = 8, 300, 60
 FULL_AT, FULL_OPS = 200, 20  # operations run while the state directory's disk is full
 NAMES = [f"s{i}" for i in range(6)]

@@ -14,7 +14,6 @@ from tests.e2e.helpers import make_engine_store
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
-pytestmark = pytest.mark.e2e
 
 WEATHER = {
     "type": "object",

@@ -13,8 +13,6 @@ from loraserve.testing import copy_adaptecho
 from loraserve.testing.server import ServerProcess
 from tests.e2e.helpers import make_adapter_dir, read_events
 
-pytestmark = pytest.mark.e2e
-
 
 def seed_workflow(name: str, model_url: str, adapter_src: str, adapter: str = "a1") -> dict:
     """The adapters document's workflow.json example, with its URLs filled in."""

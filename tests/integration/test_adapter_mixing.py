@@ -15,7 +15,7 @@ from loraserve.testing.families import make_tiny_family
 from loraserve.testing.reference import cached_greedy, engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 NEW_TOKENS = 8
 MIXTURES = {  # name: the request's adapters with scales
     "a_x0": (("a", 0.0),),

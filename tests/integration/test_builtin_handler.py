@@ -20,7 +20,6 @@ from loraserve.handlers.io import Input
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 from loraserve.wire.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenStream
 
-pytestmark = pytest.mark.integration
 LONG = SamplingSpec(max_new_tokens=2000, ignore_eos=True)
 
 

@@ -12,7 +12,6 @@ from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.errors import AdapterNotFoundError, BadRequestError, ConfigError
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-pytestmark = pytest.mark.integration
 GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)
 
 

@@ -11,7 +11,6 @@ from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.model.peft_adapter import load_peft_adapter
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-pytestmark = pytest.mark.integration
 GREEDY = SamplingParams(max_new_tokens=8, ignore_eos=True)
 SAMPLED = SamplingParams(max_new_tokens=8, ignore_eos=True, do_sample=True, temperature=0.9, seed=7)
 

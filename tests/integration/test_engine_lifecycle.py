@@ -14,7 +14,6 @@ from loraserve.errors import AdapterNotFoundError, BadRequestError
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 from loraserve.wire.messages import FinishReason
 
-pytestmark = pytest.mark.integration
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
 
 

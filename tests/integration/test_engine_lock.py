@@ -13,7 +13,6 @@ from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 from loraserve.wire.messages import FinishReason
 
-pytestmark = pytest.mark.integration
 PARAMS = SamplingParams(max_new_tokens=8, ignore_eos=True)
 HANG_S = 30  # only a hang detector: every wait below returns at once when the engine is right
 

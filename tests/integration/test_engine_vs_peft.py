@@ -10,7 +10,6 @@ import torch
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-pytestmark = pytest.mark.integration
 NEW_TOKENS = 12
 ADAPTERS = {  # name: (rank, targets, extra)
     "qv4": (4, ["q_proj", "v_proj"], {}),

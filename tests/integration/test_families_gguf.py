@@ -10,7 +10,7 @@ from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.testing.families import make_tiny_family
 from loraserve.testing.gguf_file import write_gguf
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 # transformers' GGUF reader knows no Mistral architecture (Mistral GGUFs are written as "llama")
 # and takes Qwen3's head_dim from its default; features GGUF metadata cannot carry stay off.
 CASES = {

@@ -20,7 +20,7 @@ from loraserve.testing.families import FAMILY_CONFIGS, ORIGINAL_CONTEXT, WINDOW,
 from loraserve.testing.reference import cached_greedy, engine_with_adapters, last_logits
 from loraserve.testing.tiny import make_peft_adapter
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 NEW_TOKENS = 10
 CHUNK = 16  # max_num_batched_tokens: the long prompts are prefilled in several chunks
 # short; longer than the window and a chunk; longer than LongRoPE's original context; one that

@@ -11,8 +11,6 @@ from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.errors import ConfigError
 from loraserve.testing.families import make_tiny_family
 
-pytestmark = pytest.mark.integration
-
 
 def test_checkpoint_tensor_the_config_does_not_use_is_refused(tmp_path):
     base = make_tiny_family(tmp_path / "llama", "llama3", layers=1)  # saved with q/k/v/o and MLP biases

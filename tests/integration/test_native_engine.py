@@ -14,8 +14,7 @@ from loraserve.model.layer_ops import NativeOps, TorchOps
 from loraserve.model.native import cpu_kernels
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(cpu_kernels() is None, reason="the native kernels could not be built here")]
+pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="the native kernels could not be built here")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from loraserve.model.native import cpu_kernels
 from loraserve.model.peft_adapter import LoraWeights
 from loraserve.model.rope import apply_rope
 
-pytestmark = pytest.mark.integration
 DTYPES = [torch.float32, torch.bfloat16]
 LANES = {"avx512_bf16": 16, "avx512": 16, "avx2": 8, "scalar": 1}
 

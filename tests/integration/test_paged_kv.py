@@ -12,7 +12,6 @@ import pytest
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-pytestmark = pytest.mark.integration
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
 
 

@@ -19,7 +19,7 @@ from loraserve.testing.families import make_tiny_family
 from loraserve.testing.reference import cached_greedy, engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 NEW_TOKENS = 8
 
 EXACT = {  # name: (make_peft_adapter arguments, adapter_config.json edits after saving; None drops)

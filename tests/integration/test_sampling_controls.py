@@ -13,7 +13,6 @@ from loraserve.engine.sampling import apply_min_p
 from loraserve.errors import BadRequestError
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-pytestmark = pytest.mark.integration
 PROMPT = "the quick brown fox jumps over"
 NEW = 12
 

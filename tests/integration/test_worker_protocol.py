@@ -13,8 +13,6 @@ import pytest
 from loraserve.errors import WorkerDiedError
 from loraserve.serving.worker_process import WorkerProcess
 
-pytestmark = pytest.mark.integration
-
 MODEL = '''
 import asyncio, os, time
 from djl_python import Output

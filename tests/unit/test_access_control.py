@@ -10,7 +10,6 @@ from loraserve.api.app import create_app
 from loraserve.api.security import Access, accepted_tokens, access_of, bearer_matches, host_name
 from loraserve.config import ServerConfig
 
-pytestmark = pytest.mark.unit
 BASE = "http://127.0.0.1:8080"
 
 

@@ -7,8 +7,6 @@ import pytest
 from loraserve.engine.adapter_cache import AdapterCache
 from loraserve.errors import AdapterNotFoundError, BadRequestError
 
-pytestmark = pytest.mark.unit
-
 
 class Recorder:
     def __init__(self) -> None:

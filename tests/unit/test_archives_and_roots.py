@@ -17,7 +17,6 @@ from loraserve.names import validate_model_name
 from loraserve.workflows.spec import WorkflowError, load_document, parse_workflow
 from loraserve.workflows.templates import template_text
 
-pytestmark = pytest.mark.unit
 SMALL = ArchiveLimits(max_bytes=1024 * 1024, max_entries=10)
 
 

@@ -9,8 +9,6 @@ import pytest
 from loraserve.api.request_input import parse_json_body
 from loraserve.errors import BadRequestError
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     "body",

@@ -8,8 +8,6 @@ import pytest
 
 from loraserve.engine.block_manager import NULL_BLOCK, BlockManager
 
-pytestmark = pytest.mark.unit
-
 
 @dataclass(eq=False)
 class Seq:

@@ -8,7 +8,6 @@ import pytest
 from loraserve.errors import BadRequestError
 from loraserve.handlers.chat_prompt import chat_prompt_ids
 
-pytestmark = pytest.mark.unit
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"

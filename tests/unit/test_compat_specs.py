@@ -9,7 +9,6 @@ from loraserve.errors import BadRequestError
 from loraserve.specs import tgi
 from loraserve.specs.base import parse
 
-pytestmark = pytest.mark.unit
 # What text-generation 0.7's client sends for generate("x") (details forced on).
 CLIENT_DEFAULTS = {
     "best_of": None,

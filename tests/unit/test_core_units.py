@@ -11,8 +11,6 @@ from loraserve.errors import AdapterNotFoundError, BadRequestError, ConfigError,
 from loraserve.handlers.io import Input, Output
 from loraserve.serving.batching import batch_wire_inputs, split_batch_output
 
-pytestmark = pytest.mark.unit
-
 
 def test_registry_lifecycle():
     registry = AdapterRegistry()

@@ -10,7 +10,6 @@ from transformers import PreTrainedTokenizerFast
 from loraserve.engine.detokenizer import IncrementalDetokenizer
 from loraserve.testing.tiny import make_tokenizer
 
-pytestmark = pytest.mark.unit
 TEXT = ["hello world, this is a tiny tokenizer", "naïve café — 東京 ✓ ünïcödé", "a  b   c\n\nd"]
 
 

@@ -6,8 +6,6 @@ import pytest
 
 from loraserve.engine.fairness import VirtualTokenCounter
 
-pytestmark = pytest.mark.unit
-
 
 def _vtc(counters: dict, backlogged: set) -> VirtualTokenCounter:
     vtc = VirtualTokenCounter(prompt_weight=1.0, output_weight=2.0)

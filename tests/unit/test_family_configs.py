@@ -13,8 +13,6 @@ from loraserve.errors import ConfigError
 from loraserve.model.families import SUPPORTED_ARCHITECTURES, load_model_config
 from loraserve.testing.families import FAMILY_CONFIGS, family_config_fields
 
-pytestmark = pytest.mark.unit
-
 # family → (a field that changes the computation, a value the engine does not implement)
 REFUSED = {
     "llama3": ("hidden_act", "gelu"),

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from loraserve.api.app import create_app
 from loraserve.config import ServerConfig
 
-pytestmark = pytest.mark.unit
 BASE = "http://127.0.0.1:8080"
 SETTINGS = {
     "api_token": "api-tok",

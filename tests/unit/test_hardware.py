@@ -13,7 +13,6 @@ import torch
 from loraserve.errors import ConfigError
 from loraserve.model.hardware import CpuInfo, _cpuinfo_flags, auto_dtype, compiler_flags, describe_choice
 
-pytestmark = pytest.mark.unit
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 ZEN3 = "fpu sse2 ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand avx2 bmi2"

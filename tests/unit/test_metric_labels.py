@@ -7,14 +7,11 @@ import asyncio
 import re
 from types import SimpleNamespace
 
-import pytest
 from prometheus_client import generate_latest
 
 from loraserve.serving.metrics import ServerMetrics
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.wire.frames import ReplyKind
-
-pytestmark = pytest.mark.unit
 
 
 def fake_model(name: str, adapters: set[str]) -> SimpleNamespace:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from loraserve.model import native
-
-pytestmark = pytest.mark.unit
 
 
 def test_a_lock_left_by_a_killed_build_is_removed(tmp_path, monkeypatch):

@@ -10,8 +10,6 @@ from loraserve.adapters.registry import AdapterRecord, AdapterRegistry
 from loraserve.api import openai
 from loraserve.errors import BadRequestError
 
-pytestmark = pytest.mark.unit
-
 
 def _model(name: str, *adapters: str) -> SimpleNamespace:
     registry = AdapterRegistry()

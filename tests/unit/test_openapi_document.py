@@ -8,8 +8,6 @@ import pytest
 from loraserve.api.app import create_app
 from loraserve.config import ServerConfig
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture(scope="module")
 def document() -> dict:

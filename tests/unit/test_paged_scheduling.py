@@ -3,13 +3,9 @@ preemption when blocks run out completes every request, prefixes are computed on
 
 from __future__ import annotations
 
-import pytest
-
 from loraserve.engine.sequence import Sequence, SequenceStatus
 from loraserve.testing.scheduling import make_scheduler, run_step
 from loraserve.wire.sampling import SamplingParams
-
-pytestmark = pytest.mark.unit
 
 
 def _add(scheduler, prompt, output=8, client=None):

@@ -20,8 +20,6 @@ from loraserve.ray_serve.replica_adapters import ReplicaAdapters
 from loraserve.ray_serve.replica_stats import aggregate
 from loraserve.wire.messages import GenerateRequest, GenerateResult, SamplingSpec, TokenOutput
 
-pytestmark = pytest.mark.unit
-
 
 class FakeEngine:
     def __init__(self) -> None:

@@ -10,8 +10,6 @@ from loraserve.config import ServerConfig
 from loraserve.errors import AdapterNotFoundError, ConflictError
 from loraserve.serving.model_manager import ModelManager
 
-pytestmark = pytest.mark.unit
-
 
 def _registry(*names: str) -> AdapterRegistry:
     registry = AdapterRegistry()

@@ -12,7 +12,6 @@ from loraserve.api.app import create_app
 from loraserve.api.limits import JsonDepthGuard, loads_bounded
 from loraserve.config import ServerConfig
 
-pytestmark = pytest.mark.unit
 BASE = "http://127.0.0.1:8080"
 DEEP = b"[" * 100_000 + b"]" * 100_000
 

@@ -10,8 +10,6 @@ from loraserve.testing.scheduling import Arrival, make_scheduler, run_step, simu
 from loraserve.wire.messages import FinishReason
 from loraserve.wire.sampling import SamplingParams
 
-pytestmark = pytest.mark.unit
-
 
 def _add(scheduler, client, prompt=4, output=8):
     key = scheduler.adapters.hold(client) if client else None

@@ -22,8 +22,6 @@ from loraserve.wire.messages import (
     finite_or_none,
 )
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     "body,field",
@@ -48,12 +46,16 @@ pytestmark = pytest.mark.unit
         ({"inputs": "x", "parameters": {"max_new_tokens": 0}}, "parameters.max_new_tokens"),
         ({"inputs": "x", "parameters": {"max_new_tokens": 8.5}}, "parameters.max_new_tokens"),
         ({"inputs": "x", "parameters": {"max_new_tokens": "many"}}, "parameters.max_new_tokens"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": "Infinity"}}, "parameters.max_new_tokens"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 1e30}}, "parameters.max_new_tokens"),
         ({"inputs": "x", "parameters": {"temperature": math.nan}}, "parameters.temperature"),
         ({"inputs": "x", "parameters": {"temperature": -0.5}}, "parameters.temperature"),
         ({"inputs": "x", "parameters": {"temperature": "hot"}}, "parameters.temperature"),
+        ({"inputs": "x", "parameters": {"temperature": "NaN", "do_sample": True}}, "parameters.temperature"),
         ({"inputs": "x", "parameters": {"top_p": 3}}, "parameters.top_p"),
         ({"inputs": "x", "parameters": {"top_p": 0}}, "parameters.top_p"),
         ({"inputs": "x", "parameters": {"top_k": -5}}, "parameters.top_k"),
+        ({"inputs": "x", "parameters": {"top_k": "many"}}, "parameters.top_k"),
         ({"inputs": "x", "parameters": {"repetition_penalty": 1e-40}}, "parameters.repetition_penalty"),
         ({"inputs": "x", "parameters": {"repetition_penalty": math.inf}}, "parameters.repetition_penalty"),
         ({"inputs": "x", "parameters": {"stop_sequences": [""]}}, "parameters.stop_sequences"),
@@ -82,6 +84,7 @@ def test_lmi_json_constants_from_a_real_body_are_refused():
         ({"temperature": 0.7}, {"do_sample": True, "temperature": 0.7}),
         ({"temperature": 0.7, "do_sample": False}, {"do_sample": False}),
         ({"do_sample": True}, {"do_sample": True, "temperature": 1.0}),
+        ({"max_new_tokens": 5, "top_k": 0}, {"max_new_tokens": 5, "do_sample": False, "top_k": 0}),
         ({"max_tokens": 5}, {"max_new_tokens": 5}),
         ({"top_k": -1, "top_p": 0.9, "seed": 7}, {"top_k": 0, "top_p": 0.9, "seed": 7}),
         ({"stop_sequences": "x"}, {"stop": ("x",)}),

@@ -14,7 +14,6 @@ from loraserve.errors import InsufficientStorageError
 from loraserve.serving.state_store import StateStore
 from loraserve.testing.disk import fill_up, mounted_tmpfs
 
-pytestmark = pytest.mark.unit
 STATE = {"models": {"echo": {"adapters": [{"name": "kept", "src": "/x"}], "removed_startup": []}}}
 
 

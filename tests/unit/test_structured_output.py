@@ -24,7 +24,6 @@ from loraserve.errors import BadRequestError
 from loraserve.wire.sampling import SamplingParams
 
 pytest.importorskip("llguidance")
-pytestmark = pytest.mark.unit
 EOS = 1
 
 

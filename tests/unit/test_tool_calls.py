@@ -9,7 +9,6 @@ import pytest
 from loraserve.errors import BadRequestError
 from loraserve.handlers.tool_calls import ToolCallFilter, detect_format, parse
 
-pytestmark = pytest.mark.unit
 WEATHER = {"city": "Paris", "unit": "c"}
 ANSWERS = {
     "hermes": 'Let me check.\n<tool_call>\n{"name": "weather", "arguments": {"city": "Paris", "unit": "c"}}\n'

@@ -10,14 +10,12 @@ fixed by an update or removed; requests for it fail, nothing else does.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 
 from loraserve.errors import AdapterNotFoundError, BadRequestError, ConflictError
-
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from loraserve.names import NAME_PATTERN
 
 
 class AdapterState(str, Enum):

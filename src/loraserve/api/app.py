@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 
+from loraserve import __version__
 from loraserve.adapters import archives
 from loraserve.api import (
     adapters,
@@ -56,7 +57,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
             startup.cancel()
             await manager.stop()
 
-    app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="loraserve", version=__version__, lifespan=lifespan)
     app.state.manager = manager
     app.state.workflows = WorkflowManager(manager)
     app.state.metrics = manager.observer = ServerMetrics(config.max_adapter_labels)

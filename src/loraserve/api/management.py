@@ -12,12 +12,12 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraserve.adapters.archives import ARCHIVE_SUFFIXES
 from loraserve.api.deps import config_of, manager_of
 from loraserve.api.params import Flag, Limit, PageToken, Workers, check_worker_counts, paged_response
 from loraserve.errors import BadRequestError, ModelNotFoundError
 from loraserve.model_store import ensure_model_url_allowed
 from loraserve.names import validate_model_name
-from loraserve.serving.cleanup import prune_model_copies
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.model_service import ModelService
 
@@ -54,7 +54,7 @@ class Page(BaseModel):
 
 def _default_name(url: str) -> str:
     name = PurePosixPath(url.rstrip("/")).name
-    for suffix in (".tar.gz", ".tgz", ".zip"):
+    for suffix in ARCHIVE_SUFFIXES:
         name = name.removesuffix(suffix)
     return name
 
@@ -71,7 +71,7 @@ async def _register(manager: ModelManager, name: str, url: str, version: str | N
     try:
         await manager.register(name, url, version=version, overrides=overrides)
     except BaseException:
-        await prune_model_copies(manager)
+        await manager.prune_model_copies()
         raise
 
 

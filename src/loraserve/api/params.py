@@ -12,7 +12,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo
 
 from loraserve.adapters.registry import paginate
 from loraserve.api.limits import loads_bounded
-from loraserve.config import ServerConfig, parse_bool, parse_int
+from loraserve.config import ServerConfig, parse_bool
 from loraserve.errors import BadRequestError, ConfigError
 
 
@@ -61,15 +61,6 @@ def opt_bool(params: dict[str, str], key: str, default: bool | None) -> bool | N
         return default
     try:
         return parse_bool(params[key], key)
-    except ConfigError as exc:
-        raise BadRequestError(exc.message) from None
-
-
-def opt_int(params: dict[str, str], key: str, default: int | None, minimum: int = 0) -> int | None:
-    if key not in params or params[key] == "":
-        return default
-    try:
-        return parse_int(params[key], key, minimum)
     except ConfigError as exc:
         raise BadRequestError(exc.message) from None
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Any
+from typing import Any, Literal, TypeGuard, get_args
 
 MAGIC_NUMBER = "NDAR"
 VERSION = 3
+# The one-character byte orders numpy reads: the order char of an array on the wire.
+ByteOrder = Literal["S", "<", "L", ">", "B", "=", "N", "|", "I"]
 
 
 def _pack_str(value: str) -> bytes:
@@ -25,7 +27,7 @@ def _pack_str(value: str) -> bytes:
 class _Reader:
     """A cursor over encoded bytes."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = memoryview(bytes(data))
         self.pos = 0
 
@@ -41,6 +43,10 @@ class _Reader:
 
     def string(self) -> str:
         return self.take(self.unpack(">h")).decode("utf-8")
+
+
+def _is_byte_order(char: str) -> TypeGuard[ByteOrder]:
+    return char in get_args(ByteOrder)
 
 
 def to_nd_list(np_list: Any) -> bytearray:
@@ -83,6 +89,8 @@ def from_nd_list(encoded: bytes | bytearray) -> list:
         reader.take(2 * reader.unpack(">i"))  # layout chars
         order = reader.take(1).decode("ascii")
         data = reader.take(reader.unpack(">i"))
+        if not _is_byte_order(order):
+            raise ValueError(f"byteorder not recognized (got {order!r})")  # as numpy says it
         array = np.frombuffer(bytearray(data), dtype=dtype.newbyteorder(order)).reshape(shape)
         arrays.append(array)
     return arrays

@@ -41,15 +41,16 @@ def create_request(input_files: list[str], parameters: list[str] | None) -> Inpu
         request.properties[key] = value
     data_file = None
     for item in input_files:
-        key, sep, value = item.partition("=")
-        key, value = (key, value) if sep else (None, item)
-        if data_file is None or key == "data":
+        name, sep, text = item.partition("=")
+        content_key = name if sep else None
+        value = text if sep else item
+        if data_file is None or content_key == "data":
             data_file = value
         if os.path.exists(value):
             with open(value, "rb") as file:
-                request.content.add(key=key, value=file.read())
+                request.content.add(key=content_key, value=file.read())
         else:
-            request.content.add(key=key, value=value.encode("utf-8"))
+            request.content.add(key=content_key, value=value.encode("utf-8"))
             is_json = value.startswith("{") and value.endswith("}")
             request.properties["content-type"] = "application/json" if is_json else "text/plain"
     suffix = os.path.splitext(data_file or "")[1]

@@ -17,10 +17,10 @@ INGRESS_DEPLOYMENT = "LoraserveIngress"
 
 
 def build_app(config: RayAppConfig) -> Application:
-    engine = serve.deployment(EngineReplica, name=ENGINE_DEPLOYMENT).options(
+    engine = serve.deployment(name=ENGINE_DEPLOYMENT)(EngineReplica).options(
         **config.replica_deployment_options())
-    ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS_DEPLOYMENT,
-                               ray_actor_options={"num_cpus": 0})
+    ingress = serve.deployment(name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0})(
+        serve.ingress()(Ingress))
     return ingress.bind(engine.bind(config), config)
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from loraserve import __version__
 from loraserve.api import adapters, inference, openai
 from loraserve.api.app import install_error_handlers
 from loraserve.api.security import install_access_policy
@@ -77,7 +78,7 @@ class ReplicaHeader:
 
 
 def build_ingress_app(manager: RayModelManager) -> FastAPI:
-    app = FastAPI(title="loraserve on Ray Serve", version="0.1.0")
+    app = FastAPI(title="loraserve on Ray Serve", version=__version__)
     app.state.manager = manager
     app.state.workflows = WorkflowManager(manager)  # type: ignore[arg-type]  # none: routes ask for it
     app.state.metrics = manager.single_model().observer = RayServerMetrics(manager.single_model())
@@ -96,7 +97,8 @@ def build_ingress_app(manager: RayModelManager) -> FastAPI:
 class Ingress:
     """Wrapped by ``serve.ingress()`` in ``app.py``; the app is built in the replica."""
 
-    async def __init__(self, engine: Any, config: RayAppConfig) -> None:
+    # An async constructor: Ray Serve awaits it before the replica takes requests.
+    async def __init__(self, engine: Any, config: RayAppConfig) -> None:  # type: ignore[misc]
         self.model = RayModel(config, ReplicaCaller(engine))
         self.manager = RayModelManager(self.model)
         failed = await self.model.register_startup_adapters(startup_adapter_dirs(config.model_dir))

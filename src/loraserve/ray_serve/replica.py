@@ -42,7 +42,8 @@ def problem_of(exc: Exception) -> dict[str, Any]:
 
 
 class EngineReplica:
-    async def __init__(self, config: RayAppConfig) -> None:
+    # An async constructor: Ray Serve awaits it before the replica takes requests.
+    async def __init__(self, config: RayAppConfig) -> None:  # type: ignore[misc]
         warm_up = Input()
         warm_up.properties.update(config.replica_properties())
         await builtin_llm.handle(warm_up)  # DJL's initialisation call: builds and starts the engine

@@ -82,6 +82,7 @@ class EngineCollector:
                 "loraserve_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
                 labels=["model"]),
         }
+        per_model: dict[str, GaugeMetricFamily | CounterMetricFamily] = {**gauges, **counters}
         tiers = GaugeMetricFamily("loraserve_adapters", "Adapters per memory tier", labels=["model", "tier"])
         loads = CounterMetricFamily("loraserve_adapter_loads", "Adapters loaded into compute slots",
                                     labels=["model"])
@@ -94,8 +95,7 @@ class EngineCollector:
         for model, depth in self.queues.items():
             queue.add_metric([model], depth)
         for model, stats in self.stats.items():
-            families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {**gauges, **counters}
-            for key, family in families.items():
+            for key, family in per_model.items():
                 family.add_metric([model], stats.get(key, 0))
             for tier in ("registered", "in_memory", "resident", "pinned"):
                 tiers.add_metric([model, tier], stats.get("adapters", {}).get(tier, 0))
@@ -103,7 +103,7 @@ class EngineCollector:
             evictions.add_metric([model], stats.get("adapters", {}).get("evictions", 0))
             refs.add_metric([model], stats.get("adapter_refs", 0))
             steps.add_metric([model], stats.get("steps", 0))
-        yield from (*gauges.values(), *counters.values(), tiers, loads, evictions, refs, steps, queue)
+        yield from (*per_model.values(), tiers, loads, evictions, refs, steps, queue)
 
 
 class ServerMetrics:

@@ -6,11 +6,13 @@ import asyncio
 import copy
 import logging
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
+from loraserve.adapters.archives import prune_extractions
 from loraserve.adapters.registry import AdapterOrigin, AdapterRecord, AdapterState
 from loraserve.config import ServerConfig
 from loraserve.errors import (
@@ -30,7 +32,6 @@ from loraserve.model_store import (
 )
 from loraserve.names import validate_model_name
 from loraserve.serving.adapter_admin import DurableAdapters
-from loraserve.serving.cleanup import release_model_files
 from loraserve.serving.lora_gate import lora_enabled
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.served_model import InferObserver
@@ -177,7 +178,16 @@ class ModelManager:
             self._save(saved)
         self.models.pop(name, None)
         await model.unload()
-        await release_model_files(self, model)
+        await asyncio.to_thread(shutil.rmtree, model.scratch_dir, True)  # its adapters' copies
+        await self.prune_model_copies()
+
+    async def prune_model_copies(self) -> None:
+        """Remove unpacked model archives no served model lives in (two models may share one
+        copy): after a model goes, and after a registration that failed. Under the register
+        lock, so no registration is between unpacking and recording."""
+        async with self._lock:
+            in_use = [model.model_dir for model in self.models.values()]
+            await asyncio.to_thread(prune_extractions, self.scratch_dir, in_use)
 
     async def _restore_adapters(self, model: ModelService) -> None:
         """Start-up ``adapters/`` folders, then the adapters persisted by earlier runs."""

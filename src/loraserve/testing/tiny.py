@@ -4,7 +4,9 @@ and examples need no download. Needs the ``engine`` and ``test`` extras (transfo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -56,9 +58,10 @@ def make_tiny_llama(target: Path, seed: int = 0, architecture: str = "llama", la
 
 
 def make_peft_adapter(base: Path, target: Path, rank: int = 8,
-                      target_modules: list[str] | str = ("q_proj", "v_proj"), alpha: int = 16,
-                      seed: int = 1, use_rslora: bool = False, **extra: object) -> Path:
-    """A PEFT LoRA adapter with random A and B (so it visibly changes the model)."""
+                      target_modules: Sequence[str] | str = ("q_proj", "v_proj"), alpha: int = 16,
+                      seed: int = 1, use_rslora: bool = False, **extra: Any) -> Path:
+    """A PEFT LoRA adapter with random A and B (so it visibly changes the model); ``extra`` are
+    more ``LoraConfig`` fields (``use_dora``, ``modules_to_save``, ...)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -79,7 +82,7 @@ def make_peft_adapter(base: Path, target: Path, rank: int = 8,
                 param.add_(torch.randn_like(param) * 0.5)
             elif (name.endswith(".bias") and param.requires_grad) or "modules_to_save" in name:
                 param.add_(torch.randn_like(param) * 0.2)  # trained biases, a retrained head: not the base
-    peft_model.save_pretrained(target, safe_serialization=True)
+    peft_model.save_pretrained(str(target), safe_serialization=True)
     return target
 
 

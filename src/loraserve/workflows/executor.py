@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from loraserve.errors import HandlerError
 from loraserve.serving.worker_process import WorkerReply
@@ -14,6 +14,7 @@ from loraserve.wire.frames import ReplyKind
 from loraserve.workflows.spec import INPUT, WorkflowSpec
 
 Wire = dict[str, Any]
+Value: TypeAlias = "Wire | list[Value]"  # a step's result: one wire, or functionsApply's list
 CallModel = Callable[[str, Wire], Awaitable[WorkerReply]]
 
 
@@ -44,9 +45,18 @@ def _data(wire: Wire) -> Any:
         return raw.decode("utf-8", "replace")
 
 
-def _merge(items: list) -> Wire:
+def _one(value: Value) -> Wire:
+    """``value`` where a step takes one wire; a list (``functionsApply``'s) is refused with
+    the TypeError that using it as one would raise, but saying why."""
+    if isinstance(value, list):
+        raise TypeError("a workflow step that takes one value was given a list (from functionsApply); "
+                        "merge it with ensemble first")
+    return value
+
+
+def _merge(items: list[Value]) -> Wire:
     """Answers merged into one JSON list, in order."""
-    merged = json.dumps([_data(v) for v in items]).encode()
+    merged = json.dumps([_data(_one(v)) for v in items]).encode()
     return {"properties": {"content-type": "application/json"}, "content": [("data", merged)]}
 
 
@@ -61,33 +71,33 @@ class WorkflowRun:
         result = await self.variable("out")
         return _merge(result) if isinstance(result, list) else result
 
-    async def variable(self, name: str) -> Wire:
+    async def variable(self, name: str) -> Value:
         if name == INPUT:
             return self.request
         if name not in self.values:
             self.values[name] = asyncio.ensure_future(self.evaluate(self.spec.expressions[name]))
         return await self.values[name]
 
-    async def evaluate(self, expression: Any) -> Wire:
+    async def evaluate(self, expression: Any) -> Value:
         if isinstance(expression, str):
             return await self.variable(expression)
         head, args = expression[0], expression[1:]
         if head == "adapter":
             ref = self.spec.adapters[args[0]]
-            value = await self.evaluate(args[1])
+            value = _one(await self.evaluate(args[1]))
             with_adapter = {**value, "content": [*value["content"], ("adapter", args[0].encode())]}
             return await self.call(ref.model, with_adapter)
         if head == "functionsApply":  # apply each named function/model to one input: a list
-            value = await self.evaluate(args[1])
-            return await asyncio.gather(*(self.apply(name, value) for name in args[0]))
+            given = await self.evaluate(args[1])
+            return await asyncio.gather(*(self.apply(name, given) for name in args[0]))
         values = await asyncio.gather(*(self.evaluate(arg) for arg in args))
         if head == "ensemble":  # one list argument (DJL's form) or several values
             items = values[0] if len(values) == 1 and isinstance(values[0], list) else values
             return _merge(items)
         return await self.apply(head, values[0])
 
-    async def apply(self, name: str, value: Wire) -> Wire:
-        return value if name == "id" else await self.call(name, value)
+    async def apply(self, name: str, value: Value) -> Value:
+        return value if name == "id" else await self.call(name, _one(value))
 
     async def call(self, local_model: str, value: Wire) -> Wire:
         wire = {"properties": value["properties"], "content": value["content"]}

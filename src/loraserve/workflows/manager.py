@@ -18,7 +18,7 @@ from typing import Any
 from loraserve.adapters.registry import AdapterOrigin
 from loraserve.adapters.sources import ensure_inside, exists, local_path_of, server_reads
 from loraserve.errors import ConflictError, LoraserveError, ModelNotFoundError
-from loraserve.serving.cleanup import prune_adapter_copies, prune_model_copies
+from loraserve.serving.cleanup import prune_adapter_copies
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_manager import ModelManager
 from loraserve.serving.worker_process import WorkerReply
@@ -62,11 +62,11 @@ class WorkflowManager:
             try:
                 for local, ref in spec.models.items():
                     workflow.served[local] = await self._acquire_model(local, ref.url, ref.options, spec)
-                for name, ref in spec.adapters.items():
-                    await self._acquire_adapter(workflow, name, ref.src, ref.options, ref.model)
+                for name, adapter in spec.adapters.items():
+                    await self._acquire_adapter(workflow, name, adapter.src, adapter.options, adapter.model)
             except BaseException:
                 await self._release(workflow)
-                await prune_model_copies(self.models)
+                await self.models.prune_model_copies()
                 raise
             self.workflows[spec.name] = workflow
             return workflow

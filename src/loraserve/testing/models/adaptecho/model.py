@@ -18,7 +18,7 @@ import time
 
 from djl_python import Input, Output
 
-adapters = {}
+adapters: dict[str, dict] = {}  # name → {"src": ..., "options": {...}}
 loads = {"count": 0}
 
 
