@@ -21,7 +21,9 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/loraserve demo
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/python -m mypy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # The Ray Serve scale-out tests alone (a local 2-replica cluster; `make test` runs them too).
