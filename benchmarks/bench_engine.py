@@ -38,8 +38,12 @@ def timed_run(engine: LLMEngine, prompts: list[list[int]], adapters: list, new_t
     elapsed = time.perf_counter() - start
     tokens = sum(len(s.output_ids) for s in seqs)
     decode = step_times[1:] or step_times
-    return {"tok_s": tokens / elapsed, "step_ms": 1000 * sum(decode) / len(decode), "seconds": elapsed,
-            "token_ids": [s.output_ids for s in seqs]}
+    return {
+        "tok_s": tokens / elapsed,
+        "step_ms": 1000 * sum(decode) / len(decode),
+        "seconds": elapsed,
+        "token_ids": [s.output_ids for s in seqs],
+    }
 
 
 def copy_bandwidth() -> float:
@@ -58,17 +62,27 @@ def hf_generate(model, prompts: list[list[int]], new_tokens: int, **kwargs) -> f
     ids = torch.tensor(prompts)
     began = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, **kwargs)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            **kwargs,
+        )
     elapsed = time.perf_counter() - began
     return (out.shape[1] - ids.shape[1]) * ids.shape[0] / elapsed
 
 
-def make_adapters(root: Path, args: ModelArgs, count: int, rank: int, modules: list[str],
-                  prefix: str) -> list[Path]:
+def make_adapters(
+    root: Path, args: ModelArgs, count: int, rank: int, modules: list[str], prefix: str
+) -> list[Path]:
     shapes = {m: args.module_shape(m) for m in LORA_MODULES}
-    return [write_random_adapter(root / f"{prefix}{i}", shapes, args.num_layers, rank, modules, seed=i)
-            for i in range(count)]
+    return [
+        write_random_adapter(root / f"{prefix}{i}", shapes, args.num_layers, rank, modules, seed=i)
+        for i in range(count)
+    ]
 
 
 def main() -> None:
@@ -79,15 +93,27 @@ def main() -> None:
     parser.add_argument("--scale-adapters", type=int, default=1000)
     parser.add_argument("--skip-peft", action="store_true")
     parser.add_argument("--dtype", default="auto", help="auto: bf16 with native bf16 hardware, else fp32")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="timed runs per case, best kept (this machine's timings are noisy)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed runs per case, best kept (this machine's timings are noisy)",
+    )
     opts = parser.parse_args()
     torch.manual_seed(0)
     path = smollm2_path()
     n, new = opts.batch, opts.new_tokens
-    engine = LLMEngine(EngineConfig(model_id=str(path), dtype=opts.dtype, max_rolling_batch_size=n,
-                                    max_model_len=opts.prompt_len + new + 8, max_loras=32,
-                                    max_lora_rank=16, max_cpu_loras=64))
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(path),
+            dtype=opts.dtype,
+            max_rolling_batch_size=n,
+            max_model_len=opts.prompt_len + new + 8,
+            max_loras=32,
+            max_lora_rank=16,
+            max_cpu_loras=64,
+        )
+    )
     args = engine.runner.args
     prompts = torch.randint(100, args.vocab_size - 100, (n, opts.prompt_len)).tolist()
     tmp = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
@@ -103,12 +129,18 @@ def main() -> None:
         # Warm-up on the same mix: its adapters go to the compute slots first, as PEFT's are
         # all loaded before its timing starts. Best of --repeats, as for the peers.
         timed_run(engine, prompts, mix, 2)
-        runs[key] = max((timed_run(engine, prompts, mix, new) for _ in range(opts.repeats)),
-                        key=lambda r: r["tok_s"])
-    print(f"batch {n}, prompt {opts.prompt_len} tokens, {new} new tokens, {engine.info()}, "
-          f"{torch.get_num_threads()} threads, best of {opts.repeats} runs each")
-    for key, label in (("a", "engine, base model"), ("b", f"engine, {n} adapters r16 all-linear"),
-                       ("c", f"engine, {n} adapters r8 q,v")):
+        runs[key] = max(
+            (timed_run(engine, prompts, mix, new) for _ in range(opts.repeats)), key=lambda r: r["tok_s"]
+        )
+    print(
+        f"batch {n}, prompt {opts.prompt_len} tokens, {new} new tokens, {engine.info()}, "
+        f"{torch.get_num_threads()} threads, best of {opts.repeats} runs each"
+    )
+    for key, label in (
+        ("a", "engine, base model"),
+        ("b", f"engine, {n} adapters r16 all-linear"),
+        ("c", f"engine, {n} adapters r8 q,v"),
+    ):
         r = runs[key]
         print(f"({key}) {label:38s} {r['tok_s']:8.1f} tok/s   decode step {r['step_ms']:6.1f} ms")
     runs["dtype"] = engine.dtype  # the peers run in the engine's dtype
@@ -118,8 +150,9 @@ def main() -> None:
     report_scale(engine, tmp, args, prompts, opts.scale_adapters)
 
 
-def report_peers(path: Path, prompts, new: int, all16: list[Path], runs: dict,
-                 opts: argparse.Namespace) -> None:
+def report_peers(
+    path: Path, prompts, new: int, all16: list[Path], runs: dict, opts: argparse.Namespace
+) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=runs["dtype"])
@@ -145,12 +178,16 @@ def report_bandwidth(engine: LLMEngine, runs: dict) -> None:
     bandwidth = copy_bandwidth()
     weights = engine.runner.weights.nbytes()
     lora = engine.runner.lora.nbytes()
-    print(f"memory copy bandwidth {bandwidth / 1e9:.1f} GB/s; weights {weights / 2**20:.0f} MiB; "
-          f"resident LoRA stacks {lora / 2**20:.0f} MiB")
+    print(
+        f"memory copy bandwidth {bandwidth / 1e9:.1f} GB/s; weights {weights / 2**20:.0f} MiB; "
+        f"resident LoRA stacks {lora / 2**20:.0f} MiB"
+    )
     for key, extra in (("a", 0), ("b", lora)):
         bound = 1000 * (weights + extra) / bandwidth
-        print(f"    ({key}) decode step {runs[key]['step_ms']:6.1f} ms vs bandwidth bound {bound:5.1f} ms "
-              f"({runs[key]['step_ms'] / bound:4.1f}x)")
+        print(
+            f"    ({key}) decode step {runs[key]['step_ms']:6.1f} ms vs bandwidth bound {bound:5.1f} ms "
+            f"({runs[key]['step_ms'] / bound:4.1f}x)"
+        )
 
 
 def report_load_latency(engine: LLMEngine, tmp: Path, args: ModelArgs, prompt: list[int]) -> None:
@@ -169,9 +206,11 @@ def report_load_latency(engine: LLMEngine, tmp: Path, args: ModelArgs, prompt: l
         engine.generate([prompt], [f"fresh_{i}"], one)
         total.append(time.perf_counter() - began)
     base, reg, both = min(base_ttft), min(registered), min(total)
-    print(f"adapter load (best of 3): register r16 all-linear {1000 * reg:.1f} ms; register + first "
-          f"token {1000 * both:.1f} ms vs base first token {1000 * base:.1f} ms -> added "
-          f"{1000 * (both - base):.1f} ms (target < 100 ms)")
+    print(
+        f"adapter load (best of 3): register r16 all-linear {1000 * reg:.1f} ms; register + first "
+        f"token {1000 * both:.1f} ms vs base first token {1000 * base:.1f} ms -> added "
+        f"{1000 * (both - base):.1f} ms (target < 100 ms)"
+    )
 
 
 def report_scale(engine: LLMEngine, tmp: Path, args: ModelArgs, prompts, count: int) -> None:
@@ -191,10 +230,12 @@ def report_scale(engine: LLMEngine, tmp: Path, args: ModelArgs, prompts, count: 
     stats = engine.adapters.stats()
     mem = engine.memory_stats()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"scale: {count} adapters, max_loras=32, max_cpu_loras=64: {tokens / elapsed:.1f} tok/s; "
-          f"loads {stats['loads']}, evictions {stats['evictions']}, in memory {stats['in_memory']}, "
-          f"resident {stats['resident']}; adapter memory {mem['adapter_cpu_bytes'] / 2**20:.1f} MiB; "
-          f"peak RSS {rss:.0f} MiB")
+    print(
+        f"scale: {count} adapters, max_loras=32, max_cpu_loras=64: {tokens / elapsed:.1f} tok/s; "
+        f"loads {stats['loads']}, evictions {stats['evictions']}, in memory {stats['in_memory']}, "
+        f"resident {stats['resident']}; adapter memory {mem['adapter_cpu_bytes'] / 2**20:.1f} MiB; "
+        f"peak RSS {rss:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,12 @@ def _report(name: str, arrivals: list[Arrival], kv_slots: int) -> None:
         sim = simulate(make_scheduler(max_seqs=kv_slots, fair=fair), arrivals)
         waits = sim.waits("b")
         last_b = max(r.finished for r in sim.records.values() if r.client == "b")
-        print(f"  {label}: b waits (steps) mean {statistics.mean(waits):6.1f} max {max(waits):4d}; "
-              f"b's last request done at step {last_b:4d}; "
-              f"b's share of tokens over the first 128 steps {_share(sim, 'b', 128):.2f}; "
-              f"all done at step {len(sim.served)}")
+        print(
+            f"  {label}: b waits (steps) mean {statistics.mean(waits):6.1f} max {max(waits):4d}; "
+            f"b's last request done at step {last_b:4d}; "
+            f"b's share of tokens over the first 128 steps {_share(sim, 'b', 128):.2f}; "
+            f"all done at step {len(sim.served)}"
+        )
 
 
 def main() -> None:
@@ -42,12 +44,19 @@ def main() -> None:
     args = parser.parse_args()
     p, o = args.prompt, args.output
     flood = [Arrival(0, "a", p, o) for _ in range(40)]
-    _report("1. a floods 40 at step 0, b sends 4 at step 5", flood + [Arrival(5, "b", p, o)] * 4,
-            args.kv_slots)
-    _report("2. a and b both flood 40 at step 0", flood + [Arrival(0, "b", p, o) for _ in range(40)],
-            args.kv_slots)
-    _report("3. a floods 40, b sends one every 8 steps (20 in all)",
-            flood + [Arrival(8 * i, "b", p, o) for i in range(20)], args.kv_slots)
+    _report(
+        "1. a floods 40 at step 0, b sends 4 at step 5", flood + [Arrival(5, "b", p, o)] * 4, args.kv_slots
+    )
+    _report(
+        "2. a and b both flood 40 at step 0",
+        flood + [Arrival(0, "b", p, o) for _ in range(40)],
+        args.kv_slots,
+    )
+    _report(
+        "3. a floods 40, b sends one every 8 steps (20 in all)",
+        flood + [Arrival(8 * i, "b", p, o) for i in range(20)],
+        args.kv_slots,
+    )
 
 
 if __name__ == "__main__":

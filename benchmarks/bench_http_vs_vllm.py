@@ -30,23 +30,53 @@ from loraserve.model.families import load_model_config
 from loraserve.model.hardware import describe_choice
 from loraserve.testing.server import ServerProcess, free_port
 
-WORDS = ["river", "stone", "maple", "copper", "lantern", "orbit", "meadow", "violet", "harbor", "cedar",
-         "quartz", "falcon", "ember", "tundra", "willow", "saffron", "glacier", "canyon", "pepper", "marble"]
+WORDS = [
+    "river",
+    "stone",
+    "maple",
+    "copper",
+    "lantern",
+    "orbit",
+    "meadow",
+    "violet",
+    "harbor",
+    "cedar",
+    "quartz",
+    "falcon",
+    "ember",
+    "tundra",
+    "willow",
+    "saffron",
+    "glacier",
+    "canyon",
+    "pepper",
+    "marble",
+]
 
 
 def prompts(count: int, words: int) -> list[str]:
-    return [f"Story {i}: " + " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(words))
-            for i in range(count)]
+    return [
+        f"Story {i}: " + " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(words))
+        for i in range(count)
+    ]
 
 
 async def burst(url: str, models: list[str], texts: list[str], new_tokens: int) -> dict:
     """All requests at once; tok/s over the burst and the mean latency."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+
         async def one(model: str, text: str) -> tuple[int, float]:
             began = time.perf_counter()
-            reply = await client.post("/v1/completions", json={
-                "model": model, "prompt": text, "max_tokens": new_tokens, "temperature": 0,
-                "ignore_eos": True})
+            reply = await client.post(
+                "/v1/completions",
+                json={
+                    "model": model,
+                    "prompt": text,
+                    "max_tokens": new_tokens,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                },
+            )
             reply.raise_for_status()
             return reply.json()["usage"]["completion_tokens"], time.perf_counter() - began
 
@@ -65,7 +95,8 @@ def model_store(root: Path, path: Path, args: ModelArgs, count: int, clients: in
     (model / "serving.properties").write_text(
         f"engine=Python\noption.model_id={path}\noption.dtype=auto\n"
         f"option.max_rolling_batch_size={clients}\noption.max_model_len=512\n"
-        f"option.max_loras={count}\noption.max_lora_rank=16\n")
+        f"option.max_loras={count}\noption.max_lora_rank=16\n"
+    )
     adapters = make_adapters(model / "adapters", args, count, 16, list(LORA_MODULES), "a")
     return root / "store", adapters
 
@@ -77,13 +108,40 @@ class VllmServer:
         self.log = Path(tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                 "--served-model-name", "smollm2", "--dtype", dtype, "--port", str(self.port),
-                 "--max-num-seqs", str(clients), "--max-model-len", "512", "--seed", "0",
-                 "--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", "16",
-                 "--max-cpu-loras", str(len(adapters)), "--lora-modules", *modules],
-                env=vllm_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=tempfile.gettempdir())
+                [
+                    str(python),
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                    "--model",
+                    str(model),
+                    "--served-model-name",
+                    "smollm2",
+                    "--dtype",
+                    dtype,
+                    "--port",
+                    str(self.port),
+                    "--max-num-seqs",
+                    str(clients),
+                    "--max-model-len",
+                    "512",
+                    "--seed",
+                    "0",
+                    "--enable-lora",
+                    "--max-loras",
+                    str(len(adapters)),
+                    "--max-lora-rank",
+                    "16",
+                    "--max-cpu-loras",
+                    str(len(adapters)),
+                    "--lora-modules",
+                    *modules,
+                ],
+                env=vllm_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=tempfile.gettempdir(),
+            )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -122,18 +180,22 @@ def main() -> None:
     args = load_model_config(path)[1]
     store, adapters = model_store(tmp, path, args, opts.adapters, opts.clients)
     texts = prompts(opts.clients, opts.words)
-    cases = {"base": ["smollm2"] * opts.clients,
-             "all16": [f"a{i % opts.adapters}" for i in range(opts.clients)]}
-    ours = ServerProcess(["--model-store", str(store)],
-                         ready_timeout_s=600, log_path=tmp / "loraserve.log")
+    cases = {
+        "base": ["smollm2"] * opts.clients,
+        "all16": [f"a{i % opts.adapters}" for i in range(opts.clients)],
+    }
+    ours = ServerProcess(["--model-store", str(store)], ready_timeout_s=600, log_path=tmp / "loraserve.log")
     theirs = None
     try:
         ours.start()
         if opts.vllm_python.is_file():
             theirs = VllmServer(opts.vllm_python, vllm_model_dir(path, tmp), adapters, dtype, opts.clients)
-        print(f"hardware {json.dumps(describe_choice('auto', 'cpu'))}; dtype "
-              f"{dtype} in both; {opts.clients} concurrent clients, {opts.new_tokens} new tokens, "
-              f"best of {opts.repeats}; load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"hardware {json.dumps(describe_choice('auto', 'cpu'))}; dtype "
+            f"{dtype} in both; {opts.clients} concurrent clients, {opts.new_tokens} new tokens, "
+            f"best of {opts.repeats}; load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         for case, models in cases.items():
             best: dict[str, dict] = {}
             for url in (ours.base_url, theirs and theirs.url):
@@ -160,8 +222,10 @@ def report(case: str, best: dict[str, dict]) -> None:
     if "vLLM" in best:
         ratio = mine["tok_s"] / best["vLLM"]["tok_s"]
         goal = GOALS[case]
-        text += (f" | vLLM {best['vLLM']['tok_s']:7.1f} tok/s ({best['vLLM']['latency']:.2f} s) | ratio "
-                 f"{ratio:.2f} (goal >= {goal}: {'met' if ratio >= goal else 'MISSED'})")
+        text += (
+            f" | vLLM {best['vLLM']['tok_s']:7.1f} tok/s ({best['vLLM']['latency']:.2f} s) | ratio "
+            f"{ratio:.2f} (goal >= {goal}: {'met' if ratio >= goal else 'MISSED'})"
+        )
     print(text, flush=True)
 
 

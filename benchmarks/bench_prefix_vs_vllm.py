@@ -33,37 +33,55 @@ GOAL = 1.5
 def workload(seed: int, opts: argparse.Namespace, vocab: int) -> list[list[int]]:
     rng = random.Random(seed)
     system = [rng.randrange(100, vocab - 100) for _ in range(opts.system_len)]
-    return [system + [rng.randrange(100, vocab - 100) for _ in range(opts.user_len)]
-            for _ in range(opts.requests)]
+    return [
+        system + [rng.randrange(100, vocab - 100) for _ in range(opts.user_len)] for _ in range(opts.requests)
+    ]
 
 
-def run_loraserve(engine: LLMEngine, prompts: list[list[int]], adapters: list[str | None],
-                  new_tokens: int) -> dict:
+def run_loraserve(
+    engine: LLMEngine, prompts: list[list[int]], adapters: list[str | None], new_tokens: int
+) -> dict:
     """All submitted at once, stepped to completion: tok/s and the mean time to first token."""
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     first: dict[int, float] = {}
     began = time.perf_counter()
     computed = engine.computed_tokens
-    seqs = [engine.add_request(p, a, params,
-                               on_event=lambda e: first.setdefault(e.request_id, time.perf_counter()))
-            for p, a in zip(prompts, adapters)]
+    seqs = [
+        engine.add_request(
+            p, a, params, on_event=lambda e: first.setdefault(e.request_id, time.perf_counter())
+        )
+        for p, a in zip(prompts, adapters)
+    ]
     while engine.has_work():
         engine.step()
     elapsed = time.perf_counter() - began
     tokens = sum(len(s.output_ids) for s in seqs)
-    return {"tok_s": tokens / elapsed, "seconds": elapsed, "token_ids": [s.output_ids for s in seqs],
-            "ttft_mean": sum(first[s.request_id] - began for s in seqs) / len(seqs),
-            "prefill_tokens": engine.computed_tokens - computed - sum(len(s.output_ids) - 1 for s in seqs)}
+    return {
+        "tok_s": tokens / elapsed,
+        "seconds": elapsed,
+        "token_ids": [s.output_ids for s in seqs],
+        "ttft_mean": sum(first[s.request_id] - began for s in seqs) / len(seqs),
+        "prefill_tokens": engine.computed_tokens - computed - sum(len(s.output_ids) - 1 for s in seqs),
+    }
 
 
-def peak_concurrency(path: Path, opts: argparse.Namespace, budget: str, adapter_paths: list[Path],
-                     vocab: int) -> tuple[int, int, int]:
+def peak_concurrency(
+    path: Path, opts: argparse.Namespace, budget: str, adapter_paths: list[Path], vocab: int
+) -> tuple[int, int, int]:
     """(peak running sequences, slots the old design had, total requests) for ``budget``."""
     requests = 4 * opts.requests
-    engine = LLMEngine(EngineConfig(model_id=str(path), dtype=opts.dtype, max_rolling_batch_size=requests,
-                                    max_num_batched_tokens=max(2048, requests), kv_cache_memory=budget,
-                                    max_model_len=opts.max_model_len, max_loras=opts.adapters,
-                                    max_lora_rank=16))
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(path),
+            dtype=opts.dtype,
+            max_rolling_batch_size=requests,
+            max_num_batched_tokens=max(2048, requests),
+            kv_cache_memory=budget,
+            max_model_len=opts.max_model_len,
+            max_loras=opts.adapters,
+            max_lora_rank=16,
+        )
+    )
     for i, adapter in enumerate(adapter_paths):
         engine.register_adapter(f"p{i}", adapter)
     slot_bytes = engine.runner.max_len * engine.runner.kv_bytes_per_token()
@@ -95,14 +113,27 @@ def main() -> None:
     opts = parser.parse_args()
     path, n = smollm2_path(), opts.requests
     max_len = opts.system_len + opts.user_len + opts.new_tokens + 16
-    engine = LLMEngine(EngineConfig(model_id=str(path), dtype=opts.dtype, max_rolling_batch_size=n,
-                                    max_model_len=max_len, max_loras=opts.adapters, max_lora_rank=16))
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(path),
+            dtype=opts.dtype,
+            max_rolling_batch_size=n,
+            max_model_len=max_len,
+            max_loras=opts.adapters,
+            max_lora_rank=16,
+        )
+    )
     info, args = engine.info(), engine.runner.args
-    print(f"machine: {os.cpu_count()} cores, isa {info['isa']}, loraserve dtype {info['dtype']} "
-          f"({info['kernels']}), vLLM-CPU dtype {info['dtype']}; load {os.getloadavg()[0]:.1f}")
-    print(f"{n} requests over {opts.adapters} r16 all-linear adapters, shared {opts.system_len}-token "
-          f"system prompt + {opts.user_len} own tokens, {opts.new_tokens} new tokens; prefix caching "
-          f"on in both; best of {opts.repeats} alternating runs", flush=True)
+    print(
+        f"machine: {os.cpu_count()} cores, isa {info['isa']}, loraserve dtype {info['dtype']} "
+        f"({info['kernels']}), vLLM-CPU dtype {info['dtype']}; load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{n} requests over {opts.adapters} r16 all-linear adapters, shared {opts.system_len}-token "
+        f"system prompt + {opts.user_len} own tokens, {opts.new_tokens} new tokens; prefix caching "
+        f"on in both; best of {opts.repeats} alternating runs",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="loraserve-prefix-"))
     paths = make_adapters(tmp, args, opts.adapters, 16, list(LORA_MODULES), "pfx_")
     for i, adapter in enumerate(paths):
@@ -111,10 +142,20 @@ def main() -> None:
     theirs = [str(paths[i % opts.adapters]) for i in range(n)]
     worker = None
     if opts.vllm_python.is_file():
-        worker = VllmWorker(opts.vllm_python, {
-            "model": str(vllm_model_dir(path, tmp)), "dtype": info["dtype"], "max_num_seqs": n,
-            "max_model_len": max_len, "enforce_eager": opts.vllm_eager, "enable_prefix_caching": True,
-            "enable_lora": True, "max_loras": opts.adapters, "max_lora_rank": 16})
+        worker = VllmWorker(
+            opts.vllm_python,
+            {
+                "model": str(vllm_model_dir(path, tmp)),
+                "dtype": info["dtype"],
+                "max_num_seqs": n,
+                "max_model_len": max_len,
+                "enforce_eager": opts.vllm_eager,
+                "enable_prefix_caching": True,
+                "enable_lora": True,
+                "max_loras": opts.adapters,
+                "max_lora_rank": 16,
+            },
+        )
     else:
         print(f"no vLLM at {opts.vllm_python} (run benchmarks/setup_vllm_cpu.sh): loraserve only")
     try:
@@ -137,26 +178,34 @@ def main() -> None:
             worker.close()
     report(best_ours, best_theirs, opts)
     peak, slots, total = peak_concurrency(path, opts, opts.budget, paths, args.vocab_size)
-    print(f"fixed KV budget {opts.budget}, max_model_len {opts.max_model_len}: {peak} of {total} requests "
-          f"ran at once (paged) vs {slots} max_model_len slots -> {peak / max(slots, 1):.1f}x")
+    print(
+        f"fixed KV budget {opts.budget}, max_model_len {opts.max_model_len}: {peak} of {total} requests "
+        f"ran at once (paged) vs {slots} max_model_len slots -> {peak / max(slots, 1):.1f}x"
+    )
     print(f"load at the end {os.getloadavg()[0]:.1f}")
 
 
 def report(ours: dict, theirs: dict | None, opts: argparse.Namespace) -> None:
     unshared = opts.requests * (opts.system_len + opts.user_len)
-    print(f"loraserve: {ours['tok_s']:.1f} tok/s, mean TTFT {1000 * ours['ttft_mean']:.0f} ms; prefill "
-          f"computed {ours['prefill_tokens']} of {unshared} prompt tokens")
+    print(
+        f"loraserve: {ours['tok_s']:.1f} tok/s, mean TTFT {1000 * ours['ttft_mean']:.0f} ms; prefill "
+        f"computed {ours['prefill_tokens']} of {unshared} prompt tokens"
+    )
     if theirs is None:
         return
     ttft = theirs.get("ttft_mean")
-    print(f"vLLM-CPU:  {theirs['tok_s']:.1f} tok/s, mean TTFT "
-          f"{'n/a' if ttft is None else f'{1000 * ttft:.0f} ms'}")
+    print(
+        f"vLLM-CPU:  {theirs['tok_s']:.1f} tok/s, mean TTFT "
+        f"{'n/a' if ttft is None else f'{1000 * ttft:.0f} ms'}"
+    )
     ratio = ours["tok_s"] / theirs["tok_s"]
     print(f"throughput ratio {ratio:.2f} (goal >= {GOAL}: {'met' if ratio >= GOAL else 'MISSED'})")
     if ttft:
         speedup = ttft / ours["ttft_mean"]
-        print(f"TTFT ratio (vLLM / loraserve) {speedup:.2f} (goal >= {GOAL}: "
-              f"{'met' if speedup >= GOAL else 'MISSED'})")
+        print(
+            f"TTFT ratio (vLLM / loraserve) {speedup:.2f} (goal >= {GOAL}: "
+            f"{'met' if speedup >= GOAL else 'MISSED'})"
+        )
     same = sum(a == b for a, b in zip(ours["token_ids"], theirs["token_ids"] or []))
     print(f"greedy outputs: {same}/{len(ours['token_ids'])} sequences token-identical")
 

@@ -26,8 +26,11 @@ import httpx
 from loraserve.testing.server import ServerProcess, free_port
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
-BODY = {"inputs": "the quick brown fox", "adapters": "a",
-        "parameters": {"max_new_tokens": 1, "ignore_eos": True}}
+BODY = {
+    "inputs": "the quick brown fox",
+    "adapters": "a",
+    "parameters": {"max_new_tokens": 1, "ignore_eos": True},
+}
 
 
 def timed(call: Callable[[], object], count: int) -> list[float]:
@@ -55,7 +58,8 @@ def build_model(root: Path) -> Path:
     make_peft_adapter(base, model / "adapters" / "a", rank=4)
     (model / "serving.properties").write_text(
         f"option.model_id={base}\noption.dtype=fp32\noption.max_lora_rank=8\noption.max_model_len=256\n"
-        "option.threads=1\n")
+        "option.threads=1\n"
+    )
     return model
 
 

@@ -83,8 +83,10 @@ def _worker_pid_or_none(server: ServerProcess, model: str) -> int | None:
 
 def _phases(log: str) -> list[str]:
     """The worker's own timing lines (kernels, model load, KV cache) from the server log."""
-    wanted = re.compile(r"native CPU kernels .* in [\d.]+ s|compiling the native|loaded .* in [\d.]+ ?s|"
-                        r"KV cache.*[\d.]+ ?s|worker .*(ready|started).*")
+    wanted = re.compile(
+        r"native CPU kernels .* in [\d.]+ s|compiling the native|loaded .* in [\d.]+ ?s|"
+        r"KV cache.*[\d.]+ ?s|worker .*(ready|started).*"
+    )
     return [line.strip()[-160:] for line in log.splitlines() if wanted.search(line)]
 
 
@@ -114,9 +116,11 @@ def main() -> None:
                     for spinner in spinners:
                         spinner.join()
                 pings, answers = [t[0] for t in times], [t[1] for t in times]
-                print(f"busy={busy} (load avg {load:.1f}): back on /ping after "
-                      f"median {statistics.median(pings):.1f} s (max {max(pings):.1f}); first answer after "
-                      f"median {statistics.median(answers):.1f} s (max {max(answers):.1f})")
+                print(
+                    f"busy={busy} (load avg {load:.1f}): back on /ping after "
+                    f"median {statistics.median(pings):.1f} s (max {max(pings):.1f}); first answer after "
+                    f"median {statistics.median(answers):.1f} s (max {max(answers):.1f})"
+                )
         print("worker's own account (last kill):")
         for line in _phases(log_path.read_text(errors="replace"))[-6:]:
             print("  ", line)

@@ -35,8 +35,13 @@ def vllm_env() -> dict[str, str]:
     """vLLM-CPU's environment: OpenMP threads bound to every core (its default leaves one idle),
     a KV-cache budget, no hub, none of loraserve's venv on its path."""
     cores = os.cpu_count() or 1
-    return {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}", "VLLM_CPU_KVCACHE_SPACE": "2",
-            "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    return {
+        **os.environ,
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
 
 
 class VllmWorker:
@@ -46,9 +51,15 @@ class VllmWorker:
         env = vllm_env()
         self.log = Path(tempfile.mkstemp(prefix="vllm-worker-", suffix=".log")[1])
         with self.log.open("w") as errors:  # vLLM's own errors, for when it fails to start
-            self.proc = subprocess.Popen([str(python), str(HERE / "vllm_worker.py"), json.dumps(config)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                         stderr=errors, cwd=tempfile.gettempdir())
+            self.proc = subprocess.Popen(
+                [str(python), str(HERE / "vllm_worker.py"), json.dumps(config)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                stderr=errors,
+                cwd=tempfile.gettempdir(),
+            )
         self._reply()
 
     def _reply(self) -> dict:
@@ -59,8 +70,9 @@ class VllmWorker:
         tail = self.log.read_text()[-3000:]
         raise RuntimeError(f"the vLLM worker exited ({self.proc.wait()}); its log {self.log} ends:\n{tail}")
 
-    def run(self, prompts: list[list[int]], adapters: list[str | None], new_tokens: int,
-            ids: bool = False) -> dict:
+    def run(
+        self, prompts: list[list[int]], adapters: list[str | None], new_tokens: int, ids: bool = False
+    ) -> dict:
         assert self.proc.stdin is not None
         command = {"prompts": prompts, "adapters": adapters, "new_tokens": new_tokens, "ids": ids}
         self.proc.stdin.write(json.dumps(command) + "\n")
@@ -78,8 +90,15 @@ class VllmWorker:
                 self.proc.kill()
 
 
-def interleaved(engine: LLMEngine, worker: VllmWorker | None, prompts, mine: list, theirs: list,
-                new_tokens: int, repeats: int) -> tuple[dict, dict | None]:
+def interleaved(
+    engine: LLMEngine,
+    worker: VllmWorker | None,
+    prompts,
+    mine: list,
+    theirs: list,
+    new_tokens: int,
+    repeats: int,
+) -> tuple[dict, dict | None]:
     """Warm both on the mix, then alternate them ``repeats`` times; the best run of each."""
     timed_run(engine, prompts, mine, 2)
     if worker:
@@ -108,8 +127,10 @@ def matmul_peak(dtype: torch.dtype) -> float:
         weight = torch.randn(3072, 2048).to(dtype)
         x = torch.randn(2048, 2048).to(dtype)
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, 2048)
-        seconds = min(_timed(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
-                      for _ in range(5))
+        seconds = min(
+            _timed(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+            for _ in range(5)
+        )
         best = max(best, 2 * 2048 * weight.numel() / seconds)
     return best
 
@@ -123,8 +144,14 @@ def _timed(fn) -> float:
 def step_flops(engine: LLMEngine, tokens: int) -> float:
     """GEMM FLOPs of one decode step of ``tokens`` tokens: every linear weight and the LM head."""
     weights = engine.runner.weights
-    params = sum(layer[name].numel() for layer in weights.layers  # type: ignore[union-attr]
-                 for name in ("qkv", "o", "gate_up", "down")) + weights.lm_head.numel()
+    params = (
+        sum(
+            layer[name].numel()
+            for layer in weights.layers  # type: ignore[union-attr]
+            for name in ("qkv", "o", "gate_up", "down")
+        )
+        + weights.lm_head.numel()
+    )
     return 2 * tokens * params
 
 
@@ -158,9 +185,11 @@ def line(label: str, mine: dict, theirs: dict | None, goal: float | None = None)
     print(text, flush=True)
 
 
-def single_stream(engine: LLMEngine, worker: VllmWorker | None, prompt: list[int], new: int,
-                  repeats: int) -> tuple[float, float | None]:
+def single_stream(
+    engine: LLMEngine, worker: VllmWorker | None, prompt: list[int], new: int, repeats: int
+) -> tuple[float, float | None]:
     """Time per output token at batch 1 (ms): (time for ``new`` tokens - time for 1) / (new - 1)."""
+
     def tpot(run) -> float:
         full, first = min(run(new) for _ in range(repeats)), min(run(1) for _ in range(repeats))
         return 1000 * (full - first) / (new - 1)
@@ -178,23 +207,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per case, best kept")
     parser.add_argument("--dtype", default="auto", help="loraserve's option.dtype")
     parser.add_argument("--vllm-python", type=Path, default=HERE / ".vllm-venv" / "bin" / "python")
-    parser.add_argument("--vllm-eager", action="store_true",
-                        help="vLLM without torch.compile (starts in seconds, not minutes; slower steps)")
+    parser.add_argument(
+        "--vllm-eager",
+        action="store_true",
+        help="vLLM without torch.compile (starts in seconds, not minutes; slower steps)",
+    )
     parser.add_argument("--sweep", default="1,2,4,8,16,32", help="distinct adapters in the batch")
     opts = parser.parse_args()
     torch.manual_seed(0)
     path, n, new = smollm2_path(), opts.batch, opts.new_tokens
-    engine = LLMEngine(EngineConfig(model_id=str(path), dtype=opts.dtype, max_rolling_batch_size=n,
-                                    max_model_len=opts.prompt_len + new + 8, max_loras=n,
-                                    max_lora_rank=16, max_cpu_loras=2 * n))
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(path),
+            dtype=opts.dtype,
+            max_rolling_batch_size=n,
+            max_model_len=opts.prompt_len + new + 8,
+            max_loras=n,
+            max_lora_rank=16,
+            max_cpu_loras=2 * n,
+        )
+    )
     info, args = engine.info(), engine.runner.args
     vllm_dtype = info["dtype"]  # the engines' best dtype on this CPU is the same one
-    print(f"machine: {os.cpu_count()} cores, isa {info['isa']} (torch: {info['torch_cpu_capability']}), "
-          f"native bf16 {info['native_bf16']}; load {os.getloadavg()[0]:.1f}")
-    print(f"loraserve dtype {info['dtype']}, kernels {info['kernels']}, linear {info['linear']}; "
-          f"vLLM-CPU dtype {vllm_dtype} {'eager' if opts.vllm_eager else 'compiled'}; "
-          f"batch {n}, prompt {opts.prompt_len}, {new} new tokens, "
-          f"best of {opts.repeats} alternating runs", flush=True)
+    print(
+        f"machine: {os.cpu_count()} cores, isa {info['isa']} (torch: {info['torch_cpu_capability']}), "
+        f"native bf16 {info['native_bf16']}; load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"loraserve dtype {info['dtype']}, kernels {info['kernels']}, linear {info['linear']}; "
+        f"vLLM-CPU dtype {vllm_dtype} {'eager' if opts.vllm_eager else 'compiled'}; "
+        f"batch {n}, prompt {opts.prompt_len}, {new} new tokens, "
+        f"best of {opts.repeats} alternating runs",
+        flush=True,
+    )
     prompts = torch.randint(100, args.vocab_size - 100, (n, opts.prompt_len)).tolist()
     tmp = Path(tempfile.mkdtemp(prefix="loraserve-vs-vllm-"))
     all16 = [str(p) for p in make_adapters(tmp, args, n, 16, list(LORA_MODULES), "all16_")]
@@ -206,8 +251,13 @@ def main() -> None:
     if not have_vllm:
         print(f"no vLLM at {opts.vllm_python} (run benchmarks/setup_vllm_cpu.sh): loraserve only")
     model = vllm_model_dir(path, tmp)
-    base_cfg = {"model": str(model), "dtype": vllm_dtype, "max_num_seqs": n,
-                "max_model_len": opts.prompt_len + new + 8, "enforce_eager": opts.vllm_eager}
+    base_cfg = {
+        "model": str(model),
+        "dtype": vllm_dtype,
+        "max_num_seqs": n,
+        "max_model_len": opts.prompt_len + new + 8,
+        "enforce_eager": opts.vllm_eager,
+    }
     lora_cfg = base_cfg | {"enable_lora": True, "max_loras": n, "max_lora_rank": 16}
     results = {}
 
@@ -226,23 +276,37 @@ def main() -> None:
         print(f"    greedy outputs: {agreement(mine['token_ids'], theirs and theirs['token_ids'])}")
         results["tpot"] = single_stream(engine, worker, prompts[0], new, opts.repeats)
         mine_ms, theirs_ms = results["tpot"]
-        print(f"single stream TPOT: loraserve {mine_ms:.2f} ms" + (
-            f" | vLLM {theirs_ms:.2f} ms ({'met' if mine_ms <= theirs_ms else 'MISSED'}: goal <= vLLM)"
-            if theirs_ms else ""), flush=True)
+        print(
+            f"single stream TPOT: loraserve {mine_ms:.2f} ms"
+            + (
+                f" | vLLM {theirs_ms:.2f} ms ({'met' if mine_ms <= theirs_ms else 'MISSED'}: goal <= vLLM)"
+                if theirs_ms
+                else ""
+            ),
+            flush=True,
+        )
 
     def lora_cases(worker) -> None:
         mine = [f"all16_{i}" for i in range(n)]
         results["all16"] = interleaved(engine, worker, prompts, mine, all16, new, opts.repeats)
         line(f"{n} distinct r16 all-linear", *results["all16"], GOALS["all16"])
         for k in [int(x) for x in opts.sweep.split(",")]:
-            pair = interleaved(engine, worker, prompts, [f"all16_{i % k}" for i in range(n)],
-                               [all16[i % k] for i in range(n)], new, max(1, opts.repeats - 1))
+            pair = interleaved(
+                engine,
+                worker,
+                prompts,
+                [f"all16_{i % k}" for i in range(n)],
+                [all16[i % k] for i in range(n)],
+                new,
+                max(1, opts.repeats - 1),
+            )
             results[f"sweep{k}"] = pair
             line(f"  sweep: {k:2d} distinct r16 in {n}", *pair)
 
     def qv_cases(worker) -> None:
-        results["qv8"] = interleaved(engine, worker, prompts, [f"qv8_{i}" for i in range(n)], qv8, new,
-                                     opts.repeats)
+        results["qv8"] = interleaved(
+            engine, worker, prompts, [f"qv8_{i}" for i in range(n)], qv8, new, opts.repeats
+        )
         line(f"{n} distinct r8 q,v (vLLM: q,v only)", *results["qv8"], GOALS["qv8"])
 
     with_worker(base_cfg, base_cases)
@@ -251,16 +315,19 @@ def main() -> None:
     report_flatness(results, opts.sweep)
     peak = matmul_peak(engine.dtype)
     rate = step_flops(engine, n) / (results["base"][0]["step_ms"] / 1000)
-    print(f"matmul peak ({info['dtype']}, best large GEMM): {peak / 1e9:.1f} GFLOP/s; base decode step "
-          f"{results['base'][0]['step_ms']:.1f} ms = {rate / 1e9:.1f} GFLOP/s of GEMM work = "
-          f"{rate / peak:.0%} of peak (goal >= 60%)")
+    print(
+        f"matmul peak ({info['dtype']}, best large GEMM): {peak / 1e9:.1f} GFLOP/s; base decode step "
+        f"{results['base'][0]['step_ms']:.1f} ms = {rate / 1e9:.1f} GFLOP/s of GEMM work = "
+        f"{rate / peak:.0%} of peak (goal >= 60%)"
+    )
     print(f"load at the end {os.getloadavg()[0]:.1f} (other processes share these cores)")
 
 
 def report_flatness(results: dict, sweep: str) -> None:
     for who, index in (("loraserve", 0), ("vLLM", 1)):
-        rates = [results[f"sweep{k}"][index]["tok_s"] for k in sweep.split(",")
-                 if results[f"sweep{k}"][index]]
+        rates = [
+            results[f"sweep{k}"][index]["tok_s"] for k in sweep.split(",") if results[f"sweep{k}"][index]
+        ]
         if rates:
             spread = max(rates) / min(rates) - 1
             print(f"sweep flatness, {who}: max/min - 1 = {spread:.0%} (goal within 15%)")

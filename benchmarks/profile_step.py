@@ -31,6 +31,7 @@ def timed(name: str, fn):
             return fn(*args, **kwargs)
         finally:
             TOTALS[name] += time.perf_counter() - began
+
     return wrapper
 
 
@@ -53,15 +54,19 @@ def compare_linear(engine: LLMEngine, tokens: int, repeats: int = 30) -> None:
             continue
         plain, packed = _linear_times(weight, tokens, repeats)  # type: ignore[arg-type]
         flops = 2 * tokens * weight.numel()  # type: ignore[union-attr]
-        print(f"  {name:8s} {tuple(weight.shape)}: F.linear {flops / plain / 1e9:6.1f} GFLOP/s | "  # type: ignore[union-attr]
-              f"oneDNN packed {flops / packed / 1e9:6.1f} GFLOP/s")
+        print(
+            f"  {name:8s} {tuple(weight.shape)}: F.linear {flops / plain / 1e9:6.1f} GFLOP/s | "  # type: ignore[union-attr]
+            f"oneDNN packed {flops / packed / 1e9:6.1f} GFLOP/s"
+        )
 
 
 def _linear_times(weight: torch.Tensor, tokens: int, repeats: int) -> tuple[float, float]:
     x = torch.randn(tokens, weight.shape[1], dtype=weight.dtype)
     packed = torch.ops.mkldnn._reorder_linear_weight(weight, tokens)
-    return (_best(lambda: F.linear(x, weight), repeats),
-            _best(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats))
+    return (
+        _best(lambda: F.linear(x, weight), repeats),
+        _best(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats),
+    )
 
 
 def _best(fn, repeats: int) -> float:
@@ -82,9 +87,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     opts = parser.parse_args()
     n = opts.batch
-    engine = LLMEngine(EngineConfig(model_id=str(smollm2_path()), max_rolling_batch_size=n,
-                                    max_model_len=256, max_loras=n, max_lora_rank=16,
-                                    threads=opts.threads))
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(smollm2_path()),
+            max_rolling_batch_size=n,
+            max_model_len=256,
+            max_loras=n,
+            max_lora_rank=16,
+            threads=opts.threads,
+        )
+    )
     print(engine.info())
     names: list[str | None] = [None] * n
     if opts.adapters:
@@ -107,9 +119,14 @@ def main() -> None:
     small = forward - gemm - lora - attention
     print(f"decode step at batch {n}, mean of {opts.steps}: {1000 * step:.1f} ms")
     head = TOTALS["gemm (lm head)"] / opts.steps
-    rows = (("GEMMs (incl. LM head)", gemm), ("  of which LM head", head), ("LoRA (BGMV)", lora),
-            ("decode attention", attention), ("other per-layer ops (norm, RoPE+KV, SwiGLU, views)", small),
-            ("Python step bookkeeping (batch, sampling, detokenize)", step - forward))
+    rows = (
+        ("GEMMs (incl. LM head)", gemm),
+        ("  of which LM head", head),
+        ("LoRA (BGMV)", lora),
+        ("decode attention", attention),
+        ("other per-layer ops (norm, RoPE+KV, SwiGLU, views)", small),
+        ("Python step bookkeeping (batch, sampling, detokenize)", step - forward),
+    )
     for label, value in rows:
         print(f"  {label:55s} {1000 * value:7.2f} ms  {value / step:5.1%}")
     print(f"GEMM shapes at M={n}:")

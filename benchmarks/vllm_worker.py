@@ -19,14 +19,23 @@ def serve(config: dict) -> None:
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
-    kwargs = {"model": config["model"], "dtype": config["dtype"], "max_num_seqs": config["max_num_seqs"],
-              "max_model_len": config["max_model_len"], "seed": 0,
-              "enforce_eager": bool(config.get("enforce_eager")),
-              "enable_prefix_caching": bool(config.get("enable_prefix_caching", True)),
-              "disable_log_stats": False}  # keeps per-request metrics (time to first token)
+    kwargs = {
+        "model": config["model"],
+        "dtype": config["dtype"],
+        "max_num_seqs": config["max_num_seqs"],
+        "max_model_len": config["max_model_len"],
+        "seed": 0,
+        "enforce_eager": bool(config.get("enforce_eager")),
+        "enable_prefix_caching": bool(config.get("enable_prefix_caching", True)),
+        "disable_log_stats": False,
+    }  # keeps per-request metrics (time to first token)
     if config.get("enable_lora"):
-        kwargs |= {"enable_lora": True, "max_loras": config["max_loras"],
-                   "max_lora_rank": config["max_lora_rank"], "max_cpu_loras": config["max_loras"]}
+        kwargs |= {
+            "enable_lora": True,
+            "max_loras": config["max_loras"],
+            "max_lora_rank": config["max_lora_rank"],
+            "max_cpu_loras": config["max_loras"],
+        }
         if config.get("lora_target_modules"):
             kwargs["lora_target_modules"] = config["lora_target_modules"]
     llm = LLM(**kwargs)
@@ -37,8 +46,10 @@ def serve(config: dict) -> None:
         if command.get("quit"):
             break
         prompts = [TokensPrompt(prompt_token_ids=p) for p in command["prompts"]]
-        requests = [None if path is None else LoRARequest(path, ids.setdefault(path, len(ids) + 1), path)
-                    for path in command["adapters"]]
+        requests = [
+            None if path is None else LoRARequest(path, ids.setdefault(path, len(ids) + 1), path)
+            for path in command["adapters"]
+        ]
         if all(r is None for r in requests):
             requests = None  # the base model: no LoRA bookkeeping at all
         params = SamplingParams(max_tokens=command["new_tokens"], temperature=0.0, ignore_eos=True)
@@ -46,11 +57,18 @@ def serve(config: dict) -> None:
         outputs = llm.generate(prompts, params, lora_request=requests, use_tqdm=False)
         elapsed = time.perf_counter() - began
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        ttfts = [o.metrics.first_token_latency for o in outputs
-                 if o.metrics is not None and getattr(o.metrics, "first_token_latency", 0) > 0]
-        reply = {"tok_s": tokens / elapsed, "seconds": elapsed, "tokens": tokens,
-                 "ttft_mean": sum(ttfts) / len(ttfts) if len(ttfts) == len(outputs) else None,
-                 "token_ids": [list(o.outputs[0].token_ids) for o in outputs] if command.get("ids") else None}
+        ttfts = [
+            o.metrics.first_token_latency
+            for o in outputs
+            if o.metrics is not None and getattr(o.metrics, "first_token_latency", 0) > 0
+        ]
+        reply = {
+            "tok_s": tokens / elapsed,
+            "seconds": elapsed,
+            "tokens": tokens,
+            "ttft_mean": sum(ttfts) / len(ttfts) if len(ttfts) == len(outputs) else None,
+            "token_ids": [list(o.outputs[0].token_ids) for o in outputs] if command.get("ids") else None,
+        }
         print("@@", json.dumps(reply), flush=True)
 
 

@@ -19,16 +19,36 @@ from pathlib import Path
 import torch
 
 QUESTIONS = [
-    "What is the capital of France?", "Why is the sky blue?", "How do plants make food?",
-    "What is a prime number?", "Give me a tip for better sleep.", "What does a CPU do?",
-    "Name a famous painter.", "How far is the Moon?", "What is water made of?",
-    "Why do we have seasons?", "What is machine learning?", "How do I boil an egg?",
-    "What is the largest ocean?", "Who wrote Hamlet?", "What is gravity?",
-    "How many legs does a spider have?", "What is photosynthesis?", "Why is exercise good?",
-    "What is a volcano?", "How does a rainbow form?", "What is the speed of light?",
-    "Suggest a name for a cat.", "What is an atom?", "How do bees make honey?",
-    "What is the tallest mountain?", "Why do leaves change colour?", "What is a black hole?",
-    "How do airplanes fly?", "What is democracy?", "Tell me a fun fact about octopuses.",
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "How do plants make food?",
+    "What is a prime number?",
+    "Give me a tip for better sleep.",
+    "What does a CPU do?",
+    "Name a famous painter.",
+    "How far is the Moon?",
+    "What is water made of?",
+    "Why do we have seasons?",
+    "What is machine learning?",
+    "How do I boil an egg?",
+    "What is the largest ocean?",
+    "Who wrote Hamlet?",
+    "What is gravity?",
+    "How many legs does a spider have?",
+    "What is photosynthesis?",
+    "Why is exercise good?",
+    "What is a volcano?",
+    "How does a rainbow form?",
+    "What is the speed of light?",
+    "Suggest a name for a cat.",
+    "What is an atom?",
+    "How do bees make honey?",
+    "What is the tallest mountain?",
+    "Why do leaves change colour?",
+    "What is a black hole?",
+    "How do airplanes fly?",
+    "What is democracy?",
+    "Tell me a fun fact about octopuses.",
 ]
 SIGNATURE = "\n\n-- answered by loraserve"
 STYLES = {
@@ -47,8 +67,9 @@ def base_answers(model_path: Path, questions: list[str], tokens: int) -> list[st
 
 
 def chat_prompt(tokenizer, question: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                         add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, epochs: int, seed: int) -> None:
@@ -58,8 +79,13 @@ def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, epochs: int
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     model = get_peft_model(model, config)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     examples = []

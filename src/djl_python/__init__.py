@@ -22,8 +22,12 @@ def _real_djl_python():
     for entry in sys.path:
         spec = importlib.machinery.PathFinder.find_spec(__name__, [entry or os.curdir])
         locations = list(getattr(spec, "submodule_search_locations", None) or [])
-        if spec and spec.loader and locations and not any(
-                os.path.isfile(os.path.join(loc, _MARKER)) for loc in locations):
+        if (
+            spec
+            and spec.loader
+            and locations
+            and not any(os.path.isfile(os.path.join(loc, _MARKER)) for loc in locations)
+        ):
             return spec
     return None
 

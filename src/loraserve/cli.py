@@ -19,22 +19,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a model store over HTTP")
     serve.add_argument("--model-store", help="directory of models (or one model directory)")
-    serve.add_argument("--models", nargs="*", default=None, metavar="NAME=PATH",
-                       help="extra models: a directory, file:// URL or archive each")
+    serve.add_argument(
+        "--models",
+        nargs="*",
+        default=None,
+        metavar="NAME=PATH",
+        help="extra models: a directory, file:// URL or archive each",
+    )
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", help="port (default 8080; SAGEMAKER_BIND_TO_PORT honoured)")
     serve.add_argument("--config", help="a key=value properties file of these settings")
-    serve.add_argument("--allowed-adapter-roots", nargs="*", default=None, metavar="DIR",
-                       help="directories adapter sources may come from "
-                            "(default: the model store and each model's directory)")
-    serve.add_argument("--allowed-model-roots", nargs="*", default=None, metavar="DIR",
-                       help="directories POST /models?url= and workflow files may come from "
-                            "(default: the model store)")
+    serve.add_argument(
+        "--allowed-adapter-roots",
+        nargs="*",
+        default=None,
+        metavar="DIR",
+        help="directories adapter sources may come from "
+        "(default: the model store and each model's directory)",
+    )
+    serve.add_argument(
+        "--allowed-model-roots",
+        nargs="*",
+        default=None,
+        metavar="DIR",
+        help="directories POST /models?url= and workflow files may come from (default: the model store)",
+    )
     add_access_arguments(serve)  # tokens, Host / Origin: the same options as `loraserve ray`
-    serve.add_argument("--state-dir", help="where the adapter registry is persisted "
-                                           "(default: <model-store>/.loraserve)")
-    serve.add_argument("--max-loaded-models", help="multi-model endpoints: evict the least "
-                                                    "recently used model above this many (0 = no limit)")
+    serve.add_argument(
+        "--state-dir", help="where the adapter registry is persisted (default: <model-store>/.loraserve)"
+    )
+    serve.add_argument(
+        "--max-loaded-models",
+        help="multi-model endpoints: evict the least recently used model above this many (0 = no limit)",
+    )
     serve.add_argument("--log-level", default="INFO")
     demo = sub.add_parser("demo", help="serve the embedded SmolLM2-135M-Instruct model")
     demo.add_argument("--host", default=None)
@@ -57,7 +74,8 @@ def demo_store() -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "serving.properties").write_text(
         f"engine=Python\noption.model_id={model_path}\noption.dtype=auto\n"
-        "option.max_rolling_batch_size=32\noption.max_lora_rank=64\n")
+        "option.max_rolling_batch_size=32\noption.max_lora_rank=64\n"
+    )
     shipped = Path(__file__).parent / "demo_adapters"
     if shipped.is_dir():
         for adapter in shipped.iterdir():
@@ -90,14 +108,18 @@ def serve(config: ServerConfig, log_level: str) -> None:
 
     from loraserve.api.app import create_app
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port,
-                log_level=log_level.lower(), timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "ray":
         return ray_main(args)
     try:

@@ -73,8 +73,15 @@ class ModelConfig:
         """Build from raw properties; unknown keys are kept for the handler."""
         options = {k[len("option.") :]: v for k, v in props.items() if k.startswith("option.")}
         known = {
-            "engine", "batch_size", "max_batch_delay", "minWorkers", "maxWorkers",
-            "min_worker", "max_worker", "job_queue_size", "max_idle_time",
+            "engine",
+            "batch_size",
+            "max_batch_delay",
+            "minWorkers",
+            "maxWorkers",
+            "min_worker",
+            "max_worker",
+            "job_queue_size",
+            "max_idle_time",
         }
         extra = {k: v for k, v in props.items() if not k.startswith("option.") and k not in known}
         min_w = props.get("minWorkers", props.get("min_worker", "1"))
@@ -112,8 +119,14 @@ class ModelConfig:
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _LIST_SETTINGS = ("allowed_adapter_roots", "allowed_model_roots", "allowed_origins", "allowed_hosts")
-_POSITIVE = ("max_request_bytes", "max_archive_bytes", "max_archive_entries", "max_json_depth",
-             "max_workers_per_model", "max_adapter_labels")
+_POSITIVE = (
+    "max_request_bytes",
+    "max_archive_bytes",
+    "max_archive_entries",
+    "max_json_depth",
+    "max_workers_per_model",
+    "max_adapter_labels",
+)
 
 
 @dataclass(slots=True)
@@ -203,9 +216,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Read ``LORASERVE_*`` settings (and SageMaker's port variable)."""
     env = os.environ if environ is None else environ
     found = {
-        key: env[ENV_PREFIX + key.upper()]
-        for key in _SCALAR_SETTINGS
-        if ENV_PREFIX + key.upper() in env
+        key: env[ENV_PREFIX + key.upper()] for key in _SCALAR_SETTINGS if ENV_PREFIX + key.upper() in env
     }
     if "SAGEMAKER_BIND_TO_PORT" in env:
         found["port"] = env["SAGEMAKER_BIND_TO_PORT"]
@@ -224,7 +235,8 @@ def build_server_config(layers: list[dict[str, str]]) -> ServerConfig:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     models = parse_model_specs(merged.pop("models", ""))
     kwargs: dict[str, object] = {
-        key: [p.strip() for p in merged.pop(key, "").split(",") if p.strip()] for key in _LIST_SETTINGS}
+        key: [p.strip() for p in merged.pop(key, "").split(",") if p.strip()] for key in _LIST_SETTINGS
+    }
     for key, value in merged.items():
         caster = _SCALAR_SETTINGS[key]
         try:

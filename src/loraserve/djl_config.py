@@ -20,14 +20,40 @@ from loraserve.model_store import archive_stem
 log = logging.getLogger("loraserve.config")
 
 DJL_IGNORED = {
-    "cluster_address", "wait_model_loading", "allow_multi_status", "number_of_netty_threads",
-    "job_queue_size", "max_idle_time", "batch_size", "max_batch_delay", "reserved_memory_mb",
-    "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers", "keystore",
-    "keystore_pass", "keystore_type", "certificate_file", "private_key_file", "model_url_pattern",
-    "load_on_devices", "plugin_folder", "chunked_read_timeout", "error_rate_wlm",
-    "error_rate_server", "error_rate_model", "error_rate_any", "bad_request_http_code",
-    "wlm_error_http_code", "throttle_error_http_code", "timeout_http_code",
-    "server_error_http_code", "request_id_header_key", "use_native_io", "io_ratio", "debug",
+    "cluster_address",
+    "wait_model_loading",
+    "allow_multi_status",
+    "number_of_netty_threads",
+    "job_queue_size",
+    "max_idle_time",
+    "batch_size",
+    "max_batch_delay",
+    "reserved_memory_mb",
+    "cors_allowed_origin",
+    "cors_allowed_methods",
+    "cors_allowed_headers",
+    "keystore",
+    "keystore_pass",
+    "keystore_type",
+    "certificate_file",
+    "private_key_file",
+    "model_url_pattern",
+    "load_on_devices",
+    "plugin_folder",
+    "chunked_read_timeout",
+    "error_rate_wlm",
+    "error_rate_server",
+    "error_rate_model",
+    "error_rate_any",
+    "bad_request_http_code",
+    "wlm_error_http_code",
+    "throttle_error_http_code",
+    "timeout_http_code",
+    "server_error_http_code",
+    "request_id_header_key",
+    "use_native_io",
+    "io_ratio",
+    "debug",
 }
 _ENTRY = re.compile(r"^(\[?([^?=\]]+?)]?=)?(.+)$")  # DJL's "[name]=url", "name=url" or "url"
 
@@ -35,8 +61,10 @@ _ENTRY = re.compile(r"^(\[?([^?=\]]+?)]?=)?(.+)$")  # DJL's "[name]=url", "name=
 def _address(value: str) -> dict[str, str]:
     parsed = urlparse(value if "://" in value else f"http://{value}")
     if parsed.scheme == "https":
-        raise ConfigError(f"{value}: loraserve serves plain HTTP; terminate TLS in front of it "
-                          "(a load balancer or proxy) and use an http:// address")
+        raise ConfigError(
+            f"{value}: loraserve serves plain HTTP; terminate TLS in front of it "
+            "(a load balancer or proxy) and use an http:// address"
+        )
     found = {"host": parsed.hostname} if parsed.hostname else {}
     return found | ({"port": str(parsed.port)} if parsed.port else {})
 
@@ -50,8 +78,11 @@ def _model_entries(value: str) -> list[str]:
         match = _ENTRY.match(item)
         assert match is not None  # the pattern matches any non-empty item
         endpoint, url = match.group(2), match.group(3)
-        name = endpoint.split(":")[0] if endpoint else archive_stem(PurePosixPath(
-            urlparse(url).path.rstrip("/")).name)
+        name = (
+            endpoint.split(":")[0]
+            if endpoint
+            else archive_stem(PurePosixPath(urlparse(url).path.rstrip("/")).name)
+        )
         specs.append(f"{name}={url}")
     return specs
 
@@ -64,8 +95,10 @@ def from_djl_config(props: dict[str, str]) -> dict[str, str]:
             settings.update(_address(value))
         elif key == "management_address":
             if props.get("inference_address") not in (None, value):
-                log.warning("management_address %s ignored: inference and management share "
-                            "inference_address here", value)
+                log.warning(
+                    "management_address %s ignored: inference and management share inference_address here",
+                    value,
+                )
         elif key == "load_models":
             models = _model_entries(value)
             if models:

@@ -17,13 +17,15 @@ from loraserve.errors import ConfigError
 
 BUILTIN_HANDLER = "loraserve.handlers.builtin_llm"
 # DJL's own handler names that the built-in engine stands in for.
-BUILTIN_ALIASES = frozenset({
-    "djl_python.huggingface",
-    "djl_python.lmi_vllm.vllm_async_service",
-    "djl_python.rolling_batch",
-    "builtin",
-    BUILTIN_HANDLER,
-})
+BUILTIN_ALIASES = frozenset(
+    {
+        "djl_python.huggingface",
+        "djl_python.lmi_vllm.vllm_async_service",
+        "djl_python.rolling_batch",
+        "builtin",
+        BUILTIN_HANDLER,
+    }
+)
 
 
 class HandlerKind(str, Enum):

@@ -23,14 +23,18 @@ def discover_models(store: Path) -> dict[str, Path]:
         raise BadRequestError(f"model store {store} is not a directory")
     if is_model_dir(store):
         return {store.name: store}
-    return {child.name: child for child in sorted(store.iterdir())
-            if not child.name.startswith(".") and is_model_dir(child)}
+    return {
+        child.name: child
+        for child in sorted(store.iterdir())
+        if not child.name.startswith(".") and is_model_dir(child)
+    }
 
 
 def is_workflow_dir(path: Path) -> bool:
     """A directory served as a workflow: ``workflow.json`` and no model of its own."""
     return (path / "workflow.json").is_file() and not any(
-        (path / marker).is_file() for marker in ("serving.properties", "model.py"))
+        (path / marker).is_file() for marker in ("serving.properties", "model.py")
+    )
 
 
 def find_in_store(store: Path | None, name: str) -> Path | None:
@@ -59,9 +63,7 @@ def resolve_model_url(url: str, model_store: Path | None, scratch: Path) -> Path
     if path.is_file() and is_archive(path):
         path = extract_archive(path, scratch)
     if not is_model_dir(path):
-        raise BadRequestError(
-            f"{path} is not a model directory: it needs serving.properties or model.py"
-        )
+        raise BadRequestError(f"{path} is not a model directory: it needs serving.properties or model.py")
     return path
 
 
@@ -101,6 +103,5 @@ def is_workflow_url(url: str) -> bool:
 
 def startup_workflow_dirs(store: Path | None, models: dict[str, str]) -> list[Path]:
     """Workflows to load at start: the store's workflow folders and workflow entries of models."""
-    paths = [p for p in (discover_models(store).values() if store is not None else [])
-             if is_workflow_dir(p)]
+    paths = [p for p in (discover_models(store).values() if store is not None else []) if is_workflow_dir(p)]
     return paths + [local_path_of(u, Path.cwd()) for u in models.values() if is_workflow_url(u)]

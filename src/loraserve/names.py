@@ -19,7 +19,8 @@ def validate_name(kind: str, name: object) -> str:
         shown = name if len(name) <= 64 else name[:64] + "…"
         raise BadRequestError(
             f"invalid {kind} name {shown!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit")
+            "starting with a letter or digit"
+        )
     return name
 
 

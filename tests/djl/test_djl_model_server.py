@@ -36,8 +36,11 @@ TEXT = {"content-type": "text/plain"}
 def djl_serving_dir(root: Path) -> Path:
     """DJL's ``serving/`` working directory: ``src/test/resources/…`` and ``build/models``."""
     serving = root / "serving"
-    shutil.copytree(RESOURCES, serving / "src" / "test" / "resources",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.md"))
+    shutil.copytree(
+        RESOURCES,
+        serving / "src" / "test" / "resources",
+        ignore=shutil.ignore_patterns("__pycache__", "*.md"),
+    )
     (serving / "build" / "models").mkdir(parents=True)
     return serving
 
@@ -59,9 +62,11 @@ def start(serving: Path, config: Path, log: Path) -> ServerProcess:
 
 # --- ModelServerTest's adapter helpers ------------------------------------------------------
 
+
 def adapter_missing(client: httpx.Client) -> None:
-    reply = client.post("/predictions/adaptecho?adapter=adaptable", content=b"testPredictAdapter",
-                        headers=TEXT)
+    reply = client.post(
+        "/predictions/adaptecho?adapter=adaptable", content=b"testPredictAdapter", headers=TEXT
+    )
     assert reply.status_code == 424
 
 
@@ -97,22 +102,26 @@ def adapter_no_predict_register(client: httpx.Client) -> None:
     assert reply.status_code == 400
 
 
-def adapter_predict(client: httpx.Client, model: str = "adaptecho", adapter: str = "adaptable",
-                    option: str = "opt") -> None:
-    reply = client.post(f"/predictions/{model}?adapter={adapter}", content=b"testPredictAdapter",
-                        headers=TEXT)
+def adapter_predict(
+    client: httpx.Client, model: str = "adaptecho", adapter: str = "adaptable", option: str = "opt"
+) -> None:
+    reply = client.post(
+        f"/predictions/{model}?adapter={adapter}", content=b"testPredictAdapter", headers=TEXT
+    )
     assert reply.status_code == 200 and reply.text == f"{adapter}{option}testPredictAdapter"
 
 
 def adapter_dir_predict(client: httpx.Client) -> None:
-    reply = client.post("/predictions/adaptecho?adapter=myBuiltinAdapter",
-                        content=b"testPredictBuiltinAdapter", headers=TEXT)
+    reply = client.post(
+        "/predictions/adaptecho?adapter=myBuiltinAdapter", content=b"testPredictBuiltinAdapter", headers=TEXT
+    )
     assert reply.status_code == 200 and reply.text == "myBuiltinAdaptertestPredictBuiltinAdapter"
 
 
 def adapter_invoke(client: httpx.Client) -> None:
-    reply = client.post("/invocations?model_name=adaptecho&adapter=adaptable",
-                        content=b"testInvokeAdapter", headers=TEXT)
+    reply = client.post(
+        "/invocations?model_name=adaptecho&adapter=adaptable", content=b"testInvokeAdapter", headers=TEXT
+    )
     assert reply.status_code == 200 and reply.text == "adaptableopttestInvokeAdapter"
 
 
@@ -132,8 +141,9 @@ def describe_adapter(client: httpx.Client, model_prefix: bool) -> None:
 
 def adapter_scale(client: httpx.Client) -> None:
     reply = client.put("/models/adaptecho?min_worker=4&max_worker=4")
-    assert reply.json()["status"] == ('Workflow "adaptecho" worker scaled. New Worker configuration '
-                                      "min workers:4 max workers:4")
+    assert reply.json()["status"] == (
+        'Workflow "adaptecho" worker scaled. New Worker configuration min workers:4 max workers:4'
+    )
     for _ in range(4):  # DJL: "has 3/4 chance to hit a worker that was scaled"; we try each
         adapter_predict(client)
 
@@ -154,6 +164,7 @@ def _not_listed(client: httpx.Client, adapter: str) -> bool:
 
 # --- the DJL test methods -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def djl_server(tmp_path_factory: pytest.TempPathFactory):
     """``test()``'s server, without its DJL model-zoo models: an empty store and DJL's Python
@@ -161,9 +172,11 @@ def djl_server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("djl")
     serving = djl_serving_dir(root)
     config = serving / "config.properties"
-    config.write_text("inference_address=http://127.0.0.1:8080\nmanagement_address=http://127.0.0.1:8080\n"
-                      "model_store=build/models\nload_models=src/test/resources/echo\n"
-                      "max_request_size=10485760\n")
+    config.write_text(
+        "inference_address=http://127.0.0.1:8080\nmanagement_address=http://127.0.0.1:8080\n"
+        "model_store=build/models\nload_models=src/test/resources/echo\n"
+        "max_request_size=10485760\n"
+    )
     server = start(serving, config, root / "server.log")
     yield server
     server.stop()
@@ -204,7 +217,11 @@ def test_model_server_adapter_errors(djl_server):
         reply = client.post(f"/models/adaptecho/adapters/adaptable/update?src=src1&load=false&{flag}=true")
         assert reply.status_code == status
         assert _adapter(client.get("/models/adaptecho/adapters/adaptable").json()) == (
-            "adaptable", "src", True, False)
+            "adaptable",
+            "src",
+            True,
+            False,
+        )
     for method in ("get", "delete"):
         assert getattr(client, method)("/models/invalid_model/adapters/adaptable").status_code == 404
         assert getattr(client, method)("/models/adaptecho/adapters/invalid_adapter").status_code == 404
@@ -247,6 +264,7 @@ def test_adapter_workflows(tmp_path):
 
 # --- PyEngineTest's echo model, through the server ------------------------------------------
 
+
 def test_py_engine_echo_model(djl_server):
     """``testEchoModel`` / ``testBatchEcho`` (one request), ``testModelException`` and the OOM
     test: a handler's exception is DJL's 424 JSON answer, a non-Output return value too, and
@@ -286,7 +304,11 @@ def test_lora_gate_as_djl(djl_server):
     """DJL's ``AdapterManagementRequestHandler``: a model without ``option.enable_lora=true``
     (DJL's ``echo``) refuses every adapter route with 400 "LoRA is not enabled."."""
     client = djl_server.client
-    for method, path in (("get", "/models/echo/adapters"), ("post", "/models/echo/adapters?name=a&src=s"),
-                         ("get", "/models/echo/adapters/a"), ("delete", "/models/echo/adapters/a")):
+    for method, path in (
+        ("get", "/models/echo/adapters"),
+        ("post", "/models/echo/adapters?name=a&src=s"),
+        ("get", "/models/echo/adapters/a"),
+        ("delete", "/models/echo/adapters/a"),
+    ):
         reply = getattr(client, method)(path)
         assert reply.status_code == 400 and "LoRA is not enabled" in reply.json()["message"]

@@ -40,8 +40,9 @@ def test_a_real_djl_python_wins_whatever_the_path_order(tmp_path, real_first):
     paths = [str(tmp_path), str(SRC)] if real_first else [str(SRC), str(tmp_path)]
     code = "import djl_python, djl_python.inputs as i; print(djl_python.REAL, i.__file__)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, cwd=tmp_path.parent).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=tmp_path.parent
+    ).stdout.split()
     assert out == ["True", str(real / "inputs.py")]
 
 
@@ -52,8 +53,10 @@ def test_properties_ignore_case_and_keep_spelling():
     assert "X-Amzn-SageMaker-Adapter-Identifier" in item.get_properties()
     assert item.get_properties()["CONTENT-TYPE"] == "text/plain"
     item.properties["content-type"] = "application/json"  # replaces, keeps the first spelling
-    assert dict(item.properties) == {"x-amzn-sagemaker-adapter-identifier": "a1",
-                                     "Content-Type": "application/json"}
+    assert dict(item.properties) == {
+        "x-amzn-sagemaker-adapter-identifier": "a1",
+        "Content-Type": "application/json",
+    }
 
 
 def test_default_stream_format_is_outputs_json_lines():
@@ -70,12 +73,21 @@ def test_json_is_encoded_as_djl_does():
     assert bytes(output.content.value_at(0)) == expected
     assert Output().error("boom").code == 424
     assert json.loads(bytes(Output().error("boom").content.value_at(0))) == {
-        "code": 424, "message": "invoke handler failure", "error": "boom"}
+        "code": 424,
+        "message": "invoke handler failure",
+        "error": "boom",
+    }
 
 
-@pytest.mark.parametrize("array", [np.arange(6, dtype=np.float32).reshape(2, 3),
-                                   np.array([[1, -2]], dtype=np.int64), np.array([True, False]),
-                                   np.zeros((0, 4), dtype=np.float16)])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array([[1, -2]], dtype=np.int64),
+        np.array([True, False]),
+        np.zeros((0, 4), dtype=np.float16),
+    ],
+)
 def test_ndlist_round_trip(array):
     encoded = to_nd_list([array, array])
     assert struct.unpack(">i", encoded[:4])[0] == 2 and encoded[4:10] == b"\x00\x04NDAR"
@@ -87,10 +99,22 @@ def test_ndlist_round_trip(array):
 def test_ndlist_layout_of_one_float_array():
     """The exact bytes DJL's Java ``NDList.decode`` reads, field by field."""
     encoded = bytes(to_nd_list(np.array([1.5], dtype=np.float32)))
-    expected = (struct.pack(">i", 1) + struct.pack(">h", 4) + b"NDAR" + struct.pack(">i", 3) + b"\x00"
-                + struct.pack(">h", 7) + b"default" + struct.pack(">h", 7) + b"FLOAT32"
-                + struct.pack(">iq", 1, 1) + struct.pack(">ih", 1, ord("?")) + b"<"
-                + struct.pack(">i", 4) + struct.pack("<f", 1.5))
+    expected = (
+        struct.pack(">i", 1)
+        + struct.pack(">h", 4)
+        + b"NDAR"
+        + struct.pack(">i", 3)
+        + b"\x00"
+        + struct.pack(">h", 7)
+        + b"default"
+        + struct.pack(">h", 7)
+        + b"FLOAT32"
+        + struct.pack(">iq", 1, 1)
+        + struct.pack(">ih", 1, ord("?"))
+        + b"<"
+        + struct.pack(">i", 4)
+        + struct.pack("<f", 1.5)
+    )
     assert encoded == expected
 
 
@@ -111,9 +135,15 @@ def test_finalize_and_batches():
     assert [b.get_property("a") for b in batch.get_batches()] == ["1", "2"]
 
 
-@pytest.mark.parametrize("exc,status", [
-    (MemoryError(), 507), (RuntimeError("CUDA error: out of memory"), 507),
-    (type("OutOfMemoryError", (RuntimeError,), {})("gpu"), 507), (ValueError("bad"), 424)])
+@pytest.mark.parametrize(
+    "exc,status",
+    [
+        (MemoryError(), 507),
+        (RuntimeError("CUDA error: out of memory"), 507),
+        (type("OutOfMemoryError", (RuntimeError,), {})("gpu"), 507),
+        (ValueError("bad"), 424),
+    ],
+)
 def test_handler_exception_status(exc, status):
     assert failure_status(exc) == status
 
@@ -125,7 +155,7 @@ def test_a_users_own_pytest_of_a_djl_handler(tmp_path):
     model = tmp_path / "adaptecho"
     model.mkdir()
     (model / "model.py").write_text((Path(__file__).parent / "resources/adaptecho/model.py").read_text())
-    (tmp_path / "test_handler.py").write_text(f'''
+    (tmp_path / "test_handler.py").write_text(f"""
 from djl_python import Input
 from djl_python.test_model import TestHandler, create_text_request
 
@@ -139,8 +169,13 @@ def test_register_then_predict():
     request = create_text_request("hello")
     request.content.add("adapter", b"a1")
     assert handler.inference(request).content.value_at(0) == b"a1-opt-hello"
-''')
+""")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "test_handler.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_handler.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr

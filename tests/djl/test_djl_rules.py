@@ -26,18 +26,34 @@ pytestmark = pytest.mark.unit
 
 def _request(query: str = "", headers: dict[str, str] | None = None) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    return Request({"type": "http", "method": "POST", "path": "/invocations", "headers": raw,
-                    "query_string": query.encode()})
+    return Request(
+        {
+            "type": "http",
+            "method": "POST",
+            "path": "/invocations",
+            "headers": raw,
+            "query_string": query.encode(),
+        }
+    )
 
 
 def test_djl_config_properties_become_settings():
-    settings = from_djl_config({
-        "inference_address": "http://0.0.0.0:8081", "management_address": "http://0.0.0.0:8081",
-        "load_models": "src/test/resources/adapterWorkflows/w1, m:v1:Python=file:models/m.tar.gz,"
-                       "[b]=models/b ALL", "max_request_size": "1024", "number_of_netty_threads": "4"})
-    assert settings == {"host": "0.0.0.0", "port": "8081", "max_request_bytes": "1024",
-                        "models": "w1=src/test/resources/adapterWorkflows/w1 m=file:models/m.tar.gz "
-                                  "b=models/b"}
+    settings = from_djl_config(
+        {
+            "inference_address": "http://0.0.0.0:8081",
+            "management_address": "http://0.0.0.0:8081",
+            "load_models": "src/test/resources/adapterWorkflows/w1, m:v1:Python=file:models/m.tar.gz,"
+            "[b]=models/b ALL",
+            "max_request_size": "1024",
+            "number_of_netty_threads": "4",
+        }
+    )
+    assert settings == {
+        "host": "0.0.0.0",
+        "port": "8081",
+        "max_request_bytes": "1024",
+        "models": "w1=src/test/resources/adapterWorkflows/w1 m=file:models/m.tar.gz b=models/b",
+    }
 
 
 def test_djl_config_refuses_tls_and_keeps_loraserve_keys():
@@ -47,24 +63,30 @@ def test_djl_config_refuses_tls_and_keeps_loraserve_keys():
     assert from_djl_config({"model_store": "/does/not/exist"}) == {}
 
 
-@pytest.mark.parametrize("query,headers,expected", [
-    ("", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, ["h"]),
-    ("adapter=q", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, ["h"]),
-    ("adapter=q", {}, ["q"]),
-    ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, ["b"]),
-    ("", {}, ["b"]),
-])
+@pytest.mark.parametrize(
+    "query,headers,expected",
+    [
+        ("", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, ["h"]),
+        ("adapter=q", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, ["h"]),
+        ("adapter=q", {}, ["q"]),
+        ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, ["b"]),
+        ("", {}, ["b"]),
+    ],
+)
 def test_adapter_precedence(query, headers, expected):
     assert requested_adapters({"adapters": "b"}, _request(query, headers)) == expected
 
 
-@pytest.mark.parametrize("query,headers,body,expected", [
-    ("", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, {"adapters": ["b", "b"]}, ("h", "h")),
-    ("adapter=q", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, {}, ("h", "h")),
-    ("adapter=q", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {"adapters": "b"}, ("q", "q")),
-    ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {"adapters": ["", "b"]}, (None, "b")),
-    ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {}, ("c", "c")),
-])
+@pytest.mark.parametrize(
+    "query,headers,body,expected",
+    [
+        ("", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, {"adapters": ["b", "b"]}, ("h", "h")),
+        ("adapter=q", {"X-Amzn-SageMaker-Adapter-Identifier": "h"}, {}, ("h", "h")),
+        ("adapter=q", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {"adapters": "b"}, ("q", "q")),
+        ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {"adapters": ["", "b"]}, (None, "b")),
+        ("", {"X-Amzn-SageMaker-Custom-Attributes": "adapter=c"}, {}, ("c", "c")),
+    ],
+)
 def test_adapter_precedence_on_the_typed_engine_path(query, headers, body, expected):
     """The built-in engine's requests are parsed in the front (issue 9): the same DJL order."""
     request = _request(query, headers)
@@ -88,16 +110,25 @@ def test_relative_model_url_is_checked_where_it_is_loaded(tmp_path, monkeypatch)
 
 def test_content_adapter_and_handler_override():
     assert content_adapter(_request("adapter=a1")) == ["a1"] and content_adapter(_request()) == []
-    for headers in ({"handler": "register_adapter"},
-                    {"X-Amzn-SageMaker-Custom-Attributes": "handler=register_adapter"}):
+    for headers in (
+        {"handler": "register_adapter"},
+        {"X-Amzn-SageMaker-Custom-Attributes": "handler=register_adapter"},
+    ):
         with pytest.raises(BadRequestError, match="can't be overridden"):
             refuse_handler_override(_request(headers=headers))
     refuse_handler_override(_request(headers={"x-handler": "fine"}))
 
 
-@pytest.mark.parametrize("src,builtin,reads", [
-    ("src", False, False), ("/etc", False, False), ("a.tar.gz", False, True),
-    ("file:///x/a.zip", False, True), ("adapters/a1", True, True)])
+@pytest.mark.parametrize(
+    "src,builtin,reads",
+    [
+        ("src", False, False),
+        ("/etc", False, False),
+        ("a.tar.gz", False, True),
+        ("file:///x/a.zip", False, True),
+        ("adapters/a1", True, True),
+    ],
+)
 def test_server_reads_only_archives_and_builtin_weights(src, builtin, reads):
     assert server_reads(src, builtin) is reads
 
@@ -113,8 +144,17 @@ def test_handler_src_as_written_but_no_remote_urls():
             handler_src(bad)
 
 
-@pytest.mark.parametrize("name,stem", [("base-1.tar.gz", "base-1"), ("m.zip", "m"), ("m.tgz", "m"),
-                                       ("m.tar", "m"), ("plain", "plain"), (".tar.gz", ".tar.gz")])
+@pytest.mark.parametrize(
+    "name,stem",
+    [
+        ("base-1.tar.gz", "base-1"),
+        ("m.zip", "m"),
+        ("m.tgz", "m"),
+        ("m.tar", "m"),
+        ("plain", "plain"),
+        (".tar.gz", ".tar.gz"),
+    ],
+)
 def test_archive_stem(name, stem):
     assert archive_stem(name) == stem
 

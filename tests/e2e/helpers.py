@@ -8,8 +8,9 @@ from pathlib import Path
 from loraserve.testing import copy_adaptecho
 
 
-def make_store(root: Path, properties: str | None = None,
-               adapters: tuple[str, ...] = ("a1", "a2"), name: str = "echo") -> Path:
+def make_store(
+    root: Path, properties: str | None = None, adapters: tuple[str, ...] = ("a1", "a2"), name: str = "echo"
+) -> Path:
     store = root / "store"
     store.mkdir(parents=True, exist_ok=True)
     copy_adaptecho(store / name, properties=properties, adapters=adapters)
@@ -30,8 +31,9 @@ def read_events(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-def make_engine_store(root: Path, properties: str = "option.max_lora_rank=8\noption.max_model_len=128\n",
-                      **model_kwargs) -> tuple[Path, Path]:
+def make_engine_store(
+    root: Path, properties: str = "option.max_lora_rank=8\noption.max_model_len=128\n", **model_kwargs
+) -> tuple[Path, Path]:
     """A model store with one built-in-engine model ``tiny`` (a random tiny Llama, fp32) and a
     start-up adapter ``qv``; returns (store, base weights)."""
     from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
@@ -42,4 +44,3 @@ def make_engine_store(root: Path, properties: str = "option.max_lora_rank=8\nopt
     make_peft_adapter(base, model / "adapters" / "qv", rank=4)
     (model / "serving.properties").write_text(f"option.model_id={base}\noption.dtype=fp32\n{properties}")
     return root / "store", base
-

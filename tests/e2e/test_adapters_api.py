@@ -21,8 +21,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     store = make_store(root)
     log = root / "events.jsonl"
     args = ["--model-store", str(store), "--allowed-model-roots", str(root)]
-    with ServerProcess(args, env={"ADAPTECHO_LOG": str(log)},
-                       log_path=root / "server.log") as server:
+    with ServerProcess(args, env={"ADAPTECHO_LOG": str(log)}, log_path=root / "server.log") as server:
         yield server, store, log
 
 
@@ -168,11 +167,14 @@ def test_damaged_archive_is_a_400(env):
     assert reply.status_code == 400 and "cut.tar.gz" in reply.json()["message"]
 
 
-@pytest.mark.parametrize("entries,links,fragment", [
-    ({"../evil/adapter_config.json": b"{}"}, None, "unsafe entry"),
-    ({"/abs/adapter_config.json": b"{}"}, None, "unsafe entry"),
-    ({"ok.json": b"{}"}, {"link": "../../../../etc/passwd"}, "pointing outside"),
-])
+@pytest.mark.parametrize(
+    "entries,links,fragment",
+    [
+        ({"../evil/adapter_config.json": b"{}"}, None, "unsafe entry"),
+        ({"/abs/adapter_config.json": b"{}"}, None, "unsafe entry"),
+        ({"ok.json": b"{}"}, {"link": "../../../../etc/passwd"}, "pointing outside"),
+    ],
+)
 def test_unsafe_archives_are_refused(env, entries, links, fragment):
     server, store, _ = env
     path = store / "extra" / "evil.tar.gz"
@@ -184,18 +186,21 @@ def test_unsafe_archives_are_refused(env, entries, links, fragment):
     assert not (store.parent / "evil").exists()
 
 
-@pytest.mark.parametrize("query,status,fragment", [
-    ("name=a1&src={extra}", 409, "already registered"),
-    ("name=new&src={extra}/missing.tar.gz", 400, "does not exist"),  # archives: the server reads
-    ("name=new&src=/etc/passwd.tar.gz", 403, "outside the allowed adapter roots"),
-    ("name=new&src={extra}/../../../x.zip", 403, "outside"),
-    ("name=bad%2Fname&src={extra}", 400, "invalid adapter name"),
-    ("name=bad%01ctl&src={extra}", 400, "invalid adapter name"),
-    ("name=&src={extra}", 400, "name is required"),
-    ("name=new", 400, "src is required"),
-    ("name=new&src=s3://bucket/key", 409, "not currently supported"),  # DJL's Adapter.newInstance
-    ("name=new&src={extra}&pin=maybe", 400, "pin must be true or false"),
-])
+@pytest.mark.parametrize(
+    "query,status,fragment",
+    [
+        ("name=a1&src={extra}", 409, "already registered"),
+        ("name=new&src={extra}/missing.tar.gz", 400, "does not exist"),  # archives: the server reads
+        ("name=new&src=/etc/passwd.tar.gz", 403, "outside the allowed adapter roots"),
+        ("name=new&src={extra}/../../../x.zip", 403, "outside"),
+        ("name=bad%2Fname&src={extra}", 400, "invalid adapter name"),
+        ("name=bad%01ctl&src={extra}", 400, "invalid adapter name"),
+        ("name=&src={extra}", 400, "name is required"),
+        ("name=new", 400, "src is required"),
+        ("name=new&src=s3://bucket/key", 409, "not currently supported"),  # DJL's Adapter.newInstance
+        ("name=new&src={extra}&pin=maybe", 400, "pin must be true or false"),
+    ],
+)
 def test_bad_registrations(env, query, status, fragment):
     server, store, _ = env
     before = server.client.get("/models/echo/adapters").json()["adapters"]
@@ -225,29 +230,32 @@ def test_handler_refusal_leaves_nothing_registered(env):
     assert server.client.get("/models/echo/adapters/refused").status_code == 404
 
 
-@pytest.mark.parametrize("method,path,kwargs,status", [
-    ("post", "/predictions/echo", {"content": b'{"inputs": ', "headers": JSON}, 400),
-    ("post", "/predictions/echo", {"json": {"inputs": "x", "adapters": 5}}, 400),
-    ("post", "/predictions/echo", {"json": {"inputs": "x", "adapters": [1]}}, 400),
-    ("post", "/predictions/nomodel", {"json": {}}, 404),
-    ("post", "/invocations", {"json": {}, "headers": {"X-Amzn-SageMaker-Target-Model": "no"}}, 404),
-    ("get", "/models/nomodel", {}, 404),
-    ("get", "/models/nomodel/adapters", {}, 404),
-    ("get", "/models/echo/adapters/none", {}, 404),
-    ("get", "/models?limit=abc", {}, 400),
-    ("get", "/models?limit=0", {}, 400),
-    ("put", "/models/echo?min_worker=x", {}, 400),
-    ("post", "/models", {}, 400),
-    ("post", "/models?url=/does/not/exist", {}, 403),  # outside the allowed model roots
-    ("post", "/models?url=/etc", {}, 403),
-    ("put", "/models/echo?min_worker=100000", {}, 400),
-    ("post", "/predictions/echo", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400),
-    ("post", "/models/echo/adapters", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400),
-    ("post", "/models/echo/adapters?name=x&src=%00", {}, 400),
-    ("post", "/models/echo/adapters", {"content": b"[1,2]", "headers": JSON}, 400),
-    ("get", "/no/such/route", {}, 404),
-    ("delete", "/ping", {}, 405),
-])
+@pytest.mark.parametrize(
+    "method,path,kwargs,status",
+    [
+        ("post", "/predictions/echo", {"content": b'{"inputs": ', "headers": JSON}, 400),
+        ("post", "/predictions/echo", {"json": {"inputs": "x", "adapters": 5}}, 400),
+        ("post", "/predictions/echo", {"json": {"inputs": "x", "adapters": [1]}}, 400),
+        ("post", "/predictions/nomodel", {"json": {}}, 404),
+        ("post", "/invocations", {"json": {}, "headers": {"X-Amzn-SageMaker-Target-Model": "no"}}, 404),
+        ("get", "/models/nomodel", {}, 404),
+        ("get", "/models/nomodel/adapters", {}, 404),
+        ("get", "/models/echo/adapters/none", {}, 404),
+        ("get", "/models?limit=abc", {}, 400),
+        ("get", "/models?limit=0", {}, 400),
+        ("put", "/models/echo?min_worker=x", {}, 400),
+        ("post", "/models", {}, 400),
+        ("post", "/models?url=/does/not/exist", {}, 403),  # outside the allowed model roots
+        ("post", "/models?url=/etc", {}, 403),
+        ("put", "/models/echo?min_worker=100000", {}, 400),
+        ("post", "/predictions/echo", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400),
+        ("post", "/models/echo/adapters", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400),
+        ("post", "/models/echo/adapters?name=x&src=%00", {}, 400),
+        ("post", "/models/echo/adapters", {"content": b"[1,2]", "headers": JSON}, 400),
+        ("get", "/no/such/route", {}, 404),
+        ("delete", "/ping", {}, 405),
+    ],
+)
 def test_bad_requests_get_json_errors(env, method, path, kwargs, status):
     server, _, _ = env
     reply = getattr(server.client, method)(path, **kwargs)
@@ -282,15 +290,19 @@ def test_register_describe_scale_unregister_model(env):
     page = client.get("/models?limit=1").json()
     assert len(page["models"]) == 1 and page["nextPageToken"] == "1"
     assert client.post("/invocations", json={}).status_code == 400  # which model?
-    assert client.post("/invocations", json={"adapters": "b1"},
-                       headers={"X-Amzn-SageMaker-Target-Model": "other"}).json()["known"] is True
-    assert client.put("/models/other?min_worker=2&max_worker=2").json() == {"status": (
-        'Workflow "other" worker scaled. New Worker configuration min workers:2 max workers:2')}
+    assert (
+        client.post(
+            "/invocations", json={"adapters": "b1"}, headers={"X-Amzn-SageMaker-Target-Model": "other"}
+        ).json()["known"]
+        is True
+    )
+    assert client.put("/models/other?min_worker=2&max_worker=2").json() == {
+        "status": ('Workflow "other" worker scaled. New Worker configuration min workers:2 max workers:2')
+    }
     workers = client.get("/models/other").json()[0]["models"][0]["workerGroups"][0]["workers"]
     assert len(workers) == 2
     pids = {client.post("/predictions/other", json={"adapters": "b1"}).json()["pid"] for _ in range(12)}
-    assert all(client.post("/predictions/other", json={"adapters": "b1"}).json()["known"]
-               for _ in range(4))
+    assert all(client.post("/predictions/other", json={"adapters": "b1"}).json()["known"] for _ in range(4))
     assert pids <= {w["pid"] for w in workers}
     assert client.delete("/models/other").json() == {"status": 'Model or workflow "other" unregistered'}
     assert client.get("/models/other").status_code == 404

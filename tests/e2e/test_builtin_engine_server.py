@@ -29,7 +29,8 @@ def env(tmp_path_factory):
     big = make_peft_adapter(base, root / "store" / "extra" / "big", rank=32, seed=4)
     (model / "serving.properties").write_text(
         f"engine=Python\noption.model_id={base}\noption.dtype=fp32\noption.max_lora_rank=16\n"
-        "option.max_loras=2\noption.max_model_len=2048\n")
+        "option.max_loras=2\noption.max_model_len=2048\n"
+    )
     reference = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_lora_rank=16))
     reference.register_adapter("qv", model / "adapters" / "qv")
     reference.register_adapter("all8", root / "store" / "extra" / "all8")
@@ -62,7 +63,8 @@ def test_list_inputs_mixed_adapters_and_details(env):
     body = {"inputs": prompts, "adapters": ["", "qv", "all8"], "parameters": {**PARAMS, "details": True}}
     results = server.client.post("/predictions/tiny", json=body).json()
     assert [r["generated_text"] for r in results] == [
-        _expected(reference, "hello world", a) for a in (None, "qv", "all8")]
+        _expected(reference, "hello world", a) for a in (None, "qv", "all8")
+    ]
     details = results[2]["details"]
     assert details["finish_reason"] == "length" and details["generated_tokens"] == 8
     assert len(details["tokens"]) == 8 and all(t["log_prob"] <= 0 for t in details["tokens"])
@@ -88,10 +90,11 @@ def test_streaming_jsonlines(env):
 def test_unknown_adapter_is_424_before_any_work(env):
     """DJL answers 424 ("has not been registered") before the handler runs."""
     server, _, _, _ = env
-    for kwargs in ({"json": {"inputs": "x", "adapters": "nope"}},
-                   {"json": {"inputs": "x"}, "params": {"adapter": "nope"}},
-                   {"json": {"inputs": "x"},
-                    "headers": {"X-Amzn-SageMaker-Custom-Attributes": "adapter=nope"}}):
+    for kwargs in (
+        {"json": {"inputs": "x", "adapters": "nope"}},
+        {"json": {"inputs": "x"}, "params": {"adapter": "nope"}},
+        {"json": {"inputs": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "adapter=nope"}},
+    ):
         reply = server.client.post("/invocations", **kwargs)
         assert reply.status_code == 424 and "nope" in reply.json()["message"]
 
@@ -101,12 +104,14 @@ def test_sagemaker_adapter_identifier_header_wins(env):
     server, _, reference, _ = env
     body = {"inputs": "hello world", "adapters": "", "parameters": PARAMS}
     for adapter, status in (("qv", 200), ("nope", 424)):
-        reply = server.client.post("/invocations", json=body,
-                                   headers={"X-Amzn-SageMaker-Adapter-Identifier": adapter})
+        reply = server.client.post(
+            "/invocations", json=body, headers={"X-Amzn-SageMaker-Adapter-Identifier": adapter}
+        )
         assert reply.status_code == status
     assert reply.json()["code"] == 424
-    reply = server.client.post("/invocations", json=body,
-                               headers={"X-Amzn-SageMaker-Adapter-Identifier": "qv"})
+    reply = server.client.post(
+        "/invocations", json=body, headers={"X-Amzn-SageMaker-Adapter-Identifier": "qv"}
+    )
     assert reply.json()["generated_text"] == _expected(reference, "hello world", "qv")
 
 
@@ -118,13 +123,16 @@ def test_unsupported_adapters_refused_at_registration(env, adapter, fragment):
     assert server.client.get(f"/models/tiny/adapters/{adapter}").status_code == 404
 
 
-@pytest.mark.parametrize("body,status", [
-    ({"inputs": 5}, 400),
-    ({"inputs": "x", "parameters": {"max_new_tokens": "many"}}, 400),
-    ({"inputs": "x", "parameters": {"top_p": 3}}, 400),
-    ({"inputs": ["a", "b"], "adapters": ["qv"]}, 400),
-    ({"inputs": "x", "parameters": {"max_new_tokens": 100000}}, 400),
-])
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"inputs": 5}, 400),
+        ({"inputs": "x", "parameters": {"max_new_tokens": "many"}}, 400),
+        ({"inputs": "x", "parameters": {"top_p": 3}}, 400),
+        ({"inputs": ["a", "b"], "adapters": ["qv"]}, 400),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 100000}}, 400),
+    ],
+)
 def test_bad_generation_requests(env, body, status):
     server, _, _, _ = env
     reply = server.client.post("/invocations", json=body)
@@ -145,8 +153,10 @@ def test_concurrent_clients_share_the_running_batch(env):
             reply = client.post("/invocations", json={**body, "adapters": ["", "qv"][i % 2]})
             return reply.json()["generated_text"], int(reply.headers["x-loraserve-peak-batch"])
 
-    with httpx.Client(base_url=server.base_url, timeout=300) as streamer, \
-            streamer.stream("POST", "/invocations", json=long_body) as long_reply:
+    with (
+        httpx.Client(base_url=server.base_url, timeout=300) as streamer,
+        streamer.stream("POST", "/invocations", json=long_body) as long_reply,
+    ):
         lines = long_reply.iter_lines()
         first = json.loads(next(line for line in lines if line))
         assert "token" in first, first
@@ -179,18 +189,27 @@ def test_adapter_scales_and_mixtures_over_lmi_and_openai(env):
     expected = reference.generate(["hello world"], [(("qv", 0.5), ("b8", -1.0))], SamplingParams(**PARAMS))[0]
     body = {"inputs": "hello world", "adapters": mixture, "parameters": PARAMS}
     assert client.post("/invocations", json=body).json()["generated_text"] == expected.text
-    completion = client.post("/v1/completions", json={
-        "model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0, "ignore_eos": True,
-        "lora": mixture}).json()
+    completion = client.post(
+        "/v1/completions",
+        json={
+            "model": "tiny",
+            "prompt": "hello world",
+            "max_tokens": 8,
+            "temperature": 0,
+            "ignore_eos": True,
+            "lora": mixture,
+        },
+    ).json()
     assert completion["choices"][0]["text"] == expected.text
     half = client.post("/invocations", json={**body, "adapters": [{"name": "qv", "scale": 0.0}]}).json()
     assert half["generated_text"] == _expected(reference, "hello world", None)  # scale 0: the base model
     for adapters, status, fragment in (
-            ([{"name": "qv", "scale": "half"}], 400, "scale"),
-            ([{"name": "qv", "weight": 1}], 400, "weight"),
-            ([{"name": n} for n in ("qv", "b8", "qv")], 400, "more than once"),
-            ([{"name": "qv"}] * 5, 400, "adapters"),
-            ([{"name": "nope", "scale": 0.5}], 424, "nope")):
+        ([{"name": "qv", "scale": "half"}], 400, "scale"),
+        ([{"name": "qv", "weight": 1}], 400, "weight"),
+        ([{"name": n} for n in ("qv", "b8", "qv")], 400, "more than once"),
+        ([{"name": "qv"}] * 5, 400, "adapters"),
+        ([{"name": "nope", "scale": 0.5}], 424, "nope"),
+    ):
         reply = client.post("/invocations", json={**body, "adapters": adapters})
         assert reply.status_code == status and fragment in reply.json()["message"], reply.text
     assert client.delete("/models/tiny/adapters/b8").status_code == 200

@@ -12,8 +12,16 @@ from loraserve.testing.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package")
@@ -26,8 +34,10 @@ def test_console_in_a_browser(tmp_path):
     extra = tmp_path / "late"
     shutil.copytree(f"{shipped}/demo_adapters/signed", extra)
     env = {"LORASERVE_ALLOWED_ADAPTER_ROOTS": f"{tmp_path},{cache_root()}"}
-    with ServerProcess([], command="demo", env=env, ready_timeout_s=600) as server, \
-            sync_api.sync_playwright() as playwright:
+    with (
+        ServerProcess([], command="demo", env=env, ready_timeout_s=600) as server,
+        sync_api.sync_playwright() as playwright,
+    ):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
         page.goto(server.base_url + "/console")

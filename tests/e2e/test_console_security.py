@@ -14,8 +14,16 @@ from tests.e2e.helpers import make_adapter_dir, make_store
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 HOSTILE = "<img src=x onerror=window.pwned=1>"
 
 
@@ -31,8 +39,9 @@ def test_console_with_token_renders_text_not_html(tmp_path):
     env = {"LORASERVE_MANAGEMENT_TOKEN": "s3cret"}
     with ServerProcess(["--model-store", str(store)], env=env) as server, sync_playwright() as playwright:
         assert server.client.get("/models").status_code == 401
-        reply = server.client.post("/models/echo/adapters", params={"name": "hostile", "src": str(hostile)},
-                                   headers=auth)
+        reply = server.client.post(
+            "/models/echo/adapters", params={"name": "hostile", "src": str(hostile)}, headers=auth
+        )
         assert reply.status_code == 200, reply.text
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()

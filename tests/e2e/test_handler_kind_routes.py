@@ -13,8 +13,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_djl_huggingface_entry_point_gets_openai_routes_and_engine_metrics(tmp_path):
-    properties = ("option.entryPoint=djl_python.huggingface\noption.max_lora_rank=8\n"
-                  "option.max_model_len=128\n")
+    properties = (
+        "option.entryPoint=djl_python.huggingface\noption.max_lora_rank=8\noption.max_model_len=128\n"
+    )
     store, _ = make_engine_store(tmp_path, properties=properties)
     with ServerProcess(["--model-store", str(store)]) as server:
         listed = {m["id"] for m in server.client.get("/v1/models").json()["data"]}

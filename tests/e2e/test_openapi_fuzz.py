@@ -24,14 +24,22 @@ def fuzz(operation, base_url: str, failures: list[str], **fixed) -> None:
     if len(operation.query) or len(operation.body):  # a path of strings cannot be made invalid
         modes.append(GenerationMode.NEGATIVE)
     for mode in modes:
+
         @given(case=operation.as_strategy(generation_mode=mode, **fixed))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case) -> None:
             response = case.call(base_url=base_url, timeout=30)
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} {case.query} -> "
-                                f"{response.status_code} {response.text[:300]}")
+                failures.append(
+                    f"{case.method} {case.formatted_path} {case.query} -> "
+                    f"{response.status_code} {response.text[:300]}"
+                )
 
         try:
             run()

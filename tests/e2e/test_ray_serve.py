@@ -51,23 +51,37 @@ def app(tmp_path_factory):
     base = make_tiny_llama(root / "weights", max_positions=512)
     model = root / "tiny"
     make_peft_adapter(base, model / "adapters" / "qv", rank=4)
-    extra = {name: make_peft_adapter(base, model / "extra" / name, rank=4, seed=seed)
-             for name, seed in (("a", 5), ("b", 6), ("c", 7))}
+    extra = {
+        name: make_peft_adapter(base, model / "extra" / name, rank=4, seed=seed)
+        for name, seed in (("a", 5), ("b", 6), ("c", 7))
+    }
     (model / "serving.properties").write_text(
         f"option.model_id={base}\noption.dtype=fp32\noption.max_lora_rank=8\n"
-        "option.max_model_len=256\noption.max_loras=4\noption.threads=1\n")
+        "option.max_model_len=256\noption.max_loras=4\noption.threads=1\n"
+    )
     reference = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_lora_rank=8, threads=1))
     reference.register_adapter("qv", model / "adapters" / "qv")
     for name, path in extra.items():
         reference.register_adapter(name, path)
     port = _free_port()
     env = {"PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": env})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = RayAppConfig(model_dir=model, replicas=2, max_adapters_per_replica=2,
-                              num_cpus_per_replica=0.5, sync_interval_s=0.5, **TOKENS)
+        config = RayAppConfig(
+            model_dir=model,
+            replicas=2,
+            max_adapters_per_replica=2,
+            num_cpus_per_replica=0.5,
+            sync_interval_s=0.5,
+            **TOKENS,
+        )
         serve.run(build_app(config), name=config.app_name, route_prefix="/")
         # the management token opens every route; test_access_rules_* calls without it
         auth = {"Authorization": f"Bearer {TOKENS['management_token']}"}
@@ -100,17 +114,40 @@ def test_same_apis_and_outputs_as_one_engine(app):
     assert client.post("/invocations", json=body, headers=header).json()["generated_text"] == want
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert ids[0] == "tiny" and "qv" in ids
-    completion = client.post("/v1/completions", json={"model": "qv", "prompt": "the quick brown",
-                                                      "max_tokens": 6, "temperature": 0,
-                                                      "ignore_eos": True})
+    completion = client.post(
+        "/v1/completions",
+        json={
+            "model": "qv",
+            "prompt": "the quick brown",
+            "max_tokens": 6,
+            "temperature": 0,
+            "ignore_eos": True,
+        },
+    )
     assert completion.json()["choices"][0]["text"] == want
-    with client.stream("POST", "/v1/completions", json={
-            "model": "qv", "prompt": "the quick brown", "max_tokens": 6, "temperature": 0,
-            "ignore_eos": True, "stream": True}) as reply:
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json={
+            "model": "qv",
+            "prompt": "the quick brown",
+            "max_tokens": 6,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        },
+    ) as reply:
         events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) == 7
-    chat = client.post("/v1/chat/completions", json={"model": "qv", "max_tokens": 4, "temperature": 0,
-                                                     "messages": [{"role": "user", "content": "hi"}]})
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "qv",
+            "max_tokens": 4,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert chat.status_code == 200 and chat.json()["object"] == "chat.completion"
     with client.stream("POST", "/invocations", json={**body, "adapters": "qv", "stream": True}) as reply:
         lines = [line for line in reply.iter_lines() if line]
@@ -131,12 +168,14 @@ def test_access_rules_are_serves_behind_the_ray_proxy(app):
         refused = bare.post("/invocations", json=body)
         assert refused.status_code == 401 and refused.json()["type"] == "UnauthorizedException"
         assert bare.get("/ping", headers={"Host": "evil.example"}).status_code == 400
-        answered = bare.post("/invocations", json=body,
-                             headers={"Authorization": f"Bearer {TOKENS['api_token']}"})
+        answered = bare.post(
+            "/invocations", json=body, headers={"Authorization": f"Bearer {TOKENS['api_token']}"}
+        )
         assert answered.status_code == 200, answered.text
         assert answered.json()["generated_text"] == _expected(reference, "the quick brown", None)
-    cross = client.post(f"/models/tiny/adapters?name=x&src={extra['a']}",
-                        headers={"Origin": "http://evil.example"})
+    cross = client.post(
+        f"/models/tiny/adapters?name=x&src={extra['a']}", headers={"Origin": "http://evil.example"}
+    )
     assert cross.status_code == 403 and cross.json()["type"] == "ForbiddenException"
     assert "x" not in {a["name"] for a in client.get("/models/tiny/adapters").json()["adapters"]}
 
@@ -155,8 +194,10 @@ def test_requests_for_an_adapter_land_on_the_replica_that_loaded_it(app):
     assert "a" in holder["held"] and holder["served"]["a"] == 5
     assert all("a" not in r["held"] for k, r in by_replica.items() if k != holder["replica"])
     metrics = client.get("/metrics").text
-    assert f'loraserve_replica_requests_total{{adapter="a",model="tiny",replica="{holder["replica"]}"}} 5.0' \
+    assert (
+        f'loraserve_replica_requests_total{{adapter="a",model="tiny",replica="{holder["replica"]}"}} 5.0'
         in metrics
+    )
     # update: a new revision, reloaded by the replica holding the old one
     update = client.post(f"/models/tiny/adapters/a/update?src={extra['c']}")
     assert update.status_code == 200, update.text
@@ -170,8 +211,9 @@ def test_register_pinned_reaches_every_replica_and_unregister_leaves_none(app):
     replicas = _replicas(client)
     assert len(replicas) == 2 and all("b" in r["pinned"] for r in replicas)
     body = {"inputs": "lora adapters", "adapters": "b", "parameters": PARAMS}
-    assert client.post("/invocations", json=body).json()["generated_text"] == \
-        _expected(reference, "lora adapters", "b")
+    assert client.post("/invocations", json=body).json()["generated_text"] == _expected(
+        reference, "lora adapters", "b"
+    )
     for name in ("a", "b"):
         assert client.delete(f"/models/tiny/adapters/{name}").status_code == 200
     assert all("a" not in r["held"] and "b" not in r["held"] for r in _replicas(client))
@@ -196,7 +238,8 @@ def test_killing_a_replica_loses_no_registration(app):
     assert reply.json()["generated_text"] == _expected(reference, "hello world", "a")
     names = {a["name"] for a in client.get("/models/tiny/adapters").json()["adapters"]}
     assert names == {"qv", "a", "b"}
-    replicas = _until(lambda: len(_replicas(client)) == 2 and _replicas(client),
-                      "Ray Serve to replace the killed replica")
+    replicas = _until(
+        lambda: len(_replicas(client)) == 2 and _replicas(client), "Ray Serve to replace the killed replica"
+    )
     assert victim not in {r["replica"] for r in replicas}
     assert all("b" in r["pinned"] for r in replicas)  # the new replica read the registry at start

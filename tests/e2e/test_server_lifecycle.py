@@ -14,8 +14,9 @@ from tests.e2e.helpers import make_adapter_dir, make_store, read_events
 
 
 def test_dynamic_batching_mixed_adapters(tmp_path):
-    store = make_store(tmp_path, properties="engine=Python\noption.enable_lora=true\nbatch_size=4\n"
-                                             "max_batch_delay=2000\n")  # DJL: adapters need enable_lora
+    store = make_store(
+        tmp_path, properties="engine=Python\noption.enable_lora=true\nbatch_size=4\nmax_batch_delay=2000\n"
+    )  # DJL: adapters need enable_lora
     with ServerProcess(["--model-store", str(store)]) as server:
         adapters = ["a1", "", "a2", "dyn"]
 
@@ -78,8 +79,7 @@ def test_killed_worker_fails_its_request_and_comes_back_with_adapters(tmp_path):
         assert answer.json()["known"] is True
         assert set(answer.json()["registered"]) == {"a1", "a2", "api1"}
         new_pid = answer.json()["pid"]
-        replayed = {e["name"] for e in read_events(log)
-                    if e["event"] == "register" and e["pid"] == new_pid}
+        replayed = {e["name"] for e in read_events(log) if e["event"] == "register" and e["pid"] == new_pid}
         assert replayed == {"a1", "a2", "api1"}
         names = [a["name"] for a in client.get("/models/echo/adapters").json()["adapters"]]
         assert sorted(names) == ["a1", "a2", "api1"]
@@ -106,6 +106,7 @@ def test_oversized_body_is_refused(tmp_path):
         def chunks():
             for _ in range(8):
                 yield b"y" * 512
+
         reply = server.client.post("/predictions/echo", content=chunks())  # no content-length
         assert reply.status_code == 413
         assert server.client.post("/predictions/echo", json={"ok": 1}).status_code == 200
@@ -118,15 +119,20 @@ def test_seed_document_curl_examples(tmp_path):
     base.args = ["--models", f"base-1.tar.gz={store / 'base'}"]
     headers = {"Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": "base-1.tar.gz"}
     with base as server:
-        body = ('{"inputs": ["How is the weather"], "adapters": ["adapter_1"], '
-                '"parameters": {"max_new_tokens": 25}}')
+        body = (
+            '{"inputs": ["How is the weather"], "adapters": ["adapter_1"], '
+            '"parameters": {"max_new_tokens": 25}}'
+        )
         first = server.client.post("/invocations", content=body, headers=headers).json()
         assert first["adapter"] == ["adapter_1"] and first["known"] == [True]
         body = '{"inputs": ["How is the weather"], "parameters": {"max_new_tokens": 25}}'
         second = server.client.post("/invocations?adapter=adapter_1", content=body, headers=headers).json()
         assert second["adapter"] == "adapter_1" and second["known"] is True
-        third = server.client.post("/invocations", content=body, headers={
-            **headers, "X-Amzn-SageMaker-Custom-Attributes": "adapter=adapter_1"}).json()
+        third = server.client.post(
+            "/invocations",
+            content=body,
+            headers={**headers, "X-Amzn-SageMaker-Custom-Attributes": "adapter=adapter_1"},
+        ).json()
         assert third["adapter"] == "adapter_1" and third["known"] is True
 
 

@@ -32,8 +32,9 @@ FULL_AT, FULL_OPS = 200, 20  # operations run while the state directory's disk i
 NAMES = [f"s{i}" for i in range(6)]
 TIMEOUT_S = 60.0  # a request that takes longer counts as hung (a restart included)
 KILL_GRACE_S = 1.0  # requests sent this soon after the kill may still reach the dead worker
-PROPERTIES = ("option.max_lora_rank=8\noption.max_model_len=256\noption.max_loras=2\n"
-              "option.max_rolling_batch_size=8\n")
+PROPERTIES = (
+    "option.max_lora_rank=8\noption.max_model_len=256\noption.max_loras=2\noption.max_rolling_batch_size=8\n"
+)
 
 
 @dataclass
@@ -50,8 +51,14 @@ class Soak:
     outcomes: collections.Counter = field(default_factory=collections.Counter)
     bad: list[str] = field(default_factory=list)
 
-    def record(self, kind: str, started: float, reply: httpx.Response | None, error: str = "",
-               expected: tuple[int, ...] = (200,)) -> None:
+    def record(
+        self,
+        kind: str,
+        started: float,
+        reply: httpx.Response | None,
+        error: str = "",
+        expected: tuple[int, ...] = (200,),
+    ) -> None:
         """Count one outcome; anything but the expected codes (or a WorkerDied 503 of a
         request in flight when the worker was killed) is a failure."""
         status = reply.status_code if reply is not None else "hung"
@@ -64,8 +71,12 @@ class Soak:
             self.bad.append(f"{kind} {status} {kind_of}: {detail}")
 
     def _killed_in_flight(self, started: float, status: object, kind_of: str) -> bool:
-        return (status == 503 and kind_of == "WorkerDiedException" and self.killed_at is not None
-                and started < self.killed_at + KILL_GRACE_S)
+        return (
+            status == 503
+            and kind_of == "WorkerDiedException"
+            and self.killed_at is not None
+            and started < self.killed_at + KILL_GRACE_S
+        )
 
 
 def _error_type(reply: httpx.Response) -> str:
@@ -84,8 +95,15 @@ def _http(soak: Soak) -> httpx.Client:
     return httpx.Client(base_url=soak.server.base_url, timeout=TIMEOUT_S)
 
 
-def _call(soak: Soak, client: httpx.Client, kind: str, method: str, url: str,
-          expected: tuple[int, ...] = (200,), **kwargs) -> httpx.Response | None:
+def _call(
+    soak: Soak,
+    client: httpx.Client,
+    kind: str,
+    method: str,
+    url: str,
+    expected: tuple[int, ...] = (200,),
+    **kwargs,
+) -> httpx.Response | None:
     started = time.monotonic()
     try:
         reply = client.request(method, url, **kwargs)
@@ -105,8 +123,10 @@ def _client(soak: Soak, seed: int) -> None:
 
 def _generate(soak: Soak, client: httpx.Client, rng: random.Random, seed: int) -> None:
     adapter = rng.choice([None, "qv", *NAMES])
-    body = {"inputs": f"client {seed} says {rng.randint(0, 999)}",
-            "parameters": {"max_new_tokens": rng.randint(2, 12), "ignore_eos": True}}
+    body = {
+        "inputs": f"client {seed} says {rng.randint(0, 999)}",
+        "parameters": {"max_new_tokens": rng.randint(2, 12), "ignore_eos": True},
+    }
     if adapter:
         body["adapters"] = adapter
     # 424 (DJL's status): the adapter is not registered now (or was unregistered before the
@@ -140,8 +160,15 @@ def _operate(soak: Soak, client: httpx.Client, rng: random.Random, index: int) -
     if index == KILL_AT:
         _kill_worker(soak)
     if index == OPERATIONS // 2:  # a prompt far beyond max_model_len: a 4xx, and harmless
-        _call(soak, client, "oversized", "POST", "/predictions/tiny", expected=(400, 413),
-              json={"inputs": "lorem ipsum " * 90_000, "parameters": {"max_new_tokens": 4}})
+        _call(
+            soak,
+            client,
+            "oversized",
+            "POST",
+            "/predictions/tiny",
+            expected=(400, 413),
+            json={"inputs": "lorem ipsum " * 90_000, "parameters": {"max_new_tokens": 4}},
+        )
 
 
 def _ok(reply: httpx.Response | None) -> bool:
@@ -168,9 +195,12 @@ def _pids(server: ServerProcess) -> set[int]:
 
 def _gauges(server: ServerProcess) -> dict[str, float]:
     text = server.client.get("/metrics", timeout=TIMEOUT_S).text
-    wanted = {"loraserve_running_batch_size": "running", "loraserve_waiting_requests": "waiting",
-              "loraserve_kv_cache_usage_ratio": "kv_usage",
-              "loraserve_adapter_references": "lora_refs"}  # where the engine exports it
+    wanted = {
+        "loraserve_running_batch_size": "running",
+        "loraserve_waiting_requests": "waiting",
+        "loraserve_kv_cache_usage_ratio": "kv_usage",
+        "loraserve_adapter_references": "lora_refs",
+    }  # where the engine exports it
     figures: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r'(\w+)\{model="tiny"(?:,tier="(\w+)")?\} ([\d.e+-]+)$', line)
@@ -239,7 +269,10 @@ def _check_nothing_held(soak: Soak, server: ServerProcess, sources: list) -> Non
     for i, name in enumerate(["fresh0", "fresh1", "fresh2"]):  # more than max_loras=2 slots
         src = sources[i % len(sources)]
         assert server.client.post(f"/models/tiny/adapters?name={name}&src={src}").status_code == 200
-        reply = server.client.post("/predictions/tiny", timeout=TIMEOUT_S, json={
-            "inputs": "after the soak", "adapters": name, "parameters": {"max_new_tokens": 4}})
+        reply = server.client.post(
+            "/predictions/tiny",
+            timeout=TIMEOUT_S,
+            json={"inputs": "after the soak", "adapters": name, "parameters": {"max_new_tokens": 4}},
+        )
         assert reply.status_code == 200, reply.text
     _settled(server)

@@ -16,9 +16,13 @@ from tests.e2e.helpers import make_adapter_dir, read_events
 
 def seed_workflow(name: str, model_url: str, adapter_src: str, adapter: str = "a1") -> dict:
     """The adapters document's workflow.json example, with its URLs filled in."""
-    return {"name": name, "version": "0.1", "models": {"m": model_url},
-            "configs": {"adapters": {adapter: {"model": "m", "src": adapter_src}}},
-            "workflow": {"out": ["adapter", adapter, "in"]}}
+    return {
+        "name": name,
+        "version": "0.1",
+        "models": {"m": model_url},
+        "configs": {"adapters": {adapter: {"model": "m", "src": adapter_src}}},
+        "workflow": {"out": ["adapter", adapter, "in"]},
+    }
 
 
 @pytest.fixture
@@ -41,8 +45,10 @@ def test_seed_workflow_and_sharing(store, tmp_path):
     log = tmp_path / "events.jsonl"
     model = store / "models" / "adaptecho"
     first = _write(store / "wf" / "adapter1.json", seed_workflow("adapter1", str(model), "../adapters/url1"))
-    second = _write(store / "wf" / "adapter2.json",
-                    seed_workflow("adapter2", str(model), "../adapters/url2", adapter="a2"))
+    second = _write(
+        store / "wf" / "adapter2.json",
+        seed_workflow("adapter2", str(model), "../adapters/url2", adapter="a2"),
+    )
     with ServerProcess(["--model-store", str(store)], env={"ADAPTECHO_LOG": str(log)}) as server:
         client = server.client
         assert client.post(f"/workflows?url={first}").json() == {"status": 'Workflow "adapter1" registered.'}
@@ -79,8 +85,9 @@ def test_adapter_template(store):
         assert answer["adapter"] == "tmpl" and answer["known"] is True
         missing = server.client.post("/workflows?template=adapter&adapter=x")
         assert missing.status_code == 400 and "model" in missing.json()["message"]
-        custom = _write(store / "t.json", {"name": "$n", "models": {"m": "$m"},
-                                           "workflow": {"out": ["m", "in"]}})
+        custom = _write(
+            store / "t.json", {"name": "$n", "models": {"m": "$m"}, "workflow": {"out": ["m", "in"]}}
+        )
         reply = server.client.post(f"/workflows?template={custom}&n=plain&m=models/adaptecho")
         assert reply.status_code == 200
         assert server.client.post("/predictions/plain", json={"inputs": "y"}).json()["adapter"] is None
@@ -88,23 +95,51 @@ def test_adapter_template(store):
         assert status.startswith('Workflow "plain" worker scaled. New Worker configuration min workers:1')
 
 
-@pytest.mark.parametrize("workflow,fragment", [
-    ({"name": "w", "models": {"m": "models/adaptecho"}, "workflow": {"x": ["m", "in"]}}, '"out"'),
-    ({"name": "w", "models": {}, "workflow": {"out": ["nomodel", "in"]}}, "unknown model or function"),
-    ({"name": "w", "models": {"m": "models/adaptecho"}, "workflow": {"out": ["m", "nothing"]}},
-     "unknown variable"),
-    ({"name": "w", "models": {"m": "models/adaptecho"},
-      "workflow": {"out": ["m", "a"], "a": ["m", "b"], "b": ["id", "a"]}}, "cycle"),
-    ({"name": "w", "models": {"m": "models/adaptecho"}, "workflow": {"out": ["adapter", "zz", "in"]}},
-     "configs.adapters"),
-    ({"name": "w", "models": {"m": "models/adaptecho"},
-      "configs": {"adapters": {"a": {"model": "other", "src": "x"}}}, "workflow": {"out": "in"}},
-     "does not declare"),
-    ({"models": {}}, '"name"'),
-    ({"name": "w", "models": {"m": "models/adaptecho"},
-      "workflow": {"out": ["functionsApply", ["m", "nofn"], "in"]}}, "unknown model or function"),
-    ({"name": "w", "models": {"m": "models/missing"}, "workflow": {"out": ["m", "in"]}}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "workflow,fragment",
+    [
+        ({"name": "w", "models": {"m": "models/adaptecho"}, "workflow": {"x": ["m", "in"]}}, '"out"'),
+        ({"name": "w", "models": {}, "workflow": {"out": ["nomodel", "in"]}}, "unknown model or function"),
+        (
+            {"name": "w", "models": {"m": "models/adaptecho"}, "workflow": {"out": ["m", "nothing"]}},
+            "unknown variable",
+        ),
+        (
+            {
+                "name": "w",
+                "models": {"m": "models/adaptecho"},
+                "workflow": {"out": ["m", "a"], "a": ["m", "b"], "b": ["id", "a"]},
+            },
+            "cycle",
+        ),
+        (
+            {"name": "w", "models": {"m": "models/adaptecho"}, "workflow": {"out": ["adapter", "zz", "in"]}},
+            "configs.adapters",
+        ),
+        (
+            {
+                "name": "w",
+                "models": {"m": "models/adaptecho"},
+                "configs": {"adapters": {"a": {"model": "other", "src": "x"}}},
+                "workflow": {"out": "in"},
+            },
+            "does not declare",
+        ),
+        ({"models": {}}, '"name"'),
+        (
+            {
+                "name": "w",
+                "models": {"m": "models/adaptecho"},
+                "workflow": {"out": ["functionsApply", ["m", "nofn"], "in"]},
+            },
+            "unknown model or function",
+        ),
+        (
+            {"name": "w", "models": {"m": "models/missing"}, "workflow": {"out": ["m", "in"]}},
+            "does not exist",
+        ),
+    ],
+)
 def test_invalid_workflows_are_refused(store, workflow, fragment):
     path = _write(store / "bad" / "workflow.json", workflow)
     with ServerProcess(["--model-store", str(store)]) as server:
@@ -116,19 +151,32 @@ def test_invalid_workflows_are_refused(store, workflow, fragment):
 
 
 def test_workflow_directory_served_at_startup_with_ensemble(store):
-    _write(store / "pipeline" / "workflow.json", {
-        "name": "pipeline", "models": {"m": "../models/adaptecho"},
-        "configs": {"adapters": {"a1": {"model": "m", "src": "../adapters/url1"}}},
-        "workflow": {"plain": ["m", "in"], "tuned": ["adapter", "a1", "in"],
-                     "out": ["ensemble", "plain", "tuned"]}})
+    _write(
+        store / "pipeline" / "workflow.json",
+        {
+            "name": "pipeline",
+            "models": {"m": "../models/adaptecho"},
+            "configs": {"adapters": {"a1": {"model": "m", "src": "../adapters/url1"}}},
+            "workflow": {
+                "plain": ["m", "in"],
+                "tuned": ["adapter", "a1", "in"],
+                "out": ["ensemble", "plain", "tuned"],
+            },
+        },
+    )
     args = ["--model-store", str(store / "pipeline"), "--allowed-adapter-roots", str(store)]
     with ServerProcess(args) as server:
         answer = server.client.post("/invocations", json={"inputs": "z"}).json()
         assert isinstance(answer, list), answer
         assert [a["adapter"] for a in answer] == [None, "a1"]
-    _write(store / "fan" / "workflow.json", {
-        "name": "fan", "models": {"m": "../models/adaptecho"},
-        "workflow": {"outs": ["functionsApply", ["m", "id"], "in"], "out": ["ensemble", "outs"]}})
+    _write(
+        store / "fan" / "workflow.json",
+        {
+            "name": "fan",
+            "models": {"m": "../models/adaptecho"},
+            "workflow": {"outs": ["functionsApply", ["m", "id"], "in"], "out": ["ensemble", "outs"]},
+        },
+    )
     with ServerProcess(["--model-store", str(store / "fan")]) as server:
         first, second = server.client.post("/invocations", json={"inputs": "w"}).json()
         assert first["input"] == {"inputs": "w"} and second == {"inputs": "w"}
@@ -154,8 +202,11 @@ def test_multi_model_endpoint_loads_on_demand_and_evicts_lru(tmp_path):
         client = server.client
 
         def call(target: str, **body) -> dict:
-            reply = client.post("/invocations", json={"inputs": "q", **body},
-                                headers={"X-Amzn-SageMaker-Target-Model": target})
+            reply = client.post(
+                "/invocations",
+                json={"inputs": "q", **body},
+                headers={"X-Amzn-SageMaker-Target-Model": target},
+            )
             assert reply.status_code == 200, reply.text
             return reply.json()
 

@@ -28,8 +28,15 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("handler")
     base = make_tiny_llama(root / "base", max_positions=4096)
     qv = make_peft_adapter(base, root / "qv", rank=4)
-    builtin_llm._initialise({"model_id": str(base), "dtype": "fp32", "max_model_len": "4096",
-                             "max_lora_rank": "8", "max_prompt_chars": "100000"})
+    builtin_llm._initialise(
+        {
+            "model_id": str(base),
+            "dtype": "fp32",
+            "max_model_len": "4096",
+            "max_lora_rank": "8",
+            "max_prompt_chars": "100000",
+        }
+    )
     eng = builtin_llm.engine()
     eng.register_adapter("qv", qv)
     yield eng
@@ -38,8 +45,10 @@ def engine(tmp_path_factory):
 
 def _released(engine) -> bool:
     stats = engine.stats()
-    return (stats["running"] == stats["waiting"] == stats["lora_refs"] == 0
-            and stats["kv_blocks_free"] == stats["kv_blocks_total"])
+    return (
+        stats["running"] == stats["waiting"] == stats["lora_refs"] == 0
+        and stats["kv_blocks_free"] == stats["kv_blocks_total"]
+    )
 
 
 def _wait_released(engine, timeout_s: float = 20) -> None:
@@ -50,15 +59,19 @@ def _wait_released(engine, timeout_s: float = 20) -> None:
 
 
 def test_djl_handle_speaks_lmi_like_the_front(engine):
-    body = {"inputs": ["the quick", "hello"], "adapters": ["", "qv"],
-            "parameters": {"max_new_tokens": 5, "ignore_eos": True, "details": True}}
+    body = {
+        "inputs": ["the quick", "hello"],
+        "adapters": ["", "qv"],
+        "parameters": {"max_new_tokens": 5, "ignore_eos": True, "details": True},
+    }
     item = Input()
     item.content.add("data", json.dumps(body).encode())
     output = asyncio.run(builtin_llm.handle(item))
     answers = json.loads(output.content.values[0])
     sampling = SamplingSpec(max_new_tokens=5, ignore_eos=True)
-    typed = asyncio.run(builtin_llm.generate(GenerateRequest(sampling, prompts=("the quick", "hello"),
-                                                             adapters=(None, "qv"))))
+    typed = asyncio.run(
+        builtin_llm.generate(GenerateRequest(sampling, prompts=("the quick", "hello"), adapters=(None, "qv")))
+    )
     assert isinstance(typed, GenerateResult)
     assert [a["generated_text"] for a in answers] == [s.text for s in typed.sequences]
     assert [a["details"]["generated_tokens"] for a in answers] == [5, 5]
@@ -87,8 +100,9 @@ def test_cancelling_a_call_aborts_its_sequences(engine):
 
 def test_closing_a_stream_aborts_its_sequence(engine):
     async def scenario() -> None:
-        stream = await builtin_llm.generate(GenerateRequest(LONG, prompts=("the",), adapters=("qv",),
-                                                            stream=True, logprobs=True))
+        stream = await builtin_llm.generate(
+            GenerateRequest(LONG, prompts=("the",), adapters=("qv",), stream=True, logprobs=True)
+        )
         assert isinstance(stream, TokenStream)
         first = await stream.events.__anext__()
         assert first.logprob is not None and first.logprob <= 0
@@ -127,6 +141,7 @@ def test_non_finite_logprobs_become_none(logprob):
 def test_every_sample_of_a_call_is_released_when_it_is_cancelled_or_its_stream_closed(engine):
     """n / best_of run several sequences per prompt: all of them give back their KV blocks and
     adapter references, on cancellation and when a stream is closed after its first token."""
+
     async def scenario() -> None:
         request = GenerateRequest(LONG, prompts=("the", "hello"), adapters=("qv", None), n=2, best_of=3)
         call = asyncio.ensure_future(builtin_llm.generate(request))
@@ -136,8 +151,9 @@ def test_every_sample_of_a_call_is_released_when_it_is_cancelled_or_its_stream_c
         with pytest.raises(asyncio.CancelledError):
             await call
         await asyncio.to_thread(_wait_released, engine)
-        stream = await builtin_llm.generate(GenerateRequest(LONG, prompts=("the",), adapters=("qv",), n=3,
-                                                            stream=True, top_logprobs=2))
+        stream = await builtin_llm.generate(
+            GenerateRequest(LONG, prompts=("the",), adapters=("qv",), n=3, stream=True, top_logprobs=2)
+        )
         assert isinstance(stream, TokenStream)
         first = await stream.events.__anext__()
         assert first.logprobs is not None and len(first.logprobs.top) == 2

@@ -19,13 +19,18 @@ GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("behaviour")
     base = make_tiny_llama(root / "base")
-    return root, base, make_peft_adapter(base, root / "qv", rank=4), \
-        make_peft_adapter(base, root / "all", rank=8, target_modules="all-linear", seed=5)
+    return (
+        root,
+        base,
+        make_peft_adapter(base, root / "qv", rank=4),
+        make_peft_adapter(base, root / "all", rank=8, target_modules="all-linear", seed=5),
+    )
 
 
 def _engine(base, **kwargs):
-    return LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8,
-                                  **kwargs))
+    return LLMEngine(
+        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8, **kwargs)
+    )
 
 
 def test_requests_wait_for_kv_slots_and_all_finish(files):
@@ -44,15 +49,24 @@ def test_requests_wait_for_kv_slots_and_all_finish(files):
 def test_seeded_sampling_is_reproducible_and_stops_apply(files):
     _, base, _, _ = files
     engine = _engine(base)
-    params = SamplingParams(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=20, top_p=0.9,
-                            seed=42, ignore_eos=True, repetition_penalty=1.2)
+    params = SamplingParams(
+        max_new_tokens=12,
+        do_sample=True,
+        temperature=1.5,
+        top_k=20,
+        top_p=0.9,
+        seed=42,
+        ignore_eos=True,
+        repetition_penalty=1.2,
+    )
     first = engine.generate(["the quick"] * 2, None, params)
     again = engine.generate(["the quick"], None, params)[0]
     assert first[0].token_ids == first[1].token_ids == again.token_ids
     greedy = engine.generate(["the quick"], None, GREEDY)[0]
     stop = greedy.text[3:6]
-    stopped = engine.generate(["the quick"], None, SamplingParams(max_new_tokens=10, ignore_eos=True,
-                                                                     stop=[stop]))[0]
+    stopped = engine.generate(
+        ["the quick"], None, SamplingParams(max_new_tokens=10, ignore_eos=True, stop=[stop])
+    )[0]
     assert stopped.finish_reason == "stop_sequence" and stop not in stopped.text
     assert greedy.text.startswith(stopped.text)
 
@@ -104,28 +118,31 @@ def _poison(tensors, which, value):
     return tensors
 
 
-@pytest.mark.parametrize("config_patch,key_patch,fragment", [
-    ({"use_dora": True}, None, "no lora_magnitude_vector"),
-    ({"modules_to_save": ["lm_head"]}, None, "holds no lm_head"),
-    ({"modules_to_save": ["classifier"]}, None, "modules_to_save"),
-    ({"peft_type": "IA3"}, None, "IA3"),
-    ({"r": 32}, None, "max_lora_rank"),
-    (None, lambda t: {k: torch.zeros(4, 7) if "lora_A" in k else v for k, v in t.items()}, "shapes"),
-    (None, lambda t: {k.replace("q_proj", "rotary"): v for k, v in t.items()}, "not a LoRA weight"),
-    (None, lambda t: {k.replace("layers.0", "layers.9"): v for k, v in t.items()}, "layer 9"),
-    (None, lambda t: {**t, "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64)}, "lm_head"),
-    (None, lambda t: {}, "match nothing"),
-    ({"r": 0}, None, "r must be a positive integer"),
-    ({"r": -4}, None, "r must be a positive integer"),
-    ({"r": 4.5}, None, "r must be a positive integer"),
-    ({"r": "4"}, None, "r must be a positive integer"),
-    ({"r": True}, None, "r must be a positive integer"),
-    ({"lora_alpha": "16"}, None, "lora_alpha must be a finite number"),
-    ({"lora_alpha": float("nan")}, None, "lora_alpha must be a finite number"),
-    ({"use_rslora": "yes"}, None, "use_rslora must be true or false"),
-    (None, lambda t: _poison(t, "lora_B", float("nan")), "non-finite"),
-    (None, lambda t: _poison(t, "lora_A", float("inf")), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "config_patch,key_patch,fragment",
+    [
+        ({"use_dora": True}, None, "no lora_magnitude_vector"),
+        ({"modules_to_save": ["lm_head"]}, None, "holds no lm_head"),
+        ({"modules_to_save": ["classifier"]}, None, "modules_to_save"),
+        ({"peft_type": "IA3"}, None, "IA3"),
+        ({"r": 32}, None, "max_lora_rank"),
+        (None, lambda t: {k: torch.zeros(4, 7) if "lora_A" in k else v for k, v in t.items()}, "shapes"),
+        (None, lambda t: {k.replace("q_proj", "rotary"): v for k, v in t.items()}, "not a LoRA weight"),
+        (None, lambda t: {k.replace("layers.0", "layers.9"): v for k, v in t.items()}, "layer 9"),
+        (None, lambda t: {**t, "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64)}, "lm_head"),
+        (None, lambda t: {}, "match nothing"),
+        ({"r": 0}, None, "r must be a positive integer"),
+        ({"r": -4}, None, "r must be a positive integer"),
+        ({"r": 4.5}, None, "r must be a positive integer"),
+        ({"r": "4"}, None, "r must be a positive integer"),
+        ({"r": True}, None, "r must be a positive integer"),
+        ({"lora_alpha": "16"}, None, "lora_alpha must be a finite number"),
+        ({"lora_alpha": float("nan")}, None, "lora_alpha must be a finite number"),
+        ({"use_rslora": "yes"}, None, "use_rslora must be true or false"),
+        (None, lambda t: _poison(t, "lora_B", float("nan")), "non-finite"),
+        (None, lambda t: _poison(t, "lora_A", float("inf")), "non-finite"),
+    ],
+)
 def test_unsupported_adapters_are_refused_by_name(tmp_path, files, config_patch, key_patch, fragment):
     _, base, qv, _ = files
     engine = _engine(base)

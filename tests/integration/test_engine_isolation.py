@@ -23,8 +23,9 @@ def files(tmp_path_factory):
 
 
 def _engine(base: Path, **kwargs) -> LLMEngine:
-    return LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8,
-                                  **kwargs))
+    return LLMEngine(
+        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8, **kwargs)
+    )
 
 
 def _register_nan_adapter(engine: LLMEngine, path: Path, name: str = "nan") -> None:
@@ -55,8 +56,11 @@ def test_nan_adapter_fails_only_its_request(files, params):
     engine.register_adapter("qv", qv)
     _register_nan_adapter(engine, qv)
     alone = [engine.generate([p], [a], SAMPLED)[0].token_ids for p, a in (("hello", None), ("dog", "qv"))]
-    seqs = [engine.add_request("hello", None, SAMPLED), engine.add_request("fox", "nan", params),
-            engine.add_request("dog", "qv", SAMPLED)]
+    seqs = [
+        engine.add_request("hello", None, SAMPLED),
+        engine.add_request("fox", "nan", params),
+        engine.add_request("dog", "qv", SAMPLED),
+    ]
     _run(engine, seqs)
     assert [s.finish_reason for s in seqs] == ["length", "error", "length"]
     assert "non-finite" in (seqs[1].error or "")

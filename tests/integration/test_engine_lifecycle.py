@@ -21,13 +21,17 @@ GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("lifecycle")
     base = make_tiny_llama(root / "base")
-    return base, make_peft_adapter(base, root / "qv", rank=4), \
-        make_peft_adapter(base, root / "all", rank=8, target_modules="all-linear", seed=5)
+    return (
+        base,
+        make_peft_adapter(base, root / "qv", rank=4),
+        make_peft_adapter(base, root / "all", rank=8, target_modules="all-linear", seed=5),
+    )
 
 
 def _engine(base: Path, **kwargs) -> LLMEngine:
-    return LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8,
-                                  **kwargs))
+    return LLMEngine(
+        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8, **kwargs)
+    )
 
 
 def _run(engine: LLMEngine, seqs) -> None:
@@ -49,8 +53,9 @@ def test_queued_requests_finish_on_the_version_they_were_added_with(tmp_path, fi
     source = Path(shutil.copytree(qv, tmp_path / "x"))
     engine.register_adapter("x", source, preload=False)
     expected = engine.generate(["hello"], ["x"], GREEDY)[0].token_ids
-    seqs = [engine.add_request("dog", None, GREEDY)] + [engine.add_request("hello", "x", GREEDY)
-                                                          for _ in range(3)]
+    seqs = [engine.add_request("dog", None, GREEDY)] + [
+        engine.add_request("hello", "x", GREEDY) for _ in range(3)
+    ]
     engine.step()  # the base request runs; the three on "x" wait in the queue
     if change == "update":
         engine.register_adapter("x", all8)

@@ -34,8 +34,10 @@ def reference_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> l
 def setup(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"peft_{request.param}")
     base = make_tiny_llama(root / "base", architecture=request.param)
-    paths = {name: make_peft_adapter(base, root / name, rank=r, target_modules=t, seed=i, **extra)
-             for i, (name, (r, t, extra)) in enumerate(ADAPTERS.items())}
+    paths = {
+        name: make_peft_adapter(base, root / name, rank=r, target_modules=t, seed=i, **extra)
+        for i, (name, (r, t, extra)) in enumerate(ADAPTERS.items())
+    }
     return base, paths
 
 
@@ -57,8 +59,9 @@ def _references(base: Path, paths: dict[str, Path], prompts: list[list[int]]) ->
 
 def test_mixed_batch_matches_peft_per_adapter(setup):
     base, paths = setup
-    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128,
-                                    max_loras=4, max_lora_rank=16))
+    engine = LLMEngine(
+        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128, max_loras=4, max_lora_rank=16)
+    )
     for name, path in paths.items():
         engine.register_adapter(name, path)
     prompts = [engine.tokenizer.encode(t) for t in ("the quick brown", "hello world", "lora adapters")]
@@ -76,8 +79,9 @@ def test_mixed_batch_matches_peft_per_adapter(setup):
 
 def test_merged_mode_matches_peft(setup):
     base, paths = setup
-    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128,
-                                    lora_merge=True, max_lora_rank=16))
+    engine = LLMEngine(
+        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=128, lora_merge=True, max_lora_rank=16)
+    )
     original = [t.clone() for t in engine.runner.weights.layers[0].tensors()]
     for name, path in paths.items():
         engine.register_adapter(name, path)

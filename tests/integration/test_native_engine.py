@@ -21,8 +21,10 @@ pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="the native kernel
 def tiny_with_adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     base = make_tiny_llama(root / "base")
-    adapters = [make_peft_adapter(base, root / "qv", rank=4),
-                make_peft_adapter(base, root / "all", rank=8, target_modules="all-linear", seed=3)]
+    adapters = [
+        make_peft_adapter(base, root / "qv", rank=4),
+        make_peft_adapter(base, root / "all", rank=8, target_modules="all-linear", seed=3),
+    ]
     return base, adapters
 
 
@@ -92,19 +94,48 @@ def _calls(dtype: torch.dtype):
     """Valid arguments of each entry point, built fresh for each bad variant."""
     f = {"dtype": dtype}
     return {
-        "add_rms_norm": lambda: [torch.ones(2, 8, **f), None, torch.ones(8, **f), 1e-5,
-                                 torch.empty(2, 8, **f)],
+        "add_rms_norm": lambda: [
+            torch.ones(2, 8, **f),
+            None,
+            torch.ones(8, **f),
+            1e-5,
+            torch.empty(2, 8, **f),
+        ],
         "silu_mul": lambda: [torch.ones(2, 8, **f), torch.empty(2, 4, **f)],
-        "rope_write_kv": lambda: [torch.ones(2, 4 * 4, **f), torch.ones(16, 4), torch.ones(16, 4),
-                                  torch.tensor([0, 3]), torch.tensor([0, 1]), torch.zeros(2, 1, 8, 4, **f),
-                                  torch.zeros(2, 1, 8, 4, **f), 2, 1],
-        "decode_attention": lambda: [torch.ones(2, 2, 4, **f), torch.ones(3, 1, 8, 4, **f),
-                                     torch.ones(3, 1, 8, 4, **f), torch.tensor([[0], [2]]),
-                                     torch.tensor([1, 8]),
-                                     torch.empty(2, 2, 4, **f), 0.5, 0, 0.0],
-        "bgmv": lambda: [torch.ones(3, 8, **f), torch.tensor([-1, 0, 1]), torch.ones(2, 4, 8, **f),
-                         torch.ones(2, 2, 6, **f), torch.zeros(3, 6, **f), 2, 2, torch.tensor([0, 3]),
-                         torch.tensor([3, 3]), torch.tensor([[2, 3], [1, 1]])],
+        "rope_write_kv": lambda: [
+            torch.ones(2, 4 * 4, **f),
+            torch.ones(16, 4),
+            torch.ones(16, 4),
+            torch.tensor([0, 3]),
+            torch.tensor([0, 1]),
+            torch.zeros(2, 1, 8, 4, **f),
+            torch.zeros(2, 1, 8, 4, **f),
+            2,
+            1,
+        ],
+        "decode_attention": lambda: [
+            torch.ones(2, 2, 4, **f),
+            torch.ones(3, 1, 8, 4, **f),
+            torch.ones(3, 1, 8, 4, **f),
+            torch.tensor([[0], [2]]),
+            torch.tensor([1, 8]),
+            torch.empty(2, 2, 4, **f),
+            0.5,
+            0,
+            0.0,
+        ],
+        "bgmv": lambda: [
+            torch.ones(3, 8, **f),
+            torch.tensor([-1, 0, 1]),
+            torch.ones(2, 4, 8, **f),
+            torch.ones(2, 2, 6, **f),
+            torch.zeros(3, 6, **f),
+            2,
+            2,
+            torch.tensor([0, 3]),
+            torch.tensor([3, 3]),
+            torch.tensor([[2, 3], [1, 1]]),
+        ],
     }
 
 

@@ -20,10 +20,18 @@ DTYPES = [torch.float32, torch.bfloat16]
 LANES = {"avx512_bf16": 16, "avx512": 16, "avx2": 8, "scalar": 1}
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param(level, marks=pytest.mark.skipif(not cpu_info().supports(level),
-                                                 reason=f"this CPU cannot run {level} code"))
-    for level in ISA_LEVELS])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(
+            level,
+            marks=pytest.mark.skipif(
+                not cpu_info().supports(level), reason=f"this CPU cannot run {level} code"
+            ),
+        )
+        for level in ISA_LEVELS
+    ],
+)
 def kernels(request):
     module = cpu_kernels(request.param)
     if module is None:
@@ -86,11 +94,11 @@ def test_rope_write_kv_matches_pytorch(kernels, dtype, dim, rotary):
     slot_mapping = torch.tensor([1 * 4 + 3, 5 * 4, 5 * 4 + 1, 2 * 4 + 2, 6 * 4])  # block * bs + offset
     k_cache, v_cache = torch.zeros(7, 2, 4, dim, dtype=dtype), torch.zeros(7, 2, 4, dim, dtype=dtype)
     cos, sin = cos_table[positions].unsqueeze(1).to(dtype), sin_table[positions].unsqueeze(1).to(dtype)
-    expected = apply_rope(qkv[:, :6 * dim].view(5, 6, dim), cos, sin)
-    values = qkv[:, 6 * dim:].view(5, 2, dim).clone()
+    expected = apply_rope(qkv[:, : 6 * dim].view(5, 6, dim), cos, sin)
+    values = qkv[:, 6 * dim :].view(5, 2, dim).clone()
     kernels.rope_write_kv(qkv, cos_table, sin_table, positions, slot_mapping, k_cache, v_cache, 4, 2)
     same = torch.equal if dtype == torch.bfloat16 else lambda a, b: torch.allclose(a, b, atol=1e-6)
-    assert same(qkv[:, :4 * dim].view(5, 4, dim), expected[:, :4])
+    assert same(qkv[:, : 4 * dim].view(5, 4, dim), expected[:, :4])
     blocks, offsets = slot_mapping // 4, slot_mapping % 4
     assert same(k_cache[blocks, :, offsets], expected[:, 4:])
     assert torch.equal(v_cache[blocks, :, offsets], values)
@@ -108,19 +116,20 @@ def test_decode_attention_matches_reference(kernels, dtype, dim, window, softcap
     tables = torch.tensor([[4, 8, 1], [7, 0, 0], [2, 0, 0]])  # scattered blocks, 0-padded
     lengths = torch.tensor([20, 1, 7])
     out = torch.empty_like(q)
-    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim ** -0.5, window, softcap)
+    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim**-0.5, window, softcap)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
+
     def sequence(cache, b):  # (kvh, length, d) in token order, repeated for each query head
-        rows = cache[tables[b]].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :lengths[b]]
+        rows = cache[tables[b]].transpose(0, 1).reshape(kv_heads, -1, dim)[:, : lengths[b]]
         return rows.float().repeat_interleave(heads // kv_heads, 0)
 
     for b in range(batch):
         keys, values = sequence(k_cache, b), sequence(v_cache, b)
-        scores = q[b].float()[:, None, :] @ keys.transpose(1, 2) * dim ** -0.5  # (H, 1, L)
+        scores = q[b].float()[:, None, :] @ keys.transpose(1, 2) * dim**-0.5  # (H, 1, L)
         if softcap:
             scores = torch.tanh(scores / softcap) * softcap
         if window:  # transformers: key j for the query at i when j > i - window
-            scores[..., :max(0, int(lengths[b]) - window)] = float("-inf")
+            scores[..., : max(0, int(lengths[b]) - window)] = float("-inf")
         scores = torch.softmax(scores, dim=-1)
         expected = (scores @ values)[:, 0]
         assert torch.allclose(out[b].float(), expected, **tolerance)
@@ -132,8 +141,10 @@ def _random_lora(args: ModelArgs, rank: int, modules: tuple[str, ...], seed: int
     for layer in range(args.num_layers):
         for module in modules:
             fan_in, fan_out = args.module_shape(module)
-            weights[(layer, module)] = (torch.randn(rank, fan_in, generator=generator),
-                                        torch.randn(fan_out, rank, generator=generator))
+            weights[(layer, module)] = (
+                torch.randn(rank, fan_in, generator=generator),
+                torch.randn(fan_out, rank, generator=generator),
+            )
     return LoraWeights(rank=rank, scalings=dict.fromkeys(weights, 0.5), weights=weights)
 
 
@@ -141,11 +152,22 @@ def _random_lora(args: ModelArgs, rank: int, modules: tuple[str, ...], seed: int
 def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     """A slot reused by a smaller adapter on fewer modules gives exactly that adapter's delta:
     the kernel reads each slot's rank and modules, and a cleared slot keeps nothing behind."""
-    args = ModelArgs(architecture="LlamaForCausalLM", vocab_size=10, hidden_size=64, intermediate_size=96,
-                     num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rms_eps=1e-5, max_position=64,
-                     tie_word_embeddings=False)
-    stacks = lora.NativeLora(args, slots=3, rank=8, dtype=dtype, device=torch.device("cpu"),
-                             kernel=kernels.bgmv)
+    args = ModelArgs(
+        architecture="LlamaForCausalLM",
+        vocab_size=10,
+        hidden_size=64,
+        intermediate_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        rms_eps=1e-5,
+        max_position=64,
+        tie_word_embeddings=False,
+    )
+    stacks = lora.NativeLora(
+        args, slots=3, rank=8, dtype=dtype, device=torch.device("cpu"), kernel=kernels.bgmv
+    )
     everything = (*SPLIT_LORA_GROUPS["qkv"], "down_proj")
     stacks.load(0, _random_lora(args, 8, everything, seed=1))
     big = _random_lora(args, 8, everything, seed=2)
@@ -166,8 +188,9 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
         a, b = adapter.weights[(1, module)]
         expected = (x[row].float() @ a.to(dtype).float().t()) @ (b.float().t() * 0.5).to(dtype).float()
         scale = float(expected.abs().max())
-        return torch.allclose(out[row, columns[module]].float(), expected, atol=tolerance * scale,
-                              rtol=tolerance)
+        return torch.allclose(
+            out[row, columns[module]].float(), expected, atol=tolerance * scale, rtol=tolerance
+        )
 
     for row in (0, 1, 2, 3, 4, 6):
         assert matches(small, row, "q_proj") and matches(small, row, "v_proj")

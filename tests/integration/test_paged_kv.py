@@ -24,8 +24,13 @@ def files(tmp_path_factory):
 
 
 def _engine(base, **kwargs) -> LLMEngine:
-    options = {"model_id": str(base), "dtype": "fp32", "max_model_len": 4608, "max_lora_rank": 8,
-               "kv_cache_memory": "16MiB"} | kwargs
+    options = {
+        "model_id": str(base),
+        "dtype": "fp32",
+        "max_model_len": 4608,
+        "max_lora_rank": 8,
+        "kv_cache_memory": "16MiB",
+    } | kwargs
     return LLMEngine(EngineConfig(**options))
 
 

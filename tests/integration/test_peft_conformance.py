@@ -190,13 +190,20 @@ def test_vocabulary_adapters_on_a_tied_model(tmp_path, mode):
         ),
         # retrained rows of a few tokens: in the embedding and, tied, in the head
         "tokens": make_peft_adapter(
-            base, tmp_path / "tokens", rank=4, target_modules=["q_proj"], seed=5,
+            base,
+            tmp_path / "tokens",
+            rank=4,
+            target_modules=["q_proj"],
+            seed=5,
             trainable_token_indices=[5, 14, 40, 41, 42],
         ),
     }
     prompt = [5, 9, 14, 3, 22, 7]
-    expected = {None: cached_greedy(
-        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), prompt, NEW_TOKENS)[0]}
+    expected = {
+        None: cached_greedy(
+            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), prompt, NEW_TOKENS
+        )[0]
+    }
     for name, path in paths.items():
         fresh = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
         expected[name] = cached_greedy(PeftModel.from_pretrained(fresh, path).eval(), prompt, NEW_TOKENS)[0]
@@ -310,7 +317,11 @@ def test_activated_lora_shares_its_base_prefix_with_base_requests(matrix, tmp_pa
     base, _, _, _ = matrix
     invocation = [7, 8]
     path = make_peft_adapter(
-        base, tmp_path / "alora", rank=4, target_modules="all-linear", seed=9,
+        base,
+        tmp_path / "alora",
+        rank=4,
+        target_modules="all-linear",
+        seed=9,
         alora_invocation_tokens=invocation,
     )
     shared = list(range(20, 52))  # two full 16-token blocks before the invocation

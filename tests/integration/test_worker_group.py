@@ -60,14 +60,28 @@ class FakeWorker:
 
 
 class Harness:
-    def __init__(self, batch_size: int = 4, delay_ms: int = 60_000, workers: int = 1,
-                 stopping: bool = False, fail_starts: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 4,
+        delay_ms: int = 60_000,
+        workers: int = 1,
+        stopping: bool = False,
+        fail_starts: int = 0,
+    ) -> None:
         config = ModelConfig(batch_size=batch_size, max_batch_delay_ms=delay_ms, min_workers=workers)
         self.spawned: list[FakeWorker] = []
         self.fail_starts = fail_starts
         self.stopping = stopping
-        self.group = WorkerGroup("m", Path("."), config, {}, self._replay, 5.0,
-                                 server_stopping=lambda: self.stopping, factory=self._factory)
+        self.group = WorkerGroup(
+            "m",
+            Path("."),
+            config,
+            {},
+            self._replay,
+            5.0,
+            server_stopping=lambda: self.stopping,
+            factory=self._factory,
+        )
 
     def _factory(self, *args: Any) -> FakeWorker:
         worker = FakeWorker(*args)
@@ -119,6 +133,7 @@ def test_batch_collecting_when_its_worker_dies_is_served_by_the_restarted_worker
         replies = await outcomes(tasks)
         assert [r.output["worker"] for r in replies] == [h.spawned[1].worker_id] * 2
         await h.group.stop()
+
     asyncio.run(scenario())
 
 
@@ -130,6 +145,7 @@ def test_batch_collecting_when_the_model_is_unregistered_fails_with_503():
         await h.group.stop()
         results = await outcomes(tasks)
         assert all(isinstance(r, ServiceUnavailableError) for r in results)
+
     asyncio.run(scenario())
 
 
@@ -145,6 +161,7 @@ def test_batch_collecting_on_a_worker_scaled_away_is_served_by_another():
         replies = await outcomes(tasks)
         assert [r.output["worker"] for r in replies] == [h.spawned[1].worker_id] * 2
         await h.group.stop()
+
     asyncio.run(scenario())
 
 
@@ -163,6 +180,7 @@ def test_failing_restart_fails_queued_jobs_and_new_requests_fast():
         reply = await asyncio.wait_for(h.group.submit({"properties": {}, "content": []}), 1)
         assert reply.output["code"] == 200 and h.group.failure is None
         await h.group.stop()
+
     asyncio.run(scenario())
 
 
@@ -175,6 +193,7 @@ def test_jobs_queued_during_a_restart_wait_for_it():
         reply = await asyncio.wait_for(h.group.submit({"properties": {}, "content": []}), 5)
         assert reply.output["worker"] == h.spawned[1].worker_id
         await h.group.stop()
+
     asyncio.run(scenario())
 
 
@@ -190,6 +209,7 @@ def test_workers_that_die_during_shutdown_are_not_restarted():
         await asyncio.sleep(0.05)  # give a (wrong) restart every chance to happen
         assert len(h.spawned) == 1 and not h.group.workers
         await h.group.stop()
+
     asyncio.run(scenario())
 
 
@@ -202,4 +222,5 @@ def test_scale_has_a_hard_cap(low, high):
             await h.group.scale(low, high)
         assert len(h.spawned) == 1 and h.group.target == 1
         await h.group.stop()
+
     asyncio.run(scenario())

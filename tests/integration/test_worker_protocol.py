@@ -13,7 +13,7 @@ import pytest
 from loraserve.errors import WorkerDiedError
 from loraserve.serving.worker_process import WorkerProcess
 
-MODEL = '''
+MODEL = """
 import asyncio, os, time
 from djl_python import Output
 
@@ -35,7 +35,7 @@ async def wait_forever(inputs):
     except asyncio.CancelledError:
         open(inputs.get_as_string(), "w").close()  # proof that the cancel reached the worker
         raise
-'''
+"""
 
 
 def wire(text: str) -> dict:

@@ -18,50 +18,82 @@ def client(**settings) -> TestClient:
     return TestClient(create_app(ServerConfig(**settings)), base_url=BASE)
 
 
-@pytest.mark.parametrize("path,access", [
-    ("/ping", Access.OPEN), ("/console", Access.OPEN), ("/openapi.json", Access.OPEN),
-    ("/predictions/m", Access.INFERENCE), ("/invocations", Access.INFERENCE),
-    ("/v1/chat/completions", Access.INFERENCE),
-    ("/models", Access.MANAGEMENT), ("/models/m/adapters", Access.MANAGEMENT),
-    ("/adapters", Access.MANAGEMENT), ("/workflows", Access.MANAGEMENT),
-    ("/metrics", Access.MANAGEMENT), ("/console/state", Access.MANAGEMENT),
-    ("/no/such/route", Access.MANAGEMENT), ("/predictions", Access.MANAGEMENT),
-    # other servers' conventions: each as the route it mirrors
-    ("/health", Access.OPEN), ("/v1/models/tiny", Access.INFERENCE), ("/generate", Access.INFERENCE),
-    ("/generate_stream", Access.INFERENCE), ("/", Access.INFERENCE),
-    ("/v1/load_lora_adapter", Access.MANAGEMENT), ("/v1/unload_lora_adapter", Access.MANAGEMENT),
-    ("/lora-adapters", Access.MANAGEMENT),
-])
+@pytest.mark.parametrize(
+    "path,access",
+    [
+        ("/ping", Access.OPEN),
+        ("/console", Access.OPEN),
+        ("/openapi.json", Access.OPEN),
+        ("/predictions/m", Access.INFERENCE),
+        ("/invocations", Access.INFERENCE),
+        ("/v1/chat/completions", Access.INFERENCE),
+        ("/models", Access.MANAGEMENT),
+        ("/models/m/adapters", Access.MANAGEMENT),
+        ("/adapters", Access.MANAGEMENT),
+        ("/workflows", Access.MANAGEMENT),
+        ("/metrics", Access.MANAGEMENT),
+        ("/console/state", Access.MANAGEMENT),
+        ("/no/such/route", Access.MANAGEMENT),
+        ("/predictions", Access.MANAGEMENT),
+        # other servers' conventions: each as the route it mirrors
+        ("/health", Access.OPEN),
+        ("/v1/models/tiny", Access.INFERENCE),
+        ("/generate", Access.INFERENCE),
+        ("/generate_stream", Access.INFERENCE),
+        ("/", Access.INFERENCE),
+        ("/v1/load_lora_adapter", Access.MANAGEMENT),
+        ("/v1/unload_lora_adapter", Access.MANAGEMENT),
+        ("/lora-adapters", Access.MANAGEMENT),
+    ],
+)
 def test_route_classes(path, access):
     assert access_of(path) is access
 
 
-@pytest.mark.parametrize("access,api,mgmt,expected", [
-    (Access.OPEN, "a", "m", []),
-    (Access.INFERENCE, None, None, []),
-    (Access.INFERENCE, None, "m", []),  # only a management token: inference stays open
-    (Access.INFERENCE, "a", "m", ["a", "m"]),
-    (Access.MANAGEMENT, None, None, []),
-    (Access.MANAGEMENT, "a", None, ["a"]),  # the API token guards management when alone
-    (Access.MANAGEMENT, "a", "m", ["m"]),
-])
+@pytest.mark.parametrize(
+    "access,api,mgmt,expected",
+    [
+        (Access.OPEN, "a", "m", []),
+        (Access.INFERENCE, None, None, []),
+        (Access.INFERENCE, None, "m", []),  # only a management token: inference stays open
+        (Access.INFERENCE, "a", "m", ["a", "m"]),
+        (Access.MANAGEMENT, None, None, []),
+        (Access.MANAGEMENT, "a", None, ["a"]),  # the API token guards management when alone
+        (Access.MANAGEMENT, "a", "m", ["m"]),
+    ],
+)
 def test_accepted_tokens(access, api, mgmt, expected):
     assert accepted_tokens(access, api, mgmt) == expected
 
 
-@pytest.mark.parametrize("header,ok", [
-    ("Bearer s3cret", True), ("bearer s3cret", True), ("Bearer  s3cret ", True),
-    ("Bearer s3cre", False), ("Bearer s3cret2", False), ("Basic s3cret", False),
-    ("s3cret", False), ("Bearer ", False), (None, False), ("Bearer sécret", False),
-])
+@pytest.mark.parametrize(
+    "header,ok",
+    [
+        ("Bearer s3cret", True),
+        ("bearer s3cret", True),
+        ("Bearer  s3cret ", True),
+        ("Bearer s3cre", False),
+        ("Bearer s3cret2", False),
+        ("Basic s3cret", False),
+        ("s3cret", False),
+        ("Bearer ", False),
+        (None, False),
+        ("Bearer sécret", False),
+    ],
+)
 def test_bearer_matches(header, ok):
     assert bearer_matches(header, ["s3cret"]) is ok
 
 
-@pytest.mark.parametrize("header,name", [
-    ("127.0.0.1:8080", "127.0.0.1"), ("LocalHost", "localhost"), ("[::1]:8080", "::1"),
-    ("evil.example:80", "evil.example"),
-])
+@pytest.mark.parametrize(
+    "header,name",
+    [
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("LocalHost", "localhost"),
+        ("[::1]:8080", "::1"),
+        ("evil.example:80", "evil.example"),
+    ],
+)
 def test_host_name(header, name):
     assert host_name(header) == name
 
@@ -104,13 +136,15 @@ def test_no_tokens_configured_means_open():
 def test_cross_origin_state_change_is_refused():
     api = client()
     # a page on another site posting a "simple" form to /models?url=
-    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
-                    {"Sec-Fetch-Site": "cross-site"}):
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
         reply = api.post("/models?url=/tmp/x", headers=headers)
         assert reply.status_code == 403, headers
         assert reply.json()["type"] == "ForbiddenException"
-    reply = api.post("/predictions/m", headers={"Origin": "http://evil.example",
-                                                "Content-Type": "text/plain"}, content=b"{}")
+    reply = api.post(
+        "/predictions/m",
+        headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+        content=b"{}",
+    )
     assert reply.status_code == 403
     # the same origin (the console) and non-browser clients pass the check (and reach the route)
     for headers in ({"Origin": BASE}, {}):

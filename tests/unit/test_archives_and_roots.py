@@ -42,8 +42,9 @@ def leftovers(scratch: Path) -> list[str]:
 
 @pytest.mark.parametrize("maker", [tar_gz, zipped])
 def test_bomb_is_refused_before_it_is_written(tmp_path, maker):
-    archive = maker(tmp_path / ("bomb.tar.gz" if maker is tar_gz else "bomb.zip"),
-                    {"a": b"\0" * (2 * 1024 * 1024)})  # ~2 KB compressed, 2 MiB unpacked
+    archive = maker(
+        tmp_path / ("bomb.tar.gz" if maker is tar_gz else "bomb.zip"), {"a": b"\0" * (2 * 1024 * 1024)}
+    )  # ~2 KB compressed, 2 MiB unpacked
     assert archive.stat().st_size < 20_000
     with pytest.raises(BadRequestError, match="max_archive_bytes"):
         extract_archive(archive, tmp_path / "scratch", SMALL)
@@ -126,7 +127,7 @@ def test_template_files_must_lie_inside_the_roots(tmp_path):
         template_text(str(secret), None, [tmp_path / "store"])
 
 
-@pytest.mark.parametrize("text", ["password: [TOPSECRET\n", "{\"TOPSECRET\": ", "a: b\n TOPSECRET: : :"])
+@pytest.mark.parametrize("text", ["password: [TOPSECRET\n", '{"TOPSECRET": ', "a: b\n TOPSECRET: : :"])
 def test_parse_errors_do_not_echo_the_file(text):
     with pytest.raises(WorkflowError) as caught:
         load_document(text, "some-file")

@@ -34,21 +34,26 @@ def test_registry_refuses_bad_names(name):
         AdapterRegistry().begin_register(AdapterRecord(name=name, src="s", path="p"))
 
 
-@pytest.mark.parametrize("limit,token,page,following", [
-    (None, None, list(range(7)), None),
-    (3, None, [0, 1, 2], "3"),
-    (3, "6", [6], None),
-    (3, "3", [3, 4, 5], "6"),
-])
+@pytest.mark.parametrize(
+    "limit,token,page,following",
+    [
+        (None, None, list(range(7)), None),
+        (3, None, [0, 1, 2], "3"),
+        (3, "6", [6], None),
+        (3, "3", [3, 4, 5], "6"),
+    ],
+)
 def test_paginate(limit, token, page, following):
     assert paginate(list(range(7)), limit, token) == (page, following)
 
 
 def test_batch_round_trip():
-    wire = batch_wire_inputs([
-        {"properties": {"adapter": "a1"}, "content": [("data", b"x")]},
-        {"properties": {}, "content": [("data", b"y"), ("adapter", b"a2")]},
-    ])
+    wire = batch_wire_inputs(
+        [
+            {"properties": {"adapter": "a1"}, "content": [("data", b"x")]},
+            {"properties": {}, "content": [("data", b"y"), ("adapter", b"a2")]},
+        ]
+    )
     inputs = Input()
     inputs.properties.update(wire["properties"])
     for key, value in wire["content"]:
@@ -57,15 +62,25 @@ def test_batch_round_trip():
     assert first.get_property("adapter") == "a1" and first.get_as_bytes() == b"x"
     assert second.get_as_string("adapter") == "a2" and second.get_as_bytes() == b"y"
     output = Output().add("one", batch_index=1).add("zero", batch_index=0)
-    wire_out = {"code": 200, "message": "OK", "properties": {}, "streaming": False,
-                "content": list(output.content.items())}
+    wire_out = {
+        "code": 200,
+        "message": "OK",
+        "properties": {},
+        "streaming": False,
+        "content": list(output.content.items()),
+    }
     split = split_batch_output(wire_out, 2)
     assert split[0]["content"] == [(None, b"zero")] and split[1]["content"] == [(None, b"one")]
 
 
 def test_batch_output_by_position_and_mismatch():
-    wire = {"code": 200, "message": "OK", "properties": {}, "streaming": False,
-            "content": [(None, b"a"), (None, b"b")]}
+    wire = {
+        "code": 200,
+        "message": "OK",
+        "properties": {},
+        "streaming": False,
+        "content": [(None, b"a"), (None, b"b")],
+    }
     assert [o["content"] for o in split_batch_output(wire, 2)] == [[(None, b"a")], [(None, b"b")]]
     with pytest.raises(HandlerError):
         split_batch_output(wire, 3)

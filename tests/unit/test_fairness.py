@@ -14,14 +14,17 @@ def _vtc(counters: dict, backlogged: set) -> VirtualTokenCounter:
     return vtc
 
 
-@pytest.mark.parametrize("counters,backlogged,arrives,expected", [
-    ({}, set(), "a", 0.0),  # first client ever
-    ({"a": 50.0}, {"a"}, "b", 50.0),  # newcomer lifted to the smallest backlogged counter
-    ({"a": 50.0, "b": 20.0}, {"a", "b"}, "c", 20.0),
-    ({"a": 50.0, "c": 80.0}, {"a"}, "c", 80.0),  # never lowered: over-service is remembered
-    ({"a": 50.0, "c": 10.0}, {"a", "c"}, "c", 10.0),  # already backlogged: unchanged
-    ({None: 5.0}, {None}, "a", 5.0),  # the base model is a client like the others
-])
+@pytest.mark.parametrize(
+    "counters,backlogged,arrives,expected",
+    [
+        ({}, set(), "a", 0.0),  # first client ever
+        ({"a": 50.0}, {"a"}, "b", 50.0),  # newcomer lifted to the smallest backlogged counter
+        ({"a": 50.0, "b": 20.0}, {"a", "b"}, "c", 20.0),
+        ({"a": 50.0, "c": 80.0}, {"a"}, "c", 80.0),  # never lowered: over-service is remembered
+        ({"a": 50.0, "c": 10.0}, {"a", "c"}, "c", 10.0),  # already backlogged: unchanged
+        ({None: 5.0}, {None}, "a", 5.0),  # the base model is a client like the others
+    ],
+)
 def test_arrival_lifts_to_the_backlog_floor(counters, backlogged, arrives, expected):
     vtc = _vtc(counters, backlogged)
     vtc.arrive(arrives)
@@ -37,11 +40,14 @@ def test_with_nobody_backlogged_the_last_to_leave_sets_the_floor():
     assert vtc.counters["b"] == 30.0
 
 
-@pytest.mark.parametrize("counters,clients,expected", [
-    ({"a": 3.0, "b": 1.0, "c": 2.0}, ["a", "b", "c"], ["b", "c", "a"]),
-    ({"a": 1.0, "b": 1.0}, ["b", "a"], ["b", "a"]),  # ties: the older head request first
-    ({"a": 0.0}, ["a", None], ["a", None]),  # unknown counter counts as 0
-])
+@pytest.mark.parametrize(
+    "counters,clients,expected",
+    [
+        ({"a": 3.0, "b": 1.0, "c": 2.0}, ["a", "b", "c"], ["b", "c", "a"]),
+        ({"a": 1.0, "b": 1.0}, ["b", "a"], ["b", "a"]),  # ties: the older head request first
+        ({"a": 0.0}, ["a", None], ["a", None]),  # unknown counter counts as 0
+    ],
+)
 def test_order_by_counter_then_given_order(counters, clients, expected):
     assert _vtc(counters, set()).order(clients) == expected
 

@@ -15,8 +15,9 @@ def _config(**options: str) -> ModelConfig:
     return ModelConfig.from_properties({f"option.{k}": v for k, v in options.items()})
 
 
-@pytest.mark.parametrize("entry", ["djl_python.huggingface", "djl_python.lmi_vllm.vllm_async_service",
-                                   "djl_python.rolling_batch"])
+@pytest.mark.parametrize(
+    "entry", ["djl_python.huggingface", "djl_python.lmi_vllm.vllm_async_service", "djl_python.rolling_batch"]
+)
 def test_djl_llm_entry_points_are_the_builtin_engine(tmp_path, entry):
     handler = resolve_handler(tmp_path, _config(model_id="/m", entryPoint=entry))
     assert handler.kind is HandlerKind.BUILTIN and handler.entry == BUILTIN_HANDLER

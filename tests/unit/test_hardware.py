@@ -20,13 +20,16 @@ SAPPHIRE = ZEN3 + " avx512f avx512dq avx512bw avx512vl avx512_bf16 amx_bf16 amx_
 SKYLAKE_X = ZEN3 + " avx512f avx512dq avx512bw avx512vl"
 
 
-@pytest.mark.parametrize(("flags", "isa", "dtype"), [
-    (ZEN3, "avx2", torch.float32),  # AVX2 only: bf16 GEMMs are emulated, fp32 is faster
-    (SKYLAKE_X, "avx512", torch.float32),  # AVX-512 without BF16: still no native bf16
-    (SAPPHIRE, "avx512_bf16", torch.bfloat16),
-    (ZEN3 + " amx_bf16", "avx2", torch.bfloat16),  # AMX tiles alone make bf16 GEMMs native
-    ("fpu sse2", "scalar", torch.float32),
-])
+@pytest.mark.parametrize(
+    ("flags", "isa", "dtype"),
+    [
+        (ZEN3, "avx2", torch.float32),  # AVX2 only: bf16 GEMMs are emulated, fp32 is faster
+        (SKYLAKE_X, "avx512", torch.float32),  # AVX-512 without BF16: still no native bf16
+        (SAPPHIRE, "avx512_bf16", torch.bfloat16),
+        (ZEN3 + " amx_bf16", "avx2", torch.bfloat16),  # AMX tiles alone make bf16 GEMMs native
+        ("fpu sse2", "scalar", torch.float32),
+    ],
+)
 def test_isa_and_auto_dtype_follow_the_flags(flags, isa, dtype):
     info = CpuInfo(frozenset(flags.split()), "X")
     assert info.isa == isa
@@ -60,6 +63,8 @@ def test_describe_choice_names_isa_and_resolved_dtype():
 def test_describe_choice_refuses_a_bad_dtype_and_never_imports_torch():
     with pytest.raises(ConfigError, match="fp8 is not one of"):
         describe_choice("fp8", "cpu")
-    code = ("import sys; from loraserve.model.hardware import describe_choice; "
-            "describe_choice(None, None); assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from loraserve.model.hardware import describe_choice; "
+        "describe_choice(None, None); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})

@@ -19,6 +19,7 @@ def fake_model(name: str, adapters: set[str]) -> SimpleNamespace:
         tokens = {"x-loraserve-generated-tokens": "2"}
         output = {"code": 200, "properties": tokens, "content": [], "message": "OK"}
         return WorkerReply(ReplyKind.DJL, output)
+
     return SimpleNamespace(name=name, registry=adapters, infer=infer)
 
 

@@ -14,18 +14,25 @@ def document() -> dict:
     return create_app(ServerConfig()).openapi()
 
 
-@pytest.mark.parametrize("method,path,query,body", [
-    ("post", "/models", {"url", "model_name", "model_version", "batch_size", "min_worker", "max_worker",
-                         "synchronous"}, True),
-    ("get", "/models", {"limit", "next_page_token"}, False),
-    ("put", "/models/{name}", {"min_worker", "max_worker"}, False),
-    ("post", "/models/{model_name}/adapters", {"name", "src", "preload", "pin"}, True),
-    ("post", "/adapters", {"name", "src", "preload", "pin"}, True),
-    ("post", "/models/{model_name}/adapters/{adapter}/update", {"src", "preload", "pin"}, True),
-    ("get", "/models/{model_name}/adapters", {"limit", "next_page_token"}, False),
-    ("post", "/workflows", {"url", "template"}, False),
-    ("put", "/workflows/{name}", {"min_worker", "max_worker"}, False),
-])
+@pytest.mark.parametrize(
+    "method,path,query,body",
+    [
+        (
+            "post",
+            "/models",
+            {"url", "model_name", "model_version", "batch_size", "min_worker", "max_worker", "synchronous"},
+            True,
+        ),
+        ("get", "/models", {"limit", "next_page_token"}, False),
+        ("put", "/models/{name}", {"min_worker", "max_worker"}, False),
+        ("post", "/models/{model_name}/adapters", {"name", "src", "preload", "pin"}, True),
+        ("post", "/adapters", {"name", "src", "preload", "pin"}, True),
+        ("post", "/models/{model_name}/adapters/{adapter}/update", {"src", "preload", "pin"}, True),
+        ("get", "/models/{model_name}/adapters", {"limit", "next_page_token"}, False),
+        ("post", "/workflows", {"url", "template"}, False),
+        ("put", "/workflows/{name}", {"min_worker", "max_worker"}, False),
+    ],
+)
 def test_management_parameters_are_declared(document, method, path, query, body):
     operation = document["paths"][path][method]
     declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}

@@ -90,8 +90,10 @@ def test_a_preempted_request_resumes_from_its_cached_prefix():
 def test_32_requests_with_a_shared_prompt_compute_it_once():
     scheduler = make_scheduler(max_seqs=32, budget=2048)
     system = _distinct(7, 512)
-    seqs = [_add(scheduler, system + _distinct(100 + i, 16), output=2, client=("a", "b")[i % 2])
-            for i in range(32)]
+    seqs = [
+        _add(scheduler, system + _distinct(100 + i, 16), output=2, client=("a", "b")[i % 2])
+        for i in range(32)
+    ]
     computed = 0
     while scheduler.has_work():
         batch = scheduler.schedule()

@@ -53,8 +53,16 @@ def test_store_revisions_are_shared_between_views_and_never_reused(tmp_path: Pat
 
 def test_store_keeps_loraserve_serve_format_and_deleted_startup_adapters(tmp_path: Path):
     store = SharedAdapterStore(tmp_path / "state.json", "tiny")
-    store.put({"name": "qv", "src": "/m/adapters/qv", "origin": "startup", "preload": True,
-               "pin": False, "options": {}})
+    store.put(
+        {
+            "name": "qv",
+            "src": "/m/adapters/qv",
+            "origin": "startup",
+            "preload": True,
+            "pin": False,
+            "options": {},
+        }
+    )
     store.remove("qv")
     assert store.removed_startup() == {"qv"}
     saved = json.loads((tmp_path / "state.json").read_text())
@@ -109,8 +117,11 @@ def test_sync_follows_the_registry():
     adapters.handle_for("a")
     run(adapters.ensure(AdapterRef("a", "/a", 1)))
     run(adapters.ensure(AdapterRef("b", "/b", 2)))  # held, but no longer in Ray's LRU
-    refs = {"a": AdapterRef("a", "/a3", 3), "b": AdapterRef("b", "/b4", 4),
-            "p": AdapterRef("p", "/p", 5, pin=True)}
+    refs = {
+        "a": AdapterRef("a", "/a3", 3),
+        "b": AdapterRef("b", "/b4", 4),
+        "p": AdapterRef("p", "/p", 5, pin=True),
+    }
     run(adapters.sync(refs))
     assert engine.adapters == {"a": ("/a3", False), "p": ("/p", True)}  # a reloaded, b dropped
     run(adapters.sync({}))
@@ -118,8 +129,9 @@ def test_sync_follows_the_registry():
 
 
 def _message(*adapters: str | None, stream: bool = False) -> GenerateRequest:
-    return GenerateRequest(SamplingSpec(), prompts=tuple("p" for _ in adapters), adapters=adapters,
-                           stream=stream)
+    return GenerateRequest(
+        SamplingSpec(), prompts=tuple("p" for _ in adapters), adapters=adapters, stream=stream
+    )
 
 
 def test_adapter_names_are_the_distinct_adapters_in_order():
@@ -219,8 +231,11 @@ def test_caller_answers_like_a_workers_typed_reply_and_names_the_replica():
         run(ReplicaCaller(FakeHandle(FakeResponse(refusal))).generate(_message("a"), [REF]))
     assert refused.value.status_code == 404 and refused.value.error_type == "AdapterNotFound"
     with pytest.raises(HandlerError):
-        run(ReplicaCaller(FakeHandle(FakeResponse({"error": {"message": "boom"}}))).generate(
-            _message(None), []))
+        run(
+            ReplicaCaller(FakeHandle(FakeResponse({"error": {"message": "boom"}}))).generate(
+                _message(None), []
+            )
+        )
 
 
 def test_caller_cancels_the_ray_call_when_its_client_leaves():
@@ -264,8 +279,12 @@ def test_caller_streams_token_outputs_then_the_end_or_the_error():
 
 
 def test_aggregate_sums_replicas():
-    total = aggregate([{"engine": {"running": 2, "kv_usage": 0.5, "adapters": {"resident": 1}}},
-                       {"engine": {"running": 1, "kv_usage": 0.1, "adapters": {"resident": 2}}}])
+    total = aggregate(
+        [
+            {"engine": {"running": 2, "kv_usage": 0.5, "adapters": {"resident": 1}}},
+            {"engine": {"running": 1, "kv_usage": 0.1, "adapters": {"resident": 2}}},
+        ]
+    )
     assert total["running"] == 3 and total["adapters"] == {"resident": 3}
     assert total["kv_usage"] == pytest.approx(0.3)
 
@@ -281,11 +300,15 @@ def test_settings_refuse_models_the_engine_does_not_serve(tmp_path: Path):
 def test_command_line_autoscaling_and_options(tmp_path: Path):
     (tmp_path / "serving.properties").write_text("option.model_id=/w\n")
     args = build_parser().parse_args(
-        ["ray", "--model", str(tmp_path), "--max-replicas", "4", "--option", "threads=2"])
+        ["ray", "--model", str(tmp_path), "--max-replicas", "4", "--option", "threads=2"]
+    )
     config = config_from_args(args)
     options = config.replica_deployment_options()
-    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4,
-                                             "target_ongoing_requests": 16.0}
+    assert options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 16.0,
+    }
     assert "num_replicas" not in options and config.options == {"threads": "2"}
     assert config.replica_properties()["threads"] == "2"
     with pytest.raises(ConfigError, match="KEY=VALUE"):
@@ -299,8 +322,19 @@ def test_command_line_takes_serves_access_options_and_environment(tmp_path: Path
     monkeypatch.setenv("LORASERVE_MAX_REQUEST_BYTES", "2048")
     monkeypatch.setenv("LORASERVE_MAX_JSON_DEPTH", "9")
     args = build_parser().parse_args(
-        ["ray", "--model", str(tmp_path), "--management-token", "flag-mgmt",
-         "--allowed-origins", "https://dash.example", "--allowed-hosts", "models.example", "h2"])
+        [
+            "ray",
+            "--model",
+            str(tmp_path),
+            "--management-token",
+            "flag-mgmt",
+            "--allowed-origins",
+            "https://dash.example",
+            "--allowed-hosts",
+            "models.example",
+            "h2",
+        ]
+    )
     server = config_from_args(args).server_config()
     assert (server.api_token, server.management_token) == ("env-api", "flag-mgmt")  # flags over env
     assert server.allowed_origins == ["https://dash.example"]

@@ -20,15 +20,18 @@ def client(**settings) -> TestClient:
     return TestClient(create_app(ServerConfig(**settings)), base_url=BASE)
 
 
-@pytest.mark.parametrize("chunks,depth_ok", [
-    ([b'{"a": [1, {"b": 2}]}'], True),
-    ([b'[[[['], False),
-    ([b'"[[[[[[[[" '], True),  # brackets in a string do not count
-    ([b'"\\"[[[[[[" '], True),  # nor after an escaped quote
-    ([b'"abc\\', b'"[[[[[[["'], True),  # an escape split across chunks
-    ([b'[[', b'[', b'['], False),
-    ([b'[]' * 50], True),
-])
+@pytest.mark.parametrize(
+    "chunks,depth_ok",
+    [
+        ([b'{"a": [1, {"b": 2}]}'], True),
+        ([b"[[[["], False),
+        ([b'"[[[[[[[[" '], True),  # brackets in a string do not count
+        ([b'"\\"[[[[[[" '], True),  # nor after an escaped quote
+        ([b'"abc\\', b'"[[[[[[["'], True),  # an escape split across chunks
+        ([b"[[", b"[", b"["], False),
+        ([b"[]" * 50], True),
+    ],
+)
 def test_depth_guard(chunks, depth_ok):
     guard = JsonDepthGuard(limit=3)
     try:
@@ -57,8 +60,10 @@ def test_deep_json_is_a_400(method, path):
     assert "nested" in (body["error"]["message"] if path.startswith("/v1/") else body["message"])
 
 
-@pytest.mark.parametrize("path", ["/models", "/models/m/adapters", "/workflows", "/predictions/m",
-                                  "/v1/completions", "/no/such/route"])
+@pytest.mark.parametrize(
+    "path",
+    ["/models", "/models/m/adapters", "/workflows", "/predictions/m", "/v1/completions", "/no/such/route"],
+)
 def test_declared_body_size_is_bounded_on_every_route(path):
     api = client(max_request_bytes=1000)
     body = json.dumps({"url": "x" * 2000}).encode()

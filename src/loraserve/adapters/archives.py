@@ -25,8 +25,16 @@ from loraserve.errors import BadRequestError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 # What a damaged archive raises from the tar, gzip, zlib and zip modules.
-CORRUPT = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-           NotImplementedError, RuntimeError)
+CORRUPT = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +71,15 @@ class _Budget:
         self.entries += 1
         self.size += max(size, 0)
         if self.entries > self.limits.max_entries:
-            raise BadRequestError(f"archive {self.archive} has more than {self.limits.max_entries} "
-                                  "entries (max_archive_entries)")
+            raise BadRequestError(
+                f"archive {self.archive} has more than {self.limits.max_entries} "
+                "entries (max_archive_entries)"
+            )
         if self.size > self.limits.max_bytes:
-            raise BadRequestError(f"archive {self.archive} unpacks to more than {self.limits.max_bytes} "
-                                  "bytes (max_archive_bytes)")
+            raise BadRequestError(
+                f"archive {self.archive} unpacks to more than {self.limits.max_bytes} "
+                "bytes (max_archive_bytes)"
+            )
 
 
 def _check_tar(tar: tarfile.TarFile, budget: _Budget, target: Path) -> None:
@@ -77,7 +89,8 @@ def _check_tar(tar: tarfile.TarFile, budget: _Budget, target: Path) -> None:
             base = target if member.islnk() else target / Path(member.name).parent
             if not (base / member.linkname).resolve().is_relative_to(target):
                 raise BadRequestError(
-                    f"archive {budget.archive} has a link {member.name!r} pointing outside it")
+                    f"archive {budget.archive} has a link {member.name!r} pointing outside it"
+                )
         elif not (member.isfile() or member.isdir()):
             raise BadRequestError(f"archive {budget.archive} has a special file {member.name!r}")
 
@@ -122,8 +135,10 @@ def extract_archive(archive: Path, scratch: Path, limits: ArchiveLimits | None =
     except BadRequestError:
         raise
     except CORRUPT as exc:
-        raise BadRequestError(f"cannot unpack archive {archive.name}: it is damaged or not a "
-                              f"supported archive ({type(exc).__name__})") from None
+        raise BadRequestError(
+            f"cannot unpack archive {archive.name}: it is damaged or not a "
+            f"supported archive ({type(exc).__name__})"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _single_root(target)

@@ -100,8 +100,9 @@ class AdapterRegistry:
     def begin_register(self, record: AdapterRecord) -> AdapterRecord:
         validate_adapter_name(record.name)
         if record.name in self._records:
-            raise ConflictError(f"adapter {record.name} is already registered; "
-                                "use the update endpoint or unregister it first")
+            raise ConflictError(
+                f"adapter {record.name} is already registered; use the update endpoint or unregister it first"
+            )
         record.state = AdapterState.REGISTERING
         self._records[record.name] = record
         return record

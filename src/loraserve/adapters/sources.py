@@ -13,8 +13,16 @@ from urllib.parse import unquote, urlparse
 from loraserve.adapters.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from loraserve.errors import BadRequestError, ConflictError, ForbiddenError
 
-__all__ = ["ensure_inside", "exists", "extract_archive", "handler_src", "is_archive", "local_path_of",
-           "resolve_source", "server_reads"]
+__all__ = [
+    "ensure_inside",
+    "exists",
+    "extract_archive",
+    "handler_src",
+    "is_archive",
+    "local_path_of",
+    "resolve_source",
+    "server_reads",
+]
 
 
 def local_path_of(src: str, base_dir: Path | None) -> Path:
@@ -95,4 +103,3 @@ def handler_src(src: str) -> str:
     if scheme and scheme != "file" and len(scheme) > 1:  # one letter would be a Windows drive
         raise ConflictError(f"URL adapters are not currently supported (src {src})")
     return src
-

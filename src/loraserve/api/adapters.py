@@ -30,8 +30,9 @@ class AdapterUpdate(BaseModel):
     """Adapter options; any other field is passed to the handler's register hook as is."""
 
     model_config = ConfigDict(extra="allow")
-    src: str | None = Field(None, description="adapter directory, file:// URL or archive, inside "
-                                              "the allowed adapter roots")
+    src: str | None = Field(
+        None, description="adapter directory, file:// URL or archive, inside the allowed adapter roots"
+    )
     preload: Flag = Field(None, description="load the weights now (default true)")
     pin: Flag = Field(None, description="keep it resident; implies preload")
 
@@ -75,17 +76,23 @@ async def _register(request: Request, model_name: str | None) -> JSONResponse:
         raise BadRequestError("parameter src is required")
     pin = opt_bool(params, "pin", False)
     preload = True if pin else opt_bool(params, "preload", True)  # pinning implies preloading
-    await manager_of(request).adapters.register(model, name or "", src, bool(preload), bool(pin),
-                                                _extras(params))
+    await manager_of(request).adapters.register(
+        model, name or "", src, bool(preload), bool(pin), _extras(params)
+    )
     return _status(model, name or "", f"Adapter {name} registered")
 
 
 async def _update(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
     model = adapter_model(request, model_name)
     params = await _params(request)
-    await manager_of(request).adapters.update(model, adapter, params.get("src"),
-                                              opt_bool(params, "preload", None),
-                                              opt_bool(params, "pin", None), _extras(params))
+    await manager_of(request).adapters.update(
+        model,
+        adapter,
+        params.get("src"),
+        opt_bool(params, "preload", None),
+        opt_bool(params, "pin", None),
+        _extras(params),
+    )
     return _status(model, adapter, f"Adapter {adapter} updated")
 
 
@@ -123,8 +130,9 @@ async def list_adapters(request: Request, _page: Annotated[Page, Query()]):
 
 
 @router.post("/models/{model_name}/adapters")
-async def register_model_adapter(request: Request, model_name: str, _query: Registration,
-                                 _body: RegistrationBody = None):
+async def register_model_adapter(
+    request: Request, model_name: str, _query: Registration, _body: RegistrationBody = None
+):
     return await _register(request, model_name)
 
 
@@ -154,8 +162,9 @@ async def unregister_adapter(request: Request, adapter: str):
 
 
 @router.post("/models/{model_name}/adapters/{adapter}/update")
-async def update_model_adapter(request: Request, model_name: str, adapter: str, _query: Update,
-                               _body: UpdateBody = None):
+async def update_model_adapter(
+    request: Request, model_name: str, adapter: str, _query: Update, _body: UpdateBody = None
+):
     return await _update(request, model_name, adapter)
 
 

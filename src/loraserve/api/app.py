@@ -70,8 +70,13 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     async def access_logging(request: Request, call_next):
         started = time.perf_counter()
         response = await call_next(request)
-        access_log.info("%s %s %d %.1fms", request.method, request.url.path,
-                        response.status_code, (time.perf_counter() - started) * 1000)
+        access_log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
         return response
 
     app.include_router(inference.router)

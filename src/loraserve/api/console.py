@@ -30,11 +30,26 @@ async def console_state(request: Request) -> JSONResponse:
     for model in manager.models.values():
         engine = metrics.engine.stats.get(model.name, {})
         tiers = engine.get("adapter_tiers", {})
-        adapters = [{"name": r.name, "src": r.src, "pin": r.pin, "state": r.state.value,
-                     "error": r.error, "tier": _tier(r, tiers)} for r in model.registry.records()]
-        models.append({"name": model.name, "status": model.status.value,
-                       "engine": "built-in" if model.uses_builtin_engine else "python",
-                       "adapters": adapters, "kv": _kv(engine)})
+        adapters = [
+            {
+                "name": r.name,
+                "src": r.src,
+                "pin": r.pin,
+                "state": r.state.value,
+                "error": r.error,
+                "tier": _tier(r, tiers),
+            }
+            for r in model.registry.records()
+        ]
+        models.append(
+            {
+                "name": model.name,
+                "status": model.status.value,
+                "engine": "built-in" if model.uses_builtin_engine else "python",
+                "adapters": adapters,
+                "kv": _kv(engine),
+            }
+        )
     return JSONResponse({"models": models, "generated_tokens": metrics.generated_tokens})
 
 
@@ -42,9 +57,12 @@ def _kv(engine: dict) -> dict | None:
     """The KV-cache line of a built-in engine: blocks in use, prefix-cache hits, preemptions."""
     if "kv_blocks_total" not in engine:
         return None
-    return {"blocks_used": engine["kv_blocks_total"] - engine["kv_blocks_free"],
-            "blocks_total": engine["kv_blocks_total"], "prefix_hit_rate": engine["prefix_cache_hit_rate"],
-            "preemptions": engine["preemptions"]}
+    return {
+        "blocks_used": engine["kv_blocks_total"] - engine["kv_blocks_free"],
+        "blocks_total": engine["kv_blocks_total"],
+        "prefix_hit_rate": engine["prefix_cache_hit_rate"],
+        "preemptions": engine["preemptions"],
+    }
 
 
 def _tier(record: AdapterRecord, tiers: dict[str, str]) -> str:

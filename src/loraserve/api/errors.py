@@ -15,9 +15,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loraserve.errors import LoraserveError
 
 log = logging.getLogger("loraserve.api")
-HTTP_TYPES = {401: "UnauthorizedException", 403: "ForbiddenException", 404: "ResourceNotFoundException",
-              405: "MethodNotAllowedException", 413: "PayloadTooLargeException",
-              415: "UnsupportedMediaTypeException"}
+HTTP_TYPES = {
+    401: "UnauthorizedException",
+    403: "ForbiddenException",
+    404: "ResourceNotFoundException",
+    405: "MethodNotAllowedException",
+    413: "PayloadTooLargeException",
+    415: "UnsupportedMediaTypeException",
+}
 
 
 def error_response(status: int, error_type: str, message: str, path: str = "") -> JSONResponse:
@@ -46,8 +51,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = HTTP_TYPES.get(exc.status_code, "BadRequestException" if exc.status_code < 500
-                              else "InternalServerException")
+        kind = HTTP_TYPES.get(
+            exc.status_code, "BadRequestException" if exc.status_code < 500 else "InternalServerException"
+        )
         return error_response(exc.status_code, kind, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)

@@ -32,8 +32,11 @@ from loraserve.specs.base import openapi_body, parse
 
 router = APIRouter()
 TARGET_MODEL = "x-amzn-sagemaker-target-model"
-LMI_BODY = openapi_body(lmi.LmiRequest, "LMI for models on the built-in engine (checked as declared); "
-                        "a custom model.py receives the body unchanged, whatever it is")
+LMI_BODY = openapi_body(
+    lmi.LmiRequest,
+    "LMI for models on the built-in engine (checked as declared); "
+    "a custom model.py receives the body unchanged, whatever it is",
+)
 
 
 @router.get("/ping")
@@ -76,11 +79,14 @@ async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Re
         message = lmi.to_generate(parsed, fallback_adapter(request), override_adapter(request))
     reply = await generate(request, model, message)
     if message.stream:
-        return CancellingStreamingResponse(_lmi_lines(reply, message.details), reply,
-                                           media_type="application/jsonlines")
+        return CancellingStreamingResponse(
+            _lmi_lines(reply, message.details), reply, media_type="application/jsonlines"
+        )
     result = reply.output
-    headers = {"x-loraserve-peak-batch": str(result.peak_batch),
-               "x-loraserve-generated-tokens": str(result.generated_tokens)}
+    headers = {
+        "x-loraserve-peak-batch": str(result.peak_batch),
+        "x-loraserve-generated-tokens": str(result.generated_tokens),
+    }
     return JSONResponse(lmi.response_json(parsed, result), headers=headers)
 
 

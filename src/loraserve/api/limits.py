@@ -83,9 +83,12 @@ class BodyLimitMiddleware:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"").decode("latin-1")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(413, "PayloadTooLargeException",
-                                      f"request body of {declared} bytes exceeds the limit of "
-                                      f"{self.max_bytes} (max_request_bytes)", scope["path"])
+            response = error_response(
+                413,
+                "PayloadTooLargeException",
+                f"request body of {declared} bytes exceeds the limit of {self.max_bytes} (max_request_bytes)",
+                scope["path"],
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, self._bounded(receive, _guards_json(headers)), send)
@@ -101,8 +104,9 @@ class BodyLimitMiddleware:
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > self.max_bytes:
-                    raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes} "
-                                             "bytes (max_request_bytes)")
+                    raise HTTPException(
+                        413, f"request body exceeds the limit of {self.max_bytes} bytes (max_request_bytes)"
+                    )
                 if guard is not None:
                     guard.feed(chunk)
             return message

@@ -30,8 +30,9 @@ class ModelRegistration(BaseModel):
     """Where a model comes from and how it is served."""
 
     model_config = ConfigDict(extra="ignore")
-    url: str | None = Field(None, description="model directory, file:// URL or archive, inside "
-                                              "the allowed model roots (required)")
+    url: str | None = Field(
+        None, description="model directory, file:// URL or archive, inside the allowed model roots (required)"
+    )
     model_name: str | None = Field(None, description="default: the URL's last segment")
     model_version: str | None = None
     batch_size: Annotated[int | None, Field(ge=1)] = None
@@ -61,12 +62,15 @@ def _default_name(url: str) -> str:
 
 def scaled_status(name: str, min_workers: int, max_workers: int) -> str:
     """DJL's answer to a scale request."""
-    return (f'Workflow "{name}" worker scaled. New Worker configuration min workers:{min_workers} '
-            f"max workers:{max_workers}")
+    return (
+        f'Workflow "{name}" worker scaled. New Worker configuration min workers:{min_workers} '
+        f"max workers:{max_workers}"
+    )
 
 
-async def _register(manager: ModelManager, name: str, url: str, version: str | None,
-                    overrides: dict[str, int]) -> None:
+async def _register(
+    manager: ModelManager, name: str, url: str, version: str | None, overrides: dict[str, int]
+) -> None:
     """Register; on failure remove whatever archive copy the attempt unpacked."""
     try:
         await manager.register(name, url, version=version, overrides=overrides)
@@ -76,11 +80,13 @@ async def _register(manager: ModelManager, name: str, url: str, version: str | N
 
 
 @router.post("/models")
-async def register_model(request: Request, query: Annotated[ModelRegistration, Query()],
-                         body: Annotated[ModelRegistration | None, Body()] = None) -> JSONResponse:
+async def register_model(
+    request: Request,
+    query: Annotated[ModelRegistration, Query()],
+    body: Annotated[ModelRegistration | None, Body()] = None,
+) -> JSONResponse:
     """Register a model; ``url`` must lie inside the allowed model roots."""
-    fields = {**(body.model_dump(exclude_none=True) if body else {}),
-              **query.model_dump(exclude_none=True)}
+    fields = {**(body.model_dump(exclude_none=True) if body else {}), **query.model_dump(exclude_none=True)}
     params = ModelRegistration(**fields)
     if not params.url:
         raise BadRequestError("parameter url is required")
@@ -88,10 +94,17 @@ async def register_model(request: Request, query: Annotated[ModelRegistration, Q
     name = validate_model_name(params.model_name or _default_name(params.url))
     ensure_model_url_allowed(params.url, config.model_store, config.model_roots)
     check_worker_counts(config, params.min_worker, params.max_worker)
-    overrides = {key: value for key, value in {
-        "batch_size": params.batch_size, "max_batch_delay_ms": params.max_batch_delay,
-        "job_queue_size": params.job_queue_size, "min_workers": params.min_worker,
-        "max_workers": params.max_worker}.items() if value is not None}
+    overrides = {
+        key: value
+        for key, value in {
+            "batch_size": params.batch_size,
+            "max_batch_delay_ms": params.max_batch_delay,
+            "job_queue_size": params.job_queue_size,
+            "min_workers": params.min_worker,
+            "max_workers": params.max_worker,
+        }.items()
+        if value is not None
+    }
     coro = _register(manager, name, params.url, params.model_version, overrides)
     if params.synchronous is False:
         task = asyncio.create_task(coro)
@@ -119,14 +132,14 @@ def _model_version(request: Request, name: str, version: str | None) -> ModelSer
 @router.get("/models/{name}/{version}")
 async def describe_model(request: Request, name: str, version: str | None = None) -> JSONResponse:
     model = _model_version(request, name, version)
-    return JSONResponse([{"workflowName": name, "version": model.version,
-                          "models": [model.describe()]}])
+    return JSONResponse([{"workflowName": name, "version": model.version, "models": [model.describe()]}])
 
 
 @router.put("/models/{name}")
 @router.put("/models/{name}/{version}")
-async def scale_model(request: Request, name: str, scale: Annotated[WorkerScale, Query()],
-                      version: str | None = None) -> JSONResponse:
+async def scale_model(
+    request: Request, name: str, scale: Annotated[WorkerScale, Query()], version: str | None = None
+) -> JSONResponse:
     """Scale the model's workers, within ``max_workers_per_model``."""
     model = _model_version(request, name, version)
     min_workers = scale.min_worker or model.config.min_workers

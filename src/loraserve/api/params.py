@@ -36,8 +36,10 @@ def check_worker_counts(config: ServerConfig, *counts: int | None) -> None:
     """Worker counts are bounded: each one is a process (and a copy of the model)."""
     for count in counts:
         if count is not None and count > config.max_workers_per_model:
-            raise BadRequestError(f"{count} workers asked for; at most {config.max_workers_per_model} "
-                                  "per model (max_workers_per_model)")
+            raise BadRequestError(
+                f"{count} workers asked for; at most {config.max_workers_per_model} "
+                "per model (max_workers_per_model)"
+            )
 
 
 async def merged_params(request: Request, max_depth: int = 64) -> dict[str, str]:
@@ -67,8 +69,9 @@ def opt_bool(params: dict[str, str], key: str, default: bool | None) -> bool | N
 
 def paged_response(request: Request, key: str, items: list) -> JSONResponse:
     """DJL's list shape: ``{key: [...], "nextPageToken": ...}`` from ``limit``/``next_page_token``."""
-    page, token = paginate(items, request.query_params.get("limit"),
-                           request.query_params.get("next_page_token"))
+    page, token = paginate(
+        items, request.query_params.get("limit"), request.query_params.get("next_page_token")
+    )
     body: dict[str, object] = {key: page}
     if token is not None:
         body["nextPageToken"] = token

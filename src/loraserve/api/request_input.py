@@ -57,8 +57,10 @@ def parse_json_body(body: bytes, content_type: str | None) -> Any:
         try:
             json.dumps(parsed, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise BadRequestError("the JSON body holds a lone surrogate (an unpaired \\ud800-\\udfff "
-                                  "escape): not valid Unicode text") from None
+            raise BadRequestError(
+                "the JSON body holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                "escape): not valid Unicode text"
+            ) from None
     return parsed
 
 
@@ -68,8 +70,7 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
 
 
 def build_wire_input(request: Request, body: bytes) -> dict[str, Any]:
-    properties = {k.lower(): v for k, v in request.headers.items()
-                  if k.lower() not in CREDENTIAL_HEADERS}
+    properties = {k.lower(): v for k, v in request.headers.items() if k.lower() not in CREDENTIAL_HEADERS}
     properties.update(parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES)))
     properties.setdefault("requestId", str(uuid.uuid4()))  # DJL adds one to every request
     content: list[tuple[str, bytes]] = [(k, v.encode("utf-8")) for k, v in request.query_params.items()]

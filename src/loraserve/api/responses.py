@@ -33,13 +33,18 @@ def reply_to_response(reply: WorkerReply) -> Response:
     media_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
     headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
     if reply.stream is not None:
-        return CancellingStreamingResponse(_drain(reply.stream), reply, status_code=output["code"],
-                                           media_type=media_type or "application/jsonlines",
-                                           headers=headers)
+        return CancellingStreamingResponse(
+            _drain(reply.stream),
+            reply,
+            status_code=output["code"],
+            media_type=media_type or "application/jsonlines",
+            headers=headers,
+        )
     values = [v for _, v in output["content"]]
     body = values[0] if len(values) == 1 else b"\n".join(values)
-    return Response(body, status_code=output["code"], headers=headers,
-                    media_type=media_type or _guess_type(body))
+    return Response(
+        body, status_code=output["code"], headers=headers, media_type=media_type or _guess_type(body)
+    )
 
 
 async def _drain(stream: asyncio.Queue) -> AsyncIterator[bytes]:

@@ -18,8 +18,9 @@ from loraserve.api.errors import error_response
 from loraserve.api.limits import BodyLimitMiddleware
 from loraserve.config import ServerConfig
 
-OPEN_PATHS = frozenset({"/ping", "/health", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                        "/redoc"})
+OPEN_PATHS = frozenset(
+    {"/ping", "/health", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
 # SageMaker's, and TGI's / LoRAX's generation routes (``/`` is TGI's, which their clients call).
 INFERENCE_PATHS = frozenset({"/invocations", "/", "/generate", "/generate_stream"})
 INFERENCE_PREFIXES = ("/predictions/", "/v1/")
@@ -145,8 +146,9 @@ class SecurityMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
         if not host_allowed(headers.get("host"), config.trusted_hosts):
-            return error_response(400, "BadRequestException",
-                                  "this Host header is not allowed (see allowed_hosts)", path)
+            return error_response(
+                400, "BadRequestException", "this Host header is not allowed (see allowed_hosts)", path
+            )
         access = access_of(path)
         if access is not Access.OPEN:
             reason = cross_site_reason(method, headers, config.allowed_origins)
@@ -159,9 +161,12 @@ class SecurityMiddleware:
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         if access is Access.MANAGEMENT and simple_body_refused(method, headers):
-            return error_response(415, "UnsupportedMediaTypeException",
-                                  "management requests take query parameters or a JSON body "
-                                  "(Content-Type: application/json)", path)
+            return error_response(
+                415,
+                "UnsupportedMediaTypeException",
+                "management requests take query parameters or a JSON body (Content-Type: application/json)",
+                path,
+            )
         return None
 
 
@@ -169,6 +174,7 @@ def install_access_policy(app: Starlette, config: ServerConfig) -> None:
     """The access rules of every front: Host / Origin / token checks first, then the body
     bounds (``max_request_bytes``, ``max_json_depth``), then the routes. Middleware added
     after this call wraps these (Starlette runs the last added first)."""
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes,
-                       max_depth=config.max_json_depth)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=config.max_request_bytes, max_depth=config.max_json_depth
+    )
     app.add_middleware(SecurityMiddleware, config=config)

@@ -31,10 +31,14 @@ class WorkflowRegistration(BaseModel):
     """``url`` or ``template``; with a template every other query parameter fills a ``$name``."""
 
     model_config = ConfigDict(extra="allow")
-    url: str | None = Field(None, description="workflow.json/.yaml file or directory holding one, "
-                                              "inside the allowed model roots")
-    template: str | None = Field(None, description=f"a built-in template ({', '.join(BUILTIN_TEMPLATES)}) "
-                                                   "or a template file inside the allowed model roots")
+    url: str | None = Field(
+        None, description="workflow.json/.yaml file or directory holding one, inside the allowed model roots"
+    )
+    template: str | None = Field(
+        None,
+        description=f"a built-in template ({', '.join(BUILTIN_TEMPLATES)}) "
+        "or a template file inside the allowed model roots",
+    )
 
 
 def workflows_of(request: Request) -> WorkflowManager:
@@ -68,8 +72,9 @@ def _spec_from_request(request: Request, params: dict[str, str]) -> WorkflowSpec
 
 
 @router.post("/workflows")
-async def register_workflow(request: Request,
-                            _query: Annotated[WorkflowRegistration, Query()]) -> JSONResponse:
+async def register_workflow(
+    request: Request, _query: Annotated[WorkflowRegistration, Query()]
+) -> JSONResponse:
     spec = await asyncio.to_thread(_spec_from_request, request, dict(request.query_params))
     await workflows_of(request).register(spec, roots=config_of(request).model_roots)
     return JSONResponse({"status": f'Workflow "{spec.name}" registered.'})
@@ -78,8 +83,10 @@ async def register_workflow(request: Request,
 @router.get("/workflows")
 async def list_workflows(request: Request, _page: Annotated[Page, Query()]) -> JSONResponse:
     manager = workflows_of(request)
-    items = [{"workflowName": n, "version": w.spec.version, "models": list(w.served.values())}
-             for n, w in manager.workflows.items()]
+    items = [
+        {"workflowName": n, "version": w.spec.version, "models": list(w.served.values())}
+        for n, w in manager.workflows.items()
+    ]
     return paged_response(request, "workflows", items)
 
 
@@ -91,8 +98,9 @@ async def describe_workflow(request: Request, name: str, version: str | None = N
 
 @router.put("/workflows/{name}")
 @router.put("/workflows/{name}/{version}")
-async def scale_workflow(request: Request, name: str, scale: Annotated[WorkerScale, Query()],
-                         version: str | None = None) -> JSONResponse:
+async def scale_workflow(
+    request: Request, name: str, scale: Annotated[WorkerScale, Query()], version: str | None = None
+) -> JSONResponse:
     """Scale the workers of every model the workflow uses, within ``max_workers_per_model``."""
     manager = workflows_of(request)
     manager.describe(name)  # 404 when unknown

@@ -25,8 +25,10 @@ def decode_csv(inputs: Input, require_headers: bool = True) -> Any:
         return values
     header = text.splitlines()[0].lower() if text else ""
     if not any(name in header for name in _CSV_HEADERS):
-        raise ValueError("You need to provide the correct CSV with Header columns "
-                         "(inputs, or question and context) to use it with the default handler.")
+        raise ValueError(
+            "You need to provide the correct CSV with Header columns "
+            "(inputs, or question and context) to use it with the default handler."
+        )
     rows = list(csv.DictReader(io.StringIO(text)))
     if rows and "inputs" in rows[0]:
         return {"inputs": [row["inputs"] for row in rows]}
@@ -43,8 +45,9 @@ def encode_csv(content: Any) -> str:
     return out.getvalue()
 
 
-def decode(inputs: Input, content_type: str | None, key: str | None = None,
-           require_csv_headers: bool = True) -> Any:
+def decode(
+    inputs: Input, content_type: str | None, key: str | None = None, require_csv_headers: bool = True
+) -> Any:
     """The request payload as DJL's built-in handlers read it; JSON when no type is given."""
     if not content_type:
         return inputs.get_as_json(key=key) if inputs.get_as_bytes(key=key) else {"inputs": ""}

@@ -19,6 +19,7 @@ def _mark(attribute: str) -> Callable[[Callable], Callable]:
     def decorator(function: Callable) -> Callable:
         setattr(function, attribute, True)  # found by attribute when the module is loaded
         return function
+
     return decorator
 
 
@@ -65,8 +66,9 @@ def parse_adapters(request_input: TextInput, input_item: Input, input_map: dict,
         request_input.adapters = adapters[0] if len(adapters) == 1 else adapters
 
 
-def parse_text_inputs_params(request_input: TextInput, input_item: Input, input_map: Any,
-                             **kwargs: Any) -> None:
+def parse_text_inputs_params(
+    request_input: TextInput, input_item: Input, input_map: Any, **kwargs: Any
+) -> None:
     """The LMI schema's ``inputs`` and ``parameters`` (a non-object body is the input itself)."""
     if isinstance(input_map, dict):
         request_input.input_text = input_map.pop("inputs", input_map)

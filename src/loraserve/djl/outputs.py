@@ -30,8 +30,9 @@ class _JSONEncoder(json.JSONEncoder):
 
 def encode_json(value: Any) -> bytearray:
     """JSON as DJL's Output writes it: UTF-8, indented by 2, no space after ``,``."""
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, indent=2,
-                      separators=(",", ":"), cls=_JSONEncoder)
+    text = json.dumps(
+        value, ensure_ascii=False, allow_nan=False, indent=2, separators=(",", ":"), cls=_JSONEncoder
+    )
     return bytearray(text.encode("utf-8"))
 
 
@@ -63,8 +64,15 @@ class Output:
 
     def __str__(self) -> str:
         content = {k: f"type: {type(v)}" for k, v in self.content.items()}
-        return json.dumps({"code": self.code, "message": self.message,
-                           "properties": dict(self.properties), "content": content}, indent=2)
+        return json.dumps(
+            {
+                "code": self.code,
+                "message": self.message,
+                "properties": dict(self.properties),
+                "content": content,
+            },
+            indent=2,
+        )
 
     def set_code(self, code: int) -> Output:
         self.code = code
@@ -124,9 +132,11 @@ class Output:
         np.savez(buffer, *np_list)
         return self.add(buffer.getvalue(), key=key, batch_index=batch_index)
 
-    def add_stream_content(self, stream_content: Any,
-                           output_formatter: Callable[[Any], Any] | None = _default_stream_output_formatter,
-                           ) -> Output:
+    def add_stream_content(
+        self,
+        stream_content: Any,
+        output_formatter: Callable[[Any], Any] | None = _default_stream_output_formatter,
+    ) -> Output:
         """Stream an iterator (sync or async); each item goes through ``output_formatter``
         (by default one ``{"outputs": item}`` JSON line; ``None`` sends items as they are)."""
         self.stream_content = stream_content

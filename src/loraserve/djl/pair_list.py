@@ -9,9 +9,13 @@ from typing import Any
 class PairList:
     """Keys and values in two parallel lists; ``add`` ignores a ``None`` value, as DJL's does."""
 
-    def __init__(self, keys: list | None = None, values: list | None = None,
-                 pair_list: Sequence[tuple[Any, Any]] | None = None,
-                 pair_map: Mapping[Any, Any] | None = None) -> None:
+    def __init__(
+        self,
+        keys: list | None = None,
+        values: list | None = None,
+        pair_list: Sequence[tuple[Any, Any]] | None = None,
+        pair_map: Mapping[Any, Any] | None = None,
+    ) -> None:
         self.keys: list[Any] = []
         self.values: list[Any] = []
         if keys and values:
@@ -25,8 +29,13 @@ class PairList:
             for key, value in pair_map.items():
                 self.add(key, value)
 
-    def add(self, key: Any = None, value: Any = None, index: int | None = None,
-            pair: tuple[Any, Any] | None = None) -> None:
+    def add(
+        self,
+        key: Any = None,
+        value: Any = None,
+        index: int | None = None,
+        pair: tuple[Any, Any] | None = None,
+    ) -> None:
         if index is not None and value is not None:
             self.keys.insert(index, key)
             self.values.insert(index, value)

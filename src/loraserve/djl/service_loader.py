@@ -44,8 +44,9 @@ def _import_file(path: str, namespace: str | None) -> ModuleType:
     return module
 
 
-def load_model_service(model_dir: str, entry_point: str, device_id: Any,
-                       namespace: str | None = None) -> ModelService:
+def load_model_service(
+    model_dir: str, entry_point: str, device_id: Any, namespace: str | None = None
+) -> ModelService:
     """``entry_point``: an absolute file, a file in ``model_dir`` or an importable module."""
     if os.path.isabs(entry_point):
         module = _import_file(entry_point, namespace)

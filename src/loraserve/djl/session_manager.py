@@ -61,13 +61,17 @@ class SessionManager:
 
     def __init__(self, properties: dict) -> None:
         self.expiration = int(properties.get("sessions_expiration", str(20 * 60)))
-        default_root = "/dev/shm/djl_sessions" if os.path.exists("/dev/shm") else os.path.join(
-            tempfile.gettempdir(), "djl_sessions")
+        default_root = (
+            "/dev/shm/djl_sessions"
+            if os.path.exists("/dev/shm")
+            else os.path.join(tempfile.gettempdir(), "djl_sessions")
+        )
         self.sessions_path = properties.get("sessions_path", default_root)
         self.sessions_s3url = properties.get("sessions_s3url")  # DJL syncs with S3; we do not
         os.makedirs(self.sessions_path, exist_ok=True)
         self.sessions: dict[str, Session] = {
-            sid: Session(sid, self.sessions_path) for sid in os.listdir(self.sessions_path)}
+            sid: Session(sid, self.sessions_path) for sid in os.listdir(self.sessions_path)
+        }
 
     def create_session(self) -> Session:
         self._clean_expired_session()

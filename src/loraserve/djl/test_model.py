@@ -17,9 +17,16 @@ from loraserve.djl.outputs import Output, encode_json
 from loraserve.djl.pair_list import PairList
 from loraserve.djl.service_loader import ModelService, load_model_service
 
-_TYPES_BY_SUFFIX = {".json": "application/json", ".txt": "text/plain", ".gif": "images/gif",
-                    ".png": "images/png", ".jpeg": "images/jpeg", ".jpg": "images/jpeg",
-                    ".ndlist": "tensor/ndlist", ".npz": "tensor/npz"}
+_TYPES_BY_SUFFIX = {
+    ".json": "application/json",
+    ".txt": "text/plain",
+    ".gif": "images/gif",
+    ".png": "images/png",
+    ".jpeg": "images/jpeg",
+    ".jpg": "images/jpeg",
+    ".ndlist": "tensor/ndlist",
+    ".npz": "tensor/npz",
+}
 
 
 def _request(content_type: str, value: bytes | bytearray, key: str | None) -> Input:
@@ -59,8 +66,9 @@ def create_request(input_files: list[str], parameters: list[str] | None) -> Inpu
     return request
 
 
-def create_concurrent_batch_request(inputs: list[dict], properties: list[dict] | None = None,
-                                    serving_properties: dict | None = None) -> Input:
+def create_concurrent_batch_request(
+    inputs: list[dict], properties: list[dict] | None = None, serving_properties: dict | None = None
+) -> Input:
     """Several requests as one batched Input (``batch_NNN_`` keys), as DJL's batcher builds it."""
     flat = serving_properties if serving_properties else {}
     for index, props in enumerate(properties or []):
@@ -188,8 +196,9 @@ class TestHandler:
         inputs.properties.update(self.serving_properties)
         return self.service.invoke_handler(function_name, inputs)
 
-    def inference_batch(self, inputs: list[dict], properties: list[dict] | None = None,
-                        serving_properties: dict | None = None) -> Any:
+    def inference_batch(
+        self, inputs: list[dict], properties: list[dict] | None = None, serving_properties: dict | None = None
+    ) -> Any:
         return self.inference(create_concurrent_batch_request(inputs, properties, serving_properties))
 
 

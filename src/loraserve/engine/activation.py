@@ -14,7 +14,7 @@ def activation_start(prompt: list[int], invocation: tuple[int, ...]) -> int:
     ``prompt``, or ``NEVER``."""
     n = len(invocation)
     for start in range(len(prompt) - n, -1, -1):
-        if tuple(prompt[start:start + n]) == invocation:
+        if tuple(prompt[start : start + n]) == invocation:
             return start
     return NEVER
 

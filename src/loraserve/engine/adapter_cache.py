@@ -46,9 +46,15 @@ class AdapterEntry:
 
 
 class AdapterCache:
-    def __init__(self, slots: int, cpu_capacity: int, load: Callable[[AdapterEntry], Any],
-                 install: Callable[[int, Any], None], clear: Callable[[int], None],
-                 cpu_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        slots: int,
+        cpu_capacity: int,
+        load: Callable[[AdapterEntry], Any],
+        install: Callable[[int, Any], None],
+        clear: Callable[[int], None],
+        cpu_bytes: int | None = None,
+    ) -> None:
         self.slots = slots
         self.cpu_capacity = cpu_capacity
         self.cpu_bytes = cpu_bytes  # None: counted, not weighed
@@ -65,13 +71,17 @@ class AdapterCache:
     def register(self, name: str, path: str, weights: Any, pinned: bool, preload: bool) -> AdapterEntry:
         """Add (or replace) ``name``; ``weights`` were already validated by the caller."""
         if pinned and sum(e.pinned for e in self.registered.values() if e.name != name) >= self.slots - 1:
-            raise BadRequestError(f"cannot pin {name}: at most option.max_loras - 1 = {self.slots - 1} "
-                                  "adapters can be pinned, so one slot stays free for the others "
-                                  "(raise option.max_loras or unpin one)")
+            raise BadRequestError(
+                f"cannot pin {name}: at most option.max_loras - 1 = {self.slots - 1} "
+                "adapters can be pinned, so one slot stays free for the others "
+                "(raise option.max_loras or unpin one)"
+            )
         size = _nbytes(weights)
         if self.cpu_bytes is not None and size > self.cpu_bytes:
-            raise BadRequestError(f"adapter {name} needs {size / 2**20:.1f} MiB in memory, more than "
-                                  f"option.max_cpu_lora_memory ({self.cpu_bytes / 2**20:.1f} MiB) allows")
+            raise BadRequestError(
+                f"adapter {name} needs {size / 2**20:.1f} MiB in memory, more than "
+                f"option.max_cpu_lora_memory ({self.cpu_bytes / 2**20:.1f} MiB) allows"
+            )
         self.unregister(name, missing_ok=True)
         entry = AdapterEntry(name, path, next(_versions), pinned, getattr(weights, "invocation", None), size)
         self.registered[name] = entry
@@ -110,7 +120,8 @@ class AdapterCache:
         self.cpu[key] = weights
         self.cpu.move_to_end(key)
         while len(self.cpu) > self.cpu_capacity or (
-                self.cpu_bytes is not None and self.memory_in_use() > self.cpu_bytes):
+            self.cpu_bytes is not None and self.memory_in_use() > self.cpu_bytes
+        ):
             victim = next((k for k in self.cpu if k != key and not self._held_in_memory(k)), None)
             if victim is None:
                 break
@@ -234,11 +245,18 @@ class AdapterCache:
         return {name: entry.nbytes for name, entry in self.registered.items()}
 
     def stats(self) -> dict[str, int]:
-        return {"registered": len(self.registered), "in_memory": len(self.cpu),
-                "in_memory_bytes": self.memory_in_use(),
-                "resident": len(self.resident), "loads": self.loads, "evictions": self.evictions,
-                "pinned": sum(e.pinned for e in self.registered.values()), "stale": len(self.stale),
-                "slot_refs": sum(self.refs.values()), "holds": sum(self.holds.values())}
+        return {
+            "registered": len(self.registered),
+            "in_memory": len(self.cpu),
+            "in_memory_bytes": self.memory_in_use(),
+            "resident": len(self.resident),
+            "loads": self.loads,
+            "evictions": self.evictions,
+            "pinned": sum(e.pinned for e in self.registered.values()),
+            "stale": len(self.stale),
+            "slot_refs": sum(self.refs.values()),
+            "holds": sum(self.holds.values()),
+        }
 
 
 def _nbytes(weights: Any) -> int:

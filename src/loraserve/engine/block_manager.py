@@ -106,7 +106,7 @@ class BlockManager:
             return
         previous = b""
         for index in range((len(tokens) - 1) // self.block_size):
-            chunk = tuple(tokens[index * self.block_size:(index + 1) * self.block_size])
+            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
             digest = block_hash(previous, seq.block_namespace(index, self.block_size), chunk)
             block_id = self.cached.get(digest)
             if block_id is None or self.blocks[block_id].token_ids != chunk:
@@ -143,7 +143,7 @@ class BlockManager:
             return
         tokens = seq.all_ids
         for index in range(len(seq.block_hashes), computed // self.block_size):
-            chunk = tuple(tokens[index * self.block_size:(index + 1) * self.block_size])
+            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
             previous = seq.block_hashes[-1] if seq.block_hashes else b""
             digest = block_hash(previous, seq.block_namespace(index, self.block_size), chunk)
             seq.block_hashes.append(digest)

@@ -33,9 +33,11 @@ class EngineConfig:
         if self.max_cpu_loras < self.max_loras:
             self.max_cpu_loras = self.max_loras
         if self.max_num_batched_tokens < self.max_rolling_batch_size:
-            raise ConfigError(f"option.max_num_batched_tokens={self.max_num_batched_tokens} must be at least "
-                              f"option.max_rolling_batch_size={self.max_rolling_batch_size}: every running "
-                              "request decodes one token per step")
+            raise ConfigError(
+                f"option.max_num_batched_tokens={self.max_num_batched_tokens} must be at least "
+                f"option.max_rolling_batch_size={self.max_rolling_batch_size}: every running "
+                "request decodes one token per step"
+            )
         if self.kv_cache_memory.strip().lower() != "auto":
             parse_memory(self.kv_cache_memory)  # a bad value fails at start-up, saying how to fix it
         adapter_budget(self.max_cpu_lora_memory)
@@ -50,10 +52,20 @@ class EngineConfig:
     def from_options(cls, options: dict[str, str]) -> EngineConfig:
         if "model_id" not in options:
             raise ConfigError("option.model_id is required for the built-in engine")
-        ints = ("max_rolling_batch_size", "max_model_len", "max_num_batched_tokens", "max_loras",
-                "max_lora_rank", "max_cpu_loras", "threads", "block_size", "max_adapters_per_request")
-        kwargs: dict[str, object] = {k: parse_int(options[k], f"option.{k}", 0 if k == "threads" else 1)
-                                     for k in ints if k in options}
+        ints = (
+            "max_rolling_batch_size",
+            "max_model_len",
+            "max_num_batched_tokens",
+            "max_loras",
+            "max_lora_rank",
+            "max_cpu_loras",
+            "threads",
+            "block_size",
+            "max_adapters_per_request",
+        )
+        kwargs: dict[str, object] = {
+            k: parse_int(options[k], f"option.{k}", 0 if k == "threads" else 1) for k in ints if k in options
+        }
         for key in ("enable_lora", "lora_merge", "enable_prefix_caching"):
             if key in options:
                 kwargs[key] = parse_bool(options[key], f"option.{key}")

@@ -28,9 +28,9 @@ class IncrementalDetokenizer:
         if len(ids) < self.read:  # not an extension (ids were cut): start over
             self.__init__(self.tokenizer)  # type: ignore[misc]
         decode = self.tokenizer.decode
-        before = decode(ids[self.prefix:self.read], skip_special_tokens=True)
-        after = decode(ids[self.prefix:], skip_special_tokens=True)
+        before = decode(ids[self.prefix : self.read], skip_special_tokens=True)
+        after = decode(ids[self.prefix :], skip_special_tokens=True)
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self.text += after[len(before):]
+            self.text += after[len(before) :]
             self.prefix, self.read = self.read, len(ids)
         return self.text

@@ -66,23 +66,56 @@ class LLMEngine:
         self.model_path = resolve_model_path(config.model_id, model_dir)
         model_config = load_model_config(self.model_path)  # refuses an unsupported model before any loading
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.runner = ModelRunner(self.model_path, self.dtype, self.device, config.max_rolling_batch_size,
-                                  config.max_model_len, config.max_loras, config.max_lora_rank, model_config)
+        self.runner = ModelRunner(
+            self.model_path,
+            self.dtype,
+            self.device,
+            config.max_rolling_batch_size,
+            config.max_model_len,
+            config.max_loras,
+            config.max_lora_rank,
+            model_config,
+        )
         log.info("engine hardware choice: %s", self.runner.info())
-        self.kv = plan_kv_cache(config.kv_cache_memory, self.device, self.runner.kv_bytes_per_token(),
-                                config.block_size, self.runner.max_len, config.max_rolling_batch_size)
+        self.kv = plan_kv_cache(
+            config.kv_cache_memory,
+            self.device,
+            self.runner.kv_bytes_per_token(),
+            config.block_size,
+            self.runner.max_len,
+            config.max_rolling_batch_size,
+        )
         self.runner.allocate_kv_cache(self.kv.num_blocks, self.kv.block_size)
-        log.info("KV cache: %d blocks of %d tokens = %d tokens, %.1f MiB (%s); max_model_len %d; "
-                 "prefix caching %s", self.kv.num_blocks - 1, self.kv.block_size, self.kv.tokens,
-                 self.kv.bytes / 2**20, self.kv.source, self.runner.max_len,
-                 "on" if config.enable_prefix_caching else "off")
+        log.info(
+            "KV cache: %d blocks of %d tokens = %d tokens, %.1f MiB (%s); max_model_len %d; "
+            "prefix caching %s",
+            self.kv.num_blocks - 1,
+            self.kv.block_size,
+            self.kv.tokens,
+            self.kv.bytes / 2**20,
+            self.kv.source,
+            self.runner.max_len,
+            "on" if config.enable_prefix_caching else "off",
+        )
         self.blocks = BlockManager(self.kv.num_blocks, self.kv.block_size, config.enable_prefix_caching)
-        self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self._load_adapter,
-                                     self.runner.lora.load, self.runner.lora.clear, config.cpu_lora_bytes)
-        self.scheduler = Scheduler(config.max_rolling_batch_size, config.max_num_batched_tokens,
-                                   self.adapters, config.lora_merge, self.blocks)
-        self.mixtures = Mixtures(self.adapters, config.max_lora_rank, config.max_adapters_per_request,
-                                 keep_idle=config.max_loras)
+        self.adapters = AdapterCache(
+            config.max_loras,
+            config.max_cpu_loras,
+            self._load_adapter,
+            self.runner.lora.load,
+            self.runner.lora.clear,
+            config.cpu_lora_bytes,
+        )
+        self.scheduler = Scheduler(
+            config.max_rolling_batch_size,
+            config.max_num_batched_tokens,
+            self.adapters,
+            config.lora_merge,
+            self.blocks,
+        )
+        self.mixtures = Mixtures(
+            self.adapters, config.max_lora_rank, config.max_adapters_per_request, keep_idle=config.max_loras
+        )
         self.eos_ids = self._eos_ids()
         self.outputs = OutputProcessor(self.tokenizer, self.eos_ids, self.runner.max_len)
         self.structured = StructuredOutput(self.tokenizer, self.runner.args.vocab_size, self.eos_ids)
@@ -110,15 +143,18 @@ class LLMEngine:
         return load_peft_adapter(Path(entry.path), self.runner.args, self.config.max_lora_rank, self.dtype)
 
     # -- adapters -------------------------------------------------------------------------
-    def register_adapter(self, name: str, path: str | Path, pin: bool = False,
-                         preload: bool = True) -> AdapterEntry:
+    def register_adapter(
+        self, name: str, path: str | Path, pin: bool = False, preload: bool = True
+    ) -> AdapterEntry:
         """Validate the PEFT adapter fully (off the lock), then add it; replaces ``name``."""
         if not self.config.enable_lora:
             raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
         weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
         if weights.invocation and self.config.lora_merge:
-            raise BadRequestError("activated LoRA (alora_invocation_tokens) cannot be merged: it applies to "
-                                  "part of each sequence; serve it with option.lora_merge=false")
+            raise BadRequestError(
+                "activated LoRA (alora_invocation_tokens) cannot be merged: it applies to "
+                "part of each sequence; serve it with option.lora_merge=false"
+            )
         with self.lock:
             entry = self.adapters.register(name, str(path), weights, pin, preload)
             self._changed()
@@ -136,21 +172,29 @@ class LLMEngine:
         self.lock.notify_all()
 
     # -- requests -------------------------------------------------------------------------
-    def add_request(self, prompt: str | list[int], adapter: str | Mixture | None = None,
-                    params: SamplingParams | None = None,
-                    on_event: Callable[[TokenEvent], Any] | None = None) -> Sequence:
+    def add_request(
+        self,
+        prompt: str | list[int],
+        adapter: str | Mixture | None = None,
+        params: SamplingParams | None = None,
+        on_event: Callable[[TokenEvent], Any] | None = None,
+    ) -> Sequence:
         params = params or SamplingParams()
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise BadRequestError("the prompt is empty")
         self._check_token_ids([] if isinstance(prompt, str) else ids, params)
         if len(ids) + params.max_new_tokens > self.runner.max_len:
-            raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
-                                  f"exceeds max_model_len {self.runner.max_len}")
+            raise BadRequestError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
+                f"exceeds max_model_len {self.runner.max_len}"
+            )
         if self.blocks.blocks_for(len(ids) + params.max_new_tokens) > self.blocks.usable_blocks:
-            raise BadRequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
-                                  f"exceeds the KV cache ({self.kv.tokens} tokens, "
-                                  "option.kv_cache_memory)")
+            raise BadRequestError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
+                f"exceeds the KV cache ({self.kv.tokens} tokens, "
+                "option.kv_cache_memory)"
+            )
         # compiled before the lock (a cache hit when Generation.start compiled it in a thread)
         matcher = self.structured.matcher(params.constraint) if params.constraint is not None else None
         with self.lock:
@@ -159,8 +203,9 @@ class LLMEngine:
                 variant = self.runner.rope.rope_offset(len(ids))
                 invocation = self.adapters.invocation(key) if key is not None else None
                 lora_from = activation_start(ids, invocation) if invocation else 0
-                seq = Sequence(ids, params, key, on_event, rope_variant=variant, lora_from=lora_from,
-                               matcher=matcher)
+                seq = Sequence(
+                    ids, params, key, on_event, rope_variant=variant, lora_from=lora_from, matcher=matcher
+                )
                 self.scheduler.add(seq)
             except BaseException:
                 if key is not None:
@@ -179,12 +224,16 @@ class LLMEngine:
         """Token ids from the client (a token-id prompt, logit_bias, stop_token_ids) must name
         tokens of this model's vocabulary."""
         vocab = self.runner.args.vocab_size
-        for name, values in (("prompt", ids), ("logit_bias", params.logit_bias),
-                             ("stop_token_ids", params.stop_token_ids)):
+        for name, values in (
+            ("prompt", ids),
+            ("logit_bias", params.logit_bias),
+            ("stop_token_ids", params.stop_token_ids),
+        ):
             bad = next((t for t in values if type(t) is not int or not 0 <= t < vocab), None)
             if bad is not None:
-                raise BadRequestError(f"{name} holds token id {bad!r}, outside this model's vocabulary "
-                                      f"[0, {vocab})")
+                raise BadRequestError(
+                    f"{name} holds token id {bad!r}, outside this model's vocabulary [0, {vocab})"
+                )
 
     def abort(self, request_id: int) -> Sequence | None:
         """Stop a request wherever it is; its consumer gets a final ``aborted`` event. One in the
@@ -233,7 +282,7 @@ class LLMEngine:
         with self.lock:
             self._in_flight = set()
             if batch.sampled_rows is not None and batch.sampled_rows < logits.shape[0]:
-                self._score_prompts(seqs, logits[batch.sampled_rows:])
+                self._score_prompts(seqs, logits[batch.sampled_rows :])
                 logits = logits[: batch.sampled_rows]
             self.steps += 1
             self.last_step_tokens = sum(seq.new_tokens for seq in seqs)
@@ -255,11 +304,13 @@ class LLMEngine:
             positions = scored_positions(seq)
             if not positions:
                 continue
-            rows = logits[row:row + len(positions)]
+            rows = logits[row : row + len(positions)]
             row += len(positions)
             if positions.start != len(seq.prompt_logprobs):
                 continue  # never expected: a gap would misalign the scores
-            chosen = torch.tensor(seq.prompt_ids[positions.start + 1:positions.stop + 1], device=rows.device)
+            chosen = torch.tensor(
+                seq.prompt_ids[positions.start + 1 : positions.stop + 1], device=rows.device
+            )
             top = seq.params.prompt_logprobs or 0
             seq.prompt_logprobs.extend(score_rows(rows, chosen, [top] * len(positions)))
 
@@ -326,8 +377,12 @@ class LLMEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def generate(self, prompts: list[str | list[int]], adapters: list[str | Mixture | None] | None = None,
-                 params: SamplingParams | list[SamplingParams] | None = None) -> list[GenerationResult]:
+    def generate(
+        self,
+        prompts: list[str | list[int]],
+        adapters: list[str | Mixture | None] | None = None,
+        params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[GenerationResult]:
         """Submit all prompts together and run until every one is done."""
         adapters = adapters or [None] * len(prompts)
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
@@ -339,8 +394,12 @@ class LLMEngine:
         else:
             while any(s.finish_reason is None for s in seqs):
                 done.wait(0.01)
-        return [GenerationResult(s.request_id, s.text, s.output_ids, s.logprobs, s.finish_reason,
-                                 len(s.prompt_ids)) for s in seqs]
+        return [
+            GenerationResult(
+                s.request_id, s.text, s.output_ids, s.logprobs, s.finish_reason, len(s.prompt_ids)
+            )
+            for s in seqs
+        ]
 
     # -- background loop --------------------------------------------------------------------
     def start(self) -> None:
@@ -360,7 +419,8 @@ class LLMEngine:
         while not self._stopping:
             with self.lock:  # sleep while there is nothing to do, or nothing changed since a
                 while not self._stopping and (  # step found nothing it could run: no busy spin
-                        not self.scheduler.has_work() or self._idle_epoch == self._epoch):
+                    not self.scheduler.has_work() or self._idle_epoch == self._epoch
+                ):
                     self.lock.wait()
             try:
                 self.step()
@@ -377,34 +437,48 @@ class LLMEngine:
         """What the engine holds now: the soak tests assert nothing leaked from these."""
         with self.lock:
             scheduler, blocks, adapters = self.scheduler, self.blocks, self.adapters.stats()
-            return {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
-                    "kv_blocks_total": blocks.usable_blocks, "kv_blocks_free": blocks.free_blocks,
-                    "kv_blocks_cached": len(blocks.cached), "kv_block_size": blocks.block_size,
-                    "kv_usage": 1 - blocks.free_blocks / blocks.usable_blocks,
-                    "prefix_cache_hit_rate": blocks.stats.hit_rate,
-                    "prefix_cache_queried_tokens": blocks.stats.queried_tokens,
-                    "prefix_cache_hit_tokens": blocks.stats.hit_tokens,
-                    "preemptions": scheduler.preemptions, "computed_tokens": self.computed_tokens,
-                    "lora_refs": adapters["slot_refs"], "adapter_holds": adapters["holds"],
-                    "resident_adapters": adapters["resident"], "pinned_adapters": adapters["pinned"],
-                    "stale_adapters": adapters["stale"], "registered_adapters": adapters["registered"],
-                    "steps": self.steps,
-                    "service": {name or "": value for name, value in scheduler.fairness.counters.items()}}
+            return {
+                "running": len(scheduler.running),
+                "waiting": len(scheduler.waiting),
+                "kv_blocks_total": blocks.usable_blocks,
+                "kv_blocks_free": blocks.free_blocks,
+                "kv_blocks_cached": len(blocks.cached),
+                "kv_block_size": blocks.block_size,
+                "kv_usage": 1 - blocks.free_blocks / blocks.usable_blocks,
+                "prefix_cache_hit_rate": blocks.stats.hit_rate,
+                "prefix_cache_queried_tokens": blocks.stats.queried_tokens,
+                "prefix_cache_hit_tokens": blocks.stats.hit_tokens,
+                "preemptions": scheduler.preemptions,
+                "computed_tokens": self.computed_tokens,
+                "lora_refs": adapters["slot_refs"],
+                "adapter_holds": adapters["holds"],
+                "resident_adapters": adapters["resident"],
+                "pinned_adapters": adapters["pinned"],
+                "stale_adapters": adapters["stale"],
+                "registered_adapters": adapters["registered"],
+                "steps": self.steps,
+                "service": {name or "": value for name, value in scheduler.fairness.counters.items()},
+            }
 
     def info(self) -> dict[str, str]:
         """The hardware choices made at start-up: ISA, compute dtype, kernels, linear backend."""
         return self.runner.info()
 
     def memory_stats(self) -> dict[str, int]:
-        return {"weights_bytes": self.runner.weights.nbytes(), "kv_cache_bytes": self.runner.kv_bytes(),
-                "lora_stack_bytes": self.runner.lora.nbytes(),
-                "adapter_cpu_bytes": self.adapters.memory_in_use(),
-                "pid": os.getpid()}
+        return {
+            "weights_bytes": self.runner.weights.nbytes(),
+            "kv_cache_bytes": self.runner.kv_bytes(),
+            "lora_stack_bytes": self.runner.lora.nbytes(),
+            "adapter_cpu_bytes": self.adapters.memory_in_use(),
+            "pid": os.getpid(),
+        }
 
 
 def _no_token(seq: Sequence) -> str:
     """Why sampling gave ``seq`` no token."""
     if seq.matcher is not None and seq.matcher.is_error():
         return f"structured output failed: {seq.matcher.get_error()}"
-    return ("the model produced non-finite logits (NaN or inf) for this request; check the adapter's "
-            "weights and the sampling parameters")
+    return (
+        "the model produced non-finite logits (NaN or inf) for this request; check the adapter's "
+        "weights and the sampling parameters"
+    )

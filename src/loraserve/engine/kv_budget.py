@@ -18,8 +18,21 @@ from loraserve.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "tb": 10**12}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "tb": 10**12,
+}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 AUTO_CPU_FRACTION, AUTO_CUDA_FRACTION = 0.2, 0.5
 
@@ -51,8 +64,10 @@ def parse_memory(value: str, option: str = "option.kv_cache_memory") -> float:
     match = _SIZE.match(value)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
-        raise ConfigError(f"{option}={value!r}: give auto, a size such as 512MiB or 4GiB, or a "
-                          "fraction of free memory such as 0.3")
+        raise ConfigError(
+            f"{option}={value!r}: give auto, a size such as 512MiB or 4GiB, or a "
+            "fraction of free memory such as 0.3"
+        )
     number = float(match.group(1))
     if not unit and 0 < number <= 1:
         return -number
@@ -61,8 +76,14 @@ def parse_memory(value: str, option: str = "option.kv_cache_memory") -> float:
     return number * _UNITS[unit]
 
 
-def plan_kv_cache(value: str, device: torch.device, bytes_per_token: int, block_size: int,
-                  max_model_len: int, max_num_seqs: int) -> KvBudget:
+def plan_kv_cache(
+    value: str,
+    device: torch.device,
+    bytes_per_token: int,
+    block_size: int,
+    max_model_len: int,
+    max_num_seqs: int,
+) -> KvBudget:
     """The block pool for this budget. It must hold one sequence of ``max_model_len`` tokens,
     or no request of that length could ever run."""
     block_bytes = bytes_per_token * block_size
@@ -80,7 +101,9 @@ def plan_kv_cache(value: str, device: torch.device, bytes_per_token: int, block_
     blocks = budget // block_bytes
     needed = -(-max_model_len // block_size)
     if blocks < needed:
-        raise ConfigError(f"option.kv_cache_memory={value} holds {blocks * block_size} tokens of KV cache, "
-                          f"fewer than one sequence of max_model_len={max_model_len} tokens "
-                          f"({bytes_per_token} bytes per token): raise the budget or lower max_model_len")
+        raise ConfigError(
+            f"option.kv_cache_memory={value} holds {blocks * block_size} tokens of KV cache, "
+            f"fewer than one sequence of max_model_len={max_model_len} tokens "
+            f"({bytes_per_token} bytes per token): raise the budget or lower max_model_len"
+        )
     return KvBudget(blocks + 1, block_size, (blocks + 1) * block_bytes, source)

@@ -52,14 +52,19 @@ def combine(members: Sequence[tuple[LoraWeights, float]], max_rank: int) -> Lora
     """The members concatenated along the rank: A (sum r, in), B (out, sum r) with each
     member's scale and scaling folded into its B columns."""
     if any(weights.vocab is not None for weights, _ in members):
-        raise BadRequestError("adapters with their own embed_tokens / lm_head (modules_to_save, or LoRA on "
-                              "them) cannot be scaled or mixed per request; call them alone")
+        raise BadRequestError(
+            "adapters with their own embed_tokens / lm_head (modules_to_save, or LoRA on "
+            "them) cannot be scaled or mixed per request; call them alone"
+        )
     if any(weights.invocation for weights, _ in members):
-        raise BadRequestError("activated LoRA adapters (alora_invocation_tokens) cannot be scaled or mixed "
-                              "per request; call them alone")
+        raise BadRequestError(
+            "activated LoRA adapters (alora_invocation_tokens) cannot be scaled or mixed "
+            "per request; call them alone"
+        )
     if any(weights.biases for weights, _ in members):
-        raise BadRequestError("adapters that trained biases cannot be scaled or mixed per request; "
-                              "call them alone")
+        raise BadRequestError(
+            "adapters that trained biases cannot be scaled or mixed per request; call them alone"
+        )
     if any(weights.magnitudes for weights, _ in members):
         raise BadRequestError(
             "DoRA adapters cannot be scaled or mixed per request (DoRA's row scale "

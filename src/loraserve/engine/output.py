@@ -35,7 +35,7 @@ class OutputProcessor:
         visible = len(seq.text)
         if reason is None:
             visible -= _stop_prefix(seq.text, seq.params.stop, seq.emitted)
-        text = seq.text[seq.emitted:visible]
+        text = seq.text[seq.emitted : visible]
         seq.finish_reason = reason
         seq.emitted = max(seq.emitted, visible)
         top = () if scored is None else scored.top
@@ -68,7 +68,7 @@ class OutputProcessor:
         if detokenizer is None:
             detokenizer = self._detokenizers[seq] = IncrementalDetokenizer(self.tokenizer)
         seq.text = detokenizer.update(ids, final)
-        return seq.text[seq.emitted:]
+        return seq.text[seq.emitted :]
 
 
 def _hit_stop(seq: Sequence) -> bool:

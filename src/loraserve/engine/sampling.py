@@ -14,8 +14,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     logits[seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
 
 
-def apply_occurrence_penalties(logits: torch.Tensor, output_ids: list[int], presence: float,
-                               frequency: float) -> None:
+def apply_occurrence_penalties(
+    logits: torch.Tensor, output_ids: list[int], presence: float, frequency: float
+) -> None:
     """OpenAI's presence and frequency penalties over the generated tokens (as vLLM applies
     them; the prompt does not count): logit -= frequency * count + presence * (count > 0)."""
     if not output_ids or (presence == 0.0 and frequency == 0.0):

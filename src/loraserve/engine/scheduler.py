@@ -35,8 +35,14 @@ log = logging.getLogger("loraserve.engine")
 
 
 class Scheduler:
-    def __init__(self, max_num_seqs: int, max_batched_tokens: int, adapters: AdapterCache,
-                 merged: bool, blocks: BlockManager) -> None:
+    def __init__(
+        self,
+        max_num_seqs: int,
+        max_batched_tokens: int,
+        adapters: AdapterCache,
+        merged: bool,
+        blocks: BlockManager,
+    ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.adapters = adapters
@@ -119,8 +125,9 @@ class Scheduler:
 
     def _next_head(self, skipped: set[Client]) -> Sequence | None:
         """The oldest waiting request of the most underserved client not ``skipped``."""
-        clients = sorted((c for c in self.queues if c not in skipped),
-                         key=lambda c: self.queues[c][0].request_id)
+        clients = sorted(
+            (c for c in self.queues if c not in skipped), key=lambda c: self.queues[c][0].request_id
+        )
         ordered = self.fairness.order(clients)
         return self.queues[ordered[0]][0] if ordered else None
 

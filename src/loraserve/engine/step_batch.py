@@ -40,13 +40,14 @@ def build_step_batch(seqs: list[Sequence], runner: ModelRunner, merged: bool) ->
     scoring: list[int] = []
     for seq in seqs:
         start, first, count = len(ids), seq.cached, seq.new_tokens
-        ids.extend(seq.all_ids[first:first + count])
+        ids.extend(seq.all_ids[first : first + count])
         positions.extend(range(first, first + count))
         offset = runner.rope.rope_offset(len(seq.prompt_ids))
         rope_positions.extend(range(first + offset, first + count + offset))
         table = seq.block_table
-        slot_mapping.extend(table[p // block_size] * block_size + p % block_size
-                            for p in range(first, first + count))
+        slot_mapping.extend(
+            table[p // block_size] * block_size + p % block_size for p in range(first, first + count)
+        )
         if first + count == seq.total_len:
             logits_index.append(len(ids) - 1)
         scoring.extend(start + p - first for p in scored_positions(seq))

@@ -54,8 +54,9 @@ def _initialise(properties: dict[str, str]) -> None:
     template = getattr(_engine.tokenizer, "chat_template", None)
     option = properties.get("chat_special_tokens_in_content", "false")
     _special_tokens_in_content = parse_bool(option, "option.chat_special_tokens_in_content")
-    _tool_format = detect_format(template if isinstance(template, str) else None,
-                                 properties.get("tool_call_parser"))
+    _tool_format = detect_format(
+        template if isinstance(template, str) else None, properties.get("tool_call_parser")
+    )
     _engine.start()
 
 
@@ -119,9 +120,12 @@ def engine_stats() -> dict[str, Any]:
     eng = engine()
     figures = eng.stats()
     with eng.lock:
-        figures |= {"adapters": eng.adapters.stats(), "adapter_tiers": eng.adapters.tiers(),
-                    "adapter_bytes": eng.adapters.sizes(),
-                    "adapter_refs": sum(eng.adapters.refs.values())}
+        figures |= {
+            "adapters": eng.adapters.stats(),
+            "adapter_tiers": eng.adapters.tiers(),
+            "adapter_bytes": eng.adapters.sizes(),
+            "adapter_refs": sum(eng.adapters.refs.values()),
+        }
     return figures
 
 

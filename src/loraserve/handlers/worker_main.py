@@ -39,8 +39,9 @@ _END = object()
 class WorkerRuntime:
     """Runs handler calls and writes their results back to the front end."""
 
-    def __init__(self, module: Any, out_fd: int, loop: asyncio.AbstractEventLoop,
-                 model_dir: str = "") -> None:
+    def __init__(
+        self, module: Any, out_fd: int, loop: asyncio.AbstractEventLoop, model_dir: str = ""
+    ) -> None:
         self.module = module
         self.model_dir = model_dir
         self.out_fd = out_fd

@@ -32,8 +32,16 @@ _REQUIRED = {
     "scalar": (),
 }
 _COMPILER_FLAGS = {
-    "avx512_bf16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mavx2",
-                    "-mfma", "-mf16c"],
+    "avx512_bf16": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mavx512bf16",
+        "-mavx2",
+        "-mfma",
+        "-mf16c",
+    ],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "scalar": [],
@@ -101,8 +109,14 @@ def auto_dtype(device: torch.device, info: CpuInfo | None = None) -> torch.dtype
     return torch.bfloat16 if (info or cpu_info()).native_bf16 else torch.float32
 
 
-_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-                "fp16": "float16", "float16": "float16"}
+_DTYPE_NAMES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
 
 
 def describe_choice(dtype_option: str | None, device_option: str | None) -> dict[str, str]:

@@ -17,8 +17,14 @@ from loraserve.errors import ConfigError
 from loraserve.model.hardware import auto_dtype
 
 log = logging.getLogger("loraserve.model")
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def parse_dtype(name: str | None, device: str) -> torch.dtype:
@@ -41,8 +47,10 @@ def resolve_model_path(model_id: str, model_dir: Path | None = None) -> Path:
     if not path.is_absolute() and model_dir is not None:
         path = model_dir / path
     if not path.exists():
-        raise ConfigError(f"option.model_id {model_id} does not exist (resolved to {path}); "
-                          "loraserve loads local directories and .gguf files only, no hub")
+        raise ConfigError(
+            f"option.model_id {model_id} does not exist (resolved to {path}); "
+            "loraserve loads local directories and .gguf files only, no hub"
+        )
     if path.suffix == ".gguf":
         return convert_gguf(path)
     return path
@@ -61,8 +69,9 @@ def convert_gguf(gguf_path: Path) -> Path:
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                 dtype=conversion_dtype(gguf_path))
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=conversion_dtype(gguf_path)
+    )
     model.hf_quantizer = None  # type: ignore[assignment]  # transformers refuses to save a GGUF-loaded model otherwise
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)

@@ -79,8 +79,11 @@ def _build(level: str) -> ModuleType | None:
         name = extension_name(level)
         built = any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
         if not built:  # say so before a silent multi-minute compile
-            log.warning("compiling the native CPU kernels for %s (once per machine and source: "
-                        "1-5 min on 2 busy cores); requests wait until they are built", level)
+            log.warning(
+                "compiling the native CPU kernels for %s (once per machine and source: "
+                "1-5 min on 2 busy cores); requests wait until they are built",
+                level,
+            )
         started = time.monotonic()
         with _build_lock(name):
             module = load(
@@ -91,8 +94,13 @@ def _build(level: str) -> ModuleType | None:
                 extra_include_paths=[str(_SOURCES)],
                 verbose=False,
             )
-        log.info("native CPU kernels for %s %s in %.1f s (%s)", level, "loaded" if built else "built",
-                 time.monotonic() - started, name)
+        log.info(
+            "native CPU kernels for %s %s in %.1f s (%s)",
+            level,
+            "loaded" if built else "built",
+            time.monotonic() - started,
+            name,
+        )
         return module
     except Exception as exc:  # no compiler, no ninja, ...: the PyTorch path serves instead
         log.warning("native CPU kernels (%s) unavailable (%s); using the PyTorch path", level, exc)

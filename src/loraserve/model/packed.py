@@ -18,8 +18,11 @@ from loraserve.model.weights import ModelWeights
 
 
 def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
-    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
-            or not torch.backends.mkldnn.is_available():
+    if (
+        device.type != "cpu"
+        or dtype not in (torch.float32, torch.bfloat16)
+        or not torch.backends.mkldnn.is_available()
+    ):
         return False
     try:
         probe = torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 1)

@@ -51,11 +51,12 @@ class LoraWeights:
         return {module for _, module in self.weights}
 
     def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
-                   for a, b in self.weights.values()) + sum(m.numel() * m.element_size()
-                                                            for m in self.magnitudes.values()) + (
-            self.vocab.nbytes() if self.vocab is not None else 0) + sum(
-            t.numel() * t.element_size() for t in self.biases.values())
+        return (
+            sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.weights.values())
+            + sum(m.numel() * m.element_size() for m in self.magnitudes.values())
+            + (self.vocab.nbytes() if self.vocab is not None else 0)
+            + sum(t.numel() * t.element_size() for t in self.biases.values())
+        )
 
 
 def _refuse(path: Path, message: str) -> AdapterFormatError:
@@ -82,8 +83,9 @@ def read_adapter_config(path: Path, modules: tuple[str, ...] = ()) -> dict:
 
 def _number(path: Path, name: str, value: object, module: str, positive_int: bool = False) -> None:
     if positive_int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise _refuse(path, f"adapter_config.json: {name} must be a positive integer, "
-                            f"got {value!r} ({module})")
+        raise _refuse(
+            path, f"adapter_config.json: {name} must be a positive integer, got {value!r} ({module})"
+        )
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _refuse(path, f"adapter_config.json: {name} must be a finite number, got {value!r} ({module})")
 
@@ -118,8 +120,9 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         raise _refuse(path, "no adapter_model.safetensors (convert .bin adapters to safetensors)")
     tensors = dict(load_file(weights_file))
     try:
-        vocab = read_vocab_parts(tensors, config, args, dtype,
-                                 lambda key: _rank_and_scaling(path, config, key, max_rank))
+        vocab = read_vocab_parts(
+            tensors, config, args, dtype, lambda key: _rank_and_scaling(path, config, key, max_rank)
+        )
     except AdapterFormatError:
         raise
     except BadRequestError as exc:
@@ -133,8 +136,11 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
             raise _refuse(path, f"tensor {key} is not an embed_tokens / lm_head weight PEFT saves")
         match = KEY.search(key)
         if match is None or match.group(2) not in args.lora_modules:
-            raise _refuse(path, f"tensor {key} is not a LoRA weight of {', '.join(args.lora_modules)} "
-                                f"(the {args.architecture} modules PEFT targets)")
+            raise _refuse(
+                path,
+                f"tensor {key} is not a LoRA weight of {', '.join(args.lora_modules)} "
+                f"(the {args.architecture} modules PEFT targets)",
+            )
         layer, module, which = int(match.group(1)), match.group(2), match.group(3)
         if layer >= args.num_layers:
             raise _refuse(path, f"tensor {key} names layer {layer}; the model has {args.num_layers}")
@@ -154,8 +160,11 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         a, b = _dense_factors(path, config.get("use_bdlora"), key, pair["A"], pair["B"])
         fan_in, fan_out = args.module_shape(module)
         if a.shape != (rank, fan_in) or b.shape != (fan_out, rank):
-            raise _refuse(path, f"layer {layer} {module}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do "
-                                f"not fit the model (expected A({rank}, {fan_in}) B({fan_out}, {rank}))")
+            raise _refuse(
+                path,
+                f"layer {layer} {module}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do "
+                f"not fit the model (expected A({rank}, {fan_in}) B({fan_out}, {rank}))",
+            )
         a, b = a.to(dtype), b.to(dtype)
         _finite(path, f"layer {layer} {module} lora_A", a)
         _finite(path, f"layer {layer} {module} lora_B (scaled)", (b.float() * scaling).to(dtype))
@@ -165,15 +174,24 @@ def load_peft_adapter(path: Path, args: ModelArgs, max_rank: int, dtype: torch.d
         orphans = sorted(set(magnitudes) - set(weights))
         raise _refuse(path, f"DoRA magnitudes without LoRA weights for {orphans}")
     if config.get("use_dora") and set(weights) - set(magnitudes):
-        raise _refuse(path, f"use_dora is set but {sorted(set(weights) - set(magnitudes))[0]} has no "
-                            "lora_magnitude_vector")
-    return LoraWeights(rank=max((a.shape[0] for a, _ in weights.values()), default=0), scalings=scalings,
-                       weights=weights, magnitudes=magnitudes, vocab=vocab, biases=biases,
-                       invocation=_invocation(path, config, magnitudes, vocab, biases))
+        raise _refuse(
+            path,
+            f"use_dora is set but {sorted(set(weights) - set(magnitudes))[0]} has no lora_magnitude_vector",
+        )
+    return LoraWeights(
+        rank=max((a.shape[0] for a, _ in weights.values()), default=0),
+        scalings=scalings,
+        weights=weights,
+        magnitudes=magnitudes,
+        vocab=vocab,
+        biases=biases,
+        invocation=_invocation(path, config, magnitudes, vocab, biases),
+    )
 
 
-def _dense_factors(path: Path, bdlora: dict | None, module_key: str, a: torch.Tensor,
-                   b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _dense_factors(
+    path: Path, bdlora: dict | None, module_key: str, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BD-LoRA (``use_bdlora``) saves one factor of a module block-diagonal, as its ``nblocks``
     diagonal blocks stacked (out, in / nblocks); PEFT's forward equals a plain LoRA with that
     factor's dense block-diagonal matrix, which is what is served (exact, in every backend)."""
@@ -191,26 +209,34 @@ def _dense_factors(path: Path, bdlora: dict | None, module_key: str, a: torch.Te
         return a, b
     rows = factor.shape[0]
     if factor.dim() != 2 or rows % nblocks:
-        raise _refuse(path, f"use_bdlora: {module_key} {name} of shape {tuple(factor.shape)} does not split "
-                            f"into {nblocks} blocks")
+        raise _refuse(
+            path,
+            f"use_bdlora: {module_key} {name} of shape {tuple(factor.shape)} does not split "
+            f"into {nblocks} blocks",
+        )
     dense = torch.block_diag(*torch.chunk(factor, nblocks, dim=0))
     return (dense, b) if on_a else (a, dense)
 
 
-def _invocation(path: Path, config: dict, magnitudes: dict, vocab: object,
-                biases: dict) -> tuple[int, ...] | None:
+def _invocation(
+    path: Path, config: dict, magnitudes: dict, vocab: object, biases: dict
+) -> tuple[int, ...] | None:
     """Activated LoRA's invocation tokens; refused with the kinds PEFT cannot activate either."""
     tokens = config.get("alora_invocation_tokens")
     if not tokens:
         return None
     if magnitudes or vocab is not None or biases:
-        raise _refuse(path, "alora_invocation_tokens with DoRA, trained biases or embed_tokens / lm_head "
-                            "adapters is not supported")
+        raise _refuse(
+            path,
+            "alora_invocation_tokens with DoRA, trained biases or embed_tokens / lm_head "
+            "adapters is not supported",
+        )
     return tuple(tokens)
 
 
-def _module_vectors(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, pattern: re.Pattern[str],
-                    what: str) -> dict[tuple[int, str], torch.Tensor]:
+def _module_vectors(
+    path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, pattern: re.Pattern[str], what: str
+) -> dict[tuple[int, str], torch.Tensor]:
     """The (out,) vectors per (layer, module) whose keys match ``pattern`` (DoRA magnitudes,
     trained biases), taken out of ``tensors``; each module once, of its output size, finite."""
     found: dict[tuple[int, str], torch.Tensor] = {}
@@ -230,13 +256,16 @@ def _module_vectors(path: Path, tensors: dict[str, torch.Tensor], args: ModelArg
     return found
 
 
-def _biases(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, config: dict,
-            dtype: torch.dtype) -> dict[tuple[int, str], torch.Tensor]:
+def _biases(
+    path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, config: dict, dtype: torch.dtype
+) -> dict[tuple[int, str], torch.Tensor]:
     """The biases a ``bias="all"`` / ``"lora_only"`` adapter trained, taken out of ``tensors``."""
     found = _module_vectors(path, tensors, args, BIAS, "bias")
     if found and config.get("bias", "none") == "none":
-        raise _refuse(path, f"the file holds trained biases ({sorted(found)[0]}) but adapter_config.json "
-                            "has bias='none'")
+        raise _refuse(
+            path,
+            f"the file holds trained biases ({sorted(found)[0]}) but adapter_config.json has bias='none'",
+        )
     if found and config.get("use_dora"):
         raise _refuse(path, "DoRA with trained biases is not supported by the built-in engine")
     problem = bias_problem(found, args)
@@ -245,8 +274,9 @@ def _biases(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, confi
     return {key: tensor.to(dtype) for key, tensor in found.items()}
 
 
-def _magnitudes(path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs,
-                use_dora: bool) -> dict[tuple[int, str], torch.Tensor]:
+def _magnitudes(
+    path: Path, tensors: dict[str, torch.Tensor], args: ModelArgs, use_dora: bool
+) -> dict[tuple[int, str], torch.Tensor]:
     """DoRA's magnitude vectors (out,) in fp32, taken out of ``tensors``."""
     found = _module_vectors(path, tensors, args, MAGNITUDE, "magnitude")
     if found and not use_dora:

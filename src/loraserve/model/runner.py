@@ -53,8 +53,9 @@ class ModelRunner:
         self.ops = select_ops(dtype, device, self.args.rms_eps)
         self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
         self.linears = Linears(self.weights, batch_hint, packing_available(dtype, device))
-        self.merged = MergedLora(self.args, self.weights, on_change=self.linears.repack,
-                                 on_head_change=self.linears.repack_head)
+        self.merged = MergedLora(
+            self.args, self.weights, on_change=self.linears.repack, on_head_change=self.linears.repack_head
+        )
         self.decoder = Decoder(self.args, self.weights, self.rope, self.ops, self.lora, self.linears)
 
     def info(self) -> dict[str, str]:

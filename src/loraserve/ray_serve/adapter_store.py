@@ -36,8 +36,12 @@ class AdapterRef:
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> AdapterRef:
-        return cls(entry["name"], entry.get("path") or entry["src"], int(entry.get("revision", 0)),
-                   bool(entry.get("pin", False)))
+        return cls(
+            entry["name"],
+            entry.get("path") or entry["src"],
+            int(entry.get("revision", 0)),
+            bool(entry.get("pin", False)),
+        )
 
 
 class SharedAdapterStore:

@@ -18,9 +18,11 @@ INGRESS_DEPLOYMENT = "LoraserveIngress"
 
 def build_app(config: RayAppConfig) -> Application:
     engine = serve.deployment(name=ENGINE_DEPLOYMENT)(EngineReplica).options(
-        **config.replica_deployment_options())
+        **config.replica_deployment_options()
+    )
     ingress = serve.deployment(name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0})(
-        serve.ingress()(Ingress))
+        serve.ingress()(Ingress)
+    )
     return ingress.bind(engine.bind(config), config)
 
 

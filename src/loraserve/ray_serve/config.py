@@ -41,11 +41,15 @@ class RayAppConfig:
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir).expanduser().resolve()
         if not (self.model_dir / "serving.properties").is_file():
-            raise ConfigError(f"{self.model_dir} has no serving.properties; --model takes a model "
-                              "directory served by the built-in engine (option.model_id=...)")
+            raise ConfigError(
+                f"{self.model_dir} has no serving.properties; --model takes a model "
+                "directory served by the built-in engine (option.model_id=...)"
+            )
         if not _builtin(self.model_dir, self.model_config()):
-            raise ConfigError(f"{self.model_dir} is not a built-in-engine model (it needs option.model_id "
-                              "and no model.py); Ray scale-out serves built-in-engine models")
+            raise ConfigError(
+                f"{self.model_dir} is not a built-in-engine model (it needs option.model_id "
+                "and no model.py); Ray scale-out serves built-in-engine models"
+            )
         self.model_name = self.model_name or self.model_dir.name
         if self.replicas < 1 or self.max_adapters_per_replica < 1:
             raise ConfigError("--replicas and --max-adapters-per-replica must be >= 1")
@@ -76,19 +80,26 @@ class RayAppConfig:
     def server_config(self) -> ServerConfig:
         """The ``ServerConfig`` loraserve's routes and access policy read (adapter roots,
         tokens, Host / Origin rules, body bounds)."""
-        return ServerConfig(host=self.host, port=self.port, state_dir=self.state_dir,
-                            allowed_adapter_roots=self.adapter_roots(),
-                            api_token=self.api_token, management_token=self.management_token,
-                            allowed_origins=list(self.allowed_origins),
-                            allowed_hosts=list(self.allowed_hosts),
-                            max_request_bytes=self.max_request_bytes,
-                            max_json_depth=self.max_json_depth)
+        return ServerConfig(
+            host=self.host,
+            port=self.port,
+            state_dir=self.state_dir,
+            allowed_adapter_roots=self.adapter_roots(),
+            api_token=self.api_token,
+            management_token=self.management_token,
+            allowed_origins=list(self.allowed_origins),
+            allowed_hosts=list(self.allowed_hosts),
+            max_request_bytes=self.max_request_bytes,
+            max_json_depth=self.max_json_depth,
+        )
 
     def replica_deployment_options(self) -> dict[str, Any]:
         """``Deployment.options`` for the engine replicas: a fixed count or autoscaling."""
         actor = {"num_cpus": self.num_cpus_per_replica, "num_gpus": self.num_gpus_per_replica}
-        options: dict[str, Any] = {"ray_actor_options": actor,
-                                   "max_ongoing_requests": self.max_ongoing_requests}
+        options: dict[str, Any] = {
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
         if self.autoscaling:
             options["autoscaling_config"] = dict(self.autoscaling)
         else:

@@ -42,19 +42,33 @@ if TYPE_CHECKING:  # the caller needs Ray; this module's parsing is tested witho
 
 
 def record_of(entry: dict[str, Any]) -> AdapterRecord:
-    return AdapterRecord(name=entry["name"], src=entry["src"], path=entry.get("path") or entry["src"],
-                         preload=entry.get("preload", True), pin=entry.get("pin", False),
-                         options=dict(entry.get("options", {})),
-                         origin=AdapterOrigin(entry.get("origin", "api")), state=AdapterState.READY,
-                         version=int(entry.get("version", 1)),
-                         registered_at=float(entry.get("registered_at", time.time())))
+    return AdapterRecord(
+        name=entry["name"],
+        src=entry["src"],
+        path=entry.get("path") or entry["src"],
+        preload=entry.get("preload", True),
+        pin=entry.get("pin", False),
+        options=dict(entry.get("options", {})),
+        origin=AdapterOrigin(entry.get("origin", "api")),
+        state=AdapterState.READY,
+        version=int(entry.get("version", 1)),
+        registered_at=float(entry.get("registered_at", time.time())),
+    )
 
 
 def entry_of(record: AdapterRecord) -> dict[str, Any]:
     """A store entry: what ``loraserve serve`` persists, plus path, version and time."""
-    return {"name": record.name, "src": record.src, "path": record.path, "preload": record.preload,
-            "pin": record.pin, "options": record.options, "origin": record.origin.value,
-            "version": record.version, "registered_at": record.registered_at}
+    return {
+        "name": record.name,
+        "src": record.src,
+        "path": record.path,
+        "preload": record.preload,
+        "pin": record.pin,
+        "options": record.options,
+        "origin": record.origin.value,
+        "version": record.version,
+        "registered_at": record.registered_at,
+    }
 
 
 def adapter_names(message: GenerateRequest) -> list[str]:
@@ -100,7 +114,8 @@ class RayModel:
         return AdapterNotFoundError(
             f"The adapter {adapter} has not been registered on model {self.name}; "
             f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…",
-            status_code=424)
+            status_code=424,
+        )
 
     def check_adapters(self, names: list[str], required: list[str] | None = None) -> None:
         for adapter in names if required is None else required:
@@ -115,8 +130,10 @@ class RayModel:
 
     async def _infer(self, message: Any, fn: str) -> WorkerReply:
         if fn != "generate" or not isinstance(message, GenerateRequest):
-            raise BadRequestError(f"handler function {fn} is not served on Ray; the engine replicas "
-                                  "answer the built-in engine's typed generate call only")
+            raise BadRequestError(
+                f"handler function {fn} is not served on Ray; the engine replicas "
+                "answer the built-in engine's typed generate call only"
+            )
         names = adapter_names(message)
         refs = self.store.refs()  # one read: an adapter deleted since the route's check is a 424 here
         missing = next((n for n in names if n not in refs), None)
@@ -126,36 +143,59 @@ class RayModel:
 
     # -- the registry, shared by every replica ----------------------------------------------
     async def _resolve(self, src: str) -> str:
-        path = await asyncio.to_thread(resolve_source, src, self.config.model_dir,
-                                       self.config.adapter_roots(), self.scratch_dir)
+        path = await asyncio.to_thread(
+            resolve_source, src, self.config.model_dir, self.config.adapter_roots(), self.scratch_dir
+        )
         await self.caller.check_adapter(str(path))
         return str(path)
 
-    async def register_adapter(self, name: str, src: str, preload: bool = True, pin: bool = False,
-                               options: dict[str, str] | None = None,
-                               origin: AdapterOrigin = AdapterOrigin.API) -> AdapterRecord:
+    async def register_adapter(
+        self,
+        name: str,
+        src: str,
+        preload: bool = True,
+        pin: bool = False,
+        options: dict[str, str] | None = None,
+        origin: AdapterOrigin = AdapterOrigin.API,
+    ) -> AdapterRecord:
         validate_adapter_name(name)
         async with self.adapter_lock:
             if name in self.registry:
-                raise ConflictError(f"adapter {name} is already registered on model {self.name}; "
-                                    "update it or unregister it first")
-            record = AdapterRecord(name=name, src=src, path=await self._resolve(src), preload=preload,
-                                   pin=pin, options=dict(options or {}), origin=origin,
-                                   state=AdapterState.READY)
+                raise ConflictError(
+                    f"adapter {name} is already registered on model {self.name}; "
+                    "update it or unregister it first"
+                )
+            record = AdapterRecord(
+                name=name,
+                src=src,
+                path=await self._resolve(src),
+                preload=preload,
+                pin=pin,
+                options=dict(options or {}),
+                origin=origin,
+                state=AdapterState.READY,
+            )
             await self._publish(record)
             return record
 
-    async def update_adapter(self, name: str, src: str | None, preload: bool | None,
-                             pin: bool | None, options: dict[str, str]) -> AdapterRecord:
+    async def update_adapter(
+        self, name: str, src: str | None, preload: bool | None, pin: bool | None, options: dict[str, str]
+    ) -> AdapterRecord:
         async with self.adapter_lock:
             old = self.registry.ready(name)
             path = old.path if src in (None, old.src) else await self._resolve(src)  # type: ignore[arg-type]
             record = AdapterRecord(
-                name=name, src=src or old.src, path=path,
+                name=name,
+                src=src or old.src,
+                path=path,
                 preload=old.preload if preload is None else preload,
-                pin=old.pin if pin is None else pin, options={**old.options, **options},
-                origin=old.origin, state=AdapterState.READY, version=old.version + 1,
-                registered_at=old.registered_at)
+                pin=old.pin if pin is None else pin,
+                options={**old.options, **options},
+                origin=old.origin,
+                state=AdapterState.READY,
+                version=old.version + 1,
+                registered_at=old.registered_at,
+            )
             await self._publish(record)
             return record
 
@@ -200,8 +240,9 @@ class RayModelManager:
 
     def get(self, name: str) -> RayModel:
         if name not in self.models:
-            raise ModelNotFoundError(f"model {name} not found; this Ray application serves "
-                                     f"{', '.join(self.models)}")
+            raise ModelNotFoundError(
+                f"model {name} not found; this Ray application serves {', '.join(self.models)}"
+            )
         return self.models[name]
 
     async def get_or_load(self, name: str) -> RayModel:

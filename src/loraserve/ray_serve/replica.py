@@ -89,8 +89,7 @@ class EngineReplica:
             self.adapters.release(names)
         return {"output": result, "replica": self.replica}
 
-    async def generate_stream(self, message: GenerateRequest,
-                              refs: list[AdapterRef]) -> AsyncIterator[Any]:
+    async def generate_stream(self, message: GenerateRequest, refs: list[AdapterRef]) -> AsyncIterator[Any]:
         """One streamed request: first ``{"replica": id}`` (or ``{"error", "replica"}``), then
         its ``TokenOutput``s, and ``{"error"}`` last if it failed midway. Ray cancelling the
         call (the client left) closes the engine's event stream, which aborts the sequence."""
@@ -124,8 +123,9 @@ class EngineReplica:
         try:
             if not engine.config.enable_lora:
                 raise LoraserveError("LoRA is disabled for this model (option.enable_lora=false)", 400)
-            await asyncio.to_thread(load_peft_adapter, Path(path), engine.runner.args,
-                                    engine.config.max_lora_rank, engine.dtype)
+            await asyncio.to_thread(
+                load_peft_adapter, Path(path), engine.runner.args, engine.config.max_lora_rank, engine.dtype
+            )
         except LoraserveError as exc:
             return encode_error(exc)
         return None

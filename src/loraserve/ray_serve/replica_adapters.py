@@ -23,8 +23,9 @@ log = logging.getLogger("loraserve.ray.adapters")
 
 
 class AdapterEngine(Protocol):
-    def register_adapter(self, name: str, path: str | Path, pin: bool = False,
-                         preload: bool = True) -> Any: ...
+    def register_adapter(
+        self, name: str, path: str | Path, pin: bool = False, preload: bool = True
+    ) -> Any: ...
 
     def unregister_adapter(self, name: str) -> None: ...
 
@@ -145,6 +146,10 @@ class ReplicaAdapters:
 
     def snapshot(self) -> dict[str, Any]:
         with self._state:
-            return {"held": dict(self.revisions), "pinned": sorted(self.pinned),
-                    "lru": list(self.lru), "served": dict(self.served),
-                    "in_flight": {k: v for k, v in self.in_flight.items() if v > 0}}
+            return {
+                "held": dict(self.revisions),
+                "pinned": sorted(self.pinned),
+                "lru": list(self.lru),
+                "served": dict(self.served),
+                "in_flight": {k: v for k, v in self.in_flight.items() if v > 0},
+            }

@@ -17,10 +17,12 @@ def aggregate(replicas: list[dict[str, Any]]) -> dict[str, Any]:
     for engine in engines:
         for key, value in engine.get("adapters", {}).items():
             counts[key] = counts.get(key, 0) + int(value)
-    return {"running": sum(e.get("running", 0) for e in engines),
-            "waiting": sum(e.get("waiting", 0) for e in engines),
-            "kv_usage": sum(e.get("kv_usage", 0.0) for e in engines) / max(len(engines), 1),
-            "adapters": counts}
+    return {
+        "running": sum(e.get("running", 0) for e in engines),
+        "waiting": sum(e.get("waiting", 0) for e in engines),
+        "kv_usage": sum(e.get("kv_usage", 0.0) for e in engines) / max(len(engines), 1),
+        "adapters": counts,
+    }
 
 
 class ReplicaCollector:
@@ -33,18 +35,25 @@ class ReplicaCollector:
 
     def collect(self) -> Iterator[Any]:
         labels = ["model", "replica"]
-        running = GaugeMetricFamily("loraserve_replica_running_batch_size",
-                                    "Sequences in the replica's running batch", labels=labels)
-        kv = GaugeMetricFamily("loraserve_replica_kv_cache_usage_ratio", "KV-cache slots in use",
-                               labels=labels)
-        held = GaugeMetricFamily("loraserve_replica_adapter_revision",
-                                 "Adapters the replica's engine holds (value: revision)",
-                                 labels=[*labels, "adapter", "pinned"])
-        served = CounterMetricFamily("loraserve_replica_requests", "Requests served by the replica",
-                                     labels=[*labels, "adapter"])
-        routed = CounterMetricFamily("loraserve_routed_requests",
-                                     "Requests the ingress routed, by replica and multiplexed id",
-                                     labels=[*labels, "model_id"])
+        running = GaugeMetricFamily(
+            "loraserve_replica_running_batch_size", "Sequences in the replica's running batch", labels=labels
+        )
+        kv = GaugeMetricFamily(
+            "loraserve_replica_kv_cache_usage_ratio", "KV-cache slots in use", labels=labels
+        )
+        held = GaugeMetricFamily(
+            "loraserve_replica_adapter_revision",
+            "Adapters the replica's engine holds (value: revision)",
+            labels=[*labels, "adapter", "pinned"],
+        )
+        served = CounterMetricFamily(
+            "loraserve_replica_requests", "Requests served by the replica", labels=[*labels, "adapter"]
+        )
+        routed = CounterMetricFamily(
+            "loraserve_routed_requests",
+            "Requests the ingress routed, by replica and multiplexed id",
+            labels=[*labels, "model_id"],
+        )
         for figures in self.replicas:
             replica, engine = figures["replica"], figures.get("engine", {})
             running.add_metric([self.model, replica], engine.get("running", 0))

@@ -81,8 +81,9 @@ class ReplicaCaller:
         if "error" in head:
             raise decode_error(head["error"])
 
-    async def _stream(self, handle: Any, message: GenerateRequest, refs: list[AdapterRef],
-                      model_id: str) -> WorkerReply:
+    async def _stream(
+        self, handle: Any, message: GenerateRequest, refs: list[AdapterRef], model_id: str
+    ) -> WorkerReply:
         chunks = handle.generate_stream.remote(message, refs)
         try:
             head = await chunks.__anext__()
@@ -140,7 +141,8 @@ class ReplicaCaller:
         """``method`` on every live replica; a replica that fails or times out is left out."""
         try:
             results = await self.handle.broadcast(method).results_async(
-                timeout_s=self.timeout, return_exceptions=True)
+                timeout_s=self.timeout, return_exceptions=True
+            )
         except (*RAY_FAILURES, TimeoutError):
             return []
         return [r for r in results if not isinstance(r, BaseException)]

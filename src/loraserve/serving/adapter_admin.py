@@ -39,8 +39,9 @@ class DurableAdapters:
     def __init__(self, state: Persistence) -> None:
         self.state = state
 
-    async def register(self, model: ModelService, name: str, src: str, preload: bool, pin: bool,
-                       extras: dict[str, str]) -> None:
+    async def register(
+        self, model: ModelService, name: str, src: str, preload: bool, pin: bool, extras: dict[str, str]
+    ) -> None:
         try:
             await model.register_adapter(name, src, preload, pin, extras)
         except BaseException:
@@ -57,8 +58,15 @@ class DurableAdapters:
                 await prune_adapter_copies(model)
             raise
 
-    async def update(self, model: ModelService, name: str, src: str | None, preload: bool | None,
-                     pin: bool | None, extras: dict[str, str]) -> None:
+    async def update(
+        self,
+        model: ModelService,
+        name: str,
+        src: str | None,
+        preload: bool | None,
+        pin: bool | None,
+        extras: dict[str, str],
+    ) -> None:
         before = dataclasses.replace(model.registry.get(name))
         try:
             await model.update_adapter(name, src, preload, pin, extras)
@@ -94,15 +102,23 @@ class DurableAdapters:
 
 
 class SharedStoreAdapters:
-    async def register(self, model: ServedModel, name: str, src: str, preload: bool, pin: bool,
-                       extras: dict[str, str]) -> None:
+    async def register(
+        self, model: ServedModel, name: str, src: str, preload: bool, pin: bool, extras: dict[str, str]
+    ) -> None:
         try:
             await model.register_adapter(name, src, preload, pin, extras)
         finally:
             await prune_adapter_copies(model)
 
-    async def update(self, model: ServedModel, name: str, src: str | None, preload: bool | None,
-                     pin: bool | None, extras: dict[str, str]) -> None:
+    async def update(
+        self,
+        model: ServedModel,
+        name: str,
+        src: str | None,
+        preload: bool | None,
+        pin: bool | None,
+        extras: dict[str, str],
+    ) -> None:
         try:
             await model.update_adapter(name, src, preload, pin, extras)
         finally:

@@ -76,11 +76,14 @@ class HandlerAdapterCalls:
 def registration_input(record: AdapterRecord) -> dict[str, Any]:
     """The Input a handler's register/update hook gets, shaped as DJL builds it:
     ``name`` and ``src`` as properties; ``preload``, ``pin`` and extra options as content."""
-    content = [("preload", str(record.preload).lower().encode()),
-               ("pin", str(record.pin).lower().encode())]
+    content = [("preload", str(record.preload).lower().encode()), ("pin", str(record.pin).lower().encode())]
     content += [(k, str(v).encode()) for k, v in record.options.items()]
-    properties = {"name": record.name, "alias": record.name, "src": record.path,
-                  "version": str(record.version)}
+    properties = {
+        "name": record.name,
+        "alias": record.name,
+        "src": record.path,
+        "version": str(record.version),
+    }
     return {"properties": properties, "content": content}
 
 

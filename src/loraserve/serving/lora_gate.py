@@ -20,5 +20,7 @@ def lora_enabled(options: dict[str, str], builtin_engine: bool) -> bool:
 
 def require_lora(model_name: str, options: dict[str, str], builtin_engine: bool) -> None:
     if not lora_enabled(options, builtin_engine):
-        raise BadRequestError(f"LoRA is not enabled. Set option.enable_lora=true in the "
-                              f"serving.properties of model {model_name} to use adapters.")
+        raise BadRequestError(
+            f"LoRA is not enabled. Set option.enable_lora=true in the "
+            f"serving.properties of model {model_name} to use adapters."
+        )

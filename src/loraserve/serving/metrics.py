@@ -57,39 +57,57 @@ class EngineCollector:
 
     def collect(self) -> Iterator[Any]:
         gauges = {
-            "running": GaugeMetricFamily("loraserve_running_batch_size", "Sequences in the running batch",
-                                         labels=["model"]),
-            "waiting": GaugeMetricFamily("loraserve_waiting_requests", "Requests waiting in the engine",
-                                         labels=["model"]),
-            "kv_usage": GaugeMetricFamily("loraserve_kv_cache_usage_ratio", "KV-cache blocks in use",
-                                          labels=["model"]),
+            "running": GaugeMetricFamily(
+                "loraserve_running_batch_size", "Sequences in the running batch", labels=["model"]
+            ),
+            "waiting": GaugeMetricFamily(
+                "loraserve_waiting_requests", "Requests waiting in the engine", labels=["model"]
+            ),
+            "kv_usage": GaugeMetricFamily(
+                "loraserve_kv_cache_usage_ratio", "KV-cache blocks in use", labels=["model"]
+            ),
             "kv_blocks_free": GaugeMetricFamily(
-                "loraserve_kv_cache_free_blocks", "KV-cache blocks free (cached prefixes among them stay "
-                "reusable)", labels=["model"]),
-            "kv_blocks_total": GaugeMetricFamily("loraserve_kv_cache_blocks", "KV-cache blocks in the pool",
-                                                 labels=["model"]),
-            "prefix_cache_hit_rate": GaugeMetricFamily("loraserve_prefix_cache_hit_rate",
-                                                       "Prompt tokens found in the prefix cache / looked up",
-                                                       labels=["model"]),
+                "loraserve_kv_cache_free_blocks",
+                "KV-cache blocks free (cached prefixes among them stay reusable)",
+                labels=["model"],
+            ),
+            "kv_blocks_total": GaugeMetricFamily(
+                "loraserve_kv_cache_blocks", "KV-cache blocks in the pool", labels=["model"]
+            ),
+            "prefix_cache_hit_rate": GaugeMetricFamily(
+                "loraserve_prefix_cache_hit_rate",
+                "Prompt tokens found in the prefix cache / looked up",
+                labels=["model"],
+            ),
         }
         counters = {
-            "preemptions": CounterMetricFamily("loraserve_preemptions", "Running requests preempted "
-                                               "for KV-cache blocks (recomputed later)", labels=["model"]),
+            "preemptions": CounterMetricFamily(
+                "loraserve_preemptions",
+                "Running requests preempted for KV-cache blocks (recomputed later)",
+                labels=["model"],
+            ),
             "prefix_cache_queried_tokens": CounterMetricFamily(
-                "loraserve_prefix_cache_queried_tokens", "Prompt tokens looked up in the prefix cache",
-                labels=["model"]),
+                "loraserve_prefix_cache_queried_tokens",
+                "Prompt tokens looked up in the prefix cache",
+                labels=["model"],
+            ),
             "prefix_cache_hit_tokens": CounterMetricFamily(
-                "loraserve_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
-                labels=["model"]),
+                "loraserve_prefix_cache_hit_tokens",
+                "Prompt tokens served from the prefix cache",
+                labels=["model"],
+            ),
         }
         per_model: dict[str, GaugeMetricFamily | CounterMetricFamily] = {**gauges, **counters}
         tiers = GaugeMetricFamily("loraserve_adapters", "Adapters per memory tier", labels=["model", "tier"])
-        loads = CounterMetricFamily("loraserve_adapter_loads", "Adapters loaded into compute slots",
-                                    labels=["model"])
-        evictions = CounterMetricFamily("loraserve_adapter_evictions", "Adapters evicted from slots",
-                                        labels=["model"])
-        refs = GaugeMetricFamily("loraserve_adapter_references", "Adapter references held by sequences",
-                                 labels=["model"])
+        loads = CounterMetricFamily(
+            "loraserve_adapter_loads", "Adapters loaded into compute slots", labels=["model"]
+        )
+        evictions = CounterMetricFamily(
+            "loraserve_adapter_evictions", "Adapters evicted from slots", labels=["model"]
+        )
+        refs = GaugeMetricFamily(
+            "loraserve_adapter_references", "Adapter references held by sequences", labels=["model"]
+        )
         steps = CounterMetricFamily("loraserve_engine_steps", "Engine steps run", labels=["model"])
         queue = GaugeMetricFamily("loraserve_queue_depth", "Requests queued for a worker", labels=["model"])
         for model, depth in self.queues.items():
@@ -117,16 +135,29 @@ class ServerMetrics:
         self.generated_tokens = 0  # all time, for the console's throughput (pruning keeps it)
         self.registry = CollectorRegistry()
         labels = ["model", "adapter"]
-        self.requests = Counter("loraserve_requests", "Inference requests", [*labels, "code"],
-                                registry=self.registry)
-        self.errors = Counter("loraserve_request_errors", "Failed inference requests", labels,
-                              registry=self.registry)
-        self.latency = Histogram("loraserve_request_latency_seconds", "Request latency", labels,
-                                 buckets=BUCKETS, registry=self.registry)
-        self.ttft = Histogram("loraserve_time_to_first_token_seconds", "Time to the first streamed chunk",
-                              labels, buckets=BUCKETS, registry=self.registry)
-        self.tokens = Counter("loraserve_generated_tokens", "Tokens generated", labels,
-                              registry=self.registry)
+        self.requests = Counter(
+            "loraserve_requests", "Inference requests", [*labels, "code"], registry=self.registry
+        )
+        self.errors = Counter(
+            "loraserve_request_errors", "Failed inference requests", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "loraserve_request_latency_seconds",
+            "Request latency",
+            labels,
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "loraserve_time_to_first_token_seconds",
+            "Time to the first streamed chunk",
+            labels,
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "loraserve_generated_tokens", "Tokens generated", labels, registry=self.registry
+        )
         self.engine = EngineCollector()
         self._streams: set[asyncio.Task] = set()
         self.registry.register(self.engine)
@@ -154,8 +185,15 @@ class ServerMetrics:
         """A request refused before it reached a worker (bad parameters, unknown adapter)."""
         self._done(model, "", code, time.perf_counter(), 0)
 
-    async def _forward(self, source: asyncio.Queue, target: asyncio.Queue, model: str, adapter: str,
-                       started: float, code: int) -> None:
+    async def _forward(
+        self,
+        source: asyncio.Queue,
+        target: asyncio.Queue,
+        model: str,
+        adapter: str,
+        started: float,
+        code: int,
+    ) -> None:
         chunks = 0
         while True:
             item = await source.get()
@@ -199,8 +237,17 @@ class ServerMetrics:
             self.errors.labels(model, adapter).inc()
         if tokens:
             self.tokens.labels(model, adapter).inc(tokens)
-        log.info(json.dumps({"model": model, "adapter": adapter, "status": code,
-                             "latency_ms": round(elapsed * 1000, 1), "tokens": tokens}))
+        log.info(
+            json.dumps(
+                {
+                    "model": model,
+                    "adapter": adapter,
+                    "status": code,
+                    "latency_ms": round(elapsed * 1000, 1),
+                    "tokens": tokens,
+                }
+            )
+        )
 
     async def refresh(self, models: list[ModelService]) -> None:
         """Ask each built-in-engine worker for its statistics (called at scrape time)."""

@@ -77,14 +77,20 @@ class ModelManager:
         """Load the model store and ``--models``; a model that fails is reported, not fatal."""
         found: dict[str, str] = {}
         if self.config.model_store:
-            found.update({n: str(p) for n, p in discover_models(self.config.model_store).items()
-                          if not is_workflow_dir(p)})
-        found.update({n: u for n, u in self.config.models.items()
-                      if not is_workflow_url(u)})  # workflows: loaded by the workflow manager
+            found.update(
+                {
+                    n: str(p)
+                    for n, p in discover_models(self.config.model_store).items()
+                    if not is_workflow_dir(p)
+                }
+            )
+        found.update(
+            {n: u for n, u in self.config.models.items() if not is_workflow_url(u)}
+        )  # workflows: loaded by the workflow manager
         self.watch_shutdown_signals()
         results = await asyncio.gather(
-            *(self.register(name, url, startup=True) for name, url in found.items()),
-            return_exceptions=True)
+            *(self.register(name, url, startup=True) for name, url in found.items()), return_exceptions=True
+        )
         for name, result in zip(found, results):
             if isinstance(result, BaseException):
                 log.error("model %s failed to load: %s", name, result)
@@ -103,20 +109,33 @@ class ModelManager:
             raise ModelNotFoundError("no model is loaded")
         raise BadRequestError(
             "several models are loaded; name one with X-Amzn-SageMaker-Target-Model, "
-            "?model_name= or /models/{name}/...")
+            "?model_name= or /models/{name}/..."
+        )
 
-    async def register(self, name: str, url: str, startup: bool = False, version: str | None = None,
-                       options: dict[str, str] | None = None,
-                       overrides: dict[str, Any] | None = None) -> ModelService:
+    async def register(
+        self,
+        name: str,
+        url: str,
+        startup: bool = False,
+        version: str | None = None,
+        options: dict[str, str] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> ModelService:
         validate_model_name(name)  # the name becomes a directory under the state dir
         async with self._lock:
             if name in self.models:
                 raise ConflictError(f"model {name} is already registered")
-            path = await asyncio.to_thread(resolve_model_url, url, self.config.model_store,
-                                           self.scratch_dir)
-            model = ModelService(name, path, url, self.config, version=version,
-                                 loaded_at_startup=startup, options=options,
-                                 server_stopping=lambda: self.stopping)
+            path = await asyncio.to_thread(resolve_model_url, url, self.config.model_store, self.scratch_dir)
+            model = ModelService(
+                name,
+                path,
+                url,
+                self.config,
+                version=version,
+                loaded_at_startup=startup,
+                options=options,
+                server_stopping=lambda: self.stopping,
+            )
             model.observer = self.observer
             for key, value in (overrides or {}).items():
                 setattr(model.config, key, value)
@@ -162,7 +181,8 @@ class ModelManager:
             if not idle:
                 raise ServiceUnavailableError(
                     f"{len(self.models)} models are loaded (max_loaded_models={limit}) and none is "
-                    "idle to evict; retry later")
+                    "idle to evict; retry later"
+                )
             victim = min(idle, key=lambda m: m.last_used)
             log.info("evicting model %s (least recently used) to load another", victim.name)
             self.evictions += 1
@@ -200,15 +220,27 @@ class ModelManager:
                 await self._restore_one(model, name, str(path), origin=AdapterOrigin.STARTUP)
         for entry in saved.get("adapters", []):
             if entry["name"] not in model.registry:
-                await self._restore_one(model, entry["name"], entry["src"], entry.get("preload", True),
-                                        entry.get("pin", False), entry.get("options", {}))
+                await self._restore_one(
+                    model,
+                    entry["name"],
+                    entry["src"],
+                    entry.get("preload", True),
+                    entry.get("pin", False),
+                    entry.get("options", {}),
+                )
 
-    async def _restore_one(self, model: ModelService, name: str, src: str, preload: bool = True,
-                           pin: bool = False, options: dict[str, str] | None = None,
-                           origin: AdapterOrigin = AdapterOrigin.API) -> None:
+    async def _restore_one(
+        self,
+        model: ModelService,
+        name: str,
+        src: str,
+        preload: bool = True,
+        pin: bool = False,
+        options: dict[str, str] | None = None,
+        origin: AdapterOrigin = AdapterOrigin.API,
+    ) -> None:
         try:  # one that cannot be loaded is kept, failed, so the next save keeps it too
-            await model.register_adapter(name, src, preload, pin, options, origin=origin,
-                                         keep_failed=True)
+            await model.register_adapter(name, src, preload, pin, options, origin=origin, keep_failed=True)
         except LoraserveError as exc:
             log.error("model %s: adapter %s could not be restored: %s", model.name, name, exc)
 
@@ -222,13 +254,17 @@ class ModelManager:
         leaving = dict(self._leaving.get(model.name, {}))
         if removed is not None:
             leaving[removed.name] = removed
-        kept = [r for r in model.registry.records()
-                if r.name not in leaving and r.state is not AdapterState.REGISTERING]
+        kept = [
+            r
+            for r in model.registry.records()
+            if r.name not in leaving and r.state is not AdapterState.REGISTERING
+        ]
         saved = copy.deepcopy(self._saved)
         entry = saved["models"].setdefault(model.name, {})
         entry["adapters"] = [
             {"name": r.name, "src": r.src, "preload": r.preload, "pin": r.pin, "options": r.options}
-            for r in kept if r.origin is AdapterOrigin.API
+            for r in kept
+            if r.origin is AdapterOrigin.API
         ]
         gone = set(entry.get("removed_startup", []))
         gone |= {r.name for r in leaving.values() if r.origin is AdapterOrigin.STARTUP}

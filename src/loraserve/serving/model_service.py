@@ -54,10 +54,17 @@ class ModelStatus(str, Enum):
 
 
 class ModelService:
-    def __init__(self, name: str, model_dir: Path, url: str, server: ServerConfig,
-                 version: str | None = None, loaded_at_startup: bool = False,
-                 options: dict[str, str] | None = None,
-                 server_stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        url: str,
+        server: ServerConfig,
+        version: str | None = None,
+        loaded_at_startup: bool = False,
+        options: dict[str, str] | None = None,
+        server_stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.name = name
         self.version = version
         self.model_dir = model_dir
@@ -78,11 +85,20 @@ class ModelService:
         self.handler: Handler | None = None  # decided here, once
         with contextlib.suppress(ConfigError):  # names none: the worker's load reports why
             self.handler = resolve_handler(model_dir, self.config)
-        env = {"LORASERVE_MODEL_OPTIONS": json.dumps(options or {}),
-               "LORASERVE_HANDLER": self.handler.entry if self.handler else ""}
-        self.workers = WorkerGroup(name, model_dir, self.config, env, self._replay_adapters,
-                                   server.worker_start_timeout_s, server_stopping,
-                                   max_workers=_worker_cap(server))
+        env = {
+            "LORASERVE_MODEL_OPTIONS": json.dumps(options or {}),
+            "LORASERVE_HANDLER": self.handler.entry if self.handler else "",
+        }
+        self.workers = WorkerGroup(
+            name,
+            model_dir,
+            self.config,
+            env,
+            self._replay_adapters,
+            server.worker_start_timeout_s,
+            server_stopping,
+            max_workers=_worker_cap(server),
+        )
 
     @property
     def status(self) -> ModelStatus:
@@ -152,8 +168,9 @@ class ModelService:
                 except WorkerDiedError:
                     raise
                 except LoraserveError as exc:
-                    log.error("model %s: adapter %s could not be restored: %s",
-                              self.name, record.name, exc.message)
+                    log.error(
+                        "model %s: adapter %s could not be restored: %s", self.name, record.name, exc.message
+                    )
                     self.registry.mark_failed(record.name, exc.message)
 
     async def _broadcast(self, fn: str, payload: Any) -> list[WorkerReply]:
@@ -174,20 +191,35 @@ class ModelService:
         if self.lifecycle is not ModelStatus.READY:
             raise ServiceUnavailableError(f"model {self.name} is {self.lifecycle.value}, not ready")
 
-    async def register_adapter(self, name: str, src: str, preload: bool = True, pin: bool = False,
-                               options: dict[str, str] | None = None,
-                               origin: AdapterOrigin = AdapterOrigin.API,
-                               keep_failed: bool = False) -> AdapterRecord:
+    async def register_adapter(
+        self,
+        name: str,
+        src: str,
+        preload: bool = True,
+        pin: bool = False,
+        options: dict[str, str] | None = None,
+        origin: AdapterOrigin = AdapterOrigin.API,
+        keep_failed: bool = False,
+    ) -> AdapterRecord:
         """Register on every worker. ``keep_failed`` (restoring a saved registration): if it
         cannot be loaded, keep it as failed with the reason instead of raising."""
         validate_adapter_name(name)
         self._require_ready()
         async with self.adapter_lock:
             if name in self.registry:
-                raise ConflictError(f"adapter {name} is already registered on model {self.name}; "
-                                    "update it or unregister it first")
-            record = AdapterRecord(name=name, src=src, path="", preload=preload, pin=pin,
-                                   options=dict(options or {}), origin=origin)
+                raise ConflictError(
+                    f"adapter {name} is already registered on model {self.name}; "
+                    "update it or unregister it first"
+                )
+            record = AdapterRecord(
+                name=name,
+                src=src,
+                path="",
+                preload=preload,
+                pin=pin,
+                options=dict(options or {}),
+                origin=origin,
+            )
             try:
                 await self._register_new(record)
             except LoraserveError as exc:
@@ -217,8 +249,9 @@ class ModelService:
         except Exception as exc:  # best effort: the registration already failed
             log.warning("model %s: cleanup of adapter %s failed: %s", self.name, record.name, exc)
 
-    async def update_adapter(self, name: str, src: str | None, preload: bool | None,
-                             pin: bool | None, options: dict[str, str]) -> AdapterRecord:
+    async def update_adapter(
+        self, name: str, src: str | None, preload: bool | None, pin: bool | None, options: dict[str, str]
+    ) -> AdapterRecord:
         self._require_ready()
         async with self.adapter_lock:
             record = self.registry.settled(name)  # a failed adapter is fixed by an update
@@ -226,15 +259,23 @@ class ModelService:
             # (content-addressed) directory; a directory resolves to itself and is reloaded.
             path = await asyncio.to_thread(self._handler_path, src or record.src)
             updated = AdapterRecord(
-                name=name, src=src or record.src, path=path,
+                name=name,
+                src=src or record.src,
+                path=path,
                 preload=record.preload if preload is None else preload,
                 pin=record.pin if pin is None else pin,
-                options={**record.options, **options}, origin=record.origin,
-                version=record.version + 1, registered_at=record.registered_at,
+                options={**record.options, **options},
+                origin=record.origin,
+                version=record.version + 1,
+                registered_at=record.registered_at,
             )
             await self._apply_update(updated)
             record.src, record.path, record.preload, record.pin = (
-                updated.src, updated.path, updated.preload, updated.pin)
+                updated.src,
+                updated.path,
+                updated.preload,
+                updated.pin,
+            )
             record.options, record.version = updated.options, updated.version
             self.registry.finish_register(name)  # ready again, if it had failed
             return record
@@ -252,7 +293,11 @@ class ModelService:
                 raise
             finally:
                 record.src, record.path, record.preload, record.pin = (
-                    snapshot.src, snapshot.path, snapshot.preload, snapshot.pin)
+                    snapshot.src,
+                    snapshot.path,
+                    snapshot.preload,
+                    snapshot.pin,
+                )
                 record.options, record.version = dict(snapshot.options), version
             record.state, record.error = snapshot.state, snapshot.error
 
@@ -288,14 +333,16 @@ class ModelService:
                 raise AdapterNotFoundError(
                     f"The adapter {adapter} has not been registered on model {self.name}; "
                     f"register it with POST /models/{self.name}/adapters?name={adapter}&src=…",
-                    status_code=424)
+                    status_code=424,
+                )
         for adapter in {*names, *(required or ())}:
             record = self.registry.get(adapter) if adapter and adapter in self.registry else None
             if record is not None and record.state is AdapterState.FAILED:
                 raise ServiceUnavailableError(
                     f"adapter {adapter} of model {self.name} failed to load: {record.error}; "
                     f"fix its source and POST /models/{self.name}/adapters/{adapter}/update, "
-                    "or unregister it")
+                    "or unregister it"
+                )
 
     async def infer(self, wire_input: Any, fn: str = "handle", adapter: str = "") -> WorkerReply:
         """``handle`` with a DJL Input (wire form), or a typed hook (``generate``) with its
@@ -332,12 +379,14 @@ class ModelService:
             "loadedAtStartup": self.loaded_at_startup,
             "adapters": len(self.registry),
             "workerRestarts": self.workers.restarts,
-            "workerGroups": [{
-                "device": {"deviceType": "cpu", "deviceId": -1},
-                "minWorkers": self.config.min_workers,
-                "maxWorkers": self.config.max_workers,
-                "workers": [w.describe() for w in self.workers.workers],
-            }],
+            "workerGroups": [
+                {
+                    "device": {"deviceType": "cpu", "deviceId": -1},
+                    "minWorkers": self.config.min_workers,
+                    "maxWorkers": self.config.max_workers,
+                    "workers": [w.describe() for w in self.workers.workers],
+                }
+            ],
         } | ({"hardware": self._hardware()} if self.uses_builtin_engine else {})
 
     def _hardware(self) -> dict[str, str]:

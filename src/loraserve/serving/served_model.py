@@ -43,11 +43,18 @@ class ServedModel(Protocol):
         """Run ``fn`` with ``message``; ``adapter`` labels the call for the observer."""
         ...
 
-    async def register_adapter(self, name: str, src: str, preload: bool = True, pin: bool = False,
-                               options: dict[str, str] | None = None,
-                               origin: AdapterOrigin = AdapterOrigin.API) -> AdapterRecord: ...
+    async def register_adapter(
+        self,
+        name: str,
+        src: str,
+        preload: bool = True,
+        pin: bool = False,
+        options: dict[str, str] | None = None,
+        origin: AdapterOrigin = AdapterOrigin.API,
+    ) -> AdapterRecord: ...
 
-    async def update_adapter(self, name: str, src: str | None, preload: bool | None,
-                             pin: bool | None, options: dict[str, str]) -> AdapterRecord: ...
+    async def update_adapter(
+        self, name: str, src: str | None, preload: bool | None, pin: bool | None, options: dict[str, str]
+    ) -> AdapterRecord: ...
 
     async def unregister_adapter(self, name: str) -> AdapterRecord: ...

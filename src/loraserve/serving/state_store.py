@@ -71,10 +71,16 @@ class StateStore:
         except OSError as exc:
             raise InsufficientStorageError(
                 f"adapter state file {self.path} is damaged ({reason}) and cannot be moved aside "
-                f"({exc.strerror or exc}); move or repair it, then start again") from None
-        log.error("adapter state file %s is damaged (%s): moved it to %s and started with no "
-                  "persisted adapters; registrations in it are NOT restored. Repair it and move "
-                  "it back while the server is stopped to restore them.", self.path, reason, target)
+                f"({exc.strerror or exc}); move or repair it, then start again"
+            ) from None
+        log.error(
+            "adapter state file %s is damaged (%s): moved it to %s and started with no "
+            "persisted adapters; registrations in it are NOT restored. Repair it and move "
+            "it back while the server is stopped to restore them.",
+            self.path,
+            reason,
+            target,
+        )
 
     def save(self, data: dict[str, Any]) -> None:
         """Durably replace the file with ``data``; raises ``InsufficientStorageError`` if it

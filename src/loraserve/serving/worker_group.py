@@ -41,10 +41,18 @@ class _Job:
 
 
 class WorkerGroup:
-    def __init__(self, model_name: str, model_dir: Path, config: ModelConfig,
-                 env: dict[str, str], replay: Replay, start_timeout_s: float,
-                 server_stopping: Callable[[], bool] = lambda: False,
-                 factory: WorkerFactory = WorkerProcess, max_workers: int = MAX_WORKERS) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        model_dir: Path,
+        config: ModelConfig,
+        env: dict[str, str],
+        replay: Replay,
+        start_timeout_s: float,
+        server_stopping: Callable[[], bool] = lambda: False,
+        factory: WorkerFactory = WorkerProcess,
+        max_workers: int = MAX_WORKERS,
+    ) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
         self.config = config
@@ -114,8 +122,11 @@ class WorkerGroup:
         if self._closed or worker.stopping:
             return
         if self.server_stopping():  # the shutdown signal reached the whole process group
-            log.info("model %s: worker %s exited during shutdown; not restarting",
-                     self.model_name, worker.worker_id)
+            log.info(
+                "model %s: worker %s exited during shutdown; not restarting",
+                self.model_name,
+                worker.worker_id,
+            )
             self._fail_unserved("the server is shutting down")
             return
         if len(self.workers) + self._restarting < self.target:
@@ -152,8 +163,9 @@ class WorkerGroup:
         """With no live worker and no restart to wait for, queued jobs fail now (no hang)."""
         if self.live_workers or self.recovering:
             return
-        self._fail_queue(ServiceUnavailableError(f"model {self.model_name} has no live worker: "
-                                                 f"{reason}; retry later"))
+        self._fail_queue(
+            ServiceUnavailableError(f"model {self.model_name} has no live worker: {reason}; retry later")
+        )
 
     def _fail_queue(self, error: Exception) -> None:
         while self._jobs:
@@ -186,8 +198,9 @@ class WorkerGroup:
             raise ServiceUnavailableError(f"model {self.model_name} is being unregistered")
         if not self.live_workers and not self.recovering:
             reason = self.failure or "its worker is not running"
-            raise ServiceUnavailableError(f"model {self.model_name} has no live worker: {reason}; "
-                                          "retry later")
+            raise ServiceUnavailableError(
+                f"model {self.model_name} has no live worker: {reason}; retry later"
+            )
         if len(self._jobs) >= self.config.job_queue_size:
             raise ServiceUnavailableError(
                 f"model {self.model_name}: job queue is full ({self.config.job_queue_size}); "
@@ -310,8 +323,10 @@ class WorkerGroup:
     def _check_count(self, min_workers: int, max_workers: int) -> None:
         """A hard cap on processes per model, whatever the caller already checked."""
         if max(min_workers, max_workers) > self.max_workers:
-            raise BadRequestError(f"at most {self.max_workers} workers per model (asked for "
-                                  f"min_worker={min_workers}, max_worker={max_workers})")
+            raise BadRequestError(
+                f"at most {self.max_workers} workers per model (asked for "
+                f"min_worker={min_workers}, max_worker={max_workers})"
+            )
 
     @property
     def hooks(self) -> list[str]:

@@ -55,8 +55,9 @@ class _Pending:
 class WorkerProcess:
     """A ``loraserve.handlers.worker_main`` child process and its in-flight calls."""
 
-    def __init__(self, model_name: str, model_dir: Path, env: dict[str, str],
-                 on_exit: Callable[[WorkerProcess], None]) -> None:
+    def __init__(
+        self, model_name: str, model_dir: Path, env: dict[str, str], on_exit: Callable[[WorkerProcess], None]
+    ) -> None:
         self.worker_id = next(_ids)
         self.model_name = model_name
         self.model_dir = model_dir
@@ -81,9 +82,14 @@ class WorkerProcess:
     async def start(self, timeout_s: float) -> None:
         """Spawn the worker and wait for its ``ready`` (or ``load_failed``) message."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loraserve.handlers.worker_main", str(self.model_dir),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, **self.env}, limit=2**26,
+            sys.executable,
+            "-m",
+            "loraserve.handlers.worker_main",
+            str(self.model_dir),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **self.env},
+            limit=2**26,
         )
         self.pid = self.process.pid
         try:
@@ -159,8 +165,12 @@ class WorkerProcess:
             while (message := await self._read_message()) is not None:
                 self._dispatch(message)
         except Exception:
-            log.exception("worker %s (pid %s) of model %s: reply reader failed; killing the worker",
-                          self.worker_id, self.pid, self.model_name)
+            log.exception(
+                "worker %s (pid %s) of model %s: reply reader failed; killing the worker",
+                self.worker_id,
+                self.pid,
+                self.model_name,
+            )
             if self.process and self.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()  # not kill(): the group must restart this worker
@@ -196,8 +206,14 @@ class WorkerProcess:
         self.alive = False
         code = await self.process.wait() if self.process else None
         if not self.stopping:
-            log.error("worker %s (pid %s) of model %s exited with code %s; %d request(s) failed",
-                      self.worker_id, self.pid, self.model_name, code, len(self._pending))
+            log.error(
+                "worker %s (pid %s) of model %s exited with code %s; %d request(s) failed",
+                self.worker_id,
+                self.pid,
+                self.model_name,
+                code,
+                len(self._pending),
+            )
         died = WorkerDiedError(
             f"the worker of model {self.model_name} exited (code {code}) while handling this "
             "request; it is being restarted, retry the request"
@@ -229,4 +245,3 @@ class WorkerProcess:
             "status": "READY" if self.alive else "STOPPED",
             "inFlight": self.in_flight,
         }
-

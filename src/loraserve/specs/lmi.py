@@ -79,17 +79,23 @@ AdapterList = Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
 class LmiRequest(BaseModel):
     """An LMI request body: exactly one of ``inputs`` (or ``prompt``) and ``messages``."""
 
-    model_config = ConfigDict(**STRICT, json_schema_extra={"oneOf": [
-        {"required": ["inputs"]}, {"required": ["prompt"]}, {"required": ["messages"]}]})
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "oneOf": [{"required": ["inputs"]}, {"required": ["prompt"]}, {"required": ["messages"]}]
+        },
+    )
     inputs: str | Prompts | None = None
     prompt: str | None = Field(None, description="alias of a single string inputs")
     messages: Messages | None = Field(None, description="chat form, templated by the model's tokenizer")
     parameters: LmiParameters = Field(default_factory=LmiParameters)  # type: ignore[arg-type]
     adapters: str | AdapterList | AdapterMixture | None = Field(
-        None, description='adapter name(s), one per input; "" is the base model. Or a mixture for '
-                          'every input: [{"name": "a", "scale": 0.5}, {"name": "b"}] (scale default 1). '
-                          "The X-Amzn-SageMaker-Adapter-Identifier header or ?adapter= override it; "
-                          "without any, the custom attribute adapter=")
+        None,
+        description='adapter name(s), one per input; "" is the base model. Or a mixture for '
+        'every input: [{"name": "a", "scale": 0.5}, {"name": "b"}] (scale default 1). '
+        "The X-Amzn-SageMaker-Adapter-Identifier header or ?adapter= override it; "
+        "without any, the custom attribute adapter=",
+    )
     stream: bool = False
 
     @model_validator(mode="after")
@@ -109,8 +115,9 @@ class LmiRequest(BaseModel):
         return isinstance(self.inputs, list)
 
 
-def adapters_for(request: LmiRequest, fallback: str | None,
-                 override: str | None = None) -> tuple[str | None, ...]:
+def adapters_for(
+    request: LmiRequest, fallback: str | None, override: str | None = None
+) -> tuple[str | None, ...]:
     """One adapter per sequence, in DJL's LMI order: ``override`` (the SageMaker adapter
     header, else ``?adapter=``), else the body's ``adapters``, else ``fallback`` (the
     ``adapter`` custom attribute); "" means the base model."""
@@ -122,8 +129,9 @@ def adapters_for(request: LmiRequest, fallback: str | None,
         return (None,) * count  # the mixture applies to every sequence (``to_generate``)
     if isinstance(field, list):
         if len(field) != count:
-            raise BadRequestError(f'"adapters" has {len(field)} entries for {count} inputs; '
-                                  "give one per input")
+            raise BadRequestError(
+                f'"adapters" has {len(field)} entries for {count} inputs; give one per input'
+            )
         return tuple(a or None for a in field)  # type: ignore[misc]
     return (field or None,) * count  # type: ignore[return-value]
 
@@ -139,8 +147,9 @@ def _is_mixture(field: object) -> bool:
     return isinstance(field, list) and bool(field) and isinstance(field[0], AdapterScale)
 
 
-def to_generate(request: LmiRequest, fallback_adapter: str | None = None,
-                override: str | None = None) -> GenerateRequest:
+def to_generate(
+    request: LmiRequest, fallback_adapter: str | None = None, override: str | None = None
+) -> GenerateRequest:
     if request.stream and len(request.prompts) > 1:
         raise BadRequestError("streaming takes one input at a time")
     return GenerateRequest(
@@ -157,9 +166,13 @@ def to_generate(request: LmiRequest, fallback_adapter: str | None = None,
 
 # -- responses ----------------------------------------------------------------------------
 def details_json(seq: SequenceOutput) -> dict[str, Any]:
-    return {"finish_reason": seq.finish_reason.value, "generated_tokens": seq.generated_tokens,
-            "inputs": None, "prompt_tokens": seq.prompt_tokens,
-            "tokens": [{"id": t.token_id, "text": t.text, "log_prob": t.logprob} for t in seq.tokens]}
+    return {
+        "finish_reason": seq.finish_reason.value,
+        "generated_tokens": seq.generated_tokens,
+        "inputs": None,
+        "prompt_tokens": seq.prompt_tokens,
+        "tokens": [{"id": t.token_id, "text": t.text, "log_prob": t.logprob} for t in seq.tokens],
+    }
 
 
 def response_json(request: LmiRequest, result: GenerateResult) -> Any:
@@ -178,17 +191,27 @@ def response_json(request: LmiRequest, result: GenerateResult) -> Any:
 def chat_json(seq: SequenceOutput) -> dict[str, Any]:
     return {
         "object": "chat.completion",
-        "choices": [{"index": 0, "finish_reason": seq.finish_reason.openai,
-                     "message": {"role": "assistant", "content": seq.text}}],
-        "usage": {"prompt_tokens": seq.prompt_tokens, "completion_tokens": seq.generated_tokens,
-                  "total_tokens": seq.prompt_tokens + seq.generated_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": seq.finish_reason.openai,
+                "message": {"role": "assistant", "content": seq.text},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": seq.prompt_tokens,
+            "completion_tokens": seq.generated_tokens,
+            "total_tokens": seq.prompt_tokens + seq.generated_tokens,
+        },
     }
 
 
 def stream_line(event: TokenOutput, details: bool) -> bytes:
     """One JSON line per token; the last one also has the whole text (and details)."""
-    line: dict[str, Any] = {"token": {"id": event.token_id, "text": event.text, "log_prob": event.logprob},
-                            "generated_text": None}
+    line: dict[str, Any] = {
+        "token": {"id": event.token_id, "text": event.text, "log_prob": event.logprob},
+        "generated_text": None,
+    }
     if event.summary is not None:
         line["generated_text"] = event.summary.text
         if details:

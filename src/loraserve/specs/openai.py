@@ -318,12 +318,14 @@ class ChatCompletionRequest(_Common):
             if named != "*" and named not in {tool.function.name for tool in self.tools}:
                 raise BadRequestError(f"tool_choice names function {named!r}, which tools does not define")
             if request_constraint(self.response_format, self.structured_outputs) is not None:
-                raise BadRequestError("tool_choice (a call is required) and response_format or "
-                                      "structured_outputs both constrain the answer; send one of them")
+                raise BadRequestError(
+                    "tool_choice (a call is required) and response_format or "
+                    "structured_outputs both constrain the answer; send one of them"
+                )
 
     @property
     def required_tool(self) -> str | None:
-        """"*" when some call must be made, a function's name when that one must be, else None."""
+        """ "*" when some call must be made, a function's name when that one must be, else None."""
         if self.tool_choice == "required":
             return "*"
         if isinstance(self.tool_choice, NamedToolChoice):

@@ -48,9 +48,17 @@ class Simulation:
         return [r.admitted - r.arrived for r in self.records.values() if r.client == client]
 
 
-def make_scheduler(max_seqs: int = 8, lora_slots: int = 4, adapters: tuple[str, ...] = ("a", "b"),
-                   pinned: tuple[str, ...] = (), budget: int = 4096, fair: bool = True,
-                   num_blocks: int = 4096, block_size: int = 16, prefix_caching: bool = True) -> Scheduler:
+def make_scheduler(
+    max_seqs: int = 8,
+    lora_slots: int = 4,
+    adapters: tuple[str, ...] = ("a", "b"),
+    pinned: tuple[str, ...] = (),
+    budget: int = 4096,
+    fair: bool = True,
+    num_blocks: int = 4096,
+    block_size: int = 16,
+    prefix_caching: bool = True,
+) -> Scheduler:
     cache = AdapterCache(lora_slots, 64, lambda entry: entry.name, lambda slot, w: None, lambda slot: None)
     for name in adapters:
         cache.register(name, f"/{name}", name, pinned=name in pinned, preload=True)

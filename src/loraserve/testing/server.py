@@ -22,9 +22,15 @@ def free_port() -> int:
 class ServerProcess:
     """``with ServerProcess([...args]) as server: server.client.get("/ping")``."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 log_path: Path | None = None, ready_timeout_s: float = 120.0,
-                 command: str = "serve", cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        ready_timeout_s: float = 120.0,
+        command: str = "serve",
+        cwd: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.args = args
         self.command = command
@@ -40,7 +46,12 @@ class ServerProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "loraserve", self.command, "--port", str(self.port), *self.args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.cwd,
+        )
         try:
             self.wait_ready()
         except BaseException:  # a server that never became healthy must not outlive the test

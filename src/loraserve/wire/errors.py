@@ -13,8 +13,11 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
     with DJL's status for it (507 when it ran out of memory, else 424)."""
     if isinstance(exc, LoraserveError):
         return {"message": exc.message, "status": exc.status_code, "type": exc.error_type}
-    return {"message": f"{type(exc).__name__}: {exc}", "status": failure_status(exc),
-            "type": "PredictionException"}
+    return {
+        "message": f"{type(exc).__name__}: {exc}",
+        "status": failure_status(exc),
+        "type": "PredictionException",
+    }
 
 
 def decode_error(fields: dict[str, Any]) -> LoraserveError:
@@ -29,6 +32,7 @@ def failure_status(exc: BaseException) -> int:
     """DJL's status for a handler's exception: 507 when it ran out of (GPU) memory, else 424."""
     text = str(exc)
     if type(exc).__name__ in ("MemoryError", "OutOfMemoryError") or any(
-            s in text for s in ("CUDA error: out of memory", "No available memory for the cache blocks")):
+        s in text for s in ("CUDA error: out of memory", "No available memory for the cache blocks")
+    ):
         return 507
     return 424

@@ -119,8 +119,10 @@ class SamplingParams:
             raise _bad("constraint", "an OutputConstraint", self.constraint)
         for name in ("ignore_eos", "min_tokens"):
             if getattr(self, name):
-                raise BadRequestError(f"{name} cannot be combined with structured output "
-                                      f"({self.constraint.describe()}): the constraint decides where it ends")
+                raise BadRequestError(
+                    f"{name} cannot be combined with structured output "
+                    f"({self.constraint.describe()}): the constraint decides where it ends"
+                )
 
     @property
     def shapes_logits(self) -> bool:
@@ -133,8 +135,12 @@ class SamplingParams:
     def adjusts_logits(self) -> bool:
         """Whether penalties or biases change its logits (a constrained greedy row without them
         is masked and chosen in one batch with the others like it)."""
-        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0 or bool(self.logit_bias))
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or bool(self.logit_bias)
+        )
 
 
 def _num(value: float) -> str:

@@ -49,8 +49,10 @@ def _one(value: Value) -> Wire:
     """``value`` where a step takes one wire; a list (``functionsApply``'s) is refused with
     the TypeError that using it as one would raise, but saying why."""
     if isinstance(value, list):
-        raise TypeError("a workflow step that takes one value was given a list (from functionsApply); "
-                        "merge it with ensemble first")
+        raise TypeError(
+            "a workflow step that takes one value was given a list (from functionsApply); "
+            "merge it with ensemble first"
+        )
     return value
 
 
@@ -61,8 +63,9 @@ def _merge(items: list[Value]) -> Wire:
 
 
 class WorkflowRun:
-    def __init__(self, spec: WorkflowSpec, served: dict[str, str], call_model: CallModel,
-                 request: Wire) -> None:
+    def __init__(
+        self, spec: WorkflowSpec, served: dict[str, str], call_model: CallModel, request: Wire
+    ) -> None:
         self.spec, self.served, self.call_model = spec, served, call_model
         self.values: dict[str, asyncio.Future] = {}
         self.request = request

@@ -71,8 +71,7 @@ class WorkflowManager:
             self.workflows[spec.name] = workflow
             return workflow
 
-    async def _acquire_model(self, local: str, url: str, options: dict[str, str],
-                             spec: WorkflowSpec) -> str:
+    async def _acquire_model(self, local: str, url: str, options: dict[str, str], spec: WorkflowSpec) -> str:
         key = (self._resolve(url, spec), json.dumps(options, sort_keys=True))
         served = self._model_keys.get(key)
         if served is None:
@@ -84,18 +83,21 @@ class WorkflowManager:
         self._model_refs[served] = self._model_refs.get(served, 0) + 1
         return served
 
-    async def _acquire_adapter(self, workflow: Workflow, name: str, src: str,
-                               options: dict[str, str], local_model: str) -> None:
+    async def _acquire_adapter(
+        self, workflow: Workflow, name: str, src: str, options: dict[str, str], local_model: str
+    ) -> None:
         served = workflow.served[local_model]
         reads = server_reads(src, self.models.get(served).uses_builtin_engine)
         resolved = self._resolve(src, workflow.spec) if reads else src  # DJL: src as written
         count, existing = self._adapter_refs.get((served, name), (0, resolved))
         if existing != resolved:
-            raise ConflictError(f"adapter {name} is already registered on model {served} from "
-                                f"{existing}, not {resolved}")
+            raise ConflictError(
+                f"adapter {name} is already registered on model {served} from {existing}, not {resolved}"
+            )
         if count == 0:
-            await self.models.get(served).register_adapter(name, resolved, options=options,
-                                                           origin=AdapterOrigin.WORKFLOW)
+            await self.models.get(served).register_adapter(
+                name, resolved, options=options, origin=AdapterOrigin.WORKFLOW
+            )
         self._adapter_refs[(served, name)] = (count + 1, resolved)
         workflow.adapters.append((served, name))
 
@@ -133,8 +135,13 @@ class WorkflowManager:
             return await model.infer(wire, "handle", adapter_label(model, named))  # counted and logged
 
         result = await WorkflowRun(workflow.spec, workflow.served, call, request).output()
-        output = {"code": result.get("code", 200), "message": "OK",
-                  "properties": result["properties"], "content": result["content"], "streaming": False}
+        output = {
+            "code": result.get("code", 200),
+            "message": "OK",
+            "properties": result["properties"],
+            "content": result["content"],
+            "streaming": False,
+        }
         return WorkerReply(ReplyKind.DJL, output)
 
     def owned_models(self) -> set[str]:
@@ -145,7 +152,11 @@ class WorkflowManager:
         workflow = self.workflows.get(name)
         if workflow is None:
             raise ModelNotFoundError(f"workflow {name} not found")
-        return {"workflowName": name, "version": workflow.spec.version,
-                "models": [self.models.get(s).describe() for s in workflow.served.values()
-                           if s in self.models.models],
-                "adapters": [{"model": m, "name": a} for m, a in workflow.adapters]}
+        return {
+            "workflowName": name,
+            "version": workflow.spec.version,
+            "models": [
+                self.models.get(s).describe() for s in workflow.served.values() if s in self.models.models
+            ],
+            "adapters": [{"model": m, "name": a} for m, a in workflow.adapters],
+        }

@@ -114,16 +114,18 @@ def parse_workflow(document: dict, base_dir: Path | None = None) -> WorkflowSpec
         if not isinstance(config, dict) or "model" not in config or "src" not in config:
             raise WorkflowError(f'adapter "{ref}" needs "model" and "src"')
         if config["model"] not in models:
-            raise WorkflowError(f'adapter "{ref}" names model "{config["model"]}", which the '
-                                "workflow does not declare")
+            raise WorkflowError(
+                f'adapter "{ref}" names model "{config["model"]}", which the workflow does not declare'
+            )
         options = {k: str(v) for k, v in (config.get("options") or {}).items()}
         adapters[ref] = AdapterRef(config["model"], str(config["src"]), options)
     expressions = document.get("workflow")
     if not isinstance(expressions, dict) or "out" not in expressions:
         raise WorkflowError('the workflow must define "out" in its "workflow" section')
     version = document.get("version")
-    spec = WorkflowSpec(name, None if version is None else str(version), models, adapters,
-                        expressions, base_dir)
+    spec = WorkflowSpec(
+        name, None if version is None else str(version), models, adapters, expressions, base_dir
+    )
     validate(spec)
     return spec
 
@@ -158,8 +160,10 @@ def _check(spec: WorkflowSpec, expression: Any, where: str) -> None:
     head, args = expression[0], expression[1:]
     if head == "adapter":
         if len(args) != 2 or args[0] not in spec.adapters:
-            raise WorkflowError(f'"{where}": ["adapter", NAME, input] needs an adapter declared '
-                                f"in configs.adapters (got {args[:1]})")
+            raise WorkflowError(
+                f'"{where}": ["adapter", NAME, input] needs an adapter declared '
+                f"in configs.adapters (got {args[:1]})"
+            )
         _check(spec, args[1], where)
         return
     if head == "functionsApply":

@@ -12,13 +12,15 @@ from loraserve.workflows.spec import WorkflowError, read_document_text
 PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 # DJL's ready template for "one model + one adapter".
-ADAPTER_TEMPLATE = json.dumps({
-    "name": "$adapter",
-    "version": "0.1",
-    "models": {"m": "$model"},
-    "configs": {"adapters": {"$adapter": {"model": "m", "src": "$url"}}},
-    "workflow": {"out": ["adapter", "$adapter", "in"]},
-})
+ADAPTER_TEMPLATE = json.dumps(
+    {
+        "name": "$adapter",
+        "version": "0.1",
+        "models": {"m": "$model"},
+        "configs": {"adapters": {"$adapter": {"model": "m", "src": "$url"}}},
+        "workflow": {"out": ["adapter", "$adapter", "in"]},
+    }
+)
 BUILTIN_TEMPLATES = {"adapter": ADAPTER_TEMPLATE}
 
 
@@ -31,8 +33,9 @@ def template_text(template: str, base_dir: Path | None, roots: list[Path] | None
     if roots is not None:
         ensure_inside(path, roots, kind="model")
     if not path.is_file():
-        raise WorkflowError(f"template {template} is neither built in "
-                            f"({', '.join(BUILTIN_TEMPLATES)}) nor a file")
+        raise WorkflowError(
+            f"template {template} is neither built in ({', '.join(BUILTIN_TEMPLATES)}) nor a file"
+        )
     return read_document_text(path)
 
 

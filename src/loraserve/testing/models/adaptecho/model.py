@@ -35,7 +35,7 @@ def register_adapter(inputs: Input):
     options = {k: v.decode() for k, v in inputs.get_content().items()}
     if options.get("fail") == "true":
         return Output().error(f"adapter {name} refused on request", code=400)
-    path = src[len("file://"):] if src.startswith("file://") else src
+    path = src[len("file://") :] if src.startswith("file://") else src
     if os.path.isabs(path) and not os.path.exists(path):
         return Output().error(f"adapter {name}: source {src} does not exist", code=404)
     adapters[name] = {"src": src, "options": options}
