@@ -18,7 +18,7 @@ class Recorder:
 
     def load(self, entry):
         self.loads.append(entry.name)
-        return f"w:{entry.name}:{entry.version}"
+        return f"w:{entry.name}:{entry.identity}"
 
     def install(self, slot: int, weights) -> None:
         self.installed[slot] = weights
@@ -133,7 +133,7 @@ def test_update_while_queued_keeps_both_versions_apart():
 def test_unknown_version_is_a_clear_error_not_an_assert():
     cache = Recorder().cache()
     with pytest.raises(AdapterNotFoundError, match="no longer registered"):
-        cache.weights(("ghost", 999))
+        cache.weights(("ghost", "999"))
 
 
 class Sized(str):
@@ -175,3 +175,21 @@ def test_a_held_adapter_stays_in_memory_over_the_byte_budget():
     assert cache.acquire("a") is not None  # a running request uses it
     cache.register("b", "/b", _sized("b", 70), pinned=False, preload=True)
     assert {key[0] for key in cache.cpu} == {"a", "b"}  # over budget rather than pull a's weights
+
+
+def test_the_registry_identity_keys_an_adapter_and_is_never_reused():
+    """A name deleted and registered again while its old registration is still held by a
+    request gets a new identity from the registry; re-sending one already used is refused
+    before anything changes (it would alias the old version's weights and cache blocks)."""
+    cache = Recorder().cache()
+    cache.register("a", "/a1", "w:1", pinned=False, preload=True, identity="id-1")
+    held = cache.hold("a")
+    assert held == ("a", "id-1")
+    cache.unregister("a")
+    cache.register("a", "/a2", "w:2", pinned=False, preload=True, identity="id-2")
+    assert cache.hold("a") == ("a", "id-2") and cache.weights(held) == "w:1"
+    with pytest.raises(BadRequestError, match="already used"):
+        cache.register("a", "/a3", "w:3", pinned=False, preload=True, identity="id-1")
+    with pytest.raises(BadRequestError, match="already used"):
+        cache.register("a", "/a3", "w:3", pinned=False, preload=True, identity="id-2")
+    assert cache.entry("a").identity == "id-2"  # the refused registrations changed nothing

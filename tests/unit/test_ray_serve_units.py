@@ -26,7 +26,7 @@ class FakeEngine:
         self.adapters: dict[str, tuple[str, bool]] = {}
         self.calls: list[str] = []
 
-    def register_adapter(self, name, path, pin=False, preload=True):
+    def register_adapter(self, name, path, pin=False, preload=True, identity=None):
         self.adapters[name] = (str(path), pin)
         self.calls.append(f"+{name}:{path}")
 

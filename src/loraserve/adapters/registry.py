@@ -11,6 +11,7 @@ fixed by an update or removed; requests for it fail, nothing else does.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -31,6 +32,10 @@ class AdapterOrigin(str, Enum):
     WORKFLOW = "workflow"  # declared by a workflow's configs.adapters
 
 
+def new_identity() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(slots=True)
 class AdapterRecord:
     name: str
@@ -41,9 +46,13 @@ class AdapterRecord:
     options: dict[str, str] = field(default_factory=dict)
     origin: AdapterOrigin = AdapterOrigin.API
     state: AdapterState = AdapterState.REGISTERING
-    version: int = 1
+    version: int = 1  # DJL's per-adapter count; a name registered again starts at 1 again
     registered_at: float = field(default_factory=time.time)
     error: str | None = None  # why a failed adapter failed
+    # This registration's identity, never reused (SGLang's LoRARef): the engine keys the
+    # adapter's weights, holds and prefix-cache blocks by (name, identity), so a name deleted
+    # and registered again, or updated, never meets the old version's state.
+    identity: str = field(default_factory=new_identity)
 
     def describe(self) -> dict[str, object]:
         """DJL's description (name, src, pin) plus loraserve's extra fields."""

@@ -27,22 +27,22 @@ from typing import Any
 from loraserve.errors import AdapterNotFoundError, BadRequestError
 
 log = logging.getLogger("loraserve.engine")
-AdapterKey = tuple[str, int]  # (name, version)
-_versions = itertools.count(1)
+AdapterKey = tuple[str, str]  # (name, identity of the registration)
+_local = itertools.count(1)  # identities for adapters registered with none (tests, mixtures)
 
 
 @dataclass(slots=True)
 class AdapterEntry:
     name: str
     path: str
-    version: int
+    identity: str
     pinned: bool = False
     invocation: tuple[int, ...] | None = None  # activated LoRA's invocation tokens
     nbytes: int = 0  # its weights in memory (what it costs the in-memory tier)
 
     @property
     def key(self) -> AdapterKey:
-        return (self.name, self.version)
+        return (self.name, self.identity)
 
 
 class AdapterCache:
@@ -68,8 +68,11 @@ class AdapterCache:
         self.loads = 0
         self.evictions = 0
 
-    def register(self, name: str, path: str, weights: Any, pinned: bool, preload: bool) -> AdapterEntry:
-        """Add (or replace) ``name``; ``weights`` were already validated by the caller."""
+    def register(
+        self, name: str, path: str, weights: Any, pinned: bool, preload: bool, identity: str | None = None
+    ) -> AdapterEntry:
+        """Add (or replace) ``name``; ``weights`` were already validated by the caller.
+        ``identity`` is the registry's (never reused); without one, a local one is minted."""
         if pinned and sum(e.pinned for e in self.registered.values() if e.name != name) >= self.slots - 1:
             raise BadRequestError(
                 f"cannot pin {name}: at most option.max_loras - 1 = {self.slots - 1} "
@@ -82,8 +85,12 @@ class AdapterCache:
                 f"adapter {name} needs {size / 2**20:.1f} MiB in memory, more than "
                 f"option.max_cpu_lora_memory ({self.cpu_bytes / 2**20:.1f} MiB) allows"
             )
+        identity = identity or f"local-{next(_local)}"
+        current = self.registered.get(name)
+        if (name, identity) in self.stale or (current is not None and current.identity == identity):
+            raise BadRequestError(f"adapter {name}: registration {identity} was already used")
         self.unregister(name, missing_ok=True)
-        entry = AdapterEntry(name, path, next(_versions), pinned, getattr(weights, "invocation", None), size)
+        entry = AdapterEntry(name, path, identity, pinned, getattr(weights, "invocation", None), size)
         self.registered[name] = entry
         if preload or pinned:
             self._remember(entry.key, weights)

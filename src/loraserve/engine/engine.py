@@ -144,9 +144,15 @@ class LLMEngine:
 
     # -- adapters -------------------------------------------------------------------------
     def register_adapter(
-        self, name: str, path: str | Path, pin: bool = False, preload: bool = True
+        self,
+        name: str,
+        path: str | Path,
+        pin: bool = False,
+        preload: bool = True,
+        identity: str | None = None,
     ) -> AdapterEntry:
-        """Validate the PEFT adapter fully (off the lock), then add it; replaces ``name``."""
+        """Validate the PEFT adapter fully (off the lock), then add it; replaces ``name``.
+        ``identity``: the registry's for this registration (``AdapterRecord.identity``)."""
         if not self.config.enable_lora:
             raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
         weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
@@ -156,7 +162,7 @@ class LLMEngine:
                 "part of each sequence; serve it with option.lora_merge=false"
             )
         with self.lock:
-            entry = self.adapters.register(name, str(path), weights, pin, preload)
+            entry = self.adapters.register(name, str(path), weights, pin, preload, identity)
             self._changed()
             return entry
 

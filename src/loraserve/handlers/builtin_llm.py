@@ -134,7 +134,9 @@ async def control(op: ControlOp) -> ControlDone | EngineStats:
     Registering a name again (an update) replaces the old version; running requests keep theirs."""
     match op:
         case RegisterAdapter():
-            await asyncio.to_thread(engine().register_adapter, op.name, op.path, op.pin, op.preload)
+            await asyncio.to_thread(
+                engine().register_adapter, op.name, op.path, op.pin, op.preload, op.identity
+            )
             return ControlDone(f"Adapter {op.name} registered")
         case UnregisterAdapter():
             await asyncio.to_thread(engine().unregister_adapter, op.name)

@@ -24,7 +24,12 @@ log = logging.getLogger("loraserve.ray.adapters")
 
 class AdapterEngine(Protocol):
     def register_adapter(
-        self, name: str, path: str | Path, pin: bool = False, preload: bool = True
+        self,
+        name: str,
+        path: str | Path,
+        pin: bool = False,
+        preload: bool = True,
+        identity: str | None = None,
     ) -> Any: ...
 
     def unregister_adapter(self, name: str) -> None: ...
@@ -70,7 +75,9 @@ class ReplicaAdapters:
         async with self._loading:
             if self.revisions.get(ref.name) == ref.revision and (ref.name in self.pinned) == ref.pin:
                 return
-            await asyncio.to_thread(self.engine.register_adapter, ref.name, ref.path, ref.pin, True)
+            # the store's revision is this registration's identity (a pin change alone: a new local one)
+            identity = f"revision-{ref.revision}" if self.revisions.get(ref.name) != ref.revision else None
+            await asyncio.to_thread(self.engine.register_adapter, ref.name, ref.path, ref.pin, True, identity)
             with self._state:
                 self.revisions[ref.name] = ref.revision
                 self.pinned.discard(ref.name)

@@ -38,7 +38,7 @@ class EngineAdapterCalls:
         self.broadcast = broadcast
 
     async def register(self, record: AdapterRecord, verb: str = "registering") -> str | None:
-        op = RegisterAdapter(record.name, record.path, record.version, record.preload, record.pin)
+        op = RegisterAdapter(record.name, record.path, record.identity, record.preload, record.pin)
         return _control_message(await self.broadcast("control", op))
 
     async def update(self, record: AdapterRecord) -> str | None:

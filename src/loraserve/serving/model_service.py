@@ -24,6 +24,7 @@ from loraserve.adapters.registry import (
     AdapterRecord,
     AdapterRegistry,
     AdapterState,
+    new_identity,
     validate_adapter_name,
 )
 from loraserve.adapters.sources import handler_src, resolve_source, server_reads
@@ -276,7 +277,11 @@ class ModelService:
                 updated.preload,
                 updated.pin,
             )
-            record.options, record.version = updated.options, updated.version
+            record.options, record.version, record.identity = (
+                updated.options,
+                updated.version,
+                updated.identity,
+            )
             self.registry.finish_register(name)  # ready again, if it had failed
             return record
 
@@ -286,8 +291,9 @@ class ModelService:
         async with self.adapter_lock:
             record = self.registry.get(snapshot.name)
             version = record.version + 1  # new to the workers, though its content is the old one
+            restored = dataclasses.replace(snapshot, version=version, identity=new_identity())
             try:
-                await self._apply_update(dataclasses.replace(snapshot, version=version))
+                await self._apply_update(restored)
             except LoraserveError as exc:
                 self.registry.mark_failed(snapshot.name, f"could not be restored: {exc.message}")
                 raise
@@ -299,6 +305,7 @@ class ModelService:
                     snapshot.pin,
                 )
                 record.options, record.version = dict(snapshot.options), version
+                record.identity = restored.identity
             record.state, record.error = snapshot.state, snapshot.error
 
     async def _apply_update(self, updated: AdapterRecord) -> None:

@@ -15,7 +15,7 @@ class RegisterAdapter:
 
     name: str
     path: str  # resolved by the server, inside the allowed roots
-    version: int
+    identity: str  # the registry's, for this registration (AdapterRecord.identity)
     preload: bool = True
     pin: bool = False
 
