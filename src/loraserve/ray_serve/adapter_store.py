@@ -3,7 +3,7 @@ replica reads, so a registration reaches all replicas and survives any of them r
 
 Why a file and not a registry actor: the state must outlive every process anyway (an actor
 would need this persistence behind it), ``loraserve serve`` already persists adapters this way
-(same format, plus ``path``/``revision`` per record, so one state directory serves both), and
+(the one schema of ``adapters.saved``, so one state directory serves both), and
 readers pay one ``stat`` per look-up. Writers take an ``flock`` around read-modify-write, so
 several ingress replicas cannot lose each other's updates. On several nodes the directory is a
 shared file system (NFS, EFS, a CSI volume).
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraserve.adapters.saved import removed_startup
 from loraserve.serving.state_store import StateStore
 
 
@@ -79,7 +80,7 @@ class SharedAdapterStore:
         return {name: AdapterRef.of(e) for name, e in self.entries().items()}
 
     def removed_startup(self) -> set[str]:
-        return set(self._section(self._read()).get("removed_startup", []))
+        return removed_startup(self._section(self._read()))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:

@@ -22,6 +22,7 @@ from loraserve.adapters.registry import (
     AdapterState,
     validate_adapter_name,
 )
+from loraserve.adapters.saved import entry_of, record_of
 from loraserve.adapters.sources import resolve_source
 from loraserve.errors import (
     AdapterNotFoundError,
@@ -39,36 +40,6 @@ from loraserve.wire.messages import GenerateRequest
 
 if TYPE_CHECKING:  # the caller needs Ray; this module's parsing is tested without it
     from loraserve.ray_serve.routing import ReplicaCaller
-
-
-def record_of(entry: dict[str, Any]) -> AdapterRecord:
-    return AdapterRecord(
-        name=entry["name"],
-        src=entry["src"],
-        path=entry.get("path") or entry["src"],
-        preload=entry.get("preload", True),
-        pin=entry.get("pin", False),
-        options=dict(entry.get("options", {})),
-        origin=AdapterOrigin(entry.get("origin", "api")),
-        state=AdapterState.READY,
-        version=int(entry.get("version", 1)),
-        registered_at=float(entry.get("registered_at", time.time())),
-    )
-
-
-def entry_of(record: AdapterRecord) -> dict[str, Any]:
-    """A store entry: what ``loraserve serve`` persists, plus path, version and time."""
-    return {
-        "name": record.name,
-        "src": record.src,
-        "path": record.path,
-        "preload": record.preload,
-        "pin": record.pin,
-        "options": record.options,
-        "origin": record.origin.value,
-        "version": record.version,
-        "registered_at": record.registered_at,
-    }
 
 
 def adapter_names(message: GenerateRequest) -> list[str]:

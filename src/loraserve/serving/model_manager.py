@@ -14,6 +14,7 @@ from typing import Any
 
 from loraserve.adapters.archives import prune_extractions
 from loraserve.adapters.registry import AdapterOrigin, AdapterRecord, AdapterState
+from loraserve.adapters.saved import entry_of, removed_startup, saved_records
 from loraserve.config import ServerConfig
 from loraserve.errors import (
     BadRequestError,
@@ -214,19 +215,14 @@ class ModelManager:
         if not lora_enabled(model.config.options, model.uses_builtin_engine):
             return  # DJL registers a model's adapters only with option.enable_lora=true
         saved = self._saved["models"].get(model.name, {})
-        removed = set(saved.get("removed_startup", []))
+        removed = removed_startup(saved)
         for name, path in startup_adapter_dirs(model.model_dir).items():
             if name not in removed:
                 await self._restore_one(model, name, str(path), origin=AdapterOrigin.STARTUP)
-        for entry in saved.get("adapters", []):
-            if entry["name"] not in model.registry:
+        for record in saved_records(saved):  # ``src`` is resolved again: the roots may have changed
+            if record.name not in model.registry:
                 await self._restore_one(
-                    model,
-                    entry["name"],
-                    entry["src"],
-                    entry.get("preload", True),
-                    entry.get("pin", False),
-                    entry.get("options", {}),
+                    model, record.name, record.src, record.preload, record.pin, record.options
                 )
 
     async def _restore_one(
@@ -261,12 +257,8 @@ class ModelManager:
         ]
         saved = copy.deepcopy(self._saved)
         entry = saved["models"].setdefault(model.name, {})
-        entry["adapters"] = [
-            {"name": r.name, "src": r.src, "preload": r.preload, "pin": r.pin, "options": r.options}
-            for r in kept
-            if r.origin is AdapterOrigin.API
-        ]
-        gone = set(entry.get("removed_startup", []))
+        entry["adapters"] = [entry_of(r) for r in kept if r.origin is AdapterOrigin.API]
+        gone = removed_startup(entry)
         gone |= {r.name for r in leaving.values() if r.origin is AdapterOrigin.STARTUP}
         gone -= {r.name for r in kept}
         entry["removed_startup"] = sorted(gone)
