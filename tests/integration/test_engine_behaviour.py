@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine import SamplingParams
 from loraserve.errors import AdapterNotFoundError, BadRequestError, ConfigError
+from loraserve.testing.reference import engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)
@@ -28,9 +29,7 @@ def files(tmp_path_factory):
 
 
 def _engine(base, **kwargs):
-    return LLMEngine(
-        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8, **kwargs)
-    )
+    return engine_with_adapters(base, {}, **({"max_model_len": 64, "max_lora_rank": 8} | kwargs))
 
 
 def test_requests_wait_for_kv_slots_and_all_finish(files):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine import LLMEngine, SamplingParams
 from loraserve.model.peft_adapter import load_peft_adapter
+from loraserve.testing.reference import engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 GREEDY = SamplingParams(max_new_tokens=8, ignore_eos=True)
@@ -23,9 +24,7 @@ def files(tmp_path_factory):
 
 
 def _engine(base: Path, **kwargs) -> LLMEngine:
-    return LLMEngine(
-        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8, **kwargs)
-    )
+    return engine_with_adapters(base, {}, **({"max_model_len": 64, "max_lora_rank": 8} | kwargs))
 
 
 def _register_nan_adapter(engine: LLMEngine, path: Path, name: str = "nan") -> None:

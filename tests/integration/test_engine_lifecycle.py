@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine import LLMEngine, SamplingParams
 from loraserve.errors import AdapterNotFoundError, BadRequestError
+from loraserve.testing.reference import engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 from loraserve.wire.messages import FinishReason
 
@@ -29,9 +30,7 @@ def files(tmp_path_factory):
 
 
 def _engine(base: Path, **kwargs) -> LLMEngine:
-    return LLMEngine(
-        EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, max_lora_rank=8, **kwargs)
-    )
+    return engine_with_adapters(base, {}, **({"max_model_len": 64, "max_lora_rank": 8} | kwargs))
 
 
 def _run(engine: LLMEngine, seqs) -> None:

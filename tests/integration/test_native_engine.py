@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine import LLMEngine, SamplingParams
 from loraserve.engine.step_batch import build_step_batch
 from loraserve.model import lora
 from loraserve.model import runner as runner_module
 from loraserve.model.layer_ops import NativeOps, TorchOps
 from loraserve.model.native import cpu_kernels
+from loraserve.testing.reference import engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="the native kernels could not be built here")
@@ -29,10 +30,8 @@ def tiny_with_adapters(tmp_path_factory):
 
 
 def _engine(base, adapters, dtype: str) -> LLMEngine:
-    engine = LLMEngine(EngineConfig(model_id=str(base), dtype=dtype, max_model_len=64, max_lora_rank=8))
-    for i, path in enumerate(adapters):
-        engine.register_adapter(f"a{i}", path)
-    return engine
+    named = {f"a{i}": path for i, path in enumerate(adapters)}
+    return engine_with_adapters(base, named, dtype=dtype, max_model_len=64, max_lora_rank=8)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

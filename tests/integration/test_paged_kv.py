@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine import LLMEngine, SamplingParams
+from loraserve.testing.reference import engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
@@ -24,14 +25,8 @@ def files(tmp_path_factory):
 
 
 def _engine(base, **kwargs) -> LLMEngine:
-    options = {
-        "model_id": str(base),
-        "dtype": "fp32",
-        "max_model_len": 4608,
-        "max_lora_rank": 8,
-        "kv_cache_memory": "16MiB",
-    } | kwargs
-    return LLMEngine(EngineConfig(**options))
+    options = {"max_model_len": 4608, "max_lora_rank": 8, "kv_cache_memory": "16MiB"} | kwargs
+    return engine_with_adapters(base, {}, **options)
 
 
 def _tokens(seed: int, length: int) -> list[int]:

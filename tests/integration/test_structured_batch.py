@@ -12,8 +12,9 @@ import re
 import pytest
 
 from loraserve.constraints import OutputConstraint
-from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.engine import LLMEngine, SamplingParams
 from loraserve.errors import BadRequestError
+from loraserve.testing.reference import engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 from loraserve.wire.messages import FinishReason
 
@@ -43,12 +44,7 @@ def files(tmp_path_factory):
 
 
 def _engine(base, adapter, max_model_len: int = 128, **kwargs) -> LLMEngine:
-    config = EngineConfig(
-        model_id=str(base), dtype="fp32", max_model_len=max_model_len, max_lora_rank=8, **kwargs
-    )
-    engine = LLMEngine(config)
-    engine.register_adapter("qv", adapter)
-    return engine
+    return engine_with_adapters(base, {"qv": adapter}, max_model_len=max_model_len, max_lora_rank=8, **kwargs)
 
 
 def constrained() -> list[tuple[str, str | None, SamplingParams]]:

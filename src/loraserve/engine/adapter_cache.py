@@ -115,7 +115,7 @@ class AdapterCache:
         try:
             self.weights(key)
         except Exception as exc:  # its waiting requests fail at admission, one by one
-            log.warning("adapter %s@%d: cannot keep its weights for queued requests: %s", *key, exc)
+            log.warning("adapter %s@%s: cannot keep its weights for queued requests: %s", *key, exc)
 
     def entry(self, name: str) -> AdapterEntry:
         entry = self.registered.get(name)
@@ -169,7 +169,7 @@ class AdapterCache:
         if weights is None:
             entry = self._entry_of(key)
             if entry is None:
-                raise AdapterNotFoundError(f"adapter {key[0]} version {key[1]} is no longer registered")
+                raise AdapterNotFoundError(f"adapter {key[0]} (registration {key[1]}) is no longer registered")
             weights = self._load(entry)
             self._remember(key, weights)
         return weights

@@ -140,7 +140,7 @@ class Scheduler:
         try:
             slot = self.adapters.acquire_key(seq.adapter)
         except Exception as exc:  # its weights cannot be read: this request fails, no other
-            log.warning("adapter %s@%d cannot be loaded: %s", *seq.adapter, exc)
+            log.warning("adapter %s@%s cannot be loaded: %s", *seq.adapter, exc)
             self._fail(seq, f"adapter {seq.adapter[0]} cannot be loaded: {exc}")
             return None
         if slot is None:
