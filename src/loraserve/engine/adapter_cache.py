@@ -169,7 +169,7 @@ class AdapterCache:
         if weights is None:
             entry = self._entry_of(key)
             if entry is None:
-                raise AdapterNotFoundError(f"adapter {key[0]} (registration {key[1]}) is no longer registered")
+                raise AdapterNotFoundError(f"adapter {key[0]} ({key[1]}) is no longer registered")
             weights = self._load(entry)
             self._remember(key, weights)
         return weights
