@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from loraserve import __version__
 from loraserve.access_options import access_flags, add_access_arguments
+from loraserve.api.request_log import configure_logging
 from loraserve.config import ServerConfig, build_server_config, parse_properties, settings_from_env
 from loraserve.djl_config import from_djl_config
 from loraserve.errors import LoraserveError
 from loraserve.ray_serve.launcher import add_ray_parser, ray_main
 
+LOG_FORMAT_HELP = "one line per request, and every other log record, as text or as JSON objects"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loraserve", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="loraserve",
+        description="A model server where LoRA adapters are first-class: 'loraserve demo' runs "
+        "SmolLM2 with demo adapters, 'loraserve serve' serves a model store, 'loraserve ray' scales "
+        "out on Ray Serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"loraserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a model store over HTTP")
     serve.add_argument("--model-store", help="directory of models (or one model directory)")
@@ -53,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="multi-model endpoints: evict the least recently used model above this many (0 = no limit)",
     )
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text", help=LOG_FORMAT_HELP)
     demo = sub.add_parser("demo", help="serve the embedded SmolLM2-135M-Instruct model")
     demo.add_argument("--host", default=None)
     demo.add_argument("--port", default=None)
     demo.add_argument("--log-level", default="INFO")
+    demo.add_argument("--log-format", choices=("text", "json"), default="text", help=LOG_FORMAT_HELP)
     add_ray_parser(sub)
     return parser
 
@@ -113,13 +124,14 @@ def serve(config: ServerConfig, log_level: str) -> None:
         host=config.host,
         port=config.port,
         log_level=log_level.lower(),
+        access_log=False,  # loraserve writes its own line per request (api.request_log)
         timeout_graceful_shutdown=10,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_level, getattr(args, "log_format", "text"))
     if args.command == "ray":
         return ray_main(args)
     try:

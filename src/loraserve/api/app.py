@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from loraserve import __version__
 from loraserve.adapters import archives
@@ -24,6 +23,7 @@ from loraserve.api import (
     workflows,
 )
 from loraserve.api.errors import install_error_handlers
+from loraserve.api.request_log import install_request_log
 from loraserve.api.security import install_access_policy
 from loraserve.config import ServerConfig
 from loraserve.errors import LoraserveError
@@ -48,7 +48,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
                 await start_workflows(app.state.workflows, config)
             finally:
                 app.state.started = True
-                log.info("start-up done: %d model(s)", len(manager.models))
+                log.info(ready_banner(config, manager))
 
         startup = asyncio.create_task(start())  # serve /ping (503) while models load
         try:
@@ -66,18 +66,7 @@ def create_app(config: ServerConfig, manager: ModelManager | None = None) -> Fas
     install_error_handlers(app)
     install_access_policy(app, config)  # the same on the Ray ingress
 
-    @app.middleware("http")
-    async def access_logging(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        access_log.info(
-            "%s %s %d %.1fms",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
+    install_request_log(app)
 
     app.include_router(inference.router)
     app.include_router(adapters.router)  # before management: /models/{m}/adapters wins
@@ -99,3 +88,18 @@ async def start_workflows(manager: WorkflowManager, config: ServerConfig) -> Non
             await manager.register(workflows.read_workflow_file(path))
         except LoraserveError as exc:
             log.error("workflow in %s failed to load: %s", path, exc)
+
+
+def ready_banner(config: ServerConfig, manager: ModelManager) -> str:
+    """The one line a user waits for: where to point a client, or which model did not load."""
+    host = "localhost" if config.host in ("0.0.0.0", "::", "127.0.0.1") else config.host
+    base = f"http://{host}:{config.port}"
+    failed = {name: model.error for name, model in manager.models.items() if model.status.value != "READY"}
+    if failed:
+        reasons = "; ".join(f"{name}: {error}" for name, error in failed.items())
+        return f"start-up done, but not ready ({len(failed)} model(s) failed: {reasons}); /ping says 503"
+    names = ", ".join(manager.models) or "none yet: register one with POST /models"
+    return (
+        f"loraserve {__version__} ready: API {base}  console {base}/console  OpenAI base URL "
+        f"{base}/v1  (models: {names})"
+    )

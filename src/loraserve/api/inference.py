@@ -46,7 +46,9 @@ async def ping(request: Request) -> JSONResponse:
     if _ready(request):
         return JSONResponse({"health": "healthy!"})
     statuses = {name: m.status.value for name, m in manager.models.items()}
-    return JSONResponse({"health": "unhealthy", "models": statuses}, status_code=503)
+    return JSONResponse(
+        {"health": "unhealthy", "models": statuses, "reason": _not_ready_because(request)}, status_code=503
+    )
 
 
 @router.get("/health")
@@ -54,6 +56,21 @@ async def health(request: Request) -> Response:
     """vLLM's health check (what its clients and Kubernetes probes poll): the same readiness
     as ``/ping``, as a status code with an empty body."""
     return Response(status_code=200 if _ready(request) else 503)
+
+
+def _not_ready_because(request: Request) -> str:
+    """Why /ping is 503, in words: still starting, or which models are not ready and why."""
+    if not request.app.state.started:
+        return (
+            "starting: models are loading (a first start also builds the native kernels and "
+            "converts the model; the server log shows progress)"
+        )
+    waiting = {
+        name: m.error or m.status.value
+        for name, m in manager_of(request).models.items()
+        if m.status.value != "READY"
+    }
+    return "; ".join(f"model {name}: {why}" for name, why in waiting.items())
 
 
 def _ready(request: Request) -> bool:

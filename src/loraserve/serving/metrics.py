@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Iterator
@@ -17,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from loraserve.errors import LoraserveError
 from loraserve.serving.model_service import ModelService
+from loraserve.serving.request_fields import note
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.wire.control import EngineStatsQuery
 from loraserve.wire.frames import ReplyKind
@@ -237,17 +237,16 @@ class ServerMetrics:
             self.errors.labels(model, adapter).inc()
         if tokens:
             self.tokens.labels(model, adapter).inc(tokens)
-        log.info(
-            json.dumps(
-                {
-                    "model": model,
-                    "adapter": adapter,
-                    "status": code,
-                    "latency_ms": round(elapsed * 1000, 1),
-                    "tokens": tokens,
-                }
+        # on the HTTP request's one log line (api.request_log); a call outside one logs its own
+        if not note(model=model, adapter=adapter or "-", tokens=tokens):
+            log.info(
+                "model=%s adapter=%s status=%s tokens=%s latency_ms=%.1f",
+                model,
+                adapter or "-",
+                code,
+                tokens,
+                elapsed * 1000,
             )
-        )
 
     async def refresh(self, models: list[ModelService]) -> None:
         """Ask each built-in-engine worker for its statistics (called at scrape time)."""
