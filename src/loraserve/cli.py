@@ -11,7 +11,7 @@ from loraserve.access_options import access_flags, add_access_arguments
 from loraserve.api.request_log import configure_logging
 from loraserve.config import ServerConfig, build_server_config, parse_properties, settings_from_env
 from loraserve.djl_config import from_djl_config
-from loraserve.errors import LoraserveError
+from loraserve.errors import ConfigError, LoraserveError
 from loraserve.ray_serve.launcher import add_ray_parser, ray_main
 
 LOG_FORMAT_HELP = "one line per request, and every other log record, as text or as JSON objects"
@@ -111,7 +111,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     for key in ("allowed_adapter_roots", "allowed_model_roots"):
         values = getattr(args, key)
         flags[key] = ",".join(values) if values else None
-    return build_server_config([file_layer, settings_from_env(), flags])
+    config = build_server_config([file_layer, settings_from_env(), flags])
+    if config.model_store is not None and not config.model_store.is_dir():
+        raise ConfigError(f"the model store {config.model_store} is not a directory (--model-store)")
+    return config
 
 
 def serve(config: ServerConfig, log_level: str) -> None:

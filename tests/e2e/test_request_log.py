@@ -22,10 +22,14 @@ def test_one_json_line_per_request_a_ready_banner_and_quiet_probes(tmp_path):
         body = {"inputs": "hi", "adapters": "qv", "parameters": {"max_new_tokens": 3}}
         assert server.client.post("/predictions/tiny", json=body).status_code == 200
         assert server.client.post("/predictions/tiny", json={"inputs": 5}).status_code == 400
+        # ?adapter=, misspelt: the base model would answer, as if it had worked
+        typo = server.client.post("/predictions/tiny?adapters=qv", json={"inputs": "hi"})
+        assert typo.status_code == 400 and "adapters" in typo.json()["message"]
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     requests = [r for r in records if r.get("logger") == "loraserve.access"]
     assert [(r["method"], r["path"], r["status"]) for r in requests] == [
         ("POST", "/predictions/tiny", 200),
+        ("POST", "/predictions/tiny", 400),
         ("POST", "/predictions/tiny", 400),
     ]
     assert requests[0]["model"] == "tiny" and requests[0]["adapter"] == "qv" and requests[0]["tokens"] == 3

@@ -180,3 +180,14 @@ def test_serve_and_ray_commands_parse_the_same_access_settings(tmp_path: Path, m
     assert serve.api_token == "env-api" and serve.max_request_bytes == 4096
     for key in ACCESS_SETTINGS:
         assert getattr(ray.server_config(), key) == getattr(serve, key), key
+
+
+def test_a_model_store_that_does_not_exist_is_a_start_up_error(tmp_path):
+    """It used to start a "healthy" server with no models."""
+    from loraserve import cli
+    from loraserve.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a directory"):
+        cli.config_from_args(
+            cli.build_parser().parse_args(["serve", "--model-store", str(tmp_path / "nope")])
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -89,12 +90,35 @@ def test_lmi_json_constants_from_a_real_body_are_refused():
         ({"top_k": -1, "top_p": 0.9, "seed": 7}, {"top_k": 0, "top_p": 0.9, "seed": 7}),
         ({"stop_sequences": "x"}, {"stop": ("x",)}),
         ({"stop": ["a", "b"], "ignore_eos": True}, {"stop": ("a", "b"), "ignore_eos": True}),
-        ({"unknown_lmi_option": {"anything": 1}}, {"max_new_tokens": 30}),
+        (
+            {"presence_penalty": 0.5, "frequency_penalty": -0.5, "min_p": 0.1, "min_tokens": 2},
+            {"presence_penalty": 0.5, "frequency_penalty": -0.5, "min_p": 0.1, "min_tokens": 2},
+        ),
+        (
+            {"return_full_text": False, "decoder_input_details": False, "top_n_tokens": 0},
+            {"max_new_tokens": 30},
+        ),
     ],
 )
 def test_lmi_parameters_become_a_sampling_spec(parameters, expected):
     spec = parse(lmi.LmiRequest, {"inputs": "x", "parameters": parameters}).parameters.sampling()
     assert {k: getattr(spec, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "body,named",
+    [
+        ({"inputs": "x", "parameters": {"unknown_lmi_option": 1}}, "parameters.unknown_lmi_option"),
+        ({"inputs": "x", "parameters": {"return_full_text": True}}, "parameters.return_full_text"),
+        ({"inputs": "x", "parameters": {"top_n_tokens": 5}}, "parameters.top_n_tokens"),
+        ({"inputs": "x", "adapter": "shouty"}, "adapter: unknown field"),  # "adapters", misspelt
+        ({"inputs": "x", "max_tokens": 5}, "max_tokens: unknown field"),  # belongs in parameters
+    ],
+)
+def test_lmi_fields_this_engine_does_not_serve_are_refused_by_name(body, named):
+    """A 200 from the base model, or without what was asked for, would look like it worked."""
+    with pytest.raises(BadRequestError, match=re.escape(named)):
+        parse(lmi.LmiRequest, body)
 
 
 @pytest.mark.parametrize(

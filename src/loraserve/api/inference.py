@@ -22,7 +22,7 @@ from loraserve.api.request_input import (
     requested_adapters,
 )
 from loraserve.api.responses import CancellingStreamingResponse, reply_to_response
-from loraserve.errors import ModelNotFoundError
+from loraserve.errors import BadRequestError, ModelNotFoundError
 from loraserve.model_store import archive_stem
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
@@ -92,6 +92,12 @@ async def _predict(request: Request, model: ModelService) -> Response:
 async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Response:
     """The built-in engine: LMI parsed here, once; the worker gets a typed request."""
     with counted_refusals(request, model):
+        unknown = sorted(set(request.query_params) - {"adapter"})
+        if unknown:  # e.g. ?adapters=: answered by the base model, it would look like it worked
+            raise BadRequestError(
+                f"unknown query parameter(s) {', '.join(unknown)}: the built-in engine reads only "
+                '?adapter= (several adapters go in the body\'s "adapters")'
+            )
         parsed = parse(lmi.LmiRequest, parse_json_body(body, "application/json"))
         message = lmi.to_generate(parsed, fallback_adapter(request), override_adapter(request))
     reply = await generate(request, model, message)

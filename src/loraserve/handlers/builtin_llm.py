@@ -10,6 +10,8 @@ worker runs many requests at once and they share the engine's running batch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from loraserve.wire.control import (
 )
 from loraserve.wire.messages import GenerateRequest, GenerateResult, TokenStream
 
+log = logging.getLogger("loraserve.engine")
 _engine: LLMEngine | None = None
 _max_prompt_chars = 0
 _tool_format: str | None = None  # how this model writes tool calls (tool_calls.py)
@@ -43,9 +46,42 @@ def engine() -> LLMEngine:
     return _engine
 
 
+# What this handler reads besides the engine's own settings (EngineConfig's fields); the rest of
+# serving.properties is named in one warning at load (DJL/LMI settings this engine ignores).
+_HANDLER_SETTINGS = frozenset(
+    {
+        "model_id",
+        "max_prompt_chars",
+        "chat_special_tokens_in_content",
+        "tool_call_parser",
+        "entryPoint",
+        "enable_lora",
+        "model_dir",
+        "engine",
+        "batch_size",
+    }
+)
+
+
+def _warn_unused(properties: dict[str, str], config: EngineConfig) -> None:
+    read = _HANDLER_SETTINGS | {f.name for f in dataclasses.fields(EngineConfig)}
+    unused = sorted(set(properties) - read)
+    if unused:
+        log.warning(
+            "serving.properties settings the built-in engine does not use (ignored): %s", ", ".join(unused)
+        )
+    if config.dtype in ("fp16", "float16") and config.device in ("auto", "cpu"):
+        log.warning(
+            "option.dtype=%s on a CPU runs fp16 matrix products without hardware support (slow); "
+            "auto picks bf16 where this CPU computes it natively, else fp32",
+            config.dtype,
+        )
+
+
 def _initialise(properties: dict[str, str]) -> None:
     global _engine, _max_prompt_chars, _tool_format, _special_tokens_in_content
     config = EngineConfig.from_options(properties)
+    _warn_unused(properties, config)
     limit = None  # parsed before the model loads, so a bad value fails fast
     if "max_prompt_chars" in properties:
         limit = parse_int(properties["max_prompt_chars"], "option.max_prompt_chars", 1)

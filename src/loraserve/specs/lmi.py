@@ -5,18 +5,20 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loraserve.errors import BadRequestError
 from loraserve.specs.base import (
+    CLOSED,
     MAX_PROMPTS,
-    STRICT,
     AdapterMixture,
     AdapterScale,
     MaxTokens,
     Messages,
+    MinP,
+    OccurrencePenalty,
     RepetitionPenalty,
     Seed,
     Stop,
@@ -32,6 +34,7 @@ from loraserve.wire.messages import (
     SequenceOutput,
     TokenOutput,
 )
+from loraserve.wire.sampling import INT32
 
 DEFAULT_MAX_NEW_TOKENS = 30
 # SageMaker's adapter header: above the body's ``adapters``, as in DJL's LMI input parser.
@@ -39,9 +42,10 @@ ADAPTER_IDENTIFIER = "x-amzn-sagemaker-adapter-identifier"
 
 
 class LmiParameters(BaseModel):
-    """Generation parameters; unknown ones (LMI has many) are accepted and ignored."""
+    """Generation parameters. One this engine does not implement is refused by name, never
+    ignored; LMI's and TGI's output switches are accepted at their defaults only."""
 
-    model_config = STRICT
+    model_config = CLOSED
     max_new_tokens: MaxTokens | None = Field(None, description=f"default {DEFAULT_MAX_NEW_TOKENS}")
     max_tokens: MaxTokens | None = Field(None, description="alias of max_new_tokens")
     do_sample: bool | None = Field(None, description="default: true when a temperature > 0 is given")
@@ -54,6 +58,16 @@ class LmiParameters(BaseModel):
     stop: Stop | None = Field(None, description="alias of stop_sequences")
     ignore_eos: bool = False
     details: bool = False
+    presence_penalty: OccurrencePenalty = 0.0
+    frequency_penalty: OccurrencePenalty = 0.0
+    min_p: MinP = 0.0
+    min_tokens: Annotated[int, Field(ge=0, le=INT32)] = 0
+    return_full_text: Literal[False] | None = Field(None, description="true is not implemented")
+    decoder_input_details: Literal[False] | None = Field(None, description="true is not implemented")
+    top_n_tokens: Literal[0] | None = Field(
+        None, description="not implemented (use the OpenAI API's top_logprobs)"
+    )
+    watermark: Literal[False] | None = Field(None, description="not implemented")
 
     def sampling(self) -> SamplingSpec:
         """Greedy unless ``do_sample`` (or a temperature > 0 is given), as LMI does."""
@@ -69,6 +83,10 @@ class LmiParameters(BaseModel):
             seed=self.seed,
             stop=(stop,) if isinstance(stop, str) else tuple(stop),
             ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            min_p=self.min_p,
+            min_tokens=self.min_tokens,
         )
 
 
@@ -80,7 +98,7 @@ class LmiRequest(BaseModel):
     """An LMI request body: exactly one of ``inputs`` (or ``prompt``) and ``messages``."""
 
     model_config = ConfigDict(
-        **STRICT,
+        **CLOSED,
         json_schema_extra={
             "oneOf": [{"required": ["inputs"]}, {"required": ["prompt"]}, {"required": ["messages"]}]
         },
