@@ -40,3 +40,19 @@ def test_identical_sources_share_one_build_and_changed_sources_get_their_own(tmp
 
 def test_each_isa_level_is_its_own_build():
     assert native.build_key("avx2") != native.build_key("scalar")
+
+
+def test_every_checkout_compiles_from_one_pinned_copy_of_the_sources(tmp_path, monkeypatch):
+    """torch's build file names its inputs by path: two checkouts compiling from their own trees
+    rebuilt each other's identical build on every load (a worker restart waited on it)."""
+    build_dir = tmp_path / "ext" / "loraserve_cpu_kernels_avx2_x"
+    build_dir.mkdir(parents=True)
+    first = native._pinned_sources(build_dir, "loraserve_cpu_kernels_avx2_x")
+    stamp = (first / "kernels.h").stat().st_mtime_ns
+    monkeypatch.setattr(native, "_SOURCES", _copy_sources(tmp_path / "other-checkout"))
+    second = native._pinned_sources(build_dir, "loraserve_cpu_kernels_avx2_x")
+    assert second == first and (second / "kernels.h").stat().st_mtime_ns == stamp  # never rewritten
+    assert sorted(p.name for p in first.iterdir()) == sorted(
+        p.name for p in (tmp_path / "other-checkout").iterdir() if p.suffix in (".cpp", ".h")
+    )
+    assert [p.name for p in (tmp_path / "ext").iterdir() if p.name.startswith(".")] == []  # no staging left

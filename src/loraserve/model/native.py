@@ -19,6 +19,8 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,12 +74,32 @@ def extension_name(level: str) -> str:
     return f"loraserve_cpu_kernels_{level}_{build_key(level)}"
 
 
+def _pinned_sources(build_dir: Path, name: str) -> Path:
+    """The sources copied once, next to the build, under the build's own name. torch's build
+    file names its inputs by path, so two checkouts compiling from their own trees rebuilt
+    each other's (identical) build on every load; from this one copy, never. Written to a
+    temporary folder and renamed into place, so no process ever compiles a half-written copy."""
+    pinned = build_dir.parent / f"{name}-sources"
+    if not pinned.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=build_dir.parent))
+        for path in _SOURCES.iterdir():
+            if path.suffix in (".cpp", ".h"):
+                shutil.copy2(path, staging / path.name)
+        try:
+            staging.rename(pinned)
+        except OSError:  # another process put it there first: the same content
+            shutil.rmtree(staging, ignore_errors=True)
+    return pinned
+
+
 def _build(level: str) -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory, load
 
         name = extension_name(level)
-        built = any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
+        build_dir = Path(_get_build_directory(name, verbose=False))
+        sources = _pinned_sources(build_dir, name)
+        built = any(build_dir.glob(f"{name}*.so"))
         if not built:  # say so before a silent multi-minute compile
             log.warning(
                 "compiling the native CPU kernels for %s (once per machine and source: "
@@ -88,10 +110,10 @@ def _build(level: str) -> ModuleType | None:
         with _build_lock(name):
             module = load(
                 name=name,
-                sources=[str(_SOURCES / unit) for unit in _UNITS],
+                sources=[str(sources / unit) for unit in _UNITS],
                 extra_cflags=_cflags(level),
                 extra_ldflags=["-fopenmp"],
-                extra_include_paths=[str(_SOURCES)],
+                extra_include_paths=[str(sources)],
                 verbose=False,
             )
         log.info(
