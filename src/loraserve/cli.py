@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-format", choices=("text", "json"), default="text", help=LOG_FORMAT_HELP)
+    serve.add_argument(
+        "--secure-mode",
+        action="store_true",
+        help="refuse adapters and models carrying code (model.py, requirements.txt) or pickle files, "
+        "and trust_remote_code, as SageMaker Secure Mode does (also LORASERVE_SECURE_MODE=true)",
+    )
     demo = sub.add_parser("demo", help="serve the embedded SmolLM2-135M-Instruct model")
     demo.add_argument("--host", default=None)
     demo.add_argument("--port", default=None)
@@ -135,6 +142,8 @@ def serve(config: ServerConfig, log_level: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, getattr(args, "log_format", "text"))
+    if getattr(args, "secure_mode", False):
+        os.environ["LORASERVE_SECURE_MODE"] = "true"  # read where adapters and models are checked
     if args.command == "ray":
         return ray_main(args)
     try:

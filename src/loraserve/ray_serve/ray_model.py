@@ -23,6 +23,7 @@ from loraserve.adapters.registry import (
     validate_adapter_name,
 )
 from loraserve.adapters.saved import entry_of, record_of
+from loraserve.adapters.secure_mode import SecureMode
 from loraserve.adapters.sources import resolve_source
 from loraserve.errors import (
     AdapterNotFoundError,
@@ -117,6 +118,9 @@ class RayModel:
         path = await asyncio.to_thread(
             resolve_source, src, self.config.model_dir, self.config.adapter_roots(), self.scratch_dir
         )
+        policy = SecureMode.from_env()
+        if policy is not None:
+            await asyncio.to_thread(policy.check_adapter, path)
         await self.caller.check_adapter(str(path))
         return str(path)
 

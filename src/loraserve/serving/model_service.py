@@ -27,6 +27,7 @@ from loraserve.adapters.registry import (
     new_identity,
     validate_adapter_name,
 )
+from loraserve.adapters.secure_mode import SecureMode
 from loraserve.adapters.sources import handler_src, resolve_source, server_reads
 from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
@@ -146,8 +147,17 @@ class ModelService:
             return str(resolve_source(src, self.model_dir, self.adapter_roots, self.scratch_dir))
         return handler_src(src)
 
+    def _check_secure(self, adapter_path: str) -> None:
+        """Secure mode (``adapters.secure_mode``): refused before anything is loaded."""
+        policy = SecureMode.from_env()
+        if policy is not None:
+            policy.check_adapter(Path(adapter_path))
+
     async def load(self) -> None:
         try:
+            policy = SecureMode.from_env()
+            if policy is not None:
+                policy.check_model(self.model_dir, self.config.entry_point, self.config.options)
             await self.workers.start()
         except Exception as exc:
             self.status, self.error = ModelStatus.FAILED, str(exc)
@@ -234,6 +244,7 @@ class ModelService:
 
     async def _register_new(self, record: AdapterRecord) -> None:
         record.path = await asyncio.to_thread(self._handler_path, record.src)
+        await asyncio.to_thread(self._check_secure, record.path)
         self.registry.begin_register(record)
         try:
             self._keep_message(record.name, await self._calls().register(record))
@@ -259,6 +270,7 @@ class ModelService:
             # Always resolved again: an archive replaced under the same src unpacks to a new
             # (content-addressed) directory; a directory resolves to itself and is reloaded.
             path = await asyncio.to_thread(self._handler_path, src or record.src)
+            await asyncio.to_thread(self._check_secure, path)
             updated = AdapterRecord(
                 name=name,
                 src=src or record.src,
