@@ -9,14 +9,33 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from loraserve.adapters.registry import AdapterRecord, AdapterState
 from loraserve.api.deps import manager_of
+from loraserve.api.security import CONSOLE_ASSETS
 
 router = APIRouter()
-PAGE = Path(__file__).parent / "static" / "console.html"
+STATIC = Path(__file__).parent / "static"
+PAGE = STATIC / "console.html"
+# uPlot 1.6.32 (MIT), shipped with the package so the charts work offline: static/vendor/README.md
+MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 
 @router.get("/console", include_in_schema=False)
 async def console() -> FileResponse:
     return FileResponse(PAGE, media_type="text/html")
+
+
+def _serve_asset(path: str) -> None:
+    """A route for one file of the chart library: each listed path, nothing else under it."""
+    file = STATIC / "vendor" / path.rsplit("/", 1)[1]
+    media_type = MEDIA_TYPES[file.suffix]
+
+    async def asset() -> FileResponse:
+        return FileResponse(file, media_type=media_type)
+
+    router.add_api_route(path, asset, methods=["GET"], include_in_schema=False)
+
+
+for _path in sorted(CONSOLE_ASSETS):
+    _serve_asset(_path)
 
 
 @router.get("/console/state")
