@@ -62,6 +62,7 @@ def test_a_shared_system_prompt_is_computed_once_and_outputs_do_not_change(files
     # the system prompt once per namespace (base + 3 adapters), each suffix once, 5 decodes each
     assert cached.computed_tokens == 4 * 512 + 32 * 16 + 32 * 5
     assert uncached.computed_tokens == 32 * (512 + 16) + 32 * 5
+    assert cached.stats()["generated_tokens"] == 32 * 6  # every sampled token, as it is emitted
     assert cached.stats()["prefix_cache_hit_rate"] == pytest.approx(28 * 512 / (32 * 528))
     _assert_released(cached)
 

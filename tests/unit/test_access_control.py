@@ -23,6 +23,9 @@ def client(**settings) -> TestClient:
     [
         ("/ping", Access.OPEN),
         ("/console", Access.OPEN),
+        ("/console/vendor/uPlot.iife.min.js", Access.OPEN),
+        ("/console/vendor/uPlot.min.css", Access.OPEN),
+        ("/console/vendor/other.js", Access.MANAGEMENT),
         ("/openapi.json", Access.OPEN),
         ("/predictions/m", Access.INFERENCE),
         ("/invocations", Access.INFERENCE),
@@ -121,6 +124,9 @@ def test_inference_routes_need_a_token_and_ping_stays_open():
         assert reply.status_code == 404  # past the check: the model does not exist
     assert api.get("/ping").status_code in (200, 503)  # health, never 401
     assert api.get("/console").status_code == 200
+    library = api.get("/console/vendor/uPlot.iife.min.js")  # the page's charts, offline
+    assert library.status_code == 200 and library.headers["content-type"].startswith("text/javascript")
+    assert "uPlot" in library.text and api.get("/console/vendor/uPlot.min.css").status_code == 200
 
 
 def test_api_token_alone_also_guards_management():

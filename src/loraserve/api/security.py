@@ -18,8 +18,11 @@ from loraserve.api.errors import error_response
 from loraserve.api.limits import BodyLimitMiddleware
 from loraserve.config import ServerConfig
 
-OPEN_PATHS = frozenset(
-    {"/ping", "/health", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# The console's chart library (``api/static/vendor``): public code, no data, like the page.
+CONSOLE_ASSETS = frozenset({"/console/vendor/uPlot.iife.min.js", "/console/vendor/uPlot.min.css"})
+OPEN_PATHS = (
+    frozenset({"/ping", "/health", "/console", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+    | CONSOLE_ASSETS
 )
 # SageMaker's, and TGI's / LoRAX's generation routes (``/`` is TGI's, which their clients call).
 INFERENCE_PATHS = frozenset({"/invocations", "/", "/generate", "/generate_stream"})
@@ -38,9 +41,9 @@ class Access(str, Enum):
 
 
 def access_of(path: str) -> Access:
-    """``/ping`` and ``/health``, the console page and the API document are open;
-    predictions, invocations, TGI's generation and the OpenAI routes are inference; the rest
-    is management (models, adapters — vLLM's and llama.cpp's too —, workflows, ``/metrics``,
+    """``/ping`` and ``/health``, the console page (and its chart library) and the API document
+    are open; predictions, invocations, TGI's generation and the OpenAI routes are inference; the
+    rest is management (models, adapters — vLLM's and llama.cpp's too —, workflows, ``/metrics``,
     ``/console/state``, unknown paths)."""
     if path in OPEN_PATHS:
         return Access.OPEN

@@ -127,6 +127,7 @@ class LLMEngine:
         self._idle_epoch = -1  # the epoch at which a step last found nothing to run
         self.steps = 0
         self.computed_tokens = 0  # tokens run through the model (prompt chunks and decodes)
+        self.generated_tokens = 0  # tokens sampled and emitted, as they are (the console's rate)
         self.last_step_tokens = 0
 
     def _eos_ids(self) -> set[int]:
@@ -337,6 +338,7 @@ class LLMEngine:
                 finished.append(seq)
                 continue
             event = self.outputs.append(seq, token, logprob, len(seqs))
+            self.generated_tokens += 1
             if event.finish_reason is not None:
                 self.scheduler.finish(seq)
                 finished.append(seq)
@@ -456,6 +458,7 @@ class LLMEngine:
                 "prefix_cache_hit_tokens": blocks.stats.hit_tokens,
                 "preemptions": scheduler.preemptions,
                 "computed_tokens": self.computed_tokens,
+                "generated_tokens": self.generated_tokens,
                 "lora_refs": adapters["slot_refs"],
                 "adapter_holds": adapters["holds"],
                 "resident_adapters": adapters["resident"],

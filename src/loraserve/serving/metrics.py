@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from loraserve.errors import LoraserveError
 from loraserve.serving.model_service import ModelService
+from loraserve.serving.recent import LabelFigures, RateWindow
 from loraserve.serving.request_fields import note
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.wire.control import EngineStatsQuery
@@ -132,7 +133,11 @@ class ServerMetrics:
     def __init__(self, max_adapter_labels: int = 100) -> None:
         self.max_adapter_labels = max_adapter_labels
         self._series: dict[tuple[str, str], set[str]] = {}  # (model, adapter) → status codes seen
-        self.generated_tokens = 0  # all time, for the console's throughput (pruning keeps it)
+        # for the console: all-time tokens (pruning keeps them) counted as they are generated —
+        # a stream's per chunk, a whole answer's when it returns — their rate, and per label
+        self.generated_tokens = 0
+        self.rate = RateWindow()
+        self.recent: dict[tuple[str, str], LabelFigures] = {}
         self.registry = CollectorRegistry()
         labels = ["model", "adapter"]
         self.requests = Counter(
@@ -165,6 +170,7 @@ class ServerMetrics:
     async def observe(self, model: str, adapter: str, call: Awaitable[WorkerReply]) -> WorkerReply:
         """An inference call (``ServedModel.infer``), counted, timed and logged."""
         adapter = self._label(model, adapter)
+        self._series.setdefault((model, adapter), set())  # counted against the label cap from now
         started = time.perf_counter()
         try:
             reply = await call
@@ -173,6 +179,7 @@ class ServerMetrics:
             raise
         code, tokens = _figures(reply)
         if reply.stream is None:
+            self._count(model, adapter, tokens)
             self._done(model, adapter, code, started, tokens)
             return reply
         forwarded: asyncio.Queue = asyncio.Queue()
@@ -201,8 +208,12 @@ class ServerMetrics:
             if item is None or isinstance(item, Exception):
                 break
             if chunks == 0:
-                self.ttft.labels(model, adapter).observe(time.perf_counter() - started)
-            chunks += (item.count(b"\n") or 1) if isinstance(item, bytes) else 1  # lines or tokens
+                ttft = time.perf_counter() - started
+                self.ttft.labels(model, adapter).observe(ttft)
+                self._figures(model, adapter).ttfts.append(ttft)
+            count = (item.count(b"\n") or 1) if isinstance(item, bytes) else 1  # lines or tokens
+            self._count(model, adapter, count)
+            chunks += count
         self._done(model, adapter, 500 if isinstance(item, Exception) else code, started, chunks)
 
     def _label(self, model: str, adapter: str) -> str:
@@ -220,6 +231,7 @@ class ServerMetrics:
             owner = served.get(model)
             if owner is not None and (adapter in SHARED_LABELS or adapter in owner.registry):
                 continue
+            self.recent.pop((model, adapter), None)
             for code in self._series.pop((model, adapter)):
                 with contextlib.suppress(KeyError):
                     self.requests.remove(model, adapter, code)
@@ -227,16 +239,35 @@ class ServerMetrics:
                 with contextlib.suppress(KeyError):
                     family.remove(model, adapter)
 
+    def _figures(self, model: str, adapter: str) -> LabelFigures:
+        return self.recent.setdefault((model, adapter), LabelFigures())
+
+    def figures(self, model: str) -> dict[str, dict[str, Any]]:
+        """Each label of ``model`` with traffic → its totals, recent token rate and TTFTs."""
+        now = time.monotonic()
+        return {adapter: f.summary(now) for (name, adapter), f in self.recent.items() if name == model}
+
+    def _count(self, model: str, adapter: str, tokens: int) -> None:
+        """Generated tokens, counted when they reach the server (the console's live throughput)."""
+        if not tokens:
+            return
+        now = time.monotonic()
+        self.generated_tokens += tokens
+        self.rate.add(tokens, now)
+        self._figures(model, adapter).add_tokens(tokens, now)
+        self.tokens.labels(model, adapter).inc(tokens)
+
     def _done(self, model: str, adapter: str, code: int, started: float, tokens: int) -> None:
+        """The request's end: its status and latency (its tokens were counted by ``_count``)."""
         elapsed = time.perf_counter() - started
         self._series.setdefault((model, adapter), set()).add(str(code))
-        self.generated_tokens += tokens
+        figures = self._figures(model, adapter)
+        figures.requests += 1
         self.requests.labels(model, adapter, str(code)).inc()
         self.latency.labels(model, adapter).observe(elapsed)
         if code >= 400:
+            figures.errors += 1
             self.errors.labels(model, adapter).inc()
-        if tokens:
-            self.tokens.labels(model, adapter).inc(tokens)
         # on the HTTP request's one log line (api.request_log); a call outside one logs its own
         if not note(model=model, adapter=adapter or "-", tokens=tokens):
             log.info(
