@@ -39,21 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", help="port (default 8080; SAGEMAKER_BIND_TO_PORT honoured)")
     serve.add_argument("--config", help="a key=value properties file of these settings")
-    serve.add_argument(
-        "--allowed-adapter-roots",
-        nargs="*",
-        default=None,
-        metavar="DIR",
-        help="directories adapter sources may come from "
-        "(default: the model store and each model's directory)",
-    )
-    serve.add_argument(
-        "--allowed-model-roots",
-        nargs="*",
-        default=None,
-        metavar="DIR",
-        help="directories POST /models?url= and workflow files may come from (default: the model store)",
-    )
+    add_root_arguments(serve)
     add_access_arguments(serve)  # tokens, Host / Origin: the same options as `loraserve ray`
     serve.add_argument(
         "--state-dir", help="where the adapter registry is persisted (default: <model-store>/.loraserve)"
@@ -73,10 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve the embedded SmolLM2-135M-Instruct model")
     demo.add_argument("--host", default=None)
     demo.add_argument("--port", default=None)
+    add_root_arguments(demo)  # the 403 for a source outside them names these flags
     demo.add_argument("--log-level", default="INFO")
     demo.add_argument("--log-format", choices=("text", "json"), default="text", help=LOG_FORMAT_HELP)
     add_ray_parser(sub)
     return parser
+
+
+def add_root_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allowed-adapter-roots",
+        nargs="*",
+        default=None,
+        metavar="DIR",
+        help="directories adapter sources may come from "
+        "(default: the model store and each model's directory)",
+    )
+    parser.add_argument(
+        "--allowed-model-roots",
+        nargs="*",
+        default=None,
+        metavar="DIR",
+        help="directories POST /models?url= and workflow files may come from (default: the model store)",
+    )
+
+
+def root_flags(args: argparse.Namespace) -> dict[str, str | None]:
+    """The allowed roots given, comma-joined as the settings layer takes lists."""
+    keys = ("allowed_adapter_roots", "allowed_model_roots")
+    return {key: ",".join(getattr(args, key)) if getattr(args, key) else None for key in keys}
 
 
 def demo_store() -> Path:
@@ -114,14 +125,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "max_loaded_models": args.max_loaded_models,
         "models": " ".join(args.models) if args.models else None,
         **access_flags(args),
+        **root_flags(args),
     }
-    for key in ("allowed_adapter_roots", "allowed_model_roots"):
-        values = getattr(args, key)
-        flags[key] = ",".join(values) if values else None
     config = build_server_config([file_layer, settings_from_env(), flags])
     if config.model_store is not None and not config.model_store.is_dir():
         raise ConfigError(f"the model store {config.model_store} is not a directory (--model-store)")
     return config
+
+
+def demo_config(args: argparse.Namespace, store: Path) -> ServerConfig:
+    """The demo's settings: its store, then the environment, then the flags it takes."""
+    flags = {"model_store": str(store), "host": args.host, "port": args.port, **root_flags(args)}
+    return build_server_config([settings_from_env(), flags])
 
 
 def serve(config: ServerConfig, log_level: str) -> None:
@@ -147,11 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "ray":
         return ray_main(args)
     try:
-        if args.command == "demo":
-            flags = {"model_store": str(demo_store()), "host": args.host, "port": args.port}
-            config = build_server_config([settings_from_env(), flags])
-        else:
-            config = config_from_args(args)
+        config = demo_config(args, demo_store()) if args.command == "demo" else config_from_args(args)
     except LoraserveError as exc:
         sys.exit(f"loraserve: {exc.message}")
     serve(config, args.log_level)
