@@ -82,11 +82,18 @@ def add_root_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="directories POST /models?url= and workflow files may come from (default: the model store)",
     )
+    parser.add_argument(
+        "--allowed-adapter-urls",
+        nargs="*",
+        default=None,
+        metavar="PREFIX",
+        help="http(s) URL prefixes adapter archives may be fetched from (default: none)",
+    )
 
 
 def root_flags(args: argparse.Namespace) -> dict[str, str | None]:
     """The allowed roots given, comma-joined as the settings layer takes lists."""
-    keys = ("allowed_adapter_roots", "allowed_model_roots")
+    keys = ("allowed_adapter_roots", "allowed_model_roots", "allowed_adapter_urls")
     return {key: ",".join(getattr(args, key)) if getattr(args, key) else None for key in keys}
 
 

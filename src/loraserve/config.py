@@ -118,7 +118,13 @@ class ModelConfig:
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-_LIST_SETTINGS = ("allowed_adapter_roots", "allowed_model_roots", "allowed_origins", "allowed_hosts")
+_LIST_SETTINGS = (
+    "allowed_adapter_roots",
+    "allowed_model_roots",
+    "allowed_adapter_urls",
+    "allowed_origins",
+    "allowed_hosts",
+)
 _POSITIVE = (
     "max_request_bytes",
     "max_archive_bytes",
@@ -139,6 +145,7 @@ class ServerConfig:
     model_store: Path | None = None
     models: dict[str, str] = field(default_factory=dict)
     allowed_adapter_roots: list[Path] = field(default_factory=list)
+    allowed_adapter_urls: list[str] = field(default_factory=list)  # http(s) prefixes adapters may come from
     allowed_model_roots: list[Path] = field(default_factory=list)  # empty: the model store
     state_dir: Path | None = None
     api_token: str | None = field(default=None, repr=False)
@@ -198,6 +205,7 @@ _SCALAR_SETTINGS = {
     "max_request_bytes": int,
     "allowed_adapter_roots": str,
     "allowed_model_roots": str,
+    "allowed_adapter_urls": str,
     "allowed_origins": str,
     "allowed_hosts": str,
     "api_token": str,

@@ -53,6 +53,10 @@ def configure(limits: ArchiveLimits) -> None:
     _limits = limits
 
 
+def limits() -> ArchiveLimits:
+    return _limits
+
+
 def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 

@@ -56,9 +56,11 @@ class AdapterRecord:
 
     def describe(self) -> dict[str, object]:
         """DJL's description (name, src, pin) plus loraserve's extra fields."""
+        from loraserve.adapters.remote import is_remote, shown  # httpx: only when describing
+
         return {
             "name": self.name,
-            "src": self.src,
+            "src": shown(self.src) if is_remote(self.src) else self.src,  # never a presigned query
             "pin": self.pin,
             "preload": self.preload,
             "state": self.state.value,

@@ -2,7 +2,8 @@
 
 Accepted: a local path (absolute, or relative to a base directory) or a ``file://`` URL,
 inside the allowed roots once symlinks are resolved; ``.tar.gz`` / ``.tgz`` / ``.zip``
-archives are unpacked, bounded and checked, by ``adapters.archives``.
+archives are unpacked, bounded and checked, by ``adapters.archives``; an ``http(s)://`` archive
+under an allowed URL prefix is fetched first (``adapters.remote``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from loraserve.adapters.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
+from loraserve.adapters.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive, limits
+from loraserve.adapters.remote import fetch_archive, is_remote
 from loraserve.errors import BadRequestError, ConflictError, ForbiddenError
 
 __all__ = [
@@ -72,8 +74,14 @@ def ensure_inside(path: Path, roots: list[Path], kind: str = "adapter") -> None:
         )
 
 
-def resolve_source(src: str, base_dir: Path | None, roots: list[Path], scratch: Path) -> Path:
-    """Return the directory (or file) the handler should load for ``src``."""
+def resolve_source(
+    src: str, base_dir: Path | None, roots: list[Path], scratch: Path, urls: list[str] | None = None
+) -> Path:
+    """Return the directory (or file) the handler should load for ``src``: an http(s) archive
+    under one of the ``urls`` prefixes is fetched (``adapters.remote``) next to ``scratch``."""
+    if is_remote(src):
+        downloads = scratch.parent.parent / "downloads"
+        return extract_archive(fetch_archive(src, urls or [], downloads, limits().max_bytes), scratch)
     path = local_path_of(src, base_dir)
     ensure_inside(path, roots)
     if not exists(path):

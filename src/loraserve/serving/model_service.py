@@ -144,7 +144,15 @@ class ModelService:
     def _handler_path(self, src: str) -> str:
         """The handler's ``src``: resolved and sandboxed only where the server reads it."""
         if server_reads(src, self.uses_builtin_engine):
-            return str(resolve_source(src, self.model_dir, self.adapter_roots, self.scratch_dir))
+            return str(
+                resolve_source(
+                    src,
+                    self.model_dir,
+                    self.adapter_roots,
+                    self.scratch_dir,
+                    self.server.allowed_adapter_urls,
+                )
+            )
         return handler_src(src)
 
     def _check_secure(self, adapter_path: str) -> None:
