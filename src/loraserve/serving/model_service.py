@@ -355,6 +355,7 @@ class ModelService:
         ``names``) that is not registered is DJL's 424 (its ModelInfo check); any named adapter
         that failed to load is a 503 with the reason. A custom handler's request requires only
         ``?adapter=`` (DJL's content key): other names are the handler's business."""
+        self._require_ready()  # while it loads, its adapters are not restored yet: 503, not 424
         for adapter in names if required is None else required:
             if adapter and adapter not in self.registry:
                 raise AdapterNotFoundError(
