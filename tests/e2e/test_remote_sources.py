@@ -66,6 +66,9 @@ def test_an_allowed_archive_url_is_fetched_checked_and_served(tmp_path, store_se
         assert client.post("/predictions/tiny", json=body).status_code == 200
         _Store.failures = 2  # two 503s, then the archive: retried with backoff
         assert register("flaky", f"{base_url}/flaky/qv2.tar.gz").status_code == 200
+        # unpacked, the archive is kept only where its checksum lets a later fetch be skipped
+        kept = [p.name for p in (store / ".loraserve" / "downloads").iterdir()]
+        assert kept == [f"{sha}.tar.gz"]
 
         refusals = {
             "bad-sha": (f"{base_url}/qv2.tar.gz#sha256={'0' * 64}", 400, "sha256"),

@@ -353,3 +353,10 @@ def test_serve_run_builder_binds_the_application(tmp_path: Path):
     (tmp_path / "serving.properties").write_text("option.model_id=/w\n")
     app = build({"model_dir": str(tmp_path), "autoscaling": {"min_replicas": 1, "max_replicas": 3}})
     assert type(app).__name__ == "Application"
+
+
+def test_the_ray_ingress_takes_allowed_adapter_urls_like_serve(tmp_path: Path):
+    (tmp_path / "serving.properties").write_text("option.model_id=/w\n")
+    prefix = "https://store.example/adapters/"
+    args = build_parser().parse_args(["ray", "--model", str(tmp_path), "--allowed-adapter-urls", prefix])
+    assert config_from_args(args).server_config().allowed_adapter_urls == [prefix]

@@ -7,8 +7,8 @@ every redirect (at most ``MAX_REDIRECTS``); a URL with credentials in it is refu
 another way), and a query string — a presigned URL's signature — never appears in a message.
 The download is bounded in bytes (``max_archive_bytes``) and time, retried with backoff on
 connection errors and 5xx answers, checked against ``#sha256=<hex>`` when the URL carries one
-(pip's form), and placed atomically under its own sha256: a half-downloaded archive is never
-visible. A failed fetch is a 502 (the store failed) or a 4xx (the request was wrong) naming the
+(pip's form), and placed atomically under its own sha256 in the cache folder it is given: a
+half-downloaded archive is never visible. A failed fetch is a 502 (the store failed) or a 4xx (the request was wrong) naming the
 source, and nothing is registered.
 """
 

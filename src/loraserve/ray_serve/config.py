@@ -21,6 +21,7 @@ class RayAppConfig:
     max_adapters_per_replica: int = 16  # Ray's multiplex LRU; the engine's tiers sit under it
     state_dir: Path | None = None  # default: the model directory (shared by every replica)
     allowed_adapter_roots: list[Path] = field(default_factory=list)
+    allowed_adapter_urls: list[str] = field(default_factory=list)  # http(s) prefixes (adapters.remote)
     num_cpus_per_replica: float = 1.0
     num_gpus_per_replica: float = 0.0  # > 0: the engine runs on the GPU Ray gives the replica
     autoscaling: dict[str, Any] | None = None  # Ray Serve's autoscaling_config, passed through
@@ -85,6 +86,7 @@ class RayAppConfig:
             port=self.port,
             state_dir=self.state_dir,
             allowed_adapter_roots=self.adapter_roots(),
+            allowed_adapter_urls=list(self.allowed_adapter_urls),
             api_token=self.api_token,
             management_token=self.management_token,
             allowed_origins=list(self.allowed_origins),

@@ -61,6 +61,13 @@ def add_ray_parser(sub: Any) -> None:
         "--state-dir", help="shared adapter registry (every node must see it); default: the model directory"
     )
     ray.add_argument("--allowed-adapter-roots", nargs="*", default=[], metavar="DIR")
+    ray.add_argument(
+        "--allowed-adapter-urls",
+        nargs="*",
+        default=[],
+        metavar="PREFIX",
+        help="http(s) URL prefixes adapter archives may be fetched from (default: none)",
+    )
     add_access_arguments(ray)  # loraserve serve's options; the ingress enforces its rules
     ray.add_argument("--host", default="127.0.0.1", help="HTTP bind address of Ray Serve's proxy")
     ray.add_argument("--port", type=int, default=8080)
@@ -98,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> RayAppConfig:
         max_adapters_per_replica=args.max_adapters_per_replica,
         state_dir=args.state_dir,
         allowed_adapter_roots=[Path(p) for p in args.allowed_adapter_roots],
+        allowed_adapter_urls=list(args.allowed_adapter_urls),
         num_cpus_per_replica=args.num_cpus_per_replica,
         num_gpus_per_replica=args.num_gpus_per_replica,
         autoscaling=autoscaling,

@@ -116,7 +116,12 @@ class RayModel:
     # -- the registry, shared by every replica ----------------------------------------------
     async def _resolve(self, src: str) -> str:
         path = await asyncio.to_thread(
-            resolve_source, src, self.config.model_dir, self.config.adapter_roots(), self.scratch_dir
+            resolve_source,
+            src,
+            self.config.model_dir,
+            self.config.adapter_roots(),
+            self.scratch_dir,
+            self.config.allowed_adapter_urls,
         )
         policy = SecureMode.from_env()
         if policy is not None:
