@@ -8,8 +8,8 @@ another way), and a query string — a presigned URL's signature — never appea
 The download is bounded in bytes (``max_archive_bytes``) and time, retried with backoff on
 connection errors and 5xx answers, checked against ``#sha256=<hex>`` when the URL carries one
 (pip's form), and placed atomically under its own sha256 in the cache folder it is given: a
-half-downloaded archive is never visible. A failed fetch is a 502 (the store failed) or a 4xx (the request was wrong) naming the
-source, and nothing is registered.
+half-downloaded archive is never visible. A failed fetch is a 502 (the store failed) or a 4xx
+(the request was wrong) naming the source, and nothing is registered.
 """
 
 from __future__ import annotations
