@@ -73,6 +73,20 @@ class SecureMode:
         return None
 
 
+def check_adapter(path: Path) -> None:
+    """The adapter at ``path`` under the secure mode in force (none: nothing to check)."""
+    policy = SecureMode.from_env()
+    if policy is not None:
+        policy.check_adapter(path)
+
+
+def check_model(model_dir: Path, entry_point: str | None, options: Mapping[str, str]) -> None:
+    """The model at ``model_dir`` under the secure mode in force (none: nothing to check)."""
+    policy = SecureMode.from_env()
+    if policy is not None:
+        policy.check_model(model_dir, entry_point, options)
+
+
 _WHY = {
     "custom": "custom inference code is prohibited in secure mode",
     "requirements.txt": "installing packages is prohibited in secure mode",

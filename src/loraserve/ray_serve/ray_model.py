@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loraserve.adapters import secure_mode
 from loraserve.adapters.registry import (
     AdapterOrigin,
     AdapterRecord,
@@ -23,7 +24,6 @@ from loraserve.adapters.registry import (
     validate_adapter_name,
 )
 from loraserve.adapters.saved import entry_of, record_of
-from loraserve.adapters.secure_mode import SecureMode
 from loraserve.adapters.sources import resolve_source
 from loraserve.errors import (
     AdapterNotFoundError,
@@ -123,9 +123,7 @@ class RayModel:
             self.scratch_dir,
             self.config.allowed_adapter_urls,
         )
-        policy = SecureMode.from_env()
-        if policy is not None:
-            await asyncio.to_thread(policy.check_adapter, path)
+        await asyncio.to_thread(secure_mode.check_adapter, path)
         await self.caller.check_adapter(str(path))
         return str(path)
 

@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from loraserve.adapters import secure_mode
 from loraserve.adapters.registry import (
     AdapterOrigin,
     AdapterRecord,
@@ -27,7 +28,6 @@ from loraserve.adapters.registry import (
     new_identity,
     validate_adapter_name,
 )
-from loraserve.adapters.secure_mode import SecureMode
 from loraserve.adapters.sources import handler_src, resolve_source, server_reads
 from loraserve.config import ModelConfig, ServerConfig
 from loraserve.errors import (
@@ -155,17 +155,9 @@ class ModelService:
             )
         return handler_src(src)
 
-    def _check_secure(self, adapter_path: str) -> None:
-        """Secure mode (``adapters.secure_mode``): refused before anything is loaded."""
-        policy = SecureMode.from_env()
-        if policy is not None:
-            policy.check_adapter(Path(adapter_path))
-
     async def load(self) -> None:
         try:
-            policy = SecureMode.from_env()
-            if policy is not None:
-                policy.check_model(self.model_dir, self.config.entry_point, self.config.options)
+            secure_mode.check_model(self.model_dir, self.config.entry_point, self.config.options)
             await self.workers.start()
         except Exception as exc:
             self.status, self.error = ModelStatus.FAILED, str(exc)
@@ -252,7 +244,7 @@ class ModelService:
 
     async def _register_new(self, record: AdapterRecord) -> None:
         record.path = await asyncio.to_thread(self._handler_path, record.src)
-        await asyncio.to_thread(self._check_secure, record.path)
+        await asyncio.to_thread(secure_mode.check_adapter, Path(record.path))
         self.registry.begin_register(record)
         try:
             self._keep_message(record.name, await self._calls().register(record))
@@ -278,7 +270,7 @@ class ModelService:
             # Always resolved again: an archive replaced under the same src unpacks to a new
             # (content-addressed) directory; a directory resolves to itself and is reloaded.
             path = await asyncio.to_thread(self._handler_path, src or record.src)
-            await asyncio.to_thread(self._check_secure, path)
+            await asyncio.to_thread(secure_mode.check_adapter, Path(path))
             updated = AdapterRecord(
                 name=name,
                 src=src or record.src,
