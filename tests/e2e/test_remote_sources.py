@@ -84,3 +84,5 @@ def test_an_allowed_archive_url_is_fetched_checked_and_served(tmp_path, store_se
             assert "pw" not in reply.json()["message"]
         listed = {a["name"] for a in client.get("/models/tiny/adapters").json()["adapters"]}
         assert listed == {"qv", "remote", "flaky"}  # the refused ones registered nothing
+        left = [p.name for p in (store / ".loraserve" / "downloads").iterdir()]
+        assert left == [f"{sha}.tar.gz"]  # and left no partial or temporary download behind

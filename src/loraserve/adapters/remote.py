@@ -14,11 +14,13 @@ half-downloaded archive is never visible. A failed fetch is a 502 (the store fai
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,6 +77,19 @@ def fetch_archive(url: str, allowed: list[str], cache: Path, max_bytes: int) -> 
                 ) from None
             time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def fetched_archive(url: str, allowed: list[str], downloads: Path, max_bytes: int) -> Iterator[Path]:
+    """The archive at ``url`` while the block runs. One whose checksum the URL names is kept in
+    ``downloads`` under its hash, so a restart or update skips the fetch; any other is deleted
+    after (nothing says a later fetch would get the same bytes)."""
+    if urlsplit(url).fragment:  # a checksum (``fetch_archive`` refuses any other fragment)
+        yield fetch_archive(url, allowed, downloads, max_bytes)
+        return
+    downloads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=downloads) as once:
+        yield fetch_archive(url, allowed, Path(once), max_bytes)
 
 
 class _Retryable(Exception):

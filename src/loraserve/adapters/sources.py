@@ -8,12 +8,11 @@ under an allowed URL prefix is fetched first (``adapters.remote``).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from loraserve.adapters.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive, limits
-from loraserve.adapters.remote import fetch_archive, is_remote
+from loraserve.adapters.remote import fetched_archive, is_remote
 from loraserve.errors import BadRequestError, ConflictError, ForbiddenError
 
 __all__ = [
@@ -81,13 +80,9 @@ def resolve_source(
     """Return the directory (or file) the handler should load for ``src``: an http(s) archive
     under one of the ``urls`` prefixes is fetched (``adapters.remote``) next to ``scratch``."""
     if is_remote(src):
-        # kept (under its hash) only where the URL's checksum lets a later fetch be skipped
         downloads = scratch.parent.parent / "downloads"
-        if "#sha256=" in src:
-            return extract_archive(fetch_archive(src, urls or [], downloads, limits().max_bytes), scratch)
-        downloads.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=downloads) as once:
-            return extract_archive(fetch_archive(src, urls or [], Path(once), limits().max_bytes), scratch)
+        with fetched_archive(src, urls or [], downloads, limits().max_bytes) as archive:
+            return extract_archive(archive, scratch)
     path = local_path_of(src, base_dir)
     ensure_inside(path, roots)
     if not exists(path):
