@@ -87,14 +87,29 @@ def add_root_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=None,
         metavar="PREFIX",
-        help="http(s) URL prefixes adapter archives may be fetched from (default: none)",
+        help="http(s) and s3 URL prefixes adapters may be fetched from (default: none)",
+    )
+    parser.add_argument(
+        "--adapter-resolvers",
+        nargs="*",
+        default=None,
+        metavar="ROOT",
+        help="directories and s3:// prefixes where an adapter a request names but nobody "
+        "registered is looked up as ROOT/<name> and registered on first use (default: none)",
+    )
+    parser.add_argument(
+        "--s3-endpoint-url",
+        default=None,
+        metavar="URL",
+        help="an S3-compatible store for s3:// adapter sources (default: AWS, as boto3 finds it)",
     )
 
 
 def root_flags(args: argparse.Namespace) -> dict[str, str | None]:
     """The allowed roots given, comma-joined as the settings layer takes lists."""
-    keys = ("allowed_adapter_roots", "allowed_model_roots", "allowed_adapter_urls")
-    return {key: ",".join(getattr(args, key)) if getattr(args, key) else None for key in keys}
+    keys = ("allowed_adapter_roots", "allowed_model_roots", "allowed_adapter_urls", "adapter_resolvers")
+    flags = {key: ",".join(getattr(args, key)) if getattr(args, key) else None for key in keys}
+    return flags | {"s3_endpoint_url": args.s3_endpoint_url}
 
 
 def demo_store() -> Path:

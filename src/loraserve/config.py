@@ -117,11 +117,21 @@ class ModelConfig:
         return props
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteAccess:
+    """Where adapters may be fetched from: URL prefixes (http(s) and s3) and the S3 endpoint
+    (None: boto3's own choice)."""
+
+    allowed_urls: list[str] = field(default_factory=list)
+    s3_endpoint_url: str | None = None
+
+
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _LIST_SETTINGS = (
     "allowed_adapter_roots",
     "allowed_model_roots",
     "allowed_adapter_urls",
+    "adapter_resolvers",
     "allowed_origins",
     "allowed_hosts",
 )
@@ -145,7 +155,9 @@ class ServerConfig:
     model_store: Path | None = None
     models: dict[str, str] = field(default_factory=dict)
     allowed_adapter_roots: list[Path] = field(default_factory=list)
-    allowed_adapter_urls: list[str] = field(default_factory=list)  # http(s) prefixes adapters may come from
+    allowed_adapter_urls: list[str] = field(default_factory=list)  # http(s)/s3 prefixes adapters come from
+    s3_endpoint_url: str | None = None  # an S3-compatible store; None: boto3's own choice
+    adapter_resolvers: list[str] = field(default_factory=list)  # dirs / s3 prefixes: load on first use
     allowed_model_roots: list[Path] = field(default_factory=list)  # empty: the model store
     state_dir: Path | None = None
     api_token: str | None = field(default=None, repr=False)
@@ -171,6 +183,10 @@ class ServerConfig:
             self.model_store = Path(self.model_store).expanduser().resolve()
         self.allowed_adapter_roots = [Path(p).expanduser().resolve() for p in self.allowed_adapter_roots]
         self.allowed_model_roots = [Path(p).expanduser().resolve() for p in self.allowed_model_roots]
+        self.adapter_resolvers = [
+            r if r.startswith("s3://") else str(Path(r).expanduser().resolve())
+            for r in self.adapter_resolvers
+        ]
         self.api_token = self.api_token or None
         self.management_token = self.management_token or None
 
@@ -181,6 +197,10 @@ class ServerConfig:
         if self.allowed_model_roots:
             return self.allowed_model_roots
         return [self.model_store] if self.model_store else []
+
+    @property
+    def remote_access(self) -> RemoteAccess:
+        return RemoteAccess(list(self.allowed_adapter_urls), self.s3_endpoint_url or None)
 
     @property
     def trusted_hosts(self) -> list[str]:
@@ -206,6 +226,8 @@ _SCALAR_SETTINGS = {
     "allowed_adapter_roots": str,
     "allowed_model_roots": str,
     "allowed_adapter_urls": str,
+    "s3_endpoint_url": str,
+    "adapter_resolvers": str,
     "allowed_origins": str,
     "allowed_hosts": str,
     "api_token": str,

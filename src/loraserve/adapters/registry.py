@@ -30,6 +30,7 @@ class AdapterOrigin(str, Enum):
     STARTUP = "startup"  # a sub-directory of the model's adapters/
     API = "api"  # the management API
     WORKFLOW = "workflow"  # declared by a workflow's configs.adapters
+    RESOLVER = "resolver"  # found under a resolver root by the first request naming it
 
 
 def new_identity() -> str:

@@ -61,7 +61,7 @@ def fetch_archive(url: str, allowed: list[str], cache: Path, max_bytes: int) -> 
         raise BadRequestError(
             f"src {shown(url)}: an http(s) source must be an archive ({', '.join(ARCHIVE_SUFFIXES)})"
         )
-    _check_allowed(url, allowed)
+    check_allowed(url, allowed)
     expected = _expected_sha256(url, parts.fragment)
     suffix = next(s for s in ARCHIVE_SUFFIXES if parts.path.lower().endswith(s))
     if expected and (cache / f"{expected}{suffix}").is_file():
@@ -98,7 +98,7 @@ class _Retryable(Exception):
 
 def _download(url: str, allowed: list[str], cache: Path, suffix: str, max_bytes: int, expected: str) -> Path:
     def check_hop(request: httpx.Request) -> None:  # every redirect target too
-        _check_allowed(str(request.url), allowed)
+        check_allowed(str(request.url), allowed)
 
     fd, name = tempfile.mkstemp(prefix=".fetch-", dir=cache)
     partial = Path(name)
@@ -142,13 +142,21 @@ def _download(url: str, allowed: list[str], cache: Path, suffix: str, max_bytes:
         partial.unlink(missing_ok=True)
 
 
-def _check_allowed(url: str, allowed: list[str]) -> None:
+def check_allowed(url: str, allowed: list[str]) -> None:
+    """Refuse a URL (http(s) or s3) under no allowed prefix. A prefix ends where a path
+    segment does: ``https://store`` allows ``https://store/a.zip``, not ``https://store.evil``."""
     plain = url.split("#", 1)[0]
-    if not any(plain.startswith(prefix) for prefix in allowed):
+    if not any(_under(plain, prefix) for prefix in allowed):
         raise ForbiddenError(
             f"adapter source {shown(url)} is not under an allowed URL prefix "
             f"({', '.join(allowed) or 'none configured'}); start the server with --allowed-adapter-urls"
         )
+
+
+def _under(url: str, prefix: str) -> bool:
+    if not prefix or not url.startswith(prefix):
+        return False
+    return prefix.endswith("/") or len(url) == len(prefix) or url[len(prefix)] in "/?"
 
 
 def _expected_sha256(url: str, fragment: str) -> str:

@@ -3,7 +3,8 @@
 Accepted: a local path (absolute, or relative to a base directory) or a ``file://`` URL,
 inside the allowed roots once symlinks are resolved; ``.tar.gz`` / ``.tgz`` / ``.zip``
 archives are unpacked, bounded and checked, by ``adapters.archives``; an ``http(s)://`` archive
-under an allowed URL prefix is fetched first (``adapters.remote``).
+(``adapters.remote``) or an ``s3://`` folder or archive (``adapters.s3``) under an allowed URL
+prefix is fetched first.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from urllib.parse import unquote, urlparse
 
 from loraserve.adapters.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive, limits
 from loraserve.adapters.remote import fetched_archive, is_remote
+from loraserve.adapters.s3 import fetch_s3, is_s3
+from loraserve.config import RemoteAccess
 from loraserve.errors import BadRequestError, ConflictError, ForbiddenError
 
 __all__ = [
+    "RemoteAccess",
     "ensure_inside",
     "exists",
     "extract_archive",
@@ -75,14 +79,24 @@ def ensure_inside(path: Path, roots: list[Path], kind: str = "adapter") -> None:
 
 
 def resolve_source(
-    src: str, base_dir: Path | None, roots: list[Path], scratch: Path, urls: list[str] | None = None
+    src: str, base_dir: Path | None, roots: list[Path], scratch: Path, remote: RemoteAccess | None = None
 ) -> Path:
-    """Return the directory (or file) the handler should load for ``src``: an http(s) archive
-    under one of the ``urls`` prefixes is fetched (``adapters.remote``) next to ``scratch``."""
+    """Return the directory (or file) the handler should load for ``src``. A remote one under
+    an allowed prefix of ``remote`` is fetched first: an http(s) archive into the downloads
+    next to ``scratch``, an s3 folder into ``scratch`` itself."""
+    remote = remote or RemoteAccess()
     if is_remote(src):
         downloads = scratch.parent.parent / "downloads"
-        with fetched_archive(src, urls or [], downloads, limits().max_bytes) as archive:
+        with fetched_archive(src, remote.allowed_urls, downloads, limits().max_bytes) as archive:
             return extract_archive(archive, scratch)
+    if is_s3(src):
+        fetched = fetch_s3(src, remote.allowed_urls, scratch, limits(), remote.s3_endpoint_url)
+        if fetched.is_dir():
+            return fetched
+        try:
+            return extract_archive(fetched, scratch)
+        finally:
+            fetched.unlink(missing_ok=True)
     path = local_path_of(src, base_dir)
     ensure_inside(path, roots)
     if not exists(path):
@@ -93,9 +107,9 @@ def resolve_source(
 
 
 def server_reads(src: str, builtin_engine: bool) -> bool:
-    """Whether the server itself opens ``src``: archives it unpacks, and the weights of the
-    built-in engine. Only those are resolved and kept inside the allowed roots."""
-    return builtin_engine or urlparse(src).path.lower().endswith(ARCHIVE_SUFFIXES)
+    """Whether the server itself opens ``src``: archives it unpacks, s3 sources it fetches,
+    and the weights of the built-in engine. Only those are resolved and kept inside the allowed roots."""
+    return builtin_engine or is_s3(src) or urlparse(src).path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def handler_src(src: str) -> str:

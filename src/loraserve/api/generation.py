@@ -57,10 +57,19 @@ def counted_refusals(request: Request, model: ModelService) -> Iterator[None]:
         raise
 
 
+async def resolve_adapters(request: Request, model: ModelService, names: list[str]) -> None:
+    """Register the named adapters a resolver root holds (load on first request); ``serve``
+    only (a Ray ingress has no resolver)."""
+    resolver = getattr(request.app.state.manager, "resolver", None)
+    if resolver is not None and isinstance(model, ModelService):
+        await resolver.ensure(model, names)
+
+
 async def generate(request: Request, model: ModelService, message: GenerateRequest) -> WorkerReply:
     """Counted and timed like every inference call; the metrics label is the adapter."""
     names = message.adapter_names
     with counted_refusals(request, model):
+        await resolve_adapters(request, model, names)
         model.check_adapters(names)
     return await cancel_on_disconnect(request, model.infer(message, "generate", adapter_label(model, names)))
 

@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loraserve.api.deps import config_of, manager_of
-from loraserve.api.generation import cancel_on_disconnect, counted_refusals, generate, tokens
+from loraserve.api.generation import (
+    cancel_on_disconnect,
+    counted_refusals,
+    generate,
+    resolve_adapters,
+    tokens,
+)
 from loraserve.api.request_input import (
     build_wire_input,
     content_adapter,
@@ -84,6 +90,7 @@ async def _predict(request: Request, model: ModelService) -> Response:
         return await _predict_lmi(request, model, body)
     json_body = parse_json_body(body, request.headers.get("content-type"))
     adapters = requested_adapters(json_body, request)
+    await resolve_adapters(request, model, content_adapter(request))
     model.check_adapters(adapters, required=content_adapter(request))  # DJL: ?adapter= must exist
     infer = model.infer(build_wire_input(request, body), "handle", adapter_label(model, adapters))
     return reply_to_response(await cancel_on_disconnect(request, infer))

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from loraserve.api.deps import config_of, engine_models
-from loraserve.api.generation import generate, tokens
+from loraserve.api.generation import generate, resolve_adapters, tokens
 from loraserve.api.request_input import parse_json_body, read_body
 from loraserve.api.responses import CancellingStreamingResponse
 from loraserve.errors import BadRequestError, LoraserveError, ModelNotFoundError
@@ -52,6 +52,23 @@ def resolve(request: Request, name: str) -> tuple[ModelService, str | None]:
     if colon:
         return _base_adapter(engines, base, adapter)
     raise ModelNotFoundError(f"model {name} not found; GET /v1/models lists the served ones")
+
+
+async def resolve_or_fetch(request: Request, name: str) -> tuple[ModelService, str | None]:
+    """``resolve``; a name no model serves yet is looked up by the resolvers first: as
+    ``<base>:<adapter>`` under that base's roots, a bare name under the roots of the one model
+    that has resolvers (with several, the client must name the base)."""
+    try:
+        return resolve(request, name)
+    except ModelNotFoundError:
+        base, colon, adapter = name.partition(":")
+        candidates = [m for m in engine_models(request) if m.resolver_roots]
+        if colon:
+            candidates = [m for m in candidates if m.name == base]
+        if len(candidates) != 1:
+            raise
+        await resolve_adapters(request, candidates[0], [adapter if colon else name])
+        return resolve(request, name)
 
 
 def _base_adapter(engines: list[ModelService], base: str, adapter: str) -> tuple[ModelService, str]:
@@ -122,7 +139,7 @@ async def _openai(request: Request, kind: Kind) -> Response:
     body = parse_json_body(await read_body(request, config_of(request).max_request_bytes), "application/json")
     parsed = parse(kind, body)
     chat = isinstance(parsed, spec.ChatCompletionRequest)
-    model, adapter = resolve(request, parsed.model)
+    model, adapter = await resolve_or_fetch(request, parsed.model)
     message = parsed.to_generate(adapter)
     meta = {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",

@@ -56,6 +56,7 @@ _HANDLER_SETTINGS = frozenset(
         "tool_call_parser",
         "entryPoint",
         "enable_lora",
+        "adapter_resolvers",  # read by the server (serving/adapter_resolver.py)
         "model_dir",
         "engine",
         "batch_size",

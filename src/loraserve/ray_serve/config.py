@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraserve.config import ModelConfig, ServerConfig
+from loraserve.config import ModelConfig, RemoteAccess, ServerConfig
 from loraserve.errors import ConfigError
 from loraserve.handler_kind import resolve_handler
 
@@ -21,7 +21,8 @@ class RayAppConfig:
     max_adapters_per_replica: int = 16  # Ray's multiplex LRU; the engine's tiers sit under it
     state_dir: Path | None = None  # default: the model directory (shared by every replica)
     allowed_adapter_roots: list[Path] = field(default_factory=list)
-    allowed_adapter_urls: list[str] = field(default_factory=list)  # http(s) prefixes (adapters.remote)
+    allowed_adapter_urls: list[str] = field(default_factory=list)  # http(s)/s3 prefixes
+    s3_endpoint_url: str | None = None
     num_cpus_per_replica: float = 1.0
     num_gpus_per_replica: float = 0.0  # > 0: the engine runs on the GPU Ray gives the replica
     autoscaling: dict[str, Any] | None = None  # Ray Serve's autoscaling_config, passed through
@@ -75,6 +76,10 @@ class RayAppConfig:
         """What the built-in handler's warm-up call gets, as ``loraserve serve`` builds it."""
         return self.model_config().handler_properties(self.model_dir)
 
+    @property
+    def remote_access(self) -> RemoteAccess:
+        return RemoteAccess(list(self.allowed_adapter_urls), self.s3_endpoint_url)
+
     def adapter_roots(self) -> list[Path]:
         return self.allowed_adapter_roots or [self.model_dir, self.loraserve_dir]
 
@@ -87,6 +92,7 @@ class RayAppConfig:
             state_dir=self.state_dir,
             allowed_adapter_roots=self.adapter_roots(),
             allowed_adapter_urls=list(self.allowed_adapter_urls),
+            s3_endpoint_url=self.s3_endpoint_url,
             api_token=self.api_token,
             management_token=self.management_token,
             allowed_origins=list(self.allowed_origins),

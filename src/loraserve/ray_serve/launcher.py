@@ -66,8 +66,9 @@ def add_ray_parser(sub: Any) -> None:
         nargs="*",
         default=[],
         metavar="PREFIX",
-        help="http(s) URL prefixes adapter archives may be fetched from (default: none)",
+        help="http(s) and s3 URL prefixes adapters may be fetched from (default: none)",
     )
+    ray.add_argument("--s3-endpoint-url", default=None, metavar="URL", help="an S3-compatible store")
     add_access_arguments(ray)  # loraserve serve's options; the ingress enforces its rules
     ray.add_argument("--host", default="127.0.0.1", help="HTTP bind address of Ray Serve's proxy")
     ray.add_argument("--port", type=int, default=8080)
@@ -106,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> RayAppConfig:
         state_dir=args.state_dir,
         allowed_adapter_roots=[Path(p) for p in args.allowed_adapter_roots],
         allowed_adapter_urls=list(args.allowed_adapter_urls),
+        s3_endpoint_url=args.s3_endpoint_url,
         num_cpus_per_replica=args.num_cpus_per_replica,
         num_gpus_per_replica=args.num_gpus_per_replica,
         autoscaling=autoscaling,

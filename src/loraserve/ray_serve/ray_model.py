@@ -121,7 +121,7 @@ class RayModel:
             self.config.model_dir,
             self.config.adapter_roots(),
             self.scratch_dir,
-            self.config.allowed_adapter_urls,
+            self.config.remote_access,
         )
         await asyncio.to_thread(secure_mode.check_adapter, path)
         await self.caller.check_adapter(str(path))

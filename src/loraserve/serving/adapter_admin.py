@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Protocol
 
-from loraserve.adapters.registry import AdapterRecord
+from loraserve.adapters.registry import AdapterOrigin, AdapterRecord
 from loraserve.errors import InsufficientStorageError, LoraserveError
 from loraserve.serving.cleanup import prune_adapter_copies
 from loraserve.serving.model_service import ModelService
@@ -40,10 +40,17 @@ class DurableAdapters:
         self.state = state
 
     async def register(
-        self, model: ModelService, name: str, src: str, preload: bool, pin: bool, extras: dict[str, str]
+        self,
+        model: ModelService,
+        name: str,
+        src: str,
+        preload: bool,
+        pin: bool,
+        extras: dict[str, str],
+        origin: AdapterOrigin = AdapterOrigin.API,
     ) -> None:
         try:
-            await model.register_adapter(name, src, preload, pin, extras)
+            await model.register_adapter(name, src, preload, pin, extras, origin=origin)
         except BaseException:
             await prune_adapter_copies(model)
             raise

@@ -33,12 +33,15 @@ from loraserve.model_store import (
 )
 from loraserve.names import validate_model_name
 from loraserve.serving.adapter_admin import DurableAdapters
+from loraserve.serving.adapter_resolver import AdapterResolver
 from loraserve.serving.lora_gate import lora_enabled
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.served_model import InferObserver
 from loraserve.serving.state_store import StateStore
 
 log = logging.getLogger("loraserve.models")
+# What state.json keeps: start-up adapters come back from adapters/, a workflow declares its own.
+_SAVED_ORIGINS = (AdapterOrigin.API, AdapterOrigin.RESOLVER)
 
 
 class ModelManager:
@@ -53,6 +56,9 @@ class ModelManager:
         self.evictions = 0
         self.stopping = False  # set by the shutdown signal, before the app's shutdown runs
         self.adapters = DurableAdapters(self)  # what the routes call to change adapters
+        self.resolver = AdapterResolver(  # load on first request, registered like the API does
+            lambda model, name, src, origin: self.adapters.register(model, name, src, True, False, {}, origin)
+        )
         self.observer: InferObserver | None = None  # handed to every model (request metrics and log)
 
     def watch_shutdown_signals(self) -> None:
@@ -222,7 +228,7 @@ class ModelManager:
         for record in saved_records(saved):  # ``src`` is resolved again: the roots may have changed
             if record.name not in model.registry:
                 await self._restore_one(
-                    model, record.name, record.src, record.preload, record.pin, record.options
+                    model, record.name, record.src, record.preload, record.pin, record.options, record.origin
                 )
 
     async def _restore_one(
@@ -241,7 +247,8 @@ class ModelManager:
             log.error("model %s: adapter %s could not be restored: %s", model.name, name, exc)
 
     def persist(self, model: ModelService, removed: AdapterRecord | None = None) -> None:
-        """Durably save the API-registered adapters of ``model`` (and start-up ones it deleted).
+        """Durably save the adapters of ``model`` registered by the API or a resolver (and the
+        start-up ones it deleted).
 
         Left out: adapters still registering (not acknowledged yet) and those being removed
         (``removing``). Raises ``InsufficientStorageError`` (507) if the save fails; the
@@ -257,7 +264,7 @@ class ModelManager:
         ]
         saved = copy.deepcopy(self._saved)
         entry = saved["models"].setdefault(model.name, {})
-        entry["adapters"] = [entry_of(r) for r in kept if r.origin is AdapterOrigin.API]
+        entry["adapters"] = [entry_of(r) for r in kept if r.origin in _SAVED_ORIGINS]
         gone = removed_startup(entry)
         gone |= {r.name for r in leaving.values() if r.origin is AdapterOrigin.STARTUP}
         gone -= {r.name for r in kept}

@@ -28,8 +28,9 @@ from loraserve.adapters.registry import (
     new_identity,
     validate_adapter_name,
 )
+from loraserve.adapters.s3 import is_s3
 from loraserve.adapters.sources import handler_src, resolve_source, server_reads
-from loraserve.config import ModelConfig, ServerConfig
+from loraserve.config import ModelConfig, RemoteAccess, ServerConfig
 from loraserve.errors import (
     AdapterNotFoundError,
     ConfigError,
@@ -129,12 +130,29 @@ class ModelService:
 
     @property
     def adapter_roots(self) -> list[Path]:
+        """Where local adapter sources may come from; the resolver roots are always in."""
         roots = list(self.server.allowed_adapter_roots)
         if not roots:
             roots = [self.model_dir.resolve()]
             if self.server.model_store:
                 roots.append(self.server.model_store)
-        return roots
+        return roots + [Path(r) for r in self.resolver_roots if not is_s3(r)]
+
+    @property
+    def resolver_roots(self) -> list[str]:
+        """Where an unregistered adapter a request names is looked up (``<root>/<name>``):
+        ``option.adapter_resolvers`` (relative paths: from the model directory), then the
+        server's ``--adapter-resolvers``."""
+        listed = self.config.options.get("adapter_resolvers", "").split(",")
+        roots = [r.strip() for r in listed if r.strip()] + list(self.server.adapter_resolvers)
+        return [r if is_s3(r) else str((self.model_dir / r).resolve()) for r in roots]
+
+    @property
+    def remote_access(self) -> RemoteAccess:
+        """The server's URL prefixes, plus the model's s3 resolver roots."""
+        access = self.server.remote_access
+        s3_roots = [r.rstrip("/") + "/" for r in self.resolver_roots if is_s3(r)]
+        return RemoteAccess(access.allowed_urls + s3_roots, access.s3_endpoint_url)
 
     @property
     def scratch_dir(self) -> Path:
@@ -150,7 +168,7 @@ class ModelService:
                     self.model_dir,
                     self.adapter_roots,
                     self.scratch_dir,
-                    self.server.allowed_adapter_urls,
+                    self.remote_access,
                 )
             )
         return handler_src(src)
