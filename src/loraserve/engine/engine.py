@@ -30,7 +30,8 @@ from loraserve.engine.structured import StructuredOutput, advance
 from loraserve.errors import BadRequestError
 from loraserve.model.families import load_model_config
 from loraserve.model.loader import parse_dtype, resolve_model_path
-from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter
+from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter, read_adapter_config
+from loraserve.model.peft_config import base_model_mismatch
 from loraserve.model.runner import ModelRunner
 from loraserve.wire.messages import FinishReason
 from loraserve.wire.sampling import SamplingParams
@@ -65,6 +66,12 @@ class LLMEngine:
         self.dtype = parse_dtype(config.dtype, self.device.type)
         self.model_path = resolve_model_path(config.model_id, model_dir)
         model_config = load_model_config(self.model_path)  # refuses an unsupported model before any loading
+        # what an adapter's base_model_name_or_path is compared with (a warning where none fits)
+        self.base_names = [
+            self.model_path.name,
+            str(config.model_id),
+            str(getattr(model_config[2], "_name_or_path", "")),
+        ]
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.runner = ModelRunner(
             self.model_path,
@@ -157,6 +164,9 @@ class LLMEngine:
         if not self.config.enable_lora:
             raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
         weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
+        mismatch = base_model_mismatch(read_adapter_config(Path(path)), self.base_names)
+        if mismatch:
+            log.warning("adapter %s: %s", name, mismatch)
         if weights.invocation and self.config.lora_merge:
             raise BadRequestError(
                 "activated LoRA (alora_invocation_tokens) cannot be merged: it applies to "

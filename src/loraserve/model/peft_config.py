@@ -177,3 +177,26 @@ def pattern_value(pattern: dict[str, Any], module_key: str, default: Any) -> Any
         if re.match(rf"(.*\.)?({key})$", module_key):
             return pattern[key]
     return default
+
+
+def base_model_mismatch(config: dict[str, Any], served_names: list[str]) -> str | None:
+    """Why an adapter may not belong to this model, or None. ``base_model_name_or_path`` is
+    metadata PEFT itself ignores (it loads any adapter whose shapes fit, and shapes that do
+    not fit are refused elsewhere), so a different name is a warning, never a refusal. Names
+    are compared by their last path segment, letters and digits only, either containing the
+    other (``SmolLM2-135M-Instruct`` fits a ``SmolLM2-135M-Instruct.Q4_1-…`` conversion)."""
+    declared = config.get("base_model_name_or_path")
+    if not isinstance(declared, str) or not _stem(declared):
+        return None
+    wanted = _stem(declared)
+    if any(wanted in _stem(name) or _stem(name) in wanted for name in served_names if _stem(name)):
+        return None
+    return (
+        f"adapter_config.json says it was trained on {declared!r}, and this model is "
+        f"{', '.join(repr(n) for n in served_names if n)}; its shapes fit, so it is served "
+        "(as PEFT would load it), but its answers may be meaningless on this base"
+    )
+
+
+def _stem(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.rstrip("/").rsplit("/", 1)[-1].lower())
