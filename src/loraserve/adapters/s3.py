@@ -15,6 +15,7 @@ credentials.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -102,7 +103,10 @@ def prefix_exists(src: str, endpoint_url: str | None) -> bool:
     return bool(reply.get("KeyCount") or reply.get("Contents"))
 
 
+@functools.lru_cache(maxsize=8)
 def _client(endpoint_url: str | None) -> Any:
+    """One client per endpoint (thread-safe; building one reads botocore's service models, a
+    few hundred ms); it refreshes expiring role credentials by itself."""
     try:
         import boto3
         from botocore.config import Config
