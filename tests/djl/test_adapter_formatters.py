@@ -81,7 +81,8 @@ def test_the_alias_is_loraserves_module():
 def test_adapters_formatters_apply_by_name_and_leave_with_them(tmp_path):
     service, before = Service(), ns_modules()
     for name in ("a-b", "a_b"):  # DJL would give both the module ns_a_b
-        asyncio.run(service.register_adapter(request(name, adapter(tmp_path, name, FORMATTERS.format(tag=name)))))
+        folder = adapter(tmp_path, name, FORMATTERS.format(tag=name))
+        asyncio.run(service.register_adapter(request(name, folder)))
     assert len(ns_modules() - before) == 2
     assert service.apply_input_formatter({"text": "x"}, adapter_name="a-b") == {"inputs": "a-bx"}
     assert service.apply_output_formatter("y", adapter_name="a_b") == {"tagged": "y", "by": "a_b"}
