@@ -54,6 +54,9 @@ class AdapterRecord:
     # adapter's weights, holds and prefix-cache blocks by (name, identity), so a name deleted
     # and registered again, or updated, never meets the old version's state.
     identity: str = field(default_factory=new_identity)
+    # DJL's AdapterFormatterMixin: the adapter's own model.py, as its workers reported loading it
+    has_custom_code: bool = False
+    formatters: tuple[str, ...] = ()  # "input_formatter" / "output_formatter" it defines
 
     def describe(self) -> dict[str, object]:
         """DJL's description (name, src, pin) plus loraserve's extra fields."""
@@ -69,6 +72,8 @@ class AdapterRecord:
             "origin": self.origin.value,
             "options": dict(self.options),
             "error": self.error,
+            "has_custom_code": self.has_custom_code,
+            "formatters": list(self.formatters),
         }
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from loraserve.api.adapter_formatting import formatted_body, formatted_response, refuse_formatted_stream
 from loraserve.api.deps import config_of, manager_of
 from loraserve.api.generation import (
     cancel_on_disconnect,
@@ -105,8 +106,12 @@ async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Re
                 f"unknown query parameter(s) {', '.join(unknown)}: the built-in engine reads only "
                 '?adapter= (several adapters go in the body\'s "adapters")'
             )
-        parsed = parse(lmi.LmiRequest, parse_json_body(body, "application/json"))
+        json_body, formatting = await formatted_body(
+            request, model, parse_json_body(body, "application/json")
+        )
+        parsed = parse(lmi.LmiRequest, json_body)
         message = lmi.to_generate(parsed, fallback_adapter(request), override_adapter(request))
+        refuse_formatted_stream(formatting, message.stream)
     reply = await generate(request, model, message)
     if message.stream:
         return CancellingStreamingResponse(
@@ -117,7 +122,7 @@ async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Re
         "x-loraserve-peak-batch": str(result.peak_batch),
         "x-loraserve-generated-tokens": str(result.generated_tokens),
     }
-    return JSONResponse(lmi.response_json(parsed, result), headers=headers)
+    return await formatted_response(request, model, formatting, lmi.response_json(parsed, result), headers)
 
 
 async def _lmi_lines(reply: WorkerReply, details: bool) -> AsyncIterator[bytes]:

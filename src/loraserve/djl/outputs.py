@@ -168,3 +168,17 @@ class Output:
             _write_utf8(msg, key)
             _write_utf8(msg, str(value))
         return msg
+
+
+def binary_decode(binary: bytes | bytearray) -> dict[str, str | None]:
+    """``Output.binary_encode`` bytes read back into a dict (a malformed one: ``struct.error``)."""
+    count, pos = struct.unpack_from(">h", binary, 0)[0], 2
+    result: dict[str, str | None] = {}
+    for _ in range(count):
+        pair = []
+        for _ in range(2):
+            length, pos = struct.unpack_from(">i", binary, pos)[0], pos + 4
+            pair.append(None if length < 0 else bytes(binary[pos : pos + length]).decode("utf-8"))
+            pos += max(length, 0)
+        result[str(pair[0])] = pair[1]
+    return result

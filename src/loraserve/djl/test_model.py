@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import struct
 import sys
 from types import ModuleType
 from typing import Any
 
 from loraserve.djl.inputs import Input
 from loraserve.djl.np_util import to_nd_list
-from loraserve.djl.outputs import Output, encode_json
+from loraserve.djl.outputs import Output, binary_decode, encode_json
 from loraserve.djl.pair_list import PairList
 from loraserve.djl.service_loader import ModelService, load_model_service
 
@@ -135,18 +134,7 @@ def extract_output_as_string(outputs: Output, key: str | None = None) -> str:
     return extract_output_as_input(outputs).get_as_string(key)
 
 
-def decode_encoded_output_binary(binary: bytes | bytearray) -> dict[str, str | None]:
-    """Read ``Output.binary_encode`` bytes back into a dict."""
-    count, pos = struct.unpack_from(">h", binary, 0)[0], 2
-    result: dict[str, str | None] = {}
-    for _ in range(count):
-        pair = []
-        for _ in range(2):
-            length, pos = struct.unpack_from(">i", binary, pos)[0], pos + 4
-            pair.append(None if length < 0 else bytes(binary[pos : pos + length]).decode("utf-8"))
-            pos += max(length, 0)
-        result[str(pair[0])] = pair[1]
-    return result
+decode_encoded_output_binary = binary_decode  # DJL's name for reading ``Output.binary_encode``
 
 
 def load_properties(properties_dir: str | None) -> dict[str, str]:

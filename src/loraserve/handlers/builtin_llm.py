@@ -19,6 +19,7 @@ from typing import Any
 from loraserve.config import parse_bool, parse_int
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.errors import BadRequestError, LoraserveError
+from loraserve.handlers.adapter_code import AdapterCode, roles
 from loraserve.handlers.generation import CHARS_PER_TOKEN_BOUND, Generation
 from loraserve.handlers.io import Input, Output
 from loraserve.handlers.tool_calls import detect_format
@@ -29,6 +30,9 @@ from loraserve.wire.control import (
     ControlOp,
     EngineStats,
     EngineStatsQuery,
+    FormatInput,
+    FormatOutput,
+    Formatted,
     RegisterAdapter,
     UnregisterAdapter,
 )
@@ -39,6 +43,7 @@ _engine: LLMEngine | None = None
 _max_prompt_chars = 0
 _tool_format: str | None = None  # how this model writes tool calls (tool_calls.py)
 _special_tokens_in_content = False  # chat content's control-token text as control tokens (chat_prompt.py)
+_adapter_code = AdapterCode()  # adapters' own model.py (DJL's AdapterFormatterMixin)
 
 
 def engine() -> LLMEngine:
@@ -166,18 +171,38 @@ def engine_stats() -> dict[str, Any]:
     return figures
 
 
-async def control(op: ControlOp) -> ControlDone | EngineStats:
+async def _register(op: RegisterAdapter) -> ControlDone:
+    """The adapter's ``model.py`` first (DJL's order: broken code loads no weights), then its
+    weights; the code is in use only once both succeeded."""
+    code = await asyncio.to_thread(_adapter_code.load, op.name, op.path, op.identity)
+    try:
+        await asyncio.to_thread(engine().register_adapter, op.name, op.path, op.pin, op.preload, op.identity)
+    except BaseException:
+        if code is not None:
+            code.unload()
+        raise
+    _adapter_code.install(op.name, code)
+    return ControlDone(f"Adapter {op.name} registered", roles(code), custom_code=code is not None)
+
+
+async def control(op: ControlOp) -> ControlDone | EngineStats | Formatted:
     """The typed control entry point; a refusal is raised (the worker sends it as an error).
-    Registering a name again (an update) replaces the old version; running requests keep theirs."""
+    Registering a name again (an update) replaces the old version; running requests keep theirs.
+    ``FormatInput`` / ``FormatOutput`` run an adapter's own formatters (``adapter_code``)."""
     match op:
         case RegisterAdapter():
-            await asyncio.to_thread(
-                engine().register_adapter, op.name, op.path, op.pin, op.preload, op.identity
-            )
-            return ControlDone(f"Adapter {op.name} registered")
+            return await _register(op)
         case UnregisterAdapter():
             await asyncio.to_thread(engine().unregister_adapter, op.name)
+            _adapter_code.install(op.name, None)
             return ControlDone(f"Adapter {op.name} unregistered")
         case EngineStatsQuery():
             return EngineStats(engine_stats())
+        case FormatInput():
+            tokenizer = engine().tokenizer  # DJL's LMI handlers pass theirs to the formatter
+            return Formatted(
+                await asyncio.to_thread(_adapter_code.format_input, op.adapter, op.body, tokenizer=tokenizer)
+            )
+        case FormatOutput():
+            return Formatted(await asyncio.to_thread(_adapter_code.format_output, op.adapter, op.output))
     raise TypeError(f"not a control operation: {op!r}")

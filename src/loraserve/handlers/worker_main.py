@@ -27,7 +27,7 @@ from loraserve.handler_kind import resolve_handler
 from loraserve.handlers.djl_wire import HANDLER_FUNCTIONS, input_from_wire, output_to_wire
 from loraserve.handlers.io import Input, Output
 from loraserve.handlers.loader import import_handler
-from loraserve.wire.control import ControlDone, EngineStats
+from loraserve.wire.control import ControlDone, EngineStats, Formatted
 from loraserve.wire.errors import encode_error, failure_status
 from loraserve.wire.frames import HEADER, TYPED_FUNCTIONS, ReplyKind, decode_payload, encode_frame
 from loraserve.wire.messages import GenerateResult, TokenStream
@@ -107,7 +107,7 @@ class WorkerRuntime:
             self._send_reply(call_id, ReplyKind.NONE, None)
         elif isinstance(result, GenerateResult):
             self._send_reply(call_id, ReplyKind.GENERATE, result)
-        elif isinstance(result, (ControlDone, EngineStats)):
+        elif isinstance(result, (ControlDone, EngineStats, Formatted)):
             self._send_reply(call_id, ReplyKind.CONTROL, result)
         elif isinstance(result, TokenStream):
             self._send_reply(call_id, ReplyKind.GENERATE, None, streaming=True)

@@ -6,10 +6,12 @@ and answers with a DJL Output, whose error code is its refusal."""
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from loraserve.adapters.registry import AdapterRecord
+from loraserve.djl.outputs import binary_decode
 from loraserve.errors import HandlerError
 from loraserve.serving.worker_process import WorkerReply
 from loraserve.wire.control import ControlDone, RegisterAdapter, UnregisterAdapter
@@ -39,13 +41,17 @@ class EngineAdapterCalls:
 
     async def register(self, record: AdapterRecord, verb: str = "registering") -> str | None:
         op = RegisterAdapter(record.name, record.path, record.identity, record.preload, record.pin)
-        return _control_message(await self.broadcast("control", op))
+        done = _control_done(await self.broadcast("control", op))
+        if done is not None:  # every worker loaded the same model.py: the first says what it defines
+            record.has_custom_code, record.formatters = done.custom_code, done.formatters
+        return done.message if done else None
 
     async def update(self, record: AdapterRecord) -> str | None:
         return await self.register(record)
 
     async def unregister(self, name: str, check: bool = True) -> str | None:
-        return _control_message(await self.broadcast("control", UnregisterAdapter(name)))
+        done = _control_done(await self.broadcast("control", UnregisterAdapter(name)))
+        return done.message if done else None
 
 
 class HandlerAdapterCalls:
@@ -91,24 +97,39 @@ def _unregistration(name: str) -> dict[str, Any]:
     return {"properties": {"name": name}, "content": []}
 
 
-def _control_message(replies: list[WorkerReply]) -> str | None:
-    """The engine's ``ControlDone`` text (its refusals were raised by the call)."""
+def _control_done(replies: list[WorkerReply]) -> ControlDone | None:
+    """The engine's first ``ControlDone`` (its refusals were raised by the call)."""
     done: list[ControlDone] = [r.output for r in replies if r.kind is ReplyKind.CONTROL]
-    return done[0].message if done else None
+    return done[0] if done else None
 
 
 def _checked(replies: list[WorkerReply], action: str) -> str | None:
     """Raise the first DJL error Output among ``replies``; else the message a handler set on its
     Output (DJL answers it as the status), None if unset."""
     for reply in replies:
-        output = reply.output if reply.kind is ReplyKind.DJL else None
-        if output is not None and output["code"] >= 400:
+        if reply.kind is not ReplyKind.DJL:
+            continue
+        output, answer = reply.output, _djl_answer(reply.output["content"])
+        status = max(output["code"], int(answer.get("code") or 0) if str(answer.get("code")).isdigit() else 0)
+        if status >= 400:
             body = b"".join(v for _, v in output["content"]).decode("utf-8", "replace")
-            detail = _error_detail(body) or output["message"]
-            raise HandlerError(f"{action} refused by the handler: {detail}", status_code=output["code"])
+            detail = answer.get("error") or _error_detail(body) or output["message"]
+            raise HandlerError(f"{action} refused by the handler: {detail}", status_code=status)
     first = replies[0].output if replies and replies[0].kind is ReplyKind.DJL else None
     message = first.get("message") if first else None
     return message if message and message != "OK" else None
+
+
+def _djl_answer(content: list[tuple[str, bytes]]) -> dict[str, str | None]:
+    """An answer in DJL's ``Output.binary_encode`` framing (its adapter mixins answer
+    ``{"code": 424, "error": ...}`` so, under a 200), read back; {} for any other body."""
+    if len(content) != 1:
+        return {}
+    try:
+        answer = binary_decode(content[0][1])
+    except (struct.error, UnicodeDecodeError):
+        return {}
+    return answer if {"data", "code", "error"} & set(answer) else {}
 
 
 def _error_detail(body: str) -> str:

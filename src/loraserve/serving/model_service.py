@@ -340,6 +340,8 @@ class ModelService:
 
     async def _apply_update(self, updated: AdapterRecord) -> None:
         self._keep_message(updated.name, await self._calls().update(updated))
+        current = self.registry.get(updated.name)  # the new version's model.py, as loaded
+        current.has_custom_code, current.formatters = updated.has_custom_code, updated.formatters
 
     async def unregister_adapter(self, name: str) -> AdapterRecord:
         self._require_ready()

@@ -1,7 +1,8 @@
 """Typed control operations for the built-in engine's worker (vLLM v1's UTILITY calls are the
-pattern): adapter registration and statistics are messages with fields, answered by a
-``ControlDone`` or ``EngineStats``; a refusal comes back as an error (``wire.errors``).
-A user's ``model.py`` still gets DJL's Input for its adapter hooks (``serving.adapter_calls``)."""
+pattern): adapter registration, statistics and an adapter's own formatters are messages with
+fields, answered by a ``ControlDone``, ``EngineStats`` or ``Formatted``; a refusal comes back
+as an error (``wire.errors``). A user's ``model.py`` still gets DJL's Input for its adapter
+hooks (``serving.adapter_calls``)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,40 @@ class EngineStatsQuery:
     """Ask the engine what it holds now (the server's ``/metrics`` and the soak tests)."""
 
 
-ControlOp = RegisterAdapter | UnregisterAdapter | EngineStatsQuery
+@dataclass(frozen=True, slots=True)
+class FormatInput:
+    """Run adapter ``adapter``'s input formatter (its ``model.py``, loaded by the worker) on a
+    request's decoded JSON body; answered by ``Formatted``. User code never runs in the front."""
+
+    adapter: str
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FormatOutput:
+    """Run adapter ``adapter``'s output formatter on the response the front would send."""
+
+    adapter: str
+    output: Any
+
+
+ControlOp = RegisterAdapter | UnregisterAdapter | EngineStatsQuery | FormatInput | FormatOutput
 
 
 @dataclass(frozen=True, slots=True)
 class ControlDone:
     message: str
+    # a registration: which of DJL's formatters the adapter's model.py defines
+    # ("input_formatter", "output_formatter"); ``custom_code``: it has a model.py at all
+    formatters: tuple[str, ...] = ()
+    custom_code: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Formatted:
+    """What a formatter returned (plain JSON data: it crosses to the front)."""
+
+    value: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ class ReplyKind(str, Enum):
 
     DJL = "djl"  # a user's handler answered: a DJL Output in wire form (its chunks are bytes)
     GENERATE = "generate"  # a GenerateResult, or, streaming, TokenOutput chunks
-    CONTROL = "control"  # a ControlDone or EngineStats (wire.control)
+    CONTROL = "control"  # a ControlDone, EngineStats or Formatted (wire.control)
     NONE = "none"  # the handler returned nothing
 
 
