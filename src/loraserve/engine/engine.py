@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,14 +157,16 @@ class LLMEngine:
         ``identity``: the registry's for this registration (``AdapterRecord.identity``)."""
         if not self.config.enable_lora:
             raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
+        started = time.perf_counter()
         weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
+        took = time.perf_counter() - started  # the adapter's first load (its stats show it)
         if weights.invocation and self.config.lora_merge:
             raise BadRequestError(
                 "activated LoRA (alora_invocation_tokens) cannot be merged: it applies to "
                 "part of each sequence; serve it with option.lora_merge=false"
             )
         with self.lock:
-            entry = self.adapters.register(name, str(path), weights, pin, preload, identity)
+            entry = self.adapters.register(name, str(path), weights, pin, preload, identity, took)
             self._changed()
             return entry
 
