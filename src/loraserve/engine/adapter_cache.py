@@ -26,10 +26,12 @@ from typing import Any
 
 from loraserve.engine.adapter_stats import AdapterStats, residency
 from loraserve.errors import AdapterNotFoundError, BadRequestError
+from loraserve.wire.control import ADAPTER_TIERS
 
 log = logging.getLogger("loraserve.engine")
 AdapterKey = tuple[str, str]  # (name, identity of the registration)
 _local = itertools.count(1)  # identities for adapters registered with none (tests, mixtures)
+RESIDENT, IN_MEMORY, ON_DISK = ADAPTER_TIERS
 
 
 @dataclass(slots=True)
@@ -257,7 +259,7 @@ class AdapterCache:
 
     def _tier(self, key: AdapterKey) -> str:
         """resident (in a compute slot), in_memory, or registered (on disk only)."""
-        return "resident" if key in self.resident else "in_memory" if key in self.cpu else "registered"
+        return RESIDENT if key in self.resident else IN_MEMORY if key in self.cpu else ON_DISK
 
     def tiers(self) -> dict[str, str]:
         """Each registered adapter's tier."""

@@ -2,9 +2,9 @@
 and what moving it costs. One ``AdapterStats`` per registration (an update is a new identity,
 so a new version starts from zero and the old one's events stay with the old one).
 
-Tiers keep the names the describe response and ``loraserve_adapters{tier}`` already use:
-``resident`` (a compute slot), ``in_memory`` (CPU memory) and ``registered`` (on disk only: its
-source; a remote one was fetched to disk when it was registered).
+Tiers keep the names the describe response and ``loraserve_adapters{tier}`` already use
+(``wire.control.ADAPTER_TIERS``): ``resident`` (a compute slot), ``in_memory`` (CPU memory) and
+``registered`` (on disk only: its source; a remote one was fetched to disk at registration).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-TIERS = ("resident", "in_memory", "registered")  # slot, CPU memory, disk
 T = TypeVar("T")
 
 
