@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraserve.api.deps import config_of, manager_of
+from loraserve.api.deps import adapter_residency, config_of, manager_of
 from loraserve.api.management import Page
 from loraserve.api.params import Flag, merged_params, opt_bool, paged_response
 from loraserve.errors import BadRequestError
@@ -102,31 +102,40 @@ async def _unregister(request: Request, model_name: str | None, adapter: str) ->
     return _status(model, adapter, f"Adapter {adapter} unregistered")
 
 
+def _described(description: dict, residency: dict | None) -> dict:
+    """DJL's object, plus (built-in engine) the adapter's ``residency`` and, as before it, its
+    ``tier`` and ``memory_bytes`` at the top."""
+    if residency is None:
+        return description
+    return description | {
+        "tier": residency["tier"],
+        "memory_bytes": residency["memory_bytes"],
+        "residency": residency,
+    }
+
+
 async def _describe(request: Request, model_name: str | None, adapter: str) -> JSONResponse:
-    """DJL's object, plus (built-in engine) the adapter's memory tier and its weights' size."""
     model = adapter_model(request, model_name)
     description = model.registry.get(adapter).describe()
-    if model.uses_builtin_engine:
-        engine = await request.app.state.metrics.fetch_engine_stats(model)
-        if adapter in engine.get("adapter_bytes", {}):
-            description["tier"] = engine["adapter_tiers"].get(adapter)
-            description["memory_bytes"] = engine["adapter_bytes"][adapter]
-    return JSONResponse(description)
+    residency = (await adapter_residency(request, model)).get(adapter)
+    return JSONResponse(_described(description, residency))
 
 
-def _list(request: Request, model_name: str | None) -> JSONResponse:
-    records = [r.describe() for r in adapter_model(request, model_name).registry.records()]
+async def _list(request: Request, model_name: str | None) -> JSONResponse:
+    model = adapter_model(request, model_name)
+    residency = await adapter_residency(request, model)
+    records = [_described(r.describe(), residency.get(r.name)) for r in model.registry.records()]
     return paged_response(request, "adapters", records)
 
 
 @router.get("/models/{model_name}/adapters")
 async def list_model_adapters(request: Request, model_name: str, _page: Annotated[Page, Query()]):
-    return _list(request, model_name)
+    return await _list(request, model_name)
 
 
 @router.get("/adapters")
 async def list_adapters(request: Request, _page: Annotated[Page, Query()]):
-    return _list(request, None)
+    return await _list(request, None)
 
 
 @router.post("/models/{model_name}/adapters")

@@ -35,6 +35,7 @@ NO_TRAFFIC = {
 def model_state(model: ModelService, metrics: ServerMetrics) -> dict[str, Any]:
     engine = metrics.engine.stats.get(model.name, {})
     tiers = engine.get("adapter_tiers", {})
+    residency = engine.get("adapter_residency", {})
     records = model.registry.records()
     tier_of = {r.name: _tier(r, tiers) for r in records}
     adapters = [
@@ -45,6 +46,7 @@ def model_state(model: ModelService, metrics: ServerMetrics) -> dict[str, Any]:
             "state": r.state.value,
             "error": r.error,
             "tier": tier_of[r.name],
+            "residency": residency.get(r.name),  # None: not on the built-in engine
         }
         for r in records
     ]

@@ -3,6 +3,8 @@ single-model protocol (TGI, LoRAX, vLLM, llama.cpp) means."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 
 from loraserve.config import ServerConfig
@@ -21,6 +23,16 @@ def config_of(request: Request) -> ServerConfig:
 
 def engine_models(request: Request) -> list[ModelService]:
     return [m for m in manager_of(request).models.values() if m.uses_builtin_engine]
+
+
+async def adapter_residency(request: Request, model: ModelService) -> dict[str, dict[str, Any]]:
+    """Each adapter's residency (tier, loads, evictions: ``AdapterCache.residency``) as the
+    model's engine reports it now; empty for a custom handler, a Ray-served model (its replicas'
+    figures are summed) or a worker that cannot say: an addition, never a reason to fail."""
+    if not model.uses_builtin_engine or not isinstance(model, ModelService):
+        return {}
+    stats = await request.app.state.metrics.fetch_engine_stats(model)
+    return stats.get("adapter_residency", {})
 
 
 def engine_model(request: Request, name: str | None = None, how: str = "") -> ModelService:

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from loraserve.api.deps import config_of, engine_models
+from loraserve.api.deps import adapter_residency, config_of, engine_models
 from loraserve.api.generation import generate, resolve_adapters, tokens
 from loraserve.api.request_input import parse_json_body, read_body
 from loraserve.api.responses import CancellingStreamingResponse
@@ -85,10 +85,11 @@ def _base_adapter(engines: list[ModelService], base: str, adapter: str) -> tuple
     return model, adapter
 
 
-def _entries(request: Request) -> list[dict[str, Any]]:
+async def _entries(request: Request) -> list[dict[str, Any]]:
     """vLLM's model entries: each base model, then its ready adapters (``parent``: the base).
     An adapter name registered on several models is listed as ``<base>:<adapter>``, the id
-    that ``resolve`` accepts for it; a bare name only where it is unique."""
+    that ``resolve`` accepts for it; a bare name only where it is unique. An adapter's memory
+    tier, loads and evictions are under ``loraserve_residency`` (OpenAI clients ignore it)."""
     data: list[dict[str, Any]] = []
     engines = engine_models(request)
     shared = _shared_adapter_names(engines)
@@ -96,6 +97,7 @@ def _entries(request: Request) -> list[dict[str, Any]]:
         data.append(
             {"id": model.name, "object": "model", "created": int(model.created), "owned_by": "loraserve"}
         )
+        residency = await adapter_residency(request, model)
         data += [
             {
                 "id": f"{model.name}:{a.name}" if a.name in shared else a.name,
@@ -105,6 +107,7 @@ def _entries(request: Request) -> list[dict[str, Any]]:
                 "parent": model.name,
                 "root": model.name,
             }
+            | ({"loraserve_residency": residency[a.name]} if a.name in residency else {})
             for a in model.registry.ready_records()
         ]
     return data
@@ -122,13 +125,13 @@ def _shared_adapter_names(engines: list[ModelService]) -> set[str]:
 
 @router.get("/models")
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": _entries(request)})
+    return JSONResponse({"object": "list", "data": await _entries(request)})
 
 
 @router.get("/models/{model_id:path}")
 async def describe_model(request: Request, model_id: str) -> JSONResponse:
     """One entry of ``/v1/models`` (ids may hold '/' or ':', hence the path converter)."""
-    for entry in _entries(request):
+    for entry in await _entries(request):
         if entry["id"] == model_id:
             return JSONResponse(entry)
     missing = ModelNotFoundError(f"model {model_id} not found; GET /v1/models lists the served ones")

@@ -21,14 +21,17 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from loraserve.engine.adapter_stats import AdapterStats, residency
 from loraserve.errors import AdapterNotFoundError, BadRequestError
+from loraserve.wire.control import ADAPTER_TIERS
 
 log = logging.getLogger("loraserve.engine")
 AdapterKey = tuple[str, str]  # (name, identity of the registration)
 _local = itertools.count(1)  # identities for adapters registered with none (tests, mixtures)
+RESIDENT, IN_MEMORY, ON_DISK = ADAPTER_TIERS
 
 
 @dataclass(slots=True)
@@ -39,6 +42,7 @@ class AdapterEntry:
     pinned: bool = False
     invocation: tuple[int, ...] | None = None  # activated LoRA's invocation tokens
     nbytes: int = 0  # its weights in memory (what it costs the in-memory tier)
+    stats: AdapterStats = field(default_factory=AdapterStats)  # this version's loads, evictions
 
     @property
     def key(self) -> AdapterKey:
@@ -69,10 +73,18 @@ class AdapterCache:
         self.evictions = 0
 
     def register(
-        self, name: str, path: str, weights: Any, pinned: bool, preload: bool, identity: str | None = None
+        self,
+        name: str,
+        path: str,
+        weights: Any,
+        pinned: bool,
+        preload: bool,
+        identity: str | None = None,
+        load_seconds: float | None = None,
     ) -> AdapterEntry:
         """Add (or replace) ``name``; ``weights`` were already validated by the caller.
-        ``identity`` is the registry's (never reused); without one, a local one is minted."""
+        ``identity`` is the registry's (never reused); without one, a local one is minted.
+        ``load_seconds``: how long the caller took to read ``weights`` (counted as a load)."""
         if pinned and sum(e.pinned for e in self.registered.values() if e.name != name) >= self.slots - 1:
             raise BadRequestError(
                 f"cannot pin {name}: at most option.max_loras - 1 = {self.slots - 1} "
@@ -92,6 +104,8 @@ class AdapterCache:
         self.unregister(name, missing_ok=True)
         entry = AdapterEntry(name, path, identity, pinned, getattr(weights, "invocation", None), size)
         self.registered[name] = entry
+        if load_seconds is not None:
+            entry.stats.loaded(load_seconds)
         if preload or pinned:
             self._remember(entry.key, weights)
         if pinned and self.acquire(name) is not None:
@@ -133,6 +147,7 @@ class AdapterCache:
             if victim is None:
                 break
             del self.cpu[victim]
+            self._stats(victim).memory_evictions += 1
 
     def memory_in_use(self) -> int:
         """Bytes of the adapter weights held in memory."""
@@ -157,6 +172,7 @@ class AdapterCache:
                 return None
             self._install(slot, self.weights(key))
             self.loads += 1
+            self._stats(key).slot_loads += 1
             self.resident[key] = slot
         self.resident.move_to_end(key)
         self.cpu.move_to_end(key) if key in self.cpu else None
@@ -170,7 +186,7 @@ class AdapterCache:
             entry = self._entry_of(key)
             if entry is None:
                 raise AdapterNotFoundError(f"adapter {key[0]} ({key[1]}) is no longer registered")
-            weights = self._load(entry)
+            weights = entry.stats.timed(lambda: self._load(entry))
             self._remember(key, weights)
         return weights
 
@@ -225,6 +241,7 @@ class AdapterCache:
         if victim is None:
             return None
         self.evictions += 1
+        self._stats(victim).slot_evictions += 1
         slot = self.resident.pop(victim)
         self._clear(slot)
         return slot
@@ -235,17 +252,26 @@ class AdapterCache:
             self._clear(slot)
         self.cpu.pop(key, None)
 
+    def _stats(self, key: AdapterKey) -> AdapterStats:
+        """Where a version's events are counted (a throwaway for one no longer known)."""
+        entry = self._entry_of(key)
+        return AdapterStats() if entry is None else entry.stats
+
+    def _tier(self, key: AdapterKey) -> str:
+        """resident (in a compute slot), in_memory, or registered (on disk only)."""
+        return RESIDENT if key in self.resident else IN_MEMORY if key in self.cpu else ON_DISK
+
     def tiers(self) -> dict[str, str]:
-        """Each registered adapter's tier: resident (in a compute slot), in_memory or on disk."""
-        result = {}
-        for name, entry in self.registered.items():
-            if entry.key in self.resident:
-                result[name] = "resident"
-            elif entry.key in self.cpu:
-                result[name] = "in_memory"
-            else:
-                result[name] = "registered"
-        return result
+        """Each registered adapter's tier."""
+        return {name: self._tier(entry.key) for name, entry in self.registered.items()}
+
+    def residency(self) -> dict[str, dict[str, Any]]:
+        """Each registered adapter's current version: tier, pin, identity, bytes, loads and
+        evictions (routers and autoscalers read these; replaced versions are not shown)."""
+        return {
+            name: residency(e.stats, self._tier(e.key), e.pinned, e.identity, e.nbytes)
+            for name, e in self.registered.items()
+        }
 
     def sizes(self) -> dict[str, int]:
         """Each registered adapter's weights in memory, in bytes (whichever tier it is in)."""

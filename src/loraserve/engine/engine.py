@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,9 @@ class LLMEngine:
         ``identity``: the registry's for this registration (``AdapterRecord.identity``)."""
         if not self.config.enable_lora:
             raise BadRequestError("LoRA is disabled for this model (option.enable_lora=false)")
+        started = time.perf_counter()
         weights = load_peft_adapter(Path(path), self.runner.args, self.config.max_lora_rank, self.dtype)
+        took = time.perf_counter() - started  # the adapter's first load (its stats show it)
         mismatch = base_model_mismatch(read_adapter_config(Path(path)), self.base_names)
         if mismatch:
             log.warning("adapter %s: %s", name, mismatch)
@@ -173,7 +176,7 @@ class LLMEngine:
                 "part of each sequence; serve it with option.lora_merge=false"
             )
         with self.lock:
-            entry = self.adapters.register(name, str(path), weights, pin, preload, identity)
+            entry = self.adapters.register(name, str(path), weights, pin, preload, identity, took)
             self._changed()
             return entry
 

@@ -166,6 +166,7 @@ def engine_stats() -> dict[str, Any]:
             "adapters": eng.adapters.stats(),
             "adapter_tiers": eng.adapters.tiers(),
             "adapter_bytes": eng.adapters.sizes(),
+            "adapter_residency": eng.adapters.residency(),
             "adapter_refs": sum(eng.adapters.refs.values()),
         }
     return figures

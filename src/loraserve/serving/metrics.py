@@ -1,6 +1,7 @@
 """Prometheus metrics and the one-line-per-request log: requests, errors, latency and
 time-to-first-token histograms, generated tokens (by model and adapter), queue depth, and the
-engine's own figures (running batch, KV-cache use, adapter tiers, loads, evictions)."""
+engine's own figures (running batch, KV-cache use, adapter tiers, loads, evictions); each
+adapter's residency and load latency are ``adapter_metrics``'."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from loraserve.errors import LoraserveError
+from loraserve.serving.adapter_metrics import AdapterMetrics
+from loraserve.serving.engine_metrics import EngineCollector
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.recent import LabelFigures, RateWindow
 from loraserve.serving.request_fields import note
@@ -47,82 +49,6 @@ def _figures(reply: WorkerReply) -> tuple[int, int]:
     if output is None:
         return (200, 0) if reply.stream is not None else (500, 0)
     return 200, output.generated_tokens if reply.kind is ReplyKind.GENERATE else 0
-
-
-class EngineCollector:
-    """Exposes the latest engine statistics gathered from each model's worker."""
-
-    def __init__(self) -> None:
-        self.stats: dict[str, dict[str, Any]] = {}
-        self.queues: dict[str, int] = {}
-
-    def collect(self) -> Iterator[Any]:
-        gauges = {
-            "running": GaugeMetricFamily(
-                "loraserve_running_batch_size", "Sequences in the running batch", labels=["model"]
-            ),
-            "waiting": GaugeMetricFamily(
-                "loraserve_waiting_requests", "Requests waiting in the engine", labels=["model"]
-            ),
-            "kv_usage": GaugeMetricFamily(
-                "loraserve_kv_cache_usage_ratio", "KV-cache blocks in use", labels=["model"]
-            ),
-            "kv_blocks_free": GaugeMetricFamily(
-                "loraserve_kv_cache_free_blocks",
-                "KV-cache blocks free (cached prefixes among them stay reusable)",
-                labels=["model"],
-            ),
-            "kv_blocks_total": GaugeMetricFamily(
-                "loraserve_kv_cache_blocks", "KV-cache blocks in the pool", labels=["model"]
-            ),
-            "prefix_cache_hit_rate": GaugeMetricFamily(
-                "loraserve_prefix_cache_hit_rate",
-                "Prompt tokens found in the prefix cache / looked up",
-                labels=["model"],
-            ),
-        }
-        counters = {
-            "preemptions": CounterMetricFamily(
-                "loraserve_preemptions",
-                "Running requests preempted for KV-cache blocks (recomputed later)",
-                labels=["model"],
-            ),
-            "prefix_cache_queried_tokens": CounterMetricFamily(
-                "loraserve_prefix_cache_queried_tokens",
-                "Prompt tokens looked up in the prefix cache",
-                labels=["model"],
-            ),
-            "prefix_cache_hit_tokens": CounterMetricFamily(
-                "loraserve_prefix_cache_hit_tokens",
-                "Prompt tokens served from the prefix cache",
-                labels=["model"],
-            ),
-        }
-        per_model: dict[str, GaugeMetricFamily | CounterMetricFamily] = {**gauges, **counters}
-        tiers = GaugeMetricFamily("loraserve_adapters", "Adapters per memory tier", labels=["model", "tier"])
-        loads = CounterMetricFamily(
-            "loraserve_adapter_loads", "Adapters loaded into compute slots", labels=["model"]
-        )
-        evictions = CounterMetricFamily(
-            "loraserve_adapter_evictions", "Adapters evicted from slots", labels=["model"]
-        )
-        refs = GaugeMetricFamily(
-            "loraserve_adapter_references", "Adapter references held by sequences", labels=["model"]
-        )
-        steps = CounterMetricFamily("loraserve_engine_steps", "Engine steps run", labels=["model"])
-        queue = GaugeMetricFamily("loraserve_queue_depth", "Requests queued for a worker", labels=["model"])
-        for model, depth in self.queues.items():
-            queue.add_metric([model], depth)
-        for model, stats in self.stats.items():
-            for key, family in per_model.items():
-                family.add_metric([model], stats.get(key, 0))
-            for tier in ("registered", "in_memory", "resident", "pinned"):
-                tiers.add_metric([model, tier], stats.get("adapters", {}).get(tier, 0))
-            loads.add_metric([model], stats.get("adapters", {}).get("loads", 0))
-            evictions.add_metric([model], stats.get("adapters", {}).get("evictions", 0))
-            refs.add_metric([model], stats.get("adapter_refs", 0))
-            steps.add_metric([model], stats.get("steps", 0))
-        yield from (*per_model.values(), tiers, loads, evictions, refs, steps, queue)
 
 
 class ServerMetrics:
@@ -166,11 +92,11 @@ class ServerMetrics:
         self.engine = EngineCollector()
         self._streams: set[asyncio.Task] = set()
         self.registry.register(self.engine)
+        self.adapters = AdapterMetrics(self.registry)
 
     async def observe(self, model: str, adapter: str, call: Awaitable[WorkerReply]) -> WorkerReply:
         """An inference call (``ServedModel.infer``), counted, timed and logged."""
-        adapter = self._label(model, adapter)
-        self._series.setdefault((model, adapter), set())  # counted against the label cap from now
+        adapter = self._claim(model, adapter)
         started = time.perf_counter()
         try:
             reply = await call
@@ -223,10 +149,21 @@ class ServerMetrics:
         named = sum(1 for _, name in self._series if name not in SHARED_LABELS)
         return adapter if named < self.max_adapter_labels else "other"
 
+    def _claim(self, model: str, adapter: str) -> str:
+        """``adapter``'s label, counted against the cap from now (requests and residency)."""
+        label = self._label(model, adapter)
+        self._series.setdefault((model, label), set())
+        return label
+
+    def adapter_loaded(self, model: str, src: str, seconds: float) -> None:
+        """A registration or update took ``seconds`` (``served_model.timed_adapter_load``)."""
+        self.adapters.loaded(model, src, seconds)
+
     def prune(self, models: list[ModelService]) -> None:
         """Remove the series of models and adapters that are no longer registered."""
         served = {m.name: m for m in models}
         self.engine.stats = {k: v for k, v in self.engine.stats.items() if k in served}
+        self.adapters.prune(set(served))
         for model, adapter in list(self._series):
             owner = served.get(model)
             if owner is not None and (adapter in SHARED_LABELS or adapter in owner.registry):
@@ -285,6 +222,7 @@ class ServerMetrics:
         self.engine.queues = {m.name: m.workers.queue_length for m in models}
         for model in models:
             await self.fetch_engine_stats(model)
+        self.adapters.label(self.engine.stats, self._claim)
 
     async def fetch_engine_stats(self, model: ModelService) -> dict[str, Any]:
         """One built-in-engine model's statistics, asked of its worker now (empty if it cannot say)."""

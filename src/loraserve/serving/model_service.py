@@ -41,7 +41,7 @@ from loraserve.errors import (
 )
 from loraserve.handler_kind import Handler, resolve_handler
 from loraserve.serving.adapter_calls import AdapterCalls, Broadcast, EngineAdapterCalls, HandlerAdapterCalls
-from loraserve.serving.served_model import InferObserver
+from loraserve.serving.served_model import InferObserver, timed_adapter_load
 from loraserve.serving.worker_group import MAX_WORKERS, WorkerGroup
 from loraserve.serving.worker_process import WorkerProcess, WorkerReply
 
@@ -220,6 +220,7 @@ class ModelService:
         if self.lifecycle is not ModelStatus.READY:
             raise ServiceUnavailableError(f"model {self.name} is {self.lifecycle.value}, not ready")
 
+    @timed_adapter_load
     async def register_adapter(
         self,
         name: str,
@@ -279,6 +280,7 @@ class ModelService:
         except Exception as exc:  # best effort: the registration already failed
             log.warning("model %s: cleanup of adapter %s failed: %s", self.name, record.name, exc)
 
+    @timed_adapter_load
     async def update_adapter(
         self, name: str, src: str | None, preload: bool | None, pin: bool | None, options: dict[str, str]
     ) -> AdapterRecord:

@@ -72,3 +72,8 @@ class EngineStats:
     """The engine's figures (``LLMEngine.stats`` plus the adapter cache's), by name."""
 
     figures: dict[str, Any] = field(default_factory=dict)
+
+
+# The memory tiers an adapter's ``adapter_residency`` figures name (``AdapterCache.residency``):
+# a compute slot, CPU memory, or on disk only (its source; a remote one is fetched at registration).
+ADAPTER_TIERS = ("resident", "in_memory", "registered")
