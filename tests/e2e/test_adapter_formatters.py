@@ -56,6 +56,12 @@ def test_formatters_apply_to_requests_naming_the_adapter_until_it_is_unregistere
     assert "Traceback" not in failed.text
     streamed = client.post("/invocations", json={"question": "x", "adapters": "fmt", "stream": True})
     assert streamed.status_code == 400 and "adapter fmt has an output formatter" in streamed.text
+    # routes that do not run formatters refuse the adapter instead of answering unformatted
+    chat = {"model": "tiny:fmt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    tgi = {"inputs": "hi", "parameters": {"adapter_id": "fmt", "max_new_tokens": 2}}
+    for path, body in (("/v1/chat/completions", chat), ("/generate", tgi)):
+        refused = client.post(path, json=body)
+        assert refused.status_code == 400 and "adapter fmt has its own formatters" in refused.text, path
 
     assert client.delete("/models/tiny/adapters/fmt").status_code == 200
     unformatted = client.post("/invocations", json={"question": "hello world", "adapters": "fmt"})

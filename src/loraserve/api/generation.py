@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from loraserve.errors import LoraserveError
+from loraserve.errors import BadRequestError, LoraserveError
 from loraserve.serving.metrics import adapter_label
 from loraserve.serving.model_service import ModelService
 from loraserve.serving.worker_process import WorkerReply
@@ -65,13 +65,30 @@ async def resolve_adapters(request: Request, model: ModelService, names: list[st
         await resolver.ensure(model, names)
 
 
-async def generate(request: Request, model: ModelService, message: GenerateRequest) -> WorkerReply:
-    """Counted and timed like every inference call; the metrics label is the adapter."""
+async def generate(
+    request: Request, model: ModelService, message: GenerateRequest, formatted: bool = False
+) -> WorkerReply:
+    """Counted and timed like every inference call; the metrics label is the adapter.
+    ``formatted``: the caller applied the adapters' own formatters (DJL's LMI routes); any
+    other route refuses an adapter that has them rather than answer unformatted."""
     names = message.adapter_names
     with counted_refusals(request, model):
         await resolve_adapters(request, model, names)
         model.check_adapters(names)
+        if not formatted:
+            refuse_formatters(model, names)
     return await cancel_on_disconnect(request, model.infer(message, "generate", adapter_label(model, names)))
+
+
+def refuse_formatters(model: ModelService, names: list[str]) -> None:
+    for name in names:
+        record = model.registry.get(name) if name in model.registry else None
+        if record is not None and record.formatters:
+            raise BadRequestError(
+                f"adapter {name} has its own formatters (its model.py: {', '.join(record.formatters)}), "
+                f"which apply to DJL's routes only: call it through /predictions/{model.name} or "
+                "/invocations, where they run"
+            )
 
 
 async def tokens(reply: WorkerReply) -> AsyncIterator[TokenOutput | Exception]:

@@ -112,7 +112,7 @@ async def _predict_lmi(request: Request, model: ModelService, body: bytes) -> Re
         parsed = parse(lmi.LmiRequest, json_body)
         message = lmi.to_generate(parsed, fallback_adapter(request), override_adapter(request))
         refuse_formatted_stream(formatting, message.stream)
-    reply = await generate(request, model, message)
+    reply = await generate(request, model, message, formatted=True)
     if message.stream:
         return CancellingStreamingResponse(
             _lmi_lines(reply, message.details), reply, media_type="application/jsonlines"

@@ -131,6 +131,12 @@ async def _handle_lmi(item: Input) -> Output:
         raise BadRequestError("the request body must be JSON") from None
     parsed = parse(lmi.LmiRequest, body)
     request = lmi.to_generate(parsed, item.get_property("adapter"), override=adapter_override(item))
+    coded = [n for n in request.adapter_names if n in _adapter_code.handlers]
+    if coded:  # a workflow's call: refused, never answered unformatted
+        raise BadRequestError(
+            f"adapter {coded[0]} has its own formatters (its model.py); a workflow cannot call it "
+            "(formatters run on DJL's /predictions and /invocations routes)"
+        )
     reply = await generate(request)
     if isinstance(reply, TokenStream):
         output = Output().add_property("content-type", "application/jsonlines")
