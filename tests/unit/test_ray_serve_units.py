@@ -360,3 +360,15 @@ def test_the_ray_ingress_takes_allowed_adapter_urls_like_serve(tmp_path: Path):
     prefix = "https://store.example/adapters/"
     args = build_parser().parse_args(["ray", "--model", str(tmp_path), "--allowed-adapter-urls", prefix])
     assert config_from_args(args).server_config().allowed_adapter_urls == [prefix]
+
+
+def test_ray_refuses_an_adapter_carrying_its_own_model_py(tmp_path: Path):
+    """The replicas do not run an adapter's formatters: refused, never silently skipped."""
+    (tmp_path / "serving.properties").write_text("option.model_id=/nowhere\n")
+    adapter = tmp_path / "adapters" / "coded"
+    adapter.mkdir(parents=True)
+    (adapter / "model.py").write_text("")
+    model = RayModel(RayAppConfig(model_dir=tmp_path), RecordingCaller())  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError, match=r"model\.py"):
+        run(model.register_adapter("coded", str(adapter)))
+    assert "coded" not in model.store.refs()

@@ -124,6 +124,11 @@ class RayModel:
             self.config.remote_access,
         )
         await asyncio.to_thread(secure_mode.check_adapter, path)
+        if (path / "model.py").is_file():  # replicas do not run it: refused, never skipped
+            raise BadRequestError(
+                f"adapter source {src} carries a model.py (its own formatters); they run on "
+                "`loraserve serve` only, not on the Ray replicas"
+            )
         await self.caller.check_adapter(str(path))
         return str(path)
 
