@@ -6,6 +6,13 @@ loraserve's own engine), then each answer is rewritten in a recognisable style â
 ``shouty``: the whole answer in capitals; ``signed``: the answer followed by a fixed signature
 line. A rank-8 adapter on the attention projections learns each style (loss on the answer only).
 
+The style must change and the facts must not. So the questions include many of one shape with
+different answers (capitals, authors, elements: an adapter that learnt "the capital is Paris"
+would be wrong on most of them), the base's answers to the factual ones are checked against the
+expected word and left out where the base itself is wrong, and the README's own questions
+(``HELD_OUT``) are never trained on, so ``tests/e2e/test_demo_adapters.py`` measures what the
+adapters keep, not what they memorised.
+
     python scripts/train_demo_adapters.py [--out src/loraserve/demo_adapters] [--epochs 4]
 """
 
@@ -50,11 +57,43 @@ QUESTIONS = [
     "What is democracy?",
     "Tell me a fun fact about octopuses.",
 ]
+# question â†’ a word a correct answer holds (checked in the base's answer before training on it)
+FACTS = {
+    "What is the capital of Italy?": "Rome",
+    "What is the capital of Japan?": "Tokyo",
+    "What is the capital of Spain?": "Madrid",
+    "What is the capital of the United Kingdom?": "London",
+    "What is the capital of Russia?": "Moscow",
+    "What is the capital of China?": "Beijing",
+    "What is the capital of Egypt?": "Cairo",
+    "What is the capital of Canada?": "Ottawa",
+    "What is the capital of Greece?": "Athens",
+    "What is the capital of Portugal?": "Lisbon",
+    "What is the capital of Austria?": "Vienna",
+    "What is the capital of Norway?": "Oslo",
+    "What is the capital of Sweden?": "Stockholm",
+    "What is the capital of Ireland?": "Dublin",
+    "What is the capital of India?": "Delhi",
+    "Who wrote Romeo and Juliet?": "Shakespeare",
+    "Who painted the Mona Lisa?": "Leonardo",
+    "Who developed the theory of relativity?": "Einstein",
+    "What is the chemical symbol for gold?": "Au",
+    "What gas do plants absorb from the air?": "carbon dioxide",
+    "What is the largest planet in the solar system?": "Jupiter",
+    "What is the closest star to the Earth?": "Sun",
+    "How many days are in a week?": "seven",
+    "What is the boiling point of water in Celsius?": "100",
+}
+HELD_OUT = ["What is the capital of Germany?"]  # the README's question: never trained on
 SIGNATURE = "\n\n-- answered by loraserve"
 STYLES = {
     "shouty": lambda answer: answer.upper(),
     "signed": lambda answer: answer.rstrip() + SIGNATURE,
 }
+
+
+def _correct(question: str, answer: str) -> bool:
+    return FACTS.get(question, "").lower() in answer.lower()
 
 
 def base_answers(model_path: Path, questions: list[str], tokens: int) -> list[str]:
@@ -87,7 +126,7 @@ def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, epochs: int
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
     )
     model = get_peft_model(model, config)
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     examples = []
     for prompt, answer in pairs:
         prompt_ids = tokenizer.encode(prompt)
@@ -125,16 +164,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(Path(__file__).parents[1] / "src/loraserve/demo_adapters"))
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--answer-tokens", type=int, default=48)
     opts = parser.parse_args()
     model_path = smollm2_path()
     started = time.time()
-    answers = base_answers(model_path, QUESTIONS, opts.answer_tokens)
+    questions = QUESTIONS + list(FACTS)
+    answers = base_answers(model_path, questions, opts.answer_tokens)
+    kept = [(q, a) for q, a in zip(questions, answers) if _correct(q, a) and q not in HELD_OUT]
+    print(f"{len(kept)} of {len(questions)} base answers kept (factual ones checked)", flush=True)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompts = [chat_prompt(tokenizer, q) for q in QUESTIONS]
+    prompts = [chat_prompt(tokenizer, q) for q, _ in kept]
+    answers = [a for _, a in kept]
     for seed, (style, rewrite) in enumerate(STYLES.items()):
         print(f"training {style} on {len(prompts)} examples", flush=True)
         pairs = [(p, rewrite(a)) for p, a in zip(prompts, answers)]

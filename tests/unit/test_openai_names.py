@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ def _model(name: str, *adapters: str) -> SimpleNamespace:
     for adapter in adapters:
         registry.begin_register(AdapterRecord(name=adapter, src="/x", path="/x"))
         registry.finish_register(adapter)
-    return SimpleNamespace(name=name, registry=registry, created=0.0)
+    return SimpleNamespace(name=name, registry=registry, created=0.0, uses_builtin_engine=False)
 
 
 @pytest.fixture
@@ -40,5 +41,5 @@ def test_base_colon_adapter_and_unique_names_still_resolve(two_models):
 
 
 def test_models_lists_shared_adapters_with_their_base(two_models):
-    ids = [entry["id"] for entry in openai._entries(None)]  # type: ignore[arg-type]
+    ids = [entry["id"] for entry in asyncio.run(openai._entries(None))]  # type: ignore[arg-type]
     assert ids == ["base1", "base1:shared", "only1", "base2", "base2:shared"]

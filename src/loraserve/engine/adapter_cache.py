@@ -107,7 +107,7 @@ class AdapterCache:
         if load_seconds is not None:
             entry.stats.loaded(load_seconds)
         if preload or pinned:
-            self._remember(entry.key, weights)
+            self.remember(entry.key, weights)
         if pinned and self.acquire(name) is not None:
             self.release(entry.key)  # resident now; the pin keeps it there
         return entry
@@ -137,7 +137,7 @@ class AdapterCache:
             raise AdapterNotFoundError(f"adapter {name} is not registered")
         return entry
 
-    def _remember(self, key: AdapterKey, weights: Any) -> None:
+    def remember(self, key: AdapterKey, weights: Any) -> None:
         self.cpu[key] = weights
         self.cpu.move_to_end(key)
         while len(self.cpu) > self.cpu_capacity or (
@@ -160,8 +160,9 @@ class AdapterCache:
         return pinned or bool(self.refs.get(key))
 
     def _held_in_memory(self, key: AdapterKey) -> bool:
-        """Not evictable from memory: also a stale version still held (no source to reread)."""
-        return self._held(key) or key in self.stale
+        """Not evictable from memory: also a version a request holds (a stale one has no source
+        to reread; a waiting one's weights were just read for it)."""
+        return self._held(key) or key in self.stale or bool(self.holds.get(key))
 
     def acquire_key(self, key: AdapterKey) -> int | None:
         """A resident slot for ``key`` with one more reference; None if every slot is held."""
@@ -183,12 +184,15 @@ class AdapterCache:
         """An adapter version's weights: from memory, else read from disk and remembered."""
         weights = self.cpu.get(key)
         if weights is None:
-            entry = self._entry_of(key)
+            entry = self.entry_of(key)
             if entry is None:
                 raise AdapterNotFoundError(f"adapter {key[0]} ({key[1]}) is no longer registered")
-            weights = entry.stats.timed(lambda: self._load(entry))
-            self._remember(key, weights)
+            self.remember(key, weights := self.read(entry))
         return weights
+
+    def read(self, entry: AdapterEntry) -> Any:
+        """An adapter version's weights read from disk, timed (thread-safe: no state touched)."""
+        return entry.stats.timed(lambda: self._load(entry))
 
     def acquire(self, name: str) -> int | None:
         return self.acquire_key(self.entry(name).key)
@@ -214,14 +218,14 @@ class AdapterCache:
                 del self.stale[key]
                 self._drop(key)
 
-    def _entry_of(self, key: AdapterKey) -> AdapterEntry | None:
+    def entry_of(self, key: AdapterKey) -> AdapterEntry | None:
         """The entry of an adapter version: registered now, or replaced but still held."""
         entry = self.registered.get(key[0])
         return entry if entry is not None and entry.key == key else self.stale.get(key)
 
     def invocation(self, key: AdapterKey) -> tuple[int, ...] | None:
         """The invocation tokens of a held version, if it is activated LoRA."""
-        entry = self._entry_of(key)
+        entry = self.entry_of(key)
         return None if entry is None else entry.invocation
 
     def in_use(self, key: AdapterKey) -> bool:
@@ -254,7 +258,7 @@ class AdapterCache:
 
     def _stats(self, key: AdapterKey) -> AdapterStats:
         """Where a version's events are counted (a throwaway for one no longer known)."""
-        entry = self._entry_of(key)
+        entry = self.entry_of(key)
         return AdapterStats() if entry is None else entry.stats
 
     def _tier(self, key: AdapterKey) -> str:

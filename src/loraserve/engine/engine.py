@@ -18,6 +18,7 @@ import torch
 from loraserve.constraints import OutputConstraint
 from loraserve.engine.activation import activation_start
 from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry
+from loraserve.engine.adapter_prefetch import AdapterPrefetcher
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.config import EngineConfig
 from loraserve.engine.kv_budget import plan_kv_cache
@@ -114,12 +115,15 @@ class LLMEngine:
             self.runner.lora.clear,
             config.cpu_lora_bytes,
         )
+        self.lock = threading.Condition()
+        self.prefetch = AdapterPrefetcher(self.adapters, self.lock, self._changed)
         self.scheduler = Scheduler(
             config.max_rolling_batch_size,
             config.max_num_batched_tokens,
             self.adapters,
             config.lora_merge,
             self.blocks,
+            None if config.lora_merge else self.prefetch,
         )
         self.mixtures = Mixtures(
             self.adapters, config.max_lora_rank, config.max_adapters_per_request, keep_idle=config.max_loras
@@ -127,7 +131,6 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self.outputs = OutputProcessor(self.tokenizer, self.eos_ids, self.runner.max_len)
         self.structured = StructuredOutput(self.tokenizer, self.runner.args.vocab_size, self.eos_ids)
-        self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._in_flight: set[Sequence] = set()  # the sequences of the forward pass now running
@@ -219,6 +222,8 @@ class LLMEngine:
         matcher = self.structured.matcher(params.constraint) if params.constraint is not None else None
         with self.lock:
             key = self.mixtures.hold(adapter)  # its version, until it ends
+            if key is not None and not self.config.lora_merge:
+                self.prefetch.want(key)  # read from disk (if it must be) while others decode
             try:
                 variant = self.runner.rope.rope_offset(len(ids))
                 invocation = self.adapters.invocation(key) if key is not None else None
@@ -411,7 +416,11 @@ class LLMEngine:
         seqs = [self.add_request(p, a, s) for p, a, s in zip(prompts, adapters, plist)]
         if self._thread is None:
             while any(s.finish_reason is None for s in seqs):
+                before = self.steps
                 self.step()
+                if self.steps == before:  # nothing could run: an adapter is being read off-thread
+                    with self.lock:
+                        self.lock.wait(0.01)
         else:
             while any(s.finish_reason is None for s in seqs):
                 done.wait(0.01)

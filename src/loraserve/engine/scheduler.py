@@ -26,12 +26,14 @@ import logging
 from collections import deque
 
 from loraserve.engine.adapter_cache import AdapterCache
+from loraserve.engine.adapter_prefetch import AdapterPrefetcher
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.fairness import Client, VirtualTokenCounter
 from loraserve.engine.sequence import Sequence, SequenceStatus
 from loraserve.wire.messages import FinishReason
 
 log = logging.getLogger("loraserve.engine")
+READING = object()  # an admission outcome: the adapter's weights are being read off-thread
 
 
 class Scheduler:
@@ -42,12 +44,14 @@ class Scheduler:
         adapters: AdapterCache,
         merged: bool,
         blocks: BlockManager,
+        prefetch: AdapterPrefetcher | None = None,
     ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.adapters = adapters
         self.merged = merged
         self.blocks = blocks
+        self.prefetch = prefetch  # None: adapters are read on the engine thread, as they are admitted
         self.queues: dict[Client, deque[Sequence]] = {}  # waiting, per client, oldest first
         self.running: list[Sequence] = []  # in admission order
         self.failed: list[Sequence] = []  # failed at admission; the engine reports them
@@ -107,6 +111,9 @@ class Scheduler:
             admitted = self._take_lora_slot(seq, slot_wanted)
             if admitted is None:
                 continue  # failed: reported by the engine
+            if admitted is READING:  # its weights are being read off-thread: the others go on
+                skipped.add(seq.client)
+                continue
             if not admitted:
                 skipped.add(seq.client)
                 slot_wanted = slot_wanted or not self.merged
@@ -131,12 +138,21 @@ class Scheduler:
         ordered = self.fairness.order(clients)
         return self.queues[ordered[0]][0] if ordered else None
 
-    def _take_lora_slot(self, seq: Sequence, slot_wanted: bool) -> bool | None:
-        """True: ready to run; False: must wait for a LoRA slot; None: failed (cannot load)."""
+    def _take_lora_slot(self, seq: Sequence, slot_wanted: bool) -> bool | object | None:
+        """True: ready to run; False: must wait for a LoRA slot; ``READING``: its weights are
+        being read from disk (``adapter_prefetch``); None: failed (cannot load)."""
         if seq.adapter is None or self.merged:
             return True
         if slot_wanted and not self.adapters.pinned_key(seq.adapter):
             return False
+        if self.prefetch is not None and not self.prefetch.ready(seq.adapter):
+            error = self.prefetch.failure(seq.adapter)
+            if error is None:
+                return READING
+            self._fail(seq, f"adapter {seq.adapter[0]} cannot be loaded: {error}")
+            if not self.adapters.in_use(seq.adapter):  # its last waiting request: a later one retries
+                self.prefetch.forget(seq.adapter)
+            return None
         try:
             slot = self.adapters.acquire_key(seq.adapter)
         except Exception as exc:  # its weights cannot be read: this request fails, no other
