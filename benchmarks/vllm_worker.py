@@ -34,7 +34,7 @@ def serve(config: dict) -> None:
             "enable_lora": True,
             "max_loras": config["max_loras"],
             "max_lora_rank": config["max_lora_rank"],
-            "max_cpu_loras": config["max_loras"],
+            "max_cpu_loras": config.get("max_cpu_loras", config["max_loras"]),
         }
         if config.get("lora_target_modules"):
             kwargs["lora_target_modules"] = config["lora_target_modules"]

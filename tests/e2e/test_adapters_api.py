@@ -197,7 +197,8 @@ def test_unsafe_archives_are_refused(env, entries, links, fragment):
         ("name=bad%01ctl&src={extra}", 400, "invalid adapter name"),
         ("name=&src={extra}", 400, "name is required"),
         ("name=new", 400, "src is required"),
-        ("name=new&src=s3://bucket/key", 409, "not currently supported"),  # DJL's Adapter.newInstance
+        ("name=new&src=s3://bucket/key", 403, "--allowed-adapter-urls"),  # fetched only from allowed prefixes
+        ("name=new&src=gs://bucket/key", 409, "not currently supported"),  # DJL's Adapter.newInstance
         ("name=new&src={extra}&pin=maybe", 400, "pin must be true or false"),
     ],
 )
