@@ -1,0 +1,108 @@
+"""Weight-only int8 base weights (``option.quantize=int8``) against the default dtype, in one run.
+
+SmolLM2-135M (the demo model); decode throughput at batch 1 and at batch ``--batch``, the base
+and one r16 all-linear adapter per request, best of ``--repeats`` alternating runs; bytes of
+base weights read per decode step and the machine's copy bandwidth, for the roofline; and how
+many greedy tokens the int8 model shares with the default-dtype one (int8 changes the weights,
+so some drift is the quantization's own; exactness against the dequantized model is
+``tests/integration/test_int8_base.py``).
+
+    python benchmarks/bench_int8.py [--batch 32] [--new-tokens 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_engine import copy_bandwidth, make_adapters, timed_run
+from loraserve.engine import EngineConfig, LLMEngine
+from loraserve.model.args import LORA_MODULES
+from loraserve.model.default_model import smollm2_path
+from loraserve.model.hardware import cpu_info
+
+
+def engine_for(quantize: str, batch: int, adapters: list[Path]) -> LLMEngine:
+    config = EngineConfig(
+        model_id=str(smollm2_path()),
+        dtype="auto",
+        max_rolling_batch_size=batch,
+        max_model_len=160,
+        max_lora_rank=16,
+        quantize=quantize,
+    )
+    engine = LLMEngine(config)
+    for i, path in enumerate(adapters):
+        engine.register_adapter(f"a{i}", path)
+    return engine
+
+
+def weight_bytes(engine: LLMEngine, quantize: str) -> int:
+    """Base weights one decode step reads: every layer's four fused matrices and the LM head."""
+    w = engine.runner.weights
+    count = sum(layer.fused(n).numel() for layer in w.layers for n in ("qkv", "o", "gate_up", "down"))
+    count += w.lm_head.numel()
+    return count * (1 if quantize == "int8" else engine.dtype.itemsize)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = LLMEngine(EngineConfig(model_id=str(smollm2_path()), dtype="auto", max_lora_rank=16))
+        shapes_args = probe.runner.args
+        adapters = make_adapters(Path(tmp), shapes_args, args.batch, 16, list(LORA_MODULES), "a")
+        del probe
+        engines = {q: engine_for(q, args.batch, adapters) for q in ("", "int8")}
+        vocab = shapes_args.vocab_size
+        prompts = [torch.randint(100, vocab - 100, (args.prompt_len,)).tolist() for _ in range(args.batch)]
+        bandwidth = copy_bandwidth()
+        dtype = str(engines[""].dtype).replace("torch.", "")
+        print(
+            f"CPU ISA level {cpu_info().isa}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+            f"SmolLM2-135M, default dtype {dtype}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
+            f"best of {args.repeats} alternating runs"
+        )
+        cases = {
+            "batch 1, base": (prompts[:1], [None]),
+            "batch 1, adapter": (prompts[:1], ["a0"]),
+            f"batch {args.batch}, base": (prompts, [None] * args.batch),
+            f"batch {args.batch}, {args.batch} adapters": (prompts, [f"a{i}" for i in range(args.batch)]),
+        }
+        ids: dict[str, list] = {}
+        for label, (batch_prompts, names) in cases.items():
+            best: dict[str, dict] = {}
+            for _ in range(args.repeats):
+                for quantize, engine in engines.items():
+                    run = timed_run(engine, batch_prompts, names, args.new_tokens)
+                    if quantize not in best or run["tok_s"] > best[quantize]["tok_s"]:
+                        best[quantize] = run
+            plain, int8 = best[""], best["int8"]
+            ids[label] = [plain["token_ids"], int8["token_ids"]]
+            read = {q: weight_bytes(engines[q], q) for q in engines}
+            roof = {q: read[q] / (best[q]["step_ms"] / 1e3) / bandwidth for q in engines}
+            ratio = int8["tok_s"] / plain["tok_s"]
+            print(
+                f"{label}: {dtype} {plain['tok_s']:.1f} tok/s ({plain['step_ms']:.1f} ms/step, "
+                f"{100 * roof['']:.0f}% of bandwidth), int8 {int8['tok_s']:.1f} tok/s "
+                f"({int8['step_ms']:.1f} ms/step, {100 * roof['int8']:.0f}%): {ratio:.2f}x"
+            )
+        same = total = 0
+        for plain_ids, int8_ids in ids.values():
+            for a, b in zip(plain_ids, int8_ids):
+                total += len(a)
+                same += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        print(f"greedy tokens before the first difference from {dtype}: {100 * same / total:.0f}% of tokens")
+
+
+if __name__ == "__main__":
+    main()
