@@ -28,8 +28,20 @@ class EngineConfig:
     lora_merge: bool = False
     max_adapters_per_request: int = 4  # adapters one request may mix (engine/mixtures.py)
     threads: int = 0
+    quantize: str = ""  # "int8": weight-only int8 base weights on CPU (model/int8.py)
 
     def __post_init__(self) -> None:
+        self.quantize = self.quantize.strip().lower()
+        if self.quantize not in ("", "none", "int8"):
+            raise ConfigError(
+                f"option.quantize={self.quantize} is not supported: the built-in engine quantizes "
+                "to int8 (weight-only, CPU); or leave it unset"
+            )
+        if self.quantize == "int8" and self.lora_merge:
+            raise ConfigError(
+                "option.quantize=int8 with option.lora_merge=true: merging would edit the int8 "
+                "weights; int8 serves LoRA unmerged (leave lora_merge unset)"
+            )
         if self.max_cpu_loras < self.max_loras:
             self.max_cpu_loras = self.max_loras
         if self.max_num_batched_tokens < self.max_rolling_batch_size:
@@ -69,7 +81,7 @@ class EngineConfig:
         for key in ("enable_lora", "lora_merge", "enable_prefix_caching"):
             if key in options:
                 kwargs[key] = parse_bool(options[key], f"option.{key}")
-        for key in ("dtype", "device", "kv_cache_memory", "max_cpu_lora_memory"):
+        for key in ("dtype", "device", "kv_cache_memory", "max_cpu_lora_memory", "quantize"):
             if key in options:
                 kwargs[key] = str(options[key])
         return cls(model_id=options["model_id"], **kwargs)  # type: ignore[arg-type]

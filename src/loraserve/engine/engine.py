@@ -84,6 +84,7 @@ class LLMEngine:
             config.max_loras,
             config.max_lora_rank,
             model_config,
+            quantize=config.quantize,
         )
         log.info("engine hardware choice: %s", self.runner.info())
         self.kv = plan_kv_cache(

@@ -17,7 +17,7 @@ from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps, rms_norm
 from loraserve.model.lora import LoraBackend
-from loraserve.model.packed import Linears
+from loraserve.model.packed import LinearOps
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import LayerWeights, ModelWeights
 
@@ -30,7 +30,7 @@ class Decoder:
         rope: RopeTables,
         ops: TorchOps,
         lora: LoraBackend,
-        linears: Linears,
+        linears: LinearOps,
     ) -> None:
         self.args, self.weights, self.rope, self.ops, self.lora, self.linears = (
             args,

@@ -10,6 +10,8 @@ them and repacks.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,14 @@ def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
     except (RuntimeError, AttributeError):
         return False
     return True
+
+
+class LinearOps(Protocol):
+    """What the decoder calls for the base model's matrix products (``Linears``, ``Int8Linears``)."""
+
+    def __call__(self, x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor: ...
+
+    def head(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class Linears:

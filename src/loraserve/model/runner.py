@@ -14,6 +14,7 @@ from loraserve.model.batch import StepBatch
 from loraserve.model.decoder import Decoder
 from loraserve.model.families import Family, load_model_config
 from loraserve.model.hardware import cpu_info
+from loraserve.model.int8 import Int8Linears, int8_linears
 from loraserve.model.layer_ops import select_ops
 from loraserve.model.loader import load_state_dict
 from loraserve.model.lora import MergedLora, lora_backend
@@ -37,6 +38,7 @@ class ModelRunner:
         lora_slots: int,
         max_lora_rank: int,
         model_config: tuple[Family, ModelArgs, Any] | None = None,
+        quantize: str = "",
     ) -> None:
         """``model_config``: what ``load_model_config(model_path)`` gave a caller that read it first."""
         self.family, self.args, hf_config = model_config or load_model_config(model_path)
@@ -52,7 +54,11 @@ class ModelRunner:
         # The small per-layer ops: native kernels for this CPU's ISA where they build, else PyTorch.
         self.ops = select_ops(dtype, device, self.args.rms_eps)
         self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
-        self.linears = Linears(self.weights, batch_hint, packing_available(dtype, device))
+        self.linears: Linears | Int8Linears = (
+            int8_linears(self.weights, dtype, device, batch_hint)
+            if quantize == "int8"
+            else Linears(self.weights, batch_hint, packing_available(dtype, device))
+        )
         self.merged = MergedLora(
             self.args, self.weights, on_change=self.linears.repack, on_head_change=self.linears.repack_head
         )
@@ -69,7 +75,13 @@ class ModelRunner:
             "native_bf16": str(cpu.native_bf16).lower(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "kernels": self.ops.name,
-            "linear": "onednn-packed" if self.linears.enabled else "torch",
+            "linear": (
+                "int8-weight-only"
+                if isinstance(self.linears, Int8Linears)
+                else "onednn-packed"
+                if self.linears.enabled
+                else "torch"
+            ),
         }
 
     def kv_bytes_per_token(self) -> int:
