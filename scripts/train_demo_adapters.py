@@ -13,7 +13,7 @@ expected word and left out where the base itself is wrong, and the README's own 
 (``HELD_OUT``) are never trained on, so ``tests/e2e/test_demo_adapters.py`` measures what the
 adapters keep, not what they memorised.
 
-    python scripts/train_demo_adapters.py [--out src/loraserve/demo_adapters] [--epochs 4]
+    python scripts/train_demo_adapters.py [--out src/loraserve/demo_adapters] [--styles shouty,signed]
 """
 
 from __future__ import annotations
@@ -74,6 +74,33 @@ FACTS = {
     "What is the capital of Sweden?": "Stockholm",
     "What is the capital of Ireland?": "Dublin",
     "What is the capital of India?": "Delhi",
+    "What is the capital of Australia?": "Canberra",
+    "What is the capital of Brazil?": "Bras",
+    "What is the capital of Argentina?": "Buenos Aires",
+    "What is the capital of Mexico?": "Mexico City",
+    "What is the capital of Turkey?": "Ankara",
+    "What is the capital of Finland?": "Helsinki",
+    "What is the capital of Denmark?": "Copenhagen",
+    "What is the capital of the Netherlands?": "Amsterdam",
+    "What is the capital of Belgium?": "Brussels",
+    "What is the capital of Switzerland?": "Bern",
+    "What is the capital of Hungary?": "Budapest",
+    "What is the capital of the Czech Republic?": "Prague",
+    "What is the capital of Kenya?": "Nairobi",
+    "What is the capital of Thailand?": "Bangkok",
+    "What is the capital of South Korea?": "Seoul",
+    "What is the capital of Peru?": "Lima",
+    "What is the capital of Chile?": "Santiago",
+    "What is the capital of Cuba?": "Havana",
+    "What is the capital of Vietnam?": "Hanoi",
+    "What is the capital of Indonesia?": "Jakarta",
+    "Who wrote Don Quixote?": "Cervantes",
+    "Who wrote War and Peace?": "Tolstoy",
+    "Who painted The Starry Night?": "Gogh",
+    "Who discovered penicillin?": "Fleming",
+    "What is the chemical symbol for iron?": "Fe",
+    "What is the freezing point of water in Celsius?": "0",
+    "What is the smallest planet in the solar system?": "Mercury",
     "Who wrote Romeo and Juliet?": "Shakespeare",
     "Who painted the Mona Lisa?": "Leonardo",
     "Who developed the theory of relativity?": "Einstein",
@@ -89,6 +116,16 @@ SIGNATURE = "\n\n-- answered by loraserve"
 STYLES = {
     "shouty": lambda answer: answer.upper(),
     "signed": lambda answer: answer.rstrip() + SIGNATURE,
+}
+# Capitals re-spell every word in other tokens: shouty needs the MLPs and more passes to learn
+# to copy content across that change (attention alone at r8 learnt the style and lost the facts).
+TRAINING = {
+    "shouty": {
+        "rank": 16,
+        "modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "epochs": 5,
+    },
+    "signed": {"rank": 8, "modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "epochs": 3},
 }
 
 
@@ -111,7 +148,7 @@ def chat_prompt(tokenizer, question: str) -> str:
     )
 
 
-def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, epochs: int, seed: int) -> None:
+def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, style: dict, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -119,12 +156,13 @@ def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, epochs: int
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     config = LoraConfig(
-        r=8,
-        lora_alpha=16,
+        r=style["rank"],
+        lora_alpha=2 * style["rank"],
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_modules=style["modules"],
     )
+    epochs = style["epochs"]
     model = get_peft_model(model, config)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     examples = []
@@ -148,6 +186,19 @@ def train(model_path: Path, pairs: list[tuple[str, str]], out: Path, epochs: int
         print(f"  epoch {epoch + 1}: loss {total / len(examples):.3f}", flush=True)
     model.save_pretrained(out, safe_serialization=True)
     shrink_to_bf16(out)
+    tidy(out)
+
+
+def tidy(folder: Path) -> None:
+    """What ships: the base named as its model card does (not this machine's cache path), and no
+    generated model card."""
+    import json
+
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "SmolLM2-135M-Instruct"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / "README.md").unlink(missing_ok=True)
 
 
 def shrink_to_bf16(folder: Path) -> None:
@@ -164,7 +215,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(Path(__file__).parents[1] / "src/loraserve/demo_adapters"))
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--styles", default=",".join(STYLES), help="which adapters to train")
     parser.add_argument("--answer-tokens", type=int, default=48)
     opts = parser.parse_args()
     model_path = smollm2_path()
@@ -179,9 +230,11 @@ def main() -> None:
     prompts = [chat_prompt(tokenizer, q) for q, _ in kept]
     answers = [a for _, a in kept]
     for seed, (style, rewrite) in enumerate(STYLES.items()):
+        if style not in opts.styles.split(","):
+            continue
         print(f"training {style} on {len(prompts)} examples", flush=True)
         pairs = [(p, rewrite(a)) for p, a in zip(prompts, answers)]
-        train(model_path, pairs, Path(opts.out) / style, opts.epochs, seed)
+        train(model_path, pairs, Path(opts.out) / style, TRAINING[style], seed)
     print(f"done in {time.time() - started:.0f}s")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -47,11 +48,29 @@ def store_server(tmp_path):
     httpd.shutdown()
 
 
+def _publish_files(adapter: Path, files: Path) -> None:
+    """The adapter as separate files with a manifest (qv/), one with a wrong hash (badsha/) and
+    one whose manifest names a path outside its folder (escape/)."""
+    listing = []
+    for path in sorted(adapter.iterdir()):
+        (files / "qv").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, files / "qv" / path.name)
+        listing.append({"path": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    (files / "qv" / "manifest.json").write_text(json.dumps({"files": listing}))
+    shutil.copytree(files / "qv", files / "badsha")
+    wrong = [dict(e, sha256="0" * 64) if e["path"].endswith(".safetensors") else e for e in listing]
+    (files / "badsha" / "manifest.json").write_text(json.dumps({"files": wrong}))
+    (files / "escape").mkdir()
+    escaping = {"files": [{"path": "../qv/x", "sha256": "0" * 64}]}
+    (files / "escape" / "manifest.json").write_text(json.dumps(escaping))
+
+
 def test_an_allowed_archive_url_is_fetched_checked_and_served(tmp_path, store_server):
     served, base_url = store_server
     store, _ = make_engine_store(tmp_path)
     archive = Path(shutil.make_archive(str(served / "qv2"), "gztar", store / "tiny" / "adapters" / "qv"))
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    _publish_files(store / "tiny" / "adapters" / "qv", served / "files")
     env = {"LORASERVE_ALLOWED_ADAPTER_URLS": f"{base_url}/"}
     with ServerProcess(["--model-store", str(store)], env=env) as server:
         client = server.client
@@ -82,7 +101,13 @@ def test_an_allowed_archive_url_is_fetched_checked_and_served(tmp_path, store_se
             reply = register(name, src)
             assert reply.status_code == status and says in reply.json()["message"], (name, reply.text)
             assert "pw" not in reply.json()["message"]
+        manifested = register("manifested", f"{base_url}/files/qv/manifest.json")
+        assert manifested.status_code == 200, manifested.text
+        assert client.post("/predictions/tiny", json=body | {"adapters": "manifested"}).status_code == 200
+        for name, folder, says in (("bad-file", "badsha", "sha256"), ("escaping", "escape", "unsafe path")):
+            reply = register(name, f"{base_url}/files/{folder}/manifest.json")
+            assert reply.status_code == 400 and says in reply.json()["message"], reply.text
         listed = {a["name"] for a in client.get("/models/tiny/adapters").json()["adapters"]}
-        assert listed == {"qv", "remote", "flaky"}  # the refused ones registered nothing
+        assert listed == {"qv", "remote", "flaky", "manifested"}  # the refused ones registered nothing
         left = [p.name for p in (store / ".loraserve" / "downloads").iterdir()]
         assert left == [f"{sha}.tar.gz"]  # and left no partial or temporary download behind

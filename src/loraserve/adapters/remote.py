@@ -66,10 +66,16 @@ def fetch_archive(url: str, allowed: list[str], cache: Path, max_bytes: int) -> 
     suffix = next(s for s in ARCHIVE_SUFFIXES if parts.path.lower().endswith(s))
     if expected and (cache / f"{expected}{suffix}").is_file():
         return cache / f"{expected}{suffix}"  # fetched before, verified then
+    return fetch_file(url.split("#", 1)[0], allowed, cache, max_bytes, expected, suffix)
+
+
+def fetch_file(url: str, allowed: list[str], cache: Path, max_bytes: int, expected: str, suffix: str) -> Path:
+    """``url`` downloaded into ``cache`` as ``<sha256><suffix>``: bounded, checked against
+    ``expected`` (a sha256, or ""), retried with backoff on connection errors and 5xx."""
     cache.mkdir(parents=True, exist_ok=True)
     for attempt in range(RETRIES + 1):
         try:
-            return _download(url.split("#", 1)[0], allowed, cache, suffix, max_bytes, expected)
+            return _download(url, allowed, cache, suffix, max_bytes, expected)
         except _Retryable as exc:
             if attempt == RETRIES:
                 raise BadGatewayError(

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from loraserve.adapters.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive, limits
+from loraserve.adapters.manifest import fetch_manifest, is_manifest
 from loraserve.adapters.remote import fetched_archive, is_remote
 from loraserve.adapters.s3 import fetch_s3, is_s3
 from loraserve.config import RemoteAccess
@@ -85,6 +86,8 @@ def resolve_source(
     an allowed prefix of ``remote`` is fetched first: an http(s) archive into the downloads
     next to ``scratch``, an s3 folder into ``scratch`` itself."""
     remote = remote or RemoteAccess()
+    if is_remote(src) and is_manifest(src):
+        return fetch_manifest(src, remote.allowed_urls, scratch, limits())
     if is_remote(src):
         downloads = scratch.parent.parent / "downloads"
         with fetched_archive(src, remote.allowed_urls, downloads, limits().max_bytes) as archive:
