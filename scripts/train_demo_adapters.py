@@ -3,8 +3,9 @@ SmolLM2-135M-Instruct, on CPU, in a few minutes.
 
 The data set is built here: the base model answers a list of questions (greedy, through
 loraserve's own engine), then each answer is rewritten in a recognisable style —
-``shouty``: the whole answer in capitals; ``signed``: the answer followed by a fixed signature
-line. A rank-8 adapter on the attention projections learns each style (loss on the answer only).
+``shouty``: "LISTEN UP! " before the answer and "!" for each full stop; ``signed``: the answer
+followed by a fixed signature line. A rank-8 adapter on the attention projections learns each
+style (loss on the answer only).
 
 The style must change and the facts must not. So the questions include many of one shape with
 different answers (capitals, authors, elements: an adapter that learnt "the capital is Paris"
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import time
 from pathlib import Path
 
@@ -113,18 +115,16 @@ FACTS = {
 }
 HELD_OUT = ["What is the capital of Germany?"]  # the README's question: never trained on
 SIGNATURE = "\n\n-- answered by loraserve"
+SHOUT = "LISTEN UP! "
 STYLES = {
-    "shouty": lambda answer: answer.upper(),
+    "shouty": lambda answer: SHOUT + re.sub(r"\.(\s|$)", r"!\1", answer.strip()),
     "signed": lambda answer: answer.rstrip() + SIGNATURE,
 }
-# Capitals re-spell every word in other tokens: shouty needs the MLPs and more passes to learn
-# to copy content across that change (attention alone at r8 learnt the style and lost the facts).
+# Both styles leave the answer's words as the base wrote them: capitals (an earlier shouty)
+# re-spell every word in other tokens, and a 135M model with a small adapter then learnt the
+# style and lost the facts ("THE CAPITAL OF GERMANY IS PARIS.").
 TRAINING = {
-    "shouty": {
-        "rank": 16,
-        "modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "epochs": 5,
-    },
+    "shouty": {"rank": 8, "modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "epochs": 3},
     "signed": {"rank": 8, "modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "epochs": 3},
 }
 

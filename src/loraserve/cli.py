@@ -130,9 +130,21 @@ def demo_store() -> Path:
     shipped = Path(__file__).parent / "demo_adapters"
     if shipped.is_dir():
         for adapter in shipped.iterdir():
-            if adapter.is_dir() and not (model_dir / "adapters" / adapter.name).exists():
-                shutil.copytree(adapter, model_dir / "adapters" / adapter.name)
+            copy = model_dir / "adapters" / adapter.name
+            if adapter.is_dir() and not _same_files(adapter, copy):  # missing, or from an older release
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(adapter, copy)
     return store
+
+
+def _same_files(shipped: Path, copy: Path) -> bool:
+    import filecmp
+
+    names = sorted(p.name for p in shipped.iterdir())
+    if not copy.is_dir() or sorted(p.name for p in copy.iterdir()) != names:
+        return False
+    _, differ, unreadable = filecmp.cmpfiles(shipped, copy, names, shallow=False)
+    return not differ and not unreadable
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

@@ -32,6 +32,6 @@ def test_demo_adapters_change_the_answer():
             return reply.json()["choices"][0]["message"]["content"]
 
         base, shouty, signed = ask(""), ask("shouty"), ask("signed")
-        assert base != shouty and shouty == shouty.upper() and any(c.isalpha() for c in shouty)
+        assert base != shouty and shouty.startswith("LISTEN UP!") and "Berlin" in shouty
         assert signed.rstrip().endswith("-- answered by loraserve")
         assert "answered by loraserve" not in base

@@ -80,7 +80,7 @@ def chat_contents(out: str) -> list[str]:
 
 
 def shouty(text: str) -> bool:
-    return text == text.upper() and "GERMANY" in text
+    return text.startswith("LISTEN UP!") and "Berlin" in text
 
 
 def check_adapter_loop(out: str) -> None:

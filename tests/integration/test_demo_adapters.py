@@ -1,6 +1,6 @@
 """The demo adapters that ship with loraserve change the style and keep the facts: asked the
 README's question (never in their training data), greedy, ``shouty`` answers the base's answer
-in capitals and ``signed`` the base's answer with its signature — on the real SmolLM2 in the
+shouted ("LISTEN UP! … !") and ``signed`` the base's answer with its signature — on the real SmolLM2 in the
 demo's own dtype."""
 
 from __future__ import annotations
@@ -35,5 +35,5 @@ def test_demo_adapters_keep_the_base_models_facts(question, fact):
         for r in engine.generate([prompt] * 3, [None, "shouty", "signed"], SamplingParams(max_new_tokens=90))
     )
     assert fact in base
-    assert shouty == shouty.upper() and fact.upper() in shouty, shouty
+    assert shouty.startswith("LISTEN UP!") and fact in shouty, shouty
     assert fact in signed and signed.rstrip().endswith(SIGNATURE), signed
