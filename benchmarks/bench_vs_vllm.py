@@ -145,11 +145,7 @@ def step_flops(engine: LLMEngine, tokens: int) -> float:
     """GEMM FLOPs of one decode step of ``tokens`` tokens: every linear weight and the LM head."""
     weights = engine.runner.weights
     params = (
-        sum(
-            layer[name].numel()
-            for layer in weights.layers  # type: ignore[union-attr]
-            for name in ("qkv", "o", "gate_up", "down")
-        )
+        sum(layer.fused(name).numel() for layer in weights.layers for name in ("qkv", "o", "gate_up", "down"))
         + weights.lm_head.numel()
     )
     return 2 * tokens * params
