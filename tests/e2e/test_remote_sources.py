@@ -111,3 +111,5 @@ def test_an_allowed_archive_url_is_fetched_checked_and_served(tmp_path, store_se
         assert listed == {"qv", "remote", "flaky", "manifested"}  # the refused ones registered nothing
         left = [p.name for p in (store / ".loraserve" / "downloads").iterdir()]
         assert left == [f"{sha}.tar.gz"]  # and left no partial or temporary download behind
+        assert client.delete("/models/tiny/adapters/remote").status_code == 200
+        assert list((store / ".loraserve" / "downloads").iterdir()) == []  # named by nobody now

@@ -98,6 +98,20 @@ def fetched_archive(url: str, allowed: list[str], downloads: Path, max_bytes: in
         yield fetch_archive(url, allowed, Path(once), max_bytes)
 
 
+def prune_downloads(downloads: Path, srcs: list[str]) -> list[Path]:
+    """Remove kept archives no ``src`` names by its ``#sha256=`` any more (in-progress
+    ``.fetch-*`` files are left to their own clean-up). Returns what was removed."""
+    if not downloads.is_dir():
+        return []
+    wanted = {m.group(1).lower() for s in srcs if (m := _SHA256.match(urlsplit(s).fragment))}
+    removed = []
+    for kept in downloads.iterdir():
+        if kept.is_file() and not kept.name.startswith(".") and kept.name.split(".", 1)[0] not in wanted:
+            kept.unlink(missing_ok=True)
+            removed.append(kept)
+    return removed
+
+
 class _Retryable(Exception):
     """A connection error or a 5xx answer: worth another try."""
 

@@ -34,6 +34,8 @@ class Persistence(Protocol):
 
     def kept(self, model: ModelService, name: str) -> None: ...
 
+    async def prune_downloads(self) -> None: ...
+
 
 class DurableAdapters:
     def __init__(self, state: Persistence) -> None:
@@ -79,6 +81,7 @@ class DurableAdapters:
             await model.update_adapter(name, src, preload, pin, extras)
         finally:
             await prune_adapter_copies(model)  # the old version's copy, or the failed new one
+            await self.state.prune_downloads()
         try:
             self.state.persist(model)
         except InsufficientStorageError:
@@ -103,6 +106,7 @@ class DurableAdapters:
         finally:
             self.state.kept(model, name)
         await prune_adapter_copies(model)
+        await self.state.prune_downloads()
 
     async def _save(self, model: ModelService) -> None:
         self.state.persist(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 from loraserve.adapters.archives import prune_extractions
 from loraserve.adapters.registry import AdapterOrigin, AdapterRecord, AdapterState
+from loraserve.adapters.remote import prune_downloads
 from loraserve.adapters.saved import entry_of, removed_startup, saved_records
 from loraserve.config import ServerConfig
 from loraserve.errors import (
@@ -215,6 +217,20 @@ class ModelManager:
         async with self._lock:
             in_use = [model.model_dir for model in self.models.values()]
             await asyncio.to_thread(prune_extractions, self.scratch_dir, in_use)
+
+    async def prune_downloads(self) -> None:
+        """Remove the kept http(s) archives no registered adapter names any more. Every model's
+        adapter lock is held (in name order), so no registration is between fetching and
+        unpacking one. (Without a state file, archives are kept per model directory: not pruned.)"""
+        if self.config.state_file is None:
+            return
+        models = sorted(self.models.values(), key=lambda m: m.name)
+        async with contextlib.AsyncExitStack() as stack:
+            for model in models:
+                await stack.enter_async_context(model.adapter_lock)
+            srcs = [record.src for model in models for record in model.registry.records()]
+            downloads = self.scratch_dir.parent / "downloads"
+            await asyncio.to_thread(prune_downloads, downloads, srcs)
 
     async def _restore_adapters(self, model: ModelService) -> None:
         """Start-up ``adapters/`` folders, then the adapters persisted by earlier runs."""
