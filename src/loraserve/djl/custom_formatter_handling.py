@@ -11,7 +11,6 @@ adapter's name), so two adapters' ``model.py`` never share a module; ``unload`` 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import re
@@ -19,6 +18,8 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from types import ModuleType
 from typing import Any
+
+from loraserve.djl.service_loader import import_as
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +55,6 @@ def module_name(namespace: str | None, path: str) -> str:
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
     readable = re.sub(r"\W", "_", namespace or "model")
     return f"ns_{readable}_{digest}"
-
-
-def import_as(path: str, name: str) -> ModuleType:
-    """Execute ``path`` as module ``name``; a failed import leaves nothing in ``sys.modules``."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
 
 
 def find_marked(module: ModuleType, attribute: str) -> Callable | None:

@@ -35,12 +35,21 @@ def _import_file(path: str, namespace: str | None) -> ModuleType:
         name = "ns_" + namespace.replace("-", "_").replace(".", "_")
     else:
         name = "model_" + hashlib.md5(path.encode(), usedforsecurity=False).hexdigest()[:8]
+    return import_as(path, name)
+
+
+def import_as(path: str, name: str) -> ModuleType:
+    """Execute ``path`` as module ``name``; a failed import leaves nothing in ``sys.modules``."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ValueError(f"Unable to load entry_point {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module
 
 
