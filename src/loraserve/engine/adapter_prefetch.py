@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from loraserve.engine.adapter_cache import AdapterCache, AdapterKey
+from loraserve.engine.adapter_cache import AdapterCache, AdapterEntry, AdapterKey
 from loraserve.engine.mixtures import PREFIX
 
 log = logging.getLogger("loraserve.engine")
@@ -37,14 +37,17 @@ class AdapterPrefetcher:
     def ready(self, key: AdapterKey) -> bool:
         """Whether ``key``'s weights are in memory or a compute slot (or computed in memory: a
         mixture); if not, its read is started. Call under the engine lock."""
-        if key in self.cache.cpu or key in self.cache.resident or key[0].startswith(PREFIX):
+        if self._loaded(key):
             return True
         self.want(key)
         return False
 
+    def _loaded(self, key: AdapterKey) -> bool:
+        return key in self.cache.cpu or key in self.cache.resident or key[0].startswith(PREFIX)
+
     def want(self, key: AdapterKey) -> None:
-        """Start reading ``key`` unless it is in memory, being read, or failed. Under the lock."""
-        if key in self.cache.cpu or key in self.reading or key in self.failed or key[0].startswith(PREFIX):
+        """Start reading ``key`` unless it is loaded, being read, or failed. Under the lock."""
+        if self._loaded(key) or key in self.reading or key in self.failed:
             return
         entry = self.cache.entry_of(key)
         if entry is None:
@@ -59,10 +62,10 @@ class AdapterPrefetcher:
         """A version nobody holds any more: its failure need not be remembered."""
         self.failed.pop(key, None)
 
-    def _read(self, key: AdapterKey, entry: object) -> None:
+    def _read(self, key: AdapterKey, entry: AdapterEntry) -> None:
         weights, error = None, None
         try:
-            weights = self.cache.read(entry)  # type: ignore[arg-type]
+            weights = self.cache.read(entry)
         except Exception as exc:  # reported to each request waiting on this version
             error = str(exc) or type(exc).__name__
             log.warning("adapter %s@%s cannot be loaded: %s", *key, error)
