@@ -91,15 +91,13 @@ def fetch_s3(
 def prefix_exists(src: str, endpoint_url: str | None) -> bool:
     """Whether any object lies under ``src``'s prefix (a resolver's probe: one listing call)."""
     bucket, key = split_url(src)
-    with _store_errors(src):
-        try:
+    try:
+        with _store_errors(src):
             reply = _client(endpoint_url).list_objects_v2(
                 Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1
             )
-        except Exception as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket":
-                return False
-            raise
+    except BadRequestError:  # no such bucket (``_store_errors``' 400): nothing lies under it
+        return False
     return bool(reply.get("KeyCount") or reply.get("Contents"))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -138,11 +139,12 @@ class ModelService:
                 roots.append(self.server.model_store)
         return roots + [Path(r) for r in self.resolver_roots if not is_s3(r)]
 
-    @property
+    @functools.cached_property
     def resolver_roots(self) -> list[str]:
         """Where an unregistered adapter a request names is looked up (``<root>/<name>``):
         ``option.adapter_resolvers`` (relative paths: from the model directory), then the
-        server's ``--adapter-resolvers``."""
+        server's ``--adapter-resolvers``. Fixed for the model's life, so worked out once (every
+        request naming an adapter asks)."""
         listed = self.config.options.get("adapter_resolvers", "").split(",")
         roots = [r.strip() for r in listed if r.strip()] + list(self.server.adapter_resolvers)
         return [r if is_s3(r) else str((self.model_dir / r).resolve()) for r in roots]
