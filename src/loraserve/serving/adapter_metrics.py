@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from loraserve.adapters.archives import ARCHIVE_SUFFIXES
+from loraserve.adapters.remote import is_remote
+from loraserve.adapters.s3 import is_s3
 from loraserve.wire.control import ADAPTER_TIERS
 
 # registrations read weights, unpack archives and may download them: seconds to minutes
@@ -31,12 +33,11 @@ Labelled = dict[str, list[tuple[str, dict[str, Any]]]]  # model → (adapter lab
 
 def source_kind(src: str) -> str:
     """An adapter source's kind, a bounded label: s3, http, archive or local (a directory)."""
-    lowered = src.lower()
-    if lowered.startswith("s3://"):
+    if is_s3(src):
         return "s3"
-    if lowered.startswith(("http://", "https://")):
+    if is_remote(src):
         return "http"
-    return "archive" if urlparse(lowered).path.endswith(ARCHIVE_SUFFIXES) else "local"
+    return "archive" if urlparse(src).path.lower().endswith(ARCHIVE_SUFFIXES) else "local"
 
 
 class ResidencyCollector:
