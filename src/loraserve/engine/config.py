@@ -28,19 +28,21 @@ class EngineConfig:
     lora_merge: bool = False
     max_adapters_per_request: int = 4  # adapters one request may mix (engine/mixtures.py)
     threads: int = 0
-    quantize: str = ""  # "int8": weight-only int8 base weights on CPU (model/int8.py)
+    quantize: str = ""  # "int8" | "q4": weight-only quantized base weights on CPU (model/quantized.py)
 
     def __post_init__(self) -> None:
         self.quantize = self.quantize.strip().lower()
-        if self.quantize not in ("", "none", "int8"):
+        if self.quantize == "none":
+            self.quantize = ""
+        if self.quantize not in ("", "int8", "q4"):
             raise ConfigError(
                 f"option.quantize={self.quantize} is not supported: the built-in engine quantizes "
-                "to int8 (weight-only, CPU); or leave it unset"
+                "to int8 or q4 (weight-only, CPU); or leave it unset"
             )
-        if self.quantize == "int8" and self.lora_merge:
+        if self.quantize and self.lora_merge:
             raise ConfigError(
-                "option.quantize=int8 with option.lora_merge=true: merging would edit the int8 "
-                "weights; int8 serves LoRA unmerged (leave lora_merge unset)"
+                f"option.quantize={self.quantize} with option.lora_merge=true: merging would edit "
+                "the quantized weights; they serve LoRA unmerged (leave lora_merge unset)"
             )
         if self.max_cpu_loras < self.max_loras:
             self.max_cpu_loras = self.max_loras

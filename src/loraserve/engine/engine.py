@@ -66,7 +66,7 @@ class LLMEngine:
             torch.set_num_threads(config.threads)
         self.device = pick_device(config.device)
         self.dtype = parse_dtype(config.dtype, self.device.type)
-        self.model_path = resolve_model_path(config.model_id, model_dir)
+        self.model_path = resolve_model_path(config.model_id, model_dir, requantize=bool(config.quantize))
         model_config = load_model_config(self.model_path)  # refuses an unsupported model before any loading
         # what an adapter's base_model_name_or_path is compared with (a warning where none fits)
         self.base_names = [

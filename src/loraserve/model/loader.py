@@ -41,8 +41,11 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "loraserve"
 
 
-def resolve_model_path(model_id: str, model_dir: Path | None = None) -> Path:
-    """A directory or ``.gguf`` file; relative paths are taken from the model directory."""
+def resolve_model_path(model_id: str, model_dir: Path | None = None, requantize: bool = False) -> Path:
+    """A directory or ``.gguf`` file; relative paths are taken from the model directory.
+    ``requantize``: the weights will be quantized again (``option.quantize``), so a quantized
+    GGUF file is converted in fp32, whose values give its blocks back exactly (bf16 would round
+    them)."""
     path = Path(model_id).expanduser()
     if not path.is_absolute() and model_dir is not None:
         path = model_dir / path
@@ -52,15 +55,19 @@ def resolve_model_path(model_id: str, model_dir: Path | None = None) -> Path:
             "loraserve loads local directories and .gguf files only, no hub"
         )
     if path.suffix == ".gguf":
-        return convert_gguf(path)
+        return convert_gguf(path, torch.float32 if requantize else None)
     return path
 
 
-def convert_gguf(gguf_path: Path) -> Path:
-    """Dequantise a GGUF file through transformers once and cache it as safetensors."""
+def convert_gguf(gguf_path: Path, dtype: torch.dtype | None = None) -> Path:
+    """Dequantise a GGUF file through transformers once and cache it as safetensors, in
+    ``dtype`` or the one its values need (``conversion_dtype``)."""
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
+    natural = conversion_dtype(gguf_path)
+    dtype = dtype or natural
+    suffix = "" if dtype == natural else f"-{str(dtype).removeprefix('torch.')}"
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}{suffix}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,9 +76,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=conversion_dtype(gguf_path)
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=dtype)
     model.hf_quantizer = None  # type: ignore[assignment]  # transformers refuses to save a GGUF-loaded model otherwise
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)

@@ -14,11 +14,11 @@ from loraserve.model.batch import StepBatch
 from loraserve.model.decoder import Decoder
 from loraserve.model.families import Family, load_model_config
 from loraserve.model.hardware import cpu_info
-from loraserve.model.int8 import Int8Linears, int8_linears
 from loraserve.model.layer_ops import select_ops
 from loraserve.model.loader import load_state_dict
 from loraserve.model.lora import MergedLora, lora_backend
 from loraserve.model.packed import Linears, packing_available
+from loraserve.model.quantized import QuantizedLinears, quantized_linears
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import ModelWeights
 
@@ -54,9 +54,9 @@ class ModelRunner:
         # The small per-layer ops: native kernels for this CPU's ISA where they build, else PyTorch.
         self.ops = select_ops(dtype, device, self.args.rms_eps)
         self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
-        self.linears: Linears | Int8Linears = (
-            int8_linears(self.weights, dtype, device, batch_hint)
-            if quantize == "int8"
+        self.linears: Linears | QuantizedLinears = (
+            quantized_linears(quantize, self.weights, dtype, device, batch_hint)
+            if quantize
             else Linears(self.weights, batch_hint, packing_available(dtype, device))
         )
         self.merged = MergedLora(
@@ -76,8 +76,8 @@ class ModelRunner:
             "dtype": str(self.dtype).removeprefix("torch."),
             "kernels": self.ops.name,
             "linear": (
-                "int8-weight-only"
-                if isinstance(self.linears, Int8Linears)
+                self.linears.format.name
+                if isinstance(self.linears, QuantizedLinears)
                 else "onednn-packed"
                 if self.linears.enabled
                 else "torch"

@@ -30,8 +30,11 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def write_gguf(model_dir: Path, target: Path) -> Path:
+def write_gguf(model_dir: Path, target: Path, matrices: str = "F32") -> Path:
+    """``matrices``: the GGML type of the 2-D weights whose rows fit its blocks (``Q4_1``, as the
+    demo model ships, or ``F32``); the rest stays F32."""
     import gguf
+    from gguf import quants
     from safetensors.numpy import load_file
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -72,7 +75,12 @@ def write_gguf(model_dir: Path, target: Path) -> Path:
             data = _permute(data, kv_heads)
         elif arch.startswith("gemma") and name.endswith("norm.weight"):
             data = data + 1  # llama.cpp stores Gemma's 1 + w
-        writer.add_tensor(gguf_name, data)
+        kind = gguf.GGMLQuantizationType[matrices]
+        block = gguf.GGML_QUANT_SIZES[kind][0]
+        if kind != gguf.GGMLQuantizationType.F32 and data.ndim == 2 and data.shape[1] % block == 0:
+            writer.add_tensor(gguf_name, quants.quantize(data, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(gguf_name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -1,13 +1,15 @@
-"""Weight-only int8 base weights (``option.quantize=int8``) against the default dtype, in one run.
+"""Weight-only quantized base weights (``option.quantize=int8`` and ``q4``) against the default
+dtype, in one run.
 
-SmolLM2-135M (the demo model); decode throughput at batch 1 and at batch ``--batch``, the base
+SmolLM2-135M (the demo model; q4 serves its shipped Q4_1 GGUF file's own blocks); decode
+throughput at batch 1 and at batch ``--batch``, the base
 and one r16 all-linear adapter per request, best of ``--repeats`` alternating runs; bytes of
 base weights read per decode step and the machine's copy bandwidth, for the roofline; and how
-many greedy tokens the int8 model shares with the default-dtype one (int8 changes the weights,
-so some drift is the quantization's own; exactness against the dequantized model is
-``tests/integration/test_int8_base.py``).
+many greedy tokens each quantized model shares with the default-dtype one (quantizing changes the
+weights, so some drift is the quantization's own; exactness against the dequantized model is
+``tests/integration/test_quantized_base.py``).
 
-    python benchmarks/bench_int8.py [--batch 32] [--new-tokens 64] [--repeats 3]
+    python -m benchmarks.bench_quantized [--formats int8,q4] [--batch 32] [--new-tokens 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import torch
 from benchmarks.bench_engine import copy_bandwidth, make_adapters, timed_run
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.model.args import LORA_MODULES
-from loraserve.model.default_model import smollm2_path
+from loraserve.model.default_model import smollm2_gguf, smollm2_path
 from loraserve.model.hardware import cpu_info
 
 
 def engine_for(quantize: str, batch: int, adapters: list[Path]) -> LLMEngine:
     config = EngineConfig(
-        model_id=str(smollm2_path()),
+        model_id=str(smollm2_gguf() if quantize == "q4" else smollm2_path()),
         dtype="auto",
         max_rolling_batch_size=batch,
         max_model_len=160,
@@ -41,16 +43,19 @@ def engine_for(quantize: str, batch: int, adapters: list[Path]) -> LLMEngine:
     return engine
 
 
-def weight_bytes(engine: LLMEngine, quantize: str) -> int:
-    """Base weights one decode step reads: every layer's four fused matrices and the LM head."""
+def weight_bytes(engine: LLMEngine, quantize: str) -> float:
+    """Base weights one batch-1 decode step reads: every layer's four fused matrices and the LM
+    head (int8: a byte each; q4: half a byte plus a scale and a zero per 32)."""
     w = engine.runner.weights
     count = sum(layer.fused(n).numel() for layer in w.layers for n in ("qkv", "o", "gate_up", "down"))
     count += w.lm_head.numel()
-    return count * (1 if quantize == "int8" else engine.dtype.itemsize)
+    per_weight = {"int8": 1.0, "q4": 0.5 + 2 * engine.dtype.itemsize / 32}
+    return count * per_weight.get(quantize, engine.dtype.itemsize)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formats", default="int8,q4", help="option.quantize values to compare")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -62,7 +67,8 @@ def main() -> None:
         shapes_args = probe.runner.args
         adapters = make_adapters(Path(tmp), shapes_args, args.batch, 16, list(LORA_MODULES), "a")
         del probe
-        engines = {q: engine_for(q, args.batch, adapters) for q in ("", "int8")}
+        formats = [f for f in args.formats.split(",") if f]
+        engines = {q: engine_for(q, args.batch, adapters) for q in ["", *formats]}
         vocab = shapes_args.vocab_size
         prompts = [torch.randint(100, vocab - 100, (args.prompt_len,)).tolist() for _ in range(args.batch)]
         bandwidth = copy_bandwidth()
@@ -86,22 +92,26 @@ def main() -> None:
                     run = timed_run(engine, batch_prompts, names, args.new_tokens)
                     if quantize not in best or run["tok_s"] > best[quantize]["tok_s"]:
                         best[quantize] = run
-            plain, int8 = best[""], best["int8"]
-            ids[label] = [plain["token_ids"], int8["token_ids"]]
+            plain = best[""]
+            ids[label] = {q: best[q]["token_ids"] for q in engines}
             read = {q: weight_bytes(engines[q], q) for q in engines}
             roof = {q: read[q] / (best[q]["step_ms"] / 1e3) / bandwidth for q in engines}
-            ratio = int8["tok_s"] / plain["tok_s"]
+            figures = ", ".join(
+                f"{q} {best[q]['tok_s']:.1f} tok/s ({best[q]['step_ms']:.1f} ms/step, {100 * roof[q]:.0f}%): "
+                f"{best[q]['tok_s'] / plain['tok_s']:.2f}x"
+                for q in formats
+            )
             print(
                 f"{label}: {dtype} {plain['tok_s']:.1f} tok/s ({plain['step_ms']:.1f} ms/step, "
-                f"{100 * roof['']:.0f}% of bandwidth), int8 {int8['tok_s']:.1f} tok/s "
-                f"({int8['step_ms']:.1f} ms/step, {100 * roof['int8']:.0f}%): {ratio:.2f}x"
+                f"{100 * roof['']:.0f}% of bandwidth), {figures}"
             )
-        same = total = 0
-        for plain_ids, int8_ids in ids.values():
-            for a, b in zip(plain_ids, int8_ids):
-                total += len(a)
-                same += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-        print(f"greedy tokens before the first difference from {dtype}: {100 * same / total:.0f}% of tokens")
+        for q in formats:
+            same = total = 0
+            for runs in ids.values():
+                for a, b in zip(runs[""], runs[q]):
+                    total += len(a)
+                    same += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+            print(f"{q}: greedy tokens before the first difference from {dtype}: {100 * same / total:.0f}%")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""Weight-only quantized base weights (``option.quantize=int8|q4``) against the dequantized model
+(the same engine with its base products done by ``F.linear`` on the dequantized weights), with
+and without an unmerged LoRA adapter: in fp32 every greedy token equal and log-probs within 1e-4;
+in bf16 the first token equal and its log-prob within 0.05 (bf16 rounding of the products; two
+bf16 GEMMs break a near-tie of a random model differently later on); merged LoRA refused. The
+quantization error itself (against the original weights) is at most half a step per weight,
+checked on the weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.errors import ConfigError
+from loraserve.model.int4 import GROUP, Q4Format, dequantize_groups, q4_available, quantize_groups
+from loraserve.model.int8 import Int8Format, int8_available, quantize_rows
+from loraserve.model.packed import Linears
+from loraserve.model.quantized import QuantizedLinears
+from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+
+GREEDY = SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
+CPU = torch.device("cpu")
+FORMATS = {
+    "int8": (int8_available(CPU), Int8Format),
+    "q4": (q4_available(CPU), Q4Format),
+}
+
+
+def test_int8_rows_quantize_within_half_a_step():
+    weight = torch.randn(64, 48) * torch.linspace(0.01, 3, 64)[:, None]  # rows of very different scale
+    q, scales = quantize_rows(weight)
+    assert q.dtype is torch.int8 and q.abs().max() <= 127
+    error = (q.float() * scales[:, None] - weight).abs()
+    assert bool((error <= scales[:, None] / 2 + 1e-6).all())
+
+
+def test_q4_groups_quantize_within_half_a_step_and_keep_q4_1_blocks():
+    weight = torch.randn(32, 4 * GROUP) * torch.linspace(0.01, 3, 32)[:, None]
+    q, d, m = quantize_groups(weight)
+    assert int(q.min()) >= 0 and int(q.max()) <= 15
+    step = d.repeat_interleave(GROUP, dim=1)
+    approx = dequantize_groups(q, d, m + 8 * d)
+    assert bool(((approx - weight).abs() <= step / 2 + 1e-5).all())
+    # a Q4_1 block always holds its minimum (q=0) and maximum (q=15): quantizing what a GGUF
+    # Q4_1 file dequantizes to gives its blocks back
+    q2, d2, m2 = quantize_groups(approx)
+    assert torch.equal(q2, q)
+    assert torch.allclose(d2, d, rtol=1e-5) and torch.allclose(m2, m, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(FORMATS))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_quantized_tokens_equal_the_dequantized_model(tmp_path, dtype, kind, monkeypatch):
+    available, fmt = FORMATS[kind]
+    if not available:
+        pytest.skip(f"no CPU {kind} kernel")
+    if dtype == "bf16" and not torch.backends.mkldnn.is_available():
+        pytest.skip("no bf16 on this CPU")
+    base = make_tiny_llama(tmp_path / "base")
+    adapter = make_peft_adapter(base, tmp_path / "qv", rank=4)
+    config = EngineConfig(model_id=str(base), dtype=dtype, max_model_len=64, max_lora_rank=8, quantize=kind)
+    engine = LLMEngine(config)
+    engine.register_adapter("qv", adapter)
+    assert engine.runner.info()["linear"] == fmt.name
+    linears = engine.runner.linears
+    assert isinstance(linears, QuantizedLinears)
+    assert all(stored is not None for layer in linears.stored for stored in layer.values())
+    prompts = ["hello world", "the quick brown fox", "one two three four"]
+    adapters = [None, "qv", "qv"]
+    calls = _count_kernel_calls(monkeypatch, fmt)
+    quantized = _one_at_a_time(engine, prompts, adapters)  # a single stream decodes on the kernel
+    assert calls[0] > 0
+
+    runner = engine.runner  # the reference: the dequantized weights through F.linear
+    runner.decoder.linears = runner.linears = Linears(runner.weights, 1, enabled=False)
+    reference = _one_at_a_time(engine, prompts, adapters)
+    runner.decoder.linears = runner.linears = linears
+    if dtype == "fp32":  # only the accumulation order differs: every greedy token is the same
+        assert [r.token_ids for r in quantized] == [r.token_ids for r in reference]
+        gap = max(abs(a - b) for q, r in zip(quantized, reference) for a, b in zip(q.logprobs, r.logprobs))
+        assert gap < 1e-4
+    else:  # two bf16 GEMMs round differently: a near-tie of this random model may break later
+        assert [r.token_ids[0] for r in quantized] == [r.token_ids[0] for r in reference]
+        assert max(abs(q.logprobs[0] - r.logprobs[0]) for q, r in zip(quantized, reference)) < 0.05
+
+
+def _one_at_a_time(engine: LLMEngine, prompts: list[str], adapters: list[str | None]) -> list:
+    return [engine.generate([p], [a], GREEDY)[0] for p, a in zip(prompts, adapters)]
+
+
+def _count_kernel_calls(monkeypatch, fmt) -> list[int]:
+    calls, original = [0], fmt.matmul
+
+    def counted(self, *args):
+        calls[0] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(fmt, "matmul", counted)
+    return calls
+
+
+@pytest.mark.skipif(not q4_available(CPU), reason="no CPU int4 kernel")
+def test_q4_leaves_a_matrix_the_kernel_cannot_take_dense(tmp_path):
+    """The tiny model's head has a vocabulary that is not a multiple of 16: it stays in the
+    compute dtype (unchanged) and its product goes through the dense path."""
+    base = make_tiny_llama(tmp_path / "base")
+    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64, quantize="q4"))
+    linears = engine.runner.linears
+    assert isinstance(linears, QuantizedLinears)
+    vocab = engine.runner.weights.lm_head.shape[0]
+    assert (linears.head_stored is None) == (vocab % 16 != 0)
+    out = engine.generate(["hello"], [None], GREEDY)[0]
+    assert len(out.token_ids) == 12
+
+
+@pytest.mark.parametrize("kind", list(FORMATS))
+def test_quantize_refuses_merged_lora_and_unknown_methods(kind):
+    with pytest.raises(ConfigError, match="lora_merge"):
+        EngineConfig(model_id="x", quantize=kind, lora_merge=True)
+    with pytest.raises(ConfigError, match="awq"):
+        EngineConfig(model_id="x", quantize="awq")
+
+
+@pytest.mark.skipif(not q4_available(CPU), reason="no CPU int4 kernel")
+def test_q4_serves_a_q4_1_gguf_file_with_its_own_blocks(tmp_path, monkeypatch):
+    """A Q4_1 GGUF file under ``option.quantize=q4``: converted in fp32 (bf16 would round its
+    values) and quantized again, every weight the kernel reads is the file's own value."""
+    import gguf
+    from gguf import quants
+
+    from loraserve.testing.gguf_file import write_gguf
+
+    monkeypatch.setenv("LORASERVE_CACHE", str(tmp_path / "cache"))
+    base = make_tiny_llama(tmp_path / "base")
+    path = write_gguf(base, tmp_path / "tiny-q4_1.gguf", matrices="Q4_1")
+    engine = LLMEngine(EngineConfig(model_id=str(path), dtype="fp32", max_model_len=64, quantize="q4"))
+    assert engine.model_path.name.endswith("-float32")
+    linears = engine.runner.linears
+    assert isinstance(linears, QuantizedLinears)
+    reader = gguf.GGUFReader(str(path))
+    raw = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    assert raw.tensor_type == gguf.GGMLQuantizationType.Q4_1
+    from_file = torch.from_numpy(quants.dequantize(raw.data, raw.tensor_type).copy())
+    stored = linears.stored[0]["down"]
+    assert stored is not None
+    q_proj = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+    heads = engine.runner.args.num_heads
+    q_rows = _unpermute(torch.from_numpy(quants.dequantize(q_proj.data, q_proj.tensor_type).copy()), heads)
+    weights = engine.runner.weights.layers[0]
+    torch.testing.assert_close(weights.down, from_file, rtol=0, atol=1e-6)
+    torch.testing.assert_close(weights.qkv[: q_rows.shape[0]], q_rows, rtol=0, atol=1e-6)
+    out = engine.generate(["hello world"], [None], GREEDY)[0]
+    assert len(out.token_ids) == 12
+
+
+def _unpermute(weights: torch.Tensor, heads: int) -> torch.Tensor:
+    """The reverse of llama.cpp's q/k row order (``gguf_file._permute``)."""
+    rows = weights.shape[0]
+    return weights.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(weights.shape)
