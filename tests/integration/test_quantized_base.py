@@ -154,6 +154,24 @@ def test_q4_serves_a_q4_1_gguf_file_with_its_own_blocks(tmp_path, monkeypatch):
     assert len(out.token_ids) == 12
 
 
+@pytest.mark.skipif(not q4_available(CPU), reason="no CPU int4 kernel")
+def test_q4_takes_only_a_gguf_files_q4_1_matrices(tmp_path, monkeypatch):
+    """Only what the file holds as Q4_1 goes on the int4 kernel (llama.cpp's mixes keep some
+    matrices at higher precision); a file with none is refused, naming what it holds."""
+    from loraserve.model.gguf_blocks import matrices_in
+    from loraserve.testing.gguf_file import write_gguf
+
+    monkeypatch.setenv("LORASERVE_CACHE", str(tmp_path / "cache"))
+    base = make_tiny_llama(tmp_path / "base")
+    q4_1 = write_gguf(base, tmp_path / "tiny-q4_1.gguf", matrices="Q4_1")
+    found = matrices_in(q4_1, "Q4_1")
+    assert (0, "qkv") in found and (0, "down") in found
+    q8 = write_gguf(base, tmp_path / "tiny-q8_0.gguf", matrices="Q8_0")
+    assert matrices_in(q8, "Q4_1") == set()
+    with pytest.raises(ConfigError, match="Q8_0"):
+        LLMEngine(EngineConfig(model_id=str(q8), dtype="fp32", max_model_len=64, quantize="q4"))
+
+
 def _unpermute(weights: torch.Tensor, heads: int) -> torch.Tensor:
     """The reverse of llama.cpp's q/k row order (``gguf_file._permute``)."""
     rows = weights.shape[0]

@@ -31,7 +31,8 @@ from loraserve.engine.step_batch import build_step_batch, scored_positions
 from loraserve.engine.structured import StructuredOutput, advance
 from loraserve.errors import BadRequestError
 from loraserve.model.families import load_model_config
-from loraserve.model.loader import parse_dtype, resolve_model_path
+from loraserve.model.gguf_blocks import q4_targets
+from loraserve.model.loader import model_source, parse_dtype, resolve_model_path
 from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter, read_adapter_config
 from loraserve.model.peft_config import base_model_mismatch
 from loraserve.model.runner import ModelRunner
@@ -66,7 +67,8 @@ class LLMEngine:
             torch.set_num_threads(config.threads)
         self.device = pick_device(config.device)
         self.dtype = parse_dtype(config.dtype, self.device.type)
-        self.model_path = resolve_model_path(config.model_id, model_dir, requantize=bool(config.quantize))
+        source = model_source(config.model_id, model_dir)
+        self.model_path = resolve_model_path(source, requantize=bool(config.quantize))
         model_config = load_model_config(self.model_path)  # refuses an unsupported model before any loading
         # what an adapter's base_model_name_or_path is compared with (a warning where none fits)
         self.base_names = [
@@ -85,6 +87,7 @@ class LLMEngine:
             config.max_lora_rank,
             model_config,
             quantize=config.quantize,
+            quantize_only=q4_targets(source) if config.quantize == "q4" else None,
         )
         log.info("engine hardware choice: %s", self.runner.info())
         self.kv = plan_kv_cache(

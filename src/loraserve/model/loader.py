@@ -41,11 +41,9 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "loraserve"
 
 
-def resolve_model_path(model_id: str, model_dir: Path | None = None, requantize: bool = False) -> Path:
-    """A directory or ``.gguf`` file; relative paths are taken from the model directory.
-    ``requantize``: the weights will be quantized again (``option.quantize``), so a quantized
-    GGUF file is converted in fp32, whose values give its blocks back exactly (bf16 would round
-    them)."""
+def model_source(model_id: str, model_dir: Path | None = None) -> Path:
+    """The directory or ``.gguf`` file ``option.model_id`` names; relative paths are taken from
+    the model directory."""
     path = Path(model_id).expanduser()
     if not path.is_absolute() and model_dir is not None:
         path = model_dir / path
@@ -54,9 +52,17 @@ def resolve_model_path(model_id: str, model_dir: Path | None = None, requantize:
             f"option.model_id {model_id} does not exist (resolved to {path}); "
             "loraserve loads local directories and .gguf files only, no hub"
         )
-    if path.suffix == ".gguf":
-        return convert_gguf(path, torch.float32 if requantize else None)
     return path
+
+
+def resolve_model_path(source: Path, requantize: bool = False) -> Path:
+    """The checkpoint directory for a ``model_source``: a ``.gguf`` file converted (once).
+    ``requantize``: the weights will be quantized again (``option.quantize``), so a quantized
+    GGUF file is converted in fp32, whose values give its blocks back exactly (bf16 would round
+    them)."""
+    if source.suffix == ".gguf":
+        return convert_gguf(source, torch.float32 if requantize else None)
+    return source
 
 
 def convert_gguf(gguf_path: Path, dtype: torch.dtype | None = None) -> Path:

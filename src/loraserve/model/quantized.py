@@ -40,8 +40,15 @@ class WeightFormat(Protocol):
 
 
 def quantized_linears(
-    kind: str, weights: ModelWeights, dtype: torch.dtype, device: torch.device, batch_hint: int
+    kind: str,
+    weights: ModelWeights,
+    dtype: torch.dtype,
+    device: torch.device,
+    batch_hint: int,
+    only: set[tuple[int | None, str]] | None = None,
 ) -> QuantizedLinears:
+    """``only``: the (layer, group) matrices to quantize ((None, "head") for the LM head); all
+    of them when None (a GGUF file's own choice, ``gguf_blocks.matrices_in``)."""
     from loraserve.model.int4 import Q4Format, q4_available
     from loraserve.model.int8 import Int8Format, int8_available
 
@@ -56,7 +63,7 @@ def quantized_linears(
             "leave option.quantize unset"
         )
     return QuantizedLinears(
-        weights, dtype, make(), lambda: Linears(weights, batch_hint, packing_available(dtype, device))
+        weights, dtype, make(), lambda: Linears(weights, batch_hint, packing_available(dtype, device)), only
     )
 
 
@@ -69,17 +76,26 @@ class QuantizedLinears:
     enabled = True
 
     def __init__(
-        self, weights: ModelWeights, dtype: torch.dtype, fmt: WeightFormat, dense: Callable[[], Linears]
+        self,
+        weights: ModelWeights,
+        dtype: torch.dtype,
+        fmt: WeightFormat,
+        dense: Callable[[], Linears],
+        only: set[tuple[int | None, str]] | None = None,
     ) -> None:
         self.weights, self.dtype, self.format = weights, dtype, fmt
+        self.only = only
         self.stored: list[dict[str, Any]] = []
-        for layer in weights.layers:
-            self.stored.append({name: self._quantize_in_place(layer.fused(name)) for name in FUSED})
+        for index, layer in enumerate(weights.layers):
+            quantize = self._quantize_in_place
+            self.stored.append({name: quantize(layer.fused(name), index, name) for name in FUSED})
         # dequantized in place: a tied embedding (the same tensor) reads the same values
-        self.head_stored = self._quantize_in_place(weights.lm_head)
+        self.head_stored = self._quantize_in_place(weights.lm_head, None, "head")
         self.dense = dense()  # built on the dequantized weights, for many rows
 
-    def _quantize_in_place(self, weight: torch.Tensor) -> Any:
+    def _quantize_in_place(self, weight: torch.Tensor, layer: int | None, name: str) -> Any:
+        if self.only is not None and (layer, name) not in self.only:
+            return None  # kept as it is: the dense path
         stored, dequantized = self.format.quantize(weight, self.dtype)
         weight.copy_(dequantized.to(weight.dtype))
         return stored

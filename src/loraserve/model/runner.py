@@ -39,8 +39,10 @@ class ModelRunner:
         max_lora_rank: int,
         model_config: tuple[Family, ModelArgs, Any] | None = None,
         quantize: str = "",
+        quantize_only: set[tuple[int | None, str]] | None = None,
     ) -> None:
-        """``model_config``: what ``load_model_config(model_path)`` gave a caller that read it first."""
+        """``model_config``: what ``load_model_config(model_path)`` gave a caller that read it
+        first; ``quantize_only``: the matrices ``quantize`` applies to (all when None)."""
         self.family, self.args, hf_config = model_config or load_model_config(model_path)
         self.dtype, self.device = dtype, device
         self.max_len = min(max_len or self.args.max_position, self.args.max_position)
@@ -55,7 +57,7 @@ class ModelRunner:
         self.ops = select_ops(dtype, device, self.args.rms_eps)
         self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
         self.linears: Linears | QuantizedLinears = (
-            quantized_linears(quantize, self.weights, dtype, device, batch_hint)
+            quantized_linears(quantize, self.weights, dtype, device, batch_hint, quantize_only)
             if quantize
             else Linears(self.weights, batch_hint, packing_available(dtype, device))
         )
