@@ -1,6 +1,7 @@
 """Where a decode step's time goes: GEMMs, LoRA, attention, the other small per-layer ops, and the
-Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at batch 32 in the
-dtype ``auto`` picks; then F.linear against oneDNN-packed weights for each GEMM shape.
+Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at batch ``--batch``
+(32; 1 for a single stream) in the dtype ``auto`` picks; then F.linear against oneDNN-packed
+weights for each GEMM shape.
 
     python -m benchmarks.profile_step [--adapters] [--steps 20]
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from benchmarks.bench_engine import make_adapters
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
-from loraserve.model.args import LORA_MODULES
+from loraserve.model.args import FUSED, LORA_MODULES
 from loraserve.model.default_model import smollm2_path
 
 TOTALS: dict[str, float] = defaultdict(float)
@@ -41,7 +42,7 @@ def instrument(engine: LLMEngine) -> None:
     linears_cls.__call__ = timed("gemm", linears_cls.__call__)
     linears_cls.head = timed("gemm (lm head)", linears_cls.head)
     runner.lora.add_delta = timed("lora", runner.lora.add_delta)
-    runner._attention = timed("attention", runner._attention)
+    runner.decoder._attend = timed("attention", runner.decoder._attend)  # type: ignore[method-assign]
     runner.forward = timed("forward", runner.forward)
     engine.step = timed("step", engine.step)
 
@@ -49,13 +50,12 @@ def instrument(engine: LLMEngine) -> None:
 def compare_linear(engine: LLMEngine, tokens: int, repeats: int = 30) -> None:
     """F.linear vs oneDNN packed weights (``torch.ops.mkldnn``) per fused weight, at M = tokens."""
     weights = engine.runner.weights
-    for name, weight in [*weights.layers[0].items(), ("lm_head", weights.lm_head)]:
-        if name not in ("qkv", "o", "gate_up", "down", "lm_head"):
-            continue
-        plain, packed = _linear_times(weight, tokens, repeats)  # type: ignore[arg-type]
-        flops = 2 * tokens * weight.numel()  # type: ignore[union-attr]
+    layer = weights.layers[0]
+    for name, weight in [*((n, layer.fused(n)) for n in FUSED), ("lm_head", weights.lm_head)]:
+        plain, packed = _linear_times(weight, tokens, repeats)
+        flops = 2 * tokens * weight.numel()
         print(
-            f"  {name:8s} {tuple(weight.shape)}: F.linear {flops / plain / 1e9:6.1f} GFLOP/s | "  # type: ignore[union-attr]
+            f"  {name:8s} {tuple(weight.shape)}: F.linear {flops / plain / 1e9:6.1f} GFLOP/s | "
             f"oneDNN packed {flops / packed / 1e9:6.1f} GFLOP/s"
         )
 

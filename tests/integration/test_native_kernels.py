@@ -198,3 +198,32 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     for row in (7, 8, 9):
         assert all(matches(big, row, module) for module in columns)
     assert not out[5].any() and not out[10].any() and bool(out[7:10].any(dim=1).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (4, 64, 200), (2, 16, 32)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv_matches_a_linear(kernels, dtype, rows, n, k, with_bias):
+    """x @ w^T (+ bias) for a few rows: fp32 accumulation rounded once, as oneDNN's GEMM does;
+    ``k`` 61 and 200 run the tails after the vector loops, x's rows are a strided view."""
+    x = _rand(rows, k + 5, dtype=dtype, seed=1)[:, 2 : 2 + k]  # rows with a stride, unit columns
+    w, bias = _rand(n, k, dtype=dtype, seed=2), _rand(n, dtype=dtype, seed=3) if with_bias else None
+    out = torch.empty(rows, n, dtype=dtype)
+    kernels.gemv(x, w, bias, out)
+    expected = x.float() @ w.float().T + (0 if bias is None else bias.float())
+    if dtype == torch.float32:  # sums of hundreds of terms in another order: relative 1e-5 or so
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    else:
+        assert _close(out, expected.to(dtype))
+
+
+def test_gemv_refuses_mismatched_shapes(kernels):
+    x, w = _rand(2, 64), _rand(32, 64)
+    with pytest.raises(RuntimeError, match="w must be"):
+        kernels.gemv(x, _rand(32, 48), None, torch.empty(2, 32))
+    with pytest.raises(RuntimeError, match="out must be"):
+        kernels.gemv(x, w, None, torch.empty(2, 31))
+    with pytest.raises(RuntimeError, match="bias must be"):
+        kernels.gemv(x, w, _rand(31), torch.empty(2, 32))
+    with pytest.raises(RuntimeError, match="w must be BFloat16"):
+        kernels.gemv(x.to(torch.bfloat16), w, None, torch.empty(2, 32))

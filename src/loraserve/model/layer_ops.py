@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from loraserve.model.batch import StepBatch
 from loraserve.model.hardware import cpu_info
 from loraserve.model.native import cpu_kernels
+from loraserve.model.packed import Gemv
 from loraserve.model.rope import RopeTables, apply_rope
 
 Bgmv = Callable[..., None]  # the native BGMV: (x, token_slots, A, B, out, k, rank, starts, lengths, info)
@@ -49,6 +50,7 @@ class TorchOps:
 
     name = "torch"
     bgmv: Bgmv | None = None  # LoRA then groups tokens by slot into batched matmuls
+    gemv: Gemv | None = None  # the base linears then run oneDNN (or F.linear) at every size
 
     def __init__(self, dtype: torch.dtype, eps: float) -> None:
         self.dtype, self.eps = dtype, eps
@@ -143,6 +145,7 @@ class NativeOps(TorchOps):
         super().__init__(dtype, eps)
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
+        self.gemv = module.gemv
 
     def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
         return StepTables(rope.cos, rope.sin)  # the kernel indexes the fp32 tables by position

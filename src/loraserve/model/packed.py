@@ -10,6 +10,7 @@ them and repacks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -42,13 +43,24 @@ class LinearOps(Protocol):
     def head(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-class Linears:
-    """``linear(x, layer, name)`` over packed weights when available, else ``F.linear``."""
+# Rows up to which the native GEMV (csrc/gemv.cpp) runs instead of oneDNN: it reads the plain
+# weights as one sequential stream per thread. SmolLM2's 121 matrices in bf16 on the AVX512-BF16
+# EPYC, weights cold: 9.7 vs 13.5 ms at 1 row, 9.7 vs 14.4 at 2, 11.2 vs 12.2 at 4.
+GEMV_MAX_ROWS = 4
+Gemv = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
 
-    def __init__(self, weights: ModelWeights, batch_hint: int, enabled: bool) -> None:
+
+class Linears:
+    """``linear(x, layer, name)`` over packed weights when available, else ``F.linear``; through
+    the native GEMV (``gemv``, where it is built) for a few rows."""
+
+    def __init__(
+        self, weights: ModelWeights, batch_hint: int, enabled: bool, gemv: Gemv | None = None
+    ) -> None:
         self.weights = weights
         self.batch_hint = batch_hint
         self.enabled = enabled
+        self.gemv = gemv
         self.packed: list[dict[str, torch.Tensor]] = []
         self.lm_head: torch.Tensor | None = None
         if enabled:
@@ -66,7 +78,26 @@ class Linears:
             for name in FUSED:
                 self.packed[layer][name] = self._pack(self.weights.layers[layer].fused(name))
 
+    def _few_rows(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        if (
+            self.gemv is None
+            or x.dim() != 2
+            or x.shape[0] > GEMV_MAX_ROWS
+            or x.stride(-1) != 1
+            or not weight.is_contiguous()
+            or weight.dtype != x.dtype
+        ):
+            return None
+        out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+        self.gemv(x, weight, bias, out)
+        return out
+
     def __call__(self, x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
+        few = self._few_rows(x, self.weights.layers[layer].fused(name), bias)
+        if few is not None:
+            return few
         if not self.enabled:
             return F.linear(x, self.weights.layers[layer].fused(name), bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed[layer][name], bias, "none", [], "")
@@ -77,6 +108,9 @@ class Linears:
             self.lm_head = self._pack(self.weights.lm_head)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
+        few = self._few_rows(x, self.weights.lm_head, None)
+        if few is not None:
+            return few
         if self.lm_head is None:
             return F.linear(x, self.weights.lm_head)
         return torch.ops.mkldnn._linear_pointwise(x, self.lm_head, None, "none", [], "")

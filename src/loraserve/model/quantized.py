@@ -19,7 +19,8 @@ import torch
 
 from loraserve.errors import ConfigError
 from loraserve.model.args import FUSED
-from loraserve.model.packed import Linears, packing_available
+from loraserve.model.huge_pages import move_to_huge_pages
+from loraserve.model.packed import Gemv, Linears, packing_available
 from loraserve.model.weights import ModelWeights
 
 
@@ -46,6 +47,7 @@ def quantized_linears(
     device: torch.device,
     batch_hint: int,
     only: set[tuple[int | None, str]] | None = None,
+    gemv: Gemv | None = None,
 ) -> QuantizedLinears:
     """``only``: the (layer, group) matrices to quantize ((None, "head") for the LM head); all
     of them when None (a GGUF file's own choice, ``gguf_blocks.matrices_in``)."""
@@ -62,9 +64,8 @@ def quantized_linears(
             f"option.quantize={kind} needs torch's CPU kernel {kernel}, not available on {device}; "
             "leave option.quantize unset"
         )
-    return QuantizedLinears(
-        weights, dtype, make(), lambda: Linears(weights, batch_hint, packing_available(dtype, device)), only
-    )
+    packed = packing_available(dtype, device)
+    return QuantizedLinears(weights, dtype, make(), lambda: Linears(weights, batch_hint, packed, gemv), only)
 
 
 class QuantizedLinears:
@@ -91,6 +92,8 @@ class QuantizedLinears:
             self.stored.append({name: quantize(layer.fused(name), index, name) for name in FUSED})
         # dequantized in place: a tied embedding (the same tensor) reads the same values
         self.head_stored = self._quantize_in_place(weights.lm_head, None, "head")
+        kept = [*self.stored, {"head": self.head_stored}]
+        move_to_huge_pages([t for group in kept for stored in group.values() for t in _tensors(stored)])
         self.dense = dense()  # built on the dequantized weights, for many rows
 
     def _quantize_in_place(self, weight: torch.Tensor, layer: int | None, name: str) -> Any:
@@ -127,3 +130,12 @@ class QuantizedLinears:
 
     def repack_head(self) -> None:
         raise RuntimeError("quantized base weights cannot be edited in place (merged vocabulary adapters)")
+
+
+def _tensors(stored: Any) -> list[torch.Tensor]:
+    """The tensors of what a format stores (a tensor or a tuple of them; None: kept dense)."""
+    if stored is None:
+        return []
+    if isinstance(stored, torch.Tensor):
+        return [stored]
+    return [t for t in stored if isinstance(t, torch.Tensor)]

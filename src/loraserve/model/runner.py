@@ -14,6 +14,7 @@ from loraserve.model.batch import StepBatch
 from loraserve.model.decoder import Decoder
 from loraserve.model.families import Family, load_model_config
 from loraserve.model.hardware import cpu_info
+from loraserve.model.huge_pages import move_to_huge_pages
 from loraserve.model.layer_ops import select_ops
 from loraserve.model.loader import load_state_dict
 from loraserve.model.lora import MergedLora, lora_backend
@@ -49,6 +50,7 @@ class ModelRunner:
         self.weights = ModelWeights(
             self.args, self.family.weights, load_state_dict(model_path), dtype, device
         )
+        move_to_huge_pages(self.weights.tensors())  # a single stream's decode streams them all
         kinds = {spec.rope for spec in self.args.layers}
         self.rope = RopeTables(self.family, hf_config, kinds, self.max_len, device)
         self.k_cache = self.v_cache = torch.empty(0)  # allocate_kv_cache sizes them
@@ -57,9 +59,9 @@ class ModelRunner:
         self.ops = select_ops(dtype, device, self.args.rms_eps)
         self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
         self.linears: Linears | QuantizedLinears = (
-            quantized_linears(quantize, self.weights, dtype, device, batch_hint, quantize_only)
+            quantized_linears(quantize, self.weights, dtype, device, batch_hint, quantize_only, self.ops.gemv)
             if quantize
-            else Linears(self.weights, batch_hint, packing_available(dtype, device))
+            else Linears(self.weights, batch_hint, packing_available(dtype, device), self.ops.gemv)
         )
         self.merged = MergedLora(
             self.args, self.weights, on_change=self.linears.repack, on_head_change=self.linears.repack_head

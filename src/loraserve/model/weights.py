@@ -101,7 +101,10 @@ class ModelWeights:
                 f"(e.g. {', '.join(sorted(unused)[:3])}); refusing rather than ignoring them"
             )
 
-    def nbytes(self) -> int:
+    def tensors(self) -> list[torch.Tensor]:
+        """Every weight once (a tied head is the embedding)."""
         tensors = [self.embed, self.norm] + ([] if self.lm_head is self.embed else [self.lm_head])
-        tensors += [t for layer in self.layers for t in layer.tensors()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return tensors + [t for layer in self.layers for t in layer.tensors()]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -1,5 +1,5 @@
 // The kernels, each written once as a template over its element type T and instantiated for float
-// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp). cpu_kernels.cpp checks every input, then calls
+// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp, gemv.cpp). cpu_kernels.cpp checks every input, then calls
 // the instantiation of the tensors' dtype. Shapes are documented at the entry points.
 #pragma once
 
@@ -22,6 +22,8 @@ template <class T>
 void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor positions,
                    at::Tensor slot_mapping, at::Tensor k_cache, at::Tensor v_cache, int64_t heads,
                    int64_t kv_heads);
+template <class T>
+void gemv(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out);
 template <class T>
 void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
                       at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap);
