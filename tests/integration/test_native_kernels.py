@@ -227,3 +227,28 @@ def test_gemv_refuses_mismatched_shapes(kernels):
         kernels.gemv(x, w, _rand(31), torch.empty(2, 32))
     with pytest.raises(RuntimeError, match="w must be BFloat16"):
         kernels.gemv(x.to(torch.bfloat16), w, None, torch.empty(2, 32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (4, 64, 200)])
+def test_gemv_int8_matches_the_dequantized_product_and_torchs_kernel(kernels, dtype, rows, n, k):
+    from loraserve.model.int8 import Int8Format
+
+    x = _rand(rows, k, dtype=dtype, seed=1)
+    stored, dequantized = Int8Format().quantize(_rand(n, k, seed=2), dtype)
+    bias = _rand(n, dtype=dtype, seed=3)
+    out = torch.empty(rows, n, dtype=dtype)
+    kernels.gemv_int8(x, stored[0], stored[2], bias, out)
+    expected = x.float() @ dequantized.T + bias.float()
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            Int8Format(kernels.gemv_int8).matmul(x, stored), x @ dequantized.T, rtol=1e-4, atol=1e-4
+        )
+    else:
+        assert _close(out, expected.to(dtype))
+    if rows == 1:  # torch's kernel (the fallback) computes the same product
+        theirs = Int8Format().matmul(x, stored).float()
+        torch.testing.assert_close(
+            theirs, (x.float() @ dequantized.T).to(dtype).float(), rtol=2e-2, atol=2e-2
+        )

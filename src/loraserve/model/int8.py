@@ -4,6 +4,8 @@ gpt-fast's int8 path): half the bytes of bf16 per decode step, a quarter of fp32
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -25,21 +27,35 @@ def int8_available(device: torch.device) -> bool:
     return True
 
 
+GemvInt8 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
+
+
 class Int8Format:
+    """Read by the native kernel (``csrc/gemv.cpp``'s ``gemv_int8``: each thread streams its rows
+    of int8 once for up to 4 rows of x) where it is built, else by torch's ``_weight_int8pack_mm``.
+    Torch's kernel beats oneDNN's packed bf16 GEMM only at 1 row (AVX512-BF16 EPYC, SmolLM2's
+    head: 1.45 vs 1.81 ms; 2.11 vs 1.87 ms at 2 rows); the native one reads all of SmolLM2's
+    int8 matrices in 4.4 ms against torch's 9.5 and the native bf16 GEMV's 5.4."""
+
     name = "int8-weight-only"
-    # Rows up to which the int8 kernel beats oneDNN's packed bf16 GEMM. Measured on the
-    # AVX512-BF16 EPYC (2 threads, SmolLM2's shapes): at 1 row int8 0.026 vs 0.036 ms
-    # (1536x576), 1.45 vs 1.81 ms (the 576x49152 head); at 2 rows the head is already slower in
-    # int8 (2.11 vs 1.87 ms).
-    max_rows = 1
+
+    def __init__(self, native: GemvInt8 | None = None) -> None:
+        self.native = native
+        self.max_rows = 4 if native is not None else 1
 
     def quantize(
         self, weight: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         q, scales = quantize_rows(weight)
-        scales = scales.to(dtype)  # as the kernel reads them; the reference uses the same
-        return (q, scales), q.float() * scales.float()[:, None]
+        scales = scales.to(dtype)  # as torch's kernel reads them; the reference uses the same
+        return (q, scales, scales.float()), q.float() * scales.float()[:, None]
 
-    def matmul(self, rows: torch.Tensor, stored: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        q, scales = stored
-        return torch.ops.aten._weight_int8pack_mm(rows, q, scales)
+    def matmul(
+        self, rows: torch.Tensor, stored: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        q, scales, scales_fp32 = stored
+        if self.native is None:
+            return torch.ops.aten._weight_int8pack_mm(rows, q, scales)
+        out = torch.empty((rows.shape[0], q.shape[0]), dtype=rows.dtype, device=rows.device)
+        self.native(rows, q, scales_fp32, None, out)
+        return out

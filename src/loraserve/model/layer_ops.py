@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from loraserve.model.batch import StepBatch
 from loraserve.model.hardware import cpu_info
+from loraserve.model.int8 import GemvInt8
 from loraserve.model.native import cpu_kernels
 from loraserve.model.packed import Gemv
 from loraserve.model.rope import RopeTables, apply_rope
@@ -51,6 +52,7 @@ class TorchOps:
     name = "torch"
     bgmv: Bgmv | None = None  # LoRA then groups tokens by slot into batched matmuls
     gemv: Gemv | None = None  # the base linears then run oneDNN (or F.linear) at every size
+    gemv_int8: GemvInt8 | None = None  # int8 bases then run torch's int8 kernel
 
     def __init__(self, dtype: torch.dtype, eps: float) -> None:
         self.dtype, self.eps = dtype, eps
@@ -145,7 +147,7 @@ class NativeOps(TorchOps):
         super().__init__(dtype, eps)
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
-        self.gemv = module.gemv
+        self.gemv, self.gemv_int8 = module.gemv, module.gemv_int8
 
     def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
         return StepTables(rope.cos, rope.sin)  # the kernel indexes the fp32 tables by position

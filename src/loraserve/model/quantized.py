@@ -20,7 +20,8 @@ import torch
 from loraserve.errors import ConfigError
 from loraserve.model.args import FUSED
 from loraserve.model.huge_pages import move_to_huge_pages
-from loraserve.model.packed import Gemv, Linears, packing_available
+from loraserve.model.layer_ops import TorchOps
+from loraserve.model.packed import Linears, packing_available
 from loraserve.model.weights import ModelWeights
 
 
@@ -47,15 +48,17 @@ def quantized_linears(
     device: torch.device,
     batch_hint: int,
     only: set[tuple[int | None, str]] | None = None,
-    gemv: Gemv | None = None,
+    ops: TorchOps | None = None,
 ) -> QuantizedLinears:
     """``only``: the (layer, group) matrices to quantize ((None, "head") for the LM head); all
-    of them when None (a GGUF file's own choice, ``gguf_blocks.matrices_in``)."""
+    of them when None (a GGUF file's own choice, ``gguf_blocks.matrices_in``); ``ops``: the
+    native kernels, where built (their GEMVs)."""
+    gemv, gemv_int8 = (ops.gemv, ops.gemv_int8) if ops is not None else (None, None)
     from loraserve.model.int4 import Q4Format, q4_available
     from loraserve.model.int8 import Int8Format, int8_available
 
     formats: dict[str, tuple[Callable[[torch.device], bool], Callable[[], WeightFormat], str]] = {
-        "int8": (int8_available, Int8Format, "_weight_int8pack_mm"),
+        "int8": (int8_available, lambda: Int8Format(gemv_int8), "_weight_int8pack_mm"),
         "q4": (q4_available, Q4Format, "_weight_int4pack_mm_for_cpu"),
     }
     available, make, kernel = formats[kind]

@@ -59,7 +59,7 @@ class ModelRunner:
         self.ops = select_ops(dtype, device, self.args.rms_eps)
         self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
         self.linears: Linears | QuantizedLinears = (
-            quantized_linears(quantize, self.weights, dtype, device, batch_hint, quantize_only, self.ops.gemv)
+            quantized_linears(quantize, self.weights, dtype, device, batch_hint, quantize_only, self.ops)
             if quantize
             else Linears(self.weights, batch_hint, packing_available(dtype, device), self.ops.gemv)
         )

@@ -191,12 +191,31 @@ void gemv(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, t
   dispatch(dtype, [&](auto elem) { kernels::gemv<decltype(elem)>(x, w, bias, out); });
 }
 
+// Weight-only int8: out (M, N) = (x @ q^T) * scales (+ bias); q (N, K) int8, scales (N,) fp32.
+void gemv_int8(torch::Tensor x, torch::Tensor q, torch::Tensor scales, c10::optional<torch::Tensor> bias,
+               torch::Tensor out) {
+  const auto dtype = checked_dtype(x, "x");
+  check_rows(x, "x", dtype, 2);
+  check_contiguous(q, "q", at::kChar, 2);
+  check_contiguous(scales, "scales", at::kFloat, 1);
+  check_rows(out, "out", dtype, 2);
+  TORCH_CHECK(q.size(1) == x.size(1), "gemv_int8: q must be (N, K) for x (M, K)");
+  TORCH_CHECK(scales.size(0) == q.size(0), "gemv_int8: scales must be (N,)");
+  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == q.size(0), "gemv_int8: out must be (M, N)");
+  if (bias.has_value()) {
+    check_contiguous(*bias, "bias", dtype, 1);
+    TORCH_CHECK(bias->size(0) == q.size(0), "gemv_int8: bias must be (N,)");
+  }
+  dispatch(dtype, [&](auto elem) { kernels::gemv_int8<decltype(elem)>(x, q, scales, bias, out); });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
   m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
   m.def("silu_mul", &silu_mul, "SwiGLU activation: silu(gate) * up");
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");
+  m.def("gemv_int8", &gemv_int8, "weight-only int8 x @ q^T * scales (+ bias) for a few rows");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
   m.def("vector_width", [] { return int64_t(simd::Vec::W); },
         "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");

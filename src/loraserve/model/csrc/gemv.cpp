@@ -6,6 +6,7 @@
 // fp32 accumulation, one rounding to T at the end, as oneDNN's bf16 GEMM does; bf16 pairs go
 // through VDPBF16PS where the CPU has it (products exact in fp32, like the widening path).
 #include <algorithm>
+#include <vector>
 
 #include "kernels.h"
 
@@ -92,5 +93,63 @@ void gemv(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor
 }
 
 LORASERVE_INSTANTIATE(gemv, (at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor))
+
+namespace {
+
+// int8 widened to fp32 lanes: Vec::W weights from p.
+inline Vec::reg load_int8(const int8_t* p) {
+#if defined(__AVX512F__)
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__AVX2__) && defined(__FMA__)
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  return float(*p);
+#endif
+}
+
+// sum_k q[k] * x[k] for one int8 row against fp32 x, four accumulators along the row.
+inline float dot_int8(const float* x, const int8_t* row, int64_t K) {
+  constexpr int64_t W = Vec::W;
+  Vec::reg a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
+  int64_t k = 0;
+  for (; k + 4 * W <= K; k += 4 * W) {
+    a0 = Vec::fmadd(load_int8(row + k), Vec::load(x + k), a0);
+    a1 = Vec::fmadd(load_int8(row + k + W), Vec::load(x + k + W), a1);
+    a2 = Vec::fmadd(load_int8(row + k + 2 * W), Vec::load(x + k + 2 * W), a2);
+    a3 = Vec::fmadd(load_int8(row + k + 3 * W), Vec::load(x + k + 3 * W), a3);
+  }
+  for (; k + W <= K; k += W) a0 = Vec::fmadd(load_int8(row + k), Vec::load(x + k), a0);
+  float total = Vec::sum(Vec::add(Vec::add(a0, a1), Vec::add(a2, a3)));
+  for (; k < K; ++k) total += float(row[k]) * x[k];
+  return total;
+}
+
+}  // namespace
+
+// Weight-only int8: out (M, N) = (x @ q^T) * scales (+ bias), q (N, K) int8 with one fp32 scale
+// per row; half the bytes of bf16 streamed the same way as gemv.
+template <class T>
+void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::Tensor> bias, at::Tensor out) {
+  using E = Elem<T>;
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  const int64_t x_stride = x.stride(0), o_stride = out.stride(0);
+  std::vector<float> xf(M * K);  // x widened once: every row of q reads it
+  const T* xp = x.data_ptr<T>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) xf[m * K + k] = E::to_f(xp[m * x_stride + k]);
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t m = 0; m < M; ++m) {
+      const float dot = dot_int8(xf.data() + m * K, qp + n * K, K) * sp[n];
+      op[m * o_stride + n] = E::from_f(bp != nullptr ? dot + E::to_f(bp[n]) : dot);
+    }
+  }
+}
+
+LORASERVE_INSTANTIATE(gemv_int8, (at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor))
 
 }  // namespace kernels
