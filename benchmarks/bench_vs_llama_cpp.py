@@ -158,7 +158,7 @@ def main() -> None:
             Path(tmp) / "a0.gguf",
         )
         torch.manual_seed(0)
-        prompt = torch.randint(100, vocab - 100, (opts.prompt_len,)).tolist()
+        prompts = [torch.randint(100, vocab - 100, (opts.prompt_len,)).tolist() for _ in range(opts.repeats)]
         bandwidth = copy_bandwidth()
         print(
             f"CPU ISA level {cpu_info().isa}, {threads} threads each, load {os.getloadavg()[0]:.1f}; "
@@ -172,7 +172,7 @@ def main() -> None:
             for with_adapter in (False, True):
                 config = {"model": str(gguf), "lora": str(lora) if with_adapter else None}
                 worker = LlamaCppWorker(opts.python, {**config, "threads": threads, "n_ctx": 512})
-                best = interleaved(worker, engines, prompt, "a0" if with_adapter else None, opts)
+                best = interleaved(worker, engines, prompts, "a0" if with_adapter else None, opts)
                 worker.close()
                 case = f"{label}, {'one r16 all-linear adapter' if with_adapter else 'base'}"
                 report(case, best, engines, bandwidth)
@@ -181,13 +181,14 @@ def main() -> None:
 def interleaved(
     worker: LlamaCppWorker,
     engines: dict[str, tuple[LLMEngine, str]],
-    prompt: list[int],
+    prompts: list[list[int]],
     adapter: str | None,
     opts: argparse.Namespace,
 ) -> dict[str, dict]:
-    """Each program's best TTFT and best TPOT over ``opts.repeats`` alternating runs."""
+    """Each program's best TTFT and best TPOT over alternating runs, one fresh prompt per run
+    (the same for both programs), so neither answers from a cached prefix."""
     best: dict[str, dict] = {}
-    for _ in range(opts.repeats):
+    for prompt in prompts:
         runs = {"llama.cpp": worker.run(prompt, opts.new_tokens)}
         for name, (engine, _q) in engines.items():
             runs[name] = loraserve_stream(engine, prompt, adapter, opts.new_tokens)

@@ -40,6 +40,7 @@ def serve(config: dict) -> None:
         if command.get("quit"):
             break
         ids: list[int] = []
+        llm.reset()  # generate() would otherwise reuse the previous run's cache for a shared prefix
         began = time.perf_counter()
         first = 0.0
         for token in llm.generate(command["prompt"], temp=0.0, reset=True, logits_processor=[no_eos]):
