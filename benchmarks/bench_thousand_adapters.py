@@ -125,10 +125,13 @@ def one_run(
     for i, path in enumerate(adapters):
         engine.register_adapter(f"a{i}", path, preload=preload)
         names.append(f"a{i}")
+    steps = watch_steps(engine)
     engine.start()
     try:
         run_traffic(engine, names, args.clients, 1, args.alpha)  # warm-up
+        steps.clear()
         result = run_traffic(engine, names, args.clients, args.requests, args.alpha)
+        result |= summarize_steps(steps)
         stats = engine.adapters.stats()
         result |= {"evictions": stats["evictions"], "holds": stats["holds"], "refs": stats["slot_refs"]}
         result["in_memory"], result["dtype"] = stats["in_memory"], str(engine.dtype).replace("torch.", "")
@@ -136,6 +139,32 @@ def one_run(
     finally:
         engine.stop()
         engine.prefetch.shutdown()
+
+
+def watch_steps(engine: LLMEngine) -> list[tuple[int, int, float]]:
+    """Per engine step: running sequences, distinct adapters among them, seconds: what explains
+    a throughput gap (fewer sequences running, or more adapters' weights read per step)."""
+    steps: list[tuple[int, int, float]] = []
+    step = engine.step
+
+    def watched() -> object:
+        running = list(engine.scheduler.running)
+        began = time.perf_counter()
+        result = step()
+        steps.append((len(running), len({s.adapter for s in running}), time.perf_counter() - began))
+        return result
+
+    engine.step = watched  # type: ignore[method-assign]
+    return steps
+
+
+def summarize_steps(steps: list[tuple[int, int, float]]) -> dict:
+    busy = [s for s in steps if s[0]] or [(0, 0, 0.0)]
+    return {
+        "running": statistics.mean(s[0] for s in busy),
+        "distinct": statistics.mean(s[1] for s in busy),
+        "step_ms": 1e3 * statistics.mean(s[2] for s in busy),
+    }
 
 
 def batch_vs_vllm(model: Path, paths: list[Path], args: argparse.Namespace) -> None:
@@ -194,7 +223,9 @@ def report(label: str, r: dict) -> None:
         f"{label}: {r['tok_s']:.1f} tok/s; TTFT p50 {r['ttft_p50'] * 1e3:.0f} ms, p99 "
         f"{r['ttft_p99'] * 1e3:.0f} ms (p99/p50 {r['ttft_p99'] / r['ttft_p50']:.2f}); adapter reads "
         f"{r['reads']} ({r['reads'] / r['seconds']:.1f}/s), slot evictions {r['evictions']}, "
-        f"in memory {r['in_memory']}; afterwards holds {r['holds']}, slot refs {r['refs']}"
+        f"in memory {r['in_memory']}; per step {r['running']:.1f} sequences running over "
+        f"{r['distinct']:.1f} adapters, {r['step_ms']:.1f} ms; afterwards holds {r['holds']}, "
+        f"slot refs {r['refs']}"
     )
 
 
