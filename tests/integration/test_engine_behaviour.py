@@ -93,7 +93,12 @@ def test_unregister_frees_memory(files):
     assert any(bool(t.abs().sum()) for t in engine.runner.lora.a.values())
     engine.unregister_adapter("a")
     assert engine.memory_stats()["adapter_cpu_bytes"] == 0
-    assert all(not bool(t.abs().sum()) for t in engine.runner.lora.a.values())
+    lora = engine.runner.lora
+    assert not any(lora.users.values())  # no group runs a delta for the freed slot
+    for info in getattr(lora, "slot_info", {}).values():  # native: the kernel reads no row of it
+        assert not bool(info.abs().sum())
+    if not hasattr(lora, "slot_info"):  # the PyTorch backend reads every slot: zeroed
+        assert all(not bool(t.abs().sum()) for t in lora.a.values())
     with pytest.raises(AdapterNotFoundError):
         engine.add_request("hello", "a", GREEDY)
 
@@ -167,3 +172,24 @@ def test_too_long_requests_are_refused(files):
     _, base, _, _ = files
     with pytest.raises(BadRequestError, match="max_model_len"):
         _engine(base).add_request("hello", None, SamplingParams(max_new_tokens=500))
+
+
+def test_a_slot_reused_by_a_smaller_adapter_reads_none_of_the_old_rows(files, tmp_path):
+    """The native backend does not zero a freed slot (its kernel reads only the rows below the
+    slot's rank, of the modules it targets): a rank-2 q,v adapter with a per-module rank put in
+    the slot a rank-8 all-linear one left, while another rank-8 adapter keeps the step's largest
+    rank at 8, answers exactly as in an engine that never held the big ones."""
+    _, base, _, all8 = files
+    small = make_peft_adapter(base, tmp_path / "small", rank=2, rank_pattern={"v_proj": 1}, seed=9)
+    shared = _engine(base, max_loras=2, dtype="fp32")
+    for name in ("big", "big2"):
+        shared.register_adapter(name, all8)
+    shared.register_adapter("small", small)
+    shared.generate(["hello there"], ["big"], GREEDY)  # slot 0: rank-8 rows
+    shared.generate(["hello there"], ["big2"], GREEDY)  # slot 1: rank 8 stays the step's largest
+    after_big = shared.generate(["the quick brown fox"], ["small"], GREEDY)[0].token_ids  # into slot 0
+    fresh = _engine(base, max_loras=2, dtype="fp32")
+    fresh.register_adapter("small", small)
+    assert after_big == fresh.generate(["the quick brown fox"], ["small"], GREEDY)[0].token_ids
+    base_only = fresh.generate(["the quick brown fox"], [None], GREEDY)[0].token_ids
+    assert after_big != base_only  # the small adapter really changes the output

@@ -154,9 +154,16 @@ class LLMEngine:
         return ids  # type: ignore[return-value]
 
     def _load_adapter(self, entry: AdapterEntry) -> LoraWeights:
+        """An adapter version into memory, ready to install (on the prefetcher's thread)."""
         if entry.name.startswith(PREFIX):  # a mixture: combined in memory, no file to read
-            return self.mixtures.weights(entry.name)
-        return load_peft_adapter(Path(entry.path), self.runner.args, self.config.max_lora_rank, self.dtype)
+            weights = self.mixtures.weights(entry.name)
+        else:
+            weights = load_peft_adapter(
+                Path(entry.path), self.runner.args, self.config.max_lora_rank, self.dtype
+            )
+        if not self.config.lora_merge:
+            self.runner.lora.prepare(weights)
+        return weights
 
     # -- adapters -------------------------------------------------------------------------
     def register_adapter(
@@ -182,6 +189,8 @@ class LLMEngine:
                 "activated LoRA (alora_invocation_tokens) cannot be merged: it applies to "
                 "part of each sequence; serve it with option.lora_merge=false"
             )
+        if preload and not self.config.lora_merge:
+            self.runner.lora.prepare(weights)  # here, not on the engine thread at first install
         with self.lock:
             entry = self.adapters.register(name, str(path), weights, pin, preload, identity, took)
             self._changed()

@@ -45,6 +45,8 @@ class LoraWeights:
     vocab: VocabParts | None = None  # its own embed_tokens / lm_head, or LoRA on them
     biases: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # trained biases (out,)
     invocation: tuple[int, ...] | None = None  # activated LoRA: applies from these tokens on
+    # the LoRA backend's install-ready copy (``LoraBackend.prepare``), built off the engine thread
+    slot_image: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def modules(self) -> set[str]:
@@ -56,6 +58,7 @@ class LoraWeights:
             + sum(m.numel() * m.element_size() for m in self.magnitudes.values())
             + (self.vocab.nbytes() if self.vocab is not None else 0)
             + sum(t.numel() * t.element_size() for t in self.biases.values())
+            + sum(t.numel() * t.element_size() for image in (self.slot_image or {}).values() for t in image)
         )
 
 

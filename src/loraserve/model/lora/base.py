@@ -99,15 +99,15 @@ class LoraBackend(ABC):
             self.b_layers[group] = list(self.b[group].unbind(0))
         return self.a[group], self.b[group]
 
+    def prepare(self, adapter: LoraWeights) -> None:  # noqa: B027 (an optional hook)
+        """Work for installing ``adapter`` that can be done ahead, off the engine thread (when
+        it is read into memory); none by default."""
+
     def load(self, slot: int, adapter: LoraWeights) -> None:
         self.clear(slot)
         self.ranks[slot] = adapter.rank  # modules of smaller rank (rank_pattern) leave zero rows
         self.used_rank = max(self.ranks.values())
-        for (layer, module), (a, b) in adapter.weights.items():
-            group, _ = self.args.module_slice(module)
-            scaled_b = b.float().t() * adapter.scalings[(layer, module)]  # (r, module out)
-            self.write(group, layer, slot, module, a.to(self.device), scaled_b.to(self.device))
-            self.users[group].add(slot)
+        self.load_lora(slot, adapter)
         self.vocab.load(slot, adapter.vocab)
         for extra, present in ((self.biases, adapter.biases), (self.dora, adapter.magnitudes)):
             if present and extra is None:
@@ -116,6 +116,19 @@ class LoraBackend(ABC):
             self.biases.load(slot, adapter.biases)  # type: ignore[union-attr]
         if adapter.magnitudes:
             self.dora.load(slot, adapter)  # type: ignore[union-attr]
+
+    def load_lora(self, slot: int, adapter: LoraWeights) -> None:
+        """The LoRA matrices into the slot's rows of the stacks, module by module."""
+        for (layer, module), (a, b) in adapter.weights.items():
+            group, _ = self.args.module_slice(module)
+            scaled_b = b.float().t() * adapter.scalings[(layer, module)]  # (r, module out)
+            self.write(group, layer, slot, module, a.to(self.device), scaled_b.to(self.device))
+            self.users[group].add(slot)
+
+    def zero_slot(self, group: str, slot: int) -> None:
+        """A freed slot's rows back to zero (a backend may read every slot's rows)."""
+        self.a[group][:, slot] = 0
+        self.b[group][:, slot] = 0
 
     def clear(self, slot: int) -> None:
         self.vocab.clear(slot)
@@ -126,8 +139,7 @@ class LoraBackend(ABC):
         self.used_rank = max(self.ranks.values(), default=self.rank)
         for group in FUSED:
             if slot in self.users[group]:
-                self.a[group][:, slot] = 0
-                self.b[group][:, slot] = 0
+                self.zero_slot(group, slot)
                 self.users[group].discard(slot)
 
     def add_delta(
