@@ -23,6 +23,7 @@ from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.config import EngineConfig
 from loraserve.engine.kv_budget import plan_kv_cache
 from loraserve.engine.mixtures import PREFIX, Mixture, Mixtures
+from loraserve.engine.model_loading import load_model
 from loraserve.engine.output import OutputProcessor
 from loraserve.engine.sampler import sample_tokens, score_rows
 from loraserve.engine.scheduler import Scheduler
@@ -30,12 +31,8 @@ from loraserve.engine.sequence import Sequence, SequenceStatus, TokenEvent
 from loraserve.engine.step_batch import build_step_batch, scored_positions
 from loraserve.engine.structured import StructuredOutput, advance
 from loraserve.errors import BadRequestError
-from loraserve.model.families import load_model_config
-from loraserve.model.gguf_blocks import q4_targets
-from loraserve.model.loader import model_source, parse_dtype, resolve_model_path
 from loraserve.model.peft_adapter import LoraWeights, load_peft_adapter, read_adapter_config
 from loraserve.model.peft_config import base_model_mismatch
-from loraserve.model.runner import ModelRunner
 from loraserve.wire.messages import FinishReason
 from loraserve.wire.sampling import SamplingParams
 
@@ -52,44 +49,14 @@ class GenerationResult:
     prompt_tokens: int
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class LLMEngine:
     def __init__(self, config: EngineConfig, model_dir: Path | None = None) -> None:
-        from transformers import AutoTokenizer
-
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = pick_device(config.device)
-        self.dtype = parse_dtype(config.dtype, self.device.type)
-        source = model_source(config.model_id, model_dir)
-        self.model_path = resolve_model_path(source, requantize=bool(config.quantize))
-        model_config = load_model_config(self.model_path)  # refuses an unsupported model before any loading
-        # what an adapter's base_model_name_or_path is compared with (a warning where none fits)
-        self.base_names = [
-            self.model_path.name,
-            str(config.model_id),
-            str(getattr(model_config[2], "_name_or_path", "")),
-        ]
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.runner = ModelRunner(
-            self.model_path,
-            self.dtype,
-            self.device,
-            config.max_rolling_batch_size,
-            config.max_model_len,
-            config.max_loras,
-            config.max_lora_rank,
-            model_config,
-            quantize=config.quantize,
-            quantize_only=q4_targets(source) if config.quantize == "q4" else None,
-        )
-        log.info("engine hardware choice: %s", self.runner.info())
+        model = load_model(config, model_dir)
+        self.device, self.dtype, self.model_path = model.device, model.dtype, model.path
+        self.tokenizer, self.runner, self.base_names = model.tokenizer, model.runner, model.base_names
         self.kv = plan_kv_cache(
             config.kv_cache_memory,
             self.device,
