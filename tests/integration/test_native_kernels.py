@@ -252,3 +252,22 @@ def test_gemv_int8_matches_the_dequantized_product_and_torchs_kernel(kernels, dt
         torch.testing.assert_close(
             theirs, (x.float() @ dequantized.T).to(dtype).float(), rtol=2e-2, atol=2e-2
         )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 64), (4, 64, 224)])
+def test_gemv_q8_0_matches_the_dequantized_product(kernels, dtype, rows, n, k):
+    from loraserve.model.q8 import dequantize_blocks, quantize_blocks
+
+    x = _rand(rows, k, dtype=dtype, seed=1)
+    q, d = quantize_blocks(_rand(n, k, seed=2) * torch.linspace(0.1, 2, k))  # blocks of different range
+    bias = _rand(n, dtype=dtype, seed=3)
+    out = torch.empty(rows, n, dtype=dtype)
+    kernels.gemv_q8_0(x, q, d, bias, out)
+    expected = x.float() @ dequantize_blocks(q, d).T + bias.float()
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    else:
+        assert _close(out, expected.to(dtype))
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        kernels.gemv_q8_0(x[:, :33], q[:, :33].contiguous(), d, None, out)

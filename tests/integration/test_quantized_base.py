@@ -15,15 +15,19 @@ from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.errors import ConfigError
 from loraserve.model.int4 import GROUP, Q4Format, dequantize_groups, q4_available, quantize_groups
 from loraserve.model.int8 import Int8Format, int8_available, quantize_rows
+from loraserve.model.native import cpu_kernels
 from loraserve.model.packed import Linears
+from loraserve.model.q8 import BLOCK, Q8Format, dequantize_blocks, quantize_blocks
 from loraserve.model.quantized import QuantizedLinears
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 GREEDY = SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
 CPU = torch.device("cpu")
+NATIVE = cpu_kernels() is not None
 FORMATS = {
     "int8": (int8_available(CPU), Int8Format),
     "q4": (q4_available(CPU), Q4Format),
+    "q8": (NATIVE, Q8Format),
 }
 
 
@@ -49,6 +53,16 @@ def test_q4_groups_quantize_within_half_a_step_and_keep_q4_1_blocks():
     assert torch.allclose(d2, d, rtol=1e-5) and torch.allclose(m2, m, atol=1e-6)
 
 
+def test_q8_blocks_quantize_within_half_a_step_and_keep_q8_0_blocks():
+    weight = torch.randn(16, 4 * BLOCK) * torch.linspace(0.01, 3, 16)[:, None]
+    q, d = quantize_blocks(weight)
+    assert q.dtype is torch.int8 and int(q.abs().max()) <= 127
+    approx = dequantize_blocks(q, d)
+    assert bool(((approx - weight).abs() <= d.repeat_interleave(BLOCK, dim=1) / 2 + 1e-6).all())
+    q2, d2 = quantize_blocks(approx)  # a Q8_0 block holds its largest magnitude: blocks come back
+    assert torch.equal(q2, q) and torch.equal(d2, d)
+
+
 @pytest.mark.parametrize("kind", list(FORMATS))
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_quantized_tokens_equal_the_dequantized_model(tmp_path, dtype, kind, monkeypatch):
@@ -63,6 +77,7 @@ def test_quantized_tokens_equal_the_dequantized_model(tmp_path, dtype, kind, mon
     engine = LLMEngine(config)
     engine.register_adapter("qv", adapter)
     assert engine.runner.info()["linear"] == fmt.name
+    assert not NATIVE or kind == "q4" or linears_native(engine)
     linears = engine.runner.linears
     assert isinstance(linears, QuantizedLinears)
     assert all(stored is not None for layer in linears.stored for stored in layer.values())
@@ -83,6 +98,12 @@ def test_quantized_tokens_equal_the_dequantized_model(tmp_path, dtype, kind, mon
     else:  # two bf16 GEMMs round differently: a near-tie of this random model may break later
         assert [r.token_ids[0] for r in quantized] == [r.token_ids[0] for r in reference]
         assert max(abs(q.logprobs[0] - r.logprobs[0]) for q, r in zip(quantized, reference)) < 0.05
+
+
+def linears_native(engine: LLMEngine) -> bool:
+    """int8 and q8 read their weights through loraserve's native GEMVs where they are built."""
+    layer = engine.runner.linears.stored[0]  # type: ignore[union-attr]
+    return all(getattr(stored[0], "native", None) is not None for stored in layer.values())
 
 
 def _one_at_a_time(engine: LLMEngine, prompts: list[str], adapters: list[str | None]) -> list:
@@ -154,22 +175,32 @@ def test_q4_serves_a_q4_1_gguf_file_with_its_own_blocks(tmp_path, monkeypatch):
     assert len(out.token_ids) == 12
 
 
-@pytest.mark.skipif(not q4_available(CPU), reason="no CPU int4 kernel")
-def test_q4_takes_only_a_gguf_files_q4_1_matrices(tmp_path, monkeypatch):
-    """Only what the file holds as Q4_1 goes on the int4 kernel (llama.cpp's mixes keep some
-    matrices at higher precision); a file with none is refused, naming what it holds."""
-    from loraserve.model.gguf_blocks import matrices_in
+@pytest.mark.skipif(not (q4_available(CPU) and NATIVE), reason="no CPU int4 kernel or native kernels")
+def test_a_gguf_files_q4_1_and_q8_0_matrices_are_served_in_their_own_blocks(tmp_path, monkeypatch):
+    """Only what the file holds as Q4_1 or Q8_0 goes on a quantized kernel, each matrix in its
+    own format (llama.cpp's mixes keep some at higher precision); a file with neither (Q4_0
+    here) is refused, naming what it holds."""
+    from loraserve.model.gguf_blocks import block_targets, matrix_types
     from loraserve.testing.gguf_file import write_gguf
 
     monkeypatch.setenv("LORASERVE_CACHE", str(tmp_path / "cache"))
     base = make_tiny_llama(tmp_path / "base")
     q4_1 = write_gguf(base, tmp_path / "tiny-q4_1.gguf", matrices="Q4_1")
-    found = matrices_in(q4_1, "Q4_1")
-    assert (0, "qkv") in found and (0, "down") in found
+    assert matrix_types(q4_1)[(0, "qkv")] == "Q4_1"
     q8 = write_gguf(base, tmp_path / "tiny-q8_0.gguf", matrices="Q8_0")
-    assert matrices_in(q8, "Q4_1") == set()
-    with pytest.raises(ConfigError, match="Q8_0"):
-        LLMEngine(EngineConfig(model_id=str(q8), dtype="fp32", max_model_len=64, quantize="q4"))
+    assert set(block_targets(q8, "q4").values()) == {"Q8_0"}  # type: ignore[union-attr]
+    engine = LLMEngine(EngineConfig(model_id=str(q8), dtype="fp32", max_model_len=64, quantize="q4"))
+    linears = engine.runner.linears
+    assert isinstance(linears, QuantizedLinears) and linears.name == Q8Format.name
+    import gguf
+    from gguf import quants
+
+    raw = next(t for t in gguf.GGUFReader(str(q8)).tensors if t.name == "blk.0.ffn_down.weight")
+    from_file = torch.from_numpy(quants.dequantize(raw.data, raw.tensor_type).copy())
+    torch.testing.assert_close(engine.runner.weights.layers[0].down, from_file, rtol=0, atol=0)
+    q4_0 = write_gguf(base, tmp_path / "tiny-q4_0.gguf", matrices="Q4_0")
+    with pytest.raises(ConfigError, match="Q4_0"):
+        LLMEngine(EngineConfig(model_id=str(q4_0), dtype="fp32", max_model_len=64, quantize="q8"))
 
 
 def _unpermute(weights: torch.Tensor, heads: int) -> torch.Tensor:

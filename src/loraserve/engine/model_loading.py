@@ -13,7 +13,7 @@ import torch
 
 from loraserve.engine.config import EngineConfig
 from loraserve.model.families import load_model_config
-from loraserve.model.gguf_blocks import q4_targets
+from loraserve.model.gguf_blocks import block_targets
 from loraserve.model.loader import model_source, parse_dtype, resolve_model_path
 from loraserve.model.runner import ModelRunner
 
@@ -58,7 +58,7 @@ def load_model(config: EngineConfig, model_dir: Path | None = None) -> LoadedMod
         config.max_lora_rank,
         model_config,
         quantize=config.quantize,
-        quantize_only=q4_targets(source) if config.quantize == "q4" else None,
+        file_blocks=block_targets(source, config.quantize) if config.quantize in ("q4", "q8") else None,
     )
     log.info("engine hardware choice: %s", runner.info())
     return LoadedModel(path, device, dtype, tokenizer, runner, base_names)

@@ -17,6 +17,7 @@ from loraserve.model.hardware import cpu_info
 from loraserve.model.int8 import GemvInt8
 from loraserve.model.native import cpu_kernels
 from loraserve.model.packed import Gemv
+from loraserve.model.q8 import GemvQ8
 from loraserve.model.rope import RopeTables, apply_rope
 
 Bgmv = Callable[..., None]  # the native BGMV: (x, token_slots, A, B, out, k, rank, starts, lengths, info)
@@ -53,6 +54,7 @@ class TorchOps:
     bgmv: Bgmv | None = None  # LoRA then groups tokens by slot into batched matmuls
     gemv: Gemv | None = None  # the base linears then run oneDNN (or F.linear) at every size
     gemv_int8: GemvInt8 | None = None  # int8 bases then run torch's int8 kernel
+    gemv_q8_0: GemvQ8 | None = None  # Q8_0 bases need it
 
     def __init__(self, dtype: torch.dtype, eps: float) -> None:
         self.dtype, self.eps = dtype, eps
@@ -147,7 +149,7 @@ class NativeOps(TorchOps):
         super().__init__(dtype, eps)
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
-        self.gemv, self.gemv_int8 = module.gemv, module.gemv_int8
+        self.gemv, self.gemv_int8, self.gemv_q8_0 = module.gemv, module.gemv_int8, module.gemv_q8_0
 
     def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
         return StepTables(rope.cos, rope.sin)  # the kernel indexes the fp32 tables by position

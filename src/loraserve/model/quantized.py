@@ -13,12 +13,13 @@ refused (``EngineConfig``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import torch
 
 from loraserve.errors import ConfigError
 from loraserve.model.args import FUSED
+from loraserve.model.gguf_blocks import Matrix
 from loraserve.model.huge_pages import move_to_huge_pages
 from loraserve.model.layer_ops import TorchOps
 from loraserve.model.packed import Linears, packing_available
@@ -41,41 +42,58 @@ class WeightFormat(Protocol):
         ...
 
 
+Stored: TypeAlias = tuple[WeightFormat, Any] | None  # a matrix's format and what it stores; None: dense
+
+
 def quantized_linears(
     kind: str,
     weights: ModelWeights,
     dtype: torch.dtype,
     device: torch.device,
     batch_hint: int,
-    only: set[tuple[int | None, str]] | None = None,
+    file_blocks: dict[Matrix, str] | None = None,
     ops: TorchOps | None = None,
 ) -> QuantizedLinears:
-    """``only``: the (layer, group) matrices to quantize ((None, "head") for the LM head); all
-    of them when None (a GGUF file's own choice, ``gguf_blocks.matrices_in``); ``ops``: the
-    native kernels, where built (their GEMVs)."""
-    gemv, gemv_int8 = (ops.gemv, ops.gemv_int8) if ops is not None else (None, None)
+    """``kind``: the option's format for every matrix; ``file_blocks``: a GGUF file's own block
+    format per matrix instead (``gguf_blocks.block_targets``: Q4_1, Q8_0), the others dense;
+    ``ops``: the native kernels, where built (their GEMVs)."""
     from loraserve.model.int4 import Q4Format, q4_available
     from loraserve.model.int8 import Int8Format, int8_available
+    from loraserve.model.q8 import Q8Format
 
-    formats: dict[str, tuple[Callable[[torch.device], bool], Callable[[], WeightFormat], str]] = {
-        "int8": (int8_available, lambda: Int8Format(gemv_int8), "_weight_int8pack_mm"),
-        "q4": (q4_available, Q4Format, "_weight_int4pack_mm_for_cpu"),
+    gemv, gemv_int8, gemv_q8 = (ops.gemv, ops.gemv_int8, ops.gemv_q8_0) if ops is not None else (None,) * 3
+    makers: dict[str, tuple[bool, Callable[[], WeightFormat], str]] = {
+        "int8": (int8_available(device), lambda: Int8Format(gemv_int8), "torch's _weight_int8pack_mm"),
+        "q4": (q4_available(device), Q4Format, "torch's _weight_int4pack_mm_for_cpu"),
+        "q8": (gemv_q8 is not None, lambda: Q8Format(gemv_q8), "loraserve's native gemv_q8_0"),  # type: ignore[arg-type]
     }
-    available, make, kernel = formats[kind]
-    if not available(device):
-        raise ConfigError(
-            f"option.quantize={kind} needs torch's CPU kernel {kernel}, not available on {device}; "
-            "leave option.quantize unset"
-        )
+    scheme = {"Q4_1": "q4", "Q8_0": "q8"}
+    needed = {kind} if file_blocks is None else {scheme[b] for b in file_blocks.values()}
+    for name in sorted(needed):
+        available, _, kernel = makers[name]
+        if not available:
+            raise ConfigError(
+                f"option.quantize={kind} needs {kernel} (for its {name} matrices), not available on "
+                f"{device}; leave option.quantize unset"
+            )
+    formats = {name: makers[name][1]() for name in needed}
+
+    def plan(matrix: Matrix) -> WeightFormat | None:
+        if file_blocks is None:
+            return formats[kind]
+        block = file_blocks.get(matrix)
+        return None if block is None else formats[scheme[block]]
+
     packed = packing_available(dtype, device)
-    return QuantizedLinears(weights, dtype, make(), lambda: Linears(weights, batch_hint, packed, gemv), only)
+    return QuantizedLinears(weights, dtype, plan, lambda: Linears(weights, batch_hint, packed, gemv))
 
 
 class QuantizedLinears:
-    """``linear(x, layer, name)`` through the format's kernel for up to ``max_rows`` rows, through
-    the dequantized weights (oneDNN-packed where available, as ``packed.Linears``) for more: the
-    weight-only kernels are matrix-vector kernels, several times slower than the packed bf16 GEMM
-    at 32 rows. The cost: the quantized copies are held beside the dequantized weights."""
+    """``linear(x, layer, name)`` through each matrix's format kernel for up to its ``max_rows``
+    rows, through the dequantized weights (oneDNN-packed where available, as ``packed.Linears``)
+    for more: the weight-only kernels are matrix-vector kernels, several times slower than the
+    packed bf16 GEMM at 32 rows. The cost: the quantized copies are held beside the dequantized
+    weights."""
 
     enabled = True
 
@@ -83,50 +101,50 @@ class QuantizedLinears:
         self,
         weights: ModelWeights,
         dtype: torch.dtype,
-        fmt: WeightFormat,
+        plan: Callable[[Matrix], WeightFormat | None],
         dense: Callable[[], Linears],
-        only: set[tuple[int | None, str]] | None = None,
     ) -> None:
-        self.weights, self.dtype, self.format = weights, dtype, fmt
-        self.only = only
-        self.stored: list[dict[str, Any]] = []
+        self.weights, self.dtype = weights, dtype
+        self.stored: list[dict[str, Stored]] = []
         for index, layer in enumerate(weights.layers):
-            quantize = self._quantize_in_place
-            self.stored.append({name: quantize(layer.fused(name), index, name) for name in FUSED})
+            self.stored.append(
+                {name: self._quantize(layer.fused(name), plan((index, name))) for name in FUSED}
+            )
         # dequantized in place: a tied embedding (the same tensor) reads the same values
-        self.head_stored = self._quantize_in_place(weights.lm_head, None, "head")
-        kept = [*self.stored, {"head": self.head_stored}]
-        move_to_huge_pages([t for group in kept for stored in group.values() for t in _tensors(stored)])
+        self.head_stored = self._quantize(weights.lm_head, plan((None, "head")))
+        every = [*(s for layer in self.stored for s in layer.values()), self.head_stored]
+        move_to_huge_pages([t for stored in every if stored is not None for t in _tensors(stored[1])])
+        self.name = "+".join(sorted({s[0].name for s in every if s is not None})) or "dense"
         self.dense = dense()  # built on the dequantized weights, for many rows
 
-    def _quantize_in_place(self, weight: torch.Tensor, layer: int | None, name: str) -> Any:
-        if self.only is not None and (layer, name) not in self.only:
+    def _quantize(self, weight: torch.Tensor, fmt: WeightFormat | None) -> Stored:
+        if fmt is None:
             return None  # kept as it is: the dense path
-        stored, dequantized = self.format.quantize(weight, self.dtype)
-        weight.copy_(dequantized.to(weight.dtype))
-        return stored
-
-    def _few_rows(self, x: torch.Tensor) -> torch.Tensor | None:
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > self.format.max_rows:
+        stored, dequantized = fmt.quantize(weight, self.dtype)
+        if stored is None:
             return None
-        return rows if rows.is_contiguous() else rows.contiguous()
+        weight.copy_(dequantized.to(weight.dtype))
+        return fmt, stored
+
+    def _few_rows(self, x: torch.Tensor, stored: Stored) -> torch.Tensor | None:
+        if stored is None:
+            return None
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] > stored[0].max_rows:
+            return None
+        rows = rows if rows.is_contiguous() else rows.contiguous()
+        out = stored[0].matmul(rows, stored[1])
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def __call__(self, x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
-        stored = self.stored[layer][name]
-        rows = None if stored is None else self._few_rows(x)
-        if rows is None:
+        out = self._few_rows(x, self.stored[layer][name])
+        if out is None:
             return self.dense(x, layer, name, bias)
-        out = self.format.matmul(rows, stored)
-        out = out.view(*x.shape[:-1], out.shape[-1])
         return out if bias is None else out + bias
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        rows = None if self.head_stored is None else self._few_rows(x)
-        if rows is None:
-            return self.dense.head(x)
-        out = self.format.matmul(rows, self.head_stored)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        out = self._few_rows(x, self.head_stored)
+        return self.dense.head(x) if out is None else out
 
     def repack(self, layer: int) -> None:
         raise RuntimeError("quantized base weights cannot be edited in place (merged LoRA is refused)")
@@ -136,9 +154,7 @@ class QuantizedLinears:
 
 
 def _tensors(stored: Any) -> list[torch.Tensor]:
-    """The tensors of what a format stores (a tensor or a tuple of them; None: kept dense)."""
-    if stored is None:
-        return []
+    """The tensors of what a format stores (a tensor or a tuple of them)."""
     if isinstance(stored, torch.Tensor):
         return [stored]
     return [t for t in stored if isinstance(t, torch.Tensor)]

@@ -13,6 +13,7 @@ from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.decoder import Decoder
 from loraserve.model.families import Family, load_model_config
+from loraserve.model.gguf_blocks import Matrix
 from loraserve.model.hardware import cpu_info
 from loraserve.model.huge_pages import move_to_huge_pages
 from loraserve.model.layer_ops import select_ops
@@ -40,10 +41,11 @@ class ModelRunner:
         max_lora_rank: int,
         model_config: tuple[Family, ModelArgs, Any] | None = None,
         quantize: str = "",
-        quantize_only: set[tuple[int | None, str]] | None = None,
+        file_blocks: dict[Matrix, str] | None = None,
     ) -> None:
         """``model_config``: what ``load_model_config(model_path)`` gave a caller that read it
-        first; ``quantize_only``: the matrices ``quantize`` applies to (all when None)."""
+        first; ``file_blocks``: a GGUF file's own block format per matrix, served as it is under
+        ``quantize`` (``gguf_blocks.block_targets``; None: ``quantize`` for every matrix)."""
         self.family, self.args, hf_config = model_config or load_model_config(model_path)
         self.dtype, self.device = dtype, device
         self.max_len = min(max_len or self.args.max_position, self.args.max_position)
@@ -59,7 +61,7 @@ class ModelRunner:
         self.ops = select_ops(dtype, device, self.args.rms_eps)
         self.lora = lora_backend(self.ops, self.args, lora_slots, max_lora_rank, dtype, device, self.weights)
         self.linears: Linears | QuantizedLinears = (
-            quantized_linears(quantize, self.weights, dtype, device, batch_hint, quantize_only, self.ops)
+            quantized_linears(quantize, self.weights, dtype, device, batch_hint, file_blocks, self.ops)
             if quantize
             else Linears(self.weights, batch_hint, packing_available(dtype, device), self.ops.gemv)
         )
@@ -80,7 +82,7 @@ class ModelRunner:
             "dtype": str(self.dtype).removeprefix("torch."),
             "kernels": self.ops.name,
             "linear": (
-                self.linears.format.name
+                self.linears.name
                 if isinstance(self.linears, QuantizedLinears)
                 else "onednn-packed"
                 if self.linears.enabled

@@ -209,6 +209,24 @@ void gemv_int8(torch::Tensor x, torch::Tensor q, torch::Tensor scales, c10::opti
   dispatch(dtype, [&](auto elem) { kernels::gemv_int8<decltype(elem)>(x, q, scales, bias, out); });
 }
 
+// GGUF Q8_0: out (M, N) = x @ (q * d)^T (+ bias); q (N, K) int8, d (N, K/32) fp32.
+void gemv_q8_0(torch::Tensor x, torch::Tensor q, torch::Tensor d, c10::optional<torch::Tensor> bias,
+               torch::Tensor out) {
+  const auto dtype = checked_dtype(x, "x");
+  check_rows(x, "x", dtype, 2);
+  check_contiguous(q, "q", at::kChar, 2);
+  check_contiguous(d, "d", at::kFloat, 2);
+  check_rows(out, "out", dtype, 2);
+  TORCH_CHECK(q.size(1) == x.size(1) && q.size(1) % 32 == 0, "gemv_q8_0: q must be (N, K) for x (M, K), K a multiple of 32");
+  TORCH_CHECK(d.size(0) == q.size(0) && d.size(1) == q.size(1) / 32, "gemv_q8_0: d must be (N, K/32)");
+  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == q.size(0), "gemv_q8_0: out must be (M, N)");
+  if (bias.has_value()) {
+    check_contiguous(*bias, "bias", dtype, 1);
+    TORCH_CHECK(bias->size(0) == q.size(0), "gemv_q8_0: bias must be (N,)");
+  }
+  dispatch(dtype, [&](auto elem) { kernels::gemv_q8_0<decltype(elem)>(x, q, d, bias, out); });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
   m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
@@ -216,6 +234,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");
   m.def("gemv_int8", &gemv_int8, "weight-only int8 x @ q^T * scales (+ bias) for a few rows");
+  m.def("gemv_q8_0", &gemv_q8_0, "GGUF Q8_0 x @ (q * d)^T (+ bias) for a few rows");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
   m.def("vector_width", [] { return int64_t(simd::Vec::W); },
         "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");

@@ -152,4 +152,47 @@ void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::
 
 LORASERVE_INSTANTIATE(gemv_int8, (at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor))
 
+namespace {
+
+constexpr int64_t kBlock = 32;  // GGUF Q8_0's block
+
+// sum over blocks of d[b] * sum_{k in b} q[k] * x[k] for one row, K a multiple of kBlock.
+inline float dot_q8_0(const float* x, const int8_t* row, const float* d, int64_t K) {
+  Vec::reg total = Vec::zero();
+  for (int64_t k = 0, b = 0; k < K; k += kBlock, ++b) {
+    Vec::reg block = Vec::zero();
+    for (int64_t j = 0; j < kBlock; j += Vec::W) block = Vec::fmadd(load_int8(row + k + j), Vec::load(x + k + j), block);
+    total = Vec::fmadd(block, Vec::set1(d[b]), total);
+  }
+  return Vec::sum(total);
+}
+
+}  // namespace
+
+// GGUF Q8_0 weights: out (M, N) = x @ (q * d)^T (+ bias), q (N, K) int8, d (N, K/32) fp32 (one
+// scale per block of 32 along K), streamed row by row as gemv_int8.
+template <class T>
+void gemv_q8_0(at::Tensor x, at::Tensor q, at::Tensor d, c10::optional<at::Tensor> bias, at::Tensor out) {
+  using E = Elem<T>;
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), blocks = K / kBlock;
+  const int64_t x_stride = x.stride(0), o_stride = out.stride(0);
+  std::vector<float> xf(M * K);
+  const T* xp = x.data_ptr<T>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) xf[m * K + k] = E::to_f(xp[m * x_stride + k]);
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* dp = d.data_ptr<float>();
+  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t m = 0; m < M; ++m) {
+      const float dot = dot_q8_0(xf.data() + m * K, qp + n * K, dp + n * blocks, K);
+      op[m * o_stride + n] = E::from_f(bp != nullptr ? dot + E::to_f(bp[n]) : dot);
+    }
+  }
+}
+
+LORASERVE_INSTANTIATE(gemv_q8_0, (at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor))
+
 }  // namespace kernels

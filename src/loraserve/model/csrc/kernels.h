@@ -27,6 +27,8 @@ void gemv(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor
 template <class T>
 void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::Tensor> bias, at::Tensor out);
 template <class T>
+void gemv_q8_0(at::Tensor x, at::Tensor q, at::Tensor d, c10::optional<at::Tensor> bias, at::Tensor out);
+template <class T>
 void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
                       at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap);
 
