@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
-from loraserve.model.args import LORA_MODULES, ModelArgs
+from loraserve.model.args import FUSED, LORA_MODULES, ModelArgs
 from loraserve.model.default_model import smollm2_path
 from loraserve.testing.tiny import write_random_adapter
 
@@ -44,6 +44,18 @@ def timed_run(engine: LLMEngine, prompts: list[list[int]], adapters: list, new_t
         "seconds": elapsed,
         "token_ids": [s.output_ids for s in seqs],
     }
+
+
+def decode_weight_bytes(engine: LLMEngine) -> int:
+    """Bytes of base matrices one single-stream decode step reads (the roofline's numerator):
+    quantized matrices in their stored form, the others in their dtype."""
+    from loraserve.model.quantized import QuantizedLinears
+
+    linears = engine.runner.linears
+    if isinstance(linears, QuantizedLinears):
+        return linears.weight_bytes()
+    w = engine.runner.weights
+    return sum(layer.fused(n).nbytes for layer in w.layers for n in FUSED) + w.lm_head.nbytes
 
 
 def copy_bandwidth() -> float:

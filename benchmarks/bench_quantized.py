@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_engine import copy_bandwidth, make_adapters, timed_run
+from benchmarks.bench_engine import copy_bandwidth, decode_weight_bytes, make_adapters, timed_run
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_gguf, smollm2_path
@@ -41,16 +41,6 @@ def engine_for(quantize: str, batch: int, adapters: list[Path]) -> LLMEngine:
     for i, path in enumerate(adapters):
         engine.register_adapter(f"a{i}", path)
     return engine
-
-
-def weight_bytes(engine: LLMEngine, quantize: str) -> float:
-    """Base weights one batch-1 decode step reads: every layer's four fused matrices and the LM
-    head (int8: a byte each; q4: half a byte plus a scale and a zero per 32)."""
-    w = engine.runner.weights
-    count = sum(layer.fused(n).numel() for layer in w.layers for n in ("qkv", "o", "gate_up", "down"))
-    count += w.lm_head.numel()
-    per_weight = {"int8": 1.0, "q4": 0.5 + 2 * engine.dtype.itemsize / 32}
-    return count * per_weight.get(quantize, engine.dtype.itemsize)
 
 
 def main() -> None:
@@ -94,7 +84,7 @@ def main() -> None:
                         best[quantize] = run
             plain = best[""]
             ids[label] = {q: best[q]["token_ids"] for q in engines}
-            read = {q: weight_bytes(engines[q], q) for q in engines}
+            read = {q: decode_weight_bytes(engines[q]) for q in engines}
             roof = {q: read[q] / (best[q]["step_ms"] / 1e3) / bandwidth for q in engines}
             figures = ", ".join(
                 f"{q} {best[q]['tok_s']:.1f} tok/s ({best[q]['step_ms']:.1f} ms/step, {100 * roof[q]:.0f}%): "

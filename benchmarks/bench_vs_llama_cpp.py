@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_engine import copy_bandwidth, make_adapters
+from benchmarks.bench_engine import copy_bandwidth, decode_weight_bytes, make_adapters
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_gguf, smollm2_path
@@ -121,14 +121,6 @@ def engine_for(model: Path, quantize: str, adapter: Path) -> LLMEngine:
     return engine
 
 
-def weight_bytes(engine: LLMEngine, quantize: str) -> float:
-    w = engine.runner.weights
-    count = sum(layer.fused(n).numel() for layer in w.layers for n in ("qkv", "o", "gate_up", "down"))
-    count += w.lm_head.numel()
-    per_weight = {"q4": 0.5 + 2 * engine.dtype.itemsize / 32}
-    return count * per_weight.get(quantize, engine.dtype.itemsize)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompt-len", type=int, default=32)
@@ -168,7 +160,7 @@ def main() -> None:
         )
         files = {"Q4_1": (q4_1, [("q4", q4_1), ("", hf_dir)]), "BF16": (bf16, [("", bf16)])}
         for label, (gguf, ours) in files.items():
-            engines = {q or "default dtype": (engine_for(model, q, adapter), q) for q, model in ours}
+            engines = {q or "default dtype": engine_for(model, q, adapter) for q, model in ours}
             for with_adapter in (False, True):
                 config = {"model": str(gguf), "lora": str(lora) if with_adapter else None}
                 worker = LlamaCppWorker(opts.python, {**config, "threads": threads, "n_ctx": 512})
@@ -180,7 +172,7 @@ def main() -> None:
 
 def interleaved(
     worker: LlamaCppWorker,
-    engines: dict[str, tuple[LLMEngine, str]],
+    engines: dict[str, LLMEngine],
     prompts: list[list[int]],
     adapter: str | None,
     opts: argparse.Namespace,
@@ -190,7 +182,7 @@ def interleaved(
     best: dict[str, dict] = {}
     for prompt in prompts:
         runs = {"llama.cpp": worker.run(prompt, opts.new_tokens)}
-        for name, (engine, _q) in engines.items():
+        for name, engine in engines.items():
             runs[name] = loraserve_stream(engine, prompt, adapter, opts.new_tokens)
         for name, run in runs.items():
             kept = best.setdefault(name, dict(run))
@@ -198,14 +190,12 @@ def interleaved(
     return best
 
 
-def report(
-    case: str, best: dict[str, dict], engines: dict[str, tuple[LLMEngine, str]], bandwidth: float
-) -> None:
+def report(case: str, best: dict[str, dict], engines: dict[str, LLMEngine], bandwidth: float) -> None:
     theirs = best["llama.cpp"]
     print(f"{case}: llama.cpp TTFT {1e3 * theirs['ttft']:.1f} ms, TPOT {1e3 * theirs['tpot']:.2f} ms")
-    for name, (engine, q) in engines.items():
+    for name, engine in engines.items():
         mine = best[name]
-        read = weight_bytes(engine, q)
+        read = decode_weight_bytes(engine)
         ratio = theirs["tpot"] / mine["tpot"]
         pairs = zip(mine["token_ids"], theirs["token_ids"])
         same = next((i for i, (a, b) in enumerate(pairs) if a != b), len(mine["token_ids"]))

@@ -146,6 +146,17 @@ class QuantizedLinears:
         out = self._few_rows(x, self.head_stored)
         return self.dense.head(x) if out is None else out
 
+    def weight_bytes(self) -> int:
+        """Bytes of base matrices a single stream's decode step reads: each quantized matrix's
+        stored form, each dense one in its dtype (the roofline figure of the benchmarks)."""
+        layers = self.weights.layers
+        pairs = [(s, layers[i].fused(n)) for i, layer in enumerate(self.stored) for n, s in layer.items()]
+        pairs.append((self.head_stored, self.weights.lm_head))
+        return sum(
+            weight.nbytes if stored is None else sum(t.nbytes for t in _tensors(stored[1]))
+            for stored, weight in pairs
+        )
+
     def repack(self, layer: int) -> None:
         raise RuntimeError("quantized base weights cannot be edited in place (merged LoRA is refused)")
 
