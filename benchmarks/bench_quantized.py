@@ -24,13 +24,18 @@ import torch
 from benchmarks.bench_engine import copy_bandwidth, decode_weight_bytes, make_adapters, timed_run
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.model.args import LORA_MODULES
-from loraserve.model.default_model import smollm2_gguf, smollm2_path
+from loraserve.model.default_model import smollm2_gguf
 from loraserve.model.hardware import cpu_info
 
 
-def engine_for(quantize: str, batch: int, adapters: list[Path]) -> LLMEngine:
+def engine_for(model: str, quantize: str, batch: int, adapters: list[Path]) -> LLMEngine:
+    """SmolLM2 under q4/q8 is its shipped Q4_1 GGUF file (served in its own blocks); a shaped
+    model is quantized whole."""
+    from benchmarks.bench_vs_vllm import model_path
+
+    path = smollm2_gguf() if model == "smollm2" and quantize in ("q4", "q8") else model_path(model)
     config = EngineConfig(
-        model_id=str(smollm2_gguf() if quantize == "q4" else smollm2_path()),
+        model_id=str(path),
         dtype="auto",
         max_rolling_batch_size=batch,
         max_model_len=160,
@@ -46,34 +51,45 @@ def engine_for(quantize: str, batch: int, adapters: list[Path]) -> LLMEngine:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="int8,q4", help="option.quantize values to compare")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--model", default="smollm2", help="smollm2 or a shape of benchmarks/shaped_models.py"
+    )
+    parser.add_argument("--batch", type=int, default=32, help="the larger batch (0: batch 1 only)")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        probe = LLMEngine(EngineConfig(model_id=str(smollm2_path()), dtype="auto", max_lora_rank=16))
+        from benchmarks.bench_vs_vllm import model_path
+
+        probe = LLMEngine(EngineConfig(model_id=str(model_path(args.model)), dtype="auto", max_lora_rank=16))
         shapes_args = probe.runner.args
-        adapters = make_adapters(Path(tmp), shapes_args, args.batch, 16, list(LORA_MODULES), "a")
+        adapters = make_adapters(Path(tmp), shapes_args, max(1, args.batch), 16, list(LORA_MODULES), "a")
         del probe
         formats = [f for f in args.formats.split(",") if f]
-        engines = {q: engine_for(q, args.batch, adapters) for q in ["", *formats]}
+        engines = {q: engine_for(args.model, q, max(1, args.batch), adapters) for q in ["", *formats]}
         vocab = shapes_args.vocab_size
-        prompts = [torch.randint(100, vocab - 100, (args.prompt_len,)).tolist() for _ in range(args.batch)]
+        prompts = [
+            torch.randint(100, vocab - 100, (args.prompt_len,)).tolist() for _ in range(max(1, args.batch))
+        ]
         bandwidth = copy_bandwidth()
         dtype = str(engines[""].dtype).replace("torch.", "")
         print(
             f"CPU ISA level {cpu_info().isa}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
-            f"SmolLM2-135M, default dtype {dtype}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
+            f"{args.model}, default dtype {dtype}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
             f"best of {args.repeats} alternating runs"
         )
         cases = {
             "batch 1, base": (prompts[:1], [None]),
             "batch 1, adapter": (prompts[:1], ["a0"]),
-            f"batch {args.batch}, base": (prompts, [None] * args.batch),
-            f"batch {args.batch}, {args.batch} adapters": (prompts, [f"a{i}" for i in range(args.batch)]),
         }
+        if args.batch > 1:
+            cases[f"batch {args.batch}, base"] = (prompts, [None] * args.batch)
+            cases[f"batch {args.batch}, {args.batch} adapters"] = (
+                prompts,
+                [f"a{i}" for i in range(args.batch)],
+            )
         ids: dict[str, list] = {}
         for label, (batch_prompts, names) in cases.items():
             best: dict[str, dict] = {}
