@@ -1,6 +1,8 @@
-"""Weight-only quantized base weights on CPU (``option.quantize=int8|q4``): every base linear of
-the model and its LM head held in a compact format, read by a kernel for a single stream's
-decode (bound by the bytes it reads), and dequantized in place for everything else.
+"""Weight-only quantized base weights on CPU (``option.quantize=int8|q4|q8``): every base linear
+of the model and its LM head held in a compact format (``int8``: per row; ``q4``: GGUF Q4_1;
+``q8``: GGUF Q8_0; of a GGUF file, each matrix in the file's own Q4_1/Q8_0 blocks), read by a
+kernel for a single stream's decode (bound by the bytes it reads), and dequantized in place for
+everything else.
 
 Exactness is stated against the dequantized model: the plain weights are replaced by the
 format's own dequantization in the compute dtype, so every other path (LoRA's shapes, the
