@@ -15,7 +15,6 @@ decode step reads over the time per token, against the measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_engine import copy_bandwidth, decode_weight_bytes, make_adapters
+from benchmarks.peer_worker import PeerWorker
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_gguf, smollm2_path
@@ -34,42 +34,16 @@ from loraserve.model.loader import cache_root
 HERE = Path(__file__).resolve().parent
 
 
-class LlamaCppWorker:
+class LlamaCppWorker(PeerWorker):
     """One ``llama_cpp.Llama`` (a model file and, optionally, a LoRA file) in its own process."""
 
-    def __init__(self, python: Path, config: dict) -> None:
-        self.log = Path(tempfile.mkstemp(prefix="llama-cpp-worker-", suffix=".log")[1])
-        with self.log.open("w") as errors:
-            self.proc = subprocess.Popen(
-                [str(python), str(HERE / "llama_cpp_worker.py"), json.dumps(config)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                stderr=errors,
-                env={**os.environ, "PYTHONPATH": ""},
-            )
-        self._reply()
+    name = "llama.cpp"
 
-    def _reply(self) -> dict:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("@@ "):
-                return json.loads(line[3:])
-        raise RuntimeError(
-            f"the llama.cpp worker exited; its log {self.log} ends:\n{self.log.read_text()[-3000:]}"
-        )
+    def __init__(self, python: Path, config: dict) -> None:
+        super().__init__(python, "llama_cpp_worker.py", config, {**os.environ, "PYTHONPATH": ""})
 
     def run(self, prompt: list[int], new_tokens: int) -> dict:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"prompt": prompt, "new_tokens": new_tokens}) + "\n")
-        self.proc.stdin.flush()
-        return self._reply()
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
+        return self.ask({"prompt": prompt, "new_tokens": new_tokens})
 
 
 def loraserve_stream(engine: LLMEngine, prompt: list[int], adapter: str | None, new_tokens: int) -> dict:

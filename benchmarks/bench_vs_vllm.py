@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_engine import make_adapters, timed_run
+from benchmarks.peer_worker import PeerWorker
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_path
@@ -44,50 +44,18 @@ def vllm_env() -> dict[str, str]:
     }
 
 
-class VllmWorker:
+class VllmWorker(PeerWorker):
     """One vLLM ``LLM`` in its own process; ``run`` generates a batch and returns tok/s."""
 
-    def __init__(self, python: Path, config: dict) -> None:
-        env = vllm_env()
-        self.log = Path(tempfile.mkstemp(prefix="vllm-worker-", suffix=".log")[1])
-        with self.log.open("w") as errors:  # vLLM's own errors, for when it fails to start
-            self.proc = subprocess.Popen(
-                [str(python), str(HERE / "vllm_worker.py"), json.dumps(config)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-                stderr=errors,
-                cwd=tempfile.gettempdir(),
-            )
-        self._reply()
+    name = "vLLM"
 
-    def _reply(self) -> dict:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("@@ "):
-                return json.loads(line[3:])
-        tail = self.log.read_text()[-3000:]
-        raise RuntimeError(f"the vLLM worker exited ({self.proc.wait()}); its log {self.log} ends:\n{tail}")
+    def __init__(self, python: Path, config: dict) -> None:
+        super().__init__(python, "vllm_worker.py", config, vllm_env())
 
     def run(
         self, prompts: list[list[int]], adapters: list[str | None], new_tokens: int, ids: bool = False
     ) -> dict:
-        assert self.proc.stdin is not None
-        command = {"prompts": prompts, "adapters": adapters, "new_tokens": new_tokens, "ids": ids}
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        return self._reply()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write('{"quit": true}\n')
-            self.proc.stdin.flush()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        return self.ask({"prompts": prompts, "adapters": adapters, "new_tokens": new_tokens, "ids": ids})
 
 
 def interleaved(
