@@ -176,54 +176,49 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
   });
 }
 
-// out (M, N) = x (M, K) @ w (N, K)^T (+ bias (N)), for the few rows of a single stream's decode.
-void gemv(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out) {
+// What every GEMV entry point shares: x (M, K) with unit-stride rows, out (M, n) of x's dtype,
+// bias (n,) of it where given; the weight's own checks stay with each entry point.
+at::ScalarType check_gemv(const char* name, const torch::Tensor& x, int64_t n,
+                          const c10::optional<torch::Tensor>& bias, const torch::Tensor& out) {
   const auto dtype = checked_dtype(x, "x");
   check_rows(x, "x", dtype, 2);
-  check_contiguous(w, "w", dtype, 2);
   check_rows(out, "out", dtype, 2);
-  TORCH_CHECK(w.size(1) == x.size(1), "gemv: w must be (N, K) for x (M, K)");
-  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == w.size(0), "gemv: out must be (M, N)");
+  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == n, name, ": out must be (M, N)");
   if (bias.has_value()) {
     check_contiguous(*bias, "bias", dtype, 1);
-    TORCH_CHECK(bias->size(0) == w.size(0), "gemv: bias must be (N,)");
+    TORCH_CHECK(bias->size(0) == n, name, ": bias must be (N,)");
   }
+  return dtype;
+}
+
+// out (M, N) = x (M, K) @ w (N, K)^T (+ bias (N)), for the few rows of a single stream's decode.
+void gemv(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out) {
+  check_contiguous(w, "w", checked_dtype(x, "x"), 2);
+  const auto dtype = check_gemv("gemv", x, w.size(0), bias, out);
+  TORCH_CHECK(w.size(1) == x.size(1), "gemv: w must be (N, K) for x (M, K)");
   dispatch(dtype, [&](auto elem) { kernels::gemv<decltype(elem)>(x, w, bias, out); });
 }
 
 // Weight-only int8: out (M, N) = (x @ q^T) * scales (+ bias); q (N, K) int8, scales (N,) fp32.
 void gemv_int8(torch::Tensor x, torch::Tensor q, torch::Tensor scales, c10::optional<torch::Tensor> bias,
                torch::Tensor out) {
-  const auto dtype = checked_dtype(x, "x");
-  check_rows(x, "x", dtype, 2);
+  const auto dtype = check_gemv("gemv_int8", x, q.size(0), bias, out);
   check_contiguous(q, "q", at::kChar, 2);
   check_contiguous(scales, "scales", at::kFloat, 1);
-  check_rows(out, "out", dtype, 2);
   TORCH_CHECK(q.size(1) == x.size(1), "gemv_int8: q must be (N, K) for x (M, K)");
   TORCH_CHECK(scales.size(0) == q.size(0), "gemv_int8: scales must be (N,)");
-  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == q.size(0), "gemv_int8: out must be (M, N)");
-  if (bias.has_value()) {
-    check_contiguous(*bias, "bias", dtype, 1);
-    TORCH_CHECK(bias->size(0) == q.size(0), "gemv_int8: bias must be (N,)");
-  }
   dispatch(dtype, [&](auto elem) { kernels::gemv_int8<decltype(elem)>(x, q, scales, bias, out); });
 }
 
 // GGUF Q8_0: out (M, N) = x @ (q * d)^T (+ bias); q (N, K) int8, d (N, K/32) fp32.
 void gemv_q8_0(torch::Tensor x, torch::Tensor q, torch::Tensor d, c10::optional<torch::Tensor> bias,
                torch::Tensor out) {
-  const auto dtype = checked_dtype(x, "x");
-  check_rows(x, "x", dtype, 2);
+  const auto dtype = check_gemv("gemv_q8_0", x, q.size(0), bias, out);
   check_contiguous(q, "q", at::kChar, 2);
   check_contiguous(d, "d", at::kFloat, 2);
-  check_rows(out, "out", dtype, 2);
-  TORCH_CHECK(q.size(1) == x.size(1) && q.size(1) % 32 == 0, "gemv_q8_0: q must be (N, K) for x (M, K), K a multiple of 32");
+  TORCH_CHECK(q.size(1) == x.size(1) && q.size(1) % 32 == 0,
+              "gemv_q8_0: q must be (N, K) for x (M, K), K a multiple of 32");
   TORCH_CHECK(d.size(0) == q.size(0) && d.size(1) == q.size(1) / 32, "gemv_q8_0: d must be (N, K/32)");
-  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == q.size(0), "gemv_q8_0: out must be (M, N)");
-  if (bias.has_value()) {
-    check_contiguous(*bias, "bias", dtype, 1);
-    TORCH_CHECK(bias->size(0) == q.size(0), "gemv_q8_0: bias must be (N,)");
-  }
   dispatch(dtype, [&](auto elem) { kernels::gemv_q8_0<decltype(elem)>(x, q, d, bias, out); });
 }
 

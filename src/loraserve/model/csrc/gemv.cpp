@@ -124,35 +124,28 @@ inline float dot_int8(const float* x, const int8_t* row, int64_t K) {
   return total;
 }
 
-}  // namespace
-
-// Weight-only int8: out (M, N) = (x @ q^T) * scales (+ bias), q (N, K) int8 with one fp32 scale
-// per row; half the bytes of bf16 streamed the same way as gemv.
-template <class T>
-void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::Tensor> bias, at::Tensor out) {
+// out (M, N) = row_dot(x row m widened to fp32, int8 row n, n) (+ bias), for the int8 formats:
+// x widened once (every row of q reads it), each thread streaming its rows of q as gemv does.
+template <class T, class RowDot>
+void int8_rows(at::Tensor x, at::Tensor q, c10::optional<at::Tensor> bias, at::Tensor out, RowDot row_dot) {
   using E = Elem<T>;
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   const int64_t x_stride = x.stride(0), o_stride = out.stride(0);
-  std::vector<float> xf(M * K);  // x widened once: every row of q reads it
+  std::vector<float> xf(M * K);
   const T* xp = x.data_ptr<T>();
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) xf[m * K + k] = E::to_f(xp[m * x_stride + k]);
   const int8_t* qp = q.data_ptr<int8_t>();
-  const float* sp = scales.data_ptr<float>();
   const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t m = 0; m < M; ++m) {
-      const float dot = dot_int8(xf.data() + m * K, qp + n * K, K) * sp[n];
+      const float dot = row_dot(xf.data() + m * K, qp + n * K, n);
       op[m * o_stride + n] = E::from_f(bp != nullptr ? dot + E::to_f(bp[n]) : dot);
     }
   }
 }
-
-LORASERVE_INSTANTIATE(gemv_int8, (at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor))
-
-namespace {
 
 constexpr int64_t kBlock = 32;  // GGUF Q8_0's block
 
@@ -169,28 +162,27 @@ inline float dot_q8_0(const float* x, const int8_t* row, const float* d, int64_t
 
 }  // namespace
 
+// Weight-only int8: out (M, N) = (x @ q^T) * scales (+ bias), q (N, K) int8 with one fp32 scale
+// per row; half the bytes of bf16 streamed the same way as gemv.
+template <class T>
+void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::Tensor> bias, at::Tensor out) {
+  const float* sp = scales.data_ptr<float>();
+  const int64_t K = x.size(1);
+  int8_rows<T>(x, q, bias, out,
+               [=](const float* xr, const int8_t* qr, int64_t n) { return dot_int8(xr, qr, K) * sp[n]; });
+}
+
+LORASERVE_INSTANTIATE(gemv_int8, (at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor))
+
 // GGUF Q8_0 weights: out (M, N) = x @ (q * d)^T (+ bias), q (N, K) int8, d (N, K/32) fp32 (one
-// scale per block of 32 along K), streamed row by row as gemv_int8.
+// scale per block of 32 along K).
 template <class T>
 void gemv_q8_0(at::Tensor x, at::Tensor q, at::Tensor d, c10::optional<at::Tensor> bias, at::Tensor out) {
-  using E = Elem<T>;
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), blocks = K / kBlock;
-  const int64_t x_stride = x.stride(0), o_stride = out.stride(0);
-  std::vector<float> xf(M * K);
-  const T* xp = x.data_ptr<T>();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) xf[m * K + k] = E::to_f(xp[m * x_stride + k]);
-  const int8_t* qp = q.data_ptr<int8_t>();
   const float* dp = d.data_ptr<float>();
-  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
-  T* op = out.data_ptr<T>();
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t m = 0; m < M; ++m) {
-      const float dot = dot_q8_0(xf.data() + m * K, qp + n * K, dp + n * blocks, K);
-      op[m * o_stride + n] = E::from_f(bp != nullptr ? dot + E::to_f(bp[n]) : dot);
-    }
-  }
+  const int64_t K = x.size(1), blocks = K / kBlock;
+  int8_rows<T>(x, q, bias, out, [=](const float* xr, const int8_t* qr, int64_t n) {
+    return dot_q8_0(xr, qr, dp + n * blocks, K);
+  });
 }
 
 LORASERVE_INSTANTIATE(gemv_q8_0, (at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor))
