@@ -235,20 +235,21 @@ def test_gemv_int8_matches_the_dequantized_product_and_torchs_kernel(kernels, dt
     from loraserve.model.int8 import Int8Format
 
     x = _rand(rows, k, dtype=dtype, seed=1)
-    stored, dequantized = Int8Format().quantize(_rand(n, k, seed=2), dtype)
+    native = Int8Format(kernels.gemv_int8)
+    stored, dequantized = native.quantize(_rand(n, k, seed=2), dtype)  # scales in fp32
+    torch_stored, torch_dequantized = Int8Format().quantize(_rand(n, k, seed=2), dtype)  # in dtype
+    assert torch.equal(torch_dequantized, dequantized) and torch.equal(torch_stored[1].float(), stored[1])
     bias = _rand(n, dtype=dtype, seed=3)
     out = torch.empty(rows, n, dtype=dtype)
-    kernels.gemv_int8(x, stored[0], stored[2], bias, out)
+    kernels.gemv_int8(x, stored[0], stored[1], bias, out)
     expected = x.float() @ dequantized.T + bias.float()
     if dtype == torch.float32:
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(
-            Int8Format(kernels.gemv_int8).matmul(x, stored), x @ dequantized.T, rtol=1e-4, atol=1e-4
-        )
+        torch.testing.assert_close(native.matmul(x, stored), x @ dequantized.T, rtol=1e-4, atol=1e-4)
     else:
         assert _close(out, expected.to(dtype))
     if rows == 1:  # torch's kernel (the fallback) computes the same product
-        theirs = Int8Format().matmul(x, stored).float()
+        theirs = Int8Format().matmul(x, torch_stored).float()
         torch.testing.assert_close(
             theirs, (x.float() @ dequantized.T).to(dtype).float(), rtol=2e-2, atol=2e-2
         )

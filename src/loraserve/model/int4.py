@@ -62,7 +62,7 @@ class Q4Format:
         self, weight: torch.Tensor, dtype: torch.dtype
     ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
         if not fits(weight):
-            return None, weight.float()
+            return None, weight
         q, d, m = quantize_groups(weight)
         # scale and zero in the compute dtype, as the kernel reads them; the reference uses the same
         scale, zero = d.to(dtype), (m + 8 * d).to(dtype)

@@ -45,17 +45,18 @@ class Int8Format:
 
     def quantize(
         self, weight: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The scales rounded to ``dtype`` either way (torch's kernel reads them so; the native
+        one reads the same values in fp32), and the reference uses them."""
         q, scales = quantize_rows(weight)
-        scales = scales.to(dtype)  # as torch's kernel reads them; the reference uses the same
-        return (q, scales, scales.float()), q.float() * scales.float()[:, None]
+        scales = scales.to(dtype)
+        dequantized = q.float() * scales.float()[:, None]
+        return (q, scales if self.native is None else scales.float()), dequantized
 
-    def matmul(
-        self, rows: torch.Tensor, stored: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        q, scales, scales_fp32 = stored
+    def matmul(self, rows: torch.Tensor, stored: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q, scales = stored
         if self.native is None:
             return torch.ops.aten._weight_int8pack_mm(rows, q, scales)
         out = torch.empty((rows.shape[0], q.shape[0]), dtype=rows.dtype, device=rows.device)
-        self.native(rows, q, scales_fp32, None, out)
+        self.native(rows, q, scales, None, out)
         return out

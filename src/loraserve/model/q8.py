@@ -40,7 +40,7 @@ class Q8Format:
         self, weight: torch.Tensor, dtype: torch.dtype
     ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
         if weight.shape[1] % BLOCK:
-            return None, weight.float()
+            return None, weight
         q, d = quantize_blocks(weight)
         return (q, d), dequantize_blocks(q, d)
 

@@ -35,8 +35,8 @@ class WeightFormat(Protocol):
     max_rows: int  # rows up to which its kernel beats oneDNN on the dequantized weights
 
     def quantize(self, weight: torch.Tensor, dtype: torch.dtype) -> tuple[Any, torch.Tensor]:
-        """(what ``matmul`` reads, the dequantized weight in fp32); (None, the weight) for a
-        matrix the kernel cannot take, which then goes through the dense path."""
+        """(what ``matmul`` reads, the dequantized weight in fp32); (None, the weight as it is)
+        for a matrix the kernel cannot take, which then goes through the dense path."""
         ...
 
     def matmul(self, rows: torch.Tensor, stored: Any) -> torch.Tensor:
