@@ -128,6 +128,11 @@ class LLMEngine:
             weights = load_peft_adapter(
                 Path(entry.path), self.runner.args, self.config.max_lora_rank, self.dtype
             )
+        return self._ready_to_install(weights)
+
+    def _ready_to_install(self, weights: LoraWeights) -> LoraWeights:
+        """The slot backend's install-ready copy, built on this (non-engine) thread; merged mode
+        installs nothing in slots."""
         if not self.config.lora_merge:
             self.runner.lora.prepare(weights)
         return weights
@@ -156,8 +161,8 @@ class LLMEngine:
                 "activated LoRA (alora_invocation_tokens) cannot be merged: it applies to "
                 "part of each sequence; serve it with option.lora_merge=false"
             )
-        if preload and not self.config.lora_merge:
-            self.runner.lora.prepare(weights)  # here, not on the engine thread at first install
+        if preload:  # here, not on the engine thread at its first install
+            self._ready_to_install(weights)
         with self.lock:
             entry = self.adapters.register(name, str(path), weights, pin, preload, identity, took)
             self._changed()

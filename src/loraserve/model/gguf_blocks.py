@@ -51,9 +51,10 @@ def block_targets(source: Path, option: str) -> dict[Matrix, str] | None:
     not have."""
     if source.suffix != ".gguf":
         return None
-    found = {matrix: kind for matrix, kind in matrix_types(source).items() if kind in SERVED}
+    types = matrix_types(source)
+    found = {matrix: kind for matrix, kind in types.items() if kind in SERVED}
     if not any(layer is not None for layer, _ in found):
-        kinds = sorted(set(matrix_types(source).values()))
+        kinds = sorted(set(types.values()))
         raise ConfigError(
             f"option.quantize={option} serves a GGUF file's Q4_1 and Q8_0 matrices with their own "
             f"blocks; {source.name} holds {', '.join(kinds)} matrices: leave option.quantize unset "

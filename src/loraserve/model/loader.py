@@ -70,14 +70,14 @@ def convert_gguf(gguf_path: Path, dtype: torch.dtype | None = None) -> Path:
     ``dtype`` or the one its values need (``conversion_dtype``)."""
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    natural = conversion_dtype(gguf_path)
-    dtype = dtype or natural
-    suffix = "" if dtype == natural else f"-{str(dtype).removeprefix('torch.')}"
+    natural = conversion_dtype(gguf_path) if dtype is not None else None  # read the file only then
+    suffix = "" if dtype is None or dtype == natural else f"-{str(dtype).removeprefix('torch.')}"
     target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}{suffix}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = dtype or conversion_dtype(gguf_path)
     log.info("converting %s to safetensors (once; cached in %s)", gguf_path.name, target)
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
