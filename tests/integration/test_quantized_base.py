@@ -207,3 +207,18 @@ def _unpermute(weights: torch.Tensor, heads: int) -> torch.Tensor:
     """The reverse of llama.cpp's q/k row order (``gguf_file._permute``)."""
     rows = weights.shape[0]
     return weights.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(weights.shape)
+
+
+def test_q8_without_the_native_kernels_is_refused_naming_the_kernel(tmp_path):
+    """q8 has no torch fallback: where the native kernels are not built (``ops`` without them),
+    the model is refused with the kernel's name rather than served some other way."""
+    from loraserve.model.loader import load_state_dict
+    from loraserve.model.quantized import quantized_linears
+    from loraserve.model.weights import ModelWeights
+
+    base = make_tiny_llama(tmp_path / "base")
+    engine = LLMEngine(EngineConfig(model_id=str(base), dtype="fp32", max_model_len=64))
+    runner = engine.runner
+    weights = ModelWeights(runner.args, runner.family.weights, load_state_dict(base), torch.float32, CPU)
+    with pytest.raises(ConfigError, match="gemv_q8_0"):
+        quantized_linears("q8", weights, torch.float32, CPU, 1, None, ops=None)
