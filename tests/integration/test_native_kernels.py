@@ -272,3 +272,38 @@ def test_gemv_q8_0_matches_the_dequantized_product(kernels, dtype, rows, n, k):
         assert _close(out, expected.to(dtype))
     with pytest.raises(RuntimeError, match="multiple of 32"):
         kernels.gemv_q8_0(x[:, :33], q[:, :33].contiguous(), d, None, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (4, 64, 200), (7, 48, 130)])
+def test_w8a8_kernels_give_the_pytorch_paths_bits(kernels, dtype, rows, n, k):
+    """The GEMV (<= 4 rows, VPDPBUSD on unsigned activations where built) and quantize + oneDNN's
+    int8 GEMM + rescale (more rows) give exactly the bits of the PyTorch path (torch._int_mm),
+    and both are the product of the dequantized weights with per-row rounded activations."""
+    from loraserve.model.w8a8 import W8A8Format, W8A8Kernels, fake_quantize
+
+    native = W8A8Format(W8A8Kernels(kernels.w8a8_gemv, kernels.w8a8_quantize, kernels.w8a8_rescale))
+    plain = W8A8Format()
+    plain.onednn = False
+    x = _rand(rows, k, dtype=dtype, seed=1) * torch.linspace(0.1, 4, k).to(dtype)  # uneven columns
+    x[0] = 0  # a zero row quantizes to zeros
+    stored, dequantized = native.quantize(_rand(n, k, seed=2), dtype)
+    ours = native.matmul(x, stored)
+    theirs = plain.matmul(x, stored._replace(packed=None))
+    assert torch.equal(ours, theirs)
+    if stored.packed is not None:  # PyTorch's quantization, oneDNN's GEMM
+        assert torch.equal(W8A8Format().matmul(x, stored), theirs)
+    expected = fake_quantize(x.float()) @ dequantized.T
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+    else:
+        assert _close(ours, expected.to(dtype))
+    bias = _rand(n, dtype=dtype, seed=3)
+    with_bias = torch.empty(rows, n, dtype=dtype)
+    kernels.w8a8_gemv(x, stored.q, stored.wsum, stored.scales, bias, with_bias)
+    if dtype == torch.float32:  # (bf16 rounds once, after the bias)
+        assert torch.equal(with_bias, ours + bias)
+    with pytest.raises(RuntimeError, match="wsum and sw must be"):
+        kernels.w8a8_gemv(x, stored.q, stored.wsum[:-1], stored.scales, None, with_bias)
+    with pytest.raises(RuntimeError, match="xu must be"):
+        kernels.w8a8_quantize(x, torch.empty(rows, k + 1, dtype=torch.uint8), torch.empty(rows))

@@ -1,10 +1,11 @@
-"""Weight-only quantized base weights (``option.quantize=int8|q4``) against the dequantized model
-(the same engine with its base products done by ``F.linear`` on the dequantized weights), with
-and without an unmerged LoRA adapter: in fp32 every greedy token equal and log-probs within 1e-4;
-in bf16 the first token equal and its log-prob within 0.05 (bf16 rounding of the products; two
-bf16 GEMMs break a near-tie of a random model differently later on); merged LoRA refused. The
-quantization error itself (against the original weights) is at most half a step per weight,
-checked on the weights."""
+"""Quantized base weights (``option.quantize=int8|q4|q8|w8a8``) against the dequantized model
+(the same engine with its base products done by ``F.linear`` on the dequantized weights; for
+w8a8 with each product's input rounded per token as the kernel rounds it), with and without an
+unmerged LoRA adapter, one stream (the GEMVs) and a batch (w8a8's int8 GEMM): in fp32 every
+greedy token equal and log-probs within 1e-4; in bf16 the first token equal and its log-prob
+within 0.05 (bf16 rounding of the products; two bf16 GEMMs break a near-tie of a random model
+differently later on); merged LoRA refused. The quantization error itself (against the original
+weights) is at most half a step per weight, checked on the weights."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from loraserve.model.native import cpu_kernels
 from loraserve.model.packed import Linears
 from loraserve.model.q8 import BLOCK, Q8Format, dequantize_blocks, quantize_blocks
 from loraserve.model.quantized import QuantizedLinears
+from loraserve.model.w8a8 import W8A8Format, fake_quantize, w8a8_available
 from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
 
 GREEDY = SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
@@ -28,7 +30,19 @@ FORMATS = {
     "int8": (int8_available(CPU), Int8Format),
     "q4": (q4_available(CPU), Q4Format),
     "q8": (NATIVE, Q8Format),
+    "w8a8": (w8a8_available(CPU), W8A8Format),
 }
+
+
+class FakeQuantizedLinears(Linears):
+    """W8A8's reference: the dequantized weights through ``F.linear``, each product's input
+    rounded per row as the kernel rounds it."""
+
+    def __call__(self, x, layer, name, bias):
+        return super().__call__(fake_quantize(x), layer, name, bias)
+
+    def head(self, x):
+        return super().head(fake_quantize(x))
 
 
 def test_int8_rows_quantize_within_half_a_step():
@@ -86,10 +100,13 @@ def test_quantized_tokens_equal_the_dequantized_model(tmp_path, dtype, kind, mon
     calls = _count_kernel_calls(monkeypatch, fmt)
     quantized = _one_at_a_time(engine, prompts, adapters)  # a single stream decodes on the kernel
     assert calls[0] > 0
+    quantized += engine.generate(prompts * 2, adapters * 2, GREEDY)  # 6 rows: w8a8's GEMM
 
     runner = engine.runner  # the reference: the dequantized weights through F.linear
-    runner.decoder.linears = runner.linears = Linears(runner.weights, 1, enabled=False)
+    reference_linears = FakeQuantizedLinears if kind == "w8a8" else Linears
+    runner.decoder.linears = runner.linears = reference_linears(runner.weights, 1, enabled=False)
     reference = _one_at_a_time(engine, prompts, adapters)
+    reference += engine.generate(prompts * 2, adapters * 2, GREEDY)
     runner.decoder.linears = runner.linears = linears
     if dtype == "fp32":  # only the accumulation order differs: every greedy token is the same
         assert [r.token_ids for r in quantized] == [r.token_ids for r in reference]

@@ -16,7 +16,7 @@ from loraserve.model.hardware import CpuInfo, _cpuinfo_flags, auto_dtype, compil
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 ZEN3 = "fpu sse2 ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand avx2 bmi2"
-SAPPHIRE = ZEN3 + " avx512f avx512dq avx512bw avx512vl avx512_bf16 amx_bf16 amx_tile"
+SAPPHIRE = ZEN3 + " avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 amx_bf16 amx_tile"
 SKYLAKE_X = ZEN3 + " avx512f avx512dq avx512bw avx512vl"
 
 

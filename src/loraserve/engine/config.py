@@ -28,16 +28,17 @@ class EngineConfig:
     lora_merge: bool = False
     max_adapters_per_request: int = 4  # adapters one request may mix (engine/mixtures.py)
     threads: int = 0
-    quantize: str = ""  # "int8" | "q4" | "q8": weight-only quantized base on CPU (model/quantized.py)
+    quantize: str = ""  # "int8" | "q4" | "q8" weight-only, "w8a8": quantized base on CPU (model/quantized.py)
 
     def __post_init__(self) -> None:
         self.quantize = self.quantize.strip().lower()
         if self.quantize == "none":
             self.quantize = ""
-        if self.quantize not in ("", "int8", "q4", "q8"):
+        if self.quantize not in ("", "int8", "q4", "q8", "w8a8"):
             raise ConfigError(
                 f"option.quantize={self.quantize} is not supported: the built-in engine quantizes "
-                "to int8, q4 or q8 (weight-only, CPU); or leave it unset"
+                "to int8, q4 or q8 (weight-only) or w8a8 (int8 weights and activations), on CPU; "
+                "or leave it unset"
             )
         if self.quantize and self.lora_merge:
             raise ConfigError(

@@ -26,7 +26,18 @@ log = logging.getLogger("loraserve.model")
 # runs on a CPU that has every one of them (never -march=native).
 ISA_LEVELS = ("avx512_bf16", "avx512", "avx2", "scalar")
 _REQUIRED = {
-    "avx512_bf16": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx2", "fma", "f16c"),
+    # every CPU with AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4) has AVX512-VNNI too
+    "avx512_bf16": (
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512dq",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx2",
+        "fma",
+        "f16c",
+    ),
     "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"),
     "avx2": ("avx2", "fma", "f16c"),
     "scalar": (),
@@ -38,6 +49,7 @@ _COMPILER_FLAGS = {
         "-mavx512vl",
         "-mavx512dq",
         "-mavx512bf16",
+        "-mavx512vnni",
         "-mavx2",
         "-mfma",
         "-mf16c",

@@ -19,6 +19,7 @@ from loraserve.model.native import cpu_kernels
 from loraserve.model.packed import Gemv
 from loraserve.model.q8 import GemvQ8
 from loraserve.model.rope import RopeTables, apply_rope
+from loraserve.model.w8a8 import W8A8Kernels
 
 Bgmv = Callable[..., None]  # the native BGMV: (x, token_slots, A, B, out, k, rank, starts, lengths, info)
 
@@ -55,6 +56,7 @@ class TorchOps:
     gemv: Gemv | None = None  # the base linears then run oneDNN (or F.linear) at every size
     gemv_int8: GemvInt8 | None = None  # int8 bases then run torch's int8 kernel
     gemv_q8_0: GemvQ8 | None = None  # Q8_0 bases need it
+    w8a8: W8A8Kernels | None = None  # W8A8 bases then quantize and rescale in PyTorch
 
     def __init__(self, dtype: torch.dtype, eps: float) -> None:
         self.dtype, self.eps = dtype, eps
@@ -150,6 +152,7 @@ class NativeOps(TorchOps):
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
         self.gemv, self.gemv_int8, self.gemv_q8_0 = module.gemv, module.gemv_int8, module.gemv_q8_0
+        self.w8a8 = W8A8Kernels(module.w8a8_gemv, module.w8a8_quantize, module.w8a8_rescale)
 
     def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
         return StepTables(rope.cos, rope.sin)  # the kernel indexes the fp32 tables by position

@@ -1,8 +1,9 @@
-"""Weight-only quantized base weights on CPU (``option.quantize=int8|q4|q8``): every base linear
-of the model and its LM head held in a compact format (``int8``: per row; ``q4``: GGUF Q4_1;
-``q8``: GGUF Q8_0; of a GGUF file, each matrix in the file's own Q4_1/Q8_0 blocks), read by a
-kernel for a single stream's decode (bound by the bytes it reads), and dequantized in place for
-everything else.
+"""Quantized base weights on CPU (``option.quantize=int8|q4|q8|w8a8``): every base linear of the
+model and its LM head held in a compact format (``int8``: per row; ``q4``: GGUF Q4_1; ``q8``:
+GGUF Q8_0; of a GGUF file, each matrix in the file's own Q4_1/Q8_0 blocks), read by a kernel for
+a single stream's decode (bound by the bytes it reads), and dequantized in place for everything
+else; ``w8a8`` (``model/w8a8.py``) also quantizes each product's input and runs every row count
+on integer kernels.
 
 Exactness is stated against the dequantized model: the plain weights are replaced by the
 format's own dequantization in the compute dtype, so every other path (LoRA's shapes, the
@@ -14,6 +15,7 @@ refused (``EngineConfig``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias
 
@@ -62,12 +64,16 @@ def quantized_linears(
     from loraserve.model.int4 import Q4Format, q4_available
     from loraserve.model.int8 import Int8Format, int8_available
     from loraserve.model.q8 import Q8Format
+    from loraserve.model.w8a8 import W8A8Format, w8a8_available
 
-    gemv, gemv_int8, gemv_q8 = (ops.gemv, ops.gemv_int8, ops.gemv_q8_0) if ops is not None else (None,) * 3
+    gemv, gemv_int8, gemv_q8, w8a8 = (
+        (ops.gemv, ops.gemv_int8, ops.gemv_q8_0, ops.w8a8) if ops is not None else (None,) * 4
+    )
     makers: dict[str, tuple[bool, Callable[[], WeightFormat], str]] = {
         "int8": (int8_available(device), lambda: Int8Format(gemv_int8), "torch's _weight_int8pack_mm"),
         "q4": (q4_available(device), Q4Format, "torch's _weight_int4pack_mm_for_cpu"),
         "q8": (gemv_q8 is not None, lambda: Q8Format(gemv_q8), "loraserve's native gemv_q8_0"),  # type: ignore[arg-type]
+        "w8a8": (w8a8_available(device), lambda: W8A8Format(w8a8, batch_hint), "torch's _int_mm"),
     }
     scheme = {"Q4_1": "q4", "Q8_0": "q8"}
     needed = {kind} if file_blocks is None else {scheme[b] for b in file_blocks.values()}
@@ -87,7 +93,9 @@ def quantized_linears(
         return None if block is None else formats[scheme[block]]
 
     packed = packing_available(dtype, device)
-    return QuantizedLinears(weights, dtype, plan, lambda: Linears(weights, batch_hint, packed, gemv))
+    return QuantizedLinears(
+        weights, dtype, plan, lambda pack: Linears(weights, batch_hint, packed and pack, gemv)
+    )
 
 
 class QuantizedLinears:
@@ -104,7 +112,7 @@ class QuantizedLinears:
         weights: ModelWeights,
         dtype: torch.dtype,
         plan: Callable[[Matrix], WeightFormat | None],
-        dense: Callable[[], Linears],
+        dense: Callable[[bool], Linears],
     ) -> None:
         self.weights, self.dtype = weights, dtype
         self.stored: list[dict[str, Stored]] = []
@@ -117,7 +125,9 @@ class QuantizedLinears:
         every = [*(s for layer in self.stored for s in layer.values()), self.head_stored]
         move_to_huge_pages([t for stored in every if stored is not None for t in _tensors(stored[1])])
         self.name = "+".join(sorted({s[0].name for s in every if s is not None})) or "dense"
-        self.dense = dense()  # built on the dequantized weights, for many rows
+        # built on the dequantized weights, for many rows; oneDNN-packed copies only where a
+        # product can reach it (w8a8 takes every row count of every matrix it holds)
+        self.dense = dense(any(s is None or s[0].max_rows < sys.maxsize for s in every))
 
     def _quantize(self, weight: torch.Tensor, fmt: WeightFormat | None) -> Stored:
         if fmt is None:
@@ -167,7 +177,8 @@ class QuantizedLinears:
 
 
 def _tensors(stored: Any) -> list[torch.Tensor]:
-    """The tensors of what a format stores (a tensor or a tuple of them)."""
+    """The plain tensors of what a format stores (a tensor or a tuple of them); not oneDNN's
+    packed copies, which only its GEMM reads."""
     if isinstance(stored, torch.Tensor):
         return [stored]
-    return [t for t in stored if isinstance(t, torch.Tensor)]
+    return [t for t in stored if isinstance(t, torch.Tensor) and not t.is_mkldnn]

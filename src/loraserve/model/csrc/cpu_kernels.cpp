@@ -222,6 +222,46 @@ void gemv_q8_0(torch::Tensor x, torch::Tensor q, torch::Tensor d, c10::optional<
   dispatch(dtype, [&](auto elem) { kernels::gemv_q8_0<decltype(elem)>(x, q, d, bias, out); });
 }
 
+// W8A8 for a few rows: out (M, N) = (int8(x) @ q^T) * sx * sw (+ bias), x quantized per row
+// here; q (N, K) int8, wsum (N,) int32 = its row sums (VPDPBUSD's offset), sw (N,) fp32.
+void w8a8_gemv(torch::Tensor x, torch::Tensor q, torch::Tensor wsum, torch::Tensor sw,
+               c10::optional<torch::Tensor> bias, torch::Tensor out) {
+  const auto dtype = check_gemv("w8a8_gemv", x, q.size(0), bias, out);
+  check_contiguous(q, "q", at::kChar, 2);
+  check_contiguous(wsum, "wsum", at::kInt, 1);
+  check_contiguous(sw, "sw", at::kFloat, 1);
+  TORCH_CHECK(q.size(1) == x.size(1), "w8a8_gemv: q must be (N, K) for x (M, K)");
+  TORCH_CHECK(wsum.size(0) == q.size(0) && sw.size(0) == q.size(0), "w8a8_gemv: wsum and sw must be (N,)");
+  dispatch(dtype, [&](auto elem) { kernels::w8a8_gemv<decltype(elem)>(x, q, wsum, sw, bias, out); });
+}
+
+// W8A8 before a GEMM: xu (M, K) uint8 = int8(x) + 128 per row, sx (M,) fp32 its scales.
+void w8a8_quantize(torch::Tensor x, torch::Tensor xu, torch::Tensor sx) {
+  const auto dtype = checked_dtype(x, "x");
+  check_rows(x, "x", dtype, 2);
+  check_contiguous(xu, "xu", at::kByte, 2);
+  check_contiguous(sx, "sx", at::kFloat, 1);
+  TORCH_CHECK(xu.sizes() == x.sizes() && sx.size(0) == x.size(0), "w8a8_quantize: xu must be (M, K), sx (M,)");
+  dispatch(dtype, [&](auto elem) { kernels::w8a8_quantize<decltype(elem)>(x, xu, sx); });
+}
+
+// W8A8 after a GEMM: out (M, N) = acc * sx[m] * sw[n] (+ bias), acc (M, N) fp32 integer sums.
+void w8a8_rescale(torch::Tensor acc, torch::Tensor sx, torch::Tensor sw, c10::optional<torch::Tensor> bias,
+                  torch::Tensor out) {
+  check_rows(acc, "acc", at::kFloat, 2);
+  const auto dtype = checked_dtype(out, "out");
+  check_rows(out, "out", dtype, 2);
+  check_contiguous(sx, "sx", at::kFloat, 1);
+  check_contiguous(sw, "sw", at::kFloat, 1);
+  TORCH_CHECK(out.sizes() == acc.sizes() && sx.size(0) == acc.size(0) && sw.size(0) == acc.size(1),
+              "w8a8_rescale: out must be acc's (M, N), sx (M,), sw (N,)");
+  if (bias.has_value()) {
+    check_contiguous(*bias, "bias", dtype, 1);
+    TORCH_CHECK(bias->size(0) == acc.size(1), "w8a8_rescale: bias must be (N,)");
+  }
+  dispatch(dtype, [&](auto elem) { kernels::w8a8_rescale<decltype(elem)>(acc, sx, sw, bias, out); });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
   m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
@@ -230,6 +270,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");
   m.def("gemv_int8", &gemv_int8, "weight-only int8 x @ q^T * scales (+ bias) for a few rows");
   m.def("gemv_q8_0", &gemv_q8_0, "GGUF Q8_0 x @ (q * d)^T (+ bias) for a few rows");
+  m.def("w8a8_gemv", &w8a8_gemv, "int8 weights times per-row int8 activations for a few rows");
+  m.def("w8a8_quantize", &w8a8_quantize, "rows to int8 (+128, uint8) with one scale each");
+  m.def("w8a8_rescale", &w8a8_rescale, "integer sums times row and column scales (+ bias)");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
   m.def("vector_width", [] { return int64_t(simd::Vec::W); },
         "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");

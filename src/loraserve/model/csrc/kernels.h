@@ -1,5 +1,5 @@
 // The kernels, each written once as a template over its element type T and instantiated for float
-// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp, gemv.cpp). cpu_kernels.cpp checks every input, then calls
+// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp, gemv.cpp, w8a8.cpp). cpu_kernels.cpp checks every input, then calls
 // the instantiation of the tensors' dtype. Shapes are documented at the entry points.
 #pragma once
 
@@ -28,6 +28,13 @@ template <class T>
 void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::Tensor> bias, at::Tensor out);
 template <class T>
 void gemv_q8_0(at::Tensor x, at::Tensor q, at::Tensor d, c10::optional<at::Tensor> bias, at::Tensor out);
+template <class T>
+void w8a8_gemv(at::Tensor x, at::Tensor q, at::Tensor wsum, at::Tensor sw, c10::optional<at::Tensor> bias,
+               at::Tensor out);
+template <class T>
+void w8a8_quantize(at::Tensor x, at::Tensor xu, at::Tensor sx);
+template <class T>
+void w8a8_rescale(at::Tensor acc, at::Tensor sx, at::Tensor sw, c10::optional<at::Tensor> bias, at::Tensor out);
 template <class T>
 void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
                       at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap);

@@ -1,0 +1,134 @@
+"""W8A8 (``option.quantize=w8a8``): int8 weights, one scale per output channel (as ``int8``),
+times int8 activations, one scale per token, quantized on the fly before every base product
+(SmoothQuant's per-token dynamic scheme, without smoothing). The integer products are exact, so
+at every batch size the product runs on integer hardware: VPDPBUSD (AVX512-VNNI) in loraserve's
+native GEMV for a few rows, oneDNN's int8 GEMM on weights packed once (VNNI, AMX-int8 where the
+CPU has it) for more — half the bytes of bf16 at batch 1, a higher multiply rate at batch 32.
+
+Exactness is stated against the model whose weights are the dequantized int8 weights and whose
+every base product's input is rounded the same way (``fake_quantize``): only the sum's conversion
+to fp32 and the final scaling round. Against the weight-only ``int8`` model it adds the
+activations' own rounding (at most half a step of each token's largest magnitude / 127).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from loraserve.model.int8 import quantize_rows
+
+GEMV_ROWS = 4  # up to which the native streaming GEMV beats oneDNN's int8 GEMM (weights read once)
+
+
+@dataclass(frozen=True, slots=True)
+class W8A8Kernels:
+    """The native entry points (``csrc/w8a8.cpp``)."""
+
+    gemv: Callable[..., None]  # (x, q, wsum, sw, bias, out)
+    quantize: Callable[..., None]  # (x, xu, sx)
+    rescale: Callable[..., None]  # (acc, sx, sw, bias, out)
+
+
+class W8A8Weight(NamedTuple):
+    q: torch.Tensor  # (N, K) int8, read by the GEMV
+    wsum: torch.Tensor  # (N,) int32 row sums: VPDPBUSD's offset for unsigned activations
+    scales: torch.Tensor  # (N,) fp32
+    packed: torch.Tensor | None  # oneDNN's packed copy for its int8 GEMM; None: torch._int_mm
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 (M, K), scales (M,) fp32): symmetric per row, a zero row's scale the smallest normal
+    float; the native kernel's arithmetic, so both give the same bits."""
+    x32 = x.float()
+    scales = (x32.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(x32 / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+
+def fake_quantize(x: torch.Tensor) -> torch.Tensor:
+    """x with each row rounded as the kernel rounds it, in x's dtype: the reference's input."""
+    rows = x.reshape(-1, x.shape[-1])
+    q, scales = quantize_activations(rows)
+    return (q.float() * scales[:, None]).to(x.dtype).view(x.shape)
+
+
+def w8a8_available(device: torch.device) -> bool:
+    if device.type != "cpu":
+        return False
+    try:
+        torch._int_mm(torch.zeros(1, 8, dtype=torch.int8), torch.zeros(8, 8, dtype=torch.int8))
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def onednn_int8_available() -> bool:
+    """oneDNN's int8 linear on prepacked weights (the kernel PyTorch's x86 int8 inference uses)."""
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(torch.zeros(16, 8, dtype=torch.int8), [1, 8])
+        _onednn_int8(torch.zeros(1, 8, dtype=torch.uint8), packed, *_unit_scales(16))
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def _unit_scales(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ones(n), torch.zeros(n, dtype=torch.int32)
+
+
+def _onednn_int8(
+    xu: torch.Tensor, packed: torch.Tensor, ones: torch.Tensor, zeros: torch.Tensor
+) -> torch.Tensor:
+    """(M, N) fp32 integer sums of (xu - 128) @ q^T: unit scales, so oneDNN only converts them."""
+    return torch.ops.onednn.qlinear_pointwise(
+        xu, 1.0, 128, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+    )
+
+
+class W8A8Format:
+    """Every row count goes through it (``max_rows`` unbounded): the int8 GEMM beats the packed
+    bf16 one at batch sizes too, so the dequantized weights are never read by a product."""
+
+    name = "w8a8-int8-dynamic"
+    max_rows = sys.maxsize
+
+    def __init__(self, native: W8A8Kernels | None = None, batch_hint: int = 32) -> None:
+        self.native, self.batch_hint = native, batch_hint
+        self.onednn = onednn_int8_available()
+        self._units: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def quantize(self, weight: torch.Tensor, dtype: torch.dtype) -> tuple[W8A8Weight, torch.Tensor]:
+        q, scales = quantize_rows(weight)
+        packed = torch.ops.onednn.qlinear_prepack(q, [self.batch_hint, q.shape[1]]) if self.onednn else None
+        stored = W8A8Weight(q, q.sum(dim=1, dtype=torch.int32), scales, packed)
+        return stored, q.float() * scales[:, None]
+
+    def matmul(self, rows: torch.Tensor, stored: W8A8Weight) -> torch.Tensor:
+        q, wsum, scales, packed = stored
+        m, n = rows.shape[0], q.shape[0]
+        out = torch.empty((m, n), dtype=rows.dtype, device=rows.device)
+        native = self.native
+        if native is not None and m <= GEMV_ROWS:
+            native.gemv(rows, q, wsum, scales, None, out)
+            return out
+        if native is not None:
+            xu = torch.empty(rows.shape, dtype=torch.uint8)
+            sx = torch.empty(m)
+            native.quantize(rows, xu, sx)
+        else:
+            qx, sx = quantize_activations(rows)
+            xu = (qx.to(torch.int32) + 128).to(torch.uint8)
+        if packed is not None:
+            if n not in self._units:
+                self._units[n] = _unit_scales(n)
+            acc = _onednn_int8(xu, packed, *self._units[n])
+        else:
+            acc = torch._int_mm((xu.to(torch.int32) - 128).to(torch.int8), q.t()).float()
+        if native is not None:
+            native.rescale(acc, sx, scales, None, out)
+            return out
+        return out.copy_(acc * sx[:, None] * scales[None, :])
