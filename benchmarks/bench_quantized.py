@@ -1,4 +1,4 @@
-"""Weight-only quantized base weights (``option.quantize=int8`` and ``q4``) against the default
+"""Quantized base weights (``option.quantize=int8``, ``q4``, ``q8``, ``w8a8``) against the default
 dtype, in one run.
 
 SmolLM2-135M (the demo model; q4 serves its shipped Q4_1 GGUF file's own blocks); decode
