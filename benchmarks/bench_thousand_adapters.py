@@ -63,11 +63,14 @@ def write_adapters(root: Path, engine: LLMEngine, count: int, rank: int, mixed: 
     return paths
 
 
-def run_traffic(engine: LLMEngine, names: list[str], clients: int, requests: int, alpha: float) -> dict:
+def run_traffic(
+    engine: LLMEngine, names: list[str], clients: int, requests: int, alpha: float, read_done: dict
+) -> dict:
     """Closed-loop clients; returns throughput, TTFTs and the number of adapter reads."""
     params = SamplingParams(max_new_tokens=32, ignore_eos=True)
     prompt = engine.tokenizer.encode("Write one sentence about the sea, please:")
     ttfts: list[float] = []
+    waited: list[tuple[float, float]] = []  # (TTFT, of it waiting on the adapter's read)
     tokens = 0
     guard = threading.Lock()
     reads_before = engine.prefetch.reads
@@ -91,6 +94,9 @@ def run_traffic(engine: LLMEngine, names: list[str], clients: int, requests: int
             with guard:
                 ttfts.append(marks[0] - started)
                 tokens += len(seq.output_ids)
+                read_at = read_done.get(seq.adapter, 0.0)  # type: ignore[arg-type]
+                if started <= read_at <= marks[0]:
+                    waited.append((marks[0] - started, read_at - started))
 
     began = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -100,7 +106,7 @@ def run_traffic(engine: LLMEngine, names: list[str], clients: int, requests: int
         t.join()
     elapsed = time.perf_counter() - began
     ttfts.sort()
-    return {
+    return read_split(ttfts, waited) | {
         "tok_s": tokens / elapsed,
         "ttft_p50": statistics.median(ttfts),
         "ttft_p99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
@@ -125,12 +131,12 @@ def one_run(
     for i, path in enumerate(adapters):
         engine.register_adapter(f"a{i}", path, preload=preload)
         names.append(f"a{i}")
-    steps = watch_steps(engine)
+    steps, reads = watch_steps(engine), watch_reads(engine)
     engine.start()
     try:
-        run_traffic(engine, names, args.clients, 1, args.alpha)  # warm-up
+        run_traffic(engine, names, args.clients, 1, args.alpha, reads)  # warm-up
         steps.clear()
-        result = run_traffic(engine, names, args.clients, args.requests, args.alpha)
+        result = run_traffic(engine, names, args.clients, args.requests, args.alpha, reads)
         result |= summarize_steps(steps)
         stats = engine.adapters.stats()
         result |= {"evictions": stats["evictions"], "holds": stats["holds"], "refs": stats["slot_refs"]}
@@ -156,6 +162,42 @@ def watch_steps(engine: LLMEngine) -> list[tuple[int, int, float]]:
 
     engine.step = watched  # type: ignore[method-assign]
     return steps
+
+
+def watch_reads(engine: LLMEngine) -> dict:
+    """When each adapter version's latest read from disk finished (perf_counter seconds)."""
+    done: dict = {}
+    cache = engine.prefetch.cache
+    read = cache.read
+
+    def watched(entry):  # type: ignore[no-untyped-def]
+        began = time.perf_counter()
+        weights = read(entry)
+        done[entry.key] = time.perf_counter()
+        done.setdefault("durations", []).append(done[entry.key] - began)
+        return weights
+
+    cache.read = watched  # type: ignore[method-assign]
+    return done
+
+
+def read_split(ttfts: list[float], waited: list[tuple[float, float]]) -> dict:
+    """The TTFTs of requests that waited on their adapter's read, and how much of it was the
+    wait: what the tail is made of."""
+
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+    return {
+        "waited": len(waited),
+        "waited_ttft_p50": pct([t for t, _ in waited], 0.5),
+        "waited_ttft_p99": pct([t for t, _ in waited], 0.99),
+        "read_wait_p50": pct([w for _, w in waited], 0.5),
+        "read_wait_p99": pct([w for _, w in waited], 0.99),
+        "top_ttfts_waiting": sum(1 for t in ttfts[int(0.95 * len(ttfts)) :] if t in {x for x, _ in waited}),
+        "top_count": len(ttfts[int(0.95 * len(ttfts)) :]),
+    }
 
 
 def summarize_steps(steps: list[tuple[int, int, float]]) -> dict:
@@ -227,6 +269,13 @@ def report(label: str, r: dict) -> None:
         f"{r['distinct']:.1f} adapters, {r['step_ms']:.1f} ms; afterwards holds {r['holds']}, "
         f"slot refs {r['refs']}"
     )
+    if r["waited"]:
+        print(
+            f"  {r['waited']} requests waited on their adapter's read: TTFT p50 "
+            f"{r['waited_ttft_p50'] * 1e3:.0f} ms, p99 {r['waited_ttft_p99'] * 1e3:.0f} ms, of it the read "
+            f"p50 {r['read_wait_p50'] * 1e3:.0f} ms, p99 {r['read_wait_p99'] * 1e3:.0f} ms; of the slowest "
+            f"5% of TTFTs, {r['top_ttfts_waiting']} of {r['top_count']} waited on a read"
+        )
 
 
 def main() -> None:

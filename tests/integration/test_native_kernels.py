@@ -307,3 +307,47 @@ def test_w8a8_kernels_give_the_pytorch_paths_bits(kernels, dtype, rows, n, k):
         kernels.w8a8_gemv(x, stored.q, stored.wsum[:-1], stored.scales, None, with_bias)
     with pytest.raises(RuntimeError, match="xu must be"):
         kernels.w8a8_quantize(x, torch.empty(rows, k + 1, dtype=torch.uint8), torch.empty(rows))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lora_slot_image_kernel_builds_the_pytorch_image(kernels, tmp_path, dtype):
+    """An adapter's slot image from the native kernel (one pass) equals the PyTorch path's, bit
+    for bit: every-module adapters at one rank (the image is not zeroed first: every row is
+    written), and per-module ranks and layers left out (rows below the slot's rank stay zero)."""
+    from loraserve.engine import EngineConfig, LLMEngine
+    from loraserve.model.lora.native import NativeLora
+    from loraserve.model.peft_adapter import load_peft_adapter
+    from loraserve.testing.tiny import make_peft_adapter, make_tiny_llama
+
+    base = make_tiny_llama(tmp_path / "base")
+    engine = LLMEngine(EngineConfig(model_id=str(base), dtype=dtype, max_model_len=64, max_lora_rank=8))
+    lora = engine.runner.lora
+    if not isinstance(lora, NativeLora):
+        pytest.skip("the native LoRA backend is not in use")
+    every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapters = [
+        make_peft_adapter(base, tmp_path / "all", rank=8, target_modules=every, alpha=24),
+        make_peft_adapter(
+            base,
+            tmp_path / "mixed",
+            rank=4,
+            target_modules=every,
+            rank_pattern={"v_proj": 2, "down_proj": 8},
+            layers_to_transform=[1],
+            seed=3,
+        ),
+    ]
+    for path in adapters:
+        images = []
+        for kernel in (kernels.lora_image, None):
+            weights = load_peft_adapter(path, engine.runner.args, 8, engine.dtype)
+            lora.image_kernel = kernel
+            lora.prepare(weights)
+            assert weights.slot_image is not None
+            images.append(weights.slot_image)
+        native, reference = images
+        assert native.keys() == reference.keys()
+        for group in native:
+            assert all(torch.equal(n, r) for n, r in zip(native[group], reference[group])), group
+            if path.name == "mixed":  # layer 0 is not adapted: its rows must be zeros
+                assert not native[group][0][0].any() and not native[group][1][0].any()

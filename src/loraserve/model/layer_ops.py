@@ -57,6 +57,7 @@ class TorchOps:
     gemv_int8: GemvInt8 | None = None  # int8 bases then run torch's int8 kernel
     gemv_q8_0: GemvQ8 | None = None  # Q8_0 bases need it
     w8a8: W8A8Kernels | None = None  # W8A8 bases then quantize and rescale in PyTorch
+    lora_image: Callable[..., None] | None = None  # native LoRA slot images then built in PyTorch
 
     def __init__(self, dtype: torch.dtype, eps: float) -> None:
         self.dtype, self.eps = dtype, eps
@@ -153,6 +154,7 @@ class NativeOps(TorchOps):
         self.bgmv = module.bgmv
         self.gemv, self.gemv_int8, self.gemv_q8_0 = module.gemv, module.gemv_int8, module.gemv_q8_0
         self.w8a8 = W8A8Kernels(module.w8a8_gemv, module.w8a8_quantize, module.w8a8_rescale)
+        self.lora_image = module.lora_image
 
     def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:
         return StepTables(rope.cos, rope.sin)  # the kernel indexes the fp32 tables by position

@@ -48,7 +48,15 @@ def cpu_kernels(level: str | None = None) -> ModuleType | None:
     return _modules[level]
 
 
-_UNITS = ("cpu_kernels.cpp", "bgmv.cpp", "rowwise.cpp", "attention.cpp", "gemv.cpp", "w8a8.cpp")
+_UNITS = (
+    "cpu_kernels.cpp",
+    "bgmv.cpp",
+    "rowwise.cpp",
+    "attention.cpp",
+    "gemv.cpp",
+    "w8a8.cpp",
+    "lora_image.cpp",
+)
 
 
 def _cflags(level: str) -> list[str]:

@@ -262,6 +262,35 @@ void w8a8_rescale(torch::Tensor acc, torch::Tensor sx, torch::Tensor sw, c10::op
   dispatch(dtype, [&](auto elem) { kernels::w8a8_rescale<decltype(elem)>(acc, sx, sw, bias, out); });
 }
 
+// One (module, rank) run of an adapter's slot image: per entry n, a[n] (r, in) into rows
+// column + i * stride of image_a[layers[n]] (L, k*R, in), and b[n] (out, r) transposed and times
+// scales[n] into image_b[layers[n]] (L, R, fan_out) at columns row_start.. (lora/native.py).
+void lora_image(std::vector<torch::Tensor> a, std::vector<torch::Tensor> b, std::vector<double> scales,
+                std::vector<int64_t> layers, torch::Tensor image_a, torch::Tensor image_b, int64_t column,
+                int64_t stride, int64_t row_start) {
+  const auto dtype = checked_dtype(image_a, "image_a");
+  check_contiguous(image_a, "image_a", dtype, 3);
+  check_contiguous(image_b, "image_b", dtype, 3);
+  const size_t count = a.size();
+  TORCH_CHECK(b.size() == count && scales.size() == count && layers.size() == count,
+              "lora_image: a, b, scales and layers must have one entry each");
+  const int64_t L = image_a.size(0), rows = image_a.size(1), fan_in = image_a.size(2);
+  TORCH_CHECK(image_b.size(0) == L && stride > 0 && column >= 0 && column < stride && row_start >= 0,
+              "lora_image: image_a (L, k*R, in), image_b (L, R, out), 0 <= column < stride");
+  for (size_t n = 0; n < count; ++n) {
+    check_contiguous(a[n], "a[n]", dtype, 2);
+    check_contiguous(b[n], "b[n]", dtype, 2);
+    const int64_t r = a[n].size(0);
+    TORCH_CHECK(layers[n] >= 0 && layers[n] < L, "lora_image: layers[", n, "] = ", layers[n], " is outside [0, ", L, ")");
+    TORCH_CHECK(a[n].size(1) == fan_in && column + (r - 1) * stride < rows && b[n].size(1) == r &&
+                    r <= image_b.size(1) && row_start + b[n].size(0) <= image_b.size(2),
+                "lora_image: entry ", n, " does not fit the image");
+  }
+  dispatch(dtype, [&](auto elem) {
+    kernels::lora_image<decltype(elem)>(a, b, scales, layers, image_a, image_b, column, stride, row_start);
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
   m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
@@ -273,6 +302,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w8a8_gemv", &w8a8_gemv, "int8 weights times per-row int8 activations for a few rows");
   m.def("w8a8_quantize", &w8a8_quantize, "rows to int8 (+128, uint8) with one scale each");
   m.def("w8a8_rescale", &w8a8_rescale, "integer sums times row and column scales (+ bias)");
+  m.def("lora_image", &lora_image, "an adapter's factors into its slot image, in one pass");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
   m.def("vector_width", [] { return int64_t(simd::Vec::W); },
         "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");

@@ -1,9 +1,11 @@
 // The kernels, each written once as a template over its element type T and instantiated for float
-// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp, gemv.cpp, w8a8.cpp). cpu_kernels.cpp checks every input, then calls
+// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp, gemv.cpp, w8a8.cpp, lora_image.cpp). cpu_kernels.cpp checks every input, then calls
 // the instantiation of the tensors' dtype. Shapes are documented at the entry points.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <vector>
 
 #include "simd.h"
 
@@ -35,6 +37,10 @@ template <class T>
 void w8a8_quantize(at::Tensor x, at::Tensor xu, at::Tensor sx);
 template <class T>
 void w8a8_rescale(at::Tensor acc, at::Tensor sx, at::Tensor sw, c10::optional<at::Tensor> bias, at::Tensor out);
+template <class T>
+void lora_image(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
+                const std::vector<double>& scales, const std::vector<int64_t>& layers, at::Tensor image_a,
+                at::Tensor image_b, int64_t column, int64_t stride, int64_t row_start);
 template <class T>
 void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
                       at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap);

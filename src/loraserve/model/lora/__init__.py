@@ -30,5 +30,5 @@ def lora_backend(
 ) -> LoraBackend:
     """The native backend where the runner's ops carry a BGMV kernel, else the PyTorch one."""
     if ops.bgmv is not None:
-        return NativeLora(args, slots, rank, dtype, device, ops.bgmv, weights)
+        return NativeLora(args, slots, rank, dtype, device, ops.bgmv, weights, ops.lora_image)
     return TorchLora(args, slots, rank, dtype, device, weights)
