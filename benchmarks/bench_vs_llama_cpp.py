@@ -1,7 +1,7 @@
 """loraserve against llama.cpp (llama-cpp-python, built from source for this CPU) on one stream,
 on the same GGUF files, in one run, interleaved.
 
-SmolLM2-135M-Instruct as shipped (Q4_1) and as BF16 (written by llama.cpp's own
+SmolLM2-135M-Instruct as shipped (Q4_1), as BF16 and as Q8_0 (written by llama.cpp's own
 ``convert_hf_to_gguf.py``); the base and one rank-16 all-linear adapter, converted for llama.cpp
 by its own ``convert_lora_to_gguf.py``. Time to first token and time per output token for one
 stream of ``--prompt-len`` ids and ``--new-tokens`` greedy tokens, best of ``--repeats``
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--python", type=Path, default=HERE / ".llamacpp-venv" / "bin" / "python")
+    parser.add_argument("--files", default="Q4_1,BF16,Q8_0", help="which of the GGUF files to run")
     opts = parser.parse_args()
     threads = os.cpu_count() or 1
     hf_dir, q4_1 = smollm2_path(), smollm2_gguf()
@@ -111,6 +112,12 @@ def main() -> None:
         opts.python,
         [str(hf_dir), "--outtype", "bf16"],
         store / "SmolLM2-135M-Instruct.BF16.gguf",
+    )
+    q8_0 = converted(
+        "convert_hf_to_gguf.py",
+        opts.python,
+        [str(hf_dir), "--outtype", "q8_0"],
+        store / "SmolLM2-135M-Instruct.Q8_0.gguf",
     )
     with tempfile.TemporaryDirectory() as tmp:
         probe = LLMEngine(EngineConfig(model_id=str(hf_dir), dtype="auto"))
@@ -132,8 +139,15 @@ def main() -> None:
             f"best of {opts.repeats}; copy bandwidth {bandwidth / 1e9:.1f} GB/s",
             flush=True,
         )
-        files = {"Q4_1": (q4_1, [("q4", q4_1), ("", hf_dir)]), "BF16": (bf16, [("", bf16)])}
-        for label, (gguf, ours) in files.items():
+        files = {
+            "Q4_1": (q4_1, [("q4", q4_1), ("", hf_dir)]),
+            "BF16": (bf16, [("", bf16)]),
+            # llama.cpp multiplies Q8_0 by 8-bit activations: against it, the file's own blocks
+            # (q8, weight-only) and int8 weights times int8 activations (w8a8)
+            "Q8_0": (q8_0, [("q8", q8_0), ("w8a8", hf_dir)]),
+        }
+        chosen = opts.files.split(",")
+        for label, (gguf, ours) in [(k, v) for k, v in files.items() if k in chosen]:
             engines = {q or "default dtype": engine_for(model, q, adapter) for q, model in ours}
             for with_adapter in (False, True):
                 config = {"model": str(gguf), "lora": str(lora) if with_adapter else None}
