@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
@@ -64,13 +65,14 @@ def write_adapters(root: Path, engine: LLMEngine, count: int, rank: int, mixed: 
 
 
 def run_traffic(
-    engine: LLMEngine, names: list[str], clients: int, requests: int, alpha: float, read_done: dict
+    engine: LLMEngine, names: list[str], clients: int, requests: int, alpha: float, reads: ReadLog
 ) -> dict:
     """Closed-loop clients; returns throughput, TTFTs and the number of adapter reads."""
     params = SamplingParams(max_new_tokens=32, ignore_eos=True)
     prompt = engine.tokenizer.encode("Write one sentence about the sea, please:")
     ttfts: list[float] = []
-    waited: list[tuple[float, float]] = []  # (TTFT, of it waiting on the adapter's read)
+    waits: list[float | None] = []  # per request, beside its TTFT: how long it waited on a read
+    read_count = len(reads.durations)
     tokens = 0
     guard = threading.Lock()
     reads_before = engine.prefetch.reads
@@ -94,9 +96,8 @@ def run_traffic(
             with guard:
                 ttfts.append(marks[0] - started)
                 tokens += len(seq.output_ids)
-                read_at = read_done.get(seq.adapter, 0.0)  # type: ignore[arg-type]
-                if started <= read_at <= marks[0]:
-                    waited.append((marks[0] - started, read_at - started))
+                read_at = reads.done.get(seq.adapter, 0.0)  # type: ignore[arg-type]
+                waits.append(read_at - started if started <= read_at <= marks[0] else None)
 
     began = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -105,8 +106,9 @@ def run_traffic(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
+    split = read_split(ttfts, waits, reads.durations[read_count:])
     ttfts.sort()
-    return read_split(ttfts, waited) | {
+    return split | {
         "tok_s": tokens / elapsed,
         "ttft_p50": statistics.median(ttfts),
         "ttft_p99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
@@ -164,39 +166,50 @@ def watch_steps(engine: LLMEngine) -> list[tuple[int, int, float]]:
     return steps
 
 
-def watch_reads(engine: LLMEngine) -> dict:
-    """When each adapter version's latest read from disk finished (perf_counter seconds)."""
-    done: dict = {}
+@dataclass
+class ReadLog:
+    """Adapter reads from disk as the benchmark saw them."""
+
+    done: dict = field(default_factory=dict)  # adapter version -> when its latest read finished
+    durations: list[float] = field(default_factory=list)  # seconds per read, in order
+
+
+def watch_reads(engine: LLMEngine) -> ReadLog:
+    log = ReadLog()
     cache = engine.prefetch.cache
     read = cache.read
 
     def watched(entry):  # type: ignore[no-untyped-def]
         began = time.perf_counter()
         weights = read(entry)
-        done[entry.key] = time.perf_counter()
-        done.setdefault("durations", []).append(done[entry.key] - began)
+        log.done[entry.key] = time.perf_counter()
+        log.durations.append(log.done[entry.key] - began)
         return weights
 
     cache.read = watched  # type: ignore[method-assign]
-    return done
+    return log
 
 
-def read_split(ttfts: list[float], waited: list[tuple[float, float]]) -> dict:
-    """The TTFTs of requests that waited on their adapter's read, and how much of it was the
-    wait: what the tail is made of."""
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
-    def pct(values: list[float], q: float) -> float:
-        values = sorted(values)
-        return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
+def read_split(ttfts: list[float], waits: list[float | None], durations: list[float]) -> dict:
+    """The TTFTs of requests that waited on their adapter's read, how much of it was the wait,
+    and how long a read itself took: what the tail is made of."""
+    waited = [(t, w) for t, w in zip(ttfts, waits) if w is not None]
+    slowest = sorted(zip(ttfts, waits), key=lambda pair: pair[0])[int(0.95 * len(ttfts)) :]
     return {
         "waited": len(waited),
-        "waited_ttft_p50": pct([t for t, _ in waited], 0.5),
-        "waited_ttft_p99": pct([t for t, _ in waited], 0.99),
-        "read_wait_p50": pct([w for _, w in waited], 0.5),
-        "read_wait_p99": pct([w for _, w in waited], 0.99),
-        "top_ttfts_waiting": sum(1 for t in ttfts[int(0.95 * len(ttfts)) :] if t in {x for x, _ in waited}),
-        "top_count": len(ttfts[int(0.95 * len(ttfts)) :]),
+        "waited_ttft_p50": _pct([t for t, _ in waited], 0.5),
+        "waited_ttft_p99": _pct([t for t, _ in waited], 0.99),
+        "read_wait_p50": _pct([w for _, w in waited], 0.5),
+        "read_wait_p99": _pct([w for _, w in waited], 0.99),
+        "read_p50": _pct(durations, 0.5),
+        "read_p99": _pct(durations, 0.99),
+        "top_ttfts_waiting": sum(1 for _, w in slowest if w is not None),
+        "top_count": len(slowest),
     }
 
 
@@ -274,7 +287,8 @@ def report(label: str, r: dict) -> None:
             f"  {r['waited']} requests waited on their adapter's read: TTFT p50 "
             f"{r['waited_ttft_p50'] * 1e3:.0f} ms, p99 {r['waited_ttft_p99'] * 1e3:.0f} ms, of it the read "
             f"p50 {r['read_wait_p50'] * 1e3:.0f} ms, p99 {r['read_wait_p99'] * 1e3:.0f} ms; of the slowest "
-            f"5% of TTFTs, {r['top_ttfts_waiting']} of {r['top_count']} waited on a read"
+            f"5% of TTFTs, {r['top_ttfts_waiting']} of {r['top_count']} waited on a read; a read itself "
+            f"p50 {r['read_p50'] * 1e3:.0f} ms, p99 {r['read_p99'] * 1e3:.0f} ms"
         )
 
 

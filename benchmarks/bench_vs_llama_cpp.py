@@ -113,12 +113,12 @@ def main() -> None:
         [str(hf_dir), "--outtype", "bf16"],
         store / "SmolLM2-135M-Instruct.BF16.gguf",
     )
-    q8_0 = converted(
-        "convert_hf_to_gguf.py",
-        opts.python,
-        [str(hf_dir), "--outtype", "q8_0"],
-        store / "SmolLM2-135M-Instruct.Q8_0.gguf",
-    )
+    chosen = opts.files.split(",")
+    if set(chosen) - {"Q4_1", "BF16", "Q8_0"}:
+        parser.error(f"--files: {opts.files} names a file other than Q4_1, BF16, Q8_0")
+    q8_0 = store / "SmolLM2-135M-Instruct.Q8_0.gguf"
+    if "Q8_0" in chosen:
+        converted("convert_hf_to_gguf.py", opts.python, [str(hf_dir), "--outtype", "q8_0"], q8_0)
     with tempfile.TemporaryDirectory() as tmp:
         probe = LLMEngine(EngineConfig(model_id=str(hf_dir), dtype="auto"))
         adapter = make_adapters(Path(tmp), probe.runner.args, 1, 16, list(LORA_MODULES), "a")[0]
@@ -146,7 +146,6 @@ def main() -> None:
             # (q8, weight-only) and int8 weights times int8 activations (w8a8)
             "Q8_0": (q8_0, [("q8", q8_0), ("w8a8", hf_dir)]),
         }
-        chosen = opts.files.split(",")
         for label, (gguf, ours) in [(k, v) for k, v in files.items() if k in chosen]:
             engines = {q or "default dtype": engine_for(model, q, adapter) for q, model in ours}
             for with_adapter in (False, True):

@@ -280,8 +280,10 @@ def test_w8a8_kernels_give_the_pytorch_paths_bits(kernels, dtype, rows, n, k):
     """The GEMV (<= 4 rows, VPDPBUSD on unsigned activations where built) and quantize + oneDNN's
     int8 GEMM + rescale (more rows) give exactly the bits of the PyTorch path (torch._int_mm),
     and both are the product of the dequantized weights with per-row rounded activations."""
-    from loraserve.model.w8a8 import W8A8Format, W8A8Kernels, fake_quantize
+    from loraserve.model.w8a8 import W8A8Format, W8A8Kernels, fake_quantize, w8a8_available
 
+    if not w8a8_available(torch.device("cpu")):
+        pytest.skip("no int8 GEMM that sums in int32 on this CPU (VNNI / AMX-INT8)")
     native = W8A8Format(W8A8Kernels(kernels.w8a8_gemv, kernels.w8a8_quantize, kernels.w8a8_rescale))
     plain = W8A8Format()
     plain.onednn = False
@@ -305,12 +307,17 @@ def test_w8a8_kernels_give_the_pytorch_paths_bits(kernels, dtype, rows, n, k):
         assert torch.equal(with_bias, ours + bias)
     with pytest.raises(RuntimeError, match="wsum and sw must be"):
         kernels.w8a8_gemv(x, stored.q, stored.wsum[:-1], stored.scales, None, with_bias)
+    poisoned = x.clone()
+    poisoned[-1, k // 2] = float("nan")  # a NaN input gives NaN outputs on every path, not zeros
+    for fmt, weight in ((native, stored), (plain, stored._replace(packed=None))):
+        out = fmt.matmul(poisoned, weight)
+        assert bool(out[-1].isnan().all()) and torch.equal(out[:-1], ours[:-1])
     with pytest.raises(RuntimeError, match="xu must be"):
         kernels.w8a8_quantize(x, torch.empty(rows, k + 1, dtype=torch.uint8), torch.empty(rows))
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_lora_slot_image_kernel_builds_the_pytorch_image(kernels, tmp_path, dtype):
+def test_lora_slot_image_kernel_builds_the_pytorch_image(kernels, tmp_path, dtype, monkeypatch):
     """An adapter's slot image from the native kernel (one pass) equals the PyTorch path's, bit
     for bit: every-module adapters at one rank (the image is not zeroed first: every row is
     written), and per-module ranks and layers left out (rows below the slot's rank stay zero)."""
@@ -337,6 +344,12 @@ def test_lora_slot_image_kernel_builds_the_pytorch_image(kernels, tmp_path, dtyp
             seed=3,
         ),
     ]
+    empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):  # a row left unwritten shows as NaN: never equal
+        return empty(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
     for path in adapters:
         images = []
         for kernel in (kernels.lora_image, None):

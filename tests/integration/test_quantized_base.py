@@ -239,3 +239,14 @@ def test_q8_without_the_native_kernels_is_refused_naming_the_kernel(tmp_path):
     weights = ModelWeights(runner.args, runner.family.weights, load_state_dict(base), torch.float32, CPU)
     with pytest.raises(ConfigError, match="gemv_q8_0"):
         quantized_linears("q8", weights, torch.float32, CPU, 1, None, ops=None)
+
+
+def test_w8a8_needs_an_int8_gemm_that_sums_in_int32(monkeypatch):
+    """Without VNNI / AMX-INT8, oneDNN's int8 GEMM saturates pair sums in int16: refused there
+    (and where oneDNN is capped below VNNI), never served with wrong sums."""
+    assert not w8a8_available(CPU, frozenset({"avx2", "fma", "avx512f", "avx512bw"}))
+    assert not w8a8_available(torch.device("cuda"), frozenset({"avx512_vnni"}))
+    if w8a8_available(CPU):
+        assert w8a8_available(CPU, frozenset({"amx_int8"}))
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        assert not w8a8_available(CPU)

@@ -73,7 +73,11 @@ def quantized_linears(
         "int8": (int8_available(device), lambda: Int8Format(gemv_int8), "torch's _weight_int8pack_mm"),
         "q4": (q4_available(device), Q4Format, "torch's _weight_int4pack_mm_for_cpu"),
         "q8": (gemv_q8 is not None, lambda: Q8Format(gemv_q8), "loraserve's native gemv_q8_0"),  # type: ignore[arg-type]
-        "w8a8": (w8a8_available(device), lambda: W8A8Format(w8a8, batch_hint), "torch's _int_mm"),
+        "w8a8": (
+            w8a8_available(device),
+            lambda: W8A8Format(w8a8, batch_hint),
+            "an int8 GEMM that sums in int32 (a CPU with AVX512-VNNI, AVX-VNNI or AMX-INT8)",
+        ),
     }
     scheme = {"Q4_1": "q4", "Q8_0": "q8"}
     needed = {kind} if file_blocks is None else {scheme[b] for b in file_blocks.values()}

@@ -13,6 +13,7 @@ activations' own rounding (at most half a step of each token's largest magnitude
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from loraserve.model.hardware import cpu_info
 from loraserve.model.int8 import quantize_rows
 
 GEMV_ROWS = 4  # up to which the native streaming GEMV beats oneDNN's int8 GEMM (weights read once)
@@ -35,6 +37,8 @@ class W8A8Kernels:
 
 
 class W8A8Weight(NamedTuple):
+    """What a matrix stores: its int8 form for each kernel that reads it."""
+
     q: torch.Tensor  # (N, K) int8, read by the GEMV
     wsum: torch.Tensor  # (N,) int32 row sums: VPDPBUSD's offset for unsigned activations
     scales: torch.Tensor  # (N,) fp32
@@ -43,10 +47,14 @@ class W8A8Weight(NamedTuple):
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 (M, K), scales (M,) fp32): symmetric per row, a zero row's scale the smallest normal
-    float; the native kernel's arithmetic, so both give the same bits."""
+    float, a row holding NaN/inf zeros with a NaN scale (its products non-finite); the native
+    kernel's arithmetic, so both give the same bits."""
     x32 = x.float()
     scales = (x32.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    return torch.round(x32 / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+    finite = torch.isfinite(scales)
+    scales = torch.where(finite, scales, torch.nan)
+    q = torch.where(finite[:, None], torch.round(x32 / scales[:, None]).clamp(-127, 127), 0)
+    return q.to(torch.int8), scales
 
 
 def fake_quantize(x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +64,22 @@ def fake_quantize(x: torch.Tensor) -> torch.Tensor:
     return (q.float() * scales[:, None]).to(x.dtype).view(x.shape)
 
 
-def w8a8_available(device: torch.device) -> bool:
+# Instructions with which oneDNN's int8 GEMM (and torch._int_mm, which runs it) sums int8 pairs
+# in int32. Without them it multiplies with VPMADDUBSW, whose int16 pair sums saturate (2 * 255 *
+# 127 > 32767): wrong sums, so w8a8 is refused there (the weight-only int8 serves).
+EXACT_INT8_GEMM = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+MAX_K = 66_000  # the VNNI GEMV's shifted sums (255 * 127 * K) stay below 2^31
+
+
+def w8a8_available(device: torch.device, flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU (``flags``: /proc/cpuinfo's, by default) sums int8 products exactly at
+    every batch size."""
     if device.type != "cpu":
+        return False
+    if not EXACT_INT8_GEMM & (cpu_info().flags if flags is None else flags):
+        return False
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if capped.upper() in ("SSE41", "AVX", "AVX2", "AVX512_CORE"):  # oneDNN told to stop below VNNI
         return False
     try:
         torch._int_mm(torch.zeros(1, 8, dtype=torch.int8), torch.zeros(8, 8, dtype=torch.int8))
@@ -101,7 +123,11 @@ class W8A8Format:
         self.onednn = onednn_int8_available()
         self._units: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def quantize(self, weight: torch.Tensor, dtype: torch.dtype) -> tuple[W8A8Weight, torch.Tensor]:
+    def quantize(self, weight: torch.Tensor, dtype: torch.dtype) -> tuple[W8A8Weight | None, torch.Tensor]:
+        """The scales stay fp32 whatever ``dtype``: the rescale multiplies in fp32 and rounds
+        once. A matrix wider than ``MAX_K`` stays dense (its sums could leave int32)."""
+        if weight.shape[1] > MAX_K:
+            return None, weight
         q, scales = quantize_rows(weight)
         packed = torch.ops.onednn.qlinear_prepack(q, [self.batch_hint, q.shape[1]]) if self.onednn else None
         stored = W8A8Weight(q, q.sum(dim=1, dtype=torch.int32), scales, packed)

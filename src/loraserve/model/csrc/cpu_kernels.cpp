@@ -231,6 +231,7 @@ void w8a8_gemv(torch::Tensor x, torch::Tensor q, torch::Tensor wsum, torch::Tens
   check_contiguous(wsum, "wsum", at::kInt, 1);
   check_contiguous(sw, "sw", at::kFloat, 1);
   TORCH_CHECK(q.size(1) == x.size(1), "w8a8_gemv: q must be (N, K) for x (M, K)");
+  TORCH_CHECK(x.size(1) <= 66000, "w8a8_gemv: K = ", x.size(1), " > 66000 would overflow its int32 sums");
   TORCH_CHECK(wsum.size(0) == q.size(0) && sw.size(0) == q.size(0), "w8a8_gemv: wsum and sw must be (N,)");
   dispatch(dtype, [&](auto elem) { kernels::w8a8_gemv<decltype(elem)>(x, q, wsum, sw, bias, out); });
 }
@@ -302,7 +303,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w8a8_gemv", &w8a8_gemv, "int8 weights times per-row int8 activations for a few rows");
   m.def("w8a8_quantize", &w8a8_quantize, "rows to int8 (+128, uint8) with one scale each");
   m.def("w8a8_rescale", &w8a8_rescale, "integer sums times row and column scales (+ bias)");
-  m.def("lora_image", &lora_image, "an adapter's factors into its slot image, in one pass");
+  // without the GIL: it runs on the adapter-read thread while the engine thread steps
+  m.def("lora_image", &lora_image, py::call_guard<py::gil_scoped_release>(),
+        "an adapter's factors into its slot image, in one pass");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
   m.def("vector_width", [] { return int64_t(simd::Vec::W); },
         "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");

@@ -1,6 +1,7 @@
 // W8A8: int8 weights (one fp32 scale per output row) times int8 activations (one fp32 scale per
 // row of x, quantized on the fly): out (M, N) = (qx @ q^T) * sx[m] * sw[n] (+ bias). The integer
-// product is exact in int32 (|K * 127 * 127| < 2^31 for K < 133,000), so every path — the GEMV
+// product is exact in int32 (the GEMV's shifted sums, 255 * 127 * K, below 2^31 for K <= 66,000:
+// checked), so every path — the GEMV
 // below for a few rows, oneDNN's int8 GEMM between w8a8_quantize and w8a8_rescale for more (called
 // from w8a8.py), the PyTorch fallback there — computes the same numbers: only the conversion of
 // the sum to fp32 and the final two fp32 multiplies round, in one order.
@@ -10,6 +11,8 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include "kernels.h"
@@ -52,7 +55,17 @@ template <class T>
 void quantize_row(const T* row, int64_t K, uint8_t* xu, float* sx) {
   using E = Elem<T>;
   float amax = 0.f;
-  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(E::to_f(row[k])));
+  bool finite = true;
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = std::fabs(E::to_f(row[k]));
+    finite = finite && std::isfinite(v);
+    amax = std::max(amax, v);
+  }
+  if (!finite) {  // NaN/inf: the row's products are non-finite, as PyTorch's are
+    *sx = std::numeric_limits<float>::quiet_NaN();
+    std::memset(xu, 128, K);
+    return;
+  }
   const float scale = std::max(amax / 127.f, FLT_MIN);
   *sx = scale;
   for (int64_t k = 0; k < K; ++k)
