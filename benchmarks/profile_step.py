@@ -3,7 +3,7 @@ Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at
 (32; 1 for a single stream) in the dtype ``auto`` picks; then F.linear against oneDNN-packed
 weights for each GEMM shape.
 
-    python -m benchmarks.profile_step [--adapters] [--steps 20]
+    python -m benchmarks.profile_step [--adapters] [--steps 20] [--quantize w8a8]
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--adapters", action="store_true", help="32 distinct r16 all-linear adapters")
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--quantize", default="", help="option.quantize (int8, q4, q8, w8a8)")
     opts = parser.parse_args()
     n = opts.batch
     engine = LLMEngine(
@@ -95,6 +96,7 @@ def main() -> None:
             max_loras=n,
             max_lora_rank=16,
             threads=opts.threads,
+            quantize=opts.quantize,
         )
     )
     print(engine.info())
