@@ -1,7 +1,7 @@
 """Quantized base weights (``option.quantize=int8|q4|q8|w8a8``) against the dequantized model
 (the same engine with its base products done by ``F.linear`` on the dequantized weights; for
 w8a8 with each product's input rounded per token as the kernel rounds it), with and without an
-unmerged LoRA adapter, one stream (the GEMVs) and a batch (w8a8's int8 GEMM): in fp32 every
+unmerged LoRA adapter, one stream (the GEMVs) and a batch of 9 (w8a8's int8 GEMM): in fp32 every
 greedy token equal and log-probs within 1e-4; in bf16 the first token equal and its log-prob
 within 0.05 (bf16 rounding of the products; two bf16 GEMMs break a near-tie of a random model
 differently later on); merged LoRA refused. The quantization error itself (against the original
@@ -100,13 +100,13 @@ def test_quantized_tokens_equal_the_dequantized_model(tmp_path, dtype, kind, mon
     calls = _count_kernel_calls(monkeypatch, fmt)
     quantized = _one_at_a_time(engine, prompts, adapters)  # a single stream decodes on the kernel
     assert calls[0] > 0
-    quantized += engine.generate(prompts * 2, adapters * 2, GREEDY)  # 6 rows: w8a8's GEMM
+    quantized += engine.generate(prompts * 3, adapters * 3, GREEDY)  # 9 rows: w8a8's GEMM
 
     runner = engine.runner  # the reference: the dequantized weights through F.linear
     reference_linears = FakeQuantizedLinears if kind == "w8a8" else Linears
     runner.decoder.linears = runner.linears = reference_linears(runner.weights, 1, enabled=False)
     reference = _one_at_a_time(engine, prompts, adapters)
-    reference += engine.generate(prompts * 2, adapters * 2, GREEDY)
+    reference += engine.generate(prompts * 3, adapters * 3, GREEDY)
     runner.decoder.linears = runner.linears = linears
     if dtype == "fp32":  # only the accumulation order differs: every greedy token is the same
         assert [r.token_ids for r in quantized] == [r.token_ids for r in reference]
