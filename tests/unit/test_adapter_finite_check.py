@@ -1,5 +1,5 @@
-"""The adapter loader's NaN/inf check: a first sum decides for ordinary weights; finite weights
-whose sum overflows are still accepted (the element-wise check decides), NaN and inf refused."""
+"""The adapter loader's NaN/inf check (one largest magnitude per tensor, times its scale, in the
+serving dtype): finite weights whose sum would overflow are accepted, NaN and inf refused."""
 
 from __future__ import annotations
 

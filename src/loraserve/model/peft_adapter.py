@@ -111,13 +111,9 @@ def _rank_and_scaling(path: Path, config: dict, module_key: str, max_rank: int) 
 
 def _finite(path: Path, key: str, tensor: torch.Tensor) -> None:
     """NaN/inf weights would poison every token of the adapter's requests (and, sampled,
-    their batch): refused here, checked in the serving dtype so overflow counts too. One sum
-    first (any NaN or inf makes it non-finite; a reduction, no per-element mask): only a
-    non-finite sum, which finite values can also overflow to, pays for the element-wise check."""
-    if math.isfinite(float(tensor.sum(dtype=torch.float32))):
-        return
-    if not bool(torch.isfinite(tensor).all()):
-        raise _refuse(path, f"tensor {key} holds non-finite values (NaN or inf) in {tensor.dtype}")
+    their batch): refused here, checked in the serving dtype so overflow counts too. One tensor
+    through ``_all_finite``'s check (DoRA magnitudes, trained biases)."""
+    _all_finite(path, [(key, tensor, 1.0)], tensor.dtype)
 
 
 def _all_finite(path: Path, factors: list[tuple[str, torch.Tensor, float]], dtype: torch.dtype) -> None:

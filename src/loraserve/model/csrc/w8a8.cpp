@@ -1,10 +1,10 @@
 // W8A8: int8 weights (one fp32 scale per output row) times int8 activations (one fp32 scale per
 // row of x, quantized on the fly): out (M, N) = (qx @ q^T) * sx[m] * sw[n] (+ bias). The integer
 // product is exact in int32 (the GEMV's shifted sums, 255 * 127 * K, below 2^31 for K <= 66,000:
-// checked), so every path — the GEMV
-// below for a few rows, oneDNN's int8 GEMM between w8a8_quantize and w8a8_rescale for more (called
-// from w8a8.py), the PyTorch fallback there — computes the same numbers: only the conversion of
-// the sum to fp32 and the final two fp32 multiplies round, in one order.
+// checked), so every path — the GEMV below for a few rows, oneDNN's int8 GEMM between
+// w8a8_quantize and w8a8_rescale for more (called from w8a8.py), the PyTorch fallback there —
+// computes the same numbers: only the conversion of the sum to fp32 and the final two fp32
+// multiplies round, in one order.
 // What it buys over weight-only int8: no widening of the weights to fp32 — VPDPBUSD multiplies
 // 64 int8 pairs per instruction where the CPU has AVX512-VNNI, and oneDNN's int8 GEMM has twice
 // the multiply rate of its bf16 one.
