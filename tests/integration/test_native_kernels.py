@@ -201,117 +201,50 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (4, 64, 200), (2, 16, 32)])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_gemv_matches_a_linear(kernels, dtype, rows, n, k, with_bias):
-    """x @ w^T (+ bias) for a few rows: fp32 accumulation rounded once, as oneDNN's GEMM does;
-    ``k`` 61 and 200 run the tails after the vector loops, x's rows are a strided view."""
-    x = _rand(rows, k + 5, dtype=dtype, seed=1)[:, 2 : 2 + k]  # rows with a stride, unit columns
-    w, bias = _rand(n, k, dtype=dtype, seed=2), _rand(n, dtype=dtype, seed=3) if with_bias else None
-    out = torch.empty(rows, n, dtype=dtype)
-    kernels.gemv(x, w, bias, out)
-    expected = x.float() @ w.float().T + (0 if bias is None else bias.float())
-    if dtype == torch.float32:  # sums of hundreds of terms in another order: relative 1e-5 or so
-        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
-    else:
-        assert _close(out, expected.to(dtype))
-
-
-def test_gemv_refuses_mismatched_shapes(kernels):
-    x, w = _rand(2, 64), _rand(32, 64)
-    with pytest.raises(RuntimeError, match="w must be"):
-        kernels.gemv(x, _rand(32, 48), None, torch.empty(2, 32))
-    with pytest.raises(RuntimeError, match="out must be"):
-        kernels.gemv(x, w, None, torch.empty(2, 31))
-    with pytest.raises(RuntimeError, match="bias must be"):
-        kernels.gemv(x, w, _rand(31), torch.empty(2, 32))
-    with pytest.raises(RuntimeError, match="w must be BFloat16"):
-        kernels.gemv(x.to(torch.bfloat16), w, None, torch.empty(2, 32))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (4, 64, 200)])
-def test_gemv_int8_matches_the_dequantized_product_and_torchs_kernel(kernels, dtype, rows, n, k):
-    from loraserve.model.int8 import Int8Format
-
-    x = _rand(rows, k, dtype=dtype, seed=1)
-    native = Int8Format(kernels.gemv_int8)
-    stored, dequantized = native.quantize(_rand(n, k, seed=2), dtype)  # scales in fp32
-    torch_stored, torch_dequantized = Int8Format().quantize(_rand(n, k, seed=2), dtype)  # in dtype
-    assert torch.equal(torch_dequantized, dequantized) and torch.equal(torch_stored[1].float(), stored[1])
-    bias = _rand(n, dtype=dtype, seed=3)
-    out = torch.empty(rows, n, dtype=dtype)
-    kernels.gemv_int8(x, stored[0], stored[1], bias, out)
-    expected = x.float() @ dequantized.T + bias.float()
-    if dtype == torch.float32:
-        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(native.matmul(x, stored), x @ dequantized.T, rtol=1e-4, atol=1e-4)
-    else:
-        assert _close(out, expected.to(dtype))
-    if rows == 1:  # torch's kernel (the fallback) computes the same product
-        theirs = Int8Format().matmul(x, torch_stored).float()
-        torch.testing.assert_close(
-            theirs, (x.float() @ dequantized.T).to(dtype).float(), rtol=2e-2, atol=2e-2
-        )
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 64), (4, 64, 224)])
-def test_gemv_q8_0_matches_the_dequantized_product(kernels, dtype, rows, n, k):
-    from loraserve.model.q8 import dequantize_blocks, quantize_blocks
-
-    x = _rand(rows, k, dtype=dtype, seed=1)
-    q, d = quantize_blocks(_rand(n, k, seed=2) * torch.linspace(0.1, 2, k))  # blocks of different range
-    bias = _rand(n, dtype=dtype, seed=3)
-    out = torch.empty(rows, n, dtype=dtype)
-    kernels.gemv_q8_0(x, q, d, bias, out)
-    expected = x.float() @ dequantize_blocks(q, d).T + bias.float()
-    if dtype == torch.float32:
-        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
-    else:
-        assert _close(out, expected.to(dtype))
-    with pytest.raises(RuntimeError, match="multiple of 32"):
-        kernels.gemv_q8_0(x[:, :33], q[:, :33].contiguous(), d, None, out)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (7, 64, 200), (10, 48, 130)])
+@pytest.mark.parametrize(
+    ("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (7, 64, 200), (13, 48, 130), (32, 80, 96)]
+)
 def test_w8a8_kernels_give_the_pytorch_paths_bits(kernels, dtype, rows, n, k):
-    """The GEMV (<= 8 rows, VPDPBUSD on unsigned activations where built) and quantize + oneDNN's
-    int8 GEMM + rescale (more rows) give exactly the bits of the PyTorch path (torch._int_mm),
-    and both are the product of the dequantized weights with per-row rounded activations."""
-    from loraserve.model.w8a8 import W8A8Format, W8A8Kernels, fake_quantize, w8a8_available
+    """The native GEMM on VNNI-packed weights (tiles of up to 6 rows x 64 channels, with
+    remainders in both and N, K not multiples of 16, 4), native quantize + oneDNN's int8 GEMM +
+    native rescale, and the PyTorch path (torch._int_mm) give the same bits, and all are the
+    product of the dequantized weights with per-row rounded activations."""
+    from loraserve.model.w8a8 import W8A8Format, W8A8Kernels, fake_quantize, pack_vnni, w8a8_available
 
     if not w8a8_available(torch.device("cpu")):
         pytest.skip("no int8 GEMM that sums in int32 on this CPU (VNNI / AMX-INT8)")
-    native = W8A8Format(W8A8Kernels(kernels.w8a8_gemv, kernels.w8a8_quantize, kernels.w8a8_rescale))
+    native = W8A8Format(W8A8Kernels(kernels.w8a8_gemm, kernels.w8a8_quantize, kernels.w8a8_rescale))
     plain = W8A8Format()
     plain.onednn = False
     x = _rand(rows, k, dtype=dtype, seed=1) * torch.linspace(0.1, 4, k).to(dtype)  # uneven columns
     x[0] = 0  # a zero row quantizes to zeros
-    stored, dequantized = native.quantize(_rand(n, k, seed=2), dtype)
+    weight = _rand(n, k, seed=2)
+    stored, dequantized = native.quantize(weight, dtype)
+    assert stored.vnni is not None and stored.q is None
+    plain_stored = plain.quantize(weight, dtype)[0]
+    assert plain_stored.q is not None and torch.equal(pack_vnni(plain_stored.q), stored.vnni)
     ours = native.matmul(x, stored)
-    theirs = plain.matmul(x, stored._replace(packed=None))
+    theirs = plain.matmul(x, plain_stored)
     assert torch.equal(ours, theirs)
-    if stored.packed is not None:  # PyTorch's quantization, oneDNN's GEMM
-        assert torch.equal(W8A8Format().matmul(x, stored), theirs)
+    onednn = W8A8Format(native.native)
+    onednn.onednn, onednn.native_rows = True, 0  # every row count through oneDNN's GEMM
+    if W8A8Format().onednn:  # native quantize, oneDNN's GEMM, native rescale
+        assert torch.equal(onednn.matmul(x, onednn.quantize(weight, dtype)[0]), theirs)
     expected = fake_quantize(x.float()) @ dequantized.T
     if dtype == torch.float32:
         torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
     else:
         assert _close(ours, expected.to(dtype))
-    bias = _rand(n, dtype=dtype, seed=3)
-    with_bias = torch.empty(rows, n, dtype=dtype)
-    kernels.w8a8_gemv(x, stored.q, stored.wsum, stored.scales, bias, with_bias)
-    if dtype == torch.float32:  # (bf16 rounds once, after the bias)
-        assert torch.equal(with_bias, ours + bias)
+    out = torch.empty(rows, n, dtype=dtype)
     with pytest.raises(RuntimeError, match="wsum and sw must be"):
-        kernels.w8a8_gemv(x, stored.q, stored.wsum[:-1], stored.scales, None, with_bias)
+        kernels.w8a8_gemm(x, stored.vnni, stored.wsum[:-1], stored.scales, out)
+    with pytest.raises(RuntimeError, match="w must be"):
+        kernels.w8a8_gemm(x[:, : k - 4].contiguous(), stored.vnni, stored.wsum, stored.scales, out)
     poisoned = x.clone()
     poisoned[-1, k // 2] = float("nan")  # a NaN input gives NaN outputs on every path, not zeros
-    for fmt, weight in ((native, stored), (plain, stored._replace(packed=None))):
-        out = fmt.matmul(poisoned, weight)
-        assert bool(out[-1].isnan().all()) and torch.equal(out[:-1], ours[:-1])
+    for fmt, weights in ((native, stored), (plain, plain_stored)):
+        result = fmt.matmul(poisoned, weights)
+        assert bool(result[-1].isnan().all()) and torch.equal(result[:-1], ours[:-1])
     with pytest.raises(RuntimeError, match="xu must be"):
         kernels.w8a8_quantize(x, torch.empty(rows, k + 1, dtype=torch.uint8), torch.empty(rows))
 

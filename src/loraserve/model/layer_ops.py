@@ -153,7 +153,7 @@ class NativeOps(TorchOps):
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
         self.gemv, self.gemv_int8, self.gemv_q8_0 = module.gemv, module.gemv_int8, module.gemv_q8_0
-        self.w8a8 = W8A8Kernels(module.w8a8_gemv, module.w8a8_quantize, module.w8a8_rescale)
+        self.w8a8 = W8A8Kernels(module.w8a8_gemm, module.w8a8_quantize, module.w8a8_rescale)
         self.lora_image = module.lora_image
 
     def prepare(self, batch: StepBatch, rope: RopeTables) -> StepTables:

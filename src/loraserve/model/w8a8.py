@@ -2,8 +2,9 @@
 times int8 activations, one scale per token, quantized on the fly before every base product
 (SmoothQuant's per-token dynamic scheme, without smoothing). The integer products are exact, so
 at every batch size the product runs on integer hardware: VPDPBUSD (AVX512-VNNI) in loraserve's
-native GEMV for a few rows, oneDNN's int8 GEMM on weights packed once (VNNI, AMX-int8 where the
-CPU has it) for more — half the bytes of bf16 at batch 1, a higher multiply rate at batch 32.
+native GEMM on weights packed for it (``pack_vnni``) at decode batch sizes, oneDNN's int8 GEMM on
+weights packed once (VNNI, AMX-int8 where the CPU has it) for long prefills — half the bytes of
+bf16 at batch 1, twice its multiply rate at batch 32.
 
 Exactness is stated against the model whose weights are the dequantized int8 weights and whose
 every base product's input is rounded the same way (``fake_quantize``): only the sum's conversion
@@ -24,28 +25,40 @@ import torch
 from loraserve.model.hardware import cpu_info
 from loraserve.model.int8 import quantize_rows
 
-# Rows up to which the native GEMV (each weight row read once for all rows) beats oneDNN's int8
-# GEMM: SmolLM2's 121 matrices, AVX512-VNNI EPYC: 6.5 vs 14.4 ms at 2 rows, 10.5 vs 15.1 at 8,
-# 15.7 vs 15.5 at 12.
-GEMV_ROWS = 8
+# Without AMX the native GEMM beats oneDNN's int8 GEMM at every row count measured (SmolLM2's 121
+# matrices, AVX512-VNNI EPYC: 2.4x at 1 row, 1.43x at 32, 1.27x at 256, 1.26x at 2,048), so
+# oneDNN's copy is not built. With AMX-INT8 oneDNN's tiles should win long prefills: rows past
+# this go there (not measured: no AMX CPU was lent).
+AMX_NATIVE_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
 class W8A8Kernels:
     """The native entry points (``csrc/w8a8.cpp``)."""
 
-    gemv: Callable[..., None]  # (x, q, wsum, sw, bias, out)
+    gemm: Callable[..., None]  # (x, vnni, wsum, sw, out)
     quantize: Callable[..., None]  # (x, xu, sx)
-    rescale: Callable[..., None]  # (acc, sx, sw, bias, out)
+    rescale: Callable[..., None]  # (acc, sx, sw, out)
 
 
 class W8A8Weight(NamedTuple):
-    """What a matrix stores: its int8 form for each kernel that reads it."""
+    """What a matrix stores: its int8 weights in the form of each kernel that reads them."""
 
-    q: torch.Tensor  # (N, K) int8, read by the GEMV
+    q: torch.Tensor | None  # (N, K) int8 for torch._int_mm, where neither kernel below is built
+    vnni: torch.Tensor | None  # pack_vnni(q) for the native GEMM, where built
     wsum: torch.Tensor  # (N,) int32 row sums: VPDPBUSD's offset for unsigned activations
     scales: torch.Tensor  # (N,) fp32
-    packed: torch.Tensor | None  # oneDNN's packed copy for its int8 GEMM; None: torch._int_mm
+    packed: torch.Tensor | None  # oneDNN's packed copy for its int8 GEMM
+
+
+def pack_vnni(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 → (ceil(N/16), ceil(K/4), 64): 16 output channels × 4 consecutive k per 64
+    bytes, the operand layout of VPDPBUSD (zero padded: padding adds nothing to a sum)."""
+    n, k = q.shape
+    groups, quads = -(-n // 16), -(-k // 4)
+    padded = torch.zeros(groups * 16, quads * 4, dtype=torch.int8)
+    padded[:n, :k] = q
+    return padded.view(groups, 16, quads, 4).permute(0, 2, 1, 3).reshape(groups, quads, 64).contiguous()
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +136,9 @@ class W8A8Format:
 
     def __init__(self, native: W8A8Kernels | None = None, batch_hint: int = 32) -> None:
         self.native, self.batch_hint = native, batch_hint
-        self.onednn = onednn_int8_available()
+        amx = "amx_int8" in cpu_info().flags
+        self.onednn = (native is None or amx) and onednn_int8_available()
+        self.native_rows = AMX_NATIVE_ROWS if self.onednn else sys.maxsize
         self._units: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def quantize(self, weight: torch.Tensor, dtype: torch.dtype) -> tuple[W8A8Weight | None, torch.Tensor]:
@@ -132,17 +147,25 @@ class W8A8Format:
         if weight.shape[1] > MAX_K:
             return None, weight
         q, scales = quantize_rows(weight)
-        packed = torch.ops.onednn.qlinear_prepack(q, [self.batch_hint, q.shape[1]]) if self.onednn else None
-        stored = W8A8Weight(q, q.sum(dim=1, dtype=torch.int32), scales, packed)
+        native, packed = self.native is not None, None
+        if self.onednn:
+            packed = torch.ops.onednn.qlinear_prepack(q, [self.batch_hint, q.shape[1]])
+        stored = W8A8Weight(
+            None if native or packed is not None else q,
+            pack_vnni(q) if native else None,
+            q.sum(dim=1, dtype=torch.int32),
+            scales,
+            packed,
+        )
         return stored, q.float() * scales[:, None]
 
     def matmul(self, rows: torch.Tensor, stored: W8A8Weight) -> torch.Tensor:
-        q, wsum, scales, packed = stored
-        m, n = rows.shape[0], q.shape[0]
+        q, vnni, wsum, scales, packed = stored
+        m, n = rows.shape[0], scales.shape[0]
         out = torch.empty((m, n), dtype=rows.dtype, device=rows.device)
         native = self.native
-        if native is not None and m <= GEMV_ROWS:
-            native.gemv(rows, q, wsum, scales, None, out)
+        if native is not None and vnni is not None and (m <= self.native_rows or packed is None):
+            native.gemm(rows, vnni, wsum, scales, out)
             return out
         if native is not None:
             xu = torch.empty(rows.shape, dtype=torch.uint8)
@@ -156,8 +179,9 @@ class W8A8Format:
                 self._units[n] = _unit_scales(n)
             acc = _onednn_int8(xu, packed, *self._units[n])
         else:
+            assert q is not None
             acc = torch._int_mm((xu.to(torch.int32) - 128).to(torch.int8), q.t()).float()
         if native is not None:
-            native.rescale(acc, sx, scales, None, out)
+            native.rescale(acc, sx, scales, out)
             return out
         return out.copy_(acc * sx[:, None] * scales[None, :])

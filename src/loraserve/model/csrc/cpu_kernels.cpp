@@ -222,18 +222,20 @@ void gemv_q8_0(torch::Tensor x, torch::Tensor q, torch::Tensor d, c10::optional<
   dispatch(dtype, [&](auto elem) { kernels::gemv_q8_0<decltype(elem)>(x, q, d, bias, out); });
 }
 
-// W8A8 for a few rows: out (M, N) = (int8(x) @ q^T) * sx * sw (+ bias), x quantized per row
-// here; q (N, K) int8, wsum (N,) int32 = its row sums (VPDPBUSD's offset), sw (N,) fp32.
-void w8a8_gemv(torch::Tensor x, torch::Tensor q, torch::Tensor wsum, torch::Tensor sw,
-               c10::optional<torch::Tensor> bias, torch::Tensor out) {
-  const auto dtype = check_gemv("w8a8_gemv", x, q.size(0), bias, out);
-  check_contiguous(q, "q", at::kChar, 2);
+// W8A8: out (M, N) = (int8(x) @ q^T) * sx * sw, x quantized per row here; w the int8 weights
+// packed for VPDPBUSD, (ceil(N/16), ceil(K/4), 64) (w8a8.py's pack_vnni), wsum (N,) int32 their
+// row sums (the offset of unsigned activations), sw (N,) fp32 their scales.
+void w8a8_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor wsum, torch::Tensor sw, torch::Tensor out) {
+  const auto dtype = check_gemv("w8a8_gemm", x, out.size(1), c10::nullopt, out);
+  check_contiguous(w, "w", at::kChar, 3);
   check_contiguous(wsum, "wsum", at::kInt, 1);
   check_contiguous(sw, "sw", at::kFloat, 1);
-  TORCH_CHECK(q.size(1) == x.size(1), "w8a8_gemv: q must be (N, K) for x (M, K)");
-  TORCH_CHECK(x.size(1) <= 66000, "w8a8_gemv: K = ", x.size(1), " > 66000 would overflow its int32 sums");
-  TORCH_CHECK(wsum.size(0) == q.size(0) && sw.size(0) == q.size(0), "w8a8_gemv: wsum and sw must be (N,)");
-  dispatch(dtype, [&](auto elem) { kernels::w8a8_gemv<decltype(elem)>(x, q, wsum, sw, bias, out); });
+  const int64_t N = out.size(1), K = x.size(1);
+  TORCH_CHECK(w.size(0) == (N + 15) / 16 && w.size(1) == (K + 3) / 4 && w.size(2) == 64,
+              "w8a8_gemm: w must be (ceil(N/16), ceil(K/4), 64) for x (M, K) and out (M, N)");
+  TORCH_CHECK(K <= 66000, "w8a8_gemm: K = ", K, " > 66000 would overflow its int32 sums");
+  TORCH_CHECK(wsum.size(0) == N && sw.size(0) == N, "w8a8_gemm: wsum and sw must be (N,)");
+  dispatch(dtype, [&](auto elem) { kernels::w8a8_gemm<decltype(elem)>(x, w, wsum, sw, out); });
 }
 
 // W8A8 before a GEMM: xu (M, K) uint8 = int8(x) + 128 per row, sx (M,) fp32 its scales.
@@ -246,9 +248,8 @@ void w8a8_quantize(torch::Tensor x, torch::Tensor xu, torch::Tensor sx) {
   dispatch(dtype, [&](auto elem) { kernels::w8a8_quantize<decltype(elem)>(x, xu, sx); });
 }
 
-// W8A8 after a GEMM: out (M, N) = acc * sx[m] * sw[n] (+ bias), acc (M, N) fp32 integer sums.
-void w8a8_rescale(torch::Tensor acc, torch::Tensor sx, torch::Tensor sw, c10::optional<torch::Tensor> bias,
-                  torch::Tensor out) {
+// W8A8 after a GEMM: out (M, N) = acc * sx[m] * sw[n], acc (M, N) fp32 integer sums.
+void w8a8_rescale(torch::Tensor acc, torch::Tensor sx, torch::Tensor sw, torch::Tensor out) {
   check_rows(acc, "acc", at::kFloat, 2);
   const auto dtype = checked_dtype(out, "out");
   check_rows(out, "out", dtype, 2);
@@ -256,11 +257,7 @@ void w8a8_rescale(torch::Tensor acc, torch::Tensor sx, torch::Tensor sw, c10::op
   check_contiguous(sw, "sw", at::kFloat, 1);
   TORCH_CHECK(out.sizes() == acc.sizes() && sx.size(0) == acc.size(0) && sw.size(0) == acc.size(1),
               "w8a8_rescale: out must be acc's (M, N), sx (M,), sw (N,)");
-  if (bias.has_value()) {
-    check_contiguous(*bias, "bias", dtype, 1);
-    TORCH_CHECK(bias->size(0) == acc.size(1), "w8a8_rescale: bias must be (N,)");
-  }
-  dispatch(dtype, [&](auto elem) { kernels::w8a8_rescale<decltype(elem)>(acc, sx, sw, bias, out); });
+  dispatch(dtype, [&](auto elem) { kernels::w8a8_rescale<decltype(elem)>(acc, sx, sw, out); });
 }
 
 // One (module, rank) run of an adapter's slot image: per entry n, a[n] (r, in) into rows
@@ -300,7 +297,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");
   m.def("gemv_int8", &gemv_int8, "weight-only int8 x @ q^T * scales (+ bias) for a few rows");
   m.def("gemv_q8_0", &gemv_q8_0, "GGUF Q8_0 x @ (q * d)^T (+ bias) for a few rows");
-  m.def("w8a8_gemv", &w8a8_gemv, "int8 weights times per-row int8 activations for a few rows");
+  m.def("w8a8_gemm", &w8a8_gemm, "packed int8 weights times per-row int8 activations");
   m.def("w8a8_quantize", &w8a8_quantize, "rows to int8 (+128, uint8) with one scale each");
   m.def("w8a8_rescale", &w8a8_rescale, "integer sums times row and column scales (+ bias)");
   // without the GIL: it runs on the adapter-read thread while the engine thread steps

@@ -31,12 +31,11 @@ void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::
 template <class T>
 void gemv_q8_0(at::Tensor x, at::Tensor q, at::Tensor d, c10::optional<at::Tensor> bias, at::Tensor out);
 template <class T>
-void w8a8_gemv(at::Tensor x, at::Tensor q, at::Tensor wsum, at::Tensor sw, c10::optional<at::Tensor> bias,
-               at::Tensor out);
+void w8a8_gemm(at::Tensor x, at::Tensor w, at::Tensor wsum, at::Tensor sw, at::Tensor out);
 template <class T>
 void w8a8_quantize(at::Tensor x, at::Tensor xu, at::Tensor sx);
 template <class T>
-void w8a8_rescale(at::Tensor acc, at::Tensor sx, at::Tensor sw, c10::optional<at::Tensor> bias, at::Tensor out);
+void w8a8_rescale(at::Tensor acc, at::Tensor sx, at::Tensor sw, at::Tensor out);
 template <class T>
 void lora_image(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
                 const std::vector<double>& scales, const std::vector<int64_t>& layers, at::Tensor image_a,
