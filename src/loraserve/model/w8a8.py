@@ -52,7 +52,7 @@ class W8A8Weight(NamedTuple):
 
 
 def pack_vnni(q: torch.Tensor) -> torch.Tensor:
-    """(N, K) int8 → (ceil(N/16), ceil(K/4), 64): 16 output channels × 4 consecutive k per 64
+    """(N, K) int8 → (ceil(N/16), ceil(K/4), 64): 16 output channels x 4 consecutive k per 64
     bytes, the operand layout of VPDPBUSD (zero padded: padding adds nothing to a sum)."""
     n, k = q.shape
     groups, quads = -(-n // 16), -(-k // 4)
