@@ -26,6 +26,8 @@ from benchmarks.peer_worker import PeerWorker
 from loraserve.engine import EngineConfig, LLMEngine
 from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_path
+from loraserve.model.native import cpu_kernels
+from loraserve.model.packed import pack_for_gemm
 
 HERE = Path(__file__).resolve().parent
 GOALS = {"base": 1.5, "all16": 2.5, "qv8": 1.5}
@@ -85,8 +87,9 @@ def interleaved(
 
 def matmul_peak(dtype: torch.dtype) -> float:
     """FLOP/s of the fastest large GEMM in ``dtype`` this machine runs: the best of torch.mm
-    (MKL) at 2048^3 and 3072^3 and a oneDNN-packed linear of 2048 rows, since on some CPUs
-    (MKL on AMD) one of them is far below what the cores can do and would flatter the ratio."""
+    (MKL) at 2048^3 and 3072^3, a oneDNN-packed linear and loraserve's packed GEMM of 2048 rows,
+    since on some CPUs (MKL on AMD) one of them is far below what the cores can do and would
+    flatter the ratio."""
     best = 0.0
     for size in (2048, 3072):
         a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
@@ -99,6 +102,12 @@ def matmul_peak(dtype: torch.dtype) -> float:
             _timed(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
             for _ in range(5)
         )
+        best = max(best, 2 * 2048 * weight.numel() / seconds)
+    kernels = cpu_kernels()
+    if kernels is not None and kernels.packed_gemm_tiled(dtype == torch.bfloat16):  # loraserve's own
+        weight, x = torch.randn(3072, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
+        packed, out = pack_for_gemm(weight), torch.empty(2048, 3072, dtype=dtype)
+        seconds = min(_timed(lambda: kernels.packed_gemm(x, packed, None, out)) for _ in range(5))
         best = max(best, 2 * 2048 * weight.numel() / seconds)
     return best
 

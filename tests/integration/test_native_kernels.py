@@ -200,6 +200,62 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     assert not out[5].any() and not out[10].any() and bool(out[7:10].any(dim=1).all())
 
 
+# (fp32, bf16) in register tiles, per build
+TILED = {
+    "avx512_bf16": (True, True),
+    "avx512": (True, False),
+    "avx2": (False, False),
+    "scalar": (False, False),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("rows", "n", "k"),
+    [(1, 960, 576), (3, 37, 61), (7, 64, 200), (13, 48, 130), (32, 80, 96), (70, 200, 1536)],
+)
+def test_packed_gemm_is_the_linear_and_batch_invariant(kernels, dtype, rows, n, k):
+    """The packed GEMM (tiles of up to 6 rows x 64 channels, remainders in rows and channels, odd
+    K) gives F.linear's product with the bias, within fp32 summation error and one rounding, and
+    every row the same bits whether it comes alone or in a batch."""
+    from loraserve.model.packed import pack_for_gemm
+
+    x = _rand(rows, k, dtype=dtype, seed=1)
+    weight, bias = _rand(n, k, dtype=dtype, seed=2), _rand(n, dtype=dtype, seed=3)
+    packed = pack_for_gemm(weight)
+    for with_bias in (None, bias):
+        out = torch.empty(rows, n, dtype=dtype)
+        kernels.packed_gemm(x, packed, with_bias, out)
+        shift = torch.zeros(n, dtype=torch.float64) if with_bias is None else with_bias.double()
+        exact = x.double() @ weight.double().T + shift
+        bound = x.double().abs() @ weight.double().abs().T + shift.abs()
+        step = 2**-8 if dtype == torch.bfloat16 else 2**-18  # one bf16 rounding; fp32 sums over K
+        assert bool(((out.double() - exact).abs() <= bound * step + 1e-6).all())
+        if dtype == torch.bfloat16:  # fp32: one sum in k order, off F.linear's by its summation error
+            assert _close(out, torch.nn.functional.linear(x, weight, with_bias))
+        for row in {0, rows // 2, rows - 1}:  # alone, the same bits
+            alone = torch.empty(1, n, dtype=dtype)
+            kernels.packed_gemm(x[row : row + 1], packed, with_bias, alone)
+            assert torch.equal(alone[0], out[row])
+    poisoned = x.clone()
+    poisoned[-1, k // 2] = float("nan")
+    out = torch.empty(rows, n, dtype=dtype)
+    kernels.packed_gemm(poisoned, packed, None, out)
+    assert bool(out[-1].isnan().all()) and not bool(out[:-1].isnan().any())
+    with pytest.raises(RuntimeError, match="w must be"):
+        kernels.packed_gemm(x[:, : k - 2].contiguous(), packed, None, out)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        kernels.packed_gemm(x, packed, bias[:-1], out)
+
+
+def test_packed_gemm_says_which_builds_tile(kernels):
+    """Register tiles exactly where they were measured faster than oneDNN: fp32 on AVX-512, bf16
+    with AVX512-BF16 (the engine keeps oneDNN elsewhere)."""
+    name = kernels.__name__
+    level = next(level for level in ISA_LEVELS if name.startswith(f"loraserve_cpu_kernels_{level}_"))
+    assert (kernels.packed_gemm_tiled(False), kernels.packed_gemm_tiled(True)) == TILED[level]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("rows", "n", "k"), [(1, 960, 576), (3, 37, 61), (7, 64, 200), (13, 48, 130), (32, 80, 96)]

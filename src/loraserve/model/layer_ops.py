@@ -16,7 +16,7 @@ from loraserve.model.batch import StepBatch
 from loraserve.model.hardware import cpu_info
 from loraserve.model.int8 import GemvInt8
 from loraserve.model.native import cpu_kernels
-from loraserve.model.packed import Gemv
+from loraserve.model.packed import Gemv, PackedGemm
 from loraserve.model.q8 import GemvQ8
 from loraserve.model.rope import RopeTables, apply_rope
 from loraserve.model.w8a8 import W8A8Kernels
@@ -54,6 +54,7 @@ class TorchOps:
     name = "torch"
     bgmv: Bgmv | None = None  # LoRA then groups tokens by slot into batched matmuls
     gemv: Gemv | None = None  # the base linears then run oneDNN (or F.linear) at every size
+    packed_gemm: PackedGemm | None = None  # set where the build runs it in register tiles
     gemv_int8: GemvInt8 | None = None  # int8 bases then run torch's int8 kernel
     gemv_q8_0: GemvQ8 | None = None  # Q8_0 bases need it
     w8a8: W8A8Kernels | None = None  # W8A8 bases then quantize and rescale in PyTorch
@@ -153,6 +154,8 @@ class NativeOps(TorchOps):
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
         self.gemv, self.gemv_int8, self.gemv_q8_0 = module.gemv, module.gemv_int8, module.gemv_q8_0
+        if module.packed_gemm_tiled(dtype == torch.bfloat16):
+            self.packed_gemm = module.packed_gemm
         self.w8a8 = W8A8Kernels(module.w8a8_gemm, module.w8a8_quantize, module.w8a8_rescale)
         self.lora_image = module.lora_image
 

@@ -53,6 +53,7 @@ _UNITS = (
     "bgmv.cpp",
     "rowwise.cpp",
     "attention.cpp",
+    "gemm.cpp",
     "gemv.cpp",
     "w8a8.cpp",
     "lora_image.cpp",
@@ -60,7 +61,7 @@ _UNITS = (
 
 
 def _cflags(level: str) -> list[str]:
-    return ["-O3", "-fopenmp", *compiler_flags(level)]
+    return ["-O3", "-fopenmp", "-fvisibility=hidden", *compiler_flags(level)]
 
 
 def build_key(level: str) -> str:

@@ -1,4 +1,5 @@
-"""oneDNN-packed copies of the fp32 and bf16 weights for CPU inference.
+"""Packed copies of the fp32 and bf16 base weights for CPU inference: loraserve's own layout for
+its packed GEMM where the build runs it fast, else oneDNN's.
 
 On CPU, a GEMM against a weight pre-reordered into oneDNN's blocked layout is faster at decode
 batch sizes than ``F.linear`` on the plain tensor: bf16 15-30% (AVX512-BF16 machine, measured in
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from loraserve.model.args import FUSED
+from loraserve.model.huge_pages import move_to_huge_pages
 from loraserve.model.weights import ModelWeights
 
 
@@ -48,28 +50,50 @@ class LinearOps(Protocol):
 # EPYC, weights cold: 9.7 vs 13.5 ms at 1 row, 9.7 vs 14.4 at 2, 11.2 vs 12.2 at 4.
 GEMV_MAX_ROWS = 4
 Gemv = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
+PackedGemm = Gemv  # (x, pack_for_gemm(w), bias, out), csrc/gemm.cpp
 
 
 class Linears:
-    """``linear(x, layer, name)`` over packed weights when available, else ``F.linear``; through
-    the native GEMV (``gemv``, where it is built) for a few rows."""
+    """``linear(x, layer, name)`` over packed copies of the base weights, the plain ones kept
+    (merged LoRA edits them and repacks; a tied embedding reads them): loraserve's packed GEMM
+    at every row count where this build runs it in register tiles (``gemm``: bf16 on AVX512-BF16,
+    fp32 on AVX-512; SmolLM2's matrices 1.1-1.7x oneDNN's packed linear from 1 to 256 rows,
+    ``benchmarks/bench_gemm.py``); else oneDNN's packed linear (``enabled``), the native GEMV
+    (``gemv``) taking up to ``GEMV_MAX_ROWS`` rows; else ``F.linear``."""
 
     def __init__(
-        self, weights: ModelWeights, batch_hint: int, enabled: bool, gemv: Gemv | None = None
+        self,
+        weights: ModelWeights,
+        batch_hint: int,
+        enabled: bool,
+        gemv: Gemv | None = None,
+        gemm: PackedGemm | None = None,
     ) -> None:
         self.weights = weights
         self.batch_hint = batch_hint
-        self.enabled = enabled
-        self.gemv = gemv
+        self.gemm = gemm
+        self.enabled = enabled or gemm is not None
+        self.gemv = gemv if gemm is None else None
         self.packed: list[dict[str, torch.Tensor]] = []
         self.lm_head: torch.Tensor | None = None
-        if enabled:
+        if self.enabled:
             self.packed = [{} for _ in weights.layers]
             for index in range(len(weights.layers)):
                 self.repack(index)
             self.lm_head = self._pack(weights.lm_head)
+            if gemm is not None:  # what every decode step streams
+                move_to_huge_pages([self.lm_head, *(t for layer in self.packed for t in layer.values())])
+
+    @property
+    def name(self) -> str:
+        if self.gemm is not None:
+            return "native-packed-gemm"
+        name = "onednn-packed" if self.enabled else "torch"
+        return f"{name}, native-gemv (<= {GEMV_MAX_ROWS} rows)" if self.gemv is not None else name
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.gemm is not None:
+            return pack_for_gemm(weight)
         return torch.ops.mkldnn._reorder_linear_weight(weight, self.batch_hint)
 
     def repack(self, layer: int) -> None:
@@ -78,16 +102,29 @@ class Linears:
             for name in FUSED:
                 self.packed[layer][name] = self._pack(self.weights.layers[layer].fused(name))
 
-    def _few_rows(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    def _native(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        packed: torch.Tensor | None,
+        bias: torch.Tensor | None,
     ) -> torch.Tensor | None:
+        """The native packed GEMM at any row count, the GEMV for a few rows, or None (oneDNN or
+        F.linear then)."""
+        if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
+            return None
+        if self.gemm is not None and packed is not None:
+            rows = x.reshape(-1, x.shape[-1])
+            rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+            out = torch.empty((rows.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+            self.gemm(rows, packed, bias, out)
+            return out.view(*x.shape[:-1], weight.shape[0])
         if (
             self.gemv is None
             or x.dim() != 2
             or x.shape[0] > GEMV_MAX_ROWS
             or x.stride(-1) != 1
             or not weight.is_contiguous()
-            or weight.dtype != x.dtype
         ):
             return None
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
@@ -95,12 +132,14 @@ class Linears:
         return out
 
     def __call__(self, x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
-        few = self._few_rows(x, self.weights.layers[layer].fused(name), bias)
-        if few is not None:
-            return few
-        if not self.enabled:
-            return F.linear(x, self.weights.layers[layer].fused(name), bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed[layer][name], bias, "none", [], "")
+        weight = self.weights.layers[layer].fused(name)
+        packed = self.packed[layer][name] if self.enabled else None
+        native = self._native(x, weight, packed, bias)
+        if native is not None:
+            return native
+        if packed is None or self.gemm is not None:
+            return F.linear(x, weight, bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
     def repack_head(self) -> None:
         """Refresh the packed LM head after the plain one was swapped (merged vocabulary adapters)."""
@@ -108,9 +147,22 @@ class Linears:
             self.lm_head = self._pack(self.weights.lm_head)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        few = self._few_rows(x, self.weights.lm_head, None)
-        if few is not None:
-            return few
-        if self.lm_head is None:
+        native = self._native(x, self.weights.lm_head, self.lm_head, None)
+        if native is not None:
+            return native
+        if self.lm_head is None or self.gemm is not None:
             return F.linear(x, self.weights.lm_head)
         return torch.ops.mkldnn._linear_pointwise(x, self.lm_head, None, "none", [], "")
+
+
+def pack_for_gemm(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (N, K) as the native packed GEMM reads it (``csrc/gemm.cpp``): (ceil(N/16),
+    ceil(K/P), 16P), P = 4 / element size — groups of 16 output channels, each 64-byte row one
+    32-bit word of k (a bf16 pair, one fp32) for all 16, zero padded."""
+    per_word = 4 // weight.element_size()
+    n, k = weight.shape
+    groups, words = -(-n // 16), -(-k // per_word)
+    padded = weight.new_zeros(groups * 16, words * per_word)
+    padded[:n, :k] = weight
+    grouped = padded.view(groups, 16, words, per_word).transpose(1, 2)
+    return grouped.contiguous().view(groups, words, 16 * per_word)

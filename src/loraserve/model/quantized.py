@@ -66,8 +66,10 @@ def quantized_linears(
     from loraserve.model.q8 import Q8Format
     from loraserve.model.w8a8 import W8A8Format, w8a8_available
 
-    gemv, gemv_int8, gemv_q8, w8a8 = (
-        (ops.gemv, ops.gemv_int8, ops.gemv_q8_0, ops.w8a8) if ops is not None else (None,) * 4
+    gemv, gemm, gemv_int8, gemv_q8, w8a8 = (
+        (ops.gemv, ops.packed_gemm, ops.gemv_int8, ops.gemv_q8_0, ops.w8a8)
+        if ops is not None
+        else (None,) * 5
     )
     makers: dict[str, tuple[bool, Callable[[], WeightFormat], str]] = {
         "int8": (int8_available(device), lambda: Int8Format(gemv_int8), "torch's _weight_int8pack_mm"),
@@ -97,9 +99,11 @@ def quantized_linears(
         return None if block is None else formats[scheme[block]]
 
     packed = packing_available(dtype, device)
-    return QuantizedLinears(
-        weights, dtype, plan, lambda pack: Linears(weights, batch_hint, packed and pack, gemv)
-    )
+
+    def dense(pack: bool) -> Linears:
+        return Linears(weights, batch_hint, packed and pack, gemv, gemm if pack else None)
+
+    return QuantizedLinears(weights, dtype, plan, dense)
 
 
 class QuantizedLinears:

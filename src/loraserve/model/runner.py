@@ -19,7 +19,7 @@ from loraserve.model.huge_pages import move_to_huge_pages
 from loraserve.model.layer_ops import select_ops
 from loraserve.model.loader import load_state_dict
 from loraserve.model.lora import MergedLora, lora_backend
-from loraserve.model.packed import GEMV_MAX_ROWS, Linears, packing_available
+from loraserve.model.packed import Linears, packing_available
 from loraserve.model.quantized import QuantizedLinears, quantized_linears
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import ModelWeights
@@ -63,7 +63,13 @@ class ModelRunner:
         self.linears: Linears | QuantizedLinears = (
             quantized_linears(quantize, self.weights, dtype, device, batch_hint, file_blocks, self.ops)
             if quantize
-            else Linears(self.weights, batch_hint, packing_available(dtype, device), self.ops.gemv)
+            else Linears(
+                self.weights,
+                batch_hint,
+                packing_available(dtype, device),
+                self.ops.gemv,
+                self.ops.packed_gemm,
+            )
         )
         self.merged = MergedLora(
             self.args, self.weights, on_change=self.linears.repack, on_head_change=self.linears.repack_head
@@ -81,14 +87,8 @@ class ModelRunner:
             "native_bf16": str(cpu.native_bf16).lower(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "kernels": self.ops.name,
-            "linear": self._linear_name(),
+            "linear": self.linears.name,
         }
-
-    def _linear_name(self) -> str:
-        if isinstance(self.linears, QuantizedLinears):
-            return self.linears.name
-        name = "onednn-packed" if self.linears.enabled else "torch"
-        return f"{name}, native-gemv (<= {GEMV_MAX_ROWS} rows)" if self.linears.gemv is not None else name
 
     def kv_bytes_per_token(self) -> int:
         """Keys and values of one token over all layers."""

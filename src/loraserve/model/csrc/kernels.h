@@ -1,5 +1,5 @@
 // The kernels, each written once as a template over its element type T and instantiated for float
-// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp, gemv.cpp, w8a8.cpp, lora_image.cpp). cpu_kernels.cpp checks every input, then calls
+// and bf16 (bgmv.cpp, rowwise.cpp, attention.cpp, gemm.cpp, gemv.cpp, w8a8.cpp, lora_image.cpp). cpu_kernels.cpp checks every input, then calls
 // the instantiation of the tensors' dtype. Shapes are documented at the entry points.
 #pragma once
 
@@ -26,6 +26,10 @@ void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor po
                    int64_t kv_heads);
 template <class T>
 void gemv(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out);
+template <class T>
+void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out);
+template <class T>
+bool packed_gemm_tiled();
 template <class T>
 void gemv_int8(at::Tensor x, at::Tensor q, at::Tensor scales, c10::optional<at::Tensor> bias, at::Tensor out);
 template <class T>
