@@ -108,9 +108,9 @@ def quantized_linears(
 
 class QuantizedLinears:
     """``linear(x, layer, name)`` through each matrix's format kernel for up to its ``max_rows``
-    rows, through the dequantized weights (oneDNN-packed where available, as ``packed.Linears``)
-    for more: the weight-only kernels are matrix-vector kernels, several times slower than the
-    packed bf16 GEMM at 32 rows. The cost: the quantized copies are held beside the dequantized
+    rows, through the dequantized weights (packed as ``packed.Linears`` packs them) for more: the
+    weight-only kernels are matrix-vector kernels, several times slower than the packed bf16 GEMM
+    at 32 rows. The cost: the quantized copies are held beside the dequantized
     weights."""
 
     enabled = True

@@ -58,9 +58,27 @@ inline int32_t x_word(const T* row, int64_t k) {
   return word;
 }
 
-// One tile's sums, acc[r][16 * c + j] = sum_k x[r][k] * w[n0 + 16c + j][k], in fp32, k in order.
+// Pulls word k (a 64-byte line) of each of the next block's `groups` groups towards L2, for the
+// first `count` words of this tile's share.
+template <class T>
+inline void prefetch_next(const T* next, int64_t groups, int64_t count, int64_t gs, int64_t k) {
+  if (k < count)
+    for (int64_t c = 0; c < groups; ++c)
+      __builtin_prefetch(next + c * gs + k * kPerWord<T> * kLanes, 0, 2);  // read, to L2
+}
+
+// What a tile prefetches of the next block of weights: `count` words from `next` in each of `groups`.
+template <class T>
+struct Prefetch {
+  const T* next;
+  int64_t groups, count;
+};
+
+// One tile's sums, acc[r][16 * c + j] = sum_k x[r][k] * w[n0 + 16c + j][k], in fp32, k in order;
+// meanwhile its share of the next block of weights is prefetched, a line per group per k.
 template <int R, int C, class T>
-void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64_t K, float (*acc)[C * kLanes]) {
+void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64_t K, Prefetch<T> pf,
+               float (*acc)[C * kLanes]) {
   if constexpr (kTiled<T>) {
 #if defined(__AVX512BF16__)
     if constexpr (std::is_same_v<T, bf16_t>) {
@@ -73,6 +91,7 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
         __m512bh wv[C];
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) wv[c] = (__m512bh)_mm512_loadu_si512(w + c * gs + k * 2 * kLanes);
+        prefetch_next(pf.next, pf.groups, pf.count, gs, k);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const __m512bh xb = (__m512bh)_mm512_set1_epi32(x_word(x + r * xs, k));
@@ -98,6 +117,7 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
         __m512 wv[C];
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_ps(w + c * gs + k * kLanes);
+        prefetch_next(pf.next, pf.groups, pf.count, gs, k);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const __m512 xb = _mm512_set1_ps(x[r * xs + k]);
@@ -132,11 +152,11 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
 // Rows [0, R) of x (row stride xs) times C packed groups (group stride gs), plus the bias, into
 // out (row stride os) for channels [n0, n0 + 16C) that are < N.
 template <int R, int C, class T>
-void tile(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64_t K, const T* bias, T* out,
-          int64_t os, int64_t n0, int64_t N) {
+void tile(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64_t K, Prefetch<T> pf, const T* bias,
+          T* out, int64_t os, int64_t n0, int64_t N) {
   using E = Elem<T>;
   alignas(64) float acc[R][C * kLanes];
-  tile_sums<R, C, T>(x, xs, w, gs, Kw, K, acc);
+  tile_sums<R, C, T>(x, xs, w, gs, Kw, K, pf, acc);
   const int64_t count = std::min<int64_t>(C * kLanes, N - n0);
   for (int r = 0; r < R; ++r) {
     T* row = out + r * os + n0;
@@ -151,8 +171,8 @@ void tile(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64_t K,
 }
 
 template <class T>
-using TileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, int64_t, const T*, T*, int64_t, int64_t,
-                        int64_t);
+using TileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, int64_t, Prefetch<T>, const T*, T*, int64_t,
+                        int64_t, int64_t);
 
 template <class T, int R, int... C>
 constexpr std::array<TileFn<T>, sizeof...(C)> tiles_of_rows(std::integer_sequence<int, C...>) {
@@ -188,6 +208,7 @@ void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at:
   const T* wp = w.data_ptr<T>();
   const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
+  const int64_t tiles = (M + kMaxRows - 1) / kMaxRows, share = (Kw + tiles - 1) / tiles;
   // each thread takes a contiguous run of groups and streams them once, every row against each
 #pragma omp parallel
   {
@@ -195,9 +216,15 @@ void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at:
     const int64_t first = G * t / threads, last = G * (t + 1) / threads;
     for (int64_t g = first; g < last; g += kMaxGroups) {
       const int64_t groups = std::min<int64_t>(kMaxGroups, last - g);
-      for (int64_t m = 0; m < M; m += kMaxRows) {
+      const int64_t next_groups = std::min<int64_t>(kMaxGroups, std::max<int64_t>(last - g - groups, 0));
+      // the row tiles of this block share the prefetch of the next one, so its lines come from
+      // memory while this block is re-read from L2 (SmolLM2's matrices at 32 rows, weights cold:
+      // ~3% faster; they run at ~82% of the bf16 peak cold, 93-97% in cache)
+      for (int64_t m = 0, i = 0; m < M; m += kMaxRows, ++i) {
         const int64_t rows = std::min<int64_t>(kMaxRows, M - m);
-        table[rows - 1][groups - 1](xp + m * xs, xs, wp + g * gs, gs, Kw, K, bp, op + m * os, os, g * kLanes, N);
+        const Prefetch<T> pf{next_groups > 0 ? wp + (g + groups) * gs + i * share * kPerWord<T> * kLanes : nullptr,
+                             next_groups, std::min(share, Kw - i * share)};
+        table[rows - 1][groups - 1](xp + m * xs, xs, wp + g * gs, gs, Kw, K, pf, bp, op + m * os, os, g * kLanes, N);
       }
     }
   }
