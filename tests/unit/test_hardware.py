@@ -68,3 +68,15 @@ def test_describe_choice_refuses_a_bad_dtype_and_never_imports_torch():
         "describe_choice(None, None); assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})
+
+
+def test_packed_gemm_leaves_bf16_to_onednn_on_amx():
+    """oneDNN's bf16 GEMM runs on AMX tiles where the CPU has them; the packed GEMM (VDPBF16PS)
+    takes bf16 only without AMX, and fp32 everywhere its build tiles it."""
+    from loraserve.model.packed import packed_gemm_preferred
+
+    zen4 = frozenset({"avx512f", "avx512_bf16", "avx512_vnni"})
+    sapphire_rapids = zen4 | {"amx_bf16", "amx_tile", "amx_int8"}
+    assert packed_gemm_preferred(torch.bfloat16, zen4)
+    assert not packed_gemm_preferred(torch.bfloat16, sapphire_rapids)
+    assert packed_gemm_preferred(torch.float32, sapphire_rapids)

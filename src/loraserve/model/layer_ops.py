@@ -16,7 +16,7 @@ from loraserve.model.batch import StepBatch
 from loraserve.model.hardware import cpu_info
 from loraserve.model.int8 import GemvInt8
 from loraserve.model.native import cpu_kernels
-from loraserve.model.packed import Gemv, PackedGemm
+from loraserve.model.packed import Gemv, PackedGemm, packed_gemm_preferred
 from loraserve.model.q8 import GemvQ8
 from loraserve.model.rope import RopeTables, apply_rope
 from loraserve.model.w8a8 import W8A8Kernels
@@ -154,7 +154,8 @@ class NativeOps(TorchOps):
         self.module, self.name = module, f"native-{level}"
         self.bgmv = module.bgmv
         self.gemv, self.gemv_int8, self.gemv_q8_0 = module.gemv, module.gemv_int8, module.gemv_q8_0
-        if module.packed_gemm_tiled(dtype == torch.bfloat16):
+        tiled = module.packed_gemm_tiled(dtype == torch.bfloat16)
+        if tiled and packed_gemm_preferred(dtype, cpu_info().flags):
             self.packed_gemm = module.packed_gemm
         self.w8a8 = W8A8Kernels(module.w8a8_gemm, module.w8a8_quantize, module.w8a8_rescale)
         self.lora_image = module.lora_image

@@ -37,6 +37,14 @@ def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
     return True
 
 
+def packed_gemm_preferred(dtype: torch.dtype, flags: frozenset[str]) -> bool:
+    """Whether loraserve's packed GEMM (where its build tiles ``dtype``) should replace oneDNN on
+    a CPU with these flags: not bf16 with AMX-BF16, where oneDNN multiplies on the matrix tiles at
+    many times VDPBF16PS's rate (not measured against it here: no AMX machine), so oneDNN's packed
+    GEMM and the GEMV keep the base matrices there."""
+    return not (dtype == torch.bfloat16 and "amx_bf16" in flags)
+
+
 class LinearOps(Protocol):
     """What the decoder calls for the base model's matrix products (``Linears``, ``Int8Linears``)."""
 
