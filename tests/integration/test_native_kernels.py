@@ -242,6 +242,8 @@ def test_packed_gemm_is_the_linear_and_batch_invariant(kernels, dtype, rows, n, 
     out = torch.empty(rows, n, dtype=dtype)
     kernels.packed_gemm(poisoned, packed, None, out)
     assert bool(out[-1].isnan().all()) and not bool(out[:-1].isnan().any())
+    empty = torch.empty(0, n, dtype=dtype)  # a step without tokens
+    kernels.packed_gemm(x[:0], packed, bias, empty)
     with pytest.raises(RuntimeError, match="w must be"):
         kernels.packed_gemm(x[:, : k - 2].contiguous(), packed, None, out)
     with pytest.raises(RuntimeError, match="bias must be"):

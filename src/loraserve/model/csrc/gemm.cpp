@@ -194,6 +194,7 @@ bool packed_gemm_tiled() {
 template <class T>
 void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1), G = w.size(0), Kw = w.size(1);
+  if (M == 0 || N == 0) return;  // an empty step (no tokens) or an empty matrix
   const int64_t gs = Kw * kPerWord<T> * kLanes, os = out.stride(0);
   static constexpr auto table = tile_table<T>(std::make_integer_sequence<int, kMaxRows>{});
   int64_t xs = x.stride(0);
