@@ -58,27 +58,41 @@ inline int32_t x_word(const T* row, int64_t k) {
   return word;
 }
 
-// Pulls word k (a 64-byte line) of each of the next block's `groups` groups towards L2, for the
-// first `count` words of this tile's share.
-template <class T>
-inline void prefetch_next(const T* next, int64_t groups, int64_t count, int64_t gs, int64_t k) {
-  if (k < count)
-    for (int64_t c = 0; c < groups; ++c)
-      __builtin_prefetch(next + c * gs + k * kPerWord<T> * kLanes, 0, 2);  // read, to L2
-}
-
-// What a tile prefetches of the next block of weights: `count` words from `next` in each of `groups`.
+// What a tile prefetches towards L2 while it computes: words [k, k + count) of `groups` groups
+// from `base` (the next chunk of k of its block, or the next block's first), one line per group
+// per step of its own loop.
 template <class T>
 struct Prefetch {
-  const T* next;
-  int64_t groups, count;
+  const T* base = nullptr;
+  int64_t groups = 0, k = 0, count = 0;
+
+  void operator()(int64_t gs, int64_t step) const {
+    if (step < count)
+      for (int64_t c = 0; c < groups; ++c) __builtin_prefetch(base + c * gs + (k + step) * kPerWord<T> * kLanes, 0, 2);
+  }
 };
 
-// One tile's sums, acc[r][16 * c + j] = sum_k x[r][k] * w[n0 + 16c + j][k], in fp32, k in order;
-// meanwhile its share of the next block of weights is prefetched, a line per group per k.
+// One pass of a tile: rows [0, R) of x times C groups over words [k0, k1) of k, added in k order
+// to the running fp32 sums acc (row stride kMaxGroups * 16; zeros first when `first`). Splitting
+// k into passes keeps each sum's order, so its bits.
+template <class T>
+struct Pass {
+  const T* x;
+  int64_t xs;  // row stride of x
+  const T* w;  // the block's first group
+  int64_t gs, k0, k1, K;
+  bool first, last;
+  Prefetch<T> prefetch;
+  float* acc;
+  const T* bias;  // written to out (row stride os, channels [n0, N)) after the last pass
+  T* out;
+  int64_t os, n0, N;
+};
+
+constexpr int64_t kAccStride = kMaxGroups * kLanes;
+
 template <int R, int C, class T>
-void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64_t K, Prefetch<T> pf,
-               float (*acc)[C * kLanes]) {
+void tile_sums(const Pass<T>& p) {
   if constexpr (kTiled<T>) {
 #if defined(__AVX512BF16__)
     if constexpr (std::is_same_v<T, bf16_t>) {
@@ -86,15 +100,16 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) sums[r][c] = _mm512_setzero_ps();
-      for (int64_t k = 0; k < Kw; ++k) {
+        for (int c = 0; c < C; ++c)
+          sums[r][c] = p.first ? _mm512_setzero_ps() : _mm512_loadu_ps(p.acc + r * kAccStride + c * kLanes);
+      for (int64_t k = p.k0; k < p.k1; ++k) {
         __m512bh wv[C];
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) wv[c] = (__m512bh)_mm512_loadu_si512(w + c * gs + k * 2 * kLanes);
-        prefetch_next(pf.next, pf.groups, pf.count, gs, k);
+        for (int c = 0; c < C; ++c) wv[c] = (__m512bh)_mm512_loadu_si512(p.w + c * p.gs + k * 2 * kLanes);
+        p.prefetch(p.gs, k - p.k0);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-          const __m512bh xb = (__m512bh)_mm512_set1_epi32(x_word(x + r * xs, k));
+          const __m512bh xb = (__m512bh)_mm512_set1_epi32(x_word(p.x + r * p.xs, k));
 #pragma GCC unroll 4
           for (int c = 0; c < C; ++c) sums[r][c] = _mm512_dpbf16_ps(sums[r][c], xb, wv[c]);
         }
@@ -102,7 +117,7 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc[r] + c * kLanes, sums[r][c]);
+        for (int c = 0; c < C; ++c) _mm512_storeu_ps(p.acc + r * kAccStride + c * kLanes, sums[r][c]);
       return;
     }
 #endif
@@ -112,15 +127,16 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) sums[r][c] = _mm512_setzero_ps();
-      for (int64_t k = 0; k < Kw; ++k) {
+        for (int c = 0; c < C; ++c)
+          sums[r][c] = p.first ? _mm512_setzero_ps() : _mm512_loadu_ps(p.acc + r * kAccStride + c * kLanes);
+      for (int64_t k = p.k0; k < p.k1; ++k) {
         __m512 wv[C];
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_ps(w + c * gs + k * kLanes);
-        prefetch_next(pf.next, pf.groups, pf.count, gs, k);
+        for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_ps(p.w + c * p.gs + k * kLanes);
+        p.prefetch(p.gs, k - p.k0);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-          const __m512 xb = _mm512_set1_ps(x[r * xs + k]);
+          const __m512 xb = _mm512_set1_ps(p.x[r * p.xs + k]);
 #pragma GCC unroll 4
           for (int c = 0; c < C; ++c) sums[r][c] = _mm512_fmadd_ps(xb, wv[c], sums[r][c]);
         }
@@ -128,7 +144,7 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc[r] + c * kLanes, sums[r][c]);
+        for (int c = 0; c < C; ++c) _mm512_storeu_ps(p.acc + r * kAccStride + c * kLanes, sums[r][c]);
       return;
     }
 #endif
@@ -137,42 +153,43 @@ void tile_sums(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64
   // (the compiler contracts a * b + c as it likes per instantiation, and each row must give the
   // same bits in every tile)
   constexpr int P = kPerWord<T>;
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < C * kLanes; ++j) acc[r][j] = 0.f;
-  for (int64_t k = 0; k < K; ++k)
+  if (p.first)
+    for (int r = 0; r < R; ++r) std::fill(p.acc + r * kAccStride, p.acc + r * kAccStride + C * kLanes, 0.f);
+  for (int64_t k = p.k0 * P; k < std::min(p.k1 * P, p.K); ++k)
     for (int c = 0; c < C; ++c) {
-      const T* wk = w + c * gs + (k / P) * P * kLanes + k % P;
+      const T* wk = p.w + c * p.gs + (k / P) * P * kLanes + k % P;
       for (int r = 0; r < R; ++r) {
-        const float xk = Elem<T>::to_f(x[r * xs + k]);
-        for (int j = 0; j < kLanes; ++j) acc[r][c * kLanes + j] = std::fma(xk, Elem<T>::to_f(wk[j * P]), acc[r][c * kLanes + j]);
+        const float xk = Elem<T>::to_f(p.x[r * p.xs + k]);
+        float* acc = p.acc + r * kAccStride + c * kLanes;
+        for (int j = 0; j < kLanes; ++j) acc[j] = std::fma(xk, Elem<T>::to_f(wk[j * P]), acc[j]);
       }
     }
 }
 
-// Rows [0, R) of x (row stride xs) times C packed groups (group stride gs), plus the bias, into
-// out (row stride os) for channels [n0, n0 + 16C) that are < N.
+// A pass of R rows x C groups; after the last, the sums plus the bias rounded into out for the
+// channels [n0, n0 + 16C) that are < N.
 template <int R, int C, class T>
-void tile(const T* x, int64_t xs, const T* w, int64_t gs, int64_t Kw, int64_t K, Prefetch<T> pf, const T* bias,
-          T* out, int64_t os, int64_t n0, int64_t N) {
+void tile(const Pass<T>& p) {
   using E = Elem<T>;
-  alignas(64) float acc[R][C * kLanes];
-  tile_sums<R, C, T>(x, xs, w, gs, Kw, K, pf, acc);
-  const int64_t count = std::min<int64_t>(C * kLanes, N - n0);
+  tile_sums<R, C, T>(p);
+  if (!p.last) return;
+  const int64_t count = std::min<int64_t>(C * kLanes, p.N - p.n0);
   for (int r = 0; r < R; ++r) {
-    T* row = out + r * os + n0;
+    const float* acc = p.acc + r * kAccStride;
+    T* row = p.out + r * p.os + p.n0;
+    const T* bias = p.bias == nullptr ? nullptr : p.bias + p.n0;
     int64_t n = 0;
     for (; n + Vec::W <= count; n += Vec::W) {
-      Vec::reg v = Vec::load(acc[r] + n);
-      if (bias != nullptr) v = Vec::add(v, E::load(bias + n0 + n));
+      Vec::reg v = Vec::load(acc + n);
+      if (bias != nullptr) v = Vec::add(v, E::load(bias + n));
       E::store(row + n, v);
     }
-    for (; n < count; ++n) row[n] = E::from_f(bias != nullptr ? acc[r][n] + E::to_f(bias[n0 + n]) : acc[r][n]);
+    for (; n < count; ++n) row[n] = E::from_f(bias != nullptr ? acc[n] + E::to_f(bias[n]) : acc[n]);
   }
 }
 
 template <class T>
-using TileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, int64_t, Prefetch<T>, const T*, T*, int64_t,
-                        int64_t, int64_t);
+using TileFn = void (*)(const Pass<T>&);
 
 template <class T, int R, int... C>
 constexpr std::array<TileFn<T>, sizeof...(C)> tiles_of_rows(std::integer_sequence<int, C...>) {
@@ -183,6 +200,11 @@ template <class T, int... R>
 constexpr std::array<std::array<TileFn<T>, kMaxGroups>, sizeof...(R)> tile_table(std::integer_sequence<int, R...>) {
   return {tiles_of_rows<T, R + 1>(std::make_integer_sequence<int, kMaxGroups>{})...};
 }
+
+// Bytes of a block's weights one pass may read, so that a block's later row tiles re-read it from
+// L2 (1 MB on Zen 4, 2 MB on Sapphire Rapids, 512 KB on Zen 3): Llama-3.2-1B's down projection
+// (K = 8192, 1 MB per block of 4 groups) at 8 rows ran at 0.6x its one-row time, from memory twice.
+constexpr int64_t kPassBytes = 128 * 1024;
 
 }  // namespace
 
@@ -209,23 +231,36 @@ void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at:
   const T* wp = w.data_ptr<T>();
   const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
-  const int64_t tiles = (M + kMaxRows - 1) / kMaxRows, share = (Kw + tiles - 1) / tiles;
+  const int64_t tiles = (M + kMaxRows - 1) / kMaxRows;
+  // one row tile streams its block once, whole; several re-read it, in passes that fit L2
+  const int64_t chunk = tiles == 1 ? Kw : std::max<int64_t>(1, kPassBytes / (kMaxGroups * 64));
   // each thread takes a contiguous run of groups and streams them once, every row against each
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = G * t / threads, last = G * (t + 1) / threads;
+    std::vector<float> acc(tiles * kMaxRows * kAccStride);
     for (int64_t g = first; g < last; g += kMaxGroups) {
       const int64_t groups = std::min<int64_t>(kMaxGroups, last - g);
       const int64_t next_groups = std::min<int64_t>(kMaxGroups, std::max<int64_t>(last - g - groups, 0));
-      // the row tiles of this block share the prefetch of the next one, so its lines come from
-      // memory while this block is re-read from L2 (SmolLM2's matrices at 32 rows, weights cold:
-      // ~3% faster; they run at ~82% of the bf16 peak cold, 93-97% in cache)
-      for (int64_t m = 0, i = 0; m < M; m += kMaxRows, ++i) {
-        const int64_t rows = std::min<int64_t>(kMaxRows, M - m);
-        const Prefetch<T> pf{next_groups > 0 ? wp + (g + groups) * gs + i * share * kPerWord<T> * kLanes : nullptr,
-                             next_groups, std::min(share, Kw - i * share)};
-        table[rows - 1][groups - 1](xp + m * xs, xs, wp + g * gs, gs, Kw, K, pf, bp, op + m * os, os, g * kLanes, N);
+      const T* block = wp + g * gs;
+      for (int64_t k0 = 0; k0 < Kw; k0 += chunk) {
+        const int64_t k1 = std::min(Kw, k0 + chunk);
+        // the row tiles of this pass share the prefetch of what the next one reads, so it comes
+        // from memory while this pass re-reads its own lines from L2 (SmolLM2's matrices at 32
+        // rows, weights cold: ~3% faster; they run at ~82% of the bf16 peak cold, 93-97% in cache)
+        Prefetch<T> next{block, groups, k1, std::min(chunk, Kw - k1)};
+        if (k1 == Kw) next = {block + groups * gs, next_groups, 0, std::min(chunk, Kw)};
+        const int64_t share = (next.count + tiles - 1) / tiles;
+        for (int64_t m = 0, i = 0; m < M; m += kMaxRows, ++i) {
+          const int64_t rows = std::min<int64_t>(kMaxRows, M - m);
+          Prefetch<T> mine = next;
+          mine.k += i * share;
+          mine.count = std::min(share, next.count - i * share);
+          const Pass<T> pass{xp + m * xs, xs,           block, gs,  k0,          k1, K, k0 == 0, k1 == Kw,
+                             mine,        acc.data() + m * kAccStride, bp, op + m * os, os, g * kLanes, N};
+          table[rows - 1][groups - 1](pass);
+        }
       }
     }
   }
