@@ -1,7 +1,7 @@
 """Where a decode step's time goes: GEMMs, LoRA, attention, the other small per-layer ops, and the
 Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at batch ``--batch``
 (32; 1 for a single stream) in the dtype ``auto`` picks; then F.linear against oneDNN-packed
-weights for each GEMM shape.
+weights and loraserve's packed GEMM for each GEMM shape.
 
     python -m benchmarks.profile_step [--adapters] [--steps 20] [--quantize w8a8]
 """
@@ -21,6 +21,7 @@ from benchmarks.bench_engine import make_adapters
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.model.args import FUSED, LORA_MODULES
 from loraserve.model.default_model import smollm2_path
+from loraserve.model.packed import PackedGemm, pack_for_gemm
 
 TOTALS: dict[str, float] = defaultdict(float)
 
@@ -48,25 +49,35 @@ def instrument(engine: LLMEngine) -> None:
 
 
 def compare_linear(engine: LLMEngine, tokens: int, repeats: int = 30) -> None:
-    """F.linear vs oneDNN packed weights (``torch.ops.mkldnn``) per fused weight, at M = tokens."""
+    """F.linear vs oneDNN packed weights (``torch.ops.mkldnn``) vs loraserve's packed GEMM (where
+    this build tiles the dtype) per fused weight, weights in cache, at M = tokens."""
     weights = engine.runner.weights
     layer = weights.layers[0]
+    gemm = engine.runner.ops.packed_gemm
     for name, weight in [*((n, layer.fused(n)) for n in FUSED), ("lm_head", weights.lm_head)]:
-        plain, packed = _linear_times(weight, tokens, repeats)
+        times = _linear_times(weight, tokens, repeats, gemm)
         flops = 2 * tokens * weight.numel()
         print(
-            f"  {name:8s} {tuple(weight.shape)}: F.linear {flops / plain / 1e9:6.1f} GFLOP/s | "
-            f"oneDNN packed {flops / packed / 1e9:6.1f} GFLOP/s"
+            f"  {name:8s} {tuple(weight.shape)}: "
+            + " | ".join(f"{kind} {flops / seconds / 1e9:6.1f} GFLOP/s" for kind, seconds in times.items())
         )
 
 
-def _linear_times(weight: torch.Tensor, tokens: int, repeats: int) -> tuple[float, float]:
+def _linear_times(
+    weight: torch.Tensor, tokens: int, repeats: int, gemm: PackedGemm | None
+) -> dict[str, float]:
     x = torch.randn(tokens, weight.shape[1], dtype=weight.dtype)
     packed = torch.ops.mkldnn._reorder_linear_weight(weight, tokens)
-    return (
-        _best(lambda: F.linear(x, weight), repeats),
-        _best(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats),
-    )
+    times = {
+        "F.linear": _best(lambda: F.linear(x, weight), repeats),
+        "oneDNN packed": _best(
+            lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats
+        ),
+    }
+    if gemm is not None:
+        ours, out = pack_for_gemm(weight), torch.empty(tokens, weight.shape[0], dtype=weight.dtype)
+        times["loraserve packed"] = _best(lambda: gemm(x, ours, None, out), repeats)
+    return times
 
 
 def _best(fn, repeats: int) -> float:

@@ -65,7 +65,7 @@ class Linears:
     """``linear(x, layer, name)`` over packed copies of the base weights, the plain ones kept
     (merged LoRA edits them and repacks; a tied embedding reads them): loraserve's packed GEMM
     at every row count where this build runs it in register tiles (``gemm``: bf16 on AVX512-BF16,
-    fp32 on AVX-512; SmolLM2's matrices 1.1-1.7x oneDNN's packed linear from 1 to 256 rows,
+    fp32 on AVX-512; SmolLM2's matrices 1.1-2x oneDNN's packed linear from 1 to 256 rows,
     ``benchmarks/bench_gemm.py``); else oneDNN's packed linear (``enabled``), the native GEMV
     (``gemv``) taking up to ``GEMV_MAX_ROWS`` rows; else ``F.linear``."""
 
