@@ -108,13 +108,18 @@ def test_rope_write_kv_matches_pytorch(kernels, dtype, dim, rotary):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [16, 20, 64, 128])  # 20: a vector tail; 64/128: register paths
 @pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (5, 0.0), (11, 2.0)])  # window, Gemma 2 cap
-def test_decode_attention_matches_reference(kernels, dtype, dim, window, softcap):
-    batch, heads, kv_heads, block_size = 3, 6, 2, 8
+# (block size, heads, KV heads): 16-token blocks take the 16-keys-at-once scores; 5 heads a KV
+# head, two passes over the values
+@pytest.mark.parametrize(("block_size", "heads", "kv_heads"), [(8, 6, 2), (16, 10, 2)])
+def test_decode_attention_matches_reference(
+    kernels, dtype, dim, window, softcap, block_size, heads, kv_heads
+):
+    batch = 3
     q = _rand(batch, heads, dim, dtype=dtype, seed=4)
     k_cache = _rand(9, kv_heads, block_size, dim, dtype=dtype, seed=5)  # (N, kvh, bs, d)
     v_cache = _rand(9, kv_heads, block_size, dim, dtype=dtype, seed=6)
     tables = torch.tensor([[4, 8, 1], [7, 0, 0], [2, 0, 0]])  # scattered blocks, 0-padded
-    lengths = torch.tensor([20, 1, 7])
+    lengths = torch.tensor([20, 1, 7]) if block_size == 8 else torch.tensor([40, 17, 7])
     out = torch.empty_like(q)
     kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim**-0.5, window, softcap)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}

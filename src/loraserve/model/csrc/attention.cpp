@@ -2,6 +2,7 @@
 // softmax and the weighted sum in fp32 whatever the cache's element type T.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -42,7 +43,10 @@ void softmax_inplace(float* x, int64_t n, float softcap) {
 // are attended (first > 0: a sliding window). acc (group, d) receives the output.
 template <class T>
 struct Unit {
-  const float* query;
+  const float* query;  // (group, d), scaled
+  const T* q_raw;      // the group's first head of q as the model gave it, heads q_head apart
+  int64_t q_head;
+  float scale;
   const T* k_cache;
   const T* v_cache;
   const int64_t* blocks;
@@ -118,15 +122,66 @@ void attend(const Unit<T>& u) {
   });
 }
 
+#if defined(__AVX512F__)
+// (sum of v[0]'s lanes, ..., sum of v[15]'s lanes) as one vector: a transpose-and-add tree,
+// 45 instructions for 16 sums.
+inline __m512 sum16(const __m512 (&v)[16]) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] of v[2i], v[2i+1]
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: that lane's sums of v[4i .. 4i+3]
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)  // lanes (0+1, 2+3) of b[2i], then of b[2i+1]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  // lane j: the full sums of v[4j .. 4j+3]
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+}
+
+// q . k for one bf16 query and key row of d (a multiple of 32) as 16 lanes of fp32 pair sums.
+template <int64_t d>
+inline __m512 dot_bf16(const bf16_t* q, const bf16_t* k) {
+#if defined(__AVX512BF16__)
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < d; i += 32)
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(q + i), (__m512bh)_mm512_loadu_si512(k + i));
+  return acc;
+#else
+  return _mm512_setzero_ps();  // not called: the caller needs AVX512-BF16
+#endif
+}
+#endif
+
 // head_dim d = C * W (64 and 128 with AVX-512): each key and value row is loaded (bf16: widened)
-// once into C registers for all the heads that share it; two heads' sums stay in registers.
+// once into C registers for all the heads that share it (bf16 with AVX512-BF16: multiplied as
+// bf16 pairs, no widening); up to 4 heads' sums (2 at d = 128) stay in registers.
 template <int C, class T>
 void attend_blocked(const Unit<T>& u) {
   using E = Elem<T>;
   constexpr int64_t d = C * Vec::W;
   const int64_t L = u.L;
   u.runs(u.k_cache, [&](int64_t start, int64_t n, const T* keys) {
-    for (int64_t l = 0; l < n; ++l) {
+    int64_t l = 0;
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<T, bf16_t>) {
+      // bf16 keys times the model's bf16 query by VDPBF16PS (no widening; each product exact in
+      // fp32), scaled after, as the PyTorch path scales q @ k^T; 16 keys' dot vectors summed
+      // across lanes together (sum16), not one full reduction each
+      for (; l + 16 <= n; l += 16)
+        for (int64_t g = 0; g < u.group; ++g) {
+          __m512 dots[16];
+          for (int j = 0; j < 16; ++j) dots[j] = dot_bf16<d>(u.q_raw + g * u.q_head, keys + (l + j) * d);
+          _mm512_storeu_ps(u.scores + g * L + start + l, _mm512_mul_ps(sum16(dots), _mm512_set1_ps(u.scale)));
+        }
+      for (; l < n; ++l)
+        for (int64_t g = 0; g < u.group; ++g)
+          u.scores[g * L + start + l] = _mm512_reduce_add_ps(dot_bf16<d>(u.q_raw + g * u.q_head, keys + l * d)) * u.scale;
+      return;
+    }
+#endif
+    for (; l < n; ++l) {
       Vec::reg key[C];
       for (int c = 0; c < C; ++c) key[c] = E::load(keys + l * d + c * Vec::W);
       for (int64_t g = 0; g < u.group; ++g) {
@@ -137,25 +192,26 @@ void attend_blocked(const Unit<T>& u) {
     }
   });
   for (int64_t g = 0; g < u.group; ++g) softmax_inplace(u.scores + g * L + u.first, L - u.first, u.softcap);
-  for (int64_t g0 = 0; g0 < u.group; g0 += 2) {
-    const bool pair = g0 + 1 < u.group;
-    Vec::reg a0[C], a1[C];
-    for (int c = 0; c < C; ++c) a0[c] = a1[c] = Vec::zero();
+  // up to H heads' sums in registers per pass over the values (H * C + C of the 32): each value
+  // row is loaded (bf16: widened) once per pass; a head short of H sums zeros, never stored
+  constexpr int H = C <= 4 ? 4 : 2;
+  for (int64_t g0 = 0; g0 < u.group; g0 += H) {
+    const int64_t heads = std::min<int64_t>(H, u.group - g0);
+    Vec::reg a[H][C];
+    for (int h = 0; h < H; ++h)
+      for (int c = 0; c < C; ++c) a[h][c] = Vec::zero();
     u.runs(u.v_cache, [&](int64_t start, int64_t n, const T* values) {
       for (int64_t l = 0; l < n; ++l) {
-        const Vec::reg p0 = Vec::set1(u.scores[g0 * L + start + l]);
-        const Vec::reg p1 = Vec::set1(pair ? u.scores[(g0 + 1) * L + start + l] : 0.0f);
+        Vec::reg p[H];
+        for (int h = 0; h < H; ++h) p[h] = Vec::set1(h < heads ? u.scores[(g0 + h) * L + start + l] : 0.0f);
         for (int c = 0; c < C; ++c) {
           const Vec::reg v = E::load(values + l * d + c * Vec::W);
-          a0[c] = Vec::fmadd(p0, v, a0[c]);
-          a1[c] = Vec::fmadd(p1, v, a1[c]);
+          for (int h = 0; h < H; ++h) a[h][c] = Vec::fmadd(p[h], v, a[h][c]);
         }
       }
     });
-    for (int c = 0; c < C; ++c) {
-      Vec::store(u.acc + g0 * d + c * Vec::W, a0[c]);
-      if (pair) Vec::store(u.acc + (g0 + 1) * d + c * Vec::W, a1[c]);
-    }
+    for (int h = 0; h < heads; ++h)
+      for (int c = 0; c < C; ++c) Vec::store(u.acc + (g0 + h) * d + c * Vec::W, a[h][c]);
   }
 }
 
@@ -190,8 +246,8 @@ void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::
         for (int64_t i = 0; i < d; ++i) query[g * d + i] = E::to_f(qh[i]) * fscale;
       }
       const int64_t head = kh * bs * d, first = window > 0 ? std::max<int64_t>(0, L - window) : 0;
-      const Unit<T> u{query.data(), kc + head, vc + head, tables + b * M, kvh * bs * d, bs, group, first, L,
-                      d, float(softcap), scores.data(), acc.data()};
+      const Unit<T> u{query.data(), qp + b * q_stride + kh * group * q_head, q_head, fscale, kc + head, vc + head,
+                      tables + b * M, kvh * bs * d, bs, group, first, L, d, float(softcap), scores.data(), acc.data()};
       if (Vec::W == 16 && d == 4 * Vec::W) {  // the registers it needs: AVX-512's 32, not AVX2's 16
         attend_blocked<4>(u);
       } else if (Vec::W == 16 && d == 8 * Vec::W) {
