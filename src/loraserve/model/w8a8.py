@@ -84,7 +84,7 @@ def fake_quantize(x: torch.Tensor) -> torch.Tensor:
 # in int32. Without them it multiplies with VPMADDUBSW, whose int16 pair sums saturate (2 * 255 *
 # 127 > 32767): wrong sums, so w8a8 is refused there (the weight-only int8 serves).
 EXACT_INT8_GEMM = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-MAX_K = 66_000  # the VNNI GEMV's shifted sums (255 * 127 * K) stay below 2^31
+MAX_K = 66_000  # the VNNI GEMM's shifted sums (255 * 127 * K) stay below 2^31
 
 
 def w8a8_available(device: torch.device, flags: frozenset[str] | None = None) -> bool:
