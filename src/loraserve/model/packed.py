@@ -111,29 +111,29 @@ class Linears:
             for name in FUSED:
                 self.packed[layer][name] = self._pack(self.weights.layers[layer].fused(name))
 
-    def _native(
-        self,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        packed: torch.Tensor | None,
-        bias: torch.Tensor | None,
+    def _gemm(
+        self, x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """The native packed GEMM at any row count, the GEMV for a few rows, or None (oneDNN or
-        F.linear then)."""
-        if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
+        """The packed GEMM on x (..., in) at any row count, or None where the dtypes differ."""
+        if x.dtype != packed.dtype or (bias is not None and bias.dtype != x.dtype):
             return None
-        if self.gemm is not None and packed is not None:
-            rows = x.reshape(-1, x.shape[-1])
-            rows = rows if rows.stride(-1) == 1 else rows.contiguous()
-            out = torch.empty((rows.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
-            self.gemm(rows, packed, bias, out)
-            return out.view(*x.shape[:-1], weight.shape[0])
+        rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # a step's (T, in): no reshape
+        rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+        out = torch.empty((rows.shape[0], n), dtype=x.dtype, device=x.device)
+        assert self.gemm is not None
+        self.gemm(rows, packed, bias, out)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], n)
+
+    def _few_rows(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor | None:
         if (
             self.gemv is None
             or x.dim() != 2
             or x.shape[0] > GEMV_MAX_ROWS
             or x.stride(-1) != 1
             or not weight.is_contiguous()
+            or weight.dtype != x.dtype
         ):
             return None
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
@@ -141,20 +141,16 @@ class Linears:
         return out
 
     def __call__(self, x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.gemm is not None and x.dim() == 2 and x.stride(-1) == 1:  # a step's (T, in): the hot path
-            ours = self.packed[layer][name]  # Python here costs ~3 us a call, not ~10 (x 121 a step)
-            if x.dtype == ours.dtype and (bias is None or bias.dtype == x.dtype):
-                out = torch.empty((x.shape[0], self.out_features[layer][name]), dtype=x.dtype)
-                self.gemm(x, ours, bias, out)
-                return out
+        if self.gemm is not None:  # the hot path: ~3 us of Python a call, not ~10 (x 121 a step)
+            out = self._gemm(x, self.packed[layer][name], self.out_features[layer][name], bias)
+            return F.linear(x, self.weights.layers[layer].fused(name), bias) if out is None else out
         weight = self.weights.layers[layer].fused(name)
-        packed = self.packed[layer][name] if self.enabled else None
-        native = self._native(x, weight, packed, bias)
-        if native is not None:
-            return native
-        if packed is None or self.gemm is not None:
+        few = self._few_rows(x, weight, bias)
+        if few is not None:
+            return few
+        if not self.enabled:
             return F.linear(x, weight, bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed[layer][name], bias, "none", [], "")
 
     def repack_head(self) -> None:
         """Refresh the packed LM head after the plain one was swapped (merged vocabulary adapters)."""
@@ -162,11 +158,15 @@ class Linears:
             self.lm_head = self._pack(self.weights.lm_head)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        native = self._native(x, self.weights.lm_head, self.lm_head, None)
-        if native is not None:
-            return native
-        if self.lm_head is None or self.gemm is not None:
-            return F.linear(x, self.weights.lm_head)
+        head = self.weights.lm_head
+        if self.gemm is not None and self.lm_head is not None:
+            out = self._gemm(x, self.lm_head, head.shape[0], None)
+            return F.linear(x, head) if out is None else out
+        few = self._few_rows(x, head, None)
+        if few is not None:
+            return few
+        if self.lm_head is None:
+            return F.linear(x, head)
         return torch.ops.mkldnn._linear_pointwise(x, self.lm_head, None, "none", [], "")
 
 

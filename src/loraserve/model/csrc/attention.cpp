@@ -122,7 +122,7 @@ void attend(const Unit<T>& u) {
   });
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512BF16__)
 // (sum of v[0]'s lanes, ..., sum of v[15]'s lanes) as one vector: a transpose-and-add tree,
 // 45 instructions for 16 sums.
 inline __m512 sum16(const __m512 (&v)[16]) {
@@ -143,14 +143,10 @@ inline __m512 sum16(const __m512 (&v)[16]) {
 // q . k for one bf16 query and key row of d (a multiple of 32) as 16 lanes of fp32 pair sums.
 template <int64_t d>
 inline __m512 dot_bf16(const bf16_t* q, const bf16_t* k) {
-#if defined(__AVX512BF16__)
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < d; i += 32)
     acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(q + i), (__m512bh)_mm512_loadu_si512(k + i));
   return acc;
-#else
-  return _mm512_setzero_ps();  // not called: the caller needs AVX512-BF16
-#endif
 }
 #endif
 

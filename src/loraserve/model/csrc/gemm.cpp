@@ -91,64 +91,61 @@ struct Pass {
 
 constexpr int64_t kAccStride = kMaxGroups * kLanes;
 
+#if defined(__AVX512F__)
+// How a register tile multiplies one word of k: a 64-byte weight load, x's word broadcast, and
+// the multiply-add into 16 fp32 sums (VDPBF16PS's pair sum for bf16, an FMA for fp32).
+template <class T>
+struct WordOps;
+
+#if defined(__AVX512BF16__)
+template <>
+struct WordOps<bf16_t> {
+  using reg = __m512bh;
+  static reg weights(const bf16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static reg x(const bf16_t* row, int64_t k) { return (__m512bh)_mm512_set1_epi32(x_word(row, k)); }
+  static __m512 madd(__m512 sums, reg x, reg w) { return _mm512_dpbf16_ps(sums, x, w); }
+};
+#endif
+
+template <>
+struct WordOps<float> {
+  using reg = __m512;
+  static reg weights(const float* p) { return _mm512_loadu_ps(p); }
+  static reg x(const float* row, int64_t k) { return _mm512_set1_ps(row[k]); }
+  static __m512 madd(__m512 sums, reg x, reg w) { return _mm512_fmadd_ps(x, w, sums); }
+};
+#endif
+
 template <int R, int C, class T>
 void tile_sums(const Pass<T>& p) {
-  if constexpr (kTiled<T>) {
-#if defined(__AVX512BF16__)
-    if constexpr (std::is_same_v<T, bf16_t>) {
-      __m512 sums[R][C];  // fully unrolled, so the sums live in registers
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c)
-          sums[r][c] = p.first ? _mm512_setzero_ps() : _mm512_loadu_ps(p.acc + r * kAccStride + c * kLanes);
-      for (int64_t k = p.k0; k < p.k1; ++k) {
-        __m512bh wv[C];
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) wv[c] = (__m512bh)_mm512_loadu_si512(p.w + c * p.gs + k * 2 * kLanes);
-        p.prefetch(p.gs, k - p.k0);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const __m512bh xb = (__m512bh)_mm512_set1_epi32(x_word(p.x + r * p.xs, k));
-#pragma GCC unroll 4
-          for (int c = 0; c < C; ++c) sums[r][c] = _mm512_dpbf16_ps(sums[r][c], xb, wv[c]);
-        }
-      }
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) _mm512_storeu_ps(p.acc + r * kAccStride + c * kLanes, sums[r][c]);
-      return;
-    }
-#endif
 #if defined(__AVX512F__)
-    if constexpr (std::is_same_v<T, float>) {
-      __m512 sums[R][C];
+  if constexpr (kTiled<T>) {
+    using Ops = WordOps<T>;
+    __m512 sums[R][C];  // fully unrolled, so the sums live in registers
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c)
-          sums[r][c] = p.first ? _mm512_setzero_ps() : _mm512_loadu_ps(p.acc + r * kAccStride + c * kLanes);
-      for (int64_t k = p.k0; k < p.k1; ++k) {
-        __m512 wv[C];
+      for (int c = 0; c < C; ++c)
+        sums[r][c] = p.first ? _mm512_setzero_ps() : _mm512_loadu_ps(p.acc + r * kAccStride + c * kLanes);
+    for (int64_t k = p.k0; k < p.k1; ++k) {
+      typename Ops::reg wv[C];
 #pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_ps(p.w + c * p.gs + k * kLanes);
-        p.prefetch(p.gs, k - p.k0);
+      for (int c = 0; c < C; ++c) wv[c] = Ops::weights(p.w + c * p.gs + k * kPerWord<T> * kLanes);
+      p.prefetch(p.gs, k - p.k0);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const __m512 xb = _mm512_set1_ps(p.x[r * p.xs + k]);
+      for (int r = 0; r < R; ++r) {
+        const typename Ops::reg xb = Ops::x(p.x + r * p.xs, k);
 #pragma GCC unroll 4
-          for (int c = 0; c < C; ++c) sums[r][c] = _mm512_fmadd_ps(xb, wv[c], sums[r][c]);
-        }
+        for (int c = 0; c < C; ++c) sums[r][c] = Ops::madd(sums[r][c], xb, wv[c]);
       }
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) _mm512_storeu_ps(p.acc + r * kAccStride + c * kLanes, sums[r][c]);
-      return;
     }
-#endif
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) _mm512_storeu_ps(p.acc + r * kAccStride + c * kLanes, sums[r][c]);
+    return;
   }
+#endif
   // the plain loop: same layout, fp32 sums in k order, each step one explicit fused multiply-add
   // (the compiler contracts a * b + c as it likes per instantiation, and each row must give the
   // same bits in every tile)
@@ -188,19 +185,6 @@ void tile(const Pass<T>& p) {
   }
 }
 
-template <class T>
-using TileFn = void (*)(const Pass<T>&);
-
-template <class T, int R, int... C>
-constexpr std::array<TileFn<T>, sizeof...(C)> tiles_of_rows(std::integer_sequence<int, C...>) {
-  return {&tile<R, C + 1, T>...};
-}
-
-template <class T, int... R>
-constexpr std::array<std::array<TileFn<T>, kMaxGroups>, sizeof...(R)> tile_table(std::integer_sequence<int, R...>) {
-  return {tiles_of_rows<T, R + 1>(std::make_integer_sequence<int, kMaxGroups>{})...};
-}
-
 // Bytes of a block's weights one pass may read, so that a block's later row tiles re-read it from
 // L2 (1 MB on Zen 4, 2 MB on Sapphire Rapids, 512 KB on Zen 3): Llama-3.2-1B's down projection
 // (K = 8192, 1 MB per block of 4 groups) at 8 rows ran at 0.6x its one-row time, from memory twice.
@@ -218,7 +202,8 @@ void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at:
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1), G = w.size(0), Kw = w.size(1);
   if (M == 0 || N == 0) return;  // an empty step (no tokens) or an empty matrix
   const int64_t gs = Kw * kPerWord<T> * kLanes, os = out.stride(0);
-  static constexpr auto table = tile_table<T>(std::make_integer_sequence<int, kMaxRows>{});
+  static constexpr auto table =
+      tile_table<kMaxRows, kMaxGroups>([](auto r, auto c) { return &tile<decltype(r)::value, decltype(c)::value, T>; });
   int64_t xs = x.stride(0);
   const T* xp = x.data_ptr<T>();
   std::vector<T> padded;  // rows of odd K as whole words, a zero after each (no model has odd K)

@@ -5,6 +5,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "simd.h"
@@ -47,6 +50,24 @@ void lora_image(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>&
 template <class T>
 void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
                       at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap);
+
+// The register-tile instantiations a GEMM picks from at run time (gemm.cpp, w8a8.cpp):
+// table[R - 1][C - 1] = make(R, C) for R in [1, Rows], C in [1, Cols], R and C passed as
+// std::integral_constant so that make can name tile<R, C, ...>.
+template <int R, class Make, int... C>
+constexpr auto tile_row(Make make, std::integer_sequence<int, C...>) {
+  return std::array{make(std::integral_constant<int, R>{}, std::integral_constant<int, C + 1>{})...};
+}
+
+template <int Cols, class Make, int... R>
+constexpr auto tile_rows(Make make, std::integer_sequence<int, R...>) {
+  return std::array{tile_row<R + 1>(make, std::make_integer_sequence<int, Cols>{})...};
+}
+
+template <int Rows, int Cols, class Make>
+constexpr auto tile_table(Make make) {
+  return tile_rows<Cols>(make, std::make_integer_sequence<int, Rows>{});
+}
 
 // Explicit instantiations of kernel `name` (its parameter list in parentheses) for both element types.
 #define LORASERVE_INSTANTIATE(name, params) \

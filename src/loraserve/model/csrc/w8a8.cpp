@@ -143,20 +143,6 @@ void tile(const uint8_t* xu, int64_t xs, const int8_t* w, int64_t gs, int64_t K4
   }
 }
 
-template <class T>
-using TileFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, const int32_t*, const float*,
-                        const float*, T*, int64_t, int64_t, int64_t);
-
-template <class T, int R, int... C>
-constexpr std::array<TileFn<T>, sizeof...(C)> tiles_of_rows(std::integer_sequence<int, C...>) {
-  return {&tile<R, C + 1, T>...};
-}
-
-template <class T, int... R>
-constexpr std::array<std::array<TileFn<T>, kMaxGroups>, sizeof...(R)> tile_table(std::integer_sequence<int, R...>) {
-  return {tiles_of_rows<T, R + 1>(std::make_integer_sequence<int, kMaxGroups>{})...};
-}
-
 }  // namespace
 
 template <class T>
@@ -189,7 +175,8 @@ void w8a8_gemm(at::Tensor x, at::Tensor w, at::Tensor wsum, at::Tensor sw, at::T
   const T* xp = x.data_ptr<T>();
 #pragma omp parallel for schedule(static) if (M > 4)
   for (int64_t m = 0; m < M; ++m) quantize_row<T>(xp + m * x.stride(0), K, xs, xu.data() + m * xs, &sx[m]);
-  static constexpr auto table = tile_table<T>(std::make_integer_sequence<int, kMaxRows>{});
+  static constexpr auto table =
+      tile_table<kMaxRows, kMaxGroups>([](auto r, auto c) { return &tile<decltype(r)::value, decltype(c)::value, T>; });
   const int8_t* wp = w.data_ptr<int8_t>();
   const int32_t* wsp = wsum.data_ptr<int32_t>();
   const float* swp = sw.data_ptr<float>();
