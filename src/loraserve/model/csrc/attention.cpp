@@ -56,12 +56,25 @@ struct Unit {
   float* acc;
 
   // f(start, n, rows) for each run of positions [start, start + n) in one block, whose n rows of
-  // `cache` are contiguous: one division per block, not per position.
+  // `cache` are contiguous: one division per block, not per position. Before each run, the next
+  // run's rows of `cache` (and this run's rows of `also`, read in a later pass) are prefetched:
+  // a sequence's blocks lie apart, each a few KB, too short for the hardware prefetcher (batch
+  // 32, SmolLM2's heads, 80-450 keys, cold: 1.2-1.35x, AVX512-BF16 EPYC).
   template <class F>
-  void runs(const T* cache, F&& f) const {
+  void runs(const T* cache, F&& f, const T* also = nullptr) const {
+    const int64_t bytes = bs * d * int64_t(sizeof(T));
     for (int64_t start = first; start < L;) {
       const int64_t offset = start % bs, n = std::min(bs - offset, L - start);
-      f(start, n, cache + blocks[start / bs] * block_stride + offset * d);
+      const int64_t at = blocks[start / bs] * block_stride + offset * d;
+      if (start + n < L) {
+        const char* next = reinterpret_cast<const char*>(cache + blocks[(start + n) / bs] * block_stride);
+        for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(next + line, 0, 3);
+      }
+      if (also != nullptr) {
+        const char* later = reinterpret_cast<const char*>(also + at);
+        for (int64_t line = 0; line < n * d * int64_t(sizeof(T)); line += 64) __builtin_prefetch(later + line, 0, 2);
+      }
+      f(start, n, cache + at);
       start += n;
     }
   }
@@ -186,7 +199,7 @@ void attend_blocked(const Unit<T>& u) {
         u.scores[g * L + start + l] = Vec::sum(dot);
       }
     }
-  });
+  }, u.v_cache);
   for (int64_t g = 0; g < u.group; ++g) softmax_inplace(u.scores + g * L + u.first, L - u.first, u.softcap);
   // up to H heads' sums in registers per pass over the values (H * C + C of the 32): each value
   // row is loaded (bf16: widened) once per pass; a head short of H sums zeros, never stored
