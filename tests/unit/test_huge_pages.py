@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.model.huge_pages import HUGE, huge_pages_available, move_to_huge_pages, zeros_on_huge_pages
+from loraserve.model.huge_pages import huge_pages_available, move_to_huge_pages
 
 
 @pytest.mark.skipif(not huge_pages_available(), reason="transparent huge pages are off on this machine")
@@ -32,20 +32,3 @@ def test_switched_off_nothing_moves(monkeypatch):
     old = weight.data_ptr()
     assert move_to_huge_pages([weight]) == 0
     assert weight.data_ptr() == old
-
-
-@pytest.mark.skipif(not huge_pages_available(), reason="transparent huge pages are off on this machine")
-def test_zeros_on_huge_pages_are_zero_aligned_and_writable():
-    stack = zeros_on_huge_pages((3, 4, 5), torch.bfloat16)
-    assert stack.shape == (3, 4, 5) and stack.dtype is torch.bfloat16 and stack.is_contiguous()
-    assert stack.data_ptr() % HUGE == 0  # placed in its own 2 MiB-aligned mapping
-    assert not stack.any()
-    stack[1, 2] = 7  # an ordinary, writable tensor
-    assert stack.sum().item() == 35
-
-
-def test_zeros_switched_off_are_ordinary_zeros(monkeypatch):
-    monkeypatch.setenv("LORASERVE_HUGE_PAGES", "0")
-    stack = zeros_on_huge_pages((2, 3), torch.float32)
-    assert stack.shape == (2, 3) and not stack.any()
-    assert zeros_on_huge_pages((0, 3), torch.float32).shape == (0, 3)

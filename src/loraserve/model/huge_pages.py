@@ -1,9 +1,9 @@
-"""The base weights and the LoRA stacks in transparent huge pages (Linux, CPU): a decode step
-streams them, and on 4 KiB pages the hardware prefetcher stops at each page boundary and each
-page costs a TLB walk. In one anonymous mapping advised ``MADV_HUGEPAGE`` (2 MiB pages),
-SmolLM2's LM head is read at 34 GB/s instead of 27 (bf16, AVX512-BF16 EPYC, 2 threads, cold).
-Where the kernel refuses huge pages (``transparent_hugepage`` set to ``never``, not Linux) the
-tensors stay on normal pages. ``LORASERVE_HUGE_PAGES=0`` switches it off."""
+"""The base weights in transparent huge pages (Linux, CPU): a single stream's decode reads every
+weight once per token, and on 4 KiB pages the hardware prefetcher stops at each page boundary
+and each page costs a TLB walk. Moved into one anonymous mapping advised ``MADV_HUGEPAGE`` (2 MiB
+pages), SmolLM2's LM head is read at 34 GB/s instead of 27 (bf16, AVX512-BF16 EPYC, 2 threads,
+cold). Where the kernel refuses huge pages (``transparent_hugepage`` set to ``never``, not Linux)
+the weights stay where they are. ``LORASERVE_HUGE_PAGES=0`` switches it off."""
 
 from __future__ import annotations
 
@@ -33,44 +33,22 @@ def move_to_huge_pages(tensors: list[torch.Tensor]) -> int:
     the move). The mapping lives as long as the tensors. Returns the bytes moved (0: not moved)."""
     unique = list({t.data_ptr(): t for t in tensors if t.device.type == "cpu" and t.is_contiguous()}.values())
     total = sum(_aligned(t.nbytes) for t in unique)
-    arena = _huge_arena(total) if unique else None
-    if arena is None:
+    if not unique or not huge_pages_available():
         return 0
-    offset = 0
+    mapping = mmap.mmap(-1, total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    arena = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive with its storage
+    start = -arena.data_ptr() % HUGE
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.madvise(ctypes.c_void_p(arena.data_ptr() + start), ctypes.c_size_t(total), MADV_HUGEPAGE) != 0:
+        log.info("huge pages refused (errno %d): weights stay on normal pages", ctypes.get_errno())
+        return 0
+    offset = start
     for tensor in unique:
         home = arena[offset : offset + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
         home.copy_(tensor)
         tensor.set_(home.untyped_storage(), home.storage_offset(), home.shape, home.stride())
         offset += _aligned(tensor.nbytes)
     return total
-
-
-def zeros_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A zeroed CPU tensor on huge pages where the kernel gives them (else ``torch.zeros``). For
-    the LoRA stacks: a step at 32 distinct adapters streams ~10 MB of them per layer of SmolLM2,
-    from 32 separate slots, and on 4 KiB pages each slot's rows cost TLB walks and restart the
-    prefetcher at every page (1.13-1.19x faster on huge pages, AVX512-BF16 EPYC). The anonymous
-    mapping is zero already and committed as it is first written, page by page."""
-    nbytes = torch.Size(shape).numel() * dtype.itemsize
-    arena = _huge_arena(nbytes) if nbytes else None
-    if arena is None:
-        return torch.zeros(shape, dtype=dtype)
-    return arena[:nbytes].view(dtype).view(shape)
-
-
-def _huge_arena(nbytes: int) -> torch.Tensor | None:
-    """``nbytes`` of a fresh anonymous mapping advised ``MADV_HUGEPAGE``, from a 2 MiB boundary, as
-    a uint8 tensor that keeps the mapping alive; None where huge pages are off or refused."""
-    if not huge_pages_available():
-        return None
-    mapping = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    arena = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive with its storage
-    start = -arena.data_ptr() % HUGE
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.madvise(ctypes.c_void_p(arena.data_ptr() + start), ctypes.c_size_t(nbytes), MADV_HUGEPAGE) != 0:
-        log.info("huge pages refused (errno %d): tensors stay on normal pages", ctypes.get_errno())
-        return None
-    return arena[start : start + nbytes]
 
 
 def _aligned(nbytes: int) -> int:

@@ -15,7 +15,7 @@ from loraserve.model.decoder import Decoder
 from loraserve.model.families import Family, load_model_config
 from loraserve.model.gguf_blocks import Matrix
 from loraserve.model.hardware import cpu_info
-from loraserve.model.huge_pages import move_to_huge_pages, zeros_on_huge_pages
+from loraserve.model.huge_pages import move_to_huge_pages
 from loraserve.model.layer_ops import select_ops
 from loraserve.model.loader import load_state_dict
 from loraserve.model.lora import MergedLora, lora_backend
@@ -96,16 +96,11 @@ class ModelRunner:
         return 2 * args.num_layers * args.num_kv_heads * args.head_dim * self.dtype.itemsize
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        """Zeroed: block 0 pads block tables, and masked reads must never meet NaN. On CPU on huge
-        pages: decode attention reads each sequence's blocks, a few KB each and far apart, and on
-        4 KiB pages each costs a TLB walk (1.1-1.5x, batch 32, SmolLM2, cold)."""
+        """Zeroed: block 0 pads block tables, and masked reads must never meet NaN."""
         args = self.args
         shape = (args.num_layers, num_blocks, args.num_kv_heads, block_size, args.head_dim)
-        if self.device.type == "cpu":
-            self.k_cache, self.v_cache = (zeros_on_huge_pages(shape, self.dtype) for _ in range(2))
-        else:
-            self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # (L, N, kvh, bs, d)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.block_size = block_size
 
     def zero_blocks(self, block_ids: list[int]) -> None:

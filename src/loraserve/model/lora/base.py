@@ -13,7 +13,6 @@ import torch
 from loraserve.model.args import FUSED, ModelArgs
 from loraserve.model.bias_adapter import BiasDeltas
 from loraserve.model.dora import DoraScales
-from loraserve.model.huge_pages import zeros_on_huge_pages
 from loraserve.model.peft_adapter import LoraWeights
 from loraserve.model.vocab_adapter import VocabSlots
 from loraserve.model.weights import ModelWeights
@@ -94,16 +93,11 @@ class LoraBackend(ABC):
     def stacks(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
         if group not in self.a:
             a_shape, b_shape = self.stack_shapes(group)
-            self.a[group], self.b[group] = (self.zeros(shape) for shape in (a_shape, b_shape))
+            self.a[group] = torch.zeros(a_shape, dtype=self.dtype, device=self.device)
+            self.b[group] = torch.zeros(b_shape, dtype=self.dtype, device=self.device)
             self.a_layers[group] = list(self.a[group].unbind(0))
             self.b_layers[group] = list(self.b[group].unbind(0))
         return self.a[group], self.b[group]
-
-    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """A zeroed stack; on CPU on huge pages, as a step streams every distinct adapter's rows."""
-        if self.device.type == "cpu":
-            return zeros_on_huge_pages(shape, self.dtype)
-        return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     def prepare(self, adapter: LoraWeights) -> None:  # noqa: B027 (an optional hook)
         """Work for installing ``adapter`` that can be done ahead, off the engine thread (when
