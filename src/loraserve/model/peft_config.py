@@ -19,7 +19,7 @@ CONVERT = (
     "PeftModel.save_pretrained(..., path_initial_model_for_weight_conversion=...)), which turns it "
     "into a plain LoRA adapter of the original base model"
 )
-BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "astra")
 
 Check = Callable[[Any], str | None]  # a value → why it is refused, or None
 
@@ -121,6 +121,7 @@ FIELDS: dict[str, Check | None] = {
     "loftq_config": None,
     "eva_config": None,
     "corda_config": None,
+    "astra_config": None,  # PEFT 0.22: ASTRA's init (refused through init_lora_weights="astra")
     "lora_ga_config": None,
     "qalora_group_size": None,
     "ensure_weight_tying": None,
