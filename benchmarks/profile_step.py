@@ -1,7 +1,9 @@
 """Where a decode step's time goes: GEMMs, LoRA, attention, the other small per-layer ops, and the
 Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at batch ``--batch``
 (32; 1 for a single stream) in the dtype ``auto`` picks; then F.linear against oneDNN-packed
-weights and loraserve's packed GEMM for each GEMM shape.
+weights and loraserve's packed GEMM for each GEMM shape. Without adapters, serving runs a decode
+step's layers as one native call (``native_layers.py``): its step time is printed first, then the
+breakdown, which times the same kernels called one by one from the decoder's Python loop.
 
     python -m benchmarks.profile_step [--adapters] [--steps 20] [--quantize w8a8]
 """
@@ -118,11 +120,19 @@ def main() -> None:
         for name, path in zip(names, paths):
             engine.register_adapter(name, path)
     prompts = torch.randint(100, 40000, (n, 32)).tolist()
-    params = SamplingParams(max_new_tokens=opts.steps + 8, ignore_eos=True)
+    params = SamplingParams(max_new_tokens=2 * opts.steps + 8, ignore_eos=True)
     for prompt, name in zip(prompts, names):
         engine.add_request(prompt, name, params)
     engine.step()  # the prefill, not profiled
     engine.step()
+    stacked = engine.runner.decoder.native_layers
+    if stacked is not None and not opts.adapters:  # what serving runs: the layers in one native call
+        began = time.perf_counter()
+        for _ in range(opts.steps):
+            engine.step()
+        took = (time.perf_counter() - began) / opts.steps
+        print(f"decode step, layers as one native call: {1000 * took:.1f} ms")
+        engine.runner.decoder.native_layers = None  # the breakdown times the Python loop's calls
     instrument(engine)
     for _ in range(opts.steps):
         engine.step()
@@ -130,7 +140,7 @@ def main() -> None:
     gemm = (TOTALS["gemm"] + TOTALS["gemm (lm head)"]) / opts.steps
     lora, attention = TOTALS["lora"] / opts.steps, TOTALS["attention"] / opts.steps
     small = forward - gemm - lora - attention
-    print(f"decode step at batch {n}, mean of {opts.steps}: {1000 * step:.1f} ms")
+    print(f"decode step at batch {n}, kernel by kernel, mean of {opts.steps}: {1000 * step:.1f} ms")
     head = TOTALS["gemm (lm head)"] / opts.steps
     rows = (
         ("GEMMs (incl. LM head)", gemm),

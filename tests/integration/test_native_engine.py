@@ -65,14 +65,14 @@ def test_native_steps_match_pytorch_steps(tiny_with_adapters, dtype):
     the PyTorch ops run first, then the native ones overwrite the same KV-cache entries."""
     engine = _engine(*tiny_with_adapters, dtype)
     runner = engine.runner
-    native_forward, native_ops = runner.forward, runner.ops
+    native_forward, native_ops, native_layers = runner.forward, runner.ops, runner.decoder.native_layers
     torch_ops = TorchOps(runner.dtype, runner.args.rms_eps)
     compared = []
 
     def both(batch):
-        runner.decoder.ops = torch_ops
+        runner.decoder.ops, runner.decoder.native_layers = torch_ops, None
         reference = native_forward(batch)
-        runner.decoder.ops = native_ops
+        runner.decoder.ops, runner.decoder.native_layers = native_ops, native_layers
         logits = native_forward(batch)
         compared.append(batch.decode_count)
         # bf16: the PyTorch path rounds attention scores and probabilities to bf16, the kernel

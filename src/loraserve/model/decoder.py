@@ -17,6 +17,7 @@ from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps, rms_norm
 from loraserve.model.lora import LoraBackend
+from loraserve.model.native_layers import NativeLayers
 from loraserve.model.packed import LinearOps
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import LayerWeights, ModelWeights
@@ -43,6 +44,8 @@ class Decoder:
         self.attention = [
             AttentionSpec(args.attn_scale, spec.window, args.attn_softcap) for spec in args.layers
         ]
+        # the whole layer stack as one native call for the steps it covers (decodes, no adapters)
+        self.native_layers = NativeLayers.build(args, weights, rope, ops, linears)
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -56,6 +59,25 @@ class Decoder:
         if args.embed_scale is not None:  # in the model dtype, as transformers rounds it
             h = h * torch.tensor(args.embed_scale, dtype=h.dtype)
         tokens = h.shape[0]
+        if self.native_layers is not None and self.native_layers.covers(batch, tokens):
+            delta: torch.Tensor | None = self.native_layers.run(h, batch, k_cache, v_cache)
+        else:
+            h, delta = self._layers(h, batch, k_cache, v_cache)
+        index = batch.logits_index
+        _, last = ops.add_norm(h[index], None if delta is None else delta[index], self.weights.norm)
+        logits = self.linears.head(last)
+        if plan is not None:
+            self.lora.vocab.head(logits, last, plan.token_slots.index_select(0, index))
+        if args.final_softcap is not None:
+            logits = torch.tanh(logits / args.final_softcap) * args.final_softcap
+        return logits.float()
+
+    def _layers(
+        self, h: torch.Tensor, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every layer over h (T, hidden), one kernel call at a time: the residual stream before
+        the last layer's MLP output, and that output (added in the final norm)."""
+        args, ops, tokens = self.args, self.ops, h.shape[0]
         x = torch.empty_like(h)  # each sub-layer's normed input, reused where the backend can
         tables = ops.prepare(batch, self.rope)
         delta: torch.Tensor | None = None  # the previous layer's MLP output, added to h lazily
@@ -76,14 +98,7 @@ class Decoder:
             delta = self._project(ops.act_mul(gate_up, args.activation), i, "down", layer, batch)
             if layer.mlp_out_norm is not None:
                 _, delta = ops.add_norm(delta, None, layer.mlp_out_norm)
-        index = batch.logits_index
-        _, last = ops.add_norm(h[index], None if delta is None else delta[index], self.weights.norm)
-        logits = self.linears.head(last)
-        if plan is not None:
-            self.lora.vocab.head(logits, last, plan.token_slots.index_select(0, index))
-        if args.final_softcap is not None:
-            logits = torch.tanh(logits / args.final_softcap) * args.final_softcap
-        return logits.float()
+        return h, delta
 
     def _project(
         self, x: torch.Tensor, index: int, name: str, layer: LayerWeights, batch: StepBatch

@@ -57,6 +57,7 @@ _UNITS = (
     "gemv.cpp",
     "w8a8.cpp",
     "lora_image.cpp",
+    "decode_loop.cpp",
 )
 
 

@@ -4,6 +4,7 @@
 // (native.py): the same source compiled for AVX-512(+BF16), AVX2+FMA or no vector ISA.
 #include <torch/extension.h>
 
+#include "entry_points.h"
 #include "kernels.h"
 
 namespace {
@@ -319,6 +320,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lora_image", &lora_image, py::call_guard<py::gil_scoped_release>(),
         "an adapter's factors into its slot image, in one pass");
   m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
+  register_decode_loop(m);
   m.def("vector_width", [] { return int64_t(simd::Vec::W); },
         "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");
 }

@@ -1,0 +1,20 @@
+// The checked entry points of cpu_kernels.cpp (each validates its inputs, then runs the kernel of
+// their dtype), for the units that chain them: decode_loop.cpp runs a whole layer stack through them.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor w, double eps,
+                  torch::Tensor out);
+void silu_mul(torch::Tensor gate_up, torch::Tensor out);
+void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
+                   torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   int64_t kv_heads);
+void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor block_tables,
+                      torch::Tensor lengths, torch::Tensor out, double scale, int64_t window, double softcap);
+void packed_gemm(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out);
+
+// decode_loop.cpp: adds decode_layers (the entry points above chained over a layer stack) to m.
+void register_decode_loop(pybind11::module& m);

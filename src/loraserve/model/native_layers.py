@@ -1,0 +1,84 @@
+"""A decode-only step's layer stack as one native call (``csrc/decode_loop.cpp``), where the
+model and the step allow it: the decoder's own kernels, chained in C++ instead of Python.
+
+At batch 32 on SmolLM2 the Python between the ~270 kernel calls of a step cost ~1.9 ms of a
+~31 ms step, and the second OpenMP thread idled while it ran (``benchmarks/profile_step.py``).
+The call also releases the GIL, so the server's threads run while the engine steps. It covers
+the common case only: no adapter on any token, no prompt in the step, Llama-shaped layers
+(pre-norms, SwiGLU, no QK-norm) over the native packed GEMM. Every other step, and every other
+model, runs the Python loop, which computes the same numbers with the same kernels.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from loraserve.model.args import FUSED, ModelArgs
+from loraserve.model.batch import StepBatch
+from loraserve.model.layer_ops import NativeOps, TorchOps
+from loraserve.model.packed import LinearOps, Linears
+from loraserve.model.rope import RopeTables
+from loraserve.model.weights import ModelWeights
+
+
+class NativeLayers:
+    """``run(h, batch, caches)``: every layer of a step ``covers`` says it can take."""
+
+    def __init__(
+        self, args: ModelArgs, weights: ModelWeights, rope: RopeTables, module: ModuleType, linears: Linears
+    ) -> None:
+        self.args, self.weights, self.module, self.linears = args, weights, module, linears
+        self.cos = [rope.cos[spec.rope] for spec in args.layers]
+        self.sin = [rope.sin[spec.rope] for spec in args.layers]
+        self.windows = [spec.window or 0 for spec in args.layers]
+        self.attn_norms = [layer.attn_norm for layer in weights.layers]
+        self.mlp_norms = [layer.mlp_norm for layer in weights.layers]
+
+    @classmethod
+    def build(
+        cls, args: ModelArgs, weights: ModelWeights, rope: RopeTables, ops: TorchOps, linears: LinearOps
+    ) -> NativeLayers | None:
+        """The loop where this model's layers are the shape it runs, on the native kernels and
+        the native packed GEMM; else None (the decoder's Python loop serves every step)."""
+        if not isinstance(ops, NativeOps) or not hasattr(ops.module, "decode_layers"):
+            return None
+        if not isinstance(linears, Linears) or linears.gemm is None:
+            return None
+        if args.qk_norm or args.sandwich_norms or args.activation != "silu":
+            return None
+        return cls(args, weights, rope, ops.module, linears)
+
+    @staticmethod
+    def covers(batch: StepBatch, tokens: int) -> bool:
+        """A step of decodes only (one token per sequence), none of them with an adapter."""
+        return batch.lora_plan is None and not batch.prefills and batch.decode_count == tokens
+
+    def run(
+        self, h: torch.Tensor, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        """Every layer over h (T, hidden): h becomes the residual stream before the last MLP's
+        output, which is returned (the decoder adds it in its final norm, as its loop does)."""
+        args, packed, layers = self.args, self.linears.packed, self.weights.layers
+        return self.module.decode_layers(  # type: ignore[no-any-return]
+            h,
+            self.attn_norms,
+            self.mlp_norms,
+            *([p[name] for p in packed] for name in FUSED),  # repacked after merges: read each step
+            [layer.bias(name) for layer in layers for name in FUSED],
+            self.cos,
+            self.sin,
+            self.windows,
+            k_cache,
+            v_cache,
+            batch.rope_rows,
+            batch.slot_mapping,
+            batch.decode_tables,
+            batch.decode_lengths,
+            args.num_heads,
+            args.intermediate_size,
+            args.attn_scale,
+            args.attn_softcap or 0.0,
+            args.rms_eps,
+        )

@@ -1,0 +1,152 @@
+"""The native layer stack (one C++ call per decode step) computes the same bits as the decoder's
+Python loop over the same kernels, covers only the steps it can, and refuses bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraserve.engine import SamplingParams
+from loraserve.model.layer_ops import TorchOps
+from loraserve.model.native import cpu_kernels
+from loraserve.model.native_layers import NativeLayers
+from loraserve.testing.families import make_tiny_family
+from loraserve.testing.reference import engine_with_adapters
+from loraserve.testing.tiny import make_peft_adapter
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native_kernels() -> None:
+    if cpu_kernels() is None:
+        pytest.skip("the native kernels could not be built here")
+
+
+@pytest.fixture(scope="module", params=["llama3", "mistral", "qwen2"])
+def family_model(request, tmp_path_factory):
+    """Biases on every linear (llama3), a sliding window on every layer (mistral) and on some
+    (qwen2), scaled RoPE: what the loop passes through to the kernels."""
+    root = tmp_path_factory.mktemp(request.param)
+    base = make_tiny_family(root / "base", request.param)
+    return base, make_peft_adapter(base, root / "adapter", rank=4)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_native_layers_equal_the_python_loop(family_model, dtype):
+    """Every step runs through the Python loop first, then the native stack on the same inputs
+    (it rewrites the same KV entries): logits equal bit for bit on the steps it covers; steps with
+    a prompt or an adapter never reach it."""
+    base, adapter = family_model
+    engine = engine_with_adapters(base, {"a": adapter}, dtype=dtype, max_model_len=64, max_lora_rank=4)
+    runner, decoder = engine.runner, engine.runner.decoder
+    native = decoder.native_layers
+    assert native is not None
+    forward, covered, python_only = runner.forward, [], []
+
+    def run_native(h, batch, k_cache, v_cache):
+        covered.append(batch.decode_count)
+        return NativeLayers.run(native, h, batch, k_cache, v_cache)
+
+    def both(batch):
+        decoder.native_layers = None
+        reference = forward(batch)
+        decoder.native_layers = native
+        before = len(covered)
+        logits = forward(batch)
+        if len(covered) > before:
+            assert torch.equal(logits, reference), f"step with {batch.decode_count} decodes"
+        else:
+            python_only.append(batch)
+            assert batch.prefills or batch.lora_plan is not None
+        return logits
+
+    native.run = run_native  # type: ignore[method-assign]
+    runner.forward = both
+    params = SamplingParams(max_new_tokens=20, ignore_eos=True)  # past the window of 12
+    for prompt in ("the quick brown fox", "hello"):
+        engine.add_request(prompt, None, params)
+    while engine.has_work():
+        engine.step()
+    assert covered and max(covered) == 2
+    engine.add_request("hello world", "a", SamplingParams(max_new_tokens=3, ignore_eos=True))
+    engine.add_request("hello world", None, SamplingParams(max_new_tokens=3, ignore_eos=True))
+    steps = len(covered)
+    while engine.has_work():
+        engine.step()
+    assert len(covered) == steps  # every step had the adapter's token: the Python loop ran them
+    assert any(batch.lora_plan is not None and not batch.prefills for batch in python_only)
+
+
+def test_only_llama_shaped_native_models_get_the_stack(tmp_path):
+    qk_norm = make_tiny_family(tmp_path / "qwen3", "qwen3")
+    engine = engine_with_adapters(qk_norm, {}, max_model_len=64)
+    assert engine.runner.decoder.native_layers is None  # QK-norm: the Python loop runs it
+    runner = engine_with_adapters(make_tiny_family(tmp_path / "llama", "llama3"), {}, max_model_len=64).runner
+    assert runner.decoder.native_layers is not None
+    args, weights, rope = runner.args, runner.weights, runner.rope
+    torch_ops = TorchOps(runner.dtype, args.rms_eps)
+    assert NativeLayers.build(args, weights, rope, torch_ops, runner.linears) is None
+
+
+def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
+    """A two-layer stack of random weights, packed as the GEMM reads them, for two decodes."""
+    from loraserve.model.packed import pack_for_gemm
+
+    hidden, heads, kv_heads, d, inter, blocks, bs = 32, 2, 1, 16, 48, 4, 8
+
+    def packed(n: int, k: int) -> list[torch.Tensor]:
+        return [pack_for_gemm(torch.randn(n, k, dtype=dtype)) for _ in range(layers)]
+
+    cache = torch.zeros(layers, blocks, kv_heads, bs, d, dtype=dtype)
+    return {
+        "h": torch.randn(2, hidden, dtype=dtype),
+        "attn_norm": [torch.ones(hidden, dtype=dtype)] * layers,
+        "mlp_norm": [torch.ones(hidden, dtype=dtype)] * layers,
+        "qkv": packed((heads + 2 * kv_heads) * d, hidden),
+        "o": packed(hidden, heads * d),
+        "gate_up": packed(2 * inter, hidden),
+        "down": packed(hidden, inter),
+        "biases": [None] * (4 * layers),
+        "cos": [torch.ones(64, d)] * layers,
+        "sin": [torch.zeros(64, d)] * layers,
+        "windows": [0] * layers,
+        "k_cache": cache,
+        "v_cache": cache.clone(),
+        "positions": torch.tensor([3, 9]),
+        "slot_mapping": torch.tensor([3, 17]),
+        "block_tables": torch.tensor([[0, 0], [1, 2]]),
+        "lengths": torch.tensor([4, 10]),
+        "heads": heads,
+        "intermediate": inter,
+        "scale": d**-0.5,
+        "softcap": 0.0,
+        "eps": 1e-6,
+    }
+
+
+BAD = [  # (argument, a bad replacement, what the error names)
+    ("attn_norm", lambda c: c["attn_norm"][:1], "one entry per layer"),
+    ("biases", lambda c: c["biases"][:4], "one entry per layer"),
+    ("k_cache", lambda c: c["k_cache"][0], "caches must be"),
+    ("v_cache", lambda c: c["v_cache"][:, :3], "caches must be"),
+    ("h", lambda c: c["h"].t(), "h must be"),
+    ("o", lambda c: [c["o"][0], c["gate_up"][1]], "packed_gemm: w must be"),
+    ("intermediate", lambda c: 40, "packed_gemm: w must be"),
+    ("slot_mapping", lambda c: torch.tensor([3, 32]), "slot_mapping"),
+    ("block_tables", lambda c: torch.tensor([[0, 0], [1, 4]]), "block_tables"),
+    ("positions", lambda c: torch.tensor([3, 64]), "positions"),
+    ("lengths", lambda c: torch.tensor([4, 17]), "lengths"),
+    ("heads", lambda c: 3, "packed_gemm: w must be"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("name", "bad", "message"), BAD)
+def test_decode_layers_refuses_bad_input(dtype, name, bad, message):
+    kernels = cpu_kernels()
+    call = _valid_call(dtype=dtype)
+    delta = kernels.decode_layers(*call.values())  # the valid call runs
+    assert delta.shape == call["h"].shape and bool(torch.isfinite(delta).all())
+    call = _valid_call(dtype=dtype)
+    call[name] = bad(call)
+    with pytest.raises(RuntimeError, match=message):
+        kernels.decode_layers(*call.values())
