@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
+from loraserve.handlers.heap import freeze_loaded_heap
 from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_path
 from loraserve.model.hardware import cpu_info
@@ -134,6 +135,7 @@ def one_run(
         engine.register_adapter(f"a{i}", path, preload=preload)
         names.append(f"a{i}")
     steps, reads = watch_steps(engine), watch_reads(engine)
+    freeze_loaded_heap()  # as a serving worker does once its model is loaded
     engine.start()
     try:
         run_traffic(engine, names, args.clients, 1, args.alpha, reads)  # warm-up

@@ -24,6 +24,7 @@ import torch
 from benchmarks.bench_engine import make_adapters, timed_run
 from benchmarks.peer_worker import PeerWorker
 from loraserve.engine import EngineConfig, LLMEngine
+from loraserve.handlers.heap import freeze_loaded_heap
 from loraserve.model.args import LORA_MODULES
 from loraserve.model.default_model import smollm2_path
 from loraserve.model.native import cpu_kernels
@@ -215,6 +216,7 @@ def main() -> None:
             max_cpu_loras=2 * n,
         )
     )
+    freeze_loaded_heap()  # as a serving worker does once its model is loaded
     info, args = engine.info(), engine.runner.args
     vllm_dtype = info["dtype"]  # the engines' best dtype on this CPU is the same one
     print(

@@ -14,7 +14,7 @@ from loraserve.errors import WorkerDiedError
 from loraserve.serving.worker_process import WorkerProcess
 
 MODEL = """
-import asyncio, os, time
+import asyncio, gc, os, time
 from djl_python import Output
 
 def _wait_for(path):
@@ -25,6 +25,8 @@ def handle(inputs):
     if inputs.is_empty():
         return None
     data = inputs.get_as_string()
+    if data == "frozen":
+        return Output().add(str(gc.get_freeze_count()))
     if data.startswith("block:"):
         _wait_for(data[6:])  # the worker is busy until the test releases it
     return Output().add(data)
@@ -75,6 +77,20 @@ def test_late_reply_to_a_timed_out_call_does_not_wedge_the_worker(tmp_path):
             release.touch()  # the blocked call now finishes and its (late) reply comes back
             reply = await asyncio.wait_for(worker.call("handle", wire("ping")), 20)
             assert text_of(reply) == "ping" and worker.alive and not exits
+        finally:
+            await worker.kill()
+
+    asyncio.run(scenario())
+
+
+def test_the_worker_freezes_its_loaded_heap_before_serving(tmp_path):
+    """Full collections would walk every object the model loaded, with the GIL held (heap.py)."""
+
+    async def scenario() -> None:
+        worker = await _start(tmp_path, [])
+        try:
+            reply = await asyncio.wait_for(worker.call("handle", wire("frozen")), 20)
+            assert int(text_of(reply)) > 1000  # the interpreter, the handler and its imports
         finally:
             await worker.kill()
 

@@ -25,6 +25,7 @@ from loraserve.config import ModelConfig
 from loraserve.errors import LoraserveError
 from loraserve.handler_kind import resolve_handler
 from loraserve.handlers.djl_wire import HANDLER_FUNCTIONS, input_from_wire, output_to_wire
+from loraserve.handlers.heap import freeze_loaded_heap
 from loraserve.handlers.io import Input, Output
 from loraserve.handlers.loader import import_handler
 from loraserve.wire.control import ControlDone, EngineStats, Formatted
@@ -225,6 +226,7 @@ async def serve(model_dir: Path, out_fd: int) -> int:
         log.error("model failed to load:\n%s", traceback.format_exc())
         os.write(out_fd, encode_frame({"op": "load_failed", "error": f"{type(exc).__name__}: {exc}"}))
         return 1
+    freeze_loaded_heap()  # before the first request: full collections never walk the model's heap
     runtime = WorkerRuntime(module, out_fd, loop, str(model_dir))
     hooks = [name for name in HANDLER_FUNCTIONS if callable(getattr(module, name, None))]
     concurrent = inspect.iscoroutinefunction(module.handle)

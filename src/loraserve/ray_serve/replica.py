@@ -22,6 +22,7 @@ from ray import serve
 
 from loraserve.errors import LoraserveError
 from loraserve.handlers import builtin_llm
+from loraserve.handlers.heap import freeze_loaded_heap
 from loraserve.handlers.io import Input
 from loraserve.model.peft_adapter import load_peft_adapter
 from loraserve.ray_serve.adapter_store import AdapterRef, SharedAdapterStore
@@ -48,6 +49,7 @@ class EngineReplica:
         warm_up.properties.update(config.replica_properties())
         await builtin_llm.handle(warm_up)  # DJL's initialisation call: builds and starts the engine
         self.engine = builtin_llm.engine()
+        freeze_loaded_heap()  # the replica process serves this model for its life
         self.adapters = ReplicaAdapters(self.engine)
         self.store = SharedAdapterStore(config.loraserve_dir / "state.json", config.model_name)
         self.replica = serve.get_replica_context().replica_id.unique_id
