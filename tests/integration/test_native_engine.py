@@ -67,9 +67,9 @@ def test_native_steps_match_pytorch_steps(tiny_with_adapters, dtype):
     runner = engine.runner
     native_forward, native_ops, native_layers = runner.forward, runner.ops, runner.decoder.native_layers
     torch_ops = TorchOps(runner.dtype, runner.args.rms_eps)
-    compared = []
+    compared, beyond = [], []
 
-    def both(batch):
+    def both(batch):  # records, not asserts: the engine fails the step's sequences on an error
         runner.decoder.ops, runner.decoder.native_layers = torch_ops, None
         reference = native_forward(batch)
         runner.decoder.ops, runner.decoder.native_layers = native_ops, native_layers
@@ -79,19 +79,21 @@ def test_native_steps_match_pytorch_steps(tiny_with_adapters, dtype):
         # keeps them in fp32: small differences, growing with the sequence, are expected.
         scale, diff = float(reference.abs().max()), (logits - reference).abs()
         worst, mean = (1e-4, 1e-5) if dtype == "fp32" else (0.05, 0.01)
-        assert float(diff.max()) <= worst * scale and float(diff.mean()) <= mean * scale, len(compared)
+        if float(diff.max()) > worst * scale or float(diff.mean()) > mean * scale:
+            beyond.append((len(compared), float(diff.max()) / scale))
         return logits
 
     runner.forward = both
     params = SamplingParams(max_new_tokens=6, ignore_eos=True)
     for name in (None, "a0"):
         engine.add_request("the quick brown fox", name, params)
-    engine.step()
+    finished = engine.step()
     for name in ("a1", None):
         engine.add_request("hello world", name, params)
     while engine.has_work():
-        engine.step()
+        finished += engine.step()
     assert compared[0] == 0 and compared[1] == 2 and max(compared) == 4  # prefill, mixed, decode
+    assert not beyond and len(finished) == 4 and all(len(seq.output_ids) == 6 for seq in finished)
 
 
 def _calls(dtype: torch.dtype):

@@ -24,55 +24,62 @@ def native_kernels() -> None:
 @pytest.fixture(scope="module", params=["llama3", "mistral", "qwen2"])
 def family_model(request, tmp_path_factory):
     """Biases on every linear (llama3), a sliding window on every layer (mistral) and on some
-    (qwen2), scaled RoPE: what the loop passes through to the kernels."""
+    (qwen2), scaled RoPE: what the loop passes through to the kernels. Adapters: plain LoRA on
+    q,v and on every linear (the stack runs their BGMV), and DoRA (it leaves them to Python)."""
     root = tmp_path_factory.mktemp(request.param)
     base = make_tiny_family(root / "base", request.param)
-    return base, make_peft_adapter(base, root / "adapter", rank=4)
+    return base, {
+        "qv": make_peft_adapter(base, root / "qv", rank=4),
+        "all": make_peft_adapter(base, root / "all", rank=2, target_modules="all-linear", seed=2),
+        "dora": make_peft_adapter(base, root / "dora", rank=4, use_dora=True, seed=3),
+    }
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_native_layers_equal_the_python_loop(family_model, dtype):
     """Every step runs through the Python loop first, then the native stack on the same inputs
-    (it rewrites the same KV entries): logits equal bit for bit on the steps it covers; steps with
-    a prompt or an adapter never reach it."""
-    base, adapter = family_model
-    engine = engine_with_adapters(base, {"a": adapter}, dtype=dtype, max_model_len=64, max_lora_rank=4)
+    (it rewrites the same KV entries): logits equal bit for bit on the steps it covers: decodes,
+    with plain LoRA or none. Prompts, and adapter steps while a DoRA adapter is loaded, never
+    reach it."""
+    base, adapters = family_model
+    engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
     runner, decoder = engine.runner, engine.runner.decoder
     native = decoder.native_layers
     assert native is not None
-    forward, covered, python_only = runner.forward, [], []
+    forward, covered, python_only, differ = runner.forward, [], [], []
 
-    def run_native(h, batch, k_cache, v_cache):
-        covered.append(batch.decode_count)
-        return NativeLayers.run(native, h, batch, k_cache, v_cache)
-
-    def both(batch):
+    def both(batch):  # records, not asserts: the engine fails the step's sequences on an error
         decoder.native_layers = None
         reference = forward(batch)
         decoder.native_layers = native
-        before = len(covered)
-        logits = forward(batch)
-        if len(covered) > before:
-            assert torch.equal(logits, reference), f"step with {batch.decode_count} decodes"
-        else:
-            python_only.append(batch)
-            assert batch.prefills or batch.lora_plan is not None
-        return logits
+        if native.covers(batch, batch.input_ids.numel()):
+            covered.append(batch)
+            logits = forward(batch)
+            if not torch.equal(logits, reference):
+                differ.append(batch)
+            return logits
+        python_only.append(batch)
+        return reference
 
-    native.run = run_native  # type: ignore[method-assign]
     runner.forward = both
-    params = SamplingParams(max_new_tokens=20, ignore_eos=True)  # past the window of 12
-    for prompt in ("the quick brown fox", "hello"):
-        engine.add_request(prompt, None, params)
-    while engine.has_work():
-        engine.step()
-    assert covered and max(covered) == 2
-    engine.add_request("hello world", "a", SamplingParams(max_new_tokens=3, ignore_eos=True))
-    engine.add_request("hello world", None, SamplingParams(max_new_tokens=3, ignore_eos=True))
+
+    def run(*names: str | None, tokens: int = 20) -> None:
+        params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)  # 20: past the window of 12
+        for i, name in enumerate(names):
+            engine.add_request("the quick brown fox"[: 5 + 4 * i], name, params)
+        while engine.has_work():
+            engine.step()
+
+    run(None, None)
+    assert covered and all(batch.lora_plan is None for batch in covered) and not differ
+    run("qv", None, "all")
+    with_lora = [batch for batch in covered if batch.lora_plan is not None]
+    assert not differ, [batch.decode_count for batch in differ]
+    assert len(with_lora) >= 15 and max(batch.decode_count for batch in with_lora) == 3
+    assert all(batch.prefills for batch in python_only)
     steps = len(covered)
-    while engine.has_work():
-        engine.step()
-    assert len(covered) == steps  # every step had the adapter's token: the Python loop ran them
+    run("dora", "qv", tokens=4)
+    assert len(covered) == steps  # DoRA in a slot: its row scale is applied in Python
     assert any(batch.lora_plan is not None and not batch.prefills for batch in python_only)
 
 
@@ -84,7 +91,7 @@ def test_only_llama_shaped_native_models_get_the_stack(tmp_path):
     assert runner.decoder.native_layers is not None
     args, weights, rope = runner.args, runner.weights, runner.rope
     torch_ops = TorchOps(runner.dtype, args.rms_eps)
-    assert NativeLayers.build(args, weights, rope, torch_ops, runner.linears) is None
+    assert NativeLayers.build(args, weights, rope, torch_ops, runner.linears, runner.lora) is None
 
 
 def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
@@ -120,6 +127,13 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
         "scale": d**-0.5,
         "softcap": 0.0,
         "eps": 1e-6,
+        "lora_slots": None,  # no adapter: the LoRA arguments stay empty
+        "lora_a": [None] * (4 * layers),
+        "lora_b": [None] * (4 * layers),
+        "lora_starts": [None] * 4,
+        "lora_widths": [None] * 4,
+        "lora_info": [None] * 4,
+        "lora_rank": 0,
     }
 
 
@@ -136,6 +150,8 @@ BAD = [  # (argument, a bad replacement, what the error names)
     ("positions", lambda c: torch.tensor([3, 64]), "positions"),
     ("lengths", lambda c: torch.tensor([4, 17]), "lengths"),
     ("heads", lambda c: 3, "packed_gemm: w must be"),
+    ("lora_a", lambda c: c["lora_a"][:4], "LoRA stacks four per layer"),
+    ("lora_a", lambda c: [torch.zeros(2, 4, 32), *c["lora_a"][1:]], "LoRA entry 0 needs"),
 ]
 
 

@@ -44,8 +44,8 @@ class Decoder:
         self.attention = [
             AttentionSpec(args.attn_scale, spec.window, args.attn_softcap) for spec in args.layers
         ]
-        # the whole layer stack as one native call for the steps it covers (decodes, no adapters)
-        self.native_layers = NativeLayers.build(args, weights, rope, ops, linears)
+        # the whole layer stack as one native call for the steps it covers (decodes, plain LoRA)
+        self.native_layers = NativeLayers.build(args, weights, rope, ops, linears, lora)
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,9 @@ class DoraScales:
     def clear(self, slot: int) -> None:
         self.scales.clear(slot)
 
+    def in_use(self) -> bool:
+        return self.scales.in_use()
+
     def apply(
         self, out: torch.Tensor, layer: int, group: str, token_slots: torch.Tensor, bias: torch.Tensor | None
     ) -> None:

@@ -4,9 +4,9 @@ model and the step allow it: the decoder's own kernels, chained in C++ instead o
 At batch 32 on SmolLM2 the Python between the ~270 kernel calls of a step cost ~1.9 ms of a
 ~31 ms step, and the second OpenMP thread idled while it ran (``benchmarks/profile_step.py``).
 The call also releases the GIL, so the server's threads run while the engine steps. It covers
-the common case only: no adapter on any token, no prompt in the step, Llama-shaped layers
-(pre-norms, SwiGLU, no QK-norm) over the native packed GEMM. Every other step, and every other
-model, runs the Python loop, which computes the same numbers with the same kernels.
+the common case: no prompt in the step, plain LoRA (native BGMV; no DoRA or trained biases
+loaded), Llama-shaped layers (pre-norms, SwiGLU, no QK-norm) over the native packed GEMM. Every
+other step, and every other model, runs the Python loop: the same numbers from the same kernels.
 """
 
 from __future__ import annotations
@@ -18,18 +18,27 @@ import torch
 from loraserve.model.args import FUSED, ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import NativeOps, TorchOps
+from loraserve.model.lora import LoraBackend, NativeLora
 from loraserve.model.packed import LinearOps, Linears
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import ModelWeights
+
+Tensors = list[torch.Tensor | None]  # one entry per layer and group (A, B) or per group, None: unused
 
 
 class NativeLayers:
     """``run(h, batch, caches)``: every layer of a step ``covers`` says it can take."""
 
     def __init__(
-        self, args: ModelArgs, weights: ModelWeights, rope: RopeTables, module: ModuleType, linears: Linears
+        self,
+        args: ModelArgs,
+        weights: ModelWeights,
+        rope: RopeTables,
+        module: ModuleType,
+        linears: Linears,
+        lora: NativeLora | None,
     ) -> None:
-        self.args, self.weights, self.module, self.linears = args, weights, module, linears
+        self.args, self.weights, self.module, self.linears, self.lora = args, weights, module, linears, lora
         self.cos = [rope.cos[spec.rope] for spec in args.layers]
         self.sin = [rope.sin[spec.rope] for spec in args.layers]
         self.windows = [spec.window or 0 for spec in args.layers]
@@ -38,22 +47,30 @@ class NativeLayers:
 
     @classmethod
     def build(
-        cls, args: ModelArgs, weights: ModelWeights, rope: RopeTables, ops: TorchOps, linears: LinearOps
+        cls,
+        args: ModelArgs,
+        weights: ModelWeights,
+        rope: RopeTables,
+        ops: TorchOps,
+        linears: LinearOps,
+        lora: LoraBackend,
     ) -> NativeLayers | None:
         """The loop where this model's layers are the shape it runs, on the native kernels and
-        the native packed GEMM; else None (the decoder's Python loop serves every step)."""
+        the native packed GEMM (with the native LoRA backend, it takes adapter steps too); else
+        None (the decoder's Python loop serves every step)."""
         if not isinstance(ops, NativeOps) or not hasattr(ops.module, "decode_layers"):
             return None
         if not isinstance(linears, Linears) or linears.gemm is None:
             return None
         if args.qk_norm or args.sandwich_norms or args.activation != "silu":
             return None
-        return cls(args, weights, rope, ops.module, linears)
+        return cls(args, weights, rope, ops.module, linears, lora if isinstance(lora, NativeLora) else None)
 
-    @staticmethod
-    def covers(batch: StepBatch, tokens: int) -> bool:
-        """A step of decodes only (one token per sequence), none of them with an adapter."""
-        return batch.lora_plan is None and not batch.prefills and batch.decode_count == tokens
+    def covers(self, batch: StepBatch, tokens: int) -> bool:
+        """A step of decodes only (one token per sequence), with plain LoRA if any."""
+        if batch.prefills or batch.decode_count != tokens:
+            return False
+        return batch.lora_plan is None or (self.lora is not None and not self.lora.extras_in_use())
 
     def run(
         self, h: torch.Tensor, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor
@@ -61,6 +78,7 @@ class NativeLayers:
         """Every layer over h (T, hidden): h becomes the residual stream before the last MLP's
         output, which is returned (the decoder adds it in its final norm, as its loop does)."""
         args, packed, layers = self.args, self.linears.packed, self.weights.layers
+        plan = batch.lora_plan
         return self.module.decode_layers(  # type: ignore[no-any-return]
             h,
             self.attn_norms,
@@ -81,4 +99,21 @@ class NativeLayers:
             args.attn_scale,
             args.attn_softcap or 0.0,
             args.rms_eps,
+            None if plan is None else plan.token_slots,
+            *self._lora_args(plan is not None),
         )
+
+    def _lora_args(self, active: bool) -> tuple[Tensors, Tensors, Tensors, Tensors, Tensors, int]:
+        """The kernel's LoRA arguments: A and B per layer and group (None where no slot uses the
+        group), then each group's module columns, widths and slot_info, then the rank read."""
+        layers, lora = len(self.weights.layers), self.lora
+        if not active or lora is None:
+            unused: Tensors = [None] * 4
+            return unused * layers, unused * layers, unused, unused, unused, 0
+        used = [group if lora.users[group] else None for group in FUSED]
+        a = [None if g is None else lora.a_layers[g][i] for i in range(layers) for g in used]
+        b = [None if g is None else lora.b_layers[g][i] for i in range(layers) for g in used]
+        starts = [None if g is None else lora.columns[g][0] for g in used]
+        widths = [None if g is None else lora.columns[g][1] for g in used]
+        info = [None if g is None else lora.slot_info[g] for g in used]
+        return a, b, starts, widths, info, lora.used_rank

@@ -1,5 +1,5 @@
-// A decode-only step's whole layer stack in one call (no adapter on any token, a Llama-shaped
-// layer: pre-norms, fused qkv with RoPE, SwiGLU). The same kernels the Python decoder calls one by
+// A decode-only step's whole layer stack in one call (a Llama-shaped layer: pre-norms, fused qkv
+// with RoPE, SwiGLU; plain LoRA per token slot). The same kernels the Python decoder calls one by
 // one, chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step,
 // and the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
 // entry points, so each kernel sees exactly the inputs the decoder would give it.
@@ -7,16 +7,35 @@
 
 namespace {
 
-torch::Tensor decode_layers(torch::Tensor h, const std::vector<torch::Tensor>& attn_norm,
-                            const std::vector<torch::Tensor>& mlp_norm, const std::vector<torch::Tensor>& qkv,
-                            const std::vector<torch::Tensor>& o, const std::vector<torch::Tensor>& gate_up,
-                            const std::vector<torch::Tensor>& down,
-                            const std::vector<c10::optional<torch::Tensor>>& biases,
-                            const std::vector<torch::Tensor>& cos, const std::vector<torch::Tensor>& sin,
+using Tensors = std::vector<torch::Tensor>;
+using MaybeTensors = std::vector<c10::optional<torch::Tensor>>;
+
+// The step's LoRA, in the decoder's order: after each fused GEMM, its group's BGMV where any
+// slot uses the group. a, b: 4 per layer (qkv, o, gate_up, down), None where no slot uses it;
+// starts, widths, info: 4 each, the group's module columns and slot_info (native.py's NativeLora).
+struct Lora {
+  const c10::optional<torch::Tensor>& slots;
+  const MaybeTensors &a, &b, &starts, &widths, &info;
+  int64_t rank;
+
+  void add(size_t layer, size_t group, const torch::Tensor& x, const torch::Tensor& out) const {
+    const auto& stack_a = a[4 * layer + group];
+    if (!slots.has_value() || !stack_a.has_value()) return;
+    const auto& columns = *starts[group];
+    bgmv(x, *slots, *stack_a, *b[4 * layer + group], out, columns.size(0), rank, columns, *widths[group],
+         *info[group]);
+  }
+};
+
+torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Tensors& mlp_norm, const Tensors& qkv,
+                            const Tensors& o, const Tensors& gate_up, const Tensors& down,
+                            const MaybeTensors& biases, const Tensors& cos, const Tensors& sin,
                             const std::vector<int64_t>& windows, torch::Tensor k_cache, torch::Tensor v_cache,
                             torch::Tensor positions, torch::Tensor slot_mapping, torch::Tensor block_tables,
                             torch::Tensor lengths, int64_t heads, int64_t intermediate, double scale, double softcap,
-                            double eps) {
+                            double eps, c10::optional<torch::Tensor> lora_slots, const MaybeTensors& lora_a,
+                            const MaybeTensors& lora_b, const MaybeTensors& lora_starts,
+                            const MaybeTensors& lora_widths, const MaybeTensors& lora_info, int64_t lora_rank) {
   const size_t L = attn_norm.size();
   TORCH_CHECK(L > 0 && mlp_norm.size() == L && qkv.size() == L && o.size() == L && gate_up.size() == L &&
                   down.size() == L && biases.size() == 4 * L && cos.size() == L && sin.size() == L &&
@@ -25,6 +44,15 @@ torch::Tensor decode_layers(torch::Tensor h, const std::vector<torch::Tensor>& a
   TORCH_CHECK(k_cache.dim() == 5 && k_cache.size(0) == int64_t(L) && v_cache.sizes() == k_cache.sizes(),
               "decode_layers: the caches must be (L, N, kvh, bs, d), one layer per entry");
   TORCH_CHECK(h.dim() == 2 && h.is_contiguous(), "decode_layers: h must be a contiguous (T, D)");
+  TORCH_CHECK(lora_a.size() == 4 * L && lora_b.size() == 4 * L && lora_starts.size() == 4 &&
+                  lora_widths.size() == 4 && lora_info.size() == 4,
+              "decode_layers: LoRA stacks four per layer, columns and slot_info four in all");
+  for (size_t i = 0; i < 4 * L; ++i)
+    TORCH_CHECK(lora_a[i].has_value() == lora_b[i].has_value() &&
+                    (!lora_a[i].has_value() || (lora_starts[i % 4].has_value() && lora_widths[i % 4].has_value() &&
+                                                lora_info[i % 4].has_value())),
+                "decode_layers: LoRA entry ", i, " needs A, B, its group's columns and slot_info");
+  const Lora lora{lora_slots, lora_a, lora_b, lora_starts, lora_widths, lora_info, lora_rank};
   const int64_t T = h.size(0), kv_heads = k_cache.size(2), d = k_cache.size(4);
   const int64_t qkv_width = (heads + 2 * kv_heads) * d;  // packed_gemm checks each weight against it
   auto x = torch::empty_like(h);
@@ -39,13 +67,17 @@ torch::Tensor decode_layers(torch::Tensor h, const std::vector<torch::Tensor>& a
     const auto keys = k_cache.select(0, int64_t(i)), values = v_cache.select(0, int64_t(i));
     add_rms_norm(h, i == 0 ? c10::nullopt : c10::optional<torch::Tensor>(delta), attn_norm[i], eps, x);
     packed_gemm(x, qkv[i], biases[4 * i], fused);
+    lora.add(i, 0, x, fused);
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
     decode_attention(q, keys, values, block_tables, lengths, attn, scale, windows[i], softcap);
     packed_gemm(attn_rows, o[i], biases[4 * i + 1], delta);
+    lora.add(i, 1, attn_rows, delta);
     add_rms_norm(h, delta, mlp_norm[i], eps, x);
     packed_gemm(x, gate_up[i], biases[4 * i + 2], up);
+    lora.add(i, 2, x, up);
     silu_mul(up, act);
     packed_gemm(act, down[i], biases[4 * i + 3], delta);
+    lora.add(i, 3, act, delta);
   }
   return delta;
 }
@@ -55,5 +87,5 @@ torch::Tensor decode_layers(torch::Tensor h, const std::vector<torch::Tensor>& a
 void register_decode_loop(pybind11::module& m) {
   // without the GIL: the server's threads run while the engine thread is in the layer stack
   m.def("decode_layers", &decode_layers, pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "a decode-only step's whole layer stack, no adapters: the checked kernels chained in C++");
+        "a decode-only step's whole layer stack with plain LoRA: the checked kernels chained in C++");
 }
