@@ -1,9 +1,9 @@
 """Where a decode step's time goes: GEMMs, LoRA, attention, the other small per-layer ops, and the
 Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at batch ``--batch``
 (32; 1 for a single stream) in the dtype ``auto`` picks; then F.linear against oneDNN-packed
-weights and loraserve's packed GEMM for each GEMM shape. Without adapters, serving runs a decode
-step's layers as one native call (``native_layers.py``): its step time is printed first, then the
-breakdown, which times the same kernels called one by one from the decoder's Python loop.
+weights and loraserve's packed GEMM for each GEMM shape. Serving runs a decode step's layers as
+one native call (``native_layers.py``): its step time is printed first, then the breakdown, which
+times the same kernels called one by one from the decoder's Python loop.
 
     python -m benchmarks.profile_step [--adapters] [--steps 20] [--quantize w8a8]
 """
@@ -126,7 +126,7 @@ def main() -> None:
     engine.step()  # the prefill, not profiled
     engine.step()
     stacked = engine.runner.decoder.native_layers
-    if stacked is not None and not opts.adapters:  # what serving runs: the layers in one native call
+    if stacked is not None:  # what serving runs: the layers in one native call
         began = time.perf_counter()
         for _ in range(opts.steps):
             engine.step()
