@@ -38,9 +38,9 @@ def family_model(request, tmp_path_factory):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_native_layers_equal_the_python_loop(family_model, dtype):
     """Every step runs through the Python loop first, then the native stack on the same inputs
-    (it rewrites the same KV entries): logits equal bit for bit on the steps it covers: decodes,
-    with plain LoRA or none. Prompts, and adapter steps while a DoRA adapter is loaded, never
-    reach it."""
+    (it rewrites the same KV entries): logits equal bit for bit on the steps it covers: prompts
+    (alone, and joining running decodes), decodes, with plain LoRA or none. Adapter steps while
+    a DoRA adapter is loaded never reach it."""
     base, adapters = family_model
     engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
     runner, decoder = engine.runner, engine.runner.decoder
@@ -52,7 +52,7 @@ def test_native_layers_equal_the_python_loop(family_model, dtype):
         decoder.native_layers = None
         reference = forward(batch)
         decoder.native_layers = native
-        if native.covers(batch, batch.input_ids.numel()):
+        if native.covers(batch):
             covered.append(batch)
             logits = forward(batch)
             if not torch.equal(logits, reference):
@@ -67,16 +67,18 @@ def test_native_layers_equal_the_python_loop(family_model, dtype):
         params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)  # 20: past the window of 12
         for i, name in enumerate(names):
             engine.add_request("the quick brown fox"[: 5 + 4 * i], name, params)
+            engine.step()  # each prompt joins the running decodes
         while engine.has_work():
             engine.step()
 
     run(None, None)
-    assert covered and all(batch.lora_plan is None for batch in covered) and not differ
+    assert not differ and not python_only
+    assert any(batch.prefills and batch.decode_count for batch in covered)  # mixed
     run("qv", None, "all")
+    assert not differ, [(batch.decode_count, len(batch.prefills)) for batch in differ]
     with_lora = [batch for batch in covered if batch.lora_plan is not None]
-    assert not differ, [batch.decode_count for batch in differ]
     assert len(with_lora) >= 15 and max(batch.decode_count for batch in with_lora) == 3
-    assert all(batch.prefills for batch in python_only)
+    assert any(batch.prefills and batch.decode_count for batch in with_lora) and not python_only
     steps = len(covered)
     run("dora", "qv", tokens=4)
     assert len(covered) == steps  # DoRA in a slot: its row scale is applied in Python
@@ -134,6 +136,8 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
         "lora_widths": [None] * 4,
         "lora_info": [None] * 4,
         "lora_rank": 0,
+        "decodes": 2,
+        "prefill": None,
     }
 
 
@@ -152,6 +156,8 @@ BAD = [  # (argument, a bad replacement, what the error names)
     ("heads", lambda c: 3, "packed_gemm: w must be"),
     ("lora_a", lambda c: c["lora_a"][:4], "LoRA stacks four per layer"),
     ("lora_a", lambda c: [torch.zeros(2, 4, 32), *c["lora_a"][1:]], "LoRA entry 0 needs"),
+    ("decodes", lambda c: 1, "with a prefill callback"),
+    ("decodes", lambda c: 3, "decodes must be in"),
 ]
 
 
@@ -165,4 +171,26 @@ def test_decode_layers_refuses_bad_input(dtype, name, bad, message):
     call = _valid_call(dtype=dtype)
     call[name] = bad(call)
     with pytest.raises(RuntimeError, match=message):
+        kernels.decode_layers(*call.values())
+
+
+def test_the_prefill_callback_runs_once_a_layer_and_its_errors_propagate():
+    """Row 0 decodes, row 1 is a prompt token: the callback attends it, in every layer."""
+    kernels, calls = cpu_kernels(), []
+
+    def one_decode(prefill) -> dict:
+        call = _valid_call()
+        call["block_tables"], call["lengths"] = call["block_tables"][:1], call["lengths"][:1]
+        call["decodes"], call["prefill"] = 1, prefill
+        return call
+
+    call = one_decode(lambda layer, q, out: calls.append((layer, q.shape, out.shape)))
+    kernels.decode_layers(*call.values())
+    assert calls == [(0, (2, 2, 16), (2, 2, 16)), (1, (2, 2, 16), (2, 2, 16))]
+
+    def broken(layer, q, out):
+        raise ValueError(f"prefill attention failed in layer {layer}")
+
+    call = one_decode(broken)
+    with pytest.raises(ValueError, match="layer 0"):
         kernels.decode_layers(*call.values())

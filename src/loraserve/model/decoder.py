@@ -17,7 +17,7 @@ from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps, rms_norm
 from loraserve.model.lora import LoraBackend
-from loraserve.model.native_layers import NativeLayers
+from loraserve.model.native_layers import NativeLayers, PrefillAttention
 from loraserve.model.packed import LinearOps
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import LayerWeights, ModelWeights
@@ -58,9 +58,9 @@ class Decoder:
             self.lora.vocab.embed(h, batch.input_ids, plan.token_slots)
         if args.embed_scale is not None:  # in the model dtype, as transformers rounds it
             h = h * torch.tensor(args.embed_scale, dtype=h.dtype)
-        tokens = h.shape[0]
-        if self.native_layers is not None and self.native_layers.covers(batch, tokens):
-            delta: torch.Tensor | None = self.native_layers.run(h, batch, k_cache, v_cache)
+        if self.native_layers is not None and self.native_layers.covers(batch):
+            prefill = None if not batch.prefills else self._prefill_callback(batch, k_cache, v_cache)
+            delta: torch.Tensor | None = self.native_layers.run(h, batch, k_cache, v_cache, prefill)
         else:
             h, delta = self._layers(h, batch, k_cache, v_cache)
         index = batch.logits_index
@@ -133,6 +133,19 @@ class Decoder:
         count = batch.decode_count
         if count:
             self.ops.decode_attention(q[:count], k_cache, v_cache, batch, tables, spec, out[:count])
+        self._attend_prefills(q, batch, spec, k_cache, v_cache, out)
+        return out
+
+    def _attend_prefills(
+        self,
+        q: torch.Tensor,
+        batch: StepBatch,
+        spec: AttentionSpec,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """out's rows of each prefill span: its queries over its cached past and itself."""
         for span in batch.prefills:
             start, length, past = span.start, span.length, span.past
             query = q[start : start + length].transpose(0, 1).unsqueeze(0)  # (1, H, n, d)
@@ -141,7 +154,16 @@ class Decoder:
             out[start : start + length] = prefill_attention(query, keys, values, past, spec)[0].transpose(
                 0, 1
             )
-        return out
+
+    def _prefill_callback(
+        self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> PrefillAttention:
+        """What the native layer stack calls per layer for the step's prompt tokens."""
+
+        def attend(layer: int, q: torch.Tensor, out: torch.Tensor) -> None:
+            self._attend_prefills(q, batch, self.attention[layer], k_cache[layer], v_cache[layer], out)
+
+        return attend
 
 
 def prefill_attention(

@@ -1,16 +1,18 @@
-"""A decode-only step's layer stack as one native call (``csrc/decode_loop.cpp``), where the
-model and the step allow it: the decoder's own kernels, chained in C++ instead of Python.
+"""A step's layer stack as one native call (``csrc/decode_loop.cpp``), where the model and the
+step allow it: the decoder's own kernels, chained in C++ instead of Python.
 
 At batch 32 on SmolLM2 the Python between the ~270 kernel calls of a step cost ~1.9 ms of a
 ~31 ms step, and the second OpenMP thread idled while it ran (``benchmarks/profile_step.py``).
-The call also releases the GIL, so the server's threads run while the engine steps. It covers
-the common case: no prompt in the step, plain LoRA (native BGMV; no DoRA or trained biases
-loaded), Llama-shaped layers (pre-norms, SwiGLU, no QK-norm) over the native packed GEMM. Every
-other step, and every other model, runs the Python loop: the same numbers from the same kernels.
+The call also releases the GIL, so the server's threads run while the engine steps. Prompt
+tokens' attention is the decoder's own Python, called back once per layer. It covers the common
+case: plain LoRA (native BGMV; no DoRA or trained biases loaded), Llama-shaped layers (pre-norms,
+SwiGLU, no QK-norm) over the native packed GEMM. Every other step, and every other model, runs
+the Python loop: the same numbers from the same kernels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -23,6 +25,7 @@ from loraserve.model.packed import LinearOps, Linears
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import ModelWeights
 
+PrefillAttention = Callable[[int, torch.Tensor, torch.Tensor], None]
 Tensors = list[torch.Tensor | None]  # one entry per layer and group (A, B) or per group, None: unused
 
 
@@ -66,17 +69,22 @@ class NativeLayers:
             return None
         return cls(args, weights, rope, ops.module, linears, lora if isinstance(lora, NativeLora) else None)
 
-    def covers(self, batch: StepBatch, tokens: int) -> bool:
-        """A step of decodes only (one token per sequence), with plain LoRA if any."""
-        if batch.prefills or batch.decode_count != tokens:
-            return False
+    def covers(self, batch: StepBatch) -> bool:
+        """A step without adapters, or with plain LoRA only."""
         return batch.lora_plan is None or (self.lora is not None and not self.lora.extras_in_use())
 
     def run(
-        self, h: torch.Tensor, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor
+        self,
+        h: torch.Tensor,
+        batch: StepBatch,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        prefill: PrefillAttention | None,
     ) -> torch.Tensor:
         """Every layer over h (T, hidden): h becomes the residual stream before the last MLP's
-        output, which is returned (the decoder adds it in its final norm, as its loop does)."""
+        output, which is returned (the decoder adds it in its final norm, as its loop does).
+        ``prefill(layer, q, out)`` writes the prompt tokens' rows of out (T, H, d), after the
+        decodes' (None: a step of decodes only)."""
         args, packed, layers = self.args, self.linears.packed, self.weights.layers
         plan = batch.lora_plan
         return self.module.decode_layers(  # type: ignore[no-any-return]
@@ -101,6 +109,8 @@ class NativeLayers:
             args.rms_eps,
             None if plan is None else plan.token_slots,
             *self._lora_args(plan is not None),
+            batch.decode_count,
+            prefill,
         )
 
     def _lora_args(self, active: bool) -> tuple[Tensors, Tensors, Tensors, Tensors, Tensors, int]:

@@ -1,8 +1,9 @@
-// A decode-only step's whole layer stack in one call (a Llama-shaped layer: pre-norms, fused qkv
-// with RoPE, SwiGLU; plain LoRA per token slot). The same kernels the Python decoder calls one by
-// one, chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step,
-// and the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
-// entry points, so each kernel sees exactly the inputs the decoder would give it.
+// A step's whole layer stack in one call (a Llama-shaped layer: pre-norms, fused qkv with RoPE,
+// SwiGLU; plain LoRA per token slot). The same kernels the Python decoder calls one by one,
+// chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step, and
+// the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
+// entry points, so each kernel sees exactly the inputs the decoder would give it. Prompt tokens'
+// attention (rows from `decodes` on) is the decoder's own Python, called back once per layer.
 #include "entry_points.h"
 
 namespace {
@@ -35,7 +36,8 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
                             torch::Tensor lengths, int64_t heads, int64_t intermediate, double scale, double softcap,
                             double eps, c10::optional<torch::Tensor> lora_slots, const MaybeTensors& lora_a,
                             const MaybeTensors& lora_b, const MaybeTensors& lora_starts,
-                            const MaybeTensors& lora_widths, const MaybeTensors& lora_info, int64_t lora_rank) {
+                            const MaybeTensors& lora_widths, const MaybeTensors& lora_info, int64_t lora_rank,
+                            int64_t decodes, const pybind11::object& prefill) {
   const size_t L = attn_norm.size();
   TORCH_CHECK(L > 0 && mlp_norm.size() == L && qkv.size() == L && o.size() == L && gate_up.size() == L &&
                   down.size() == L && biases.size() == 4 * L && cos.size() == L && sin.size() == L &&
@@ -61,15 +63,23 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
   auto delta = torch::empty_like(h);  // the attention's output projection, then the MLP's
   auto up = torch::empty({T, 2 * intermediate}, h.options());
   auto act = torch::empty({T, intermediate}, h.options());
+  TORCH_CHECK(decodes >= 0 && decodes <= T && (decodes == T || !prefill.is_none()),
+              "decode_layers: decodes must be in [0, T], with a prefill callback for the other rows");
   const auto q = fused.narrow(1, 0, heads * d).view({T, heads, d});
   const auto attn_rows = attn.view({T, heads * d});
+  const auto decode_q = q.narrow(0, 0, decodes), decode_out = attn.narrow(0, 0, decodes);
   for (size_t i = 0; i < L; ++i) {
     const auto keys = k_cache.select(0, int64_t(i)), values = v_cache.select(0, int64_t(i));
     add_rms_norm(h, i == 0 ? c10::nullopt : c10::optional<torch::Tensor>(delta), attn_norm[i], eps, x);
     packed_gemm(x, qkv[i], biases[4 * i], fused);
     lora.add(i, 0, x, fused);
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
-    decode_attention(q, keys, values, block_tables, lengths, attn, scale, windows[i], softcap);
+    if (decodes > 0)
+      decode_attention(decode_q, keys, values, block_tables, lengths, decode_out, scale, windows[i], softcap);
+    if (decodes < T) {
+      pybind11::gil_scoped_acquire python;
+      prefill(int64_t(i), q, attn);
+    }
     packed_gemm(attn_rows, o[i], biases[4 * i + 1], delta);
     lora.add(i, 1, attn_rows, delta);
     add_rms_norm(h, delta, mlp_norm[i], eps, x);
@@ -87,5 +97,5 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
 void register_decode_loop(pybind11::module& m) {
   // without the GIL: the server's threads run while the engine thread is in the layer stack
   m.def("decode_layers", &decode_layers, pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "a decode-only step's whole layer stack with plain LoRA: the checked kernels chained in C++");
+        "a step's whole layer stack with plain LoRA: the checked kernels chained in C++");
 }
