@@ -56,6 +56,8 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
                 "decode_layers: LoRA entry ", i, " needs A, B, its group's columns and slot_info");
   const Lora lora{lora_slots, lora_a, lora_b, lora_starts, lora_widths, lora_info, lora_rank};
   const int64_t T = h.size(0), kv_heads = k_cache.size(2), d = k_cache.size(4);
+  TORCH_CHECK(decodes >= 0 && decodes <= T && (decodes == T || !prefill.is_none()),
+              "decode_layers: decodes must be in [0, T], with a prefill callback for the other rows");
   const int64_t qkv_width = (heads + 2 * kv_heads) * d;  // packed_gemm checks each weight against it
   auto x = torch::empty_like(h);
   auto fused = torch::empty({T, qkv_width}, h.options());
@@ -63,8 +65,6 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
   auto delta = torch::empty_like(h);  // the attention's output projection, then the MLP's
   auto up = torch::empty({T, 2 * intermediate}, h.options());
   auto act = torch::empty({T, intermediate}, h.options());
-  TORCH_CHECK(decodes >= 0 && decodes <= T && (decodes == T || !prefill.is_none()),
-              "decode_layers: decodes must be in [0, T], with a prefill callback for the other rows");
   const auto q = fused.narrow(1, 0, heads * d).view({T, heads, d});
   const auto attn_rows = attn.view({T, heads * d});
   const auto decode_q = q.narrow(0, 0, decodes), decode_out = attn.narrow(0, 0, decodes);
