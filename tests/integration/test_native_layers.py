@@ -6,13 +6,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.engine import SamplingParams
+from loraserve.engine import LLMEngine, SamplingParams
+from loraserve.model.batch import StepBatch
+from loraserve.model.int4 import q4_available
+from loraserve.model.int8 import int8_available
 from loraserve.model.layer_ops import TorchOps
+from loraserve.model.matrix_formats import MatrixFormat
 from loraserve.model.native import cpu_kernels
 from loraserve.model.native_layers import NativeLayers
+from loraserve.model.quantized import QuantizedLinears
+from loraserve.model.w8a8 import w8a8_available
 from loraserve.testing.families import make_tiny_family
 from loraserve.testing.reference import engine_with_adapters
 from loraserve.testing.tiny import make_peft_adapter
+
+CPU = torch.device("cpu")
+FORMAT = {
+    "q4": MatrixFormat.Q4_1,
+    "q8": MatrixFormat.Q8_0,
+    "int8": MatrixFormat.INT8,
+    "w8a8": MatrixFormat.W8A8,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,54 +49,97 @@ def family_model(request, tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_native_layers_equal_the_python_loop(family_model, dtype):
-    """Every step runs through the Python loop first, then the native stack on the same inputs
-    (it rewrites the same KV entries): logits equal bit for bit on the steps it covers: prompts
-    (alone, and joining running decodes), decodes, with plain LoRA or none. Adapter steps while
-    a DoRA adapter is loaded never reach it."""
-    base, adapters = family_model
-    engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
-    runner, decoder = engine.runner, engine.runner.decoder
-    native = decoder.native_layers
-    assert native is not None
-    forward, covered, python_only, differ = runner.forward, [], [], []
+class BothPaths:
+    """``runner.forward`` running every step through the Python loop first, then the native
+    stack on the same inputs (it rewrites the same KV entries) where it takes the step. Records,
+    not asserts: the engine fails the step's sequences on an error."""
 
-    def both(batch):  # records, not asserts: the engine fails the step's sequences on an error
-        decoder.native_layers = None
-        reference = forward(batch)
-        decoder.native_layers = native
-        if native.covers(batch):
-            covered.append(batch)
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine, runner, decoder = engine, engine.runner, engine.runner.decoder
+        native, forward = decoder.native_layers, runner.forward
+        assert native is not None
+        self.covered: list[StepBatch] = []
+        self.python_only: list[StepBatch] = []
+        self.differ: list[StepBatch] = []
+
+        def both(batch: StepBatch) -> torch.Tensor:
+            decoder.native_layers = None
+            reference = forward(batch)
+            decoder.native_layers = native
+            if native.plan(batch, decoder.linears) is None:
+                self.python_only.append(batch)
+                return reference
+            self.covered.append(batch)
             logits = forward(batch)
             if not torch.equal(logits, reference):
-                differ.append(batch)
+                self.differ.append(batch)
             return logits
-        python_only.append(batch)
-        return reference
 
-    runner.forward = both
+        runner.forward = both
 
-    def run(*names: str | None, tokens: int = 20) -> None:
+    def run(self, *names: str | None, tokens: int = 20) -> None:
+        """One request per name, each prompt joining the running decodes, then to the end."""
+        engine = self.engine
         params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)  # 20: past the window of 12
         for i, name in enumerate(names):
             engine.add_request("the quick brown fox"[: 5 + 4 * i], name, params)
-            engine.step()  # each prompt joins the running decodes
+            engine.step()
         while engine.has_work():
             engine.step()
 
-    run(None, None)
-    assert not differ and not python_only
-    assert any(batch.prefills and batch.decode_count for batch in covered)  # mixed
-    run("qv", None, "all")
-    assert not differ, [(batch.decode_count, len(batch.prefills)) for batch in differ]
-    with_lora = [batch for batch in covered if batch.lora_plan is not None]
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_native_layers_equal_the_python_loop(family_model, dtype):
+    """Logits equal bit for bit on the steps the stack covers: prompts (alone, and joining
+    running decodes), decodes, with plain LoRA or none. Adapter steps while a DoRA adapter is
+    loaded never reach it."""
+    base, adapters = family_model
+    engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
+    paths = BothPaths(engine)
+    paths.run(None, None)
+    assert not paths.differ and not paths.python_only
+    assert any(batch.prefills and batch.decode_count for batch in paths.covered)  # mixed
+    paths.run("qv", None, "all")
+    assert not paths.differ, [(batch.decode_count, len(batch.prefills)) for batch in paths.differ]
+    with_lora = [batch for batch in paths.covered if batch.lora_plan is not None]
     assert len(with_lora) >= 15 and max(batch.decode_count for batch in with_lora) == 3
-    assert any(batch.prefills and batch.decode_count for batch in with_lora) and not python_only
-    steps = len(covered)
-    run("dora", "qv", tokens=4)
-    assert len(covered) == steps  # DoRA in a slot: its row scale is applied in Python
-    assert any(batch.lora_plan is not None and not batch.prefills for batch in python_only)
+    assert any(batch.prefills and batch.decode_count for batch in with_lora) and not paths.python_only
+    steps = len(paths.covered)
+    paths.run("dora", "qv", tokens=4)
+    assert len(paths.covered) == steps  # DoRA in a slot: its row scale is applied in Python
+    assert any(batch.lora_plan is not None and not batch.prefills for batch in paths.python_only)
+
+
+QUANTIZED = {
+    "q4": q4_available(CPU),
+    "q8": True,  # the native kernels are built (the module's fixture)
+    "int8": int8_available(CPU),
+    "w8a8": w8a8_available(CPU),
+}
+
+
+@pytest.mark.parametrize("kind", list(QUANTIZED))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_native_layers_read_quantized_bases_as_the_python_loop(tmp_path, kind, dtype):
+    """A quantized base (biases on every linear, so the stack adds them after a format's
+    product as the loop does): one stream's steps read the format's kernel, a batch's the dense
+    packed copies (or, w8a8, its GEMM at every row count), with LoRA on top; logits equal bit
+    for bit, and every step is the stack's."""
+    if not QUANTIZED[kind]:
+        pytest.skip(f"no CPU {kind} kernel")
+    base = make_tiny_family(tmp_path / "base", "llama3")
+    adapter = make_peft_adapter(base, tmp_path / "all", rank=2, target_modules="all-linear")
+    engine = engine_with_adapters(base, {"all": adapter}, dtype=dtype, max_model_len=64, quantize=kind)
+    linears = engine.runner.linears
+    assert isinstance(linears, QuantizedLinears)
+    one_row = linears.native_matrices(1)
+    assert one_row is not None and {fmt for fmt, _ in one_row} == {FORMAT[kind]}  # every matrix fits
+    paths = BothPaths(engine)
+    paths.run("all")  # one stream: its decodes read the format's kernel
+    paths.run(None, "all", None)  # three rows: past q4's kernel, within q8's and int8's
+    assert not paths.differ and not paths.python_only
+    assert any(batch.input_ids.shape[0] == 1 for batch in paths.covered)
+    assert any(batch.input_ids.shape[0] == 3 and batch.lora_plan is not None for batch in paths.covered)
 
 
 def test_only_llama_shaped_native_models_get_the_stack(tmp_path):
@@ -93,7 +150,7 @@ def test_only_llama_shaped_native_models_get_the_stack(tmp_path):
     assert runner.decoder.native_layers is not None
     args, weights, rope = runner.args, runner.weights, runner.rope
     torch_ops = TorchOps(runner.dtype, args.rms_eps)
-    assert NativeLayers.build(args, weights, rope, torch_ops, runner.linears, runner.lora) is None
+    assert NativeLayers.build(args, weights, rope, torch_ops, runner.lora) is None
 
 
 def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
@@ -103,17 +160,17 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
     hidden, heads, kv_heads, d, inter, blocks, bs = 32, 2, 1, 16, 48, 4, 8
 
     def packed(n: int, k: int) -> list[torch.Tensor]:
-        return [pack_for_gemm(torch.randn(n, k, dtype=dtype)) for _ in range(layers)]
+        return [pack_for_gemm(torch.randn(n, k, dtype=dtype))]
+
+    shapes = [((heads + 2 * kv_heads) * d, hidden), (hidden, heads * d), (2 * inter, hidden), (hidden, inter)]
 
     cache = torch.zeros(layers, blocks, kv_heads, bs, d, dtype=dtype)
     return {
         "h": torch.randn(2, hidden, dtype=dtype),
         "attn_norm": [torch.ones(hidden, dtype=dtype)] * layers,
         "mlp_norm": [torch.ones(hidden, dtype=dtype)] * layers,
-        "qkv": packed((heads + 2 * kv_heads) * d, hidden),
-        "o": packed(hidden, heads * d),
-        "gate_up": packed(2 * inter, hidden),
-        "down": packed(hidden, inter),
+        "formats": [int(MatrixFormat.PACKED)] * (4 * layers),
+        "matrices": [packed(n, k) for _ in range(layers) for n, k in shapes],  # qkv, o, gate_up, down
         "biases": [None] * (4 * layers),
         "cos": [torch.ones(64, d)] * layers,
         "sin": [torch.zeros(64, d)] * layers,
@@ -141,13 +198,21 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
     }
 
 
+def _replaced(entries: list, index: int, value: object) -> list:
+    return [value if i == index else entry for i, entry in enumerate(entries)]
+
+
 BAD = [  # (argument, a bad replacement, what the error names)
     ("attn_norm", lambda c: c["attn_norm"][:1], "one entry per layer"),
     ("biases", lambda c: c["biases"][:4], "one entry per layer"),
     ("k_cache", lambda c: c["k_cache"][0], "caches must be"),
     ("v_cache", lambda c: c["v_cache"][:, :3], "caches must be"),
     ("h", lambda c: c["h"].t(), "h must be"),
-    ("o", lambda c: [c["o"][0], c["gate_up"][1]], "packed_gemm: w must be"),
+    ("matrices", lambda c: _replaced(c["matrices"], 1, c["matrices"][2]), "packed_gemm: w must be"),
+    ("matrices", lambda c: c["matrices"][:4], "four matrices and biases per layer"),
+    ("matrices", lambda c: [c["matrices"][0] * 2, *c["matrices"][1:]], "needs 1 tensors, got 2"),
+    ("formats", lambda c: [7, *c["formats"][1:]], "unknown matrix format 7"),
+    ("formats", lambda c: [int(MatrixFormat.Q8_0), *c["formats"][1:]], "needs 2 tensors"),
     ("intermediate", lambda c: 40, "packed_gemm: w must be"),
     ("slot_mapping", lambda c: torch.tensor([3, 32]), "slot_mapping"),
     ("block_tables", lambda c: torch.tensor([[0, 0], [1, 4]]), "block_tables"),

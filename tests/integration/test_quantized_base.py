@@ -128,13 +128,17 @@ def _one_at_a_time(engine: LLMEngine, prompts: list[str], adapters: list[str | N
 
 
 def _count_kernel_calls(monkeypatch, fmt) -> list[int]:
-    calls, original = [0], fmt.matmul
+    """Products through the format's kernel: from Python (``matmul``), or planned for the
+    native layer stack (``native_matrix``, once per row count: it runs the same kernel)."""
+    calls = [0]
+    for method in ("matmul", "native_matrix"):
+        original = getattr(fmt, method)
 
-    def counted(self, *args):
-        calls[0] += 1
-        return original(self, *args)
+        def counted(self, *args, original=original):
+            calls[0] += 1
+            return original(self, *args)
 
-    monkeypatch.setattr(fmt, "matmul", counted)
+        monkeypatch.setattr(fmt, method, counted)
     return calls
 
 

@@ -45,7 +45,7 @@ class Decoder:
             AttentionSpec(args.attn_scale, spec.window, args.attn_softcap) for spec in args.layers
         ]
         # the whole layer stack as one native call for the steps it covers (no DoRA/bias adapters)
-        self.native_layers = NativeLayers.build(args, weights, rope, ops, linears, lora)
+        self.native_layers = NativeLayers.build(args, weights, rope, ops, lora)
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -58,9 +58,11 @@ class Decoder:
             self.lora.vocab.embed(h, batch.input_ids, plan.token_slots)
         if args.embed_scale is not None:  # in the model dtype, as transformers rounds it
             h = h * torch.tensor(args.embed_scale, dtype=h.dtype)
-        if self.native_layers is not None and self.native_layers.covers(batch):
+        native = self.native_layers
+        matrices = None if native is None else native.plan(batch, self.linears)
+        if native is not None and matrices is not None:
             prefill = None if not batch.prefills else self._prefill_callback(batch, k_cache, v_cache)
-            delta: torch.Tensor | None = self.native_layers.run(h, batch, k_cache, v_cache, prefill)
+            delta: torch.Tensor | None = native.run(h, batch, matrices, k_cache, v_cache, prefill)
         else:
             h, delta = self._layers(h, batch, k_cache, v_cache)
         index = batch.logits_index

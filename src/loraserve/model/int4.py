@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from loraserve.model.matrix_formats import MatrixFormat, NativeMatrix
+
 GROUP = 32  # Q4_1's block
 INNER_K_TILES = 2  # the packing the CPU kernel reads (2, 4 or 8; K must divide by 16 * this)
 
@@ -73,3 +75,6 @@ class Q4Format:
     def matmul(self, rows: torch.Tensor, stored: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         packed, scales_and_zeros = stored
         return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, GROUP, scales_and_zeros)
+
+    def native_matrix(self, stored: tuple[torch.Tensor, torch.Tensor], rows: int) -> NativeMatrix:
+        return MatrixFormat.Q4_1, list(stored)

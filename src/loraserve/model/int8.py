@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import torch
 
+from loraserve.model.matrix_formats import MatrixFormat, NativeMatrix
+
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 (N, K), scales (N,) fp32): symmetric per output channel, |q| <= 127."""
@@ -60,3 +62,7 @@ class Int8Format:
         out = torch.empty((rows.shape[0], q.shape[0]), dtype=rows.dtype, device=rows.device)
         self.native(rows, q, scales, None, out)
         return out
+
+    def native_matrix(self, stored: tuple[torch.Tensor, torch.Tensor], rows: int) -> NativeMatrix | None:
+        """The native GEMV's (fp32 scales); torch's kernel is not reachable from the stack."""
+        return None if self.native is None else (MatrixFormat.INT8, list(stored))

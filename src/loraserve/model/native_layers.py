@@ -6,8 +6,9 @@ At batch 32 on SmolLM2 the Python between the ~270 kernel calls of a step cost ~
 The call also releases the GIL, so the server's threads run while the engine steps. Prompt
 tokens' attention is the decoder's own Python, called back once per layer. It covers the common
 case: plain LoRA (native BGMV; no DoRA or trained biases loaded), Llama-shaped layers (pre-norms,
-SwiGLU, no QK-norm) over the native packed GEMM. Every other step, and every other model, runs
-the Python loop: the same numbers from the same kernels.
+SwiGLU, no QK-norm), each base matrix through the kernel the decoder's LinearOps would pick at
+the step's row count (the native packed GEMM; a quantized format's GEMV or GEMM). Every other
+step, and every other model, runs the Python loop: the same numbers from the same kernels.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from loraserve.model.args import FUSED, ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import NativeOps, TorchOps
 from loraserve.model.lora import LoraBackend, NativeLora
-from loraserve.model.packed import LinearOps, Linears
+from loraserve.model.matrix_formats import NativeMatrix
+from loraserve.model.packed import LinearOps
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import ModelWeights
 
@@ -30,7 +32,7 @@ Tensors = list[torch.Tensor | None]  # one entry per layer and group (A, B) or p
 
 
 class NativeLayers:
-    """``run(h, batch, caches)``: every layer of a step ``covers`` says it can take."""
+    """``run(h, batch, matrices, caches)``: every layer of a step ``plan`` says it can take."""
 
     def __init__(
         self,
@@ -38,10 +40,9 @@ class NativeLayers:
         weights: ModelWeights,
         rope: RopeTables,
         module: ModuleType,
-        linears: Linears,
         lora: NativeLora | None,
     ) -> None:
-        self.args, self.weights, self.module, self.linears, self.lora = args, weights, module, linears, lora
+        self.args, self.weights, self.module, self.lora = args, weights, module, lora
         self.cos = [rope.cos[spec.rope] for spec in args.layers]
         self.sin = [rope.sin[spec.rope] for spec in args.layers]
         self.windows = [spec.window or 0 for spec in args.layers]
@@ -55,43 +56,46 @@ class NativeLayers:
         weights: ModelWeights,
         rope: RopeTables,
         ops: TorchOps,
-        linears: LinearOps,
         lora: LoraBackend,
     ) -> NativeLayers | None:
-        """The loop where this model's layers are the shape it runs, on the native kernels and
-        the native packed GEMM (with the native LoRA backend, it takes adapter steps too); else
-        None (the decoder's Python loop serves every step)."""
+        """The loop where this model's layers are the shape it runs, on the native kernels (with
+        the native LoRA backend, it takes adapter steps too); else None (the decoder's Python
+        loop serves every step)."""
         if not isinstance(ops, NativeOps) or not hasattr(ops.module, "decode_layers"):
-            return None
-        if not isinstance(linears, Linears) or linears.gemm is None:
             return None
         if args.qk_norm or args.sandwich_norms or args.activation != "silu":
             return None
-        return cls(args, weights, rope, ops.module, linears, lora if isinstance(lora, NativeLora) else None)
+        return cls(args, weights, rope, ops.module, lora if isinstance(lora, NativeLora) else None)
 
-    def covers(self, batch: StepBatch) -> bool:
-        """A step without adapters, or with plain LoRA only."""
-        return batch.lora_plan is None or (self.lora is not None and not self.lora.extras_in_use())
+    def plan(self, batch: StepBatch, linears: LinearOps) -> list[NativeMatrix] | None:
+        """How the stack reads each base matrix in this step, as ``linears`` would (the packed
+        GEMM, or a quantized format's kernel at few rows); None where the Python loop takes the
+        step: adapters with DoRA or trained biases loaded, or a matrix no native kernel reads."""
+        if batch.lora_plan is not None and (self.lora is None or self.lora.extras_in_use()):
+            return None
+        return linears.native_matrices(batch.input_ids.shape[0])
 
     def run(
         self,
         h: torch.Tensor,
         batch: StepBatch,
+        matrices: list[NativeMatrix],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         prefill: PrefillAttention | None,
     ) -> torch.Tensor:
         """Every layer over h (T, hidden): h becomes the residual stream before the last MLP's
         output, which is returned (the decoder adds it in its final norm, as its loop does).
-        ``prefill(layer, q, out)`` writes the prompt tokens' rows of out (T, H, d), after the
-        decodes' (None: a step of decodes only)."""
-        args, packed, layers = self.args, self.linears.packed, self.weights.layers
+        ``matrices``: ``plan``'s for this step. ``prefill(layer, q, out)`` writes the prompt
+        tokens' rows of out (T, H, d), after the decodes' (None: a step of decodes only)."""
+        args, layers = self.args, self.weights.layers
         plan = batch.lora_plan
         return self.module.decode_layers(  # type: ignore[no-any-return]
             h,
             self.attn_norms,
             self.mlp_norms,
-            *([p[name] for p in packed] for name in FUSED),  # repacked after merges: read each step
+            [int(fmt) for fmt, _ in matrices],
+            [tensors for _, tensors in matrices],
             [layer.bias(name) for layer in layers for name in FUSED],
             self.cos,
             self.sin,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from loraserve.model.args import FUSED
 from loraserve.model.huge_pages import move_to_huge_pages
+from loraserve.model.matrix_formats import MatrixFormat, NativeMatrix
 from loraserve.model.weights import ModelWeights
 
 
@@ -46,11 +47,16 @@ def packed_gemm_preferred(dtype: torch.dtype, flags: frozenset[str]) -> bool:
 
 
 class LinearOps(Protocol):
-    """What the decoder calls for the base model's matrix products (``Linears``, ``Int8Linears``)."""
+    """What the decoder calls for the base model's matrix products (``Linears``, ``QuantizedLinears``)."""
 
     def __call__(self, x: torch.Tensor, layer: int, name: str, bias: torch.Tensor | None) -> torch.Tensor: ...
 
     def head(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def native_matrices(self, rows: int) -> list[NativeMatrix] | None:
+        """How the native layer stack reads each layer's matrices (4 per layer, ``FUSED``'s
+        order) for a step of ``rows`` tokens, as ``__call__`` would; None: it cannot."""
+        ...
 
 
 # Rows up to which the native GEMV (csrc/gemv.cpp) runs instead of oneDNN: it reads the plain
@@ -151,6 +157,12 @@ class Linears:
         if not self.enabled:
             return F.linear(x, weight, bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed[layer][name], bias, "none", [], "")
+
+    def native_matrices(self, rows: int) -> list[NativeMatrix] | None:
+        """The packed copies (read each step: merges repack them), where the native GEMM runs."""
+        if self.gemm is None:
+            return None
+        return [(MatrixFormat.PACKED, [layer[name]]) for layer in self.packed for name in FUSED]
 
     def repack_head(self) -> None:
         """Refresh the packed LM head after the plain one was swapped (merged vocabulary adapters)."""

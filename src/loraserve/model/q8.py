@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 
+from loraserve.model.matrix_formats import MatrixFormat, NativeMatrix
+
 BLOCK = 32
 GemvQ8 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
 
@@ -49,3 +51,6 @@ class Q8Format:
         out = torch.empty((rows.shape[0], q.shape[0]), dtype=rows.dtype, device=rows.device)
         self.native(rows, q, d, None, out)
         return out
+
+    def native_matrix(self, stored: tuple[torch.Tensor, torch.Tensor], rows: int) -> NativeMatrix:
+        return MatrixFormat.Q8_0, list(stored)

@@ -26,6 +26,7 @@ from loraserve.model.args import FUSED
 from loraserve.model.gguf_blocks import Matrix
 from loraserve.model.huge_pages import move_to_huge_pages
 from loraserve.model.layer_ops import TorchOps
+from loraserve.model.matrix_formats import NativeMatrix
 from loraserve.model.packed import Linears, packing_available
 from loraserve.model.weights import ModelWeights
 
@@ -43,6 +44,12 @@ class WeightFormat(Protocol):
 
     def matmul(self, rows: torch.Tensor, stored: Any) -> torch.Tensor:
         """(M, K) contiguous rows times the stored (N, K) weight, transposed: (M, N)."""
+        ...
+
+    def native_matrix(self, stored: Any, rows: int) -> NativeMatrix | None:
+        """How the native layer stack runs ``matmul`` on ``rows`` rows: the same kernel on the
+        same tensors; None where ``matmul`` takes a path it has not (the stack leaves the step
+        to the Python loop)."""
         ...
 
 
@@ -136,6 +143,7 @@ class QuantizedLinears:
         # built on the dequantized weights, for many rows; oneDNN-packed copies only where a
         # product can reach it (w8a8 takes every row count of every matrix it holds)
         self.dense = dense(any(s is None or s[0].max_rows < sys.maxsize for s in every))
+        self._native: dict[int, list[NativeMatrix] | None] = {}  # per row count: never repacked
 
     def _quantize(self, weight: torch.Tensor, fmt: WeightFormat | None) -> Stored:
         if fmt is None:
@@ -165,6 +173,29 @@ class QuantizedLinears:
     def head(self, x: torch.Tensor) -> torch.Tensor:
         out = self._few_rows(x, self.head_stored)
         return self.dense.head(x) if out is None else out
+
+    def native_matrices(self, rows: int) -> list[NativeMatrix] | None:
+        """Each matrix as ``__call__`` reads it at ``rows`` rows: its format's kernel up to its
+        ``max_rows``, the dense packed copy past them (None if either has no native path)."""
+        if rows not in self._native:
+            if len(self._native) >= 64:  # a step's row count takes few values; bound it anyway
+                self._native.clear()
+            self._native[rows] = self._native_matrices(rows)
+        return self._native[rows]
+
+    def _native_matrices(self, rows: int) -> list[NativeMatrix] | None:
+        dense, matrices = self.dense.native_matrices(rows), []
+        for index, layer in enumerate(self.stored):
+            for position, name in enumerate(FUSED):
+                stored = layer[name]
+                if stored is None or rows > stored[0].max_rows:
+                    matrix = None if dense is None else dense[len(FUSED) * index + position]
+                else:
+                    matrix = stored[0].native_matrix(stored[1], rows)
+                if matrix is None:
+                    return None
+                matrices.append(matrix)
+        return matrices
 
     def weight_bytes(self) -> int:
         """Bytes of base matrices a single stream's decode step reads: each quantized matrix's

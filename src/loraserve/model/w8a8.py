@@ -24,6 +24,7 @@ import torch
 
 from loraserve.model.hardware import cpu_info
 from loraserve.model.int8 import quantize_rows
+from loraserve.model.matrix_formats import MatrixFormat, NativeMatrix
 
 # Without AMX the native GEMM beats oneDNN's int8 GEMM at every row count measured (SmolLM2's 121
 # matrices, AVX512-VNNI EPYC: 2.4x at 1 row, 1.43x at 32, 1.27x at 256, 1.26x at 2,048), so
@@ -158,6 +159,14 @@ class W8A8Format:
             packed,
         )
         return stored, q.float() * scales[:, None]
+
+    def native_matrix(self, stored: W8A8Weight, rows: int) -> NativeMatrix | None:
+        """The native GEMM where ``matmul`` runs it at this row count; not oneDNN's (AMX, long
+        prefills) or torch's."""
+        _, vnni, wsum, scales, packed = stored
+        if self.native is None or vnni is None or (rows > self.native_rows and packed is not None):
+            return None
+        return MatrixFormat.W8A8, [vnni, wsum, scales]
 
     def matmul(self, rows: torch.Tensor, stored: W8A8Weight) -> torch.Tensor:
         q, vnni, wsum, scales, packed = stored

@@ -1,5 +1,5 @@
 // A step's whole layer stack in one call (a Llama-shaped layer: pre-norms, fused qkv with RoPE,
-// SwiGLU; plain LoRA per token slot). The same kernels the Python decoder calls one by one,
+// SwiGLU; plain LoRA per token slot; each base matrix in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
 // chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step, and
 // the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
 // entry points, so each kernel sees exactly the inputs the decoder would give it. Prompt tokens'
@@ -14,6 +14,48 @@ using MaybeTensors = std::vector<c10::optional<torch::Tensor>>;
 // The step's LoRA, in the decoder's order: after each fused GEMM, its group's BGMV where any
 // slot uses the group. a, b: 4 per layer (qkv, o, gate_up, down), None where no slot uses it;
 // starts, widths, info: 4 each, the group's module columns and slot_info (native.py's NativeLora).
+// How the decoder's LinearOps read a base matrix at this step's row count (matrix_formats.py's
+// MatrixFormat), with the tensors that format stores, in this order.
+enum Format : int64_t {
+  kPacked = 0,  // [pack_for_gemm(w)]; the bias fused into the GEMM, as packed.Linears passes it
+  kQ4_1 = 1,    // [torch's int4 pack, scales_and_zeros]: torch's own int4 kernel
+  kQ8_0 = 2,    // [q int8, d fp32]
+  kInt8 = 3,    // [q int8, scales fp32]
+  kW8A8 = 4,    // [pack_vnni(q), row sums, scales]
+};
+
+// out (T, N) = x (T, K) @ W^T (+ bias): a quantized format's bias added after its product, as
+// QuantizedLinears adds it, so the bits equal the decoder's.
+void matmul(int64_t format, const Tensors& w, const c10::optional<torch::Tensor>& bias, const torch::Tensor& x,
+            torch::Tensor& out) {
+  static constexpr size_t kTensors[] = {1, 2, 2, 2, 3};
+  TORCH_CHECK(format >= kPacked && format <= kW8A8, "decode_layers: unknown matrix format ", format);
+  TORCH_CHECK(w.size() == kTensors[format], "decode_layers: a format ", format, " matrix needs ",
+              kTensors[format], " tensors, got ", w.size());
+  switch (format) {
+    case kPacked:
+      packed_gemm(x, w[0], bias, out);
+      return;
+    case kQ4_1: {
+      const auto product = at::_weight_int4pack_mm_for_cpu(x, w[0], 32, w[1]);
+      TORCH_CHECK(product.sizes() == out.sizes(), "decode_layers: a Q4_1 matrix gives ", product.sizes(),
+                  ", the layer needs ", out.sizes());
+      out.copy_(product);
+      break;
+    }
+    case kQ8_0:
+      gemv_q8_0(x, w[0], w[1], c10::nullopt, out);
+      break;
+    case kInt8:
+      gemv_int8(x, w[0], w[1], c10::nullopt, out);
+      break;
+    case kW8A8:
+      w8a8_gemm(x, w[0], w[1], w[2], out);
+      break;
+  }
+  if (bias.has_value()) out.add_(*bias);
+}
+
 struct Lora {
   const c10::optional<torch::Tensor>& slots;
   const MaybeTensors &a, &b, &starts, &widths, &info;
@@ -28,8 +70,8 @@ struct Lora {
   }
 };
 
-torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Tensors& mlp_norm, const Tensors& qkv,
-                            const Tensors& o, const Tensors& gate_up, const Tensors& down,
+torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Tensors& mlp_norm,
+                            const std::vector<int64_t>& formats, const std::vector<Tensors>& matrices,
                             const MaybeTensors& biases, const Tensors& cos, const Tensors& sin,
                             const std::vector<int64_t>& windows, torch::Tensor k_cache, torch::Tensor v_cache,
                             torch::Tensor positions, torch::Tensor slot_mapping, torch::Tensor block_tables,
@@ -39,10 +81,9 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
                             const MaybeTensors& lora_widths, const MaybeTensors& lora_info, int64_t lora_rank,
                             int64_t decodes, const pybind11::object& prefill) {
   const size_t L = attn_norm.size();
-  TORCH_CHECK(L > 0 && mlp_norm.size() == L && qkv.size() == L && o.size() == L && gate_up.size() == L &&
-                  down.size() == L && biases.size() == 4 * L && cos.size() == L && sin.size() == L &&
-                  windows.size() == L,
-              "decode_layers: one entry per layer in every list (four biases per layer)");
+  TORCH_CHECK(L > 0 && mlp_norm.size() == L && formats.size() == 4 * L && matrices.size() == 4 * L &&
+                  biases.size() == 4 * L && cos.size() == L && sin.size() == L && windows.size() == L,
+              "decode_layers: one entry per layer in every list (four matrices and biases per layer)");
   TORCH_CHECK(k_cache.dim() == 5 && k_cache.size(0) == int64_t(L) && v_cache.sizes() == k_cache.sizes(),
               "decode_layers: the caches must be (L, N, kvh, bs, d), one layer per entry");
   TORCH_CHECK(h.dim() == 2 && h.is_contiguous(), "decode_layers: h must be a contiguous (T, D)");
@@ -58,7 +99,7 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
   const int64_t T = h.size(0), kv_heads = k_cache.size(2), d = k_cache.size(4);
   TORCH_CHECK(decodes >= 0 && decodes <= T && (decodes == T || !prefill.is_none()),
               "decode_layers: decodes must be in [0, T], with a prefill callback for the other rows");
-  const int64_t qkv_width = (heads + 2 * kv_heads) * d;  // packed_gemm checks each weight against it
+  const int64_t qkv_width = (heads + 2 * kv_heads) * d;  // each matrix's kernel checks it against this
   auto x = torch::empty_like(h);
   auto fused = torch::empty({T, qkv_width}, h.options());
   auto attn = torch::empty({T, heads, d}, h.options());
@@ -71,7 +112,7 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
   for (size_t i = 0; i < L; ++i) {
     const auto keys = k_cache.select(0, int64_t(i)), values = v_cache.select(0, int64_t(i));
     add_rms_norm(h, i == 0 ? c10::nullopt : c10::optional<torch::Tensor>(delta), attn_norm[i], eps, x);
-    packed_gemm(x, qkv[i], biases[4 * i], fused);
+    matmul(formats[4 * i], matrices[4 * i], biases[4 * i], x, fused);
     lora.add(i, 0, x, fused);
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
     if (decodes > 0)
@@ -80,13 +121,13 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
       pybind11::gil_scoped_acquire python;
       prefill(int64_t(i), q, attn);
     }
-    packed_gemm(attn_rows, o[i], biases[4 * i + 1], delta);
+    matmul(formats[4 * i + 1], matrices[4 * i + 1], biases[4 * i + 1], attn_rows, delta);
     lora.add(i, 1, attn_rows, delta);
     add_rms_norm(h, delta, mlp_norm[i], eps, x);
-    packed_gemm(x, gate_up[i], biases[4 * i + 2], up);
+    matmul(formats[4 * i + 2], matrices[4 * i + 2], biases[4 * i + 2], x, up);
     lora.add(i, 2, x, up);
     silu_mul(up, act);
-    packed_gemm(act, down[i], biases[4 * i + 3], delta);
+    matmul(formats[4 * i + 3], matrices[4 * i + 3], biases[4 * i + 3], act, delta);
     lora.add(i, 3, act, delta);
   }
   return delta;
@@ -97,5 +138,5 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
 void register_decode_loop(pybind11::module& m) {
   // without the GIL: the server's threads run while the engine thread is in the layer stack
   m.def("decode_layers", &decode_layers, pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "a step's whole layer stack with plain LoRA: the checked kernels chained in C++");
+        "a step's whole layer stack with plain LoRA, each base matrix in its format: the checked kernels chained in C++");
 }

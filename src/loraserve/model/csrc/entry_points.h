@@ -17,6 +17,11 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
 void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
           int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len, torch::Tensor slot_info);
 void packed_gemm(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out);
+void gemv_int8(torch::Tensor x, torch::Tensor q, torch::Tensor scales, c10::optional<torch::Tensor> bias,
+               torch::Tensor out);
+void gemv_q8_0(torch::Tensor x, torch::Tensor q, torch::Tensor d, c10::optional<torch::Tensor> bias,
+               torch::Tensor out);
+void w8a8_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor wsum, torch::Tensor sw, torch::Tensor out);
 
 // decode_loop.cpp: adds decode_layers (the entry points above chained over a layer stack) to m.
 void register_decode_loop(pybind11::module& m);
