@@ -11,7 +11,7 @@ import torch
 from loraserve.model import lora
 from loraserve.model.args import SPLIT_LORA_GROUPS, ModelArgs
 from loraserve.model.hardware import ISA_LEVELS, cpu_info
-from loraserve.model.layer_ops import rms_norm
+from loraserve.model.layer_ops import TorchOps, rms_norm
 from loraserve.model.native import cpu_kernels
 from loraserve.model.peft_adapter import LoraWeights
 from loraserve.model.rope import apply_rope
@@ -75,6 +75,23 @@ def test_silu_mul_matches_pytorch(kernels, dtype):
     out = torch.empty(9, 203, dtype=dtype)
     kernels.silu_mul(gate_up, out)
     assert _close(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [128, 24])  # 24: the scalar tail after the vector loop
+def test_qk_norm_matches_pytorch(kernels, dtype, d):
+    """Each q head and k head normed with its own weight, in place; v left as it was. The fused
+    rows are a view with a longer stride (a wider buffer), as a step's qkv can be."""
+    heads, kv_heads, tokens = 4, 2, 11
+    wide = _rand(tokens, (heads + 2 * kv_heads) * d + 8, dtype=dtype, seed=4) * 3
+    qkv = wide[:, : (heads + 2 * kv_heads) * d]
+    q_w, k_w = _rand(d, dtype=dtype, seed=5), _rand(d, dtype=dtype, seed=6)
+    expected = qkv.clone()
+    TorchOps(dtype, 1e-6).qk_norm(expected, q_w, k_w, heads, kv_heads)
+    before = wide.clone()
+    kernels.qk_norm(qkv, q_w, k_w, heads, kv_heads, 1e-6)
+    assert _close(qkv, expected)
+    assert torch.equal(wide[:, (heads + kv_heads) * d :], before[:, (heads + kv_heads) * d :])  # v, padding
 
 
 def _rope_tables(rotary: int, positions: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,11 +35,12 @@ def native_kernels() -> None:
         pytest.skip("the native kernels could not be built here")
 
 
-@pytest.fixture(scope="module", params=["llama3", "mistral", "qwen2"])
+@pytest.fixture(scope="module", params=["llama3", "mistral", "qwen2", "qwen3"])
 def family_model(request, tmp_path_factory):
     """Biases on every linear (llama3), a sliding window on every layer (mistral) and on some
-    (qwen2), scaled RoPE: what the loop passes through to the kernels. Adapters: plain LoRA on
-    q,v and on every linear (the stack runs their BGMV), and DoRA (it leaves them to Python)."""
+    (qwen2), scaled RoPE, QK-norm (qwen3): what the loop passes through to the kernels. Adapters:
+    plain LoRA on q,v and on every linear (the stack runs their BGMV), and DoRA (it leaves them
+    to Python)."""
     root = tmp_path_factory.mktemp(request.param)
     base = make_tiny_family(root / "base", request.param)
     return base, {
@@ -143,9 +144,9 @@ def test_native_layers_read_quantized_bases_as_the_python_loop(tmp_path, kind, d
 
 
 def test_only_llama_shaped_native_models_get_the_stack(tmp_path):
-    qk_norm = make_tiny_family(tmp_path / "qwen3", "qwen3")
-    engine = engine_with_adapters(qk_norm, {}, max_model_len=64)
-    assert engine.runner.decoder.native_layers is None  # QK-norm: the Python loop runs it
+    sandwich = make_tiny_family(tmp_path / "gemma3", "gemma3")
+    engine = engine_with_adapters(sandwich, {}, max_model_len=64)
+    assert engine.runner.decoder.native_layers is None  # sandwich norms, GeGLU: the Python loop runs it
     runner = engine_with_adapters(make_tiny_family(tmp_path / "llama", "llama3"), {}, max_model_len=64).runner
     assert runner.decoder.native_layers is not None
     args, weights, rope = runner.args, runner.weights, runner.rope
@@ -172,6 +173,8 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
         "formats": [int(MatrixFormat.PACKED)] * (4 * layers),
         "matrices": [packed(n, k) for _ in range(layers) for n, k in shapes],  # qkv, o, gate_up, down
         "biases": [None] * (4 * layers),
+        "q_norm": [None] * layers,
+        "k_norm": [None] * layers,
         "cos": [torch.ones(64, d)] * layers,
         "sin": [torch.zeros(64, d)] * layers,
         "windows": [0] * layers,
@@ -205,6 +208,8 @@ def _replaced(entries: list, index: int, value: object) -> list:
 BAD = [  # (argument, a bad replacement, what the error names)
     ("attn_norm", lambda c: c["attn_norm"][:1], "one entry per layer"),
     ("biases", lambda c: c["biases"][:4], "one entry per layer"),
+    ("q_norm", lambda c: [None], "one entry per layer"),
+    ("q_norm", lambda c: [torch.ones(16), None], "needs both QK-norm weights"),
     ("k_cache", lambda c: c["k_cache"][0], "caches must be"),
     ("v_cache", lambda c: c["v_cache"][:, :3], "caches must be"),
     ("h", lambda c: c["h"].t(), "h must be"),

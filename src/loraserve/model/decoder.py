@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
-from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps, rms_norm
+from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps
 from loraserve.model.lora import LoraBackend
 from loraserve.model.native_layers import NativeLayers, PrefillAttention
 from loraserve.model.packed import LinearOps
@@ -86,8 +86,8 @@ class Decoder:
         for i, layer in enumerate(self.weights.layers):
             h, x = ops.add_norm(h, delta, layer.attn_norm, x)
             qkv = self._project(x, i, "qkv", layer, batch)
-            if layer.q_norm is not None:
-                self._qk_norm(qkv, layer)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                ops.qk_norm(qkv, layer.q_norm, layer.k_norm, args.num_heads, args.num_kv_heads)
             q = ops.rope_and_cache(
                 qkv, tables, args.layers[i].rope, batch, k_cache[i], v_cache[i], args.num_heads
             )
@@ -110,15 +110,6 @@ class Decoder:
         if batch.lora_plan is not None:
             self.lora.add_delta(out, x, index, name, batch.lora_plan, layer.bias(name))
         return out
-
-    def _qk_norm(self, qkv: torch.Tensor, layer: LayerWeights) -> None:
-        """RMSNorm over each head of q and k, in place in qkv (T, (H + 2 kvh) d)."""
-        args, tokens = self.args, qkv.shape[0]
-        d, q_dim, kv_dim = args.head_dim, args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
-        q = qkv[:, :q_dim].view(tokens, args.num_heads, d)
-        k = qkv[:, q_dim : q_dim + kv_dim].view(tokens, args.num_kv_heads, d)
-        qkv[:, :q_dim] = rms_norm(q, layer.q_norm, args.rms_eps).view(tokens, q_dim)  # type: ignore[arg-type]
-        qkv[:, q_dim : q_dim + kv_dim] = rms_norm(k, layer.k_norm, args.rms_eps).view(tokens, kv_dim)  # type: ignore[arg-type]
 
     def _attend(
         self,

@@ -84,6 +84,15 @@ class TorchOps:
             h = h + delta
         return h, rms_norm(h, weight, self.eps)
 
+    def qk_norm(
+        self, qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, heads: int, kv_heads: int
+    ) -> None:
+        """RMSNorm over each q and k head of qkv (T, (H + 2 kvh) d), in place (Qwen3, Gemma 3)."""
+        tokens, d = qkv.shape[0], q_weight.shape[0]
+        q, k = qkv[:, : heads * d], qkv[:, heads * d : (heads + kv_heads) * d]
+        q.copy_(rms_norm(q.view(tokens, heads, d), q_weight, self.eps).view(tokens, heads * d))
+        k.copy_(rms_norm(k.view(tokens, kv_heads, d), k_weight, self.eps).view(tokens, kv_heads * d))
+
     def act_mul(self, gate_up: torch.Tensor, activation: str) -> torch.Tensor:
         """The gated MLP's activation: (T, 2I) = [gate | up] → act(gate) * up (T, I)."""
         inter = gate_up.shape[1] // 2
@@ -173,6 +182,11 @@ class NativeOps(TorchOps):
         out = torch.empty_like(h) if out is None else out
         self.module.add_rms_norm(h, delta, weight, self.eps, out)  # h += delta in place
         return h, out
+
+    def qk_norm(
+        self, qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, heads: int, kv_heads: int
+    ) -> None:
+        self.module.qk_norm(qkv, q_weight, k_weight, heads, kv_heads, self.eps)
 
     def act_mul(self, gate_up: torch.Tensor, activation: str) -> torch.Tensor:
         if activation != "silu":

@@ -6,7 +6,7 @@ At batch 32 on SmolLM2 the Python between the ~270 kernel calls of a step cost ~
 The call also releases the GIL, so the server's threads run while the engine steps. Prompt
 tokens' attention is the decoder's own Python, called back once per layer. It covers the common
 case: plain LoRA (native BGMV; no DoRA or trained biases loaded), Llama-shaped layers (pre-norms,
-SwiGLU, no QK-norm), each base matrix through the kernel the decoder's LinearOps would pick at
+SwiGLU; Qwen3's QK-norm), each base matrix through the kernel the decoder's LinearOps would pick at
 the step's row count (the native packed GEMM; a quantized format's GEMV or GEMM). Every other
 step, and every other model, runs the Python loop: the same numbers from the same kernels.
 """
@@ -48,6 +48,8 @@ class NativeLayers:
         self.windows = [spec.window or 0 for spec in args.layers]
         self.attn_norms = [layer.attn_norm for layer in weights.layers]
         self.mlp_norms = [layer.mlp_norm for layer in weights.layers]
+        self.q_norms = [layer.q_norm for layer in weights.layers]  # None: no QK-norm
+        self.k_norms = [layer.k_norm for layer in weights.layers]
 
     @classmethod
     def build(
@@ -63,7 +65,7 @@ class NativeLayers:
         loop serves every step)."""
         if not isinstance(ops, NativeOps) or not hasattr(ops.module, "decode_layers"):
             return None
-        if args.qk_norm or args.sandwich_norms or args.activation != "silu":
+        if args.sandwich_norms or args.activation != "silu":
             return None
         return cls(args, weights, rope, ops.module, lora if isinstance(lora, NativeLora) else None)
 
@@ -97,6 +99,8 @@ class NativeLayers:
             [int(fmt) for fmt, _ in matrices],
             [tensors for _, tensors in matrices],
             [layer.bias(name) for layer in layers for name in FUSED],
+            self.q_norms,
+            self.k_norms,
             self.cos,
             self.sin,
             self.windows,

@@ -114,6 +114,20 @@ void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
   dispatch(dtype, [&](auto elem) { kernels::silu_mul<decltype(elem)>(gate_up, out); });
 }
 
+// QK-norm (Qwen3, Gemma 3): RMSNorm over each of the H q heads (weight q_w (d,)) and the kvh k
+// heads (k_w) of a fused qkv (T, (H + 2 kvh) d), in place, before RoPE.
+void qk_norm(torch::Tensor qkv, torch::Tensor q_w, torch::Tensor k_w, int64_t heads, int64_t kv_heads, double eps) {
+  const auto dtype = checked_dtype(qkv, "qkv");
+  check_rows(qkv, "qkv", dtype, 2);
+  check_contiguous(q_w, "q_w", dtype, 1);
+  check_contiguous(k_w, "k_w", dtype, 1);
+  const int64_t d = q_w.size(0);
+  TORCH_CHECK(heads > 0 && kv_heads > 0 && k_w.size(0) == d && qkv.size(1) == (heads + 2 * kv_heads) * d,
+              "qk_norm: qkv must be (T, (heads + 2 kv_heads) d) for q_w and k_w (d,), got ", qkv.sizes(), " and ",
+              q_w.sizes());
+  dispatch(dtype, [&](auto elem) { kernels::qk_norm<decltype(elem)>(qkv, q_w, k_w, heads, kv_heads, eps); });
+}
+
 // Rotary embedding of the q and k heads of a fused qkv row (T, (H + 2 kvh) d), in place
 // (rotate-half convention over the first r dims of each head, r <= d the tables' width: partial
 // rotary leaves the rest; cos/sin (P, r) fp32 tables indexed by position), then each token's
@@ -306,6 +320,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
   m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
   m.def("silu_mul", &silu_mul, "SwiGLU activation: silu(gate) * up");
+  m.def("qk_norm", &qk_norm, "RMSNorm per q and k head of a fused qkv, in place");
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");
   m.def("packed_gemm", &packed_gemm, "x @ w^T (+ bias) on weights packed in groups of 16 channels");

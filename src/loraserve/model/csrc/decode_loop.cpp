@@ -1,5 +1,5 @@
-// A step's whole layer stack in one call (a Llama-shaped layer: pre-norms, fused qkv with RoPE,
-// SwiGLU; plain LoRA per token slot; each base matrix in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
+// A step's whole layer stack in one call (a Llama-shaped layer: pre-norms, fused qkv with an
+// optional QK-norm and RoPE, SwiGLU; plain LoRA per token slot; each base matrix in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
 // chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step, and
 // the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
 // entry points, so each kernel sees exactly the inputs the decoder would give it. Prompt tokens'
@@ -72,7 +72,8 @@ struct Lora {
 
 torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Tensors& mlp_norm,
                             const std::vector<int64_t>& formats, const std::vector<Tensors>& matrices,
-                            const MaybeTensors& biases, const Tensors& cos, const Tensors& sin,
+                            const MaybeTensors& biases, const MaybeTensors& q_norm, const MaybeTensors& k_norm,
+                            const Tensors& cos, const Tensors& sin,
                             const std::vector<int64_t>& windows, torch::Tensor k_cache, torch::Tensor v_cache,
                             torch::Tensor positions, torch::Tensor slot_mapping, torch::Tensor block_tables,
                             torch::Tensor lengths, int64_t heads, int64_t intermediate, double scale, double softcap,
@@ -82,7 +83,7 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
                             int64_t decodes, const pybind11::object& prefill) {
   const size_t L = attn_norm.size();
   TORCH_CHECK(L > 0 && mlp_norm.size() == L && formats.size() == 4 * L && matrices.size() == 4 * L &&
-                  biases.size() == 4 * L && cos.size() == L && sin.size() == L && windows.size() == L,
+                  biases.size() == 4 * L && q_norm.size() == L && k_norm.size() == L && cos.size() == L && sin.size() == L && windows.size() == L,
               "decode_layers: one entry per layer in every list (four matrices and biases per layer)");
   TORCH_CHECK(k_cache.dim() == 5 && k_cache.size(0) == int64_t(L) && v_cache.sizes() == k_cache.sizes(),
               "decode_layers: the caches must be (L, N, kvh, bs, d), one layer per entry");
@@ -114,6 +115,11 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
     add_rms_norm(h, i == 0 ? c10::nullopt : c10::optional<torch::Tensor>(delta), attn_norm[i], eps, x);
     matmul(formats[4 * i], matrices[4 * i], biases[4 * i], x, fused);
     lora.add(i, 0, x, fused);
+    if (q_norm[i].has_value() || k_norm[i].has_value()) {
+      TORCH_CHECK(q_norm[i].has_value() && k_norm[i].has_value(), "decode_layers: layer ", i,
+                  " needs both QK-norm weights or neither");
+      qk_norm(fused, *q_norm[i], *k_norm[i], heads, kv_heads, eps);
+    }
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
     if (decodes > 0)
       decode_attention(decode_q, keys, values, block_tables, lengths, decode_out, scale, windows[i], softcap);

@@ -50,6 +50,46 @@ void add_rms_norm(at::Tensor h, c10::optional<at::Tensor> delta, at::Tensor w, d
   }
 }
 
+// In place over each token's first `heads` heads of d (row stride x.stride(0)): every head
+// x = w * T(x * rsqrt(mean(x^2) + eps)), w (d,) shared by the heads (Qwen3's and Gemma 3's QK-norm),
+// add_rms_norm's arithmetic per head.
+template <class T>
+void head_rms_norm(T* row, const T* w, int64_t heads, int64_t d, float eps) {
+  using E = Elem<T>;
+  for (int64_t head = 0; head < heads; ++head) {
+    T* x = row + head * d;
+    Vec::reg squares = Vec::zero();
+    int64_t i = 0;
+    for (; i + Vec::W <= d; i += Vec::W) {
+      const Vec::reg v = E::load(x + i);
+      squares = Vec::fmadd(v, v, squares);
+    }
+    float total = Vec::sum(squares);
+    for (; i < d; ++i) total += E::to_f(x[i]) * E::to_f(x[i]);
+    const float inv = 1.0f / std::sqrt(total / float(d) + eps);
+    const Vec::reg scale = Vec::set1(inv);
+    for (i = 0; i + Vec::W <= d; i += Vec::W)
+      E::store(x + i, Vec::mul(E::load(w + i), E::round(Vec::mul(E::load(x + i), scale))));
+    for (; i < d; ++i) x[i] = E::from_f(E::to_f(w[i]) * E::round_f(E::to_f(x[i]) * inv));
+  }
+}
+
+// QK-norm of a fused qkv (T, (H + 2 kvh) d) in place: the H q heads with q_w, the kvh k heads
+// with k_w (both (d,)), before RoPE.
+template <class T>
+void qk_norm(at::Tensor qkv, at::Tensor q_w, at::Tensor k_w, int64_t heads, int64_t kv_heads, double eps) {
+  const int64_t tokens = qkv.size(0), d = q_w.size(0), row_stride = qkv.stride(0);
+  T* qp = qkv.data_ptr<T>();
+  const T* qw = q_w.data_ptr<T>();
+  const T* kw = k_w.data_ptr<T>();
+#pragma omp parallel for schedule(static) if (tokens > 8)
+  for (int64_t t = 0; t < tokens; ++t) {
+    T* row = qp + t * row_stride;
+    head_rms_norm(row, qw, heads, d, float(eps));
+    head_rms_norm(row + heads * d, kw, kv_heads, d, float(eps));
+  }
+}
+
 // out (T, I) = T(silu(gate)) * up for gate_up (T, 2I) = [gate | up].
 template <class T>
 void silu_mul(at::Tensor gate_up, at::Tensor out) {
@@ -127,6 +167,7 @@ void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor po
 
 LORASERVE_INSTANTIATE(add_rms_norm, (at::Tensor, c10::optional<at::Tensor>, at::Tensor, double, at::Tensor))
 LORASERVE_INSTANTIATE(silu_mul, (at::Tensor, at::Tensor))
+LORASERVE_INSTANTIATE(qk_norm, (at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t, double))
 LORASERVE_INSTANTIATE(rope_write_kv, (at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                       at::Tensor, int64_t, int64_t))
 
