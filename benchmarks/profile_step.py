@@ -1,11 +1,12 @@
 """Where a decode step's time goes: GEMMs, LoRA, attention, the other small per-layer ops, and the
-Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 at batch ``--batch``
-(32; 1 for a single stream) in the dtype ``auto`` picks; then F.linear against oneDNN-packed
-weights and loraserve's packed GEMM for each GEMM shape. Serving runs a decode step's layers as
-one native call (``native_layers.py``): its step time is printed first, then the breakdown, which
-times the same kernels called one by one from the decoder's Python loop.
+Python step bookkeeping (batch building, sampling, detokenizing), for SmolLM2 (or ``--model``) at
+batch ``--batch`` (32; 1 for a single stream) in the dtype ``auto`` picks; then F.linear against
+oneDNN-packed weights and loraserve's packed GEMM for each GEMM shape. Serving runs a decode
+step's layers as one native call (``native_layers.py``): its step time is printed first, against
+the decoder's Python loop over the same kernels in alternating windows of steps, then the
+breakdown, which times the kernels called one by one from the Python loop.
 
-    python -m benchmarks.profile_step [--adapters] [--steps 20] [--quantize w8a8]
+    python -m benchmarks.profile_step [--adapters] [--steps 20] [--quantize w8a8] [--model qwen3-0.6b]
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.bench_engine import make_adapters
+from benchmarks.bench_vs_vllm import model_path
 from loraserve.engine import EngineConfig, LLMEngine, SamplingParams
 from loraserve.model.args import FUSED, LORA_MODULES
-from loraserve.model.default_model import smollm2_path
 from loraserve.model.packed import PackedGemm, pack_for_gemm
 
 TOTALS: dict[str, float] = defaultdict(float)
@@ -99,11 +100,12 @@ def main() -> None:
     parser.add_argument("--adapters", action="store_true", help="32 distinct r16 all-linear adapters")
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--quantize", default="", help="option.quantize (int8, q4, q8, w8a8)")
+    parser.add_argument("--model", default="smollm2", help="smollm2, a shaped_models.py shape, or a path")
     opts = parser.parse_args()
     n = opts.batch
     engine = LLMEngine(
         EngineConfig(
-            model_id=str(smollm2_path()),
+            model_id=str(model_path(opts.model)),
             max_rolling_batch_size=n,
             max_model_len=256,
             max_loras=n,
@@ -120,19 +122,28 @@ def main() -> None:
         for name, path in zip(names, paths):
             engine.register_adapter(name, path)
     prompts = torch.randint(100, 40000, (n, 32)).tolist()
-    params = SamplingParams(max_new_tokens=2 * opts.steps + 8, ignore_eos=True)
+    params = SamplingParams(max_new_tokens=4 * opts.steps + 8, ignore_eos=True)
     for prompt, name in zip(prompts, names):
         engine.add_request(prompt, name, params)
     engine.step()  # the prefill, not profiled
     engine.step()
-    stacked = engine.runner.decoder.native_layers
+    decoder = engine.runner.decoder
+    stacked = decoder.native_layers
     if stacked is not None:  # what serving runs: the layers in one native call
-        began = time.perf_counter()
-        for _ in range(opts.steps):
-            engine.step()
-        took = (time.perf_counter() - began) / opts.steps
-        print(f"decode step, layers as one native call: {1000 * took:.1f} ms")
-        engine.runner.decoder.native_layers = None  # the breakdown times the Python loop's calls
+        took = {"native": 0.0, "loop": 0.0}
+        for window in range(2 * opts.steps // 4):  # alternating windows of 4 steps: the same load
+            kind = ("native", "loop")[window % 2]
+            decoder.native_layers = stacked if kind == "native" else None
+            began = time.perf_counter()
+            for _ in range(4):
+                engine.step()
+            took[kind] += time.perf_counter() - began
+        native, loop = (1000 * took[k] / (4 * (opts.steps // 4)) for k in ("native", "loop"))
+        print(
+            f"decode step, layers as one native call: {native:.1f} ms; the Python loop over the same "
+            f"kernels: {loop:.1f} ms ({loop / native:.3f}x)"
+        )
+        decoder.native_layers = None  # the breakdown times the Python loop's calls
     instrument(engine)
     for _ in range(opts.steps):
         engine.step()
