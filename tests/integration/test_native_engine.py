@@ -108,6 +108,7 @@ def _calls(dtype: torch.dtype):
             torch.empty(2, 8, **f),
         ],
         "silu_mul": lambda: [torch.ones(2, 8, **f), torch.empty(2, 4, **f)],
+        "gelu_tanh_mul": lambda: [torch.ones(2, 8, **f), torch.empty(2, 4, **f)],
         "qk_norm": lambda: [torch.ones(2, 16, **f), torch.ones(4, **f), torch.ones(4, **f), 2, 1, 1e-6],
         "rope_write_kv": lambda: [
             torch.ones(2, 4 * 4, **f),
@@ -151,6 +152,8 @@ BAD = [  # (entry point, argument index, a bad replacement for a dtype, what the
     ("add_rms_norm", 2, lambda f: torch.ones(7, dtype=f), "weight"),
     ("add_rms_norm", 4, lambda f: torch.empty(2, 8, dtype=torch.float64), "out must be"),
     ("silu_mul", 1, lambda f: torch.empty(2, 5, dtype=f), "gate_up must be"),
+    ("gelu_tanh_mul", 1, lambda f: torch.empty(2, 5, dtype=f), "gelu_tanh_mul: gate_up must be"),
+    ("gelu_tanh_mul", 0, lambda f: torch.ones(2, 8, dtype=torch.float16), "must be float32 or bfloat16"),
     ("qk_norm", 2, lambda f: torch.ones(3, dtype=f), "qk_norm: qkv must be"),
     ("qk_norm", 3, lambda f: 3, "qk_norm: qkv must be"),
     ("qk_norm", 1, lambda f: torch.ones(4, dtype=torch.float64), "q_w must be"),

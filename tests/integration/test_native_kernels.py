@@ -94,6 +94,28 @@ def test_qk_norm_matches_pytorch(kernels, dtype, d):
     assert torch.equal(wide[:, (heads + kv_heads) * d :], before[:, (heads + kv_heads) * d :])  # v, padding
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_tanh_mul_matches_pytorch(kernels, dtype):
+    """GeGLU (Gemma): the tanh form of GELU computed as x * sigmoid(2u). Equal to torch's within
+    rounding where torch's 0.5 x (1 + tanh u) is exact (gate > -3); below, 1 + tanh u cancels in
+    torch's, and the kernel is the closer of the two to the exact value (float64, sigmoid form).
+    Gates of +-200 saturate to 0 and to the gate itself."""
+    gate_up = _rand(9, 2 * 203, dtype=dtype, seed=8) * 4
+    gate_up[0, :2] = torch.tensor([-200.0, 200.0]).to(dtype)
+    gate, up = gate_up[:, :203], gate_up[:, 203:]
+    expected = torch.nn.functional.gelu(gate, approximate="tanh") * up
+    out = torch.empty(9, 203, dtype=dtype)
+    kernels.gelu_tanh_mul(gate_up, out)
+    plain = gate > -3
+    assert _close(out[plain], expected[plain])
+    x = gate[~plain].double()
+    exact = x * torch.sigmoid(2 * (2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)) * up[~plain].double()
+    slack = exact.abs() * (2**-7 if dtype == torch.bfloat16 else 2**-20) + 1e-30
+    ours, torchs = (out[~plain].double() - exact).abs(), (expected[~plain].double() - exact).abs()
+    assert bool((ours <= torchs + slack).all()) and float(ours.sum()) < float(torchs.sum())
+    assert abs(float(out[0, 0])) < 1e-30 and float(out[0, 1]) == float(expected[0, 1])
+
+
 def _rope_tables(rotary: int, positions: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Default-RoPE cos/sin (P, rotary) fp32 tables."""
     inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))

@@ -35,18 +35,20 @@ def native_kernels() -> None:
         pytest.skip("the native kernels could not be built here")
 
 
-@pytest.fixture(scope="module", params=["llama3", "mistral", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
 def family_model(request, tmp_path_factory):
     """Biases on every linear (llama3), a sliding window on every layer (mistral) and on some
-    (qwen2), scaled RoPE, QK-norm (qwen3): what the loop passes through to the kernels. Adapters:
-    plain LoRA on q,v and on every linear (the stack runs their BGMV), and DoRA (it leaves them
-    to Python)."""
+    (qwen2), scaled RoPE, QK-norm (qwen3, gemma3), sandwich norms, GeGLU and soft-caps (gemma2,
+    gemma3), partial rotary and fused projections (phi3): what the loop passes through to the
+    kernels. Adapters: plain LoRA on q,v and on every linear (the stack runs their BGMV), and
+    DoRA (it leaves them to Python)."""
     root = tmp_path_factory.mktemp(request.param)
     base = make_tiny_family(root / "base", request.param)
+    attention = ("qkv_proj",) if request.param == "phi3" else ("q_proj", "v_proj")  # phi3's are fused
     return base, {
-        "qv": make_peft_adapter(base, root / "qv", rank=4),
+        "qv": make_peft_adapter(base, root / "qv", rank=4, target_modules=attention),
         "all": make_peft_adapter(base, root / "all", rank=2, target_modules="all-linear", seed=2),
-        "dora": make_peft_adapter(base, root / "dora", rank=4, use_dora=True, seed=3),
+        "dora": make_peft_adapter(base, root / "dora", rank=4, target_modules=attention, use_dora=True),
     }
 
 
@@ -143,12 +145,11 @@ def test_native_layers_read_quantized_bases_as_the_python_loop(tmp_path, kind, d
     assert any(batch.input_ids.shape[0] == 3 and batch.lora_plan is not None for batch in paths.covered)
 
 
-def test_only_llama_shaped_native_models_get_the_stack(tmp_path):
-    sandwich = make_tiny_family(tmp_path / "gemma3", "gemma3")
-    engine = engine_with_adapters(sandwich, {}, max_model_len=64)
-    assert engine.runner.decoder.native_layers is None  # sandwich norms, GeGLU: the Python loop runs it
-    runner = engine_with_adapters(make_tiny_family(tmp_path / "llama", "llama3"), {}, max_model_len=64).runner
-    assert runner.decoder.native_layers is not None
+def test_every_family_gets_the_stack_on_native_kernels_only(tmp_path):
+    runner = engine_with_adapters(
+        make_tiny_family(tmp_path / "gemma3", "gemma3"), {}, max_model_len=64
+    ).runner
+    assert runner.decoder.native_layers is not None  # QK-norm, sandwich norms, GeGLU
     args, weights, rope = runner.args, runner.weights, runner.rope
     torch_ops = TorchOps(runner.dtype, args.rms_eps)
     assert NativeLayers.build(args, weights, rope, torch_ops, runner.lora) is None
@@ -168,13 +169,11 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
     cache = torch.zeros(layers, blocks, kv_heads, bs, d, dtype=dtype)
     return {
         "h": torch.randn(2, hidden, dtype=dtype),
-        "attn_norm": [torch.ones(hidden, dtype=dtype)] * layers,
-        "mlp_norm": [torch.ones(hidden, dtype=dtype)] * layers,
+        "norms": [torch.ones(hidden, dtype=dtype), torch.ones(hidden, dtype=dtype), None, None, None, None]
+        * layers,
         "formats": [int(MatrixFormat.PACKED)] * (4 * layers),
         "matrices": [packed(n, k) for _ in range(layers) for n, k in shapes],  # qkv, o, gate_up, down
         "biases": [None] * (4 * layers),
-        "q_norm": [None] * layers,
-        "k_norm": [None] * layers,
         "cos": [torch.ones(64, d)] * layers,
         "sin": [torch.zeros(64, d)] * layers,
         "windows": [0] * layers,
@@ -186,6 +185,7 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
         "lengths": torch.tensor([4, 10]),
         "heads": heads,
         "intermediate": inter,
+        "gelu": False,
         "scale": d**-0.5,
         "softcap": 0.0,
         "eps": 1e-6,
@@ -201,15 +201,22 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
     }
 
 
+def _qk_norms(call: dict, size: int) -> list:
+    """Layer 0's q and k norm weights of ``size`` (the heads' d is 16), in the call's dtype."""
+    weight = torch.ones(size, dtype=call["h"].dtype)
+    return _replaced(_replaced(call["norms"], 2, weight), 3, weight)
+
+
 def _replaced(entries: list, index: int, value: object) -> list:
     return [value if i == index else entry for i, entry in enumerate(entries)]
 
 
 BAD = [  # (argument, a bad replacement, what the error names)
-    ("attn_norm", lambda c: c["attn_norm"][:1], "one entry per layer"),
+    ("norms", lambda c: c["norms"][:6], "one entry per layer"),
+    ("norms", lambda c: _replaced(c["norms"], 7, None), "layer 1 needs its two pre-norms"),
+    ("norms", lambda c: _replaced(c["norms"], 2, torch.ones(16)), "needs both QK-norm weights"),
+    ("norms", lambda c: _qk_norms(c, 15), "qk_norm: qkv must be"),
     ("biases", lambda c: c["biases"][:4], "one entry per layer"),
-    ("q_norm", lambda c: [None], "one entry per layer"),
-    ("q_norm", lambda c: [torch.ones(16), None], "needs both QK-norm weights"),
     ("k_cache", lambda c: c["k_cache"][0], "caches must be"),
     ("v_cache", lambda c: c["v_cache"][:, :3], "caches must be"),
     ("h", lambda c: c["h"].t(), "h must be"),

@@ -189,10 +189,11 @@ class NativeOps(TorchOps):
         self.module.qk_norm(qkv, q_weight, k_weight, heads, kv_heads, self.eps)
 
     def act_mul(self, gate_up: torch.Tensor, activation: str) -> torch.Tensor:
-        if activation != "silu":
+        kernel = {"silu": self.module.silu_mul, "gelu_tanh": self.module.gelu_tanh_mul}.get(activation)
+        if kernel is None:
             return super().act_mul(gate_up, activation)
         out = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
-        self.module.silu_mul(gate_up, out)
+        kernel(gate_up, out)
         return out
 
     def rope_and_cache(

@@ -4,11 +4,14 @@ step allow it: the decoder's own kernels, chained in C++ instead of Python.
 At batch 32 on SmolLM2 the Python between the ~270 kernel calls of a step cost ~1.9 ms of a
 ~31 ms step, and the second OpenMP thread idled while it ran (``benchmarks/profile_step.py``).
 The call also releases the GIL, so the server's threads run while the engine steps. Prompt
-tokens' attention is the decoder's own Python, called back once per layer. It covers the common
-case: plain LoRA (native BGMV; no DoRA or trained biases loaded), Llama-shaped layers (pre-norms,
-SwiGLU; Qwen3's QK-norm), each base matrix through the kernel the decoder's LinearOps would pick at
-the step's row count (the native packed GEMM; a quantized format's GEMV or GEMM). Every other
-step, and every other model, runs the Python loop: the same numbers from the same kernels.
+tokens' attention is the decoder's own Python, called back once per layer.
+
+It takes every family's layer (pre-norms; SwiGLU or GeGLU; QK-norm and sandwich norms where the
+family has them), each base matrix through the kernel the decoder's LinearOps would pick at the
+step's row count (the native packed GEMM; a quantized format's GEMV or GEMM), and plain LoRA
+(native BGMV). The Python loop runs the rest: adapter steps while a DoRA or trained-bias adapter
+is loaded, matrices without a native kernel at that row count, the PyTorch ops (CUDA). The same
+numbers from the same kernels either way.
 """
 
 from __future__ import annotations
@@ -46,10 +49,19 @@ class NativeLayers:
         self.cos = [rope.cos[spec.rope] for spec in args.layers]
         self.sin = [rope.sin[spec.rope] for spec in args.layers]
         self.windows = [spec.window or 0 for spec in args.layers]
-        self.attn_norms = [layer.attn_norm for layer in weights.layers]
-        self.mlp_norms = [layer.mlp_norm for layer in weights.layers]
-        self.q_norms = [layer.q_norm for layer in weights.layers]  # None: no QK-norm
-        self.k_norms = [layer.k_norm for layer in weights.layers]
+        # six per layer, as the kernel reads them; None where the family has no such norm
+        self.norms = [
+            norm
+            for layer in weights.layers
+            for norm in (
+                layer.attn_norm,
+                layer.mlp_norm,
+                layer.q_norm,
+                layer.k_norm,
+                layer.attn_out_norm,
+                layer.mlp_out_norm,
+            )
+        ]
 
     @classmethod
     def build(
@@ -65,7 +77,7 @@ class NativeLayers:
         loop serves every step)."""
         if not isinstance(ops, NativeOps) or not hasattr(ops.module, "decode_layers"):
             return None
-        if args.sandwich_norms or args.activation != "silu":
+        if args.activation not in ("silu", "gelu_tanh"):
             return None
         return cls(args, weights, rope, ops.module, lora if isinstance(lora, NativeLora) else None)
 
@@ -94,13 +106,10 @@ class NativeLayers:
         plan = batch.lora_plan
         return self.module.decode_layers(  # type: ignore[no-any-return]
             h,
-            self.attn_norms,
-            self.mlp_norms,
+            self.norms,
             [int(fmt) for fmt, _ in matrices],
             [tensors for _, tensors in matrices],
             [layer.bias(name) for layer in layers for name in FUSED],
-            self.q_norms,
-            self.k_norms,
             self.cos,
             self.sin,
             self.windows,
@@ -112,6 +121,7 @@ class NativeLayers:
             batch.decode_lengths,
             args.num_heads,
             args.intermediate_size,
+            args.activation == "gelu_tanh",
             args.attn_scale,
             args.attn_softcap or 0.0,
             args.rms_eps,

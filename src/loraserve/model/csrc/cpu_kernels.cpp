@@ -104,14 +104,29 @@ void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Te
   dispatch(dtype, [&](auto elem) { kernels::add_rms_norm<decltype(elem)>(h, delta, w, eps, out); });
 }
 
-// SwiGLU's activation: out (T, I) = silu(gate) * up for gate_up (T, 2I) = [gate | up].
-void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
+namespace {
+
+at::ScalarType check_gated(const char* name, const torch::Tensor& gate_up, const torch::Tensor& out) {
   const auto dtype = checked_dtype(gate_up, "gate_up");
   check_rows(gate_up, "gate_up", dtype, 2);
   check_rows(out, "out", dtype, 2);
-  TORCH_CHECK(gate_up.size(0) == out.size(0) && gate_up.size(1) == 2 * out.size(1),
-              "silu_mul: gate_up must be (T, 2I) for out (T, I)");
+  TORCH_CHECK(gate_up.size(0) == out.size(0) && gate_up.size(1) == 2 * out.size(1), name,
+              ": gate_up must be (T, 2I) for out (T, I)");
+  return dtype;
+}
+
+}  // namespace
+
+// SwiGLU's activation: out (T, I) = silu(gate) * up for gate_up (T, 2I) = [gate | up].
+void silu_mul(torch::Tensor gate_up, torch::Tensor out) {
+  const auto dtype = check_gated("silu_mul", gate_up, out);
   dispatch(dtype, [&](auto elem) { kernels::silu_mul<decltype(elem)>(gate_up, out); });
+}
+
+// GeGLU's activation (Gemma): out (T, I) = gelu_tanh(gate) * up for gate_up (T, 2I) = [gate | up].
+void gelu_tanh_mul(torch::Tensor gate_up, torch::Tensor out) {
+  const auto dtype = check_gated("gelu_tanh_mul", gate_up, out);
+  dispatch(dtype, [&](auto elem) { kernels::gelu_tanh_mul<decltype(elem)>(gate_up, out); });
 }
 
 // QK-norm (Qwen3, Gemma 3): RMSNorm over each of the H q heads (weight q_w (d,)) and the kvh k
@@ -320,6 +335,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bgmv", &bgmv, "batched LoRA, one adapter slot per token");
   m.def("add_rms_norm", &add_rms_norm, "optional residual add, then RMSNorm");
   m.def("silu_mul", &silu_mul, "SwiGLU activation: silu(gate) * up");
+  m.def("gelu_tanh_mul", &gelu_tanh_mul, "GeGLU activation: gelu(gate, tanh form) * up");
   m.def("qk_norm", &qk_norm, "RMSNorm per q and k head of a fused qkv, in place");
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");

@@ -1,5 +1,6 @@
-// A step's whole layer stack in one call (a Llama-shaped layer: pre-norms, fused qkv with an
-// optional QK-norm and RoPE, SwiGLU; plain LoRA per token slot; each base matrix in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
+// A step's whole layer stack in one call (pre-norm layers: fused qkv with an optional QK-norm
+// and RoPE, SwiGLU or GeGLU, optional sandwich norms; plain LoRA per token slot; each base matrix
+// in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
 // chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step, and
 // the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
 // entry points, so each kernel sees exactly the inputs the decoder would give it. Prompt tokens'
@@ -70,21 +71,29 @@ struct Lora {
   }
 };
 
-torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Tensors& mlp_norm,
-                            const std::vector<int64_t>& formats, const std::vector<Tensors>& matrices,
-                            const MaybeTensors& biases, const MaybeTensors& q_norm, const MaybeTensors& k_norm,
-                            const Tensors& cos, const Tensors& sin,
-                            const std::vector<int64_t>& windows, torch::Tensor k_cache, torch::Tensor v_cache,
-                            torch::Tensor positions, torch::Tensor slot_mapping, torch::Tensor block_tables,
-                            torch::Tensor lengths, int64_t heads, int64_t intermediate, double scale, double softcap,
-                            double eps, c10::optional<torch::Tensor> lora_slots, const MaybeTensors& lora_a,
+// A layer's norms, six per layer in `norms`: the two pre-norms (required), QK-norm's q and k
+// weights (both or neither) and the sandwich norms on the attention's and the MLP's outputs.
+enum Norm : size_t { kAttn = 0, kMlp, kQ, kK, kAttnOut, kMlpOut, kNorms };
+
+torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const std::vector<int64_t>& formats,
+                            const std::vector<Tensors>& matrices, const MaybeTensors& biases, const Tensors& cos,
+                            const Tensors& sin, const std::vector<int64_t>& windows, torch::Tensor k_cache,
+                            torch::Tensor v_cache, torch::Tensor positions, torch::Tensor slot_mapping,
+                            torch::Tensor block_tables, torch::Tensor lengths, int64_t heads, int64_t intermediate,
+                            bool gelu, double scale, double softcap, double eps,
+                            c10::optional<torch::Tensor> lora_slots, const MaybeTensors& lora_a,
                             const MaybeTensors& lora_b, const MaybeTensors& lora_starts,
                             const MaybeTensors& lora_widths, const MaybeTensors& lora_info, int64_t lora_rank,
                             int64_t decodes, const pybind11::object& prefill) {
-  const size_t L = attn_norm.size();
-  TORCH_CHECK(L > 0 && mlp_norm.size() == L && formats.size() == 4 * L && matrices.size() == 4 * L &&
-                  biases.size() == 4 * L && q_norm.size() == L && k_norm.size() == L && cos.size() == L && sin.size() == L && windows.size() == L,
-              "decode_layers: one entry per layer in every list (four matrices and biases per layer)");
+  const size_t L = cos.size();
+  TORCH_CHECK(L > 0 && norms.size() == kNorms * L && formats.size() == 4 * L && matrices.size() == 4 * L &&
+                  biases.size() == 4 * L && sin.size() == L && windows.size() == L,
+              "decode_layers: one entry per layer in every list (six norms, four matrices and biases per layer)");
+  for (size_t i = 0; i < L; ++i) {
+    const auto norm = [&](Norm n) { return norms[kNorms * i + n].has_value(); };
+    TORCH_CHECK(norm(kAttn) && norm(kMlp), "decode_layers: layer ", i, " needs its two pre-norms");
+    TORCH_CHECK(norm(kQ) == norm(kK), "decode_layers: layer ", i, " needs both QK-norm weights or neither");
+  }
   TORCH_CHECK(k_cache.dim() == 5 && k_cache.size(0) == int64_t(L) && v_cache.sizes() == k_cache.sizes(),
               "decode_layers: the caches must be (L, N, kvh, bs, d), one layer per entry");
   TORCH_CHECK(h.dim() == 2 && h.is_contiguous(), "decode_layers: h must be a contiguous (T, D)");
@@ -105,21 +114,26 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
   auto fused = torch::empty({T, qkv_width}, h.options());
   auto attn = torch::empty({T, heads, d}, h.options());
   auto delta = torch::empty_like(h);  // the attention's output projection, then the MLP's
+  auto normed = torch::empty_like(h);  // delta after its sandwich norm (Gemma 2/3)
   auto up = torch::empty({T, 2 * intermediate}, h.options());
   auto act = torch::empty({T, intermediate}, h.options());
   const auto q = fused.narrow(1, 0, heads * d).view({T, heads, d});
   const auto attn_rows = attn.view({T, heads * d});
   const auto decode_q = q.narrow(0, 0, decodes), decode_out = attn.narrow(0, 0, decodes);
+  // a sub-layer's output as the residual stream adds it: after its sandwich norm where it has one
+  const auto output = [&](const c10::optional<torch::Tensor>& norm) -> const torch::Tensor& {
+    if (!norm.has_value()) return delta;
+    add_rms_norm(delta, c10::nullopt, *norm, eps, normed);
+    return normed;
+  };
+  const torch::Tensor* residual = nullptr;  // the previous layer's MLP output, added lazily
   for (size_t i = 0; i < L; ++i) {
+    const auto norm = [&](Norm n) -> const c10::optional<torch::Tensor>& { return norms[kNorms * i + n]; };
     const auto keys = k_cache.select(0, int64_t(i)), values = v_cache.select(0, int64_t(i));
-    add_rms_norm(h, i == 0 ? c10::nullopt : c10::optional<torch::Tensor>(delta), attn_norm[i], eps, x);
+    add_rms_norm(h, residual == nullptr ? c10::nullopt : c10::optional<torch::Tensor>(*residual), *norm(kAttn), eps, x);
     matmul(formats[4 * i], matrices[4 * i], biases[4 * i], x, fused);
     lora.add(i, 0, x, fused);
-    if (q_norm[i].has_value() || k_norm[i].has_value()) {
-      TORCH_CHECK(q_norm[i].has_value() && k_norm[i].has_value(), "decode_layers: layer ", i,
-                  " needs both QK-norm weights or neither");
-      qk_norm(fused, *q_norm[i], *k_norm[i], heads, kv_heads, eps);
-    }
+    if (norm(kQ).has_value()) qk_norm(fused, *norm(kQ), *norm(kK), heads, kv_heads, eps);
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
     if (decodes > 0)
       decode_attention(decode_q, keys, values, block_tables, lengths, decode_out, scale, windows[i], softcap);
@@ -129,14 +143,19 @@ torch::Tensor decode_layers(torch::Tensor h, const Tensors& attn_norm, const Ten
     }
     matmul(formats[4 * i + 1], matrices[4 * i + 1], biases[4 * i + 1], attn_rows, delta);
     lora.add(i, 1, attn_rows, delta);
-    add_rms_norm(h, delta, mlp_norm[i], eps, x);
+    add_rms_norm(h, output(norm(kAttnOut)), *norm(kMlp), eps, x);
     matmul(formats[4 * i + 2], matrices[4 * i + 2], biases[4 * i + 2], x, up);
     lora.add(i, 2, x, up);
-    silu_mul(up, act);
+    if (gelu) {
+      gelu_tanh_mul(up, act);
+    } else {
+      silu_mul(up, act);
+    }
     matmul(formats[4 * i + 3], matrices[4 * i + 3], biases[4 * i + 3], act, delta);
     lora.add(i, 3, act, delta);
+    residual = &output(norm(kMlpOut));
   }
-  return delta;
+  return *residual;
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor w, double eps,
                   torch::Tensor out);
 void silu_mul(torch::Tensor gate_up, torch::Tensor out);
+void gelu_tanh_mul(torch::Tensor gate_up, torch::Tensor out);
 void qk_norm(torch::Tensor qkv, torch::Tensor q_w, torch::Tensor k_w, int64_t heads, int64_t kv_heads, double eps);
 void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
                    torch::Tensor slot_mapping, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,

@@ -24,6 +24,8 @@ void add_rms_norm(at::Tensor h, c10::optional<at::Tensor> delta, at::Tensor w, d
 template <class T>
 void silu_mul(at::Tensor gate_up, at::Tensor out);
 template <class T>
+void gelu_tanh_mul(at::Tensor gate_up, at::Tensor out);
+template <class T>
 void qk_norm(at::Tensor qkv, at::Tensor q_w, at::Tensor k_w, int64_t heads, int64_t kv_heads, double eps);
 template <class T>
 void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor positions,

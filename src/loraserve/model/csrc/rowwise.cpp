@@ -90,10 +90,14 @@ void qk_norm(at::Tensor qkv, at::Tensor q_w, at::Tensor k_w, int64_t heads, int6
   }
 }
 
-// out (T, I) = T(silu(gate)) * up for gate_up (T, 2I) = [gate | up].
-template <class T>
-void silu_mul(at::Tensor gate_up, at::Tensor out) {
+// out (T, I) = T(act(gate)) * up for gate_up (T, 2I) = [gate | up], act(g) = g * sigmoid(z):
+// z = g for SiLU (SwiGLU); z = 2 sqrt(2/pi) (g + 0.044715 g^3) for GELU's tanh form (GeGLU,
+// Gemma), since 0.5 (1 + tanh(z / 2)) = sigmoid(z).
+template <class T, bool Gelu>
+void gated_mul(at::Tensor gate_up, at::Tensor out) {
   using E = Elem<T>;
+  constexpr float kBeta2 = 1.5957691216057308f;  // 2 sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
   const int64_t tokens = gate_up.size(0), I = out.size(1);
   const int64_t in_stride = gate_up.stride(0), o_stride = out.stride(0);
   const T* gp = gate_up.data_ptr<T>();
@@ -107,14 +111,27 @@ void silu_mul(at::Tensor gate_up, at::Tensor out) {
     int64_t i = 0;
     for (; i + Vec::W <= I; i += Vec::W) {
       const Vec::reg g = E::load(gate + i);
-      const Vec::reg silu = Vec::div(g, Vec::add(one, simd::exp(Vec::sub(Vec::zero(), g))));
-      E::store(orow + i, Vec::mul(E::round(silu), E::load(up + i)));
+      Vec::reg z = g;
+      if constexpr (Gelu) z = Vec::mul(Vec::set1(kBeta2), Vec::fmadd(Vec::set1(kKappa), Vec::mul(g, Vec::mul(g, g)), g));
+      const Vec::reg act = Vec::div(g, Vec::add(one, simd::exp(Vec::sub(Vec::zero(), z))));
+      E::store(orow + i, Vec::mul(E::round(act), E::load(up + i)));
     }
     for (; i < I; ++i) {
       const float g = E::to_f(gate[i]);
-      orow[i] = E::from_f(E::round_f(g / (1.0f + std::exp(-g))) * E::to_f(up[i]));
+      const float z = Gelu ? kBeta2 * (kKappa * (g * g * g) + g) : g;
+      orow[i] = E::from_f(E::round_f(g / (1.0f + std::exp(-z))) * E::to_f(up[i]));
     }
   }
+}
+
+template <class T>
+void silu_mul(at::Tensor gate_up, at::Tensor out) {
+  gated_mul<T, false>(gate_up, out);
+}
+
+template <class T>
+void gelu_tanh_mul(at::Tensor gate_up, at::Tensor out) {
+  gated_mul<T, true>(gate_up, out);
 }
 
 // Rotary embedding of q and k in place (rotate-half), then k and v into the cache at their slot.
@@ -167,6 +184,7 @@ void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor po
 
 LORASERVE_INSTANTIATE(add_rms_norm, (at::Tensor, c10::optional<at::Tensor>, at::Tensor, double, at::Tensor))
 LORASERVE_INSTANTIATE(silu_mul, (at::Tensor, at::Tensor))
+LORASERVE_INSTANTIATE(gelu_tanh_mul, (at::Tensor, at::Tensor))
 LORASERVE_INSTANTIATE(qk_norm, (at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t, double))
 LORASERVE_INSTANTIATE(rope_write_kv, (at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                       at::Tensor, int64_t, int64_t))
