@@ -199,7 +199,7 @@ def main() -> None:
         "--model",
         default="smollm2",
         help="smollm2 (the demo model), a shape of benchmarks/shaped_models.py (llama-3.2-1b, "
-        "qwen2.5-0.5b: random weights in the real shapes) or a model directory",
+        "qwen2.5-0.5b, qwen3-0.6b: random weights in the real shapes) or a model directory",
     )
     parser.add_argument("--skip-qv", action="store_true", help="leave out the r8 q,v case")
     opts = parser.parse_args()

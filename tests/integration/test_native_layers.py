@@ -40,16 +40,19 @@ def family_model(request, tmp_path_factory):
     """Biases on every linear (llama3), a sliding window on every layer (mistral) and on some
     (qwen2), scaled RoPE, QK-norm (qwen3, gemma3), sandwich norms, GeGLU and soft-caps (gemma2,
     gemma3), partial rotary and fused projections (phi3): what the loop passes through to the
-    kernels. Adapters: plain LoRA on q,v and on every linear (the stack runs their BGMV), and
-    DoRA (it leaves them to Python)."""
+    kernels. Adapters: plain LoRA on q,v and on every linear, DoRA (rows rescaled where the layer
+    has a bias, all rows where not) and trained biases (where the model has biases)."""
     root = tmp_path_factory.mktemp(request.param)
     base = make_tiny_family(root / "base", request.param)
     attention = ("qkv_proj",) if request.param == "phi3" else ("q_proj", "v_proj")  # phi3's are fused
-    return base, {
+    adapters = {
         "qv": make_peft_adapter(base, root / "qv", rank=4, target_modules=attention),
         "all": make_peft_adapter(base, root / "all", rank=2, target_modules="all-linear", seed=2),
         "dora": make_peft_adapter(base, root / "dora", rank=4, target_modules=attention, use_dora=True),
     }
+    if request.param in ("llama3", "qwen2", "qwen3"):  # q and v have base biases: trained ones too
+        adapters["bias"] = make_peft_adapter(base, root / "bias", rank=2, bias="lora_only", seed=4)
+    return base, adapters
 
 
 class BothPaths:
@@ -93,9 +96,8 @@ class BothPaths:
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_native_layers_equal_the_python_loop(family_model, dtype):
-    """Logits equal bit for bit on the steps the stack covers: prompts (alone, and joining
-    running decodes), decodes, with plain LoRA or none. Adapter steps while a DoRA adapter is
-    loaded never reach it."""
+    """Logits equal bit for bit on every step: prompts (alone, and joining running decodes),
+    decodes, with no adapter, plain LoRA, DoRA or trained biases, mixed in one batch."""
     base, adapters = family_model
     engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
     paths = BothPaths(engine)
@@ -107,10 +109,10 @@ def test_native_layers_equal_the_python_loop(family_model, dtype):
     with_lora = [batch for batch in paths.covered if batch.lora_plan is not None]
     assert len(with_lora) >= 15 and max(batch.decode_count for batch in with_lora) == 3
     assert any(batch.prefills and batch.decode_count for batch in with_lora) and not paths.python_only
-    steps = len(paths.covered)
-    paths.run("dora", "qv", tokens=4)
-    assert len(paths.covered) == steps  # DoRA in a slot: its row scale is applied in Python
-    assert any(batch.lora_plan is not None and not batch.prefills for batch in paths.python_only)
+    mixed = ("dora", "qv", None, "bias") if "bias" in adapters else ("dora", "qv", None)
+    paths.run(*mixed, tokens=8)
+    assert not paths.differ and not paths.python_only
+    assert max(batch.decode_count for batch in paths.covered) == len(mixed)
 
 
 QUANTIZED = {
@@ -196,6 +198,9 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
         "lora_widths": [None] * 4,
         "lora_info": [None] * 4,
         "lora_rank": 0,
+        "dora": [None] * 4,
+        "dora_rows": [None] * 4,
+        "bias_deltas": [None] * 4,
         "decodes": 2,
         "prefill": None,
     }
@@ -212,6 +217,10 @@ def _replaced(entries: list, index: int, value: object) -> list:
 
 
 BAD = [  # (argument, a bad replacement, what the error names)
+    ("dora", lambda c: c["dora"][:3], "four each"),
+    ("dora", lambda c: [torch.ones(2, 3, 48), None, None, None], "DoRA group 0 needs its rows"),
+    ("bias_deltas", lambda c: [None, torch.zeros(3, 3, 32), None, None], r"must be \(L, S \+ 1, out\)"),
+    ("bias_deltas", lambda c: [None, torch.zeros(2, 3, 32), None, None], "need the token slots"),
     ("norms", lambda c: c["norms"][:6], "one entry per layer"),
     ("norms", lambda c: _replaced(c["norms"], 7, None), "layer 1 needs its two pre-norms"),
     ("norms", lambda c: _replaced(c["norms"], 2, torch.ones(16)), "needs both QK-norm weights"),

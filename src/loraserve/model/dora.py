@@ -45,6 +45,12 @@ class DoraScales:
     def in_use(self) -> bool:
         return self.scales.in_use()
 
+    def rows_of(self, group: str, token_slots: torch.Tensor) -> torch.Tensor:
+        """The indices of the tokens whose slot holds a DoRA adapter on ``group``."""
+        in_use = torch.zeros(self.scales.slots + 1, dtype=torch.bool, device=token_slots.device)
+        in_use[[s + 1 for s in self.scales.users[group]]] = True
+        return in_use[token_slots + 1].nonzero().squeeze(1)
+
     def apply(
         self, out: torch.Tensor, layer: int, group: str, token_slots: torch.Tensor, bias: torch.Tensor | None
     ) -> None:
@@ -56,9 +62,7 @@ class DoraScales:
         if bias is None:  # every row at once: x * 1.0 leaves base and plain-LoRA rows exact
             out.mul_(self.scales.rows_for(group, layer, token_slots))
             return
-        in_use = torch.zeros(self.scales.slots + 1, dtype=torch.bool, device=token_slots.device)
-        in_use[[s + 1 for s in users]] = True
-        rows = in_use[token_slots + 1].nonzero().squeeze(1)
+        rows = self.rows_of(group, token_slots)
         if rows.numel() == 0:
             return
         scale = self.scales.rows_for(group, layer, token_slots[rows])  # (n, out)

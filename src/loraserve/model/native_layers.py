@@ -24,7 +24,7 @@ import torch
 from loraserve.model.args import FUSED, ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import NativeOps, TorchOps
-from loraserve.model.lora import LoraBackend, NativeLora
+from loraserve.model.lora import LoraBackend, LoraPlan, NativeLora
 from loraserve.model.matrix_formats import NativeMatrix
 from loraserve.model.packed import LinearOps
 from loraserve.model.rope import RopeTables
@@ -84,8 +84,9 @@ class NativeLayers:
     def plan(self, batch: StepBatch, linears: LinearOps) -> list[NativeMatrix] | None:
         """How the stack reads each base matrix in this step, as ``linears`` would (the packed
         GEMM, or a quantized format's kernel at few rows); None where the Python loop takes the
-        step: adapters with DoRA or trained biases loaded, or a matrix no native kernel reads."""
-        if batch.lora_plan is not None and (self.lora is None or self.lora.extras_in_use()):
+        step: adapters on a backend other than the native one, or a matrix no native kernel
+        reads."""
+        if batch.lora_plan is not None and self.lora is None:
             return None
         return linears.native_matrices(batch.input_ids.shape[0])
 
@@ -127,6 +128,7 @@ class NativeLayers:
             args.rms_eps,
             None if plan is None else plan.token_slots,
             *self._lora_args(plan is not None),
+            *self._extras_args(plan),
             batch.decode_count,
             prefill,
         )
@@ -145,3 +147,20 @@ class NativeLayers:
         widths = [None if g is None else lora.columns[g][1] for g in used]
         info = [None if g is None else lora.slot_info[g] for g in used]
         return a, b, starts, widths, info, lora.used_rank
+
+    def _extras_args(self, plan: LoraPlan | None) -> tuple[Tensors, Tensors, Tensors]:
+        """Per group: DoRA's row-scale table (None where no slot has DoRA there), the rows of the
+        step's tokens on DoRA slots (what ``dora.py`` rescales where the layer has a bias), and
+        the trained biases' delta table (None where no slot has one)."""
+        none: Tensors = [None] * len(FUSED)
+        lora = self.lora
+        if plan is None or lora is None:
+            return none, none, none
+        dora, dora_rows, deltas = list(none), list(none), list(none)
+        for index, group in enumerate(FUSED):
+            if lora.dora is not None and lora.dora.scales.users[group]:
+                dora[index] = lora.dora.scales.tables[group]
+                dora_rows[index] = lora.dora.rows_of(group, plan.token_slots)
+            if lora.biases is not None and lora.biases.deltas.users[group]:
+                deltas[index] = lora.biases.deltas.tables[group]
+        return dora, dora_rows, deltas

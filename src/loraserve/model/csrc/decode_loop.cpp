@@ -12,9 +12,6 @@ namespace {
 using Tensors = std::vector<torch::Tensor>;
 using MaybeTensors = std::vector<c10::optional<torch::Tensor>>;
 
-// The step's LoRA, in the decoder's order: after each fused GEMM, its group's BGMV where any
-// slot uses the group. a, b: 4 per layer (qkv, o, gate_up, down), None where no slot uses it;
-// starts, widths, info: 4 each, the group's module columns and slot_info (native.py's NativeLora).
 // How the decoder's LinearOps read a base matrix at this step's row count (matrix_formats.py's
 // MatrixFormat), with the tensors that format stores, in this order.
 enum Format : int64_t {
@@ -57,17 +54,41 @@ void matmul(int64_t format, const Tensors& w, const c10::optional<torch::Tensor>
   if (bias.has_value()) out.add_(*bias);
 }
 
+// The step's adapters, in the decoder's order (lora/base.py's add_delta): after each fused GEMM,
+// its group's BGMV where any slot uses the group, then DoRA's row scale and trained biases' deltas
+// where a slot holds them. a, b: 4 per layer (qkv, o, gate_up, down), None where no slot uses it;
+// starts, widths, info: 4 each, the group's module columns and slot_info (native.py's NativeLora);
+// dora, bias_deltas: 4 each, the group's (L, S + 1, out) tables (slot_tables.py), None where no
+// slot has one; dora_rows: 4, the rows of the step's tokens on DoRA slots (read where the layer
+// has a base bias: only those rows are rescaled then, as dora.py does).
 struct Lora {
   const c10::optional<torch::Tensor>& slots;
   const MaybeTensors &a, &b, &starts, &widths, &info;
   int64_t rank;
+  const MaybeTensors &dora, &dora_rows, &bias_deltas;
+  c10::optional<torch::Tensor> table_rows;  // slots + 1: each token's row of the tables
 
-  void add(size_t layer, size_t group, const torch::Tensor& x, const torch::Tensor& out) const {
+  void add(size_t layer, size_t group, const torch::Tensor& x, torch::Tensor& out,
+           const c10::optional<torch::Tensor>& bias) const {
+    if (!slots.has_value()) return;
     const auto& stack_a = a[4 * layer + group];
-    if (!slots.has_value() || !stack_a.has_value()) return;
-    const auto& columns = *starts[group];
-    bgmv(x, *slots, *stack_a, *b[4 * layer + group], out, columns.size(0), rank, columns, *widths[group],
-         *info[group]);
+    if (stack_a.has_value()) {
+      const auto& columns = *starts[group];
+      bgmv(x, *slots, *stack_a, *b[4 * layer + group], out, columns.size(0), rank, columns, *widths[group],
+           *info[group]);
+    }
+    if (dora[group].has_value()) {
+      const auto scales = dora[group]->select(0, int64_t(layer));
+      if (!bias.has_value()) {  // every row: x * 1 leaves base and plain-LoRA rows exact
+        out.mul_(scales.index_select(0, *table_rows));
+      } else if (dora_rows[group]->numel() > 0) {  // (out - bias) * s + bias on the DoRA rows only
+        const auto& rows = *dora_rows[group];
+        const auto scale = scales.index_select(0, table_rows->index_select(0, rows));
+        out.index_copy_(0, rows, (out.index_select(0, rows) - *bias) * scale + *bias);
+      }
+    }
+    if (bias_deltas[group].has_value())
+      out.add_(bias_deltas[group]->select(0, int64_t(layer)).index_select(0, *table_rows));
   }
 };
 
@@ -84,7 +105,8 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
                             c10::optional<torch::Tensor> lora_slots, const MaybeTensors& lora_a,
                             const MaybeTensors& lora_b, const MaybeTensors& lora_starts,
                             const MaybeTensors& lora_widths, const MaybeTensors& lora_info, int64_t lora_rank,
-                            int64_t decodes, const pybind11::object& prefill) {
+                            const MaybeTensors& dora, const MaybeTensors& dora_rows,
+                            const MaybeTensors& bias_deltas, int64_t decodes, const pybind11::object& prefill) {
   const size_t L = cos.size();
   TORCH_CHECK(L > 0 && norms.size() == kNorms * L && formats.size() == 4 * L && matrices.size() == 4 * L &&
                   biases.size() == 4 * L && sin.size() == L && windows.size() == L,
@@ -105,7 +127,22 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
                     (!lora_a[i].has_value() || (lora_starts[i % 4].has_value() && lora_widths[i % 4].has_value() &&
                                                 lora_info[i % 4].has_value())),
                 "decode_layers: LoRA entry ", i, " needs A, B, its group's columns and slot_info");
-  const Lora lora{lora_slots, lora_a, lora_b, lora_starts, lora_widths, lora_info, lora_rank};
+  TORCH_CHECK(dora.size() == 4 && dora_rows.size() == 4 && bias_deltas.size() == 4,
+              "decode_layers: DoRA tables, their rows and bias deltas four each");
+  bool extras = false;
+  for (size_t g = 0; g < 4; ++g) {
+    for (const auto* table : {&dora[g], &bias_deltas[g]})
+      if (table->has_value()) {
+        TORCH_CHECK((*table)->dim() == 3 && (*table)->size(0) == int64_t(L),
+                    "decode_layers: a DoRA or bias-delta table must be (L, S + 1, out)");
+        extras = true;
+      }
+    TORCH_CHECK(!dora[g].has_value() || dora_rows[g].has_value(), "decode_layers: DoRA group ", g,
+                " needs its rows");
+  }
+  TORCH_CHECK(!extras || lora_slots.has_value(), "decode_layers: DoRA or bias deltas need the token slots");
+  const Lora lora{lora_slots, lora_a, lora_b, lora_starts, lora_widths, lora_info, lora_rank, dora, dora_rows,
+                  bias_deltas, extras ? c10::optional<torch::Tensor>(*lora_slots + 1) : c10::nullopt};
   const int64_t T = h.size(0), kv_heads = k_cache.size(2), d = k_cache.size(4);
   TORCH_CHECK(decodes >= 0 && decodes <= T && (decodes == T || !prefill.is_none()),
               "decode_layers: decodes must be in [0, T], with a prefill callback for the other rows");
@@ -132,7 +169,7 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
     const auto keys = k_cache.select(0, int64_t(i)), values = v_cache.select(0, int64_t(i));
     add_rms_norm(h, residual == nullptr ? c10::nullopt : c10::optional<torch::Tensor>(*residual), *norm(kAttn), eps, x);
     matmul(formats[4 * i], matrices[4 * i], biases[4 * i], x, fused);
-    lora.add(i, 0, x, fused);
+    lora.add(i, 0, x, fused, biases[4 * i]);
     if (norm(kQ).has_value()) qk_norm(fused, *norm(kQ), *norm(kK), heads, kv_heads, eps);
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
     if (decodes > 0)
@@ -142,17 +179,17 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
       prefill(int64_t(i), q, attn);
     }
     matmul(formats[4 * i + 1], matrices[4 * i + 1], biases[4 * i + 1], attn_rows, delta);
-    lora.add(i, 1, attn_rows, delta);
+    lora.add(i, 1, attn_rows, delta, biases[4 * i + 1]);
     add_rms_norm(h, output(norm(kAttnOut)), *norm(kMlp), eps, x);
     matmul(formats[4 * i + 2], matrices[4 * i + 2], biases[4 * i + 2], x, up);
-    lora.add(i, 2, x, up);
+    lora.add(i, 2, x, up, biases[4 * i + 2]);
     if (gelu) {
       gelu_tanh_mul(up, act);
     } else {
       silu_mul(up, act);
     }
     matmul(formats[4 * i + 3], matrices[4 * i + 3], biases[4 * i + 3], act, delta);
-    lora.add(i, 3, act, delta);
+    lora.add(i, 3, act, delta, biases[4 * i + 3]);
     residual = &output(norm(kMlpOut));
   }
   return *residual;
