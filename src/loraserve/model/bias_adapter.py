@@ -29,9 +29,6 @@ class BiasDeltas:
     def clear(self, slot: int) -> None:
         self.deltas.clear(slot)
 
-    def in_use(self) -> bool:
-        return self.deltas.in_use()
-
     def apply(self, out: torch.Tensor, layer: int, group: str, token_slots: torch.Tensor) -> None:
         """out (T, fused out) += each token's adapter's bias delta, in place."""
         if self.deltas.users[group]:

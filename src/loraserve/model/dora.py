@@ -42,9 +42,6 @@ class DoraScales:
     def clear(self, slot: int) -> None:
         self.scales.clear(slot)
 
-    def in_use(self) -> bool:
-        return self.scales.in_use()
-
     def rows_of(self, group: str, token_slots: torch.Tensor) -> torch.Tensor:
         """The indices of the tokens whose slot holds a DoRA adapter on ``group``."""
         in_use = torch.zeros(self.scales.slots + 1, dtype=torch.bool, device=token_slots.device)

@@ -30,10 +30,6 @@ class SlotTables:
         table[layer, slot + 1, rows] = values.to(device=table.device, dtype=table.dtype)
         self.users[group].add(slot)
 
-    def in_use(self) -> bool:
-        """Whether any slot has values in any group."""
-        return any(self.users.values())
-
     def clear(self, slot: int) -> None:
         for group, table in self.tables.items():
             if slot in self.users[group]:

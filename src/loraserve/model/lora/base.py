@@ -161,11 +161,6 @@ class LoraBackend(ABC):
         if self.biases is not None:
             self.biases.apply(out, layer, group, plan.token_slots)
 
-    def extras_in_use(self) -> bool:
-        """Whether a loaded adapter has DoRA magnitudes or trained biases, which ``add_delta``
-        applies beside the LoRA delta."""
-        return any(extra is not None and extra.in_use() for extra in (self.dora, self.biases))
-
     def module_columns(self, group: str, module: str, rank: int) -> slice:
         """Module j of a k-module group holds the A rows (or columns) ``i*k + j``, rank-major."""
         modules = self.groups[group]
