@@ -1,6 +1,6 @@
 // A step's whole layer stack in one call (pre-norm layers: fused qkv with an optional QK-norm
-// and RoPE, SwiGLU or GeGLU, optional sandwich norms; plain LoRA per token slot; each base matrix
-// in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
+// and RoPE, SwiGLU or GeGLU, optional sandwich norms; LoRA, DoRA and trained biases per token
+// slot; each base matrix in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
 // chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step, and
 // the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
 // entry points, so each kernel sees exactly the inputs the decoder would give it. Prompt tokens'
@@ -167,7 +167,8 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
   for (size_t i = 0; i < L; ++i) {
     const auto norm = [&](Norm n) -> const c10::optional<torch::Tensor>& { return norms[kNorms * i + n]; };
     const auto keys = k_cache.select(0, int64_t(i)), values = v_cache.select(0, int64_t(i));
-    add_rms_norm(h, residual == nullptr ? c10::nullopt : c10::optional<torch::Tensor>(*residual), *norm(kAttn), eps, x);
+    const auto previous = residual == nullptr ? c10::nullopt : c10::optional<torch::Tensor>(*residual);
+    add_rms_norm(h, previous, *norm(kAttn), eps, x);
     matmul(formats[4 * i], matrices[4 * i], biases[4 * i], x, fused);
     lora.add(i, 0, x, fused, biases[4 * i]);
     if (norm(kQ).has_value()) qk_norm(fused, *norm(kQ), *norm(kK), heads, kv_heads, eps);
@@ -200,5 +201,6 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
 void register_decode_loop(pybind11::module& m) {
   // without the GIL: the server's threads run while the engine thread is in the layer stack
   m.def("decode_layers", &decode_layers, pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "a step's whole layer stack with plain LoRA, each base matrix in its format: the checked kernels chained in C++");
+        "a step's whole layer stack with its adapters, each base matrix in its format: the checked "
+        "kernels chained in C++");
 }

@@ -112,7 +112,10 @@ void gated_mul(at::Tensor gate_up, at::Tensor out) {
     for (; i + Vec::W <= I; i += Vec::W) {
       const Vec::reg g = E::load(gate + i);
       Vec::reg z = g;
-      if constexpr (Gelu) z = Vec::mul(Vec::set1(kBeta2), Vec::fmadd(Vec::set1(kKappa), Vec::mul(g, Vec::mul(g, g)), g));
+      if constexpr (Gelu) {
+        const Vec::reg cube = Vec::mul(g, Vec::mul(g, g));
+        z = Vec::mul(Vec::set1(kBeta2), Vec::fmadd(Vec::set1(kKappa), cube, g));
+      }
       const Vec::reg act = Vec::div(g, Vec::add(one, simd::exp(Vec::sub(Vec::zero(), z))));
       E::store(orow + i, Vec::mul(E::round(act), E::load(up + i)));
     }
