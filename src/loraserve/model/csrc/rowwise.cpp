@@ -12,6 +12,19 @@ using simd::Vec;
 
 namespace kernels {
 
+// out[0:D] = w * T(x * rsqrt(total / D + eps)), total = sum(x^2): the second pass of every RMSNorm
+// here (out may be x).
+template <class T>
+void scale_row(const T* x, const T* w, T* out, int64_t D, float total, float eps) {
+  using E = Elem<T>;
+  const float inv = 1.0f / std::sqrt(total / float(D) + eps);
+  const Vec::reg scale = Vec::set1(inv);
+  int64_t i = 0;
+  for (; i + Vec::W <= D; i += Vec::W)
+    E::store(out + i, Vec::mul(E::load(w + i), E::round(Vec::mul(E::load(x + i), scale))));
+  for (; i < D; ++i) out[i] = E::from_f(E::to_f(w[i]) * E::round_f(E::to_f(x[i]) * inv));
+}
+
 // h += delta (in place, so rounded to T), then out = w * T(h * rsqrt(mean(h^2) + eps)).
 template <class T>
 void add_rms_norm(at::Tensor h, c10::optional<at::Tensor> delta, at::Tensor w, double eps, at::Tensor out) {
@@ -41,12 +54,7 @@ void add_rms_norm(at::Tensor h, c10::optional<at::Tensor> delta, at::Tensor w, d
       if (dp != nullptr) hr[i] = E::from_f(E::to_f(hr[i]) + E::to_f(dr[i]));
       total += E::to_f(hr[i]) * E::to_f(hr[i]);
     }
-    const float inv = 1.0f / std::sqrt(total / float(D) + float(eps));
-    const Vec::reg scale = Vec::set1(inv);
-    T* orow = op + t * o_stride;
-    for (i = 0; i + Vec::W <= D; i += Vec::W)
-      E::store(orow + i, Vec::mul(E::load(wp + i), E::round(Vec::mul(E::load(hr + i), scale))));
-    for (; i < D; ++i) orow[i] = E::from_f(E::to_f(wp[i]) * E::round_f(E::to_f(hr[i]) * inv));
+    scale_row(hr, wp, op + t * o_stride, D, total, float(eps));
   }
 }
 
@@ -66,11 +74,7 @@ void head_rms_norm(T* row, const T* w, int64_t heads, int64_t d, float eps) {
     }
     float total = Vec::sum(squares);
     for (; i < d; ++i) total += E::to_f(x[i]) * E::to_f(x[i]);
-    const float inv = 1.0f / std::sqrt(total / float(d) + eps);
-    const Vec::reg scale = Vec::set1(inv);
-    for (i = 0; i + Vec::W <= d; i += Vec::W)
-      E::store(x + i, Vec::mul(E::load(w + i), E::round(Vec::mul(E::load(x + i), scale))));
-    for (; i < d; ++i) x[i] = E::from_f(E::to_f(w[i]) * E::round_f(E::to_f(x[i]) * inv));
+    scale_row(x, w, x, d, total, eps);
   }
 }
 
