@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeGuard
 
 import torch
 
@@ -154,11 +154,14 @@ class QuantizedLinears:
         weight.copy_(dequantized.to(weight.dtype))
         return fmt, stored
 
+    @staticmethod
+    def _reads_format(stored: Stored, rows: int) -> TypeGuard[tuple[WeightFormat, Any]]:
+        """Whether a product of ``rows`` rows reads the matrix's format (else its dense copy)."""
+        return stored is not None and rows <= stored[0].max_rows
+
     def _few_rows(self, x: torch.Tensor, stored: Stored) -> torch.Tensor | None:
-        if stored is None:
-            return None
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > stored[0].max_rows:
+        if not self._reads_format(stored, rows.shape[0]):
             return None
         rows = rows if rows.is_contiguous() else rows.contiguous()
         out = stored[0].matmul(rows, stored[1])
@@ -188,10 +191,10 @@ class QuantizedLinears:
         for index, layer in enumerate(self.stored):
             for position, name in enumerate(FUSED):
                 stored = layer[name]
-                if stored is None or rows > stored[0].max_rows:
-                    matrix = None if dense is None else dense[len(FUSED) * index + position]
-                else:
+                if self._reads_format(stored, rows):
                     matrix = stored[0].native_matrix(stored[1], rows)
+                else:
+                    matrix = None if dense is None else dense[len(FUSED) * index + position]
                 if matrix is None:
                     return None
                 matrices.append(matrix)
