@@ -78,12 +78,10 @@ def interleaved(
         worker.run(prompts, theirs, 2)
     best_ours, best_theirs = None, None
     for _ in range(repeats):
-        run = timed_run(engine, prompts, mine, new_tokens)
-        best_ours = run if best_ours is None or run["tok_s"] > best_ours["tok_s"] else best_ours
+        best_ours = faster(best_ours, timed_run(engine, prompts, mine, new_tokens))
         if worker:
             time.sleep(0.5)  # let the other engine's OpenMP threads stop spinning
-            run = worker.run(prompts, theirs, new_tokens, ids=True)
-            best_theirs = run if best_theirs is None or run["tok_s"] > best_theirs["tok_s"] else best_theirs
+            best_theirs = faster(best_theirs, worker.run(prompts, theirs, new_tokens, ids=True))
             time.sleep(0.5)
     return best_ours, best_theirs  # type: ignore[return-value]
 

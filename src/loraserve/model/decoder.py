@@ -44,7 +44,7 @@ class Decoder:
         self.attention = [
             AttentionSpec(args.attn_scale, spec.window, args.attn_softcap) for spec in args.layers
         ]
-        # the whole layer stack as one native call for the steps it covers (no DoRA/bias adapters)
+        # the whole layer stack as one native call for the steps its plan takes (native kernels)
         self.native_layers = NativeLayers.build(args, weights, rope, ops, lora)
 
     @torch.inference_mode()

@@ -8,10 +8,10 @@ tokens' attention is the decoder's own Python, called back once per layer.
 
 It takes every family's layer (pre-norms; SwiGLU or GeGLU; QK-norm and sandwich norms where the
 family has them), each base matrix through the kernel the decoder's LinearOps would pick at the
-step's row count (the native packed GEMM; a quantized format's GEMV or GEMM), and plain LoRA
-(native BGMV). The Python loop runs the rest: adapter steps while a DoRA or trained-bias adapter
-is loaded, matrices without a native kernel at that row count, the PyTorch ops (CUDA). The same
-numbers from the same kernels either way.
+step's row count (the native packed GEMM; a quantized format's GEMV or GEMM), and the adapters of
+the native LoRA backend (BGMV, then DoRA's row scale and trained biases' deltas). The Python loop
+runs the rest: other LoRA backends, matrices without a native kernel at that row count, the
+PyTorch ops (CUDA). The same numbers from the same kernels either way.
 """
 
 from __future__ import annotations
