@@ -206,6 +206,24 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
     }
 
 
+def _with_lora(call: dict, slots: list[int]) -> dict:
+    """The call with a rank-4 adapter on layer 0's q, k and v in two slots, tokens on ``slots``."""
+    dtype, rank = call["h"].dtype, 4
+    call["lora_slots"] = torch.tensor(slots)
+    call["lora_a"] = _replaced(call["lora_a"], 0, torch.randn(2, 3 * rank, 32, dtype=dtype))
+    call["lora_b"] = _replaced(call["lora_b"], 0, torch.randn(2, rank, 64, dtype=dtype))
+    call["lora_starts"] = _replaced(call["lora_starts"], 0, torch.tensor([0, 32, 48]))
+    call["lora_widths"] = _replaced(call["lora_widths"], 0, torch.tensor([32, 16, 16]))
+    call["lora_info"] = _replaced(call["lora_info"], 0, torch.tensor([[rank, 7], [rank, 7]]))
+    call["lora_rank"] = rank
+    return call
+
+
+def _info_of_width_3(call: dict) -> list:
+    """The call with an adapter, its slot_info a column too wide."""
+    return _replaced(_with_lora(call, [0, 1])["lora_info"], 0, torch.ones(2, 3, dtype=torch.long))
+
+
 def _qk_norms(call: dict, size: int) -> list:
     """Layer 0's q and k norm weights of ``size`` (the heads' d is 16), in the call's dtype."""
     weight = torch.ones(size, dtype=call["h"].dtype)
@@ -242,6 +260,10 @@ BAD = [  # (argument, a bad replacement, what the error names)
     ("heads", lambda c: 3, "packed_gemm: w must be"),
     ("lora_a", lambda c: c["lora_a"][:4], "LoRA stacks four per layer"),
     ("lora_a", lambda c: [torch.zeros(2, 4, 32), *c["lora_a"][1:]], "LoRA entry 0 needs"),
+    ("lora_slots", lambda c: torch.tensor([0.0, 1.0]), "token slots must be a contiguous int64"),
+    # the GEMM before each BGMV prefetches the slots' rows: it skips one BGMV then refuses
+    ("lora_slots", lambda c: _with_lora(c, [1, 5])["lora_slots"], r"slots\[1\] = 5 is outside"),
+    ("lora_info", lambda c: _info_of_width_3(c), r"slot_info must be \(S, 2\)"),
     ("decodes", lambda c: 1, "with a prefill callback"),
     ("decodes", lambda c: 3, "decodes must be in"),
 ]
@@ -254,6 +276,8 @@ def test_decode_layers_refuses_bad_input(dtype, name, bad, message):
     call = _valid_call(dtype=dtype)
     delta = kernels.decode_layers(*call.values())  # the valid call runs
     assert delta.shape == call["h"].shape and bool(torch.isfinite(delta).all())
+    adapted = kernels.decode_layers(*_with_lora(_valid_call(dtype=dtype), [1, -1]).values())
+    assert bool(torch.isfinite(adapted).all())  # and with an adapter (its rows prefetched)
     call = _valid_call(dtype=dtype)
     call[name] = bad(call)
     with pytest.raises(RuntimeError, match=message):

@@ -231,14 +231,17 @@ void gemv(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, t
 
 // out (M, N) = x (M, K) @ w^T (+ bias (N)) at any M, w packed by packed.py's pack_for_gemm:
 // (ceil(N/16), ceil(K/P), 16P) of x's dtype, P = 2 for bf16 (pairs of k), 1 for fp32.
-void packed_gemm(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out) {
+// `warm`: memory the caller reads next (decode_loop.cpp's adapters), brought towards the cache
+// while the GEMM computes; it changes no result.
+void packed_gemm(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out,
+                 const kernels::Spans& warm) {
   const auto dtype = check_gemv("packed_gemm", x, out.size(1), bias, out);
   check_contiguous(w, "w", dtype, 3);
   const int64_t per_word = dtype == at::kFloat ? 1 : 2, N = out.size(1), K = x.size(1);
   TORCH_CHECK(w.size(0) == (N + 15) / 16 && w.size(1) == (K + per_word - 1) / per_word && w.size(2) == 16 * per_word,
               "packed_gemm: w must be (ceil(N/16), ceil(K/", per_word, "), ", 16 * per_word,
               ") for x (M, K) and out (M, N), got ", w.sizes());
-  dispatch(dtype, [&](auto elem) { kernels::packed_gemm<decltype(elem)>(x, w, bias, out); });
+  dispatch(dtype, [&](auto elem) { kernels::packed_gemm<decltype(elem)>(x, w, bias, out, warm); });
 }
 
 // Weight-only int8: out (M, N) = (x @ q^T) * scales (+ bias); q (N, K) int8, scales (N,) fp32.
@@ -339,7 +342,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qk_norm", &qk_norm, "RMSNorm per q and k head of a fused qkv, in place");
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");
-  m.def("packed_gemm", &packed_gemm, "x @ w^T (+ bias) on weights packed in groups of 16 channels");
+  m.def("packed_gemm", [](torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias,
+                          torch::Tensor out) { packed_gemm(x, w, bias, out, {}); }, "x @ w^T (+ bias) on weights packed in groups of 16 channels");
   m.def("packed_gemm_tiled", [](bool bf16) { return bf16 ? kernels::packed_gemm_tiled<kernels::bf16_t>() : kernels::packed_gemm_tiled<float>(); },
         "whether this build runs packed_gemm for bf16 (else fp32) in register tiles, not the plain loop");
   m.def("gemv_int8", &gemv_int8, "weight-only int8 x @ q^T * scales (+ bias) for a few rows");

@@ -24,15 +24,16 @@ enum Format : int64_t {
 
 // out (T, N) = x (T, K) @ W^T (+ bias): a quantized format's bias added after its product, as
 // QuantizedLinears adds it, so the bits equal the decoder's.
+// `warm`: the adapters read next, brought towards the cache while the packed GEMM computes.
 void matmul(int64_t format, const Tensors& w, const c10::optional<torch::Tensor>& bias, const torch::Tensor& x,
-            torch::Tensor& out) {
+            torch::Tensor& out, const kernels::Spans& warm) {
   static constexpr size_t kTensors[] = {1, 2, 2, 2, 3};
   TORCH_CHECK(format >= kPacked && format <= kW8A8, "decode_layers: unknown matrix format ", format);
   TORCH_CHECK(w.size() == kTensors[format], "decode_layers: a format ", format, " matrix needs ",
               kTensors[format], " tensors, got ", w.size());
   switch (format) {
     case kPacked:
-      packed_gemm(x, w[0], bias, out);
+      packed_gemm(x, w[0], bias, out, warm);
       return;
     case kQ4_1: {
       const auto product = at::_weight_int4pack_mm_for_cpu(x, w[0], 32, w[1]);
@@ -67,6 +68,34 @@ struct Lora {
   int64_t rank;
   const MaybeTensors &dora, &dora_rows, &bias_deltas;
   c10::optional<torch::Tensor> table_rows;  // slots + 1: each token's row of the tables
+  std::vector<int64_t> distinct;  // the step's slots, each once, in the order BGMV's tiles meet them
+
+  // What the group's BGMV will read, for its GEMM to prefetch: each distinct slot's A rows and B
+  // rows up to its rank. Nothing where the inputs are not as BGMV takes them (it refuses them).
+  kernels::Spans reads(size_t layer, size_t group) const {
+    kernels::Spans spans;
+    const auto& stack_a = a[4 * layer + group];
+    if (!stack_a.has_value() || !info[group].has_value()) return spans;
+    const auto& stack_b = *b[4 * layer + group];
+    const auto& slot_table = *info[group];
+    if (stack_a->dim() != 3 || stack_b.dim() != 3 || !stack_a->is_contiguous() || !stack_b.is_contiguous() ||
+        stack_b.size(0) != stack_a->size(0) || slot_table.scalar_type() != at::kLong || slot_table.dim() != 2 ||
+        slot_table.size(1) != 2 || !slot_table.is_contiguous())
+      return spans;
+    const int64_t k = starts[group]->size(0), in = stack_a->size(2), R = stack_b.size(1), O = stack_b.size(2);
+    const int64_t elem = stack_a->element_size();
+    const int64_t* slot_info = slot_table.data_ptr<int64_t>();
+    const char* ap = static_cast<const char*>(stack_a->data_ptr());
+    const char* bp = static_cast<const char*>(stack_b.data_ptr());
+    for (const int64_t s : distinct) {
+      if (s >= stack_a->size(0) || s >= slot_table.size(0)) continue;  // BGMV refuses it
+      const int64_t ranks = std::min(rank, slot_info[2 * s]);
+      if (ranks == 0 || slot_info[2 * s + 1] == 0) continue;
+      spans.push_back({ap + s * R * k * in * elem, ranks * k * in * elem});
+      spans.push_back({bp + s * R * O * elem, ranks * O * elem});
+    }
+    return spans;
+  }
 
   void add(size_t layer, size_t group, const torch::Tensor& x, torch::Tensor& out,
            const c10::optional<torch::Tensor>& bias) const {
@@ -91,6 +120,23 @@ struct Lora {
       out.add_(bias_deltas[group]->select(0, int64_t(layer)).index_select(0, *table_rows));
   }
 };
+
+// Each slot >= 0 of `slots` once, in the order of first appearance.
+std::vector<int64_t> distinct_slots(const c10::optional<torch::Tensor>& slots) {
+  std::vector<int64_t> distinct;
+  if (!slots.has_value()) return distinct;
+  TORCH_CHECK(slots->scalar_type() == at::kLong && slots->dim() == 1 && slots->is_contiguous(),
+              "decode_layers: the token slots must be a contiguous int64 vector");
+  const int64_t* p = slots->data_ptr<int64_t>();
+  std::vector<bool> seen;
+  for (int64_t t = 0; t < slots->numel(); ++t) {
+    if (p[t] < 0) continue;
+    if (size_t(p[t]) >= seen.size()) seen.resize(p[t] + 1);
+    if (!seen[p[t]]) distinct.push_back(p[t]);
+    seen[p[t]] = true;
+  }
+  return distinct;
+}
 
 // A layer's norms, six per layer in `norms`: the two pre-norms (required), QK-norm's q and k
 // weights (both or neither) and the sandwich norms on the attention's and the MLP's outputs.
@@ -142,7 +188,8 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
   }
   TORCH_CHECK(!extras || lora_slots.has_value(), "decode_layers: DoRA or bias deltas need the token slots");
   const Lora lora{lora_slots, lora_a, lora_b, lora_starts, lora_widths, lora_info, lora_rank, dora, dora_rows,
-                  bias_deltas, extras ? c10::optional<torch::Tensor>(*lora_slots + 1) : c10::nullopt};
+                  bias_deltas, extras ? c10::optional<torch::Tensor>(*lora_slots + 1) : c10::nullopt,
+                  distinct_slots(lora_slots)};
   const int64_t T = h.size(0), kv_heads = k_cache.size(2), d = k_cache.size(4);
   TORCH_CHECK(decodes >= 0 && decodes <= T && (decodes == T || !prefill.is_none()),
               "decode_layers: decodes must be in [0, T], with a prefill callback for the other rows");
@@ -169,7 +216,7 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
     const auto keys = k_cache.select(0, int64_t(i)), values = v_cache.select(0, int64_t(i));
     const auto previous = residual == nullptr ? c10::nullopt : c10::optional<torch::Tensor>(*residual);
     add_rms_norm(h, previous, *norm(kAttn), eps, x);
-    matmul(formats[4 * i], matrices[4 * i], biases[4 * i], x, fused);
+    matmul(formats[4 * i], matrices[4 * i], biases[4 * i], x, fused, lora.reads(i, 0));
     lora.add(i, 0, x, fused, biases[4 * i]);
     if (norm(kQ).has_value()) qk_norm(fused, *norm(kQ), *norm(kK), heads, kv_heads, eps);
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
@@ -179,17 +226,17 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
       pybind11::gil_scoped_acquire python;
       prefill(int64_t(i), q, attn);
     }
-    matmul(formats[4 * i + 1], matrices[4 * i + 1], biases[4 * i + 1], attn_rows, delta);
+    matmul(formats[4 * i + 1], matrices[4 * i + 1], biases[4 * i + 1], attn_rows, delta, lora.reads(i, 1));
     lora.add(i, 1, attn_rows, delta, biases[4 * i + 1]);
     add_rms_norm(h, output(norm(kAttnOut)), *norm(kMlp), eps, x);
-    matmul(formats[4 * i + 2], matrices[4 * i + 2], biases[4 * i + 2], x, up);
+    matmul(formats[4 * i + 2], matrices[4 * i + 2], biases[4 * i + 2], x, up, lora.reads(i, 2));
     lora.add(i, 2, x, up, biases[4 * i + 2]);
     if (gelu) {
       gelu_tanh_mul(up, act);
     } else {
       silu_mul(up, act);
     }
-    matmul(formats[4 * i + 3], matrices[4 * i + 3], biases[4 * i + 3], act, delta);
+    matmul(formats[4 * i + 3], matrices[4 * i + 3], biases[4 * i + 3], act, delta, lora.reads(i, 3));
     lora.add(i, 3, act, delta, biases[4 * i + 3]);
     residual = &output(norm(kMlpOut));
   }

@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "kernels.h"
+
 void add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, torch::Tensor w, double eps,
                   torch::Tensor out);
 void silu_mul(torch::Tensor gate_up, torch::Tensor out);
@@ -18,7 +20,8 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
                       torch::Tensor lengths, torch::Tensor out, double scale, int64_t window, double softcap);
 void bgmv(torch::Tensor x, torch::Tensor slots, torch::Tensor a, torch::Tensor b, torch::Tensor out,
           int64_t k, int64_t rank, torch::Tensor col_start, torch::Tensor col_len, torch::Tensor slot_info);
-void packed_gemm(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out);
+void packed_gemm(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out,
+                 const kernels::Spans& warm);
 void gemv_int8(torch::Tensor x, torch::Tensor q, torch::Tensor scales, c10::optional<torch::Tensor> bias,
                torch::Tensor out);
 void gemv_q8_0(torch::Tensor x, torch::Tensor q, torch::Tensor d, c10::optional<torch::Tensor> bias,

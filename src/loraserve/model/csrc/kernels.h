@@ -33,8 +33,16 @@ void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor po
                    int64_t kv_heads);
 template <class T>
 void gemv(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out);
+// Memory a kernel brings towards the cache while it computes, for the kernel its caller runs next.
+struct Span {
+  const char* start;
+  int64_t bytes;
+};
+using Spans = std::vector<Span>;
+
 template <class T>
-void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out);
+void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out,
+                 const Spans& warm = {});
 template <class T>
 bool packed_gemm_tiled();
 template <class T>
