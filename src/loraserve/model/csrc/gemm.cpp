@@ -73,30 +73,45 @@ struct Prefetch {
 };
 
 // Lines of the memory the caller reads next (decode_loop.cpp: the adapters its BGMV reads after
-// this GEMM), which each thread prefetches a few per k step of its tiles, evenly over its steps:
-// they come from memory while the GEMM computes instead of after it. At batch 32 over 32 distinct
-// adapters (SmolLM2, r16 on every linear, bf16 on an AVX512-BF16 Zen 4) a step's BGMVs took
-// ~10.3 ms cold and ~4.9 ms warmed, its GEMMs ~2.6 ms longer: the step ~6% shorter. Prefetches
-// into L1 (T0) won; T1 saved half as much, T2 nothing. Warming a layer ahead (into L3) saved
-// nothing: the lines were gone by the time BGMV read them. A thread takes an even share of the
-// lines, in order, as BGMV's static schedule gives its first tiles (its first slots) to the first.
+// this GEMM), which each thread prefetches during its tiles' last k steps: they come from memory
+// while the GEMM computes instead of after it. A thread takes an even share of the lines, in
+// order, as BGMV's static schedule gives its first tiles (its first slots) to the first thread.
+// At batch 32 over 32 distinct adapters (SmolLM2, r16 on every linear, bf16, AVX512-BF16 Zen 4)
+// the step's BGMVs took ~10.3 ms cold and ~4.9 ms warmed, its GEMMs ~2.6 ms longer: the step
+// 1.05-1.09x faster; Llama-3.2-1B's (9 MB a GEMM, more than the cache keeps) 1.00x. Measured and
+// not kept: T1 hints (half the gain), T2 (none), warming a layer ahead (the lines were gone).
 class Warmer {
  public:
+  // At most this many lines a k step: past ~1.6 a step (SmolLM2's qkv at 32 distinct r16) the
+  // GEMM's own loads queue behind the prefetches.
+  static constexpr int64_t kLinesPerStep = 2;
+  // At most this much a thread: what its L2 and its part of L3 keep until the BGMV reads it.
+  static constexpr int64_t kBudgetLines = (3 << 20) / 2 / 64;
+
   Warmer(const Spans& spans, int64_t threads, int64_t t, int64_t steps)
       : span_(spans.data()), end_(spans.data() + spans.size()) {
     int64_t lines = 0;
     for (const auto& s : spans) lines += lines_of(s);
     int64_t skip = lines * t / threads;
-    lines_ = left_ = lines * (t + 1) / threads - skip;
+    steps = std::max<int64_t>(1, steps);
+    // the first lines of the thread's share, in the GEMM's last steps, so they are still in
+    // cache when the BGMV reads them
+    lines_ = left_ = std::min({lines * (t + 1) / threads - skip, kBudgetLines, kLinesPerStep * steps});
+    steps_ = std::max<int64_t>(1, std::min(steps, lines_ * 2 / kLinesPerStep));
+    wait_ = steps - steps_;
     while (span_ != end_ && skip >= lines_of(*span_)) skip -= lines_of(*span_++);
     line_ = skip;
-    steps_ = std::max<int64_t>(1, steps);
   }
 
   bool active() const { return left_ > 0 && span_ != end_; }
 
-  // One k step's share: lines / steps of them, the remainder carried over in `credit_`.
+  // One k step: after the first `wait_`, lines / steps of them, the remainder carried over in
+  // `credit_`.
   void operator()() {
+    if (wait_ > 0) {
+      --wait_;
+      return;
+    }
     for (credit_ += lines_; credit_ >= steps_ && left_ > 0 && span_ != end_; credit_ -= steps_, --left_) {
       __builtin_prefetch(span_->start + 64 * line_, 0, 3);
       if (++line_ == lines_of(*span_)) {
@@ -111,7 +126,7 @@ class Warmer {
 
   const Span* span_;
   const Span* end_;
-  int64_t line_ = 0, lines_ = 0, left_ = 0, steps_ = 1, credit_ = 0;
+  int64_t line_ = 0, lines_ = 0, left_ = 0, steps_ = 1, wait_ = 0, credit_ = 0;
 };
 
 // One pass of a tile: rows [0, R) of x times C groups over words [k0, k1) of k, added in k order
