@@ -261,7 +261,7 @@ BAD = [  # (argument, a bad replacement, what the error names)
     ("lora_a", lambda c: c["lora_a"][:4], "LoRA stacks four per layer"),
     ("lora_a", lambda c: [torch.zeros(2, 4, 32), *c["lora_a"][1:]], "LoRA entry 0 needs"),
     ("lora_slots", lambda c: torch.tensor([0.0, 1.0]), "token slots must be a contiguous int64"),
-    # the GEMM before each BGMV prefetches the slots' rows: it skips one BGMV then refuses
+    # the GEMM before each BGMV prefetches its slots' rows: it passes over slot 5, BGMV refuses it
     ("lora_slots", lambda c: _with_lora(c, [1, 5])["lora_slots"], r"slots\[1\] = 5 is outside"),
     ("lora_info", lambda c: _info_of_width_3(c), r"slot_info must be \(S, 2\)"),
     ("decodes", lambda c: 1, "with a prefill callback"),

@@ -342,8 +342,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qk_norm", &qk_norm, "RMSNorm per q and k head of a fused qkv, in place");
   m.def("rope_write_kv", &rope_write_kv, "rotary embedding in place, then k/v into the KV cache");
   m.def("gemv", &gemv, "x @ w^T (+ bias) for a few rows, streaming the weights once");
-  m.def("packed_gemm", [](torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias,
-                          torch::Tensor out) { packed_gemm(x, w, bias, out, {}); }, "x @ w^T (+ bias) on weights packed in groups of 16 channels");
+  m.def(
+      "packed_gemm",
+      [](torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, torch::Tensor out) {
+        packed_gemm(x, w, bias, out, {});
+      },
+      "x @ w^T (+ bias) on weights packed in groups of 16 channels");
   m.def("packed_gemm_tiled", [](bool bf16) { return bf16 ? kernels::packed_gemm_tiled<kernels::bf16_t>() : kernels::packed_gemm_tiled<float>(); },
         "whether this build runs packed_gemm for bf16 (else fp32) in register tiles, not the plain loop");
   m.def("gemv_int8", &gemv_int8, "weight-only int8 x @ q^T * scales (+ bias) for a few rows");

@@ -94,10 +94,11 @@ class Warmer {
     for (const auto& s : spans) lines += lines_of(s);
     int64_t skip = lines * t / threads;
     steps = std::max<int64_t>(1, steps);
-    // the first lines of the thread's share, in the GEMM's last steps, so they are still in
-    // cache when the BGMV reads them
+    // the first lines of the thread's share, in the GEMM's last steps (one line a step; more,
+    // up to kLinesPerStep, where the lines outnumber the steps), so they are still in cache when
+    // the BGMV reads them
     lines_ = left_ = std::min({lines * (t + 1) / threads - skip, kBudgetLines, kLinesPerStep * steps});
-    steps_ = std::max<int64_t>(1, std::min(steps, lines_ * 2 / kLinesPerStep));
+    steps_ = std::max<int64_t>(1, std::min(steps, lines_));
     wait_ = steps - steps_;
     while (span_ != end_ && skip >= lines_of(*span_)) skip -= lines_of(*span_++);
     line_ = skip;

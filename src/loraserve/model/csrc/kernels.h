@@ -16,6 +16,13 @@ namespace kernels {
 
 using simd::bf16_t;
 
+// Memory a kernel brings towards the cache while it computes, for the kernel its caller runs next.
+struct Span {
+  const char* start;
+  int64_t bytes;
+};
+using Spans = std::vector<Span>;
+
 template <class T>
 void bgmv(at::Tensor x, at::Tensor slots, at::Tensor a, at::Tensor b, at::Tensor out, int64_t k, int64_t rank,
           at::Tensor col_start, at::Tensor col_len, at::Tensor slot_info);
@@ -33,13 +40,6 @@ void rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor po
                    int64_t kv_heads);
 template <class T>
 void gemv(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out);
-// Memory a kernel brings towards the cache while it computes, for the kernel its caller runs next.
-struct Span {
-  const char* start;
-  int64_t bytes;
-};
-using Spans = std::vector<Span>;
-
 template <class T>
 void packed_gemm(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> bias, at::Tensor out,
                  const Spans& warm = {});
