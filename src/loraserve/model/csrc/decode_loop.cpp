@@ -1,10 +1,11 @@
 // A step's whole layer stack in one call (pre-norm layers: fused qkv with an optional QK-norm
 // and RoPE, SwiGLU or GeGLU, optional sandwich norms; LoRA, DoRA and trained biases per token
-// slot; each base matrix in the format the decoder reads it in). The same kernels the Python decoder calls one by one,
-// chained here without Python between them: at batch 32 that glue was ~6% of SmolLM2's step, and
-// the OpenMP worker idled while the engine thread ran it. Every call goes through the checked
-// entry points, so each kernel sees exactly the inputs the decoder would give it. Prompt tokens'
-// attention (rows from `decodes` on) is the decoder's own Python, called back once per layer.
+// slot; each base matrix in the format the decoder reads it in). The same kernels the Python
+// decoder calls one by one, chained here without Python between them: at batch 32 that glue was
+// ~6% of SmolLM2's step, and the OpenMP worker idled while the engine thread ran it. Every call
+// goes through the checked entry points, so each kernel sees exactly the inputs the decoder would
+// give it. Prompt tokens' attention (rows from `decodes` on) is the decoder's own Python, called
+// back once per layer.
 #include "entry_points.h"
 
 namespace {
