@@ -147,18 +147,40 @@ def test_rope_write_kv_matches_pytorch(kernels, dtype, dim, rotary):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [16, 20, 64, 128])  # 20: a vector tail; 64/128: register paths
 @pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (5, 0.0), (11, 2.0)])  # window, Gemma 2 cap
-# (block size, heads, KV heads): 16-token blocks take the 16-keys-at-once scores; 5 heads a KV
-# head, two passes over the values
-@pytest.mark.parametrize(("block_size", "heads", "kv_heads"), [(8, 6, 2), (16, 10, 2)])
+# (block size, heads, KV heads): 16-token blocks take the 16-keys-at-once scores; 3, 5, 2 and 4
+# heads a KV head: the value passes take 4 heads at most (2 at d = 128), so 5 is two passes
+@pytest.mark.parametrize(("block_size", "heads", "kv_heads"), [(8, 6, 2), (16, 10, 2), (16, 8, 4), (8, 4, 1)])
 def test_decode_attention_matches_reference(
     kernels, dtype, dim, window, softcap, block_size, heads, kv_heads
 ):
-    batch = 3
-    q = _rand(batch, heads, dim, dtype=dtype, seed=4)
-    k_cache = _rand(9, kv_heads, block_size, dim, dtype=dtype, seed=5)  # (N, kvh, bs, d)
-    v_cache = _rand(9, kv_heads, block_size, dim, dtype=dtype, seed=6)
-    tables = torch.tensor([[4, 8, 1], [7, 0, 0], [2, 0, 0]])  # scattered blocks, 0-padded
     lengths = torch.tensor([20, 1, 7]) if block_size == 8 else torch.tensor([40, 17, 7])
+    tables = torch.tensor([[4, 8, 1], [7, 0, 0], [2, 0, 0]])  # scattered blocks, 0-padded
+    _check_decode_attention(
+        kernels, dtype, dim, window, softcap, block_size, heads, kv_heads, tables, lengths
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_attention_past_the_prefetched_blocks(kernels, dtype):
+    """Sequences longer than the blocks prefetched ahead of a unit (512 KB: 64 blocks of 16 x 128
+    bf16 keys and values), beside short ones, each with its own scattered blocks: the same
+    attention as the reference."""
+    blocks = 80
+    order = torch.randperm(3 * blocks, generator=torch.Generator().manual_seed(7))
+    tables = order.view(3, blocks)
+    lengths = torch.tensor([blocks * 16, 3, blocks * 16 - 5])
+    _check_decode_attention(kernels, dtype, 128, 0, 0.0, 16, 4, 2, tables, lengths)
+
+
+def _check_decode_attention(
+    kernels, dtype, dim, window, softcap, block_size, heads, kv_heads, tables, lengths
+):
+    """decode_attention over the blocks `tables` names against softmax(q k^T) v in fp32."""
+    batch = tables.shape[0]
+    q = _rand(batch, heads, dim, dtype=dtype, seed=4)
+    num_blocks = int(tables.max()) + 1
+    k_cache = _rand(num_blocks, kv_heads, block_size, dim, dtype=dtype, seed=5)  # (N, kvh, bs, d)
+    v_cache = _rand(num_blocks, kv_heads, block_size, dim, dtype=dtype, seed=6)
     out = torch.empty_like(q)
     kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim**-0.5, window, softcap)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
