@@ -60,7 +60,7 @@ void softmax_inplace(float* x, int64_t n, float softcap) {
 // are attended (first > 0: a sliding window). acc (group, d) receives the output.
 template <class T>
 struct Unit {
-  const float* query;  // (group, d), scaled
+  const float* query;  // (group, d), scaled; not filled where kBf16Dot<T> (those scores read q_raw)
   const T* q_raw;      // the group's first head of q as the model gave it, heads q_head apart
   int64_t q_head;
   float scale;
@@ -270,8 +270,8 @@ constexpr int64_t kNextBytes = 512 << 10;
 
 // A unit's keys and values, up to kNextBytes of them, towards L2 before the unit starts: its few
 // KB of scattered blocks would otherwise come in one block ahead, too late to hide the memory's
-// latency when the keys are few. Blocks of positions [first, L), `count` at
-// most; each block's rows for the head start at cache + blocks[j] * block_stride + offset.
+// latency when the keys are few. Blocks of positions [first, L), `count` at most; each block's
+// rows for the head start at cache + blocks[j] * block_stride + offset.
 template <class T>
 void prefetch_blocks(const T* keys, const T* values, const int64_t* blocks, int64_t first, int64_t L, int64_t bs,
                      int64_t d, int64_t block_stride, int64_t offset, int64_t count) {
