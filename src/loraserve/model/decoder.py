@@ -5,13 +5,13 @@ this one loop does the rest over a flat, variable-length ``StepBatch``.
 Every step runs the tokens of all scheduled sequences — one per decoding sequence, a prompt (or
 a chunk of one) per prefilling one — as one ``(T, hidden)`` matrix through the linear layers, so
 base weights and LoRA stacks are read once per step for the whole batch. Only attention is
-per-sequence: decodes are batched over their KV-cache blocks, prefills run one by one.
+per-sequence: decodes are batched over their KV-cache blocks, prefills in groups of equal spans
+(``prefill_attention.py``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
@@ -19,6 +19,7 @@ from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps
 from loraserve.model.lora import LoraBackend
 from loraserve.model.native_layers import NativeLayers, PrefillAttention
 from loraserve.model.packed import LinearOps
+from loraserve.model.prefill_attention import PrefillGroup, attend_prefills, group_prefills
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import LayerWeights, ModelWeights
 
@@ -82,6 +83,7 @@ class Decoder:
         args, ops, tokens = self.args, self.ops, h.shape[0]
         x = torch.empty_like(h)  # each sub-layer's normed input, reused where the backend can
         tables = ops.prepare(batch, self.rope)
+        groups = group_prefills(batch.prefills)
         delta: torch.Tensor | None = None  # the previous layer's MLP output, added to h lazily
         for i, layer in enumerate(self.weights.layers):
             h, x = ops.add_norm(h, delta, layer.attn_norm, x)
@@ -91,7 +93,8 @@ class Decoder:
             q = ops.rope_and_cache(
                 qkv, tables, args.layers[i].rope, batch, k_cache[i], v_cache[i], args.num_heads
             )
-            attn = self._attend(q, batch, tables, self.attention[i], k_cache[i], v_cache[i]).view(tokens, -1)
+            attn = self._attend(q, batch, groups, tables, self.attention[i], k_cache[i], v_cache[i])
+            attn = attn.view(tokens, -1)
             out = self._project(attn, i, "o", layer, batch)
             if layer.attn_out_norm is not None:
                 _, out = ops.add_norm(out, None, layer.attn_out_norm)
@@ -115,81 +118,29 @@ class Decoder:
         self,
         q: torch.Tensor,
         batch: StepBatch,
+        groups: list[PrefillGroup],
         tables: StepTables,
         spec: AttentionSpec,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
     ) -> torch.Tensor:
-        """q (T, H, d) → (T, H, d): batched over decoding sequences, then each prefill span over
-        its cached past and itself; the layer's caches are (N, kvh, bs, d)."""
+        """q (T, H, d) → (T, H, d): batched over decoding sequences, then each group of prefill
+        spans (``group_prefills``) over its cached past and itself; the layer's caches are
+        (N, kvh, bs, d)."""
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         count = batch.decode_count
         if count:
             self.ops.decode_attention(q[:count], k_cache, v_cache, batch, tables, spec, out[:count])
-        self._attend_prefills(q, batch, spec, k_cache, v_cache, out)
+        attend_prefills(q, groups, spec, k_cache, v_cache, out)
         return out
-
-    def _attend_prefills(
-        self,
-        q: torch.Tensor,
-        batch: StepBatch,
-        spec: AttentionSpec,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        out: torch.Tensor,
-    ) -> None:
-        """out's rows of each prefill span: its queries over its cached past and itself."""
-        for span in batch.prefills:
-            start, length, past = span.start, span.length, span.past
-            query = q[start : start + length].transpose(0, 1).unsqueeze(0)  # (1, H, n, d)
-            keys = gather_blocks(k_cache, span.blocks, past + length).unsqueeze(0)  # (1, kvh, past+n, d)
-            values = gather_blocks(v_cache, span.blocks, past + length).unsqueeze(0)
-            out[start : start + length] = prefill_attention(query, keys, values, past, spec)[0].transpose(
-                0, 1
-            )
 
     def _prefill_callback(
         self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor
     ) -> PrefillAttention:
         """What the native layer stack calls per layer for the step's prompt tokens."""
+        groups = group_prefills(batch.prefills)
 
         def attend(layer: int, q: torch.Tensor, out: torch.Tensor) -> None:
-            self._attend_prefills(q, batch, self.attention[layer], k_cache[layer], v_cache[layer], out)
+            attend_prefills(q, groups, self.attention[layer], k_cache[layer], v_cache[layer], out)
 
         return attend
-
-
-def prefill_attention(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, spec: AttentionSpec
-) -> torch.Tensor:
-    """query (1, H, n, d) at positions [past, past + n) over keys/values (1, kvh, past + n, d):
-    causal, within the window where the layer has one, logits soft-capped where it caps them."""
-    n, total = query.shape[2], keys.shape[2]
-    if spec.window is None and spec.softcap is None and past == 0:
-        return F.scaled_dot_product_attention(
-            query, keys, values, is_causal=True, scale=spec.scale, enable_gqa=True
-        )
-    rows = torch.arange(past, total, device=query.device)[:, None]  # (n, 1) query positions
-    cols = torch.arange(total, device=query.device)[None, :]
-    visible = cols <= rows
-    if spec.window is not None:
-        visible &= cols > rows - spec.window
-    if spec.softcap is None:
-        return F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=visible, scale=spec.scale, enable_gqa=True
-        )
-    group = query.shape[1] // keys.shape[1]
-    keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
-    scores = torch.matmul(query, keys.transpose(-1, -2)).float() * spec.scale  # (1, H, n, total)
-    scores = torch.tanh(scores / spec.softcap) * spec.softcap
-    scores.masked_fill_(~visible, float("-inf"))
-    assert n == visible.shape[0]
-    return torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
-
-
-def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
-    """The first ``length`` positions of a sequence, contiguous: cache (N, kvh, bs, d) and its
-    blocks (nb,) → (kvh, length, d)."""
-    picked = cache[blocks]  # (nb, kvh, bs, d)
-    kv_heads, dim = picked.shape[1], picked.shape[3]
-    return picked.transpose(0, 1).reshape(kv_heads, -1, dim)[:, :length]
