@@ -35,8 +35,6 @@ class PrefillGroup:
 
     def spans(self) -> list[PrefillGroup]:
         """Each span of the group as a group of one."""
-        if self.count == 1:
-            return [self]
         return [
             PrefillGroup(self.start + i * self.length, 1, self.length, self.past, self.blocks[i : i + 1])
             for i in range(self.count)
@@ -81,8 +79,7 @@ def attend_prefills(
     """out's rows (T, H, d) of each group's spans: their queries (rows of q (T, H, d)) over their
     cached past and themselves; the layer's caches are (N, kvh, bs, d)."""
     heads, dim = q.shape[1], q.shape[2]
-    causal = spec.window is None and spec.softcap is None  # the batched call's one path
-    calls = groups if causal else [one for group in groups for one in group.spans()]
+    calls = [call for group in groups for call in ([group] if unmasked(spec, group.past) else group.spans())]
     for group in calls:
         rows = slice(group.start, group.start + group.count * group.length)
         query = q[rows].view(group.count, group.length, heads, dim).transpose(1, 2)  # (S, H, n, d)
@@ -93,13 +90,19 @@ def attend_prefills(
         out[rows] = attended.transpose(1, 2).reshape(-1, heads, dim)
 
 
+def unmasked(spec: AttentionSpec, past: int) -> bool:
+    """Whether ``prefill_attention`` takes SDPA's causal path, with no mask: the one path whose
+    batched call gives each sequence its own call's bits, so the only one a group runs batched."""
+    return spec.window is None and spec.softcap is None and past == 0
+
+
 def prefill_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, spec: AttentionSpec
 ) -> torch.Tensor:
     """query (S, H, n, d) at positions [past, past + n) over keys/values (S, kvh, past + n, d):
     causal, within the window where the layer has one, logits soft-capped where it caps them."""
     n, total = query.shape[2], keys.shape[2]
-    if spec.window is None and spec.softcap is None and past == 0:
+    if unmasked(spec, past):
         return F.scaled_dot_product_attention(
             query, keys, values, is_causal=True, scale=spec.scale, enable_gqa=True
         )
