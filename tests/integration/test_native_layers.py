@@ -94,12 +94,23 @@ class BothPaths:
             engine.step()
 
 
+# prompt attention: every span as rows of the paged kernel, in the stack (the default at these
+# lengths); every span by SDPA, in the per-layer callback; or some each way
+ROWS = {"paged": None, "sdpa": 0, "mixed": 10}  # mixed: the 3-token prompts as rows, not the 5
+
+
+@pytest.mark.parametrize("rows", list(ROWS))
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_native_layers_equal_the_python_loop(family_model, dtype):
+def test_native_layers_equal_the_python_loop(family_model, dtype, rows, monkeypatch):
     """Logits equal bit for bit on every step: prompts (alone, and joining running decodes),
     decodes, with no adapter, plain LoRA, DoRA or trained biases, mixed in one batch."""
+    if ROWS[rows] is not None:
+        monkeypatch.setattr("loraserve.model.prefill_attention.ROW_SCORES", ROWS[rows])
     base, adapters = family_model
     engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
+    decoder, callbacks = engine.runner.decoder, []
+    make_callback = decoder._prefill_callback
+    monkeypatch.setattr(decoder, "_prefill_callback", lambda *a: callbacks.append(a) or make_callback(*a))
     paths = BothPaths(engine)
     paths.run(None, None)
     assert not paths.differ and not paths.python_only
@@ -113,6 +124,8 @@ def test_native_layers_equal_the_python_loop(family_model, dtype):
     paths.run(*mixed, tokens=8)
     assert not paths.differ and not paths.python_only
     assert max(batch.decode_count for batch in paths.covered) == len(mixed)
+    # rows attend in the stack; the per-layer callback runs only where SDPA takes a span
+    assert (len(callbacks) > 0) == (rows != "paged")
 
 
 QUANTIZED = {

@@ -8,7 +8,14 @@ import torch
 
 from loraserve.model.batch import PrefillSpan
 from loraserve.model.layer_ops import AttentionSpec
-from loraserve.model.prefill_attention import PrefillGroup, attend_prefills, group_prefills
+from loraserve.model.prefill_attention import (
+    ROW_SCORES,
+    PagedRows,
+    PrefillGroup,
+    attend_prefills,
+    group_prefills,
+)
+from loraserve.testing.reference import span_attention
 
 BLOCK = 4
 
@@ -41,6 +48,48 @@ def test_spans_that_are_not_adjacent_stay_apart():
     first, second = _spans([(4, 0), (4, 0)])
     second.start += 1  # a decode row between them
     assert [g.count for g in group_prefills([first, second])] == [1, 1]
+
+
+def test_short_spans_run_as_rows_of_the_paged_kernel_where_the_ops_have_one(monkeypatch):
+    monkeypatch.setattr("loraserve.model.prefill_attention.ROW_SCORES", 40)
+    # (length, past): 16 and 16 (query, key) pairs: rows; 49 each: a batched group; 24, 4: rows
+    spans = _spans([(4, 0), (4, 0), (7, 0), (7, 0), (3, 5), (2, 0)])
+    groups = group_prefills(spans, paged=True)
+    assert [type(g).__name__ for g in groups] == ["PagedRows", "PrefillGroup", "PagedRows"]
+    first, middle, last = groups
+    assert isinstance(first, PagedRows) and isinstance(middle, PrefillGroup) and isinstance(last, PagedRows)
+    assert (first.start, first.count, middle.start, middle.count) == (0, 8, 8, 2)
+    assert (last.start, last.count) == (22, 5)
+    # each token: its span's blocks (padded with block 0), its own position + 1 keys
+    assert first.lengths.tolist() == [1, 2, 3, 4] * 2
+    assert torch.equal(first.tables, torch.stack([spans[0].blocks] * 4 + [spans[1].blocks] * 4))
+    assert last.lengths.tolist() == [6, 7, 8, 1, 2]
+    padded = torch.cat([spans[5].blocks, torch.zeros(1, dtype=torch.long)])
+    assert torch.equal(last.tables, torch.stack([spans[4].blocks] * 3 + [padded] * 2))
+    # without a paged kernel, the same spans group as before
+    assert all(isinstance(g, PrefillGroup) for g in group_prefills(spans))
+
+
+def test_which_path_a_span_takes_depends_on_the_span_alone():
+    """A span takes rows or SDPA by its own length and past, whatever shares its step (so its
+    bits do not depend on its neighbours)."""
+    small, large = (8, 8), (300, 0)  # 128 and 90,000 (query, key) pairs
+    assert small[0] * (small[0] + small[1]) <= ROW_SCORES < large[0] * (large[0] + large[1])
+    for neighbours in ([], [small], [large], [small, large], [large, large]):
+        spans = _spans([*neighbours, small, *neighbours, large])
+        groups = group_prefills(spans, paged=True)
+        paths = [type(_group_of(groups, span)).__name__ for span in spans]
+        expected = ["PagedRows" if (span.length, span.past) == small else "PrefillGroup" for span in spans]
+        assert paths == expected, neighbours
+
+
+def _group_of(groups: list[PrefillGroup | PagedRows], span: PrefillSpan) -> PrefillGroup | PagedRows:
+    """The group whose rows hold the span's first token."""
+    for group in groups:
+        rows = group.count if isinstance(group, PagedRows) else group.count * group.length
+        if group.start <= span.start < group.start + rows:
+            return group
+    raise AssertionError(f"no group holds the span at {span.start}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -78,20 +127,7 @@ def test_a_group_gives_each_sequence_the_bits_of_its_own_call(dtype, spec):
 
 def _check_against_reference(q, k_cache, v_cache, out, span, spec, dtype):
     """out's rows of ``span`` = softmax(q k^T * scale) v over its visible positions, in fp32."""
-    kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-    total = span.past + span.length
-    keys = k_cache[span.blocks].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :total]
-    values = v_cache[span.blocks].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :total]
-    query = q[span.start : span.start + span.length].transpose(0, 1).float()  # (H, n, d)
-    group = q.shape[1] // kv_heads
-    keys, values = keys.float().repeat_interleave(group, 0), values.float().repeat_interleave(group, 0)
-    scores = query @ keys.transpose(1, 2) * spec.scale
-    if spec.softcap:
-        scores = torch.tanh(scores / spec.softcap) * spec.softcap
-    positions = torch.arange(span.past, total)[:, None]
-    columns = torch.arange(total)[None, :]
-    visible = (columns <= positions) & (columns > positions - (spec.window or total + 1))
-    expected = (scores.masked_fill(~visible, float("-inf")).softmax(-1) @ values).transpose(0, 1)
+    expected = span_attention(q, k_cache, v_cache, span, spec)
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     actual = out[span.start : span.start + span.length].float()
     assert torch.allclose(actual, expected, atol=tolerance, rtol=tolerance)

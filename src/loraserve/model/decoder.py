@@ -15,11 +15,18 @@ import torch
 
 from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
-from loraserve.model.layer_ops import AttentionSpec, StepTables, TorchOps
+from loraserve.model.layer_ops import AttentionSpec, NativeOps, StepTables, TorchOps
 from loraserve.model.lora import LoraBackend
 from loraserve.model.native_layers import NativeLayers, PrefillAttention
 from loraserve.model.packed import LinearOps
-from loraserve.model.prefill_attention import PrefillGroup, attend_prefills, group_prefills
+from loraserve.model.prefill_attention import (
+    PagedAttention,
+    PagedRows,
+    PrefillGroup,
+    attend_prefills,
+    group_prefills,
+    pad_tables,
+)
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import LayerWeights, ModelWeights
 
@@ -48,6 +55,11 @@ class Decoder:
         # the whole layer stack as one native call for the steps its plan takes (native kernels)
         self.native_layers = NativeLayers.build(args, weights, rope, ops, lora)
 
+    @property
+    def paged(self) -> PagedAttention | None:
+        """The ops' paged attention kernel, which short prompt spans attend through as rows."""
+        return self.ops.paged_attention if isinstance(self.ops, NativeOps) else None
+
     @torch.inference_mode()
     def forward(self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """Logits (N, vocab) in fp32 for the last token of each sequence of the batch; the caches
@@ -62,8 +74,11 @@ class Decoder:
         native = self.native_layers
         matrices = None if native is None else native.plan(batch, self.linears)
         if native is not None and matrices is not None:
-            prefill = None if not batch.prefills else self._prefill_callback(batch, k_cache, v_cache)
-            delta: torch.Tensor | None = native.run(h, batch, matrices, k_cache, v_cache, prefill)
+            tables, lengths, rest = _stack_rows(batch, group_prefills(batch.prefills, paged=True))
+            prefill = self._prefill_callback(rest, k_cache, v_cache) if rest else None
+            delta: torch.Tensor | None = native.run(
+                h, batch, matrices, k_cache, v_cache, tables, lengths, prefill
+            )
         else:
             h, delta = self._layers(h, batch, k_cache, v_cache)
         index = batch.logits_index
@@ -83,7 +98,7 @@ class Decoder:
         args, ops, tokens = self.args, self.ops, h.shape[0]
         x = torch.empty_like(h)  # each sub-layer's normed input, reused where the backend can
         tables = ops.prepare(batch, self.rope)
-        groups = group_prefills(batch.prefills)
+        groups = group_prefills(batch.prefills, paged=self.paged is not None)
         delta: torch.Tensor | None = None  # the previous layer's MLP output, added to h lazily
         for i, layer in enumerate(self.weights.layers):
             h, x = ops.add_norm(h, delta, layer.attn_norm, x)
@@ -118,7 +133,7 @@ class Decoder:
         self,
         q: torch.Tensor,
         batch: StepBatch,
-        groups: list[PrefillGroup],
+        groups: list[PrefillGroup | PagedRows],
         tables: StepTables,
         spec: AttentionSpec,
         k_cache: torch.Tensor,
@@ -131,16 +146,31 @@ class Decoder:
         count = batch.decode_count
         if count:
             self.ops.decode_attention(q[:count], k_cache, v_cache, batch, tables, spec, out[:count])
-        attend_prefills(q, groups, spec, k_cache, v_cache, out)
+        attend_prefills(q, groups, spec, k_cache, v_cache, out, self.paged)
         return out
 
     def _prefill_callback(
-        self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor
+        self, groups: list[PrefillGroup | PagedRows], k_cache: torch.Tensor, v_cache: torch.Tensor
     ) -> PrefillAttention:
-        """What the native layer stack calls per layer for the step's prompt tokens."""
-        groups = group_prefills(batch.prefills)
+        """What the native layer stack calls per layer for the prompt tokens it does not attend."""
+        paged = self.paged
 
         def attend(layer: int, q: torch.Tensor, out: torch.Tensor) -> None:
-            attend_prefills(q, groups, self.attention[layer], k_cache[layer], v_cache[layer], out)
+            attend_prefills(q, groups, self.attention[layer], k_cache[layer], v_cache[layer], out, paged)
 
         return attend
+
+
+def _stack_rows(
+    batch: StepBatch, groups: list[PrefillGroup | PagedRows]
+) -> tuple[torch.Tensor, torch.Tensor, list[PrefillGroup | PagedRows]]:
+    """The block tables and lengths of the rows the native stack attends itself (the decodes,
+    then the prompt tokens of a run of ``PagedRows`` right after them), and the groups left to
+    its per-layer callback."""
+    tables, lengths = batch.decode_tables, batch.decode_lengths
+    first = groups[0] if groups else None
+    if not isinstance(first, PagedRows) or first.start != batch.decode_count:
+        return tables, lengths, groups
+    width = max(tables.shape[1], first.tables.shape[1])
+    joined = torch.cat([pad_tables(tables, width), pad_tables(first.tables, width)])
+    return joined, torch.cat([lengths, first.lengths]), groups[1:]

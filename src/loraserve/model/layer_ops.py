@@ -230,16 +230,23 @@ class NativeOps(TorchOps):
         spec: AttentionSpec,
         out: torch.Tensor,
     ) -> None:
+        self.paged_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths, spec, out)
+
+    def paged_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        tables: torch.Tensor,
+        lengths: torch.Tensor,
+        spec: AttentionSpec,
+        out: torch.Tensor,
+    ) -> None:
+        """out (R, H, d): row r's query over the first lengths[r] keys of its blocks tables[r]
+        (R, M), read in place: a decode, or a prompt token over its past and the tokens before
+        it (``prefill_attention.PagedRows``)."""
         self.module.decode_attention(
-            q,
-            k_cache,
-            v_cache,
-            batch.decode_tables,
-            batch.decode_lengths,
-            out,
-            spec.scale,
-            spec.window or 0,
-            spec.softcap or 0.0,
+            q, k_cache, v_cache, tables, lengths, out, spec.scale, spec.window or 0, spec.softcap or 0.0
         )
 
 

@@ -97,12 +97,16 @@ class NativeLayers:
         matrices: list[NativeMatrix],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
+        tables: torch.Tensor,
+        lengths: torch.Tensor,
         prefill: PrefillAttention | None,
     ) -> torch.Tensor:
         """Every layer over h (T, hidden): h becomes the residual stream before the last MLP's
         output, which is returned (the decoder adds it in its final norm, as its loop does).
-        ``matrices``: ``plan``'s for this step. ``prefill(layer, q, out)`` writes the prompt
-        tokens' rows of out (T, H, d), after the decodes' (None: a step of decodes only)."""
+        ``matrices``: ``plan``'s for this step. The first R = len(lengths) rows attend in the
+        stack, by the paged kernel: row r over the first lengths[r] keys of its blocks tables[r]
+        (the decodes, and prompt tokens as ``prefill_attention.PagedRows``). ``prefill(layer, q,
+        out)`` writes the other rows of out (T, H, d) (None: R = T)."""
         args, layers = self.args, self.weights.layers
         plan = batch.lora_plan
         return self.module.decode_layers(  # type: ignore[no-any-return]
@@ -118,8 +122,8 @@ class NativeLayers:
             v_cache,
             batch.rope_rows,
             batch.slot_mapping,
-            batch.decode_tables,
-            batch.decode_lengths,
+            tables,
+            lengths,
             args.num_heads,
             args.intermediate_size,
             args.activation == "gelu_tanh",
@@ -129,7 +133,7 @@ class NativeLayers:
             None if plan is None else plan.token_slots,
             *self._lora_args(plan is not None),
             *self._extras_args(plan),
-            batch.decode_count,
+            lengths.numel(),
             prefill,
         )
 

@@ -1,18 +1,26 @@
 """Attention for a step's prompt tokens (prefill spans), read back from the paged KV cache.
 
-Whole prompts that sit side by side in the flat batch with one length (requests arriving together
-with prompts of one length, the usual burst) share one batched causal
-``scaled_dot_product_attention`` call and one gather of their blocks, instead of one of each per
-sequence: at batch 32 with 32-token prompts (SmolLM2, 30 layers) the prefill step spent ~90 ms in
-960 per-sequence calls and their gathers. That call computes each (sequence, head) alone, so a
-sequence gets the bits its own call gives (tested). Attention with a mask (a cached past, a
-window) or a soft-cap still runs span by span: in fp32, PyTorch's masked attention over a batch
-differed from the calls one by one in the last bit, and a request's output must not depend on
-what else is in its step.
+Where the native kernels run, a short span's tokens attend as rows of the paged decode kernel
+(``PagedRows``): token j of a span after ``past`` cached tokens is one more query over the first
+``past + j + 1`` keys of the span's blocks, read in place. Up to 64 K (query, key) pairs a span
+that beat PyTorch's ``scaled_dot_product_attention`` on SmolLM2's and Qwen3's heads at every
+shape tried (2.3-9x for 32 prompts of 16-32 tokens, 60-120x for prompts cached but for their last
+token), because SDPA's per-call cost and the gather of the blocks dominate such small attention.
+Longer spans go to SDPA, which wins once a span's attention is a real matrix product.
+
+For SDPA, whole prompts that sit side by side in the flat batch with one length (requests
+arriving together with prompts of one length, the usual burst) share one batched causal call and
+one gather of their blocks, instead of one of each per sequence. That call computes each
+(sequence, head) alone, so a sequence gets the bits its own call gives (tested). Attention with a
+mask (a cached past, a window) or a soft-cap still runs span by span: in fp32, PyTorch's masked
+attention over a batch differed from the calls one by one in the last bit, and a request's output
+must not depend on what else is in its step. Which path a span takes depends on its own length
+and past alone, for the same reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +28,51 @@ import torch.nn.functional as F
 
 from loraserve.model.batch import PrefillSpan
 from loraserve.model.layer_ops import AttentionSpec
+
+# A span attends as rows of the paged kernel up to this many (query, key) pairs (length x (past +
+# length)): 64 K was at or past SDPA's break-even on every head shape measured.
+ROW_SCORES = 64 * 1024
+
+# ops.paged_attention: (q (R, H, d), k_cache, v_cache, tables (R, M), lengths (R,), spec, out (R, H, d))
+PagedAttention = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionSpec, torch.Tensor], None
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PagedRows:
+    """Adjacent spans whose tokens attend as rows of the paged kernel: the step's rows [start,
+    start + count), row r over the first ``lengths[r]`` keys of its blocks ``tables[r]`` (padded
+    with block 0, which the kernel does not read past ``lengths[r]``)."""
+
+    start: int
+    tables: torch.Tensor  # (count, M)
+    lengths: torch.Tensor  # (count,)
+
+    @property
+    def count(self) -> int:
+        return self.lengths.numel()
+
+
+def as_rows(span: PrefillSpan) -> bool:
+    """Whether a span attends as rows of the paged kernel (where the ops have one)."""
+    return span.length * (span.past + span.length) <= ROW_SCORES
+
+
+def paged_rows(spans: list[PrefillSpan]) -> PagedRows:
+    """Adjacent ``spans`` as one run of rows: each token a query over its span's blocks."""
+    width = max(span.blocks.numel() for span in spans)
+    tables = torch.stack([F.pad(span.blocks, (0, width - span.blocks.numel())) for span in spans])
+    counts = torch.tensor([span.length for span in spans], device=tables.device)
+    lengths = torch.cat(
+        [torch.arange(span.past + 1, span.past + span.length + 1, device=tables.device) for span in spans]
+    )
+    return PagedRows(spans[0].start, tables.repeat_interleave(counts, 0), lengths)
+
+
+def pad_tables(tables: torch.Tensor, width: int) -> torch.Tensor:
+    """Block tables (R, M) widened to (R, width) with block 0."""
+    return F.pad(tables, (0, width - tables.shape[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,46 +94,72 @@ class PrefillGroup:
         ]
 
 
-def group_prefills(spans: list[PrefillSpan]) -> list[PrefillGroup]:
-    """The step's spans, each run of adjacent whole prompts (no cached past) of one length as one
-    group; every other span a group of its own."""
-    groups: list[PrefillGroup] = []
+def group_prefills(spans: list[PrefillSpan], paged: bool = False) -> list[PrefillGroup | PagedRows]:
+    """The step's spans in the order they lie: with ``paged`` (the ops have a paged kernel), each
+    run of adjacent spans ``as_rows`` takes as one ``PagedRows``; of the others, each run of
+    adjacent whole prompts (no cached past) of one length is one group, every other span a group
+    of its own."""
+    groups: list[PrefillGroup | PagedRows] = []
     run: list[PrefillSpan] = []
+    rows = False  # whether ``run`` is a run of row spans
 
     def close() -> None:
-        if run:
-            first = run[0]
+        if not run:
+            return
+        first = run[0]
+        if rows:
+            groups.append(paged_rows(run))
+        else:
             blocks = torch.stack([span.blocks for span in run])
             groups.append(PrefillGroup(first.start, len(run), first.length, first.past, blocks))
-            run.clear()
+        run.clear()
 
     for span in spans:
-        if run and not (
-            span.past == 0
-            and run[0].past == 0
-            and span.length == run[0].length
-            and span.start == run[-1].start + run[-1].length
-            and span.blocks.shape == run[0].blocks.shape
-        ):
+        span_rows = paged and as_rows(span)
+        adjacent = bool(run) and span.start == run[-1].start + run[-1].length
+        if run and not (adjacent and span_rows == rows and (rows or _same_prompt(span, run[0]))):
             close()
+        rows = span_rows
         run.append(span)
     close()
     return groups
 
 
+def _same_prompt(span: PrefillSpan, first: PrefillSpan) -> bool:
+    """Whether ``span`` joins ``first``'s batched SDPA group: both whole prompts of one length."""
+    return (
+        span.past == 0
+        and first.past == 0
+        and span.length == first.length
+        and span.blocks.shape == first.blocks.shape
+    )
+
+
 def attend_prefills(
     q: torch.Tensor,
-    groups: list[PrefillGroup],
+    groups: list[PrefillGroup | PagedRows],
     spec: AttentionSpec,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     out: torch.Tensor,
+    paged: PagedAttention | None = None,
 ) -> None:
     """out's rows (T, H, d) of each group's spans: their queries (rows of q (T, H, d)) over their
-    cached past and themselves; the layer's caches are (N, kvh, bs, d)."""
+    cached past and themselves; the layer's caches are (N, kvh, bs, d). ``paged``: the ops' paged
+    kernel, which every ``PagedRows`` needs."""
     heads, dim = q.shape[1], q.shape[2]
-    calls = [call for group in groups for call in ([group] if unmasked(spec, group.past) else group.spans())]
+    calls: list[PrefillGroup | PagedRows] = []
+    for group in groups:
+        if isinstance(group, PagedRows) or unmasked(spec, group.past):
+            calls.append(group)
+        else:
+            calls.extend(group.spans())
     for group in calls:
+        if isinstance(group, PagedRows):
+            assert paged is not None, "rows of the paged kernel without one"
+            rows = slice(group.start, group.start + group.count)
+            paged(q[rows], k_cache, v_cache, group.tables, group.lengths, spec, out[rows])
+            continue
         rows = slice(group.start, group.start + group.count * group.length)
         query = q[rows].view(group.count, group.length, heads, dim).transpose(1, 2)  # (S, H, n, d)
         total = group.past + group.length

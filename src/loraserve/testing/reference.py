@@ -9,6 +9,8 @@ import torch
 
 if TYPE_CHECKING:
     from loraserve.engine import LLMEngine
+    from loraserve.model.batch import PrefillSpan
+    from loraserve.model.layer_ops import AttentionSpec
 
 
 def cached_greedy(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
@@ -43,3 +45,28 @@ def engine_with_adapters(base: Path, adapters: dict[str, Path], **config: Any) -
     for name, path in adapters.items():
         engine.register_adapter(name, path)
     return engine
+
+
+def span_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    span: PrefillSpan,
+    spec: AttentionSpec,
+) -> torch.Tensor:
+    """A prompt span's attention written out in fp32: its queries (rows of q (T, H, d)) over its
+    visible positions in the paged caches (N, kvh, bs, d): softmax(q k^T * scale) v, (n, H, d)."""
+    kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
+    total = span.past + span.length
+    keys = k_cache[span.blocks].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :total]
+    values = v_cache[span.blocks].transpose(0, 1).reshape(kv_heads, -1, dim)[:, :total]
+    query = q[span.start : span.start + span.length].transpose(0, 1).float()  # (H, n, d)
+    group = q.shape[1] // kv_heads
+    keys, values = keys.float().repeat_interleave(group, 0), values.float().repeat_interleave(group, 0)
+    scores = query @ keys.transpose(1, 2) * spec.scale
+    if spec.softcap:
+        scores = torch.tanh(scores / spec.softcap) * spec.softcap
+    positions = torch.arange(span.past, total)[:, None]
+    columns = torch.arange(total)[None, :]
+    visible = (columns <= positions) & (columns > positions - (spec.window or total + 1))
+    return (scores.masked_fill(~visible, float("-inf")).softmax(-1) @ values).transpose(0, 1)
