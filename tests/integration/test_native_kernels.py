@@ -266,6 +266,42 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     assert not out[5].any() and not out[10].any() and bool(out[7:10].any(dim=1).all())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bgmv_gives_a_token_the_same_bits_whatever_shares_its_tile(kernels, dtype):
+    """Tokens of one slot share a tile (one read of the adapter's rows for up to four): a token's
+    delta must not depend on whether its neighbours in the step use its adapter."""
+    args = ModelArgs(
+        architecture="LlamaForCausalLM",
+        vocab_size=10,
+        hidden_size=320,
+        intermediate_size=96,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=80,
+        rms_eps=1e-5,
+        max_position=64,
+        tie_word_embeddings=False,
+    )
+    stacks = lora.NativeLora(
+        args, slots=2, rank=16, dtype=dtype, device=torch.device("cpu"), kernel=kernels.bgmv
+    )
+    stacks.load(0, _random_lora(args, 16, SPLIT_LORA_GROUPS["qkv"], seed=1))
+    stacks.load(1, _random_lora(args, 16, SPLIT_LORA_GROUPS["qkv"], seed=2))
+    x = _rand(64, 320, dtype=dtype, seed=9) * 4
+    out_width = int(stacks.columns["qkv"][1].sum())  # q, k and v side by side
+
+    def deltas(slots: list[int]) -> torch.Tensor:
+        out = torch.zeros(64, out_width, dtype=dtype)
+        stacks.add_delta(out, x, 0, "qkv", stacks.plan(slots, []))
+        return out
+
+    together = deltas([0] * 64)  # tiles of four
+    apart = deltas([0, 1] * 32)  # tiles of one
+    assert torch.equal(together[0::2], apart[0::2])
+    assert torch.equal(deltas([1, 0] * 32)[1::2], together[1::2])
+
+
 # (fp32, bf16) in register tiles, per build
 TILED = {
     "avx512_bf16": (True, True),

@@ -35,11 +35,13 @@ inline void dots(const T* const* x, const T* a, int64_t len, float* out) {
 }
 
 #if defined(__AVX512BF16__)
-// bf16 x bf16 with VDPBF16PS: 32 products a step straight from memory, no widening. A single
-// token gets two accumulators to hide the instruction's latency; N > 1 tokens hide it already.
+// bf16 x bf16 with VDPBF16PS: 32 products a step straight from memory, no widening. Two
+// accumulators per token, whatever N: they hide the instruction's latency for a lone token, and
+// every tile size then sums a token's products in one order, so its bits do not depend on
+// whether its neighbours in the step share its adapter (and its tile).
 template <int N>
 inline void dots(const bf16_t* const* x, const bf16_t* a, int64_t len, float* out) {
-  constexpr int U = N == 1 ? 2 : 1;  // accumulators per token
+  constexpr int U = 2;  // accumulators per token
   auto pairs = [](const bf16_t* p) { return (__m512bh)_mm512_loadu_si512(p); };
   __m512 acc[N][U];
   for (int g = 0; g < N; ++g)
@@ -54,7 +56,7 @@ inline void dots(const bf16_t* const* x, const bf16_t* a, int64_t len, float* ou
     for (int g = 0; g < N; ++g) acc[g][0] = _mm512_dpbf16_ps(acc[g][0], pairs(x[g] + i), pairs(a + i));
   float total[N];
   for (int g = 0; g < N; ++g)
-    total[g] = _mm512_reduce_add_ps(U == 1 ? acc[g][0] : _mm512_add_ps(acc[g][0], acc[g][U - 1]));
+    total[g] = _mm512_reduce_add_ps(_mm512_add_ps(acc[g][0], acc[g][1]));
   for (; i < len; ++i)
     for (int g = 0; g < N; ++g) total[g] += float(x[g][i]) * float(a[i]);
   for (int g = 0; g < N; ++g) out[g] = total[g];
