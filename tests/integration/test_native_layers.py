@@ -317,3 +317,35 @@ def test_the_prefill_callback_runs_once_a_layer_and_its_errors_propagate():
     call = one_decode(broken)
     with pytest.raises(ValueError, match="layer 0"):
         kernels.decode_layers(*call.values())
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_request_gets_the_same_bits_whatever_shares_its_steps(tmp_path, dtype):
+    """One request's tokens and log-probs, bit for bit, beside neighbours on its own adapter (its
+    prompt tokens and decodes in shared LoRA tiles) and beside others on other adapters, the base
+    and longer prompts (its own tiles; prompt spans on other attention paths)."""
+    # 256 wide: the kernels' sums run over several chunks, where a different order would show
+    base = make_tiny_family(tmp_path / "base", "qwen3", hidden=256, intermediate=384)
+    adapters = {
+        "qv": make_peft_adapter(base, tmp_path / "qv", rank=4, target_modules=("q_proj", "v_proj")),
+        "all": make_peft_adapter(base, tmp_path / "all", rank=2, target_modules="all-linear", seed=2),
+    }
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
+
+    def run(neighbours: list[tuple[str, str | None]]) -> tuple[list[int], list[float | None]]:
+        engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
+        if engine.runner.linears.gemm is None:  # type: ignore[attr-defined]
+            pytest.skip("oneDNN runs the matrices here: its kernel choice may depend on the row count")
+        engine.add_request(neighbours[0][0], neighbours[0][1], params)
+        me = engine.add_request("the quick brown fox", "qv", params)
+        for prompt, name in neighbours[1:]:
+            engine.add_request(prompt, name, params)
+        while engine.has_work():
+            engine.step()
+        return me.output_ids, me.logprobs
+
+    same_adapter = run([("a fox", "qv")] * 6)
+    others = run(
+        [("hello world, this is", "all"), ("a", None), ("tiny tokenizer for tests 0123456789", "all")] * 2
+    )
+    assert same_adapter == others
