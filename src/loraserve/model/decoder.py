@@ -5,8 +5,9 @@ this one loop does the rest over a flat, variable-length ``StepBatch``.
 Every step runs the tokens of all scheduled sequences — one per decoding sequence, a prompt (or
 a chunk of one) per prefilling one — as one ``(T, hidden)`` matrix through the linear layers, so
 base weights and LoRA stacks are read once per step for the whole batch. Only attention is
-per-sequence: decodes are batched over their KV-cache blocks, prompts one by one or, whole prompts
-of one length side by side, in one batched call (``prefill_attention.py``).
+per-sequence: decodes are batched over their KV-cache blocks, and so, with the native kernels, are
+short prompts' tokens, as rows of the same paged kernel; longer prompts take SDPA, one by one or,
+whole prompts of one length side by side, in one batched call (``prefill_attention.py``).
 """
 
 from __future__ import annotations

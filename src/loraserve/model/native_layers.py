@@ -3,8 +3,9 @@ step allow it: the decoder's own kernels, chained in C++ instead of Python.
 
 At batch 32 on SmolLM2 the Python between the ~270 kernel calls of a step cost ~1.9 ms of a
 ~31 ms step, and the second OpenMP thread idled while it ran (``benchmarks/profile_step.py``).
-The call also releases the GIL, so the server's threads run while the engine steps. Prompt
-tokens' attention is the decoder's own Python, called back once per layer.
+The call also releases the GIL, so the server's threads run while the engine steps. Short
+prompts' tokens attend in the stack, as rows of the decodes' paged kernel; longer prompts'
+attention is the decoder's own Python (SDPA), called back once per layer.
 
 It takes every family's layer (pre-norms; SwiGLU or GeGLU; QK-norm and sandwich norms where the
 family has them), each base matrix through the kernel the decoder's LinearOps would pick at the

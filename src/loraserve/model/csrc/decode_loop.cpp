@@ -4,8 +4,9 @@
 // decoder calls one by one, chained here without Python between them: at batch 32 that glue was
 // ~6% of SmolLM2's step, and the OpenMP worker idled while the engine thread ran it. Every call
 // goes through the checked entry points, so each kernel sees exactly the inputs the decoder would
-// give it. Prompt tokens' attention (rows from `decodes` on) is the decoder's own Python, called
-// back once per layer.
+// give it. The first `decodes` rows attend by the paged decode kernel: the decodes, and short
+// prompts' tokens as rows (prefill_attention.py's PagedRows); the rows after them are the decoder's
+// own Python, called back once per layer.
 #include "entry_points.h"
 
 namespace {
