@@ -131,6 +131,7 @@ def _calls(dtype: torch.dtype):
             0.5,
             0,
             0.0,
+            None,  # table_of: row r reads block_tables[r]
         ],
         "bgmv": lambda: [
             torch.ones(3, 8, **f),
@@ -170,6 +171,10 @@ BAD = [  # (entry point, argument index, a bad replacement for a dtype, what the
     ("decode_attention", 5, lambda f: torch.empty(2, 3, 4, dtype=f), "out must have"),
     ("decode_attention", 7, lambda f: -1, "window and softcap"),
     ("decode_attention", 8, lambda f: -2.0, "window and softcap"),
+    ("decode_attention", 3, lambda f: torch.tensor([[0]]), "block_tables must be"),  # a table short
+    ("decode_attention", 9, lambda f: torch.tensor([0, 2]), "table_of"),  # names a table not there
+    ("decode_attention", 9, lambda f: torch.tensor([0]), "table_of"),  # one row without a table
+    ("decode_attention", 9, lambda f: torch.tensor([0, -1]), "table_of"),
     ("rope_write_kv", 1, lambda f: torch.ones(16, 6), "cos/sin"),
     ("bgmv", 1, lambda f: torch.tensor([-1, 0, 2]), "slots"),
     ("bgmv", 1, lambda f: torch.tensor([-2, 0, 1]), "slots"),

@@ -172,6 +172,25 @@ def test_decode_attention_past_the_prefetched_blocks(kernels, dtype):
     _check_decode_attention(kernels, dtype, 128, 0, 0.0, 16, 4, 2, tables, lengths)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (5, 0.0), (0, 3.0)])
+def test_decode_attention_rows_sharing_a_table(kernels, dtype, window, softcap):
+    """Rows that name their block table by ``table_of`` (a prompt's tokens share its span's) give
+    the bits of the same rows each with its own copy of the table, and match the reference."""
+    tables = torch.tensor([[4, 8, 1], [7, 3, 0], [2, 0, 0]])
+    table_of = torch.tensor([0, 0, 1, 1, 1, 2, 0])
+    lengths = torch.tensor([18, 19, 9, 10, 11, 2, 20])
+    q = _rand(7, 6, 64, dtype=dtype, seed=4)
+    k_cache = _rand(9, 2, 8, 64, dtype=dtype, seed=5)
+    v_cache = _rand(9, 2, 8, 64, dtype=dtype, seed=6)
+    shared, copied = torch.empty_like(q), torch.empty_like(q)
+    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, shared, 0.125, window, softcap, table_of)
+    own = tables[table_of].contiguous()
+    kernels.decode_attention(q, k_cache, v_cache, own, lengths, copied, 0.125, window, softcap, None)
+    assert torch.equal(shared, copied)
+    _check_decode_attention(kernels, dtype, 64, window, softcap, 8, 6, 2, own, lengths)
+
+
 def _check_decode_attention(
     kernels, dtype, dim, window, softcap, block_size, heads, kv_heads, tables, lengths
 ):
@@ -182,7 +201,7 @@ def _check_decode_attention(
     k_cache = _rand(num_blocks, kv_heads, block_size, dim, dtype=dtype, seed=5)  # (N, kvh, bs, d)
     v_cache = _rand(num_blocks, kv_heads, block_size, dim, dtype=dtype, seed=6)
     out = torch.empty_like(q)
-    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim**-0.5, window, softcap)
+    kernels.decode_attention(q, k_cache, v_cache, tables, lengths, out, dim**-0.5, window, softcap, None)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
 
     def sequence(cache, b):  # (kvh, length, d) in token order, repeated for each query head

@@ -198,6 +198,7 @@ def _valid_call(layers: int = 2, dtype: torch.dtype = torch.float32) -> dict:
         "slot_mapping": torch.tensor([3, 17]),
         "block_tables": torch.tensor([[0, 0], [1, 2]]),
         "lengths": torch.tensor([4, 10]),
+        "table_of": None,
         "heads": heads,
         "intermediate": inter,
         "gelu": False,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.model.batch import PrefillSpan
+from loraserve.model.batch import PrefillSpan, StepBatch
+from loraserve.model.decoder import stack_rows
 from loraserve.model.layer_ops import AttentionSpec
 from loraserve.model.prefill_attention import (
     ROW_SCORES,
@@ -60,12 +61,14 @@ def test_short_spans_run_as_rows_of_the_paged_kernel_where_the_ops_have_one(monk
     assert isinstance(first, PagedRows) and isinstance(middle, PrefillGroup) and isinstance(last, PagedRows)
     assert (first.start, first.count, middle.start, middle.count) == (0, 8, 8, 2)
     assert (last.start, last.count) == (22, 5)
-    # each token: its span's blocks (padded with block 0), its own position + 1 keys
+    # each token: its span's table of blocks (padded with block 0), its own position + 1 keys
     assert first.lengths.tolist() == [1, 2, 3, 4] * 2
-    assert torch.equal(first.tables, torch.stack([spans[0].blocks] * 4 + [spans[1].blocks] * 4))
+    assert torch.equal(first.tables, torch.stack([spans[0].blocks, spans[1].blocks]))
+    assert first.table_of.tolist() == [0] * 4 + [1] * 4
     assert last.lengths.tolist() == [6, 7, 8, 1, 2]
     padded = torch.cat([spans[5].blocks, torch.zeros(1, dtype=torch.long)])
-    assert torch.equal(last.tables, torch.stack([spans[4].blocks] * 3 + [padded] * 2))
+    assert torch.equal(last.tables, torch.stack([spans[4].blocks, padded]))
+    assert last.table_of.tolist() == [0, 0, 0, 1, 1]
     # without a paged kernel, the same spans group as before
     assert all(isinstance(g, PrefillGroup) for g in group_prefills(spans))
 
@@ -131,3 +134,32 @@ def _check_against_reference(q, k_cache, v_cache, out, span, spec, dtype):
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     actual = out[span.start : span.start + span.length].float()
     assert torch.allclose(actual, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_the_stack_attends_the_decodes_and_the_rows_after_them_by_one_table_a_sequence():
+    """Rows join the decodes in the stack's own attention with one block table per span, not
+    one per token: a burst of short prompts beside a long decode costs a table a sequence."""
+    spans = _spans([(6, 0), (5, 3), (300, 0), (2, 0)], first_block=40)
+    for span in spans:
+        span.start += 3  # after three decodes
+    decode_tables = torch.arange(3 * 30).view(3, 30)  # long sequences: 30 blocks each
+    batch = StepBatch(
+        input_ids=torch.zeros(316, dtype=torch.long),
+        positions=torch.zeros(316, dtype=torch.long),
+        slot_mapping=torch.zeros(316, dtype=torch.long),
+        decode_tables=decode_tables,
+        decode_lengths=torch.tensor([100, 110, 120]),
+        decode_max_len=120,
+        block_size=BLOCK,
+        prefills=spans,
+        logits_index=torch.zeros(4, dtype=torch.long),
+    )
+    rows, rest = stack_rows(batch, group_prefills(spans, paged=True))
+    assert rows.tables.shape == (5, 30)  # three decodes' tables, then the two spans'
+    assert torch.equal(rows.tables[:3], decode_tables)
+    assert rows.table_of is not None and rows.table_of.tolist() == [0, 1, 2] + [3] * 6 + [4] * 5
+    assert rows.lengths.tolist() == [100, 110, 120, 1, 2, 3, 4, 5, 6, 4, 5, 6, 7, 8]
+    assert [type(g) for g in rest] == [PrefillGroup, PagedRows]  # the long prompt, then rows
+    # a step of decodes only keeps its tables as they are
+    alone, left = stack_rows(batch, [])
+    assert alone.tables is decode_tables and alone.table_of is None and left == []

@@ -18,7 +18,7 @@ from loraserve.model.args import ModelArgs
 from loraserve.model.batch import StepBatch
 from loraserve.model.layer_ops import AttentionSpec, NativeOps, StepTables, TorchOps
 from loraserve.model.lora import LoraBackend
-from loraserve.model.native_layers import NativeLayers, PrefillAttention
+from loraserve.model.native_layers import NativeLayers, PrefillAttention, StackRows
 from loraserve.model.packed import LinearOps
 from loraserve.model.prefill_attention import (
     PagedAttention,
@@ -75,11 +75,9 @@ class Decoder:
         native = self.native_layers
         matrices = None if native is None else native.plan(batch, self.linears)
         if native is not None and matrices is not None:
-            tables, lengths, rest = _stack_rows(batch, group_prefills(batch.prefills, paged=True))
+            rows, rest = stack_rows(batch, group_prefills(batch.prefills, paged=True))
             prefill = self._prefill_callback(rest, k_cache, v_cache) if rest else None
-            delta: torch.Tensor | None = native.run(
-                h, batch, matrices, k_cache, v_cache, tables, lengths, prefill
-            )
+            delta: torch.Tensor | None = native.run(h, batch, matrices, k_cache, v_cache, rows, prefill)
         else:
             h, delta = self._layers(h, batch, k_cache, v_cache)
         index = batch.logits_index
@@ -162,16 +160,16 @@ class Decoder:
         return attend
 
 
-def _stack_rows(
+def stack_rows(
     batch: StepBatch, groups: list[PrefillGroup | PagedRows]
-) -> tuple[torch.Tensor, torch.Tensor, list[PrefillGroup | PagedRows]]:
-    """The block tables and lengths of the rows the native stack attends itself (the decodes,
-    then the prompt tokens of a run of ``PagedRows`` right after them), and the groups left to
-    its per-layer callback."""
+) -> tuple[StackRows, list[PrefillGroup | PagedRows]]:
+    """The rows the native stack attends itself (the decodes, then the prompt tokens of a run of
+    ``PagedRows`` right after them), and the groups left to its per-layer callback."""
     tables, lengths = batch.decode_tables, batch.decode_lengths
     first = groups[0] if groups else None
     if not isinstance(first, PagedRows) or first.start != batch.decode_count:
-        return tables, lengths, groups
-    width = max(tables.shape[1], first.tables.shape[1])
+        return StackRows(tables, lengths, None), groups
+    width, decodes = max(tables.shape[1], first.tables.shape[1]), tables.shape[0]
     joined = torch.cat([pad_tables(tables, width), pad_tables(first.tables, width)])
-    return joined, torch.cat([lengths, first.lengths]), groups[1:]
+    table_of = torch.cat([torch.arange(decodes, device=tables.device), first.table_of + decodes])
+    return StackRows(joined, torch.cat([lengths, first.lengths]), table_of), groups[1:]

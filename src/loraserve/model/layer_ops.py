@@ -241,12 +241,15 @@ class NativeOps(TorchOps):
         lengths: torch.Tensor,
         spec: AttentionSpec,
         out: torch.Tensor,
+        table_of: torch.Tensor | None = None,
     ) -> None:
-        """out (R, H, d): row r's query over the first lengths[r] keys of its blocks tables[r]
-        (R, M), read in place: a decode, or a prompt token over its past and the tokens before
-        it (``prefill_attention.PagedRows``)."""
+        """out (R, H, d): row r's query over the first lengths[r] keys of its blocks, read in
+        place: a decode, or a prompt token over its past and the tokens before it
+        (``prefill_attention.PagedRows``). Its blocks: tables[table_of[r]] ((S, M) tables), or
+        tables[r] without table_of."""
+        window, softcap = spec.window or 0, spec.softcap or 0.0
         self.module.decode_attention(
-            q, k_cache, v_cache, tables, lengths, out, spec.scale, spec.window or 0, spec.softcap or 0.0
+            q, k_cache, v_cache, tables, lengths, out, spec.scale, window, softcap, table_of
         )
 
 

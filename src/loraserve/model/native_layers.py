@@ -18,6 +18,7 @@ PyTorch ops (CUDA). The same numbers from the same kernels either way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -32,6 +33,18 @@ from loraserve.model.rope import RopeTables
 from loraserve.model.weights import ModelWeights
 
 PrefillAttention = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StackRows:
+    """The rows a step's stack attends by the paged kernel, from row 0: row r over the first
+    lengths[r] keys of its blocks, tables[table_of[r]] (tables[r] where table_of is None)."""
+
+    tables: torch.Tensor  # (S, M)
+    lengths: torch.Tensor  # (R,)
+    table_of: torch.Tensor | None  # (R,)
+
+
 Tensors = list[torch.Tensor | None]  # one entry per layer and group (A, B) or per group, None: unused
 
 
@@ -98,16 +111,14 @@ class NativeLayers:
         matrices: list[NativeMatrix],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        tables: torch.Tensor,
-        lengths: torch.Tensor,
+        rows: StackRows,
         prefill: PrefillAttention | None,
     ) -> torch.Tensor:
         """Every layer over h (T, hidden): h becomes the residual stream before the last MLP's
         output, which is returned (the decoder adds it in its final norm, as its loop does).
-        ``matrices``: ``plan``'s for this step. The first R = len(lengths) rows attend in the
-        stack, by the paged kernel: row r over the first lengths[r] keys of its blocks tables[r]
-        (the decodes, and prompt tokens as ``prefill_attention.PagedRows``). ``prefill(layer, q,
-        out)`` writes the other rows of out (T, H, d) (None: R = T)."""
+        ``matrices``: ``plan``'s for this step. The first R rows attend in the stack, by the
+        paged kernel (``rows``: the decodes, and prompt tokens as ``prefill_attention.PagedRows``).
+        ``prefill(layer, q, out)`` writes the other rows of out (T, H, d) (None: R = T)."""
         args, layers = self.args, self.weights.layers
         plan = batch.lora_plan
         return self.module.decode_layers(  # type: ignore[no-any-return]
@@ -123,8 +134,9 @@ class NativeLayers:
             v_cache,
             batch.rope_rows,
             batch.slot_mapping,
-            tables,
-            lengths,
+            rows.tables,
+            rows.lengths,
+            rows.table_of,
             args.num_heads,
             args.intermediate_size,
             args.activation == "gelu_tanh",
@@ -134,7 +146,7 @@ class NativeLayers:
             None if plan is None else plan.token_slots,
             *self._lora_args(plan is not None),
             *self._extras_args(plan),
-            lengths.numel(),
+            rows.lengths.numel(),
             prefill,
         )
 

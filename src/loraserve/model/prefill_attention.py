@@ -33,20 +33,33 @@ from loraserve.model.layer_ops import AttentionSpec
 # length)): 64 K was at or past SDPA's break-even on every head shape measured.
 ROW_SCORES = 64 * 1024
 
-# ops.paged_attention: (q (R, H, d), k_cache, v_cache, tables (R, M), lengths (R,), spec, out (R, H, d))
+# ops.paged_attention: (q (R, H, d), k_cache, v_cache, tables (S, M), lengths (R,), spec,
+# out (R, H, d), table_of (R,): row r's row of tables)
 PagedAttention = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionSpec, torch.Tensor], None
+    [
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        AttentionSpec,
+        torch.Tensor,
+        torch.Tensor,
+    ],
+    None,
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class PagedRows:
     """Adjacent spans whose tokens attend as rows of the paged kernel: the step's rows [start,
-    start + count), row r over the first ``lengths[r]`` keys of its blocks ``tables[r]`` (padded
-    with block 0, which the kernel does not read past ``lengths[r]``)."""
+    start + count), row r over the first ``lengths[r]`` keys of its span's blocks,
+    ``tables[table_of[r]]`` (one table a span, padded with block 0, which the kernel does not
+    read past ``lengths[r]``: a row per token would cost tokens x blocks)."""
 
     start: int
-    tables: torch.Tensor  # (count, M)
+    tables: torch.Tensor  # (spans, M)
+    table_of: torch.Tensor  # (count,)
     lengths: torch.Tensor  # (count,)
 
     @property
@@ -63,11 +76,13 @@ def paged_rows(spans: list[PrefillSpan]) -> PagedRows:
     """Adjacent ``spans`` as one run of rows: each token a query over its span's blocks."""
     width = max(span.blocks.numel() for span in spans)
     tables = torch.stack([F.pad(span.blocks, (0, width - span.blocks.numel())) for span in spans])
-    counts = torch.tensor([span.length for span in spans], device=tables.device)
+    device = tables.device
+    counts = torch.tensor([span.length for span in spans], device=device)
+    table_of = torch.arange(len(spans), device=device).repeat_interleave(counts)
     lengths = torch.cat(
-        [torch.arange(span.past + 1, span.past + span.length + 1, device=tables.device) for span in spans]
+        [torch.arange(span.past + 1, span.past + span.length + 1, device=device) for span in spans]
     )
-    return PagedRows(spans[0].start, tables.repeat_interleave(counts, 0), lengths)
+    return PagedRows(spans[0].start, tables, table_of, lengths)
 
 
 def pad_tables(tables: torch.Tensor, width: int) -> torch.Tensor:
@@ -158,7 +173,7 @@ def attend_prefills(
         if isinstance(group, PagedRows):
             assert paged is not None, "rows of the paged kernel without one"
             rows = slice(group.start, group.start + group.count)
-            paged(q[rows], k_cache, v_cache, group.tables, group.lengths, spec, out[rows])
+            paged(q[rows], k_cache, v_cache, group.tables, group.lengths, spec, out[rows], group.table_of)
             continue
         rows = slice(group.start, group.start + group.count * group.length)
         query = q[rows].view(group.count, group.length, heads, dim).transpose(1, 2)  # (S, H, n, d)

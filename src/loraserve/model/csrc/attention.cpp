@@ -1,5 +1,6 @@
-// Decode attention over the paged KV cache: one query token per sequence, GQA by KV head; scores,
-// softmax and the weighted sum in fp32 whatever the cache's element type T.
+// Decode attention over the paged KV cache: one query token per row (a decoding sequence, or a prompt
+// token over its past and the tokens before it), GQA by KV head; scores, softmax and the weighted sum
+// in fp32 whatever the cache's element type T.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -292,7 +293,8 @@ namespace kernels {
 
 template <class T>
 void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
-                      at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap) {
+                      at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap,
+                      const c10::optional<at::Tensor>& table_of) {
   using E = Elem<T>;
   const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
   const int64_t kvh = k_cache.size(1), bs = k_cache.size(2), group = H / kvh, M = block_tables.size(1);
@@ -304,6 +306,9 @@ void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::
   T* op = out.data_ptr<T>();
   const int64_t* tables = block_tables.data_ptr<int64_t>();
   const int64_t* lens = lengths.data_ptr<int64_t>();
+  // row b's block table: row table_of[b] of block_tables (prompt tokens of one span share one), or b
+  const int64_t* table_rows = table_of.has_value() ? table_of->data_ptr<int64_t>() : nullptr;
+  const auto table = [&](int64_t b) { return tables + (table_rows == nullptr ? b : table_rows[b]) * M; };
   const float fscale = float(scale);
   // the register paths need AVX-512's 32 registers, not AVX2's 16
   const bool blocked = Vec::W == 16 && (d == 4 * Vec::W || d == 8 * Vec::W);
@@ -316,7 +321,7 @@ void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::
     for (int64_t unit = 0; unit < B * kvh; ++unit) {
       if (unit + 1 < B * kvh) {  // the next unit's blocks, before this one starts (prefetch_blocks)
         const int64_t next = unit + 1, nL = lens[next / kvh];
-        prefetch_blocks(kc, vc, tables + next / kvh * M, start_of(nL), nL, bs, d, kvh * bs * d, (next % kvh) * bs * d,
+        prefetch_blocks(kc, vc, table(next / kvh), start_of(nL), nL, bs, d, kvh * bs * d, (next % kvh) * bs * d,
                         next_blocks);
       }
       const int64_t b = unit / kvh, kh = unit % kvh, L = lens[b];
@@ -328,7 +333,7 @@ void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::
         }
       const int64_t head = kh * bs * d, first = start_of(L);
       const Unit<T> u{query.data(), qp + b * q_stride + kh * group * q_head, q_head, fscale, kc + head, vc + head,
-                      tables + b * M, kvh * bs * d, bs, group, first, L, d, float(softcap), scores.data(), acc.data()};
+                      table(b), kvh * bs * d, bs, group, first, L, d, float(softcap), scores.data(), acc.data()};
       if (blocked && d == 4 * Vec::W) {
         attend_blocked<4>(u);
       } else if (blocked) {
@@ -347,6 +352,6 @@ void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::
 }
 
 LORASERVE_INSTANTIATE(decode_attention, (at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                         at::Tensor, double, int64_t, double))
+                                         at::Tensor, double, int64_t, double, const c10::optional<at::Tensor>&))
 
 }  // namespace kernels

@@ -179,7 +179,7 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
 // sliding window: key j for query i when j > i - window); softcap > 0: Gemma 2's logit cap.
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                       torch::Tensor block_tables, torch::Tensor lengths, torch::Tensor out, double scale,
-                      int64_t window, double softcap) {
+                      int64_t window, double softcap, const c10::optional<torch::Tensor>& table_of) {
   const auto dtype = checked_dtype(q, "q");
   check_rows(q, "q", dtype, 3);
   check_rows(out, "out", dtype, 3);
@@ -187,22 +187,29 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
   check_contiguous(v_cache, "v_cache", dtype, 4);
   check_contiguous(block_tables, "block_tables", at::kLong, 2);
   const int64_t B = q.size(0), H = q.size(1), d = q.size(2), N = k_cache.size(0), kvh = k_cache.size(1);
-  const int64_t bs = k_cache.size(2), M = block_tables.size(1);
+  const int64_t bs = k_cache.size(2), S = block_tables.size(0), M = block_tables.size(1);
   TORCH_CHECK(out.sizes() == q.sizes(), "decode_attention: out must have q's shape");
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes() && k_cache.size(3) == d && kvh > 0 && H % kvh == 0,
               "decode_attention: caches (N, kvh, bs, d) with H a multiple of kvh");
-  TORCH_CHECK(block_tables.size(0) == B, "decode_attention: block_tables must be (B, M)");
+  if (table_of.has_value()) {
+    check_index(*table_of, "table_of", B, 0, S);
+  } else {
+    TORCH_CHECK(S == B, "decode_attention: block_tables must be (B, M), or (S, M) with table_of (B,)");
+  }
   check_index(lengths, "lengths", B, 1, M * bs + 1);
   TORCH_CHECK(window >= 0 && softcap >= 0.0, "decode_attention: window and softcap must be >= 0 (0: off)");
   const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t* rows = table_of.has_value() ? table_of->data_ptr<int64_t>() : nullptr;
   const int64_t* lens = lengths.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t t = rows == nullptr ? b : rows[b];
     for (int64_t j = 0; j < (lens[b] + bs - 1) / bs; ++j)
-      TORCH_CHECK(tables[b * M + j] >= 0 && tables[b * M + j] < N, "block_tables[", b, ", ", j, "] = ",
-                  tables[b * M + j], " is outside [0, ", N, ")");
+      TORCH_CHECK(tables[t * M + j] >= 0 && tables[t * M + j] < N, "block_tables[", t, ", ", j, "] = ",
+                  tables[t * M + j], " is outside [0, ", N, ")");
+  }
   dispatch(dtype, [&](auto elem) {
     kernels::decode_attention<decltype(elem)>(q, k_cache, v_cache, block_tables, lengths, out, scale, window,
-                                              softcap);
+                                              softcap, table_of);
   });
 }
 
@@ -358,7 +365,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // without the GIL: it runs on the adapter-read thread while the engine thread steps
   m.def("lora_image", &lora_image, py::call_guard<py::gil_scoped_release>(),
         "an adapter's factors into its slot image, in one pass");
-  m.def("decode_attention", &decode_attention, "one-token attention over cached keys per sequence");
+  m.def("decode_attention", &decode_attention,
+        "one-token attention over cached keys per row (row r reads block_tables[table_of[r]], or row r)");
   register_decode_loop(m);
   m.def("vector_width", [] { return int64_t(simd::Vec::W); },
         "fp32 lanes of this build: 16 AVX-512, 8 AVX2, 1 scalar");

@@ -148,7 +148,8 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
                             const std::vector<Tensors>& matrices, const MaybeTensors& biases, const Tensors& cos,
                             const Tensors& sin, const std::vector<int64_t>& windows, torch::Tensor k_cache,
                             torch::Tensor v_cache, torch::Tensor positions, torch::Tensor slot_mapping,
-                            torch::Tensor block_tables, torch::Tensor lengths, int64_t heads, int64_t intermediate,
+                            torch::Tensor block_tables, torch::Tensor lengths,
+                            const c10::optional<torch::Tensor>& table_of, int64_t heads, int64_t intermediate,
                             bool gelu, double scale, double softcap, double eps,
                             c10::optional<torch::Tensor> lora_slots, const MaybeTensors& lora_a,
                             const MaybeTensors& lora_b, const MaybeTensors& lora_starts,
@@ -223,7 +224,8 @@ torch::Tensor decode_layers(torch::Tensor h, const MaybeTensors& norms, const st
     if (norm(kQ).has_value()) qk_norm(fused, *norm(kQ), *norm(kK), heads, kv_heads, eps);
     rope_write_kv(fused, cos[i], sin[i], positions, slot_mapping, keys, values, heads, kv_heads);
     if (decodes > 0)
-      decode_attention(decode_q, keys, values, block_tables, lengths, decode_out, scale, windows[i], softcap);
+      decode_attention(decode_q, keys, values, block_tables, lengths, decode_out, scale, windows[i], softcap,
+                       table_of);
     if (decodes < T) {
       pybind11::gil_scoped_acquire python;
       prefill(int64_t(i), q, attn);

@@ -61,7 +61,8 @@ void lora_image(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>&
                 at::Tensor image_b, int64_t column, int64_t stride, int64_t row_start);
 template <class T>
 void decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache, at::Tensor block_tables,
-                      at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap);
+                      at::Tensor lengths, at::Tensor out, double scale, int64_t window, double softcap,
+                      const c10::optional<at::Tensor>& table_of);
 
 // The register-tile instantiations a GEMM picks from at run time (gemm.cpp, w8a8.cpp):
 // table[R - 1][C - 1] = make(R, C) for R in [1, Rows], C in [1, Cols], R and C passed as
