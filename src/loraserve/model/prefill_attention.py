@@ -2,10 +2,10 @@
 
 Where the native kernels run, a short span's tokens attend as rows of the paged decode kernel
 (``PagedRows``): token j of a span after ``past`` cached tokens is one more query over the first
-``past + j + 1`` keys of the span's blocks, read in place. Up to 64 K (query, key) pairs a span
-that beat PyTorch's ``scaled_dot_product_attention`` on SmolLM2's and Qwen3's heads at every
-shape tried (2.3-9x for 32 prompts of 16-32 tokens, 60-120x for prompts cached but for their last
-token), because SDPA's per-call cost and the gather of the blocks dominate such small attention.
+``past + j + 1`` keys of the span's blocks, read in place. Up to 64 K (query, key) pairs a span,
+rows beat PyTorch's ``scaled_dot_product_attention`` on SmolLM2's and Qwen3's heads at every
+shape tried (2.5-9x for 32 prompts of 16-32 tokens, 1.4-2.9x for 8-16 tokens after 2,000-3,000
+cached), because SDPA's per-call cost and the gather of the blocks dominate such small attention.
 Longer spans go to SDPA, which wins once a span's attention is a real matrix product.
 
 For SDPA, whole prompts that sit side by side in the flat batch with one length (requests
