@@ -104,11 +104,11 @@ ROWS = {"paged": None, "sdpa": 0, "mixed": 10}  # mixed: the 3-token prompts as 
 def test_native_layers_equal_the_python_loop(family_model, dtype, rows, monkeypatch):
     """Logits equal bit for bit on every step: prompts (alone, and joining running decodes),
     decodes, with no adapter, plain LoRA, DoRA or trained biases, mixed in one batch."""
-    if ROWS[rows] is not None:
-        monkeypatch.setattr("loraserve.model.prefill_attention.ROW_SCORES", ROWS[rows])
     base, adapters = family_model
     engine = engine_with_adapters(base, adapters, dtype=dtype, max_model_len=64, max_lora_rank=4)
     decoder, callbacks = engine.runner.decoder, []
+    if ROWS[rows] is not None:
+        decoder.rows_up_to = ROWS[rows]
     make_callback = decoder._prefill_callback
     monkeypatch.setattr(decoder, "_prefill_callback", lambda *a: callbacks.append(a) or make_callback(*a))
     paths = BothPaths(engine)

@@ -9,7 +9,13 @@ import torch
 
 from loraserve.model.batch import PrefillSpan
 from loraserve.model.layer_ops import AttentionSpec, NativeOps, select_ops
-from loraserve.model.prefill_attention import PagedRows, PrefillGroup, attend_prefills, group_prefills
+from loraserve.model.prefill_attention import (
+    PagedRows,
+    PrefillGroup,
+    attend_prefills,
+    group_prefills,
+    row_limit,
+)
 from loraserve.testing.reference import span_attention
 
 BLOCK = 4
@@ -48,7 +54,7 @@ def _step(
 def test_prompt_tokens_as_rows_equal_attention_written_out(dtype, spec):
     ops = _ops(dtype)
     spans, k_cache, v_cache, q = _step([(7, 0), (7, 0), (3, 5), (6, 0), (2, 9), (5, 2)], dtype)
-    groups = group_prefills(spans, paged=True)
+    groups = group_prefills(spans, row_limit(16))
     assert len(groups) == 1 and isinstance(groups[0], PagedRows) and groups[0].count == q.shape[0]
     out = torch.full_like(q, float("nan"))
     attend_prefills(q, groups, spec, k_cache, v_cache, out, ops.paged_attention)
@@ -59,12 +65,11 @@ def test_prompt_tokens_as_rows_equal_attention_written_out(dtype, spec):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("spec", SPECS, ids=["causal", "window", "softcap"])
-def test_rows_and_sdpa_groups_share_a_step(monkeypatch, dtype, spec):
-    """With a threshold that sends the 7-token prompts to SDPA: rows, a batched group, rows."""
-    monkeypatch.setattr("loraserve.model.prefill_attention.ROW_SCORES", 40)
+def test_rows_and_sdpa_groups_share_a_step(dtype, spec):
+    """With a limit that sends the 7-token prompts to SDPA: rows, a batched group, rows."""
     ops = _ops(dtype)
     spans, k_cache, v_cache, q = _step([(4, 0), (3, 2), (7, 0), (7, 0), (3, 5), (2, 0)], dtype)
-    groups = group_prefills(spans, paged=True)
+    groups = group_prefills(spans, 40)
     assert [type(g) for g in groups] == [PagedRows, PrefillGroup, PagedRows]
     out = torch.full_like(q, float("nan"))
     attend_prefills(q, groups, spec, k_cache, v_cache, out, ops.paged_attention)

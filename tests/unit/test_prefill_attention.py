@@ -10,11 +10,11 @@ from loraserve.model.batch import PrefillSpan, StepBatch
 from loraserve.model.decoder import stack_rows
 from loraserve.model.layer_ops import AttentionSpec
 from loraserve.model.prefill_attention import (
-    ROW_SCORES,
     PagedRows,
     PrefillGroup,
     attend_prefills,
     group_prefills,
+    row_limit,
 )
 from loraserve.testing.reference import span_attention
 
@@ -51,11 +51,11 @@ def test_spans_that_are_not_adjacent_stay_apart():
     assert [g.count for g in group_prefills([first, second])] == [1, 1]
 
 
-def test_short_spans_run_as_rows_of_the_paged_kernel_where_the_ops_have_one(monkeypatch):
-    monkeypatch.setattr("loraserve.model.prefill_attention.ROW_SCORES", 40)
-    # (length, past): 16 and 16 (query, key) pairs: rows; 49 each: a batched group; 24, 4: rows
+def test_short_spans_run_as_rows_of_the_paged_kernel_where_the_ops_have_one():
+    # (length, past) up to 40 (query, key) pairs as rows: 16 and 16: rows; 49 each: a batched
+    # group; 24, 4: rows
     spans = _spans([(4, 0), (4, 0), (7, 0), (7, 0), (3, 5), (2, 0)])
-    groups = group_prefills(spans, paged=True)
+    groups = group_prefills(spans, 40)
     assert [type(g).__name__ for g in groups] == ["PagedRows", "PrefillGroup", "PagedRows"]
     first, middle, last = groups
     assert isinstance(first, PagedRows) and isinstance(middle, PrefillGroup) and isinstance(last, PagedRows)
@@ -69,18 +69,21 @@ def test_short_spans_run_as_rows_of_the_paged_kernel_where_the_ops_have_one(monk
     padded = torch.cat([spans[5].blocks, torch.zeros(1, dtype=torch.long)])
     assert torch.equal(last.tables, torch.stack([spans[4].blocks, padded]))
     assert last.table_of.tolist() == [0, 0, 0, 1, 1]
-    # without a paged kernel, the same spans group as before
+    # without a paged kernel (limit 0), the same spans group as before
     assert all(isinstance(g, PrefillGroup) for g in group_prefills(spans))
+    # the limit grows as the head shrinks: the same work a span at every head size
+    assert row_limit(64) == 2 * row_limit(128) and row_limit(64) >= 512 * 512
 
 
 def test_which_path_a_span_takes_depends_on_the_span_alone():
     """A span takes rows or SDPA by its own length and past, whatever shares its step (so its
     bits do not depend on its neighbours)."""
-    small, large = (8, 8), (300, 0)  # 128 and 90,000 (query, key) pairs
-    assert small[0] * (small[0] + small[1]) <= ROW_SCORES < large[0] * (large[0] + large[1])
+    small, large = (8, 8), (700, 0)  # 128 and 490,000 (query, key) pairs
+    limit = row_limit(64)
+    assert small[0] * (small[0] + small[1]) <= limit < large[0] * (large[0] + large[1])
     for neighbours in ([], [small], [large], [small, large], [large, large]):
         spans = _spans([*neighbours, small, *neighbours, large])
-        groups = group_prefills(spans, paged=True)
+        groups = group_prefills(spans, limit)
         paths = [type(_group_of(groups, span)).__name__ for span in spans]
         expected = ["PagedRows" if (span.length, span.past) == small else "PrefillGroup" for span in spans]
         assert paths == expected, neighbours
@@ -154,7 +157,7 @@ def test_the_stack_attends_the_decodes_and_the_rows_after_them_by_one_table_a_se
         prefills=spans,
         logits_index=torch.zeros(4, dtype=torch.long),
     )
-    rows, rest = stack_rows(batch, group_prefills(spans, paged=True))
+    rows, rest = stack_rows(batch, group_prefills(spans, 1000))
     assert rows.tables.shape == (5, 30)  # three decodes' tables, then the two spans'
     assert torch.equal(rows.tables[:3], decode_tables)
     assert rows.table_of is not None and rows.table_of.tolist() == [0, 1, 2] + [3] * 6 + [4] * 5

@@ -27,6 +27,7 @@ from loraserve.model.prefill_attention import (
     attend_prefills,
     group_prefills,
     pad_tables,
+    row_limit,
 )
 from loraserve.model.rope import RopeTables
 from loraserve.model.weights import LayerWeights, ModelWeights
@@ -55,11 +56,19 @@ class Decoder:
         ]
         # the whole layer stack as one native call for the steps its plan takes (native kernels)
         self.native_layers = NativeLayers.build(args, weights, rope, ops, lora)
+        # prompt spans of at most this many (query, key) pairs attend as rows of the paged kernel
+        self.rows_up_to = row_limit(args.head_dim)
 
     @property
     def paged(self) -> PagedAttention | None:
         """The ops' paged attention kernel, which short prompt spans attend through as rows."""
         return self.ops.paged_attention if isinstance(self.ops, NativeOps) else None
+
+    @property
+    def row_limit(self) -> int:
+        """The most (query, key) pairs of a prompt span that attends as rows (0: the ops have no
+        paged kernel, every span takes SDPA)."""
+        return self.rows_up_to if isinstance(self.ops, NativeOps) else 0
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -75,7 +84,7 @@ class Decoder:
         native = self.native_layers
         matrices = None if native is None else native.plan(batch, self.linears)
         if native is not None and matrices is not None:
-            rows, rest = stack_rows(batch, group_prefills(batch.prefills, paged=True))
+            rows, rest = stack_rows(batch, group_prefills(batch.prefills, self.row_limit))
             prefill = self._prefill_callback(rest, k_cache, v_cache) if rest else None
             delta: torch.Tensor | None = native.run(h, batch, matrices, k_cache, v_cache, rows, prefill)
         else:
@@ -97,7 +106,7 @@ class Decoder:
         args, ops, tokens = self.args, self.ops, h.shape[0]
         x = torch.empty_like(h)  # each sub-layer's normed input, reused where the backend can
         tables = ops.prepare(batch, self.rope)
-        groups = group_prefills(batch.prefills, paged=self.paged is not None)
+        groups = group_prefills(batch.prefills, self.row_limit)
         delta: torch.Tensor | None = None  # the previous layer's MLP output, added to h lazily
         for i, layer in enumerate(self.weights.layers):
             h, x = ops.add_norm(h, delta, layer.attn_norm, x)

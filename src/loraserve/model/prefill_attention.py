@@ -5,8 +5,9 @@ Where the native kernels run, a short span's tokens attend as rows of the paged 
 ``past + j + 1`` keys of the span's blocks, read in place. Up to 64 K (query, key) pairs a span,
 rows beat PyTorch's ``scaled_dot_product_attention`` on SmolLM2's and Qwen3's heads at every
 shape tried (2.5-9x for 32 prompts of 16-32 tokens, 1.4-2.9x for 8-16 tokens after 2,000-3,000
-cached), because SDPA's per-call cost and the gather of the blocks dominate such small attention.
-Longer spans go to SDPA, which wins once a span's attention is a real matrix product.
+cached), because SDPA's per-call cost and the gather of the blocks dominate such small attention;
+and at d 64 up to 512 x 512 tokens. Longer spans go to SDPA, which wins once a span's attention
+is a large enough matrix product (``ROW_WORK``).
 
 For SDPA, whole prompts that sit side by side in the flat batch with one length (requests
 arriving together with prompts of one length, the usual burst) share one batched causal call and
@@ -29,9 +30,17 @@ import torch.nn.functional as F
 from loraserve.model.batch import PrefillSpan
 from loraserve.model.layer_ops import AttentionSpec
 
-# A span attends as rows of the paged kernel up to this many (query, key) pairs (length x (past +
-# length)): 64 K was at or past SDPA's break-even on every head shape measured.
-ROW_SCORES = 64 * 1024
+# A span attends as rows of the paged kernel up to this much work: (query, key) pairs (length x
+# (past + length)) times the head size. 2^24 is 512 x 512 tokens at d 64, 362 x 362 at d 128,
+# where rows still beat SDPA on the heads measured (AVX512-BF16 Zen 4, bf16: d 64 wins 1.27-1.9x
+# at 512 tokens and loses at 768; d 128 breaks even at 512 and wins 1.1-1.2x up to 128 K pairs).
+ROW_WORK = 1 << 24
+
+
+def row_limit(head_dim: int) -> int:
+    """The most (query, key) pairs of a span that attends as rows, at this head size."""
+    return ROW_WORK // head_dim
+
 
 # ops.paged_attention: (q (R, H, d), k_cache, v_cache, tables (S, M), lengths (R,), spec,
 # out (R, H, d), table_of (R,): row r's row of tables)
@@ -67,9 +76,9 @@ class PagedRows:
         return self.lengths.numel()
 
 
-def as_rows(span: PrefillSpan) -> bool:
-    """Whether a span attends as rows of the paged kernel (where the ops have one)."""
-    return span.length * (span.past + span.length) <= ROW_SCORES
+def as_rows(span: PrefillSpan, limit: int) -> bool:
+    """Whether a span attends as rows of the paged kernel: at most ``limit`` (query, key) pairs."""
+    return span.length * (span.past + span.length) <= limit
 
 
 def paged_rows(spans: list[PrefillSpan]) -> PagedRows:
@@ -109,20 +118,20 @@ class PrefillGroup:
         ]
 
 
-def group_prefills(spans: list[PrefillSpan], paged: bool = False) -> list[PrefillGroup | PagedRows]:
-    """The step's spans in the order they lie: with ``paged`` (the ops have a paged kernel), each
-    run of adjacent spans ``as_rows`` takes as one ``PagedRows``; of the others, each run of
-    adjacent whole prompts (no cached past) of one length is one group, every other span a group
-    of its own."""
+def group_prefills(spans: list[PrefillSpan], rows: int = 0) -> list[PrefillGroup | PagedRows]:
+    """The step's spans in the order they lie: each run of adjacent spans of at most ``rows``
+    (query, key) pairs (``row_limit``; 0 where the ops have no paged kernel) as one
+    ``PagedRows``; of the others, each run of adjacent whole prompts (no cached past) of one
+    length is one group, every other span a group of its own."""
     groups: list[PrefillGroup | PagedRows] = []
     run: list[PrefillSpan] = []
-    rows = False  # whether ``run`` is a run of row spans
+    in_rows = False  # whether ``run`` is a run of row spans
 
     def close() -> None:
         if not run:
             return
         first = run[0]
-        if rows:
+        if in_rows:
             groups.append(paged_rows(run))
         else:
             blocks = torch.stack([span.blocks for span in run])
@@ -130,11 +139,11 @@ def group_prefills(spans: list[PrefillSpan], paged: bool = False) -> list[Prefil
         run.clear()
 
     for span in spans:
-        span_rows = paged and as_rows(span)
+        span_rows = as_rows(span, rows)
         adjacent = bool(run) and span.start == run[-1].start + run[-1].length
-        if run and not (adjacent and span_rows == rows and (rows or _same_prompt(span, run[0]))):
+        if run and not (adjacent and span_rows == in_rows and (in_rows or _same_prompt(span, run[0]))):
             close()
-        rows = span_rows
+        in_rows = span_rows
         run.append(span)
     close()
     return groups
