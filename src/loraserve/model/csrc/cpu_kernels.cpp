@@ -172,9 +172,9 @@ void rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torc
   });
 }
 
-// One query token per sequence over its cached keys: q (B, H, d) → out (B, H, d). Sequence b's
-// position p lives in block block_tables[b, p / bs] of the paged caches (N, kvh, bs, d), for
-// p < lengths[b]. GQA: query head h reads KV head h / (H / kvh). Scores, softmax and the
+// One query token per row over its cached keys: q (B, H, d) → out (B, H, d). Row b's position p
+// lives in block block_tables[t, p / bs] of the paged caches (N, kvh, bs, d), for p < lengths[b],
+// where t = table_of[b] (rows that share a table: a prompt's tokens), or t = b. GQA: query head h reads KV head h / (H / kvh). Scores, softmax and the
 // weighted sum in fp32. window > 0: only the last `window` positions are attended (transformers'
 // sliding window: key j for query i when j > i - window); softcap > 0: Gemma 2's logit cap.
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
