@@ -220,6 +220,23 @@ def _check_decode_attention(
         assert torch.allclose(out[b].float(), expected, **tolerance)
 
 
+def _lora_args(hidden: int, layers: int) -> ModelArgs:
+    """A Llama shape for the BGMV tests: 4 heads (2 KV) of hidden / 4, intermediate 96."""
+    return ModelArgs(
+        architecture="LlamaForCausalLM",
+        vocab_size=10,
+        hidden_size=hidden,
+        intermediate_size=96,
+        num_layers=layers,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=hidden // 4,
+        rms_eps=1e-5,
+        max_position=64,
+        tie_word_embeddings=False,
+    )
+
+
 def _random_lora(args: ModelArgs, rank: int, modules: tuple[str, ...], seed: int) -> LoraWeights:
     generator = torch.Generator().manual_seed(seed)
     weights = {}
@@ -237,19 +254,7 @@ def _random_lora(args: ModelArgs, rank: int, modules: tuple[str, ...], seed: int
 def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
     """A slot reused by a smaller adapter on fewer modules gives exactly that adapter's delta:
     the kernel reads each slot's rank and modules, and a cleared slot keeps nothing behind."""
-    args = ModelArgs(
-        architecture="LlamaForCausalLM",
-        vocab_size=10,
-        hidden_size=64,
-        intermediate_size=96,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        rms_eps=1e-5,
-        max_position=64,
-        tie_word_embeddings=False,
-    )
+    args = _lora_args(hidden=64, layers=2)
     stacks = lora.NativeLora(
         args, slots=3, rank=8, dtype=dtype, device=torch.device("cpu"), kernel=kernels.bgmv
     )
@@ -289,19 +294,7 @@ def test_bgmv_reads_each_slots_own_rank_and_modules(kernels, dtype):
 def test_bgmv_gives_a_token_the_same_bits_whatever_shares_its_tile(kernels, dtype):
     """Tokens of one slot share a tile (one read of the adapter's rows for up to four): a token's
     delta must not depend on whether its neighbours in the step use its adapter."""
-    args = ModelArgs(
-        architecture="LlamaForCausalLM",
-        vocab_size=10,
-        hidden_size=320,
-        intermediate_size=96,
-        num_layers=1,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=80,
-        rms_eps=1e-5,
-        max_position=64,
-        tie_word_embeddings=False,
-    )
+    args = _lora_args(hidden=320, layers=1)
     stacks = lora.NativeLora(
         args, slots=2, rank=16, dtype=dtype, device=torch.device("cpu"), kernel=kernels.bgmv
     )

@@ -16,7 +16,7 @@ from loraserve.model.prefill_attention import (
     group_prefills,
     row_limit,
 )
-from loraserve.testing.reference import span_attention
+from loraserve.testing.reference import assert_span_attention
 
 BLOCK = 4
 SPECS = [AttentionSpec(0.25), AttentionSpec(0.25, window=3), AttentionSpec(0.25, softcap=5.0)]
@@ -60,7 +60,7 @@ def test_prompt_tokens_as_rows_equal_attention_written_out(dtype, spec):
     attend_prefills(q, groups, spec, k_cache, v_cache, out, ops.paged_attention)
     assert not out.isnan().any()
     for span in spans:
-        _check(out, span_attention(q, k_cache, v_cache, span, spec), span, dtype)
+        assert_span_attention(q, k_cache, v_cache, out, span, spec)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -75,10 +75,4 @@ def test_rows_and_sdpa_groups_share_a_step(dtype, spec):
     attend_prefills(q, groups, spec, k_cache, v_cache, out, ops.paged_attention)
     assert not out.isnan().any()
     for span in spans:
-        _check(out, span_attention(q, k_cache, v_cache, span, spec), span, dtype)
-
-
-def _check(out: torch.Tensor, expected: torch.Tensor, span: PrefillSpan, dtype: torch.dtype) -> None:
-    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
-    actual = out[span.start : span.start + span.length].float()
-    assert torch.allclose(actual, expected, atol=tolerance, rtol=tolerance), (span.length, span.past)
+        assert_span_attention(q, k_cache, v_cache, out, span, spec)

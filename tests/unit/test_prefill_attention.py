@@ -16,7 +16,7 @@ from loraserve.model.prefill_attention import (
     group_prefills,
     row_limit,
 )
-from loraserve.testing.reference import span_attention
+from loraserve.testing.reference import assert_span_attention
 
 BLOCK = 4
 
@@ -128,15 +128,7 @@ def test_a_group_gives_each_sequence_the_bits_of_its_own_call(dtype, spec):
     assert torch.equal(grouped, alone)
     # and a grouped span and one with a cached past against attention written out
     for span in (spans[1], spans[5]):
-        _check_against_reference(q, k_cache, v_cache, grouped, span, spec, dtype)
-
-
-def _check_against_reference(q, k_cache, v_cache, out, span, spec, dtype):
-    """out's rows of ``span`` = softmax(q k^T * scale) v over its visible positions, in fp32."""
-    expected = span_attention(q, k_cache, v_cache, span, spec)
-    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
-    actual = out[span.start : span.start + span.length].float()
-    assert torch.allclose(actual, expected, atol=tolerance, rtol=tolerance)
+        assert_span_attention(q, k_cache, v_cache, grouped, span, spec)
 
 
 def test_the_stack_attends_the_decodes_and_the_rows_after_them_by_one_table_a_sequence():

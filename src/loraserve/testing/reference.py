@@ -70,3 +70,18 @@ def span_attention(
     columns = torch.arange(total)[None, :]
     visible = (columns <= positions) & (columns > positions - (spec.window or total + 1))
     return (scores.masked_fill(~visible, float("-inf")).softmax(-1) @ values).transpose(0, 1)
+
+
+def assert_span_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    span: PrefillSpan,
+    spec: AttentionSpec,
+) -> None:
+    """out's rows of ``span`` are ``span_attention``'s: to a few fp32 ulps, or within bf16's step."""
+    expected = span_attention(q, k_cache, v_cache, span, spec)
+    tolerance = 1e-5 if out.dtype == torch.float32 else 3e-2
+    actual = out[span.start : span.start + span.length].float()
+    assert torch.allclose(actual, expected, atol=tolerance, rtol=tolerance), (span.length, span.past)
